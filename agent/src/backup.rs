@@ -1,0 +1,453 @@
+//! The backup pipeline.
+//!
+//! ```text
+//! source ─▶ reader thread: FastCDC + keyed BLAKE3 ─▶ [CHUNK_QUEUE]
+//!        ─▶ batcher: dedup query per batch ─▶ uploader: zstd + AES-GCM on the
+//!           blocking pool, N uploads in flight on one HTTP/2 connection
+//!        ─▶ manifest chunks ─▶ root ─▶ commit
+//! ```
+//!
+//! Every queue is bounded, so memory is bounded by
+//! `(CHUNK_QUEUE + DEDUP_BATCH_MAX + uploads_in_flight) × max chunk size`,
+//! whatever the stream's length. Nothing is committed unless the source
+//! ended cleanly (a command must exit 0) and every chunk is stored.
+
+use std::collections::HashSet;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use coffer_proto::envelope::{self, Compression, Kind};
+use coffer_proto::keys::{DataKey, CHUNKS_PER_DATA_KEY};
+use coffer_proto::snapshot::{
+    CommitRequest, Manifest, ManifestEntry, ManifestRef, SnapshotRoot, SnapshotStats, ROOT_VERSION,
+};
+use coffer_proto::{ChunkId, KeyId, SnapshotId};
+use serde::Serialize;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::client::ClientError;
+use crate::progress::Progress;
+use crate::repo::{OpenRepo, RepoError};
+
+/// Chunks between the reader thread and the batcher.
+pub const CHUNK_QUEUE: usize = 4;
+/// Most chunks in one dedup query.
+pub const DEDUP_BATCH_MAX: usize = 64;
+/// Most plaintext bytes held in one dedup batch.
+pub const DEDUP_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// How long a partial batch waits for more chunks before it is sent, so a
+/// slow producer still makes steady progress.
+pub const DEDUP_BATCH_LINGER: Duration = Duration::from_millis(50);
+
+/// Where the backup stream comes from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    Stdin,
+    File(PathBuf),
+    /// A command whose stdout is the stream; it must exit 0.
+    Command(Vec<String>),
+}
+
+impl Source {
+    fn describe(&self) -> String {
+        match self {
+            Source::Stdin => "stdin".into(),
+            Source::File(p) => format!("file:{}", p.display()),
+            Source::Command(argv) => format!("command:{}", argv.join(" ")),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    #[error("reading the backup source: {0}; no snapshot was committed")]
+    Source(io::Error),
+    #[error("cannot start `{command}`: {source}")]
+    Spawn { command: String, source: io::Error },
+    #[error("`{command}` {status}; no snapshot was committed")]
+    CommandFailed { command: String, status: String },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("{0}; no snapshot was committed")]
+    Client(#[from] ClientError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What `coffer backup --json` prints.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackupReport {
+    pub id: SnapshotId,
+    pub bytes_in: u64,
+    pub bytes_new: u64,
+    pub stored_new: u64,
+    pub chunks: u64,
+    pub chunks_new: u64,
+    pub duration_secs: f64,
+}
+
+struct Chunk {
+    id: ChunkId,
+    data: Vec<u8>,
+}
+
+struct StreamSummary {
+    bytes: u64,
+    blake3: blake3::Hash,
+}
+
+/// Retries reads interrupted by a signal, which FastCDC would treat as fatal.
+struct RetryInterrupted<R>(R);
+
+impl<R: Read> Read for RetryInterrupted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Chunks a stream on the calling (blocking) thread, sending each chunk
+/// with its id down `tx`. Stops early if the receiver has gone.
+fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) -> io::Result<StreamSummary> {
+    let p = repo.config.chunker;
+    let mut hasher = blake3::Hasher::new();
+    let mut bytes = 0u64;
+    for item in fastcdc::v2020::StreamCDC::new(RetryInterrupted(reader), p.min_size, p.avg_size, p.max_size) {
+        let c = item.map_err(|e| match e {
+            fastcdc::v2020::Error::IoError(e) => e,
+            other => io::Error::other(other.to_string()),
+        })?;
+        hasher.update(&c.data);
+        bytes += c.data.len() as u64;
+        let id = repo.id_key.chunk_id(&c.data);
+        if tx.blocking_send(Chunk { id, data: c.data }).is_err() {
+            return Err(io::Error::other("backup pipeline stopped"));
+        }
+    }
+    Ok(StreamSummary {
+        bytes,
+        blake3: hasher.finalize(),
+    })
+}
+
+/// Reads the whole source on a blocking thread. For a command, waits for it
+/// and reports its exit status; if the pipeline stops early, kills it.
+fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Result<StreamSummary, BackupError> {
+    match source {
+        Source::Stdin => chunk_stream(io::stdin().lock(), repo, &tx).map_err(BackupError::Source),
+        Source::File(path) => {
+            let f = std::fs::File::open(&path)
+                .map_err(|e| BackupError::Source(io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
+            chunk_stream(f, repo, &tx).map_err(BackupError::Source)
+        }
+        Source::Command(argv) => {
+            let command = argv.join(" ");
+            let mut child = Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .map_err(|source| BackupError::Spawn {
+                    command: command.clone(),
+                    source,
+                })?;
+            let stdout = child.stdout.take().expect("stdout is piped");
+            let read = chunk_stream(stdout, repo, &tx);
+            if read.is_err() {
+                let _ = child.kill();
+            }
+            let status = child.wait().map_err(BackupError::Source)?;
+            let summary = read.map_err(BackupError::Source)?;
+            check_status(&command, status)?;
+            Ok(summary)
+        }
+    }
+}
+
+fn check_status(command: &str, status: ExitStatus) -> Result<(), BackupError> {
+    if status.success() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(sig) = status.signal() {
+            return Err(BackupError::CommandFailed {
+                command: command.into(),
+                status: format!("was killed by signal {sig}"),
+            });
+        }
+    }
+    let code = status.code().map_or("unknown".into(), |c| c.to_string());
+    Err(BackupError::CommandFailed {
+        command: command.into(),
+        status: format!("exited with status {code}"),
+    })
+}
+
+/// Seals and uploads chunks with at most `in_flight` at once, rolling the
+/// data key after [`CHUNKS_PER_DATA_KEY`] envelopes.
+struct Uploader {
+    repo: Arc<OpenRepo>,
+    key_id: KeyId,
+    key: Arc<DataKey>,
+    sealed_with_key: u64,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<Result<(u64, u64), BackupError>>,
+    stats: SnapshotStats,
+}
+
+impl Uploader {
+    async fn new(repo: Arc<OpenRepo>, in_flight: usize) -> Result<Self, BackupError> {
+        let (key_id, key) = repo.new_data_key().await?;
+        Ok(Self {
+            repo,
+            key_id,
+            key,
+            sealed_with_key: 0,
+            permits: Arc::new(Semaphore::new(in_flight)),
+            tasks: JoinSet::new(),
+            stats: SnapshotStats::default(),
+        })
+    }
+
+    fn account(
+        &mut self,
+        joined: Result<Result<(u64, u64), BackupError>, tokio::task::JoinError>,
+    ) -> Result<(), BackupError> {
+        let (plain, stored) = joined.map_err(|e| BackupError::Internal(e.to_string()))??;
+        self.stats.bytes_new += plain;
+        self.stats.stored_new += stored;
+        self.stats.chunks_new += 1;
+        Ok(())
+    }
+
+    async fn upload(&mut self, chunk: Chunk) -> Result<(), BackupError> {
+        while let Some(done) = self.tasks.try_join_next() {
+            self.account(done)?;
+        }
+        if self.sealed_with_key == CHUNKS_PER_DATA_KEY {
+            (self.key_id, self.key) = self.repo.new_data_key().await?;
+            self.sealed_with_key = 0;
+        }
+        self.sealed_with_key += 1;
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore is never closed");
+        let (repo, key, key_id) = (self.repo.clone(), self.key.clone(), self.key_id);
+        self.tasks.spawn(async move {
+            let _permit = permit;
+            let plain = chunk.data.len() as u64;
+            let seal_repo = repo.clone();
+            let envelope = tokio::task::spawn_blocking(move || {
+                let r = &seal_repo;
+                coffer_proto::chunk::seal(&chunk.data, &key, key_id, &r.name, &chunk.id, r.config.zstd_level)
+            })
+            .await
+            .map_err(|e| BackupError::Internal(e.to_string()))?;
+            let stored = envelope.len() as u64;
+            repo.client
+                .put_chunk(&repo.name, &chunk.id, Bytes::from(envelope))
+                .await?;
+            Ok((plain, stored))
+        });
+        Ok(())
+    }
+
+    async fn finish(&mut self) -> Result<(), BackupError> {
+        while let Some(done) = self.tasks.join_next().await {
+            self.account(done)?;
+        }
+        Ok(())
+    }
+}
+
+/// Chunks waiting for one dedup query.
+#[derive(Default)]
+struct Batch {
+    chunks: Vec<Chunk>,
+    bytes: usize,
+}
+
+impl Batch {
+    fn push(&mut self, c: Chunk) {
+        self.bytes += c.data.len();
+        self.chunks.push(c);
+    }
+
+    fn full(&self) -> bool {
+        self.chunks.len() >= DEDUP_BATCH_MAX || self.bytes >= DEDUP_BATCH_BYTES
+    }
+
+    /// Asks which chunks the repository lacks and uploads those.
+    async fn flush(&mut self, up: &mut Uploader) -> Result<(), BackupError> {
+        if self.chunks.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<ChunkId> = self.chunks.iter().map(|c| c.id).collect();
+        let missing: HashSet<ChunkId> = up.repo.client.missing(&up.repo.name, &ids).await?.into_iter().collect();
+        self.bytes = 0;
+        for chunk in self.chunks.drain(..) {
+            if missing.contains(&chunk.id) {
+                up.upload(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The chunks a snapshot references, each once, in first-seen order.
+#[derive(Default)]
+struct References {
+    seen: HashSet<ChunkId>,
+    order: Vec<ChunkId>,
+}
+
+impl References {
+    /// Records `id`; true the first time it is seen in this run.
+    fn add(&mut self, id: ChunkId) -> bool {
+        let new = self.seen.insert(id);
+        if new {
+            self.order.push(id);
+        }
+        new
+    }
+}
+
+/// Runs one backup of `source` into `repo` and commits it.
+pub async fn run(
+    repo: Arc<OpenRepo>,
+    source: Source,
+    name: String,
+    in_flight: usize,
+    progress: bool,
+) -> Result<BackupReport, BackupError> {
+    let t0 = Instant::now();
+    let started = crate::unix_now();
+    let description = source.describe();
+    let mut up = Uploader::new(repo.clone(), in_flight).await?;
+    let (tx, mut rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
+    let reader_repo = repo.clone();
+    let reader = tokio::task::spawn_blocking(move || read_source(source, &reader_repo, tx));
+
+    let mut progress = Progress::new(progress);
+    let mut manifest = Manifest::default();
+    let mut refs = References::default();
+    let mut batch = Batch::default();
+    let streamed: Result<(), BackupError> = async {
+        loop {
+            let next = if batch.chunks.is_empty() {
+                rx.recv().await
+            } else {
+                match tokio::time::timeout(DEDUP_BATCH_LINGER, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        batch.flush(&mut up).await?;
+                        continue;
+                    }
+                }
+            };
+            let Some(chunk) = next else { break };
+            manifest.0.push(ManifestEntry {
+                id: chunk.id,
+                len: chunk.data.len() as u32,
+            });
+            up.stats.chunks += 1;
+            up.stats.bytes_in += chunk.data.len() as u64;
+            progress.update(up.stats.bytes_in, up.stats.bytes_new);
+            if refs.add(chunk.id) {
+                batch.push(chunk);
+                if batch.full() {
+                    batch.flush(&mut up).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = streamed {
+        drop(rx); // stops the reader (and kills a command)
+        let _ = reader.await;
+        return Err(e);
+    }
+    let summary = reader.await.map_err(|e| BackupError::Internal(e.to_string()))??;
+
+    // The manifest goes through the same chunk path, so a huge stream still
+    // commits with a small root.
+    let p = repo.config.chunker;
+    let encoded = manifest.encode();
+    let mut manifest_refs = Vec::new();
+    for cut in fastcdc::v2020::FastCDC::new(&encoded, p.min_size, p.avg_size, p.max_size) {
+        let data = encoded[cut.offset..cut.offset + cut.length].to_vec();
+        let id = repo.id_key.chunk_id(&data);
+        manifest_refs.push(ManifestRef {
+            id,
+            len: cut.length as u32,
+        });
+        if refs.add(id) {
+            batch.push(Chunk { id, data });
+        }
+    }
+    batch.flush(&mut up).await?;
+    up.finish().await?;
+    progress.finish(up.stats.bytes_in, up.stats.bytes_new);
+
+    let id = SnapshotId::random();
+    let root = SnapshotRoot {
+        version: ROOT_VERSION,
+        id,
+        name,
+        host: hostname(),
+        source: description,
+        started,
+        finished: crate::unix_now(),
+        bytes: summary.bytes,
+        blake3: summary.blake3.to_hex().to_string(),
+        manifest: manifest_refs,
+    };
+    let root = envelope::seal(
+        Kind::SnapshotRoot,
+        Compression::None,
+        up.key_id,
+        &up.key,
+        &repo.name,
+        id.as_bytes(),
+        &root.encode(),
+    );
+    let stats = up.stats;
+    let commit = CommitRequest {
+        snapshot: id,
+        root,
+        stats,
+        chunks: refs.order,
+    };
+    repo.client.commit(&repo.name, commit.encode()).await?;
+    Ok(BackupReport {
+        id,
+        bytes_in: stats.bytes_in,
+        bytes_new: stats.bytes_new,
+        stored_new: stats.stored_new,
+        chunks: stats.chunks,
+        chunks_new: stats.chunks_new,
+        duration_secs: t0.elapsed().as_secs_f64(),
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

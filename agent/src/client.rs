@@ -1,0 +1,282 @@
+//! The agent side of the `/v1` protocol: one HTTP/2 connection over TLS 1.3
+//! with a client certificate, shared by every request in flight.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use coffer_proto::api::{ErrorBody, SnapshotInfo, Whoami, DIGEST_HEADER};
+use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId, ENVELOPE_MAX};
+use http::{Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::net::TcpStream;
+
+use crate::config::AgentConfig;
+
+/// Largest response body the agent reads (an envelope, or a listing).
+const RESPONSE_MAX: usize = 64 * 1024 * 1024 + ENVELOPE_MAX;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("cannot connect to the proxy at {addr}: {source}")]
+    Connect { addr: String, source: std::io::Error },
+    #[error("TLS handshake with the proxy at {addr} failed: {source}")]
+    Handshake { addr: String, source: std::io::Error },
+    #[error("HTTP/2 error talking to the proxy: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("reading the proxy's response: {0}")]
+    Body(String),
+    #[error("{method} {path}: proxy answered {status} {code}: {message}")]
+    Status {
+        method: Method,
+        path: String,
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+    #[error("the proxy's response was not understood: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A connection to the proxy. Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct ProxyClient {
+    send: SendRequest<Full<Bytes>>,
+    authority: String,
+}
+
+fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| ClientError::Tls(format!("{}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ClientError::Tls(format!("{}: no certificate found", path.display())));
+    }
+    Ok(certs)
+}
+
+impl ProxyClient {
+    /// Connects and completes the TLS 1.3 and HTTP/2 handshakes.
+    pub async fn connect(cfg: &AgentConfig) -> Result<Self, ClientError> {
+        let uri: Uri = cfg
+            .proxy
+            .parse()
+            .map_err(|e| ClientError::Tls(format!("proxy URL {:?}: {e}", cfg.proxy)))?;
+        let authority = uri
+            .authority()
+            .ok_or_else(|| ClientError::Tls(format!("proxy URL {:?} has no host", cfg.proxy)))?
+            .clone();
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority.port_u16().unwrap_or(443);
+        let server_name = ServerName::try_from(cfg.server_name.clone().unwrap_or(host.clone()))
+            .map_err(|e| ClientError::Tls(format!("server name: {e}")))?;
+
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in read_certs(&cfg.ca)? {
+            roots
+                .add(cert)
+                .map_err(|e| ClientError::Tls(format!("{}: {e}", cfg.ca.display())))?;
+        }
+        let key = PrivateKeyDer::from_pem_file(&cfg.key)
+            .map_err(|e| ClientError::Tls(format!("{}: {e}", cfg.key.display())))?;
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| ClientError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(read_certs(&cfg.cert)?, key)
+            .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+
+        let addr = format!("{host}:{port}");
+        let tcp = TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect {
+            addr: addr.clone(),
+            source,
+        })?;
+        tcp.set_nodelay(true).ok();
+        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+            .connect(server_name, tcp)
+            .await
+            .map_err(|source| ClientError::Handshake {
+                addr: addr.clone(),
+                source,
+            })?;
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .max_frame_size(1024 * 1024)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!("proxy connection closed: {e}");
+            }
+        });
+        Ok(Self {
+            send,
+            authority: authority.to_string(),
+        })
+    }
+
+    async fn call(
+        &self,
+        method: Method,
+        path: String,
+        body: Bytes,
+        extra: Option<(&'static str, String)>,
+    ) -> Result<Bytes, ClientError> {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(format!("https://{}{path}", self.authority));
+        if let Some((name, value)) = extra {
+            req = req.header(name, value);
+        }
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let mut send = self.send.clone();
+        send.ready().await?;
+        let resp = send.send_request(req).await?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), RESPONSE_MAX)
+            .collect()
+            .await
+            .map_err(|e| ClientError::Body(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            return Ok(body);
+        }
+        let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
+            Ok(e) => (e.code, e.message),
+            Err(_) => (
+                String::new(),
+                String::from_utf8_lossy(&body).chars().take(200).collect(),
+            ),
+        };
+        Err(ClientError::Status {
+            method,
+            path,
+            status,
+            code,
+            message,
+        })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub async fn whoami(&self) -> Result<Whoami, ClientError> {
+        Self::json(&self.call(Method::GET, "/v1/whoami".into(), Bytes::new(), None).await?)
+    }
+
+    pub async fn put_config(&self, repo: &RepoName, body: Vec<u8>) -> Result<(), ClientError> {
+        self.call(Method::PUT, format!("/v1/repos/{repo}/config"), body.into(), None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn get_config(&self, repo: &RepoName) -> Result<Bytes, ClientError> {
+        self.call(Method::GET, format!("/v1/repos/{repo}/config"), Bytes::new(), None)
+            .await
+    }
+
+    pub async fn put_key(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
+        self.call(Method::PUT, format!("/v1/repos/{repo}/keys/{id}"), body.into(), None)
+            .await
+            .map(drop)
+    }
+
+    pub async fn get_key(&self, repo: &RepoName, id: KeyId) -> Result<Bytes, ClientError> {
+        self.call(Method::GET, format!("/v1/repos/{repo}/keys/{id}"), Bytes::new(), None)
+            .await
+    }
+
+    /// Which of `ids` the repository does not hold yet.
+    pub async fn missing(&self, repo: &RepoName, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
+        let body = coffer_proto::snapshot::encode_ids(ids);
+        let resp = self
+            .call(
+                Method::POST,
+                format!("/v1/repos/{repo}/chunks/missing"),
+                body.into(),
+                None,
+            )
+            .await?;
+        coffer_proto::snapshot::decode_ids(&resp).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Uploads an envelope with its transit digest. Idempotent.
+    pub async fn put_chunk(&self, repo: &RepoName, id: &ChunkId, envelope: Bytes) -> Result<(), ClientError> {
+        let digest = blake3::hash(&envelope).to_hex().to_string();
+        self.call(
+            Method::PUT,
+            format!("/v1/repos/{repo}/chunks/{id}"),
+            envelope,
+            Some((DIGEST_HEADER, digest)),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn get_chunk(&self, repo: &RepoName, id: &ChunkId) -> Result<Bytes, ClientError> {
+        self.call(Method::GET, format!("/v1/repos/{repo}/chunks/{id}"), Bytes::new(), None)
+            .await
+    }
+
+    pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
+        Self::json(
+            &self
+                .call(Method::POST, format!("/v1/repos/{repo}/snapshots"), body.into(), None)
+                .await?,
+        )
+    }
+
+    pub async fn list_snapshots(&self, repo: &RepoName) -> Result<Vec<SnapshotInfo>, ClientError> {
+        Self::json(
+            &self
+                .call(Method::GET, format!("/v1/repos/{repo}/snapshots"), Bytes::new(), None)
+                .await?,
+        )
+    }
+
+    pub async fn get_snapshot(&self, repo: &RepoName, id: SnapshotId) -> Result<Bytes, ClientError> {
+        self.call(
+            Method::GET,
+            format!("/v1/repos/{repo}/snapshots/{id}"),
+            Bytes::new(),
+            None,
+        )
+        .await
+    }
+
+    /// A raw request, for tests that must send what the agent never would.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        header: Option<(&'static str, String)>,
+    ) -> Result<Bytes, ClientError> {
+        self.call(method, path.to_string(), body.into(), header).await
+    }
+}

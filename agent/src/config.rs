@@ -1,0 +1,138 @@
+//! `agent.toml`: where the proxy is, which certificate to present, and
+//! which key provider wraps data keys. Every key is documented in
+//! `docs/configuration.md`; unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Upload requests in flight at once, unless the config says otherwise.
+pub const DEFAULT_UPLOADS_IN_FLIGHT: usize = 8;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// `https://host:port` of the proxy.
+    pub proxy: String,
+    /// CA certificate(s) that sign the proxy's certificate (PEM).
+    pub ca: PathBuf,
+    /// This agent's client certificate chain (PEM).
+    pub cert: PathBuf,
+    /// This agent's private key (PEM).
+    pub key: PathBuf,
+    /// Overrides the TLS server name (default: the host of `proxy`).
+    #[serde(default)]
+    pub server_name: Option<String>,
+    pub keys: KeysConfig,
+    #[serde(default)]
+    pub backup: BackupConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum KeysConfig {
+    /// A local master-key file (dev mode, single host).
+    Local { master_key: PathBuf },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    #[serde(default = "default_uploads")]
+    pub uploads_in_flight: usize,
+}
+
+fn default_uploads() -> usize {
+    DEFAULT_UPLOADS_IN_FLIGHT
+}
+
+impl Default for BackupConfig {
+    fn default() -> Self {
+        Self {
+            uploads_in_flight: DEFAULT_UPLOADS_IN_FLIGHT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl AgentConfig {
+    /// Loads a config file; relative paths in it are taken from the file's
+    /// folder, so a config and its certificates can move together.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let mut cfg: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
+            *p = base.join(&*p);
+        }
+        match &mut cfg.keys {
+            KeysConfig::Local { master_key } => *master_key = base.join(&*master_key),
+        }
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
+        if !cfg.proxy.starts_with("https://") {
+            return Err(invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
+        }
+        if !(1..=256).contains(&cfg.backup.uploads_in_flight) {
+            return Err(invalid("backup.uploads_in_flight must be 1 to 256".into()));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("agent.toml");
+        std::fs::write(&p, text).unwrap();
+        AgentConfig::load(&p)
+    }
+
+    const GOOD: &str = r#"
+proxy = "https://127.0.0.1:7443"
+ca = "ca.pem"
+cert = "writer.pem"
+key = "writer.key"
+[keys]
+provider = "local"
+master_key = "master.key"
+"#;
+
+    #[test]
+    fn resolves_relative_paths() {
+        let cfg = load(GOOD).unwrap();
+        assert!(cfg.ca.is_absolute() && cfg.ca.ends_with("ca.pem"));
+        assert_eq!(cfg.backup.uploads_in_flight, DEFAULT_UPLOADS_IN_FLIGHT);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = load(&format!("{GOOD}\nextra = 1\n")).unwrap_err().to_string();
+        assert!(err.contains("extra"), "{err}");
+        let err = load(&GOOD.replace("master_key", "masterkey")).unwrap_err().to_string();
+        assert!(err.contains("masterkey"), "{err}");
+        assert!(load(&GOOD.replace("https://", "http://")).is_err());
+        assert!(load(&GOOD.replace("\"local\"", "\"vault\"")).is_err());
+    }
+}

@@ -1,0 +1,194 @@
+//! Key providers: where the agent gets data keys and unwraps them.
+//!
+//! The trait is shaped after AWS KMS (`GenerateDataKey`, `Decrypt`,
+//! `DescribeKey`) so that the KMS provider drops in beside the local one.
+
+use std::path::Path;
+
+use async_trait::async_trait;
+use coffer_proto::keys::{DataKey, EncryptionContext, KeyRecord, LocalKek, Purpose, KEY_RECORD_VERSION};
+use coffer_proto::{KeyId, RepoName};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    #[error("cannot read the master key file {path}: {source}")]
+    ReadMasterKey { path: String, source: std::io::Error },
+    #[error("master key file {path} must not be readable by group or others (chmod 600)")]
+    MasterKeyMode { path: String },
+    #[error("invalid master key file {path}: {reason}")]
+    MasterKeyFormat { path: String, reason: String },
+    #[error("key {key_id} was wrapped by {record_kek}, but this agent's key provider is {provider_kek}")]
+    WrongKek {
+        key_id: KeyId,
+        record_kek: String,
+        provider_kek: String,
+    },
+    #[error("key {key_id} could not be unwrapped: wrong key-encryption key or altered record")]
+    Unwrap { key_id: KeyId },
+    #[error("key record {key_id} is not bound to repository {repo} for this purpose")]
+    WrongContext { key_id: KeyId, repo: RepoName },
+}
+
+/// What the provider can say about its key-encryption key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyDescription {
+    pub kek: String,
+    pub enabled: bool,
+}
+
+#[async_trait]
+pub trait KeyProvider: Send + Sync {
+    /// A fresh data key under `ctx`: the plaintext and its wrapped blob.
+    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<(DataKey, Vec<u8>), KeyError>;
+    /// Unwraps `wrapped`, which must have been made by `kek` under `ctx`.
+    async fn decrypt(
+        &self,
+        kek: &str,
+        key_id: KeyId,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KeyError>;
+    /// The KEK this provider wraps new keys with.
+    async fn describe_key(&self) -> Result<KeyDescription, KeyError>;
+}
+
+/// Makes a data key and the record to store it under: the one operation
+/// both `init` (chunk-id key) and `backup` (data key) need.
+pub async fn new_key(
+    provider: &dyn KeyProvider,
+    repo: &RepoName,
+    purpose: Purpose,
+) -> Result<(DataKey, KeyRecord), KeyError> {
+    let key_id = KeyId::random();
+    let context = EncryptionContext::new(repo, purpose, key_id);
+    let (key, wrapped) = provider.generate_data_key(&context).await?;
+    let kek = provider.describe_key().await?.kek;
+    Ok((
+        key,
+        KeyRecord {
+            version: KEY_RECORD_VERSION,
+            key_id,
+            purpose,
+            kek,
+            context,
+            wrapped,
+        },
+    ))
+}
+
+/// Unwraps a record after checking it is bound to `repo`, `purpose` and
+/// `key_id`: a record copied from another repository is refused.
+pub async fn open_record(
+    provider: &dyn KeyProvider,
+    record: &KeyRecord,
+    repo: &RepoName,
+    purpose: Purpose,
+    key_id: KeyId,
+) -> Result<DataKey, KeyError> {
+    if record.key_id != key_id || record.purpose != purpose || !record.context.matches(repo, purpose, key_id) {
+        return Err(KeyError::WrongContext {
+            key_id,
+            repo: repo.clone(),
+        });
+    }
+    provider
+        .decrypt(&record.kek, key_id, &record.wrapped, &record.context)
+        .await
+}
+
+/// The local provider: a master-key file that must be mode 0600.
+pub struct LocalProvider {
+    kek: LocalKek,
+}
+
+impl LocalProvider {
+    pub fn open(path: &Path) -> Result<Self, KeyError> {
+        let shown = path.display().to_string();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let meta = std::fs::metadata(path).map_err(|source| KeyError::ReadMasterKey {
+                path: shown.clone(),
+                source,
+            })?;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(KeyError::MasterKeyMode { path: shown });
+            }
+        }
+        let text =
+            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::ReadMasterKey {
+                path: shown.clone(),
+                source,
+            })?);
+        let kek = LocalKek::from_file_contents(&text).map_err(|e| KeyError::MasterKeyFormat {
+            path: shown,
+            reason: e.to_string(),
+        })?;
+        Ok(Self { kek })
+    }
+}
+
+#[async_trait]
+impl KeyProvider for LocalProvider {
+    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<(DataKey, Vec<u8>), KeyError> {
+        Ok(self.kek.generate_data_key(ctx))
+    }
+
+    async fn decrypt(
+        &self,
+        kek: &str,
+        key_id: KeyId,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KeyError> {
+        if kek != self.kek.id() {
+            return Err(KeyError::WrongKek {
+                key_id,
+                record_kek: kek.to_string(),
+                provider_kek: self.kek.id().to_string(),
+            });
+        }
+        self.kek.decrypt(wrapped, ctx).map_err(|_| KeyError::Unwrap { key_id })
+    }
+
+    async fn describe_key(&self) -> Result<KeyDescription, KeyError> {
+        Ok(KeyDescription {
+            kek: self.kek.id().to_string(),
+            enabled: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn master_key_mode_and_records() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("master.key");
+        let (_, contents) = LocalKek::generate();
+        std::fs::write(&p, contents.as_bytes()).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(LocalProvider::open(&p), Err(KeyError::MasterKeyMode { .. })));
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let provider = LocalProvider::open(&p).unwrap();
+
+        let repo: RepoName = "dev/db".parse().unwrap();
+        let (key, record) = new_key(&provider, &repo, Purpose::Data).await.unwrap();
+        let back = open_record(&provider, &record, &repo, Purpose::Data, record.key_id)
+            .await
+            .unwrap();
+        assert_eq!(back.expose_secret(), key.expose_secret());
+        let other: RepoName = "dev/other".parse().unwrap();
+        assert!(matches!(
+            open_record(&provider, &record, &other, Purpose::Data, record.key_id).await,
+            Err(KeyError::WrongContext { .. })
+        ));
+        assert!(open_record(&provider, &record, &repo, Purpose::ChunkId, record.key_id)
+            .await
+            .is_err());
+    }
+}

@@ -1,0 +1,325 @@
+//! `coffer`: the backup agent's command line.
+//!
+//! Exit codes: 0 success, 1 failure (nothing committed, or a check failed),
+//! 64 usage or configuration error.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use coffer_agent::backup::{self, Source};
+use coffer_agent::client::ProxyClient;
+use coffer_agent::config::{AgentConfig, KeysConfig};
+use coffer_agent::keys::{KeyProvider, LocalProvider};
+use coffer_agent::repo::{self, OpenRepo};
+use coffer_agent::restore;
+use coffer_proto::{RepoName, SnapshotId};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
+
+const EXIT_FAILURE: u8 = 1;
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "coffer",
+    version,
+    about = "Coffer backup agent: encrypted, deduplicated, write-once backups"
+)]
+struct Cli {
+    /// Agent configuration file (TOML).
+    #[arg(long, global = true, env = "COFFER_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a repository: its config and wrapped chunk-id key.
+    Init {
+        #[arg(long)]
+        repo: RepoName,
+    },
+    /// Back up a stream: `-` for stdin, a PATH, or `-- CMD [ARGS...]`.
+    ///
+    /// With a command, the snapshot is committed only if it exits 0.
+    /// Prints the snapshot id as the last line of stdout.
+    Backup {
+        #[arg(long)]
+        repo: RepoName,
+        /// A name for the snapshot (default: the source).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print one JSON object instead of the id.
+        #[arg(long)]
+        json: bool,
+        /// `-` (stdin) or a file path.
+        #[arg(conflicts_with = "command")]
+        input: Option<String>,
+        /// A command whose stdout is backed up, after `--`.
+        #[arg(last = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// Restore a snapshot to stdout, or to FILE with `-o` (written only if the
+    /// whole snapshot checks out).
+    Restore {
+        #[arg(long)]
+        repo: RepoName,
+        snapshot: SnapshotId,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List a repository's snapshots.
+    Snapshots {
+        #[arg(long)]
+        repo: RepoName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch, decrypt, decompress and re-hash every chunk of one snapshot, or
+    /// of all of them.
+    Verify {
+        #[arg(long)]
+        repo: RepoName,
+        snapshot: Option<SnapshotId>,
+    },
+    /// Show who the proxy thinks this agent is, and what it may do.
+    Whoami,
+}
+
+/// A failure with the exit code it maps to.
+struct Failure(u8, anyhow::Error);
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure(EXIT_FAILURE, e.into())
+    }
+}
+
+fn usage(e: impl Into<anyhow::Error>) -> Failure {
+    Failure(EXIT_USAGE, e.into())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("COFFER_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("coffer: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure(code, e)) => {
+            eprintln!("coffer: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+struct Ctx {
+    config: AgentConfig,
+    client: ProxyClient,
+    provider: Arc<dyn KeyProvider>,
+}
+
+async fn connect(path: Option<PathBuf>) -> Result<Ctx, Failure> {
+    let path = path.ok_or_else(|| {
+        usage(anyhow::anyhow!(
+            "no configuration: pass --config FILE or set COFFER_CONFIG"
+        ))
+    })?;
+    let config = AgentConfig::load(&path).map_err(usage)?;
+    let provider: Arc<dyn KeyProvider> = match &config.keys {
+        KeysConfig::Local { master_key } => Arc::new(LocalProvider::open(master_key).map_err(usage)?),
+    };
+    let client = ProxyClient::connect(&config).await?;
+    Ok(Ctx {
+        config,
+        client,
+        provider,
+    })
+}
+
+impl Ctx {
+    async fn open(self, name: RepoName) -> Result<(AgentConfig, Arc<OpenRepo>), Failure> {
+        Ok((
+            self.config,
+            Arc::new(OpenRepo::open(self.client, self.provider, name).await?),
+        ))
+    }
+}
+
+fn print_json(v: &impl Serialize) -> Result<(), Failure> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let ctx = connect(cli.config).await?;
+    match cli.command {
+        Cmd::Init { repo } => {
+            let kek = ctx.provider.describe_key().await?.kek;
+            repo::init(&ctx.client, &*ctx.provider, &repo).await?;
+            println!("initialised repository {repo} (chunk-id key wrapped by {kek})");
+        }
+        Cmd::Backup {
+            repo,
+            name,
+            json,
+            input,
+            command,
+        } => {
+            let source = match (input.as_deref(), command.is_empty()) {
+                (Some("-"), true) => Source::Stdin,
+                (Some(path), true) => Source::File(path.into()),
+                (None, false) => Source::Command(command),
+                _ => {
+                    return Err(usage(anyhow::anyhow!(
+                        "give exactly one source: `-`, a PATH, or `-- CMD [ARGS...]`"
+                    )))
+                }
+            };
+            let name = name.unwrap_or_else(|| match &source {
+                Source::Stdin => "stdin".into(),
+                Source::File(p) => p.display().to_string(),
+                Source::Command(argv) => argv.join(" "),
+            });
+            let (config, repo) = ctx.open(repo).await?;
+            let report = backup::run(repo, source, name, config.backup.uploads_in_flight, !json).await?;
+            if json {
+                print_json(&report)?;
+            } else {
+                eprintln!(
+                    "backed up {} bytes in {} chunks: {} new bytes in {} chunks ({} stored), {:.1}s",
+                    report.bytes_in,
+                    report.chunks,
+                    report.bytes_new,
+                    report.chunks_new,
+                    report.stored_new,
+                    report.duration_secs
+                );
+                println!("{}", report.id);
+            }
+        }
+        Cmd::Restore { repo, snapshot, output } => {
+            let (config, repo) = ctx.open(repo).await?;
+            let in_flight = config.backup.uploads_in_flight;
+            match output {
+                None => {
+                    let mut out = tokio::io::stdout();
+                    restore::restore(repo, snapshot, &mut out, in_flight).await?;
+                }
+                Some(path) => restore_to_file(repo, snapshot, &path, in_flight).await?,
+            }
+        }
+        Cmd::Snapshots { repo, json } => {
+            let (_, repo) = ctx.open(repo).await?;
+            let list = list_snapshots(&repo).await?;
+            if json {
+                print_json(&list)?;
+            } else {
+                for s in &list {
+                    println!(
+                        "{}  {}  {:>14} bytes  {}  ({})",
+                        s.id, s.committed, s.bytes, s.name, s.source
+                    );
+                }
+            }
+        }
+        Cmd::Verify { repo, snapshot } => {
+            let (config, repo) = ctx.open(repo).await?;
+            let ids = match snapshot {
+                Some(id) => vec![id],
+                None => repo
+                    .client
+                    .list_snapshots(&repo.name)
+                    .await?
+                    .into_iter()
+                    .map(|s| s.id)
+                    .collect(),
+            };
+            for id in ids {
+                let v = restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await?;
+                println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks);
+            }
+        }
+        Cmd::Whoami => print_json(&ctx.client.whoami().await?)?,
+    }
+    Ok(())
+}
+
+/// Writes into a temporary file beside `path` and renames it into place
+/// only when the whole snapshot has been checked: no partial restores.
+async fn restore_to_file(
+    repo: Arc<OpenRepo>,
+    snapshot: SnapshotId,
+    path: &std::path::Path,
+    in_flight: usize,
+) -> Result<(), Failure> {
+    let tmp = path.with_file_name(format!(
+        ".{}.coffer-partial",
+        path.file_name()
+            .context("the output path has no file name")?
+            .to_string_lossy()
+    ));
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        restore::restore(repo, snapshot, &mut f, in_flight).await?;
+        f.sync_all().await?;
+        f.shutdown().await?;
+        tokio::fs::rename(&tmp, path)
+            .await
+            .with_context(|| format!("renaming into {}", path.display()))?;
+        anyhow::Ok(())
+    }
+    .await;
+    if result.is_err() {
+        let _ = tokio::fs::remove_file(&tmp).await;
+    }
+    Ok(result?)
+}
+
+#[derive(Serialize)]
+struct Listed {
+    id: SnapshotId,
+    committed: u64,
+    name: String,
+    host: String,
+    source: String,
+    bytes: u64,
+    stats: coffer_proto::snapshot::SnapshotStats,
+}
+
+async fn list_snapshots(repo: &OpenRepo) -> Result<Vec<Listed>, Failure> {
+    let mut out = Vec::new();
+    for info in repo.client.list_snapshots(&repo.name).await? {
+        let root = restore::load_root(repo, info.id).await?;
+        out.push(Listed {
+            id: info.id,
+            committed: info.committed,
+            name: root.name,
+            host: root.host,
+            source: root.source,
+            bytes: root.bytes,
+            stats: info.stats,
+        });
+    }
+    Ok(out)
+}

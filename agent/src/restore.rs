@@ -1,0 +1,169 @@
+//! Restore and verify: fetch a snapshot's root, its manifest and its chunks,
+//! open every envelope, check every keyed hash, and write the stream in
+//! order. Fetches run ahead of the writer, `in_flight` at a time.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use coffer_proto::envelope::{self, Kind};
+use coffer_proto::snapshot::{Manifest, SnapshotRoot};
+use coffer_proto::{ChunkId, SnapshotId};
+use tokio::io::{AsyncWrite, AsyncWriteExt as _};
+use tokio::task::JoinHandle;
+
+use crate::client::ClientError;
+use crate::repo::{OpenRepo, RepoError};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    #[error("integrity error: snapshot {snapshot} chunk {chunk}: {what}")]
+    Chunk {
+        snapshot: SnapshotId,
+        chunk: ChunkId,
+        what: &'static str,
+    },
+    #[error("integrity error: snapshot {snapshot}: {what}")]
+    Snapshot { snapshot: SnapshotId, what: String },
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error("writing the restored stream: {0}")]
+    Write(std::io::Error),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What restore and verify report for a snapshot that checks out.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Verified {
+    pub id: SnapshotId,
+    pub bytes: u64,
+    pub chunks: usize,
+}
+
+/// Fetches and opens the root of `snapshot`.
+pub async fn load_root(repo: &OpenRepo, snapshot: SnapshotId) -> Result<SnapshotRoot, RestoreError> {
+    let bad = |what: &str| RestoreError::Snapshot {
+        snapshot,
+        what: what.to_string(),
+    };
+    let sealed = repo.client.get_snapshot(&repo.name, snapshot).await?;
+    let header = envelope::parse_header(&sealed).map_err(|e| bad(&format!("root: {e}")))?;
+    let key = repo.data_key(header.key_id).await?;
+    let (_, plain) = envelope::open(&sealed, Kind::SnapshotRoot, &key, &repo.name, snapshot.as_bytes())
+        .map_err(|_| bad("the snapshot root failed authentication"))?;
+    let root = SnapshotRoot::decode(&plain).map_err(|e| bad(&format!("root: {e}")))?;
+    if root.id != snapshot {
+        return Err(bad("the root names another snapshot"));
+    }
+    Ok(root)
+}
+
+/// Fetches one chunk and opens it off the reactor.
+async fn fetch_chunk(
+    repo: Arc<OpenRepo>,
+    snapshot: SnapshotId,
+    id: ChunkId,
+    len: u32,
+) -> Result<Vec<u8>, RestoreError> {
+    let bad = |what| RestoreError::Chunk {
+        snapshot,
+        chunk: id,
+        what,
+    };
+    let sealed = match repo.client.get_chunk(&repo.name, &id).await {
+        Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => return Err(bad("missing from the repository")),
+        other => other?,
+    };
+    let header = envelope::parse_header(&sealed).map_err(|_| bad("not a valid envelope"))?;
+    let key = repo.data_key(header.key_id).await?;
+    let plain =
+        tokio::task::spawn_blocking(move || coffer_proto::chunk::open(&sealed, &key, &repo.name, &id, &repo.id_key))
+            .await
+            .map_err(|e| RestoreError::Internal(e.to_string()))?
+            .map_err(|_| bad("failed authentication or does not match its id"))?;
+    if plain.len() != len as usize {
+        return Err(bad("has the wrong length"));
+    }
+    Ok(plain)
+}
+
+/// Fetches chunks in order, keeping up to `in_flight` requests running,
+/// and hands each plaintext to `sink` in stream order.
+async fn for_each_chunk(
+    repo: &Arc<OpenRepo>,
+    snapshot: SnapshotId,
+    chunks: impl IntoIterator<Item = (ChunkId, u32)>,
+    in_flight: usize,
+    mut sink: impl AsyncFnMut(Vec<u8>) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    let mut pending: VecDeque<JoinHandle<Result<Vec<u8>, RestoreError>>> = VecDeque::new();
+    let mut chunks = chunks.into_iter();
+    let result = async {
+        loop {
+            while pending.len() < in_flight {
+                let Some((id, len)) = chunks.next() else { break };
+                pending.push_back(tokio::spawn(fetch_chunk(repo.clone(), snapshot, id, len)));
+            }
+            let Some(next) = pending.pop_front() else { return Ok(()) };
+            let data = next.await.map_err(|e| RestoreError::Internal(e.to_string()))??;
+            sink(data).await?;
+        }
+    }
+    .await;
+    for task in pending {
+        task.abort();
+    }
+    result
+}
+
+/// Restores `snapshot` into `out`, checking every chunk and, at the end,
+/// the BLAKE3 of the whole stream.
+pub async fn restore(
+    repo: Arc<OpenRepo>,
+    snapshot: SnapshotId,
+    out: &mut (impl AsyncWrite + Unpin),
+    in_flight: usize,
+) -> Result<Verified, RestoreError> {
+    let root = load_root(&repo, snapshot).await?;
+    let bad = |what: &str| RestoreError::Snapshot {
+        snapshot,
+        what: what.to_string(),
+    };
+
+    let mut encoded = Vec::new();
+    let refs = root.manifest.iter().map(|r| (r.id, r.len));
+    for_each_chunk(&repo, snapshot, refs, in_flight, async |data| {
+        encoded.extend_from_slice(&data);
+        Ok(())
+    })
+    .await?;
+    let manifest = Manifest::decode(&encoded).map_err(|e| bad(&format!("manifest: {e}")))?;
+    if manifest.stream_len() != root.bytes {
+        return Err(bad("the manifest's length disagrees with the root"));
+    }
+
+    let mut hasher = blake3::Hasher::new();
+    let entries = manifest.0.iter().map(|e| (e.id, e.len));
+    for_each_chunk(&repo, snapshot, entries, in_flight, async |data| {
+        hasher.update(&data);
+        out.write_all(&data).await.map_err(RestoreError::Write)
+    })
+    .await?;
+    out.flush().await.map_err(RestoreError::Write)?;
+    if hasher.finalize().to_hex().as_str() != root.blake3 {
+        return Err(bad("the restored stream's BLAKE3 does not match the root"));
+    }
+    Ok(Verified {
+        id: snapshot,
+        bytes: root.bytes,
+        chunks: manifest.0.len(),
+    })
+}
+
+/// Verifies a snapshot: a full restore into nowhere.
+pub async fn verify(repo: Arc<OpenRepo>, snapshot: SnapshotId, in_flight: usize) -> Result<Verified, RestoreError> {
+    restore(repo, snapshot, &mut tokio::io::sink(), in_flight).await
+}

@@ -1,0 +1,106 @@
+//! The repository `config` object: written once by `coffer init`, read by
+//! every backup and restore. Plaintext JSON; the only secret in it, the
+//! chunk-id key, is wrapped.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::keys::{KeyRecord, Purpose};
+use crate::{FormatError, RepoName, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
+
+/// Current repository format version.
+pub const CONFIG_VERSION: u32 = 1;
+/// zstd level used unless the config says otherwise.
+pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+/// Decodes JSON strictly: trailing bytes and unknown fields are errors.
+pub(crate) fn json_decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, FormatError> {
+    serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerParams {
+    pub min_size: u32,
+    pub avg_size: u32,
+    pub max_size: u32,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self {
+            min_size: CHUNK_MIN,
+            avg_size: CHUNK_AVG,
+            max_size: CHUNK_MAX,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    pub version: u32,
+    pub repo: RepoName,
+    pub chunker: ChunkerParams,
+    /// zstd compression level for chunks (1 to 19).
+    pub zstd_level: i32,
+    /// The wrapped chunk-id key.
+    pub id_key: KeyRecord,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+impl RepoConfig {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("configs always serialise")
+    }
+
+    /// Decodes and validates: version, chunker bounds (no chunk may exceed
+    /// [`CHUNK_MAX`], the largest envelope the proxy accepts), and that the
+    /// wrapped id key is bound to this repository.
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let cfg: RepoConfig = json_decode(bytes, "repository config")?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let invalid = |reason: &str| FormatError::Invalid {
+            what: "repository config",
+            reason: reason.into(),
+        };
+        if self.version != CONFIG_VERSION {
+            return Err(FormatError::Unsupported {
+                what: "repository config version",
+                value: self.version.into(),
+            });
+        }
+        let c = self.chunker;
+        // The bounds FastCDC accepts (it asserts them), capped by CHUNK_MAX.
+        let ok = (64..=1 << 20).contains(&c.min_size)
+            && (256..=4 << 20).contains(&c.avg_size)
+            && (1024..=CHUNK_MAX).contains(&c.max_size)
+            && c.min_size <= c.avg_size
+            && c.avg_size <= c.max_size;
+        if !ok {
+            return Err(invalid(
+                "chunker sizes must satisfy min <= avg <= max, 64 <= min <= 1 MiB, 256 <= avg <= 4 MiB, 1 KiB <= max <= 8 MiB",
+            ));
+        }
+        if !(1..=19).contains(&self.zstd_level) {
+            return Err(invalid("zstd_level must be 1 to 19"));
+        }
+        if self.id_key.purpose != Purpose::ChunkId
+            || !self
+                .id_key
+                .context
+                .matches(&self.repo, Purpose::ChunkId, self.id_key.key_id)
+        {
+            return Err(invalid("id_key is not a chunk-id key bound to this repository"));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,296 @@
+//! Snapshots: the encrypted root, the manifest it points to, the commit body
+//! the agent sends and the plaintext index segment the proxy writes.
+//!
+//! ```text
+//! manifest = "CFM1" || count u64 || (chunk-id[32] || len u32) * count
+//! commit   = "CFC1" || snapshot-id[16] || u32 len(root) || root envelope
+//!            || stats || count u64 || chunk-id[32] * count
+//! index    = "CFI1" || snapshot-id[16] || committed u64 || retain-until u64
+//!            || stats || count u64 || (chunk-id[32] || size u32 || retain-until u64) * count
+//! stats    = bytes-in u64 || bytes-new u64 || stored-new u64 || chunks u64 || chunks-new u64
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::repo::json_decode;
+use crate::wire::Reader;
+use crate::{ChunkId, FormatError, SnapshotId, ENVELOPE_MAX};
+
+/// Current snapshot root format version.
+pub const ROOT_VERSION: u32 = 1;
+const MANIFEST_MAGIC: &[u8; 4] = b"CFM1";
+const COMMIT_MAGIC: &[u8; 4] = b"CFC1";
+const INDEX_MAGIC: &[u8; 4] = b"CFI1";
+/// A root envelope is small; anything larger is refused before allocation.
+pub const ROOT_MAX: usize = 1024 * 1024;
+
+/// One entry of a manifest: a chunk of the stream, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+const MANIFEST_ENTRY_LEN: usize = ChunkId::LEN + 4;
+
+/// The ordered chunks of a stream. Stored, like data, as chunks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest(pub Vec<ManifestEntry>);
+
+impl Manifest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(12 + self.0.len() * MANIFEST_ENTRY_LEN);
+        out.extend_from_slice(MANIFEST_MAGIC);
+        out.extend_from_slice(&(self.0.len() as u64).to_le_bytes());
+        for e in &self.0 {
+            out.extend_from_slice(e.id.as_bytes());
+            out.extend_from_slice(&e.len.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new(bytes);
+        r.magic(MANIFEST_MAGIC, "manifest (CFM1)")?;
+        let n = r.count(MANIFEST_ENTRY_LEN)?;
+        let mut entries = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = ChunkId::from_bytes(r.array()?);
+            let len = r.u32()?;
+            entries.push(ManifestEntry { id, len });
+        }
+        r.finish()?;
+        Ok(Self(entries))
+    }
+
+    /// Total plaintext length of the stream.
+    pub fn stream_len(&self) -> u64 {
+        self.0.iter().map(|e| u64::from(e.len)).sum()
+    }
+}
+
+/// The plaintext of a snapshot root envelope (JSON, then sealed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRoot {
+    pub version: u32,
+    pub id: SnapshotId,
+    pub name: String,
+    pub host: String,
+    /// `stdin`, `file:<path>` or `command:<argv joined by spaces>`.
+    pub source: String,
+    /// Unix seconds.
+    pub started: u64,
+    pub finished: u64,
+    /// Plaintext length of the stream.
+    pub bytes: u64,
+    /// BLAKE3 of the whole plaintext stream, hex.
+    pub blake3: String,
+    /// The manifest's own chunks, in order.
+    pub manifest: Vec<ManifestRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRef {
+    pub id: ChunkId,
+    pub len: u32,
+}
+
+impl SnapshotRoot {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("roots always serialise")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let root: SnapshotRoot = json_decode(bytes, "snapshot root")?;
+        if root.version != ROOT_VERSION {
+            return Err(FormatError::Unsupported {
+                what: "snapshot root version",
+                value: root.version.into(),
+            });
+        }
+        Ok(root)
+    }
+}
+
+/// Plain statistics the agent reports with a commit; the proxy records
+/// them in the index segment (for listings and, later, anomaly detection).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotStats {
+    /// Plaintext bytes read from the source.
+    pub bytes_in: u64,
+    /// Plaintext bytes of chunks that were new to the repository.
+    pub bytes_new: u64,
+    /// Envelope bytes uploaded for those new chunks.
+    pub stored_new: u64,
+    /// Chunks in the stream (with repeats).
+    pub chunks: u64,
+    /// Chunks uploaded.
+    pub chunks_new: u64,
+}
+
+impl SnapshotStats {
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        for v in [
+            self.bytes_in,
+            self.bytes_new,
+            self.stored_new,
+            self.chunks,
+            self.chunks_new,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn decode_from(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+        Ok(Self {
+            bytes_in: r.u64()?,
+            bytes_new: r.u64()?,
+            stored_new: r.u64()?,
+            chunks: r.u64()?,
+            chunks_new: r.u64()?,
+        })
+    }
+}
+
+/// The body of `POST /v1/repos/{repo}/snapshots`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitRequest {
+    pub snapshot: SnapshotId,
+    pub root: Vec<u8>,
+    pub stats: SnapshotStats,
+    /// Every chunk the snapshot references (data and manifest), each once.
+    pub chunks: Vec<ChunkId>,
+}
+
+impl CommitRequest {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(64 + self.root.len() + self.chunks.len() * ChunkId::LEN);
+        out.extend_from_slice(COMMIT_MAGIC);
+        out.extend_from_slice(self.snapshot.as_bytes());
+        out.extend_from_slice(&(self.root.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.root);
+        self.stats.encode_into(&mut out);
+        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for id in &self.chunks {
+            out.extend_from_slice(id.as_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new(bytes);
+        r.magic(COMMIT_MAGIC, "commit (CFC1)")?;
+        let snapshot = SnapshotId::from_bytes(r.array()?);
+        let root_len = r.u32()? as usize;
+        if root_len > ROOT_MAX.min(ENVELOPE_MAX) {
+            return Err(FormatError::TooLarge {
+                what: "snapshot root",
+                len: root_len as u64,
+                max: ROOT_MAX as u64,
+            });
+        }
+        let root = r.take(root_len)?.to_vec();
+        let stats = SnapshotStats::decode_from(&mut r)?;
+        let n = r.count(ChunkId::LEN)?;
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            chunks.push(ChunkId::from_bytes(r.array()?));
+        }
+        r.finish()?;
+        Ok(Self {
+            snapshot,
+            root,
+            stats,
+            chunks,
+        })
+    }
+}
+
+/// One chunk as recorded in an index segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub id: ChunkId,
+    /// Stored (envelope) size.
+    pub size: u32,
+    /// Unix seconds until which the chunk is locked.
+    pub retain_until: u64,
+}
+
+const INDEX_ENTRY_LEN: usize = ChunkId::LEN + 4 + 8;
+
+/// The plaintext index segment the proxy writes at `index/<snapshot-id>`
+/// before the snapshot root: what the snapshot references and how long each
+/// object is locked, so retention decisions need no per-chunk HEAD.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexSegment {
+    pub snapshot: SnapshotId,
+    pub committed: u64,
+    pub retain_until: u64,
+    pub stats: SnapshotStats,
+    pub chunks: Vec<IndexEntry>,
+}
+
+impl IndexSegment {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(80 + self.chunks.len() * INDEX_ENTRY_LEN);
+        out.extend_from_slice(INDEX_MAGIC);
+        out.extend_from_slice(self.snapshot.as_bytes());
+        out.extend_from_slice(&self.committed.to_le_bytes());
+        out.extend_from_slice(&self.retain_until.to_le_bytes());
+        self.stats.encode_into(&mut out);
+        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
+        for e in &self.chunks {
+            out.extend_from_slice(e.id.as_bytes());
+            out.extend_from_slice(&e.size.to_le_bytes());
+            out.extend_from_slice(&e.retain_until.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let mut r = Reader::new(bytes);
+        r.magic(INDEX_MAGIC, "index segment (CFI1)")?;
+        let snapshot = SnapshotId::from_bytes(r.array()?);
+        let committed = r.u64()?;
+        let retain_until = r.u64()?;
+        let stats = SnapshotStats::decode_from(&mut r)?;
+        let n = r.count(INDEX_ENTRY_LEN)?;
+        let mut chunks = Vec::with_capacity(n);
+        for _ in 0..n {
+            chunks.push(IndexEntry {
+                id: ChunkId::from_bytes(r.array()?),
+                size: r.u32()?,
+                retain_until: r.u64()?,
+            });
+        }
+        r.finish()?;
+        Ok(Self {
+            snapshot,
+            committed,
+            retain_until,
+            stats,
+            chunks,
+        })
+    }
+}
+
+/// The chunk ids of a `POST .../chunks/missing` body or answer: bare
+/// concatenated 32-byte ids.
+pub fn encode_ids(ids: &[ChunkId]) -> Vec<u8> {
+    ids.iter().flat_map(|id| id.as_bytes().iter().copied()).collect()
+}
+
+pub fn decode_ids(bytes: &[u8]) -> Result<Vec<ChunkId>, FormatError> {
+    if bytes.len() % ChunkId::LEN != 0 {
+        return Err(FormatError::Invalid {
+            what: "chunk id list",
+            reason: format!("length {} is not a multiple of {}", bytes.len(), ChunkId::LEN),
+        });
+    }
+    Ok(bytes
+        .chunks_exact(ChunkId::LEN)
+        .map(|c| ChunkId::from_bytes(c.try_into().expect("exact chunks")))
+        .collect())
+}

@@ -1,0 +1,684 @@
+//! The `/v1` API: routing, the request life cycle, and the handlers.
+//!
+//! Every request goes the same way: route (ids and repository names parsed
+//! and validated before anything else), authorize, read the body within the
+//! action's limit, handle, audit, respond. Failures are [`ApiError`]s, mapped
+//! to a status, an error code and an audit outcome in exactly one place.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use coffer_proto::api::{ErrorBody, SnapshotInfo, Whoami, DIGEST_HEADER};
+use coffer_proto::envelope::{self, Kind};
+use coffer_proto::keys::{KeyRecord, Purpose};
+use coffer_proto::repo::RepoConfig;
+use coffer_proto::snapshot::{decode_ids, encode_ids, CommitRequest, IndexEntry, IndexSegment};
+use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId, ENVELOPE_MAX};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt as _, Full, Limited};
+
+use crate::audit::{AuditLog, Draft, Outcome};
+use crate::identity::Identity;
+use crate::keycheck::KeyChecker;
+use crate::policy::{Action, Denied, Policy};
+use crate::store::{ObjectStore, PutOutcome, StoreError};
+
+/// Body limit for JSON objects (config, key records).
+const SMALL_BODY_MAX: usize = 64 * 1024;
+/// Most ids in one dedup query.
+pub const MISSING_IDS_MAX: usize = 65_536;
+/// How many missing chunk ids a refused commit names.
+const MISSING_SHOWN: usize = 5;
+
+/// Everything a request handler needs; shared by all connections.
+pub struct App {
+    pub policy: Policy,
+    pub store: Arc<dyn ObjectStore>,
+    pub audit: AuditLog,
+    pub checker: Arc<dyn KeyChecker>,
+    /// (retention, slack) in seconds.
+    pub retention: (u64, u64),
+    pub commit_max_bytes: usize,
+    /// Key records known to exist, so chunk uploads need no HEAD for them.
+    known_keys: Mutex<HashSet<(RepoName, KeyId)>>,
+}
+
+impl App {
+    pub fn new(
+        policy: Policy,
+        store: Arc<dyn ObjectStore>,
+        audit: AuditLog,
+        checker: Arc<dyn KeyChecker>,
+        retention: (u64, u64),
+        commit_max_bytes: usize,
+    ) -> Self {
+        Self {
+            policy,
+            store,
+            audit,
+            checker,
+            retention,
+            commit_max_bytes,
+            known_keys: Mutex::default(),
+        }
+    }
+}
+
+/// The caller of a connection: who (if the certificate named anyone) and from where.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub identity: Option<Identity>,
+    pub peer: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Denied(#[from] Denied),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    NotInitialised(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("method not allowed")]
+    Method,
+    #[error("{0}")]
+    KeyRefused(String),
+    #[error("store error")]
+    Store(#[from] StoreError),
+    #[error("audit log unavailable; request not acknowledged")]
+    Audit,
+}
+
+impl ApiError {
+    fn status(&self) -> (StatusCode, &'static str, Outcome) {
+        use ApiError::*;
+        match self {
+            Denied(_) => (StatusCode::FORBIDDEN, "denied", Outcome::Denied),
+            KeyRefused(_) => (StatusCode::FORBIDDEN, "key-refused", Outcome::Denied),
+            NotFound(_) => (StatusCode::NOT_FOUND, "not-found", Outcome::NotFound),
+            NotInitialised(_) => (StatusCode::NOT_FOUND, "not-initialised", Outcome::NotFound),
+            Invalid(_) => (StatusCode::BAD_REQUEST, "invalid", Outcome::Invalid),
+            Conflict(_) => (StatusCode::CONFLICT, "conflict", Outcome::Conflict),
+            TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", Outcome::Invalid),
+            Method => (StatusCode::METHOD_NOT_ALLOWED, "method", Outcome::Invalid),
+            Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store", Outcome::Error),
+            Audit => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Outcome::Error),
+        }
+    }
+}
+
+fn invalid(e: impl std::fmt::Display) -> ApiError {
+    ApiError::Invalid(e.to_string())
+}
+
+/// A parsed request target.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Route {
+    pub action: Action,
+    pub repo: Option<RepoName>,
+    /// The object id segment, still to be parsed by the handler's id type.
+    pub object: Option<String>,
+}
+
+/// Maps method and path to an action. Repository names are parsed here, so
+/// a bad name (`..`, `%2e`, empty segments, Unicode) never reaches a store.
+/// The layout is read from the right: the last one or two segments name the
+/// object, everything before them is the repository.
+pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
+    let rest = path
+        .strip_prefix("/v1/")
+        .ok_or_else(|| ApiError::NotFound(format!("no such endpoint {path}")))?;
+    let segs: Vec<&str> = rest.split('/').collect();
+    let not_found = || ApiError::NotFound(format!("no such endpoint {path}"));
+    let repo_of = |n: usize| -> Result<Option<RepoName>, ApiError> {
+        if n == 0 {
+            return Err(not_found());
+        }
+        segs[1..1 + n].join("/").parse().map(Some).map_err(invalid)
+    };
+    let pick = |pairs: &[(Method, Action)]| {
+        pairs
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|(_, a)| *a)
+            .ok_or(ApiError::Method)
+    };
+    if segs == ["whoami"] {
+        return Ok(Route {
+            action: pick(&[(Method::GET, Action::Whoami)])?,
+            repo: None,
+            object: None,
+        });
+    }
+    if segs.first() != Some(&"repos") || segs.len() < 3 {
+        return Err(not_found());
+    }
+    let n = segs.len();
+    let (last, second) = (segs[n - 1], segs[n - 2]);
+    let (action, repo, object) = match (second, last) {
+        (_, "config") => (
+            pick(&[(Method::GET, Action::GetConfig), (Method::PUT, Action::PutConfig)])?,
+            repo_of(n - 2)?,
+            None,
+        ),
+        (_, "snapshots") => (
+            pick(&[(Method::GET, Action::ListSnapshots), (Method::POST, Action::Commit)])?,
+            repo_of(n - 2)?,
+            None,
+        ),
+        ("chunks", "missing") => (pick(&[(Method::POST, Action::Missing)])?, repo_of(n - 3)?, None),
+        ("keys", id) => (
+            pick(&[(Method::GET, Action::GetKey), (Method::PUT, Action::PutKey)])?,
+            repo_of(n - 3)?,
+            Some(id),
+        ),
+        ("chunks", id) => (
+            pick(&[(Method::GET, Action::GetChunk), (Method::PUT, Action::PutChunk)])?,
+            repo_of(n - 3)?,
+            Some(id),
+        ),
+        ("snapshots", id) => (pick(&[(Method::GET, Action::GetSnapshot)])?, repo_of(n - 3)?, Some(id)),
+        _ => return Err(not_found()),
+    };
+    Ok(Route {
+        action,
+        repo,
+        object: object.map(str::to_string),
+    })
+}
+
+/// Store keys of a repository's objects.
+pub mod keys {
+    use super::*;
+
+    pub fn config(repo: &RepoName) -> String {
+        format!("{repo}/config")
+    }
+    pub fn key(repo: &RepoName, id: &KeyId) -> String {
+        format!("{repo}/keys/{id}")
+    }
+    pub fn chunk(repo: &RepoName, id: &ChunkId) -> String {
+        let hex = id.to_hex();
+        format!("{repo}/chunks/{}/{hex}", &hex[..2])
+    }
+    pub fn snapshot(repo: &RepoName, id: &SnapshotId) -> String {
+        format!("{repo}/snapshots/{id}")
+    }
+    pub fn index(repo: &RepoName, id: &SnapshotId) -> String {
+        format!("{repo}/index/{id}")
+    }
+}
+
+/// A successful answer: status, body, and the byte count for the audit event.
+struct Reply {
+    status: StatusCode,
+    body: Bytes,
+    content_type: &'static str,
+}
+
+impl Reply {
+    fn new(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Self {
+        Self {
+            status,
+            body: body.into(),
+            content_type,
+        }
+    }
+    fn json(status: StatusCode, v: &impl serde::Serialize) -> Self {
+        Self::new(
+            status,
+            serde_json::to_vec(v).expect("API types serialise"),
+            "application/json",
+        )
+    }
+    fn bytes(body: Bytes) -> Self {
+        Self::new(StatusCode::OK, body, "application/octet-stream")
+    }
+    fn empty(status: StatusCode) -> Self {
+        Self::new(status, Bytes::new(), "application/octet-stream")
+    }
+    fn stored(outcome: PutOutcome) -> Self {
+        Self::empty(match outcome {
+            PutOutcome::Created => StatusCode::CREATED,
+            PutOutcome::Exists => StatusCode::OK,
+        })
+    }
+}
+
+fn body_limit(app: &App, action: Action) -> usize {
+    match action {
+        Action::PutConfig | Action::PutKey => SMALL_BODY_MAX,
+        Action::Missing => MISSING_IDS_MAX * ChunkId::LEN,
+        Action::PutChunk => ENVELOPE_MAX,
+        Action::Commit => app.commit_max_bytes,
+        _ => 0,
+    }
+}
+
+/// Handles one request from start to finish; never fails, never panics on
+/// input: every error becomes a response and an audit event.
+pub async fn handle<B>(app: Arc<App>, caller: Arc<Caller>, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut draft = Draft {
+        identity: caller.identity.as_ref().map(|i| i.to_string()),
+        peer: caller.peer.to_string(),
+        action: "unknown",
+        ..Default::default()
+    };
+    let routed = route(req.method(), req.uri().path());
+    let mut mutating = false;
+    if let Ok(r) = &routed {
+        draft.action = r.action.name();
+        draft.repo = r.repo.as_ref().map(ToString::to_string);
+        draft.object = r.object.clone();
+        mutating = r.action.mutating();
+    }
+    let result = match routed {
+        Ok(route) => serve(&app, &caller, route, req, &mut draft).await,
+        Err(e) => Err(e),
+    };
+    // Only a change needs its event on disk before the answer.
+    let mutating = mutating && result.is_ok();
+    let (status, reply) = match result {
+        Ok(reply) => {
+            draft.outcome = Some(Outcome::Ok);
+            draft.bytes = draft.bytes.max(reply.body.len() as u64);
+            (reply.status, Ok(reply))
+        }
+        Err(e) => {
+            let (status, code, outcome) = e.status();
+            if let ApiError::Store(inner) = &e {
+                tracing::error!(action = draft.action, "store error: {inner}");
+            }
+            draft.outcome = Some(outcome);
+            draft.reason = Some(e.to_string());
+            (status, Err((code, e.to_string())))
+        }
+    };
+    if app.audit.record(draft, mutating).await.is_err() && mutating {
+        return error_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            &ApiError::Audit.to_string(),
+        );
+    }
+    match reply {
+        Ok(r) => Response::builder()
+            .status(status)
+            .header(http::header::CONTENT_TYPE, r.content_type)
+            .body(Full::new(r.body))
+            .expect("valid response"),
+        Err((code, message)) => error_response(status, code, &message),
+    }
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    let body = ErrorBody {
+        code: code.into(),
+        message: message.into(),
+    };
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(serde_json::to_vec(&body).expect("serialises").into()))
+        .expect("valid response")
+}
+
+async fn serve<B>(
+    app: &App,
+    caller: &Caller,
+    route: Route,
+    req: Request<B>,
+    draft: &mut Draft,
+) -> Result<Reply, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let identity = caller
+        .identity
+        .as_ref()
+        .ok_or_else(|| Denied("the client certificate names no identity".into()))?;
+    app.policy.authorize(identity, route.action, route.repo.as_ref())?;
+
+    let digest = req
+        .headers()
+        .get(DIGEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let limit = body_limit(app, route.action);
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+            Some(_) => ApiError::TooLarge(limit),
+            None => invalid(format!("reading the request body: {e}")),
+        })?
+        .to_bytes();
+    draft.bytes = body.len() as u64;
+
+    let repo = route.repo;
+    let obj = route.object.as_deref().unwrap_or_default();
+    match (route.action, repo) {
+        (Action::Whoami, _) => {
+            let (roles, repos) = app.policy.grants(identity);
+            let roles = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
+            Ok(Reply::json(
+                StatusCode::OK,
+                &Whoami {
+                    identity: identity.to_string(),
+                    roles,
+                    repos,
+                },
+            ))
+        }
+        (Action::PutConfig, Some(repo)) => put_config(app, &repo, body).await,
+        (Action::GetConfig, Some(repo)) => match app.store.get(&keys::config(&repo)).await? {
+            Some(b) => Ok(Reply::bytes(b)),
+            None => Err(ApiError::NotInitialised(format!(
+                "repository {repo} is not initialised"
+            ))),
+        },
+        (Action::PutKey, Some(repo)) => put_key(app, &repo, obj.parse().map_err(invalid)?, body).await,
+        (Action::GetKey, Some(repo)) => get(app, keys::key(&repo, &obj.parse().map_err(invalid)?)).await,
+        (Action::Missing, Some(repo)) => missing(app, &repo, &body).await,
+        (Action::PutChunk, Some(repo)) => put_chunk(app, &repo, obj.parse().map_err(invalid)?, body, digest).await,
+        (Action::GetChunk, Some(repo)) => get(app, keys::chunk(&repo, &obj.parse().map_err(invalid)?)).await,
+        (Action::Commit, Some(repo)) => commit(app, &repo, &body).await,
+        (Action::ListSnapshots, Some(repo)) => list_snapshots(app, &repo).await,
+        (Action::GetSnapshot, Some(repo)) => get(app, keys::snapshot(&repo, &obj.parse().map_err(invalid)?)).await,
+        (_, None) => unreachable!("route() gives every repository action a repository"),
+    }
+}
+
+async fn get(app: &App, key: String) -> Result<Reply, ApiError> {
+    match app.store.get(&key).await? {
+        Some(b) => Ok(Reply::bytes(b)),
+        None => Err(ApiError::NotFound(format!("no object {key}"))),
+    }
+}
+
+impl App {
+    fn new_retain_until(&self) -> u64 {
+        crate::unix_now() + self.retention.0 + self.retention.1
+    }
+
+    /// Writes a small object once; a repeat of the same bytes is a success
+    /// (so retries are safe), different bytes are a conflict.
+    async fn put_once(&self, key: &str, body: Bytes, what: &str) -> Result<Reply, ApiError> {
+        let outcome = self.store.put_new(key, body.clone(), self.new_retain_until()).await?;
+        if outcome == PutOutcome::Exists && self.store.get(key).await?.as_ref() != Some(&body) {
+            return Err(ApiError::Conflict(format!("{what} already exists with other contents")));
+        }
+        Ok(Reply::stored(outcome))
+    }
+
+    async fn key_exists(&self, repo: &RepoName, id: KeyId) -> Result<bool, ApiError> {
+        let cached = (repo.clone(), id);
+        if self.known_keys.lock().expect("not poisoned").contains(&cached) {
+            return Ok(true);
+        }
+        let exists = self.store.head(&keys::key(repo, &id)).await?.is_some();
+        if exists {
+            self.known_keys.lock().expect("not poisoned").insert(cached);
+        }
+        Ok(exists)
+    }
+}
+
+async fn put_config(app: &App, repo: &RepoName, body: Bytes) -> Result<Reply, ApiError> {
+    let config = RepoConfig::decode(&body).map_err(invalid)?;
+    if config.repo != *repo {
+        return Err(invalid(format!("the config names repository {}", config.repo)));
+    }
+    app.checker
+        .check(&config.id_key, repo)
+        .await
+        .map_err(|e| ApiError::KeyRefused(e.to_string()))?;
+    let reply = app.put_once(&keys::config(repo), body, "repository config").await;
+    match reply {
+        Err(ApiError::Conflict(_)) => Err(ApiError::Conflict(format!("repository {repo} is already initialised"))),
+        other => other,
+    }
+}
+
+async fn put_key(app: &App, repo: &RepoName, id: KeyId, body: Bytes) -> Result<Reply, ApiError> {
+    let record = KeyRecord::decode(&body).map_err(invalid)?;
+    if record.key_id != id || record.purpose != Purpose::Data {
+        return Err(invalid("the record is not the data key named in the path"));
+    }
+    app.checker
+        .check(&record, repo)
+        .await
+        .map_err(|e| ApiError::KeyRefused(e.to_string()))?;
+    let reply = app.put_once(&keys::key(repo, &id), body, "key record").await?;
+    app.known_keys.lock().expect("not poisoned").insert((repo.clone(), id));
+    Ok(reply)
+}
+
+async fn missing(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
+    let ids = decode_ids(body).map_err(invalid)?;
+    let mut absent = Vec::new();
+    for id in ids {
+        if app.store.head(&keys::chunk(repo, &id)).await?.is_none() {
+            absent.push(id);
+        }
+    }
+    Ok(Reply::new(
+        StatusCode::OK,
+        encode_ids(&absent),
+        "application/octet-stream",
+    ))
+}
+
+async fn put_chunk(
+    app: &App,
+    repo: &RepoName,
+    id: ChunkId,
+    body: Bytes,
+    digest: Option<String>,
+) -> Result<Reply, ApiError> {
+    let digest = digest.ok_or_else(|| invalid(format!("missing {DIGEST_HEADER} header")))?;
+    if blake3::hash(&body).to_hex().as_str() != digest {
+        return Err(invalid(
+            "the body does not match its digest header (corrupted in transit?)",
+        ));
+    }
+    let header = envelope::parse_header(&body).map_err(invalid)?;
+    if header.kind != Kind::Chunk {
+        return Err(invalid("not a chunk envelope"));
+    }
+    if !app.key_exists(repo, header.key_id).await? {
+        return Err(ApiError::Conflict(format!(
+            "key {} is not stored in {repo}: PUT it first",
+            header.key_id
+        )));
+    }
+    let outcome = app
+        .store
+        .put_new(&keys::chunk(repo, &id), body, app.new_retain_until())
+        .await?;
+    Ok(Reply::stored(outcome))
+}
+
+async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
+    let req = CommitRequest::decode(body).map_err(invalid)?;
+    let header = envelope::parse_header(&req.root).map_err(invalid)?;
+    if header.kind != Kind::SnapshotRoot {
+        return Err(invalid("the root is not a snapshot root envelope"));
+    }
+    if !app.key_exists(repo, header.key_id).await? {
+        return Err(ApiError::Conflict(format!(
+            "key {} is not stored in {repo}",
+            header.key_id
+        )));
+    }
+    let root_key = keys::snapshot(repo, &req.snapshot);
+    if let Some(existing) = app.store.get(&root_key).await? {
+        if existing.as_ref() == req.root.as_slice() {
+            return snapshot_info(app, repo, req.snapshot)
+                .await
+                .map(|i| Reply::json(StatusCode::OK, &i));
+        }
+        return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot)));
+    }
+
+    let now = crate::unix_now();
+    let (retention, slack) = app.retention;
+    let required = now + retention;
+    let until = required + slack;
+    let mut entries = Vec::with_capacity(req.chunks.len());
+    let mut absent = Vec::new();
+    let mut seen = HashSet::with_capacity(req.chunks.len());
+    for id in &req.chunks {
+        if !seen.insert(*id) {
+            return Err(invalid(format!("chunk {id} is listed twice")));
+        }
+        let key = keys::chunk(repo, id);
+        let Some(meta) = app.store.head(&key).await? else {
+            absent.push(*id);
+            continue;
+        };
+        let mut retain_until = meta.retain_until.unwrap_or(u64::MAX);
+        if retain_until < required {
+            app.store.extend_retention(&key, until).await?;
+            retain_until = until;
+        }
+        entries.push(IndexEntry {
+            id: *id,
+            size: meta.size.min(u64::from(u32::MAX)) as u32,
+            retain_until,
+        });
+    }
+    if !absent.is_empty() {
+        let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
+        return Err(ApiError::Conflict(format!(
+            "{} referenced chunks are not stored (first: {}); nothing was committed",
+            absent.len(),
+            shown.join(", ")
+        )));
+    }
+    // What every snapshot needs besides its chunks: the config (chunk-id
+    // key) and the data keys. Chunks do not say which key sealed them, so
+    // every key record is kept locked at least as long as the newest snapshot.
+    let mut dependencies = vec![keys::config(repo)];
+    dependencies.extend(app.store.list(&format!("{repo}/keys/")).await?);
+    for key in dependencies {
+        if let Some(meta) = app.store.head(&key).await? {
+            if meta.retain_until.is_some_and(|t| t < required) {
+                app.store.extend_retention(&key, until).await?;
+            }
+        }
+    }
+
+    let index = IndexSegment {
+        snapshot: req.snapshot,
+        committed: now,
+        retain_until: until,
+        stats: req.stats,
+        chunks: entries,
+    };
+    // A crash between these two writes leaves an index without a root: no
+    // snapshot. A retried commit of the same id finds the index and goes on.
+    app.store
+        .put_new(&keys::index(repo, &req.snapshot), index.encode().into(), until)
+        .await?;
+    match app
+        .store
+        .put_new(&root_key, Bytes::copy_from_slice(&req.root), until)
+        .await?
+    {
+        PutOutcome::Created => {}
+        PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot))),
+    }
+    let info = SnapshotInfo {
+        id: req.snapshot,
+        committed: now,
+        retain_until: until,
+        stats: req.stats,
+    };
+    Ok(Reply::json(StatusCode::CREATED, &info))
+}
+
+async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<SnapshotInfo, ApiError> {
+    let bytes = app
+        .store
+        .get(&keys::index(repo, &id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("snapshot {id} has no index segment")))?;
+    let index = IndexSegment::decode(&bytes).map_err(|e| ApiError::Conflict(format!("index of {id}: {e}")))?;
+    Ok(SnapshotInfo {
+        id,
+        committed: index.committed,
+        retain_until: index.retain_until,
+        stats: index.stats,
+    })
+}
+
+async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
+    let prefix = format!("{repo}/snapshots/");
+    let mut out = Vec::new();
+    for key in app.store.list(&prefix).await? {
+        // Only direct children with a well-formed id are snapshots.
+        let Ok(id) = key[prefix.len()..].parse::<SnapshotId>() else {
+            continue;
+        };
+        out.push(snapshot_info(app, repo, id).await?);
+    }
+    out.sort_by_key(|s| (s.committed, s.id));
+    Ok(Reply::json(StatusCode::OK, &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let r = |m: Method, p: &str| route(&m, p);
+        let ok = r(Method::PUT, "/v1/repos/dev/db/chunks/abcd").unwrap();
+        assert_eq!(
+            (ok.action, ok.repo.unwrap().as_str(), ok.object.unwrap().as_str()),
+            (Action::PutChunk, "dev/db", "abcd")
+        );
+        assert_eq!(
+            r(Method::POST, "/v1/repos/a/b/c/chunks/missing")
+                .unwrap()
+                .repo
+                .unwrap()
+                .as_str(),
+            "a/b/c"
+        );
+        assert_eq!(r(Method::GET, "/v1/repos/x/config").unwrap().action, Action::GetConfig);
+        assert_eq!(r(Method::POST, "/v1/repos/x/snapshots").unwrap().action, Action::Commit);
+        assert_eq!(r(Method::GET, "/v1/whoami").unwrap().action, Action::Whoami);
+        for bad in [
+            "/v1/repos/../config",
+            "/v1/repos/%2e%2e/config",
+            "/v1/repos/a//b/config",
+            "/v1/repos//config",
+            "/v1/repos/A/config",
+            "/v1/repos/a/b/c/d/e/config",
+            "/v1/repos/%C3%A9/config",
+        ] {
+            assert!(matches!(r(Method::GET, bad), Err(ApiError::Invalid(_))), "{bad}");
+        }
+        assert!(matches!(r(Method::GET, "/v1/repos/config"), Err(ApiError::NotFound(_))));
+        assert!(matches!(r(Method::GET, "/v2/whoami"), Err(ApiError::NotFound(_))));
+        assert!(matches!(
+            r(Method::DELETE, "/v1/repos/a/chunks/ab"),
+            Err(ApiError::Method)
+        ));
+    }
+}

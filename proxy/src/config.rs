@@ -1,0 +1,194 @@
+//! `proxy.toml`. Every key is documented in `docs/configuration.md`;
+//! unknown keys are errors, and relative paths are taken from the file's
+//! folder.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use coffer_proto::keys::LocalKek;
+use serde::Deserialize;
+
+use crate::policy::{Policy, RuleConfig};
+
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+pub const DEFAULT_SLACK_DAYS: u32 = 7;
+/// Largest commit body: the root plus 32 bytes per referenced chunk, so
+/// 64 MiB covers about two million chunks (~2 TB at 1 MiB average).
+pub const DEFAULT_COMMIT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// Names this proxy in audit events (several proxies may share a bucket).
+    pub proxy_id: String,
+    pub listen: SocketAddr,
+    pub tls: TlsConfig,
+    pub store: StoreConfig,
+    pub keys: KeysConfig,
+    pub audit: AuditConfig,
+    #[serde(default)]
+    pub retention: RetentionConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The proxy's certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The proxy's private key (PEM).
+    pub key: PathBuf,
+    /// CA certificate(s) that client certificates must chain to (PEM).
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum StoreConfig {
+    /// The filesystem store (write-once files, lock files beside them).
+    Fs { path: PathBuf },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum KeysConfig {
+    /// Key records must be wrapped by this local master key.
+    Local { master_key: PathBuf },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// The local audit log (JSON lines, hash-chained).
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// How long every snapshot and what it references stay locked.
+    #[serde(default = "default_retention")]
+    pub days: u32,
+    /// Extra lock time given on each write or extension, so a live chunk
+    /// needs at most one extension per slack period.
+    #[serde(default = "default_slack")]
+    pub slack_days: u32,
+}
+
+fn default_retention() -> u32 {
+    DEFAULT_RETENTION_DAYS
+}
+fn default_slack() -> u32 {
+    DEFAULT_SLACK_DAYS
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            days: DEFAULT_RETENTION_DAYS,
+            slack_days: DEFAULT_SLACK_DAYS,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    #[serde(default = "default_commit_max")]
+    pub commit_max_bytes: usize,
+}
+
+fn default_commit_max() -> usize {
+    DEFAULT_COMMIT_MAX_BYTES
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            commit_max_bytes: DEFAULT_COMMIT_MAX_BYTES,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+impl ProxyConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.into(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let mut cfg: ProxyConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for p in [
+            &mut cfg.tls.cert,
+            &mut cfg.tls.key,
+            &mut cfg.tls.client_ca,
+            &mut cfg.audit.path,
+        ] {
+            *p = base.join(&*p);
+        }
+        match &mut cfg.store {
+            StoreConfig::Fs { path } => *path = base.join(&*path),
+        }
+        match &mut cfg.keys {
+            KeysConfig::Local { master_key } => *master_key = base.join(&*master_key),
+        }
+        cfg.validate().map_err(err)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if self.proxy_id.is_empty()
+            || !self
+                .proxy_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(format!(
+                "proxy_id {:?}: use letters, digits, `-` and `_`",
+                self.proxy_id
+            ));
+        }
+        if self.retention.days == 0 {
+            return Err("retention.days must be at least 1".into());
+        }
+        self.policy()?;
+        Ok(())
+    }
+
+    pub fn policy(&self) -> Result<Policy, String> {
+        Policy::new(&self.rules)
+    }
+
+    /// Seconds every object stays locked, and the extra slack on each write.
+    pub fn retention_secs(&self) -> (u64, u64) {
+        (
+            u64::from(self.retention.days) * 86_400,
+            u64::from(self.retention.slack_days) * 86_400,
+        )
+    }
+}
+
+/// Reads a local master-key file, refusing one readable by group or others.
+pub fn read_master_key(path: &Path) -> Result<LocalKek, String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let shown = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("master key {shown}: {e}"))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "master key {shown} must not be readable by group or others (chmod 600)"
+        ));
+    }
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("master key {shown}: {e}"))?);
+    LocalKek::from_file_contents(&text).map_err(|e| format!("master key {shown}: {e}"))
+}

@@ -1,0 +1,274 @@
+//! The filesystem store, the embedded default.
+//!
+//! `objects/<key>` holds the bytes, `locks/<key>` the retain-until (JSON).
+//! An object is written to a temporary file, fsync'd, then hard-linked into
+//! place (which, unlike rename, fails if the name exists, so nothing is ever
+//! replaced), and the folder is fsync'd. Its lock file is written after the
+//! link; an object without a lock file counts as locked forever.
+
+use std::io::{ErrorKind, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+
+/// Cheap to clone: clones share the root.
+#[derive(Clone)]
+pub struct FsStore {
+    root: Arc<Path>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Lock {
+    retain_until: u64,
+}
+
+fn io(key: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        key: key.to_string(),
+        source,
+    }
+}
+
+fn temp_name() -> String {
+    let mut r = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut r).expect("the system RNG failed");
+    format!(".tmp-{}", hex::encode(r))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Writes `body` to `path` through a temporary file and an fsync; with
+/// `replace`, renames over any old file, otherwise links without replacing.
+fn write_atomic(path: &Path, body: &[u8], replace: bool) -> std::io::Result<PutOutcome> {
+    let dir = path.parent().expect("store paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join(temp_name());
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+        if replace {
+            std::fs::rename(&tmp, path)?;
+            return Ok(PutOutcome::Created);
+        }
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(PutOutcome::Created),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(PutOutcome::Exists),
+            Err(e) => Err(e),
+        }
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    let outcome = result?;
+    fsync_dir(dir)?;
+    Ok(outcome)
+}
+
+impl FsStore {
+    pub fn open(root: impl Into<PathBuf>) -> std::io::Result<Self> {
+        let root: PathBuf = root.into();
+        std::fs::create_dir_all(root.join("objects"))?;
+        std::fs::create_dir_all(root.join("locks"))?;
+        Ok(Self { root: root.into() })
+    }
+
+    fn object(&self, key: &str) -> PathBuf {
+        self.root.join("objects").join(key)
+    }
+
+    fn lock(&self, key: &str) -> PathBuf {
+        self.root.join("locks").join(key)
+    }
+
+    fn read_lock(&self, key: &str) -> Result<Option<u64>, StoreError> {
+        match std::fs::read(self.lock(key)) {
+            Ok(b) => Ok(serde_json::from_slice::<Lock>(&b).ok().map(|l| l.retain_until)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(key)(e)),
+        }
+    }
+
+    fn write_lock(&self, key: &str, until: u64) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(&Lock { retain_until: until }).expect("serialises");
+        write_atomic(&self.lock(key), &body, true).map_err(io(key))?;
+        Ok(())
+    }
+
+    fn head_sync(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        match std::fs::metadata(self.object(key)) {
+            Ok(m) => Ok(Some(ObjectMeta {
+                size: m.len(),
+                retain_until: self.read_lock(key)?,
+            })),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(key)(e)),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("store task panicked")
+}
+
+#[async_trait]
+impl ObjectStore for FsStore {
+    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
+        let (s, key) = (self.clone(), key.to_string());
+        blocking(move || {
+            let outcome = write_atomic(&s.object(&key), &body, false).map_err(io(&key))?;
+            if outcome == PutOutcome::Created {
+                s.write_lock(&key, retain_until)?;
+            }
+            Ok(outcome)
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let (s, key) = (self.clone(), key.to_string());
+        blocking(move || match std::fs::read(s.object(&key)) {
+            Ok(b) => Ok(Some(Bytes::from(b))),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&key)(e)),
+        })
+        .await
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        let (s, key) = (self.clone(), key.to_string());
+        blocking(move || s.head_sync(&key)).await
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let (s, prefix) = (self.clone(), prefix.to_string());
+        blocking(move || {
+            let base = s.root.join("objects");
+            let mut out = Vec::new();
+            let mut stack = vec![base.join(&prefix)];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io(&prefix)(e)),
+                };
+                for entry in entries {
+                    let entry = entry.map_err(io(&prefix))?;
+                    let name = entry.file_name();
+                    if name.to_string_lossy().starts_with(".tmp-") {
+                        continue;
+                    }
+                    let path = entry.path();
+                    if entry.file_type().map_err(io(&prefix))?.is_dir() {
+                        stack.push(path);
+                    } else if let Ok(rel) = path.strip_prefix(&base) {
+                        out.push(rel.to_string_lossy().into_owned());
+                    }
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError> {
+        let (s, key) = (self.clone(), key.to_string());
+        blocking(move || {
+            let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            match meta.retain_until {
+                Some(current) if current >= until => Ok(()),
+                // No lock file means locked forever: nothing to extend.
+                None => Ok(()),
+                Some(_) => s.write_lock(&key, until),
+            }
+        })
+        .await
+    }
+
+    async fn delete(&self, key: &str, now: u64) -> Result<(), StoreError> {
+        let (s, key) = (self.clone(), key.to_string());
+        blocking(move || {
+            let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            match meta.retain_until {
+                Some(until) if until <= now => {}
+                other => {
+                    return Err(StoreError::Locked {
+                        key,
+                        until: other.unwrap_or(u64::MAX),
+                    })
+                }
+            }
+            std::fs::remove_file(s.object(&key)).map_err(io(&key))?;
+            let _ = std::fs::remove_file(s.lock(&key));
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn write_once_and_locks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::open(dir.path()).unwrap();
+        let key = "dev/db/chunks/ab/abcd";
+        assert_eq!(
+            s.put_new(key, Bytes::from_static(b"one"), 100).await.unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            s.put_new(key, Bytes::from_static(b"two"), 1).await.unwrap(),
+            PutOutcome::Exists
+        );
+        assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"one"));
+        // The second put must not have touched the lock either.
+        assert_eq!(
+            s.head(key).await.unwrap().unwrap(),
+            ObjectMeta {
+                size: 3,
+                retain_until: Some(100)
+            }
+        );
+
+        assert!(matches!(
+            s.delete(key, 99).await,
+            Err(StoreError::Locked { until: 100, .. })
+        ));
+        s.extend_retention(key, 50).await.unwrap();
+        assert_eq!(
+            s.head(key).await.unwrap().unwrap().retain_until,
+            Some(100),
+            "never shortened"
+        );
+        s.extend_retention(key, 200).await.unwrap();
+        assert_eq!(s.head(key).await.unwrap().unwrap().retain_until, Some(200));
+        assert!(s.delete(key, 150).await.is_err());
+        s.delete(key, 200).await.unwrap();
+        assert!(s.get(key).await.unwrap().is_none());
+
+        assert_eq!(s.list("dev/").await.unwrap(), Vec::<String>::new());
+        s.put_new("dev/db/config", Bytes::from_static(b"c"), 1).await.unwrap();
+        assert_eq!(s.list("dev/db/").await.unwrap(), vec!["dev/db/config".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn object_without_lock_file_is_locked_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = FsStore::open(dir.path()).unwrap();
+        s.put_new("a/config", Bytes::from_static(b"x"), 1).await.unwrap();
+        std::fs::remove_file(dir.path().join("locks/a/config")).unwrap();
+        assert!(matches!(
+            s.delete("a/config", u64::MAX - 1).await,
+            Err(StoreError::Locked { .. })
+        ));
+    }
+}

@@ -1,0 +1,59 @@
+//! Object stores: write-once objects with a retain-until lock.
+//!
+//! The proxy's only persistent state. Implementations never replace an
+//! existing object and never delete one before its lock ends.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+mod fs;
+pub use fs::FsStore;
+
+/// Whether a write created the object or found it already there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PutOutcome {
+    Created,
+    Exists,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    /// Unix seconds; `None` when unknown, which counts as locked forever.
+    pub retain_until: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    #[error("object {key} is locked until {until}")]
+    Locked { key: String, until: u64 },
+    #[error("object {0} not found")]
+    NotFound(String),
+    #[error("store I/O on {key}: {source}")]
+    Io { key: String, source: std::io::Error },
+}
+
+impl StoreError {
+    /// Whether trying again may succeed (S3 5xx, timeouts; not a lock).
+    pub fn retryable(&self) -> bool {
+        matches!(self, StoreError::Io { source, .. } if matches!(source.kind(),
+            std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock))
+    }
+}
+
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    /// Writes `body` at `key` with a lock until `retain_until`, unless an
+    /// object is already there: then nothing changes and `Exists` is returned.
+    /// A reader never sees a partial object.
+    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError>;
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
+    /// Keys directly or indirectly under `prefix` (which ends with `/`).
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// Moves the lock to `until` if that is later; never shortens it.
+    async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError>;
+    /// Deletes an object whose lock has ended; refuses otherwise.
+    async fn delete(&self, key: &str, now: u64) -> Result<(), StoreError>;
+}
