@@ -30,6 +30,11 @@ pub enum ClientError {
     Handshake { addr: String, source: std::io::Error },
     #[error("HTTP/2 error talking to the proxy: {0}")]
     Http(#[from] hyper::Error),
+    #[error(
+        "the proxy refused the TLS session ({0}): is this agent's certificate issued by the proxy's client CA, \
+         and still valid?"
+    )]
+    Refused(String),
     #[error("reading the proxy's response: {0}")]
     Body(String),
     #[error("{method} {path}: proxy answered {status} {code}: {message}")]
@@ -154,8 +159,21 @@ impl ProxyClient {
             .body(Full::new(body))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut send = self.send.clone();
-        send.ready().await?;
-        let resp = send.send_request(req).await?;
+        let resp = async {
+            send.ready().await?;
+            send.send_request(req).await
+        }
+        .await
+        .map_err(|e| {
+            // A refused client certificate surfaces here, after TLS 1.3's
+            // handshake looked complete to the client, as a fatal alert.
+            let text = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
+            if text.contains("received fatal alert") {
+                ClientError::Refused(text)
+            } else {
+                ClientError::Http(e)
+            }
+        })?;
         let status = resp.status();
         let body = Limited::new(resp.into_body(), RESPONSE_MAX)
             .collect()

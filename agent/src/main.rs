@@ -125,10 +125,22 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
-            eprintln!("coffer: {e:#}");
+            eprintln!("coffer: {}", describe(&e));
             ExitCode::from(code)
         }
     }
+}
+
+/// The error and its causes, skipping a cause its parent already quotes.
+fn describe(e: &anyhow::Error) -> String {
+    let mut msg = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }
 
 struct Ctx {

@@ -1,0 +1,108 @@
+//! Failed sources and bad usage: no snapshot, a non-zero exit, a clear message.
+
+use coffer_tests::{coffer, DevProxy};
+
+fn snapshot_count(p: &DevProxy, repo: &str) -> usize {
+    coffer(&p.reader(), &["snapshots", "--repo", repo, "--json"], None)
+        .json()
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn failing_command_commits_nothing() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/f"], None).ok();
+    let run = coffer(
+        &p.writer(),
+        &["backup", "--repo", "dev/f", "--", "sh", "-c", "echo partial; exit 3"],
+        None,
+    );
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr.contains("exited with status 3") && run.stderr.contains("no snapshot"),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "no snapshot id may be printed");
+    let killed = coffer(
+        &p.writer(),
+        &[
+            "backup",
+            "--repo",
+            "dev/f",
+            "--",
+            "sh",
+            "-c",
+            "echo partial; kill -9 $$",
+        ],
+        None,
+    );
+    assert_eq!(killed.code(), 1);
+    assert!(killed.stderr.contains("killed by signal 9"), "{}", killed.stderr);
+    assert_eq!(snapshot_count(&p, "dev/f"), 0);
+    assert!(p.stored("dev/f/snapshots").is_empty() && p.stored("dev/f/index").is_empty());
+}
+
+#[test]
+fn read_error_commits_nothing() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/r"], None).ok();
+    // A directory as stdin: read() fails with EISDIR.
+    let mut child = std::process::Command::new(coffer_tests::bin("coffer"))
+        .args(["backup", "--repo", "dev/r", "-"])
+        .env("COFFER_CONFIG", p.writer())
+        .stdin(std::fs::File::open(&p.dir).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let missing = coffer(
+        &p.writer(),
+        &["backup", "--repo", "dev/r", "/nonexistent/dump.sql"],
+        None,
+    );
+    assert_eq!(missing.code(), 1);
+    assert!(missing.stderr.contains("/nonexistent/dump.sql"), "{}", missing.stderr);
+    assert_eq!(snapshot_count(&p, "dev/r"), 0);
+}
+
+#[test]
+fn uninitialised_repo_hints_at_init() {
+    let p = DevProxy::start();
+    let run = coffer(&p.writer(), &["backup", "--repo", "dev/never", "-"], Some(b"data"));
+    assert_eq!(run.code(), 1);
+    assert!(run.stderr.contains("coffer init --repo dev/never"), "{}", run.stderr);
+    let again = coffer(&p.writer(), &["init", "--repo", "dev/once"], None);
+    again.ok();
+    let twice = coffer(&p.writer(), &["init", "--repo", "dev/once"], None);
+    assert_eq!(twice.code(), 1);
+    assert!(twice.stderr.contains("already initialised"), "{}", twice.stderr);
+}
+
+#[test]
+fn usage_and_config_errors_exit_64() {
+    let p = DevProxy::start();
+    assert_eq!(coffer(&p.writer(), &["backup"], None).code(), 64);
+    assert_eq!(
+        coffer(&p.writer(), &["restore", "--repo", "dev/x", "not-an-id"], None).code(),
+        64
+    );
+    assert_eq!(coffer(&p.writer(), &["init", "--repo", "../etc"], None).code(), 64);
+    assert_eq!(
+        coffer(&p.writer(), &["backup", "--repo", "dev/x", "a", "--", "b"], None).code(),
+        64
+    );
+    let bad = p.dir.join("bad.toml");
+    std::fs::write(
+        &bad,
+        std::fs::read_to_string(p.writer()).unwrap() + "\nsurprise = true\n",
+    )
+    .unwrap();
+    let run = coffer(&bad, &["whoami"], None);
+    assert_eq!(run.code(), 64);
+    assert!(run.stderr.contains("surprise"), "{}", run.stderr);
+    assert_eq!(coffer(&p.writer(), &["--help"], None).code(), 0);
+}

@@ -1,0 +1,136 @@
+//! Backups restore bit-exact through real processes over real mTLS, and an
+//! unchanged stream deduplicates.
+
+use coffer_tests::{coffer, random_bytes, text_bytes, DevProxy};
+
+const MAX_CHUNK: usize = coffer_proto::CHUNK_MAX as usize;
+
+fn init(p: &DevProxy, repo: &str) {
+    coffer(&p.writer(), &["init", "--repo", repo], None).ok();
+}
+
+/// Backs `data` up from stdin, restores it to stdout and to a file, and
+/// returns the backup's JSON report.
+fn round_trip(p: &DevProxy, repo: &str, data: &[u8]) -> serde_json::Value {
+    let report = coffer(&p.writer(), &["backup", "--repo", repo, "--json", "-"], Some(data)).json();
+    let id = report["id"].as_str().unwrap().to_string();
+    assert_eq!(report["bytes_in"], data.len() as u64);
+
+    let out = coffer(&p.reader(), &["restore", "--repo", repo, &id], None);
+    out.ok();
+    assert!(
+        out.stdout == data,
+        "restore to stdout differs ({} vs {} bytes)",
+        out.stdout.len(),
+        data.len()
+    );
+
+    let file = p.dir.join("restored.bin");
+    coffer(
+        &p.reader(),
+        &["restore", "--repo", repo, &id, "-o", file.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    assert!(std::fs::read(&file).unwrap() == data, "restore to file differs");
+    report
+}
+
+#[test]
+fn empty_and_tiny_streams() {
+    let p = DevProxy::start();
+    init(&p, "dev/small");
+    let empty = round_trip(&p, "dev/small", b"");
+    assert_eq!(empty["chunks"], 0);
+    let one = round_trip(&p, "dev/small", b"x");
+    assert_eq!(one["chunks"], 1);
+    let list = coffer(&p.reader(), &["snapshots", "--repo", "dev/small", "--json"], None).json();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn exactly_one_max_size_chunk() {
+    let p = DevProxy::start();
+    init(&p, "dev/max");
+    // Zeros never hit a cut point, so the chunker cuts only at the maximum.
+    let data = vec![0u8; MAX_CHUNK];
+    let report = round_trip(&p, "dev/max", &data);
+    assert_eq!(report["chunks"], 1, "{report}");
+    let over = round_trip(&p, "dev/max", &vec![0u8; MAX_CHUNK + 1]);
+    assert_eq!(over["chunks"], 2, "{over}");
+}
+
+#[test]
+fn large_mixed_stream_and_unchanged_rebackup() {
+    let p = DevProxy::start();
+    init(&p, "dev/big");
+    let mut data = Vec::with_capacity(104 << 20);
+    for i in 0..52u64 {
+        data.extend_from_slice(&random_bytes(&format!("block {i}"), 1 << 20));
+        data.extend_from_slice(&text_bytes(i * 100_000, 1 << 20));
+    }
+    assert!(data.len() >= 100 << 20);
+    let path = p.dir.join("input.bin");
+    std::fs::write(&path, &data).unwrap();
+
+    let first = coffer(
+        &p.writer(),
+        &["backup", "--repo", "dev/big", "--json", path.to_str().unwrap()],
+        None,
+    )
+    .json();
+    assert_eq!(first["bytes_in"], data.len() as u64);
+    assert!(
+        first["stored_new"].as_u64().unwrap() < data.len() as u64,
+        "text should compress: {first}"
+    );
+    let id = first["id"].as_str().unwrap();
+    let out = p.dir.join("out.bin");
+    coffer(
+        &p.reader(),
+        &["restore", "--repo", "dev/big", id, "-o", out.to_str().unwrap()],
+        None,
+    )
+    .ok();
+    assert_eq!(blake3::hash(&std::fs::read(&out).unwrap()), blake3::hash(&data));
+
+    let second = coffer(
+        &p.writer(),
+        &["backup", "--repo", "dev/big", "--json", path.to_str().unwrap()],
+        None,
+    )
+    .json();
+    let new = second["bytes_new"].as_u64().unwrap() as f64;
+    assert!(
+        new < 0.01 * data.len() as f64,
+        "unchanged re-backup uploaded {new} bytes: {second}"
+    );
+    assert_ne!(second["id"], first["id"]);
+
+    let verified = coffer(&p.reader(), &["verify", "--repo", "dev/big"], None).ok();
+    assert_eq!(verified.matches(": ok").count(), 2, "{verified}");
+}
+
+#[test]
+fn command_source_and_restart_reuses_everything() {
+    let mut p = DevProxy::start();
+    init(&p, "dev/cmd");
+    let run = coffer(
+        &p.writer(),
+        &["backup", "--repo", "dev/cmd", "--", "sh", "-c", "seq 1 100000"],
+        None,
+    );
+    let id = run.last_line();
+    let ca = std::fs::read(p.dir.join("ca.pem")).unwrap();
+
+    p.kill();
+    let q = DevProxy::start_in(&p.dir);
+    assert_eq!(
+        std::fs::read(q.dir.join("ca.pem")).unwrap(),
+        ca,
+        "the CA must survive a restart"
+    );
+    let out = coffer(&q.reader(), &["restore", "--repo", "dev/cmd", &id], None).ok();
+    let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
+    assert!(out == expected, "restored command output differs");
+}

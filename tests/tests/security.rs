@@ -1,0 +1,200 @@
+//! Identities, roles and integrity: what each certificate may do, and that
+//! tampering is caught.
+
+use coffer_agent::client::ProxyClient;
+use coffer_agent::config::AgentConfig;
+use coffer_proto::api::DIGEST_HEADER;
+use coffer_tests::{coffer, random_bytes, DevProxy};
+use http::Method;
+
+fn backup(p: &DevProxy, repo: &str, data: &[u8]) -> String {
+    coffer(&p.writer(), &["init", "--repo", repo], None).ok();
+    coffer(&p.writer(), &["backup", "--repo", repo, "-"], Some(data)).last_line()
+}
+
+#[test]
+fn altered_chunk_fails_restore_and_verify_naming_snapshot_and_chunk() {
+    let p = DevProxy::start();
+    let data = random_bytes("tamper", 3 << 20);
+    let id = backup(&p, "dev/t", &data);
+    let chunks = p.stored("dev/t/chunks");
+    assert!(chunks.len() >= 2, "expected several chunks, got {chunks:?}");
+    // Alter the largest chunk (a data chunk, not the small manifest).
+    let victim = chunks
+        .iter()
+        .max_by_key(|c| std::fs::metadata(c).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(victim, &bytes).unwrap();
+    let chunk_id = victim.file_name().unwrap().to_str().unwrap();
+
+    let out = p.dir.join("restored.bin");
+    let restore = coffer(
+        &p.reader(),
+        &["restore", "--repo", "dev/t", &id, "-o", out.to_str().unwrap()],
+        None,
+    );
+    assert_eq!(restore.code(), 1);
+    for needle in ["integrity error", id.as_str(), chunk_id] {
+        assert!(
+            restore.stderr.contains(needle),
+            "missing {needle:?} in: {}",
+            restore.stderr
+        );
+    }
+    assert!(!out.exists(), "a failed restore must leave no output file");
+    let leftovers: Vec<_> = std::fs::read_dir(&p.dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("partial"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary restore file left behind");
+
+    let verify = coffer(&p.reader(), &["verify", "--repo", "dev/t", &id], None);
+    assert_eq!(verify.code(), 1);
+    assert!(
+        verify.stderr.contains("integrity error") && verify.stderr.contains(chunk_id),
+        "{}",
+        verify.stderr
+    );
+}
+
+#[test]
+fn writer_cannot_read_and_reader_cannot_write() {
+    let p = DevProxy::start();
+    let id = backup(&p, "dev/w", b"secret payroll data");
+    for args in [
+        vec!["restore", "--repo", "dev/w", id.as_str()],
+        vec!["snapshots", "--repo", "dev/w"],
+        vec!["verify", "--repo", "dev/w"],
+    ] {
+        let run = coffer(&p.writer(), &args, None);
+        assert_eq!(run.code(), 1, "{args:?}");
+        assert!(run.stderr.contains("403"), "{args:?}: {}", run.stderr);
+        assert!(!String::from_utf8_lossy(&run.stdout).contains("payroll"));
+    }
+    let run = coffer(
+        &p.reader(),
+        &["backup", "--repo", "dev/w", "-"],
+        Some(b"overwrite attempt"),
+    );
+    assert_eq!(run.code(), 1);
+    assert!(run.stderr.contains("403"), "{}", run.stderr);
+    let log = p.audit_log();
+    assert!(log.contains(r#""action":"get-snapshot","repo":"dev/w""#) && log.contains(r#""outcome":"denied""#));
+}
+
+#[test]
+fn repo_outside_the_identity_patterns_is_refused() {
+    let p = DevProxy::start();
+    let run = coffer(&p.writer(), &["init", "--repo", "prod/db"], None);
+    assert_eq!(run.code(), 1);
+    assert!(
+        run.stderr.contains("may not put-config on repository prod/db"),
+        "{}",
+        run.stderr
+    );
+    assert!(p.stored("prod").is_empty(), "nothing may be stored for a refused repo");
+}
+
+#[test]
+fn certificate_from_another_ca_is_refused_at_the_handshake() {
+    let a = DevProxy::start();
+    let b = DevProxy::start();
+    // B's writer certificate, trusting A's CA so that only the client side is wrong.
+    let cfg = b.dir.join("cross.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "proxy = \"https://{}\"\nca = \"{}\"\ncert = \"writer.pem\"\nkey = \"writer.key\"\n[keys]\nprovider = \"local\"\nmaster_key = \"master.key\"\n",
+            a.addr,
+            a.dir.join("ca.pem").display()
+        ),
+    )
+    .unwrap();
+    let run = coffer(&cfg, &["whoami"], None);
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("refused the TLS session"), "{}", run.stderr);
+    assert!(!String::from_utf8_lossy(&run.stdout).contains("spiffe"));
+    // The proxy records the failed handshake.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !a.audit_log().contains(r#""action":"handshake""#) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no handshake event in: {}",
+            a.audit_log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn malformed_envelopes_are_refused_and_nothing_is_stored() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/m"], None).ok();
+    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap())
+        .await
+        .unwrap();
+    let id = "ab".repeat(32);
+    let path = format!("/v1/repos/dev/m/chunks/{id}");
+    let digest = |b: &[u8]| Some((DIGEST_HEADER, blake3::hash(b).to_hex().to_string()));
+
+    let mut good_shape = b"CFR1\x01\x01\x00\x00".to_vec();
+    good_shape.extend_from_slice(&[7u8; 16 + 12 + 40]);
+    let mut bad_magic = good_shape.clone();
+    bad_magic[..4].copy_from_slice(b"XXXX");
+    let mut bad_alg = good_shape.clone();
+    bad_alg[5] = 9;
+    let cases: Vec<(&str, Vec<u8>, Option<(&'static str, String)>, u16)> = vec![
+        ("garbage", b"not an envelope".to_vec(), digest(b"not an envelope"), 400),
+        ("bad magic", bad_magic.clone(), digest(&bad_magic), 400),
+        ("unknown algorithm", bad_alg.clone(), digest(&bad_alg), 400),
+        ("truncated", good_shape[..30].to_vec(), digest(&good_shape[..30]), 400),
+        ("no digest", good_shape.clone(), None, 400),
+        ("wrong digest", good_shape.clone(), digest(b"other"), 400),
+        // Well-formed, but sealed under a key the repository does not hold.
+        ("unknown key", good_shape.clone(), digest(&good_shape), 409),
+    ];
+    for (what, body, header, status) in cases {
+        let err = client.raw(Method::PUT, &path, body, header).await.unwrap_err();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status), "{what}: {err}");
+    }
+    let bad_id = client
+        .raw(
+            Method::PUT,
+            "/v1/repos/dev/m/chunks/XYZ",
+            good_shape.clone(),
+            digest(&good_shape),
+        )
+        .await;
+    assert_eq!(bad_id.unwrap_err().status().map(|s| s.as_u16()), Some(400));
+    let bad_commit = client
+        .raw(Method::POST, "/v1/repos/dev/m/snapshots", b"CFC1 nope".to_vec(), None)
+        .await;
+    assert_eq!(bad_commit.unwrap_err().status().map(|s| s.as_u16()), Some(400));
+    assert!(
+        p.stored("dev/m/chunks").is_empty(),
+        "refused uploads must store nothing"
+    );
+    assert!(p.stored("dev/m/snapshots").is_empty());
+}
+
+#[tokio::test]
+async fn path_tricks_never_reach_the_store() {
+    let p = DevProxy::start();
+    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap())
+        .await
+        .unwrap();
+    for path in [
+        "/v1/repos/dev/../config",
+        "/v1/repos/dev/%2e%2e/config",
+        "/v1/repos/dev//x/config",
+        "/v1/repos/DEV/x/config",
+    ] {
+        let err = client.raw(Method::PUT, path, b"{}".to_vec(), None).await.unwrap_err();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{path}: {err}");
+    }
+    assert!(p.stored("").is_empty());
+}
