@@ -134,10 +134,7 @@ fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) ->
             return Err(io::Error::other("backup pipeline stopped"));
         }
     }
-    Ok(StreamSummary {
-        bytes,
-        blake3: hasher.finalize(),
-    })
+    Ok(StreamSummary { bytes, blake3: hasher.finalize() })
 }
 
 /// Reads the whole source on a blocking thread. For a command, waits for it
@@ -157,10 +154,7 @@ fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Resu
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .spawn()
-                .map_err(|source| BackupError::Spawn {
-                    command: command.clone(),
-                    source,
-                })?;
+                .map_err(|source| BackupError::Spawn { command: command.clone(), source })?;
             let stdout = child.stdout.take().expect("stdout is piped");
             let read = chunk_stream(stdout, repo, &tx);
             if read.is_err() {
@@ -189,10 +183,7 @@ fn check_status(command: &str, status: ExitStatus) -> Result<(), BackupError> {
         }
     }
     let code = status.code().map_or("unknown".into(), |c| c.to_string());
-    Err(BackupError::CommandFailed {
-        command: command.into(),
-        status: format!("exited with status {code}"),
-    })
+    Err(BackupError::CommandFailed { command: command.into(), status: format!("exited with status {code}") })
 }
 
 /// Seals and uploads chunks with at most `in_flight` at once, rolling the
@@ -241,12 +232,7 @@ impl Uploader {
             self.sealed_with_key = 0;
         }
         self.sealed_with_key += 1;
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
+        let permit = self.permits.clone().acquire_owned().await.expect("semaphore is never closed");
         let (repo, key, key_id) = (self.repo.clone(), self.key.clone(), self.key_id);
         self.tasks.spawn(async move {
             let _permit = permit;
@@ -259,9 +245,7 @@ impl Uploader {
             .await
             .map_err(|e| BackupError::Internal(e.to_string()))?;
             let stored = envelope.len() as u64;
-            repo.client
-                .put_chunk(&repo.name, &chunk.id, Bytes::from(envelope))
-                .await?;
+            repo.client.put_chunk(&repo.name, &chunk.id, Bytes::from(envelope)).await?;
             Ok((plain, stored))
         });
         Ok(())
@@ -361,10 +345,7 @@ pub async fn run(
                 }
             };
             let Some(chunk) = next else { break };
-            manifest.0.push(ManifestEntry {
-                id: chunk.id,
-                len: chunk.data.len() as u32,
-            });
+            manifest.0.push(ManifestEntry { id: chunk.id, len: chunk.data.len() as u32 });
             up.stats.chunks += 1;
             up.stats.bytes_in += chunk.data.len() as u64;
             progress.update(up.stats.bytes_in, up.stats.bytes_new);
@@ -393,10 +374,7 @@ pub async fn run(
     for cut in fastcdc::v2020::FastCDC::new(&encoded, p.min_size, p.avg_size, p.max_size) {
         let data = encoded[cut.offset..cut.offset + cut.length].to_vec();
         let id = repo.id_key.chunk_id(&data);
-        manifest_refs.push(ManifestRef {
-            id,
-            len: cut.length as u32,
-        });
+        manifest_refs.push(ManifestRef { id, len: cut.length as u32 });
         if refs.add(id) {
             batch.push(Chunk { id, data });
         }
@@ -428,12 +406,7 @@ pub async fn run(
         &root.encode(),
     );
     let stats = up.stats;
-    let commit = CommitRequest {
-        snapshot: id,
-        root,
-        stats,
-        chunks: refs.order,
-    };
+    let commit = CommitRequest { snapshot: id, root, stats, chunks: refs.order };
     repo.client.commit(&repo.name, commit.encode()).await?;
     Ok(BackupReport {
         id,

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 
 use crate::config::AgentConfig;
 
@@ -38,13 +39,7 @@ pub enum ClientError {
     #[error("reading the proxy's response: {0}")]
     Body(String),
     #[error("{method} {path}: proxy answered {status} {code}: {message}")]
-    Status {
-        method: Method,
-        path: String,
-        status: StatusCode,
-        code: String,
-        message: String,
-    },
+    Status { method: Method, path: String, status: StatusCode, code: String, message: String },
     #[error("the proxy's response was not understood: {0}")]
     Protocol(String),
 }
@@ -63,6 +58,9 @@ impl ClientError {
 pub struct ProxyClient {
     send: SendRequest<Full<Bytes>>,
     authority: String,
+    /// Why the connection ended, once it has: requests cut off by a dead
+    /// connection only learn "closed", the connection task learns why.
+    ended: watch::Receiver<Option<String>>,
 }
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
@@ -78,19 +76,10 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Cl
 impl ProxyClient {
     /// Connects and completes the TLS 1.3 and HTTP/2 handshakes.
     pub async fn connect(cfg: &AgentConfig) -> Result<Self, ClientError> {
-        let uri: Uri = cfg
-            .proxy
-            .parse()
-            .map_err(|e| ClientError::Tls(format!("proxy URL {:?}: {e}", cfg.proxy)))?;
-        let authority = uri
-            .authority()
-            .ok_or_else(|| ClientError::Tls(format!("proxy URL {:?} has no host", cfg.proxy)))?
-            .clone();
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let uri: Uri = cfg.proxy.parse().map_err(|e| ClientError::Tls(format!("proxy URL {:?}: {e}", cfg.proxy)))?;
+        let authority =
+            uri.authority().ok_or_else(|| ClientError::Tls(format!("proxy URL {:?} has no host", cfg.proxy)))?.clone();
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
         let port = authority.port_u16().unwrap_or(443);
         let server_name = ServerName::try_from(cfg.server_name.clone().unwrap_or(host.clone()))
             .map_err(|e| ClientError::Tls(format!("server name: {e}")))?;
@@ -98,9 +87,7 @@ impl ProxyClient {
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         for cert in read_certs(&cfg.ca)? {
-            roots
-                .add(cert)
-                .map_err(|e| ClientError::Tls(format!("{}: {e}", cfg.ca.display())))?;
+            roots.add(cert).map_err(|e| ClientError::Tls(format!("{}: {e}", cfg.ca.display())))?;
         }
         let key = PrivateKeyDer::from_pem_file(&cfg.key)
             .map_err(|e| ClientError::Tls(format!("{}: {e}", cfg.key.display())))?;
@@ -113,33 +100,29 @@ impl ProxyClient {
         tls.alpn_protocols = vec![b"h2".to_vec()];
 
         let addr = format!("{host}:{port}");
-        let tcp = TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect {
-            addr: addr.clone(),
-            source,
-        })?;
+        let tcp =
+            TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
         tcp.set_nodelay(true).ok();
         let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
             .connect(server_name, tcp)
             .await
-            .map_err(|source| ClientError::Handshake {
-                addr: addr.clone(),
-                source,
-            })?;
+            .map_err(|source| ClientError::Handshake { addr: addr.clone(), source })?;
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
             .max_frame_size(1024 * 1024)
             .handshake(TokioIo::new(stream))
             .await?;
+        let (ended_tx, ended) = watch::channel(None);
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("proxy connection closed: {e}");
-            }
+            let why = match conn.await {
+                Ok(()) => "the proxy closed the connection".to_string(),
+                Err(e) => std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()),
+            };
+            tracing::debug!("proxy connection ended: {why}");
+            let _ = ended_tx.send(Some(why));
         });
-        Ok(Self {
-            send,
-            authority: authority.to_string(),
-        })
+        Ok(Self { send, authority: authority.to_string(), ended })
     }
 
     async fn call(
@@ -149,31 +132,21 @@ impl ProxyClient {
         body: Bytes,
         extra: Option<(&'static str, String)>,
     ) -> Result<Bytes, ClientError> {
-        let mut req = Request::builder()
-            .method(method.clone())
-            .uri(format!("https://{}{path}", self.authority));
+        let mut req = Request::builder().method(method.clone()).uri(format!("https://{}{path}", self.authority));
         if let Some((name, value)) = extra {
             req = req.header(name, value);
         }
-        let req = req
-            .body(Full::new(body))
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let req = req.body(Full::new(body)).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut send = self.send.clone();
-        let resp = async {
+        let sent = async {
             send.ready().await?;
             send.send_request(req).await
         }
-        .await
-        .map_err(|e| {
-            // A refused client certificate surfaces here, after TLS 1.3's
-            // handshake looked complete to the client, as a fatal alert.
-            let text = std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string());
-            if text.contains("received fatal alert") {
-                ClientError::Refused(text)
-            } else {
-                ClientError::Http(e)
-            }
-        })?;
+        .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => return Err(self.explain(e).await),
+        };
         let status = resp.status();
         let body = Limited::new(resp.into_body(), RESPONSE_MAX)
             .collect()
@@ -185,18 +158,24 @@ impl ProxyClient {
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
             Ok(e) => (e.code, e.message),
-            Err(_) => (
-                String::new(),
-                String::from_utf8_lossy(&body).chars().take(200).collect(),
-            ),
+            Err(_) => (String::new(), String::from_utf8_lossy(&body).chars().take(200).collect()),
         };
-        Err(ClientError::Status {
-            method,
-            path,
-            status,
-            code,
-            message,
-        })
+        Err(ClientError::Status { method, path, status, code, message })
+    }
+
+    /// Turns a failed request into the connection's own reason if it died.
+    /// A client certificate the proxy refused shows up only here: in TLS 1.3
+    /// the client's handshake completes before the server has checked it.
+    async fn explain(&self, e: hyper::Error) -> ClientError {
+        let mut ended = self.ended.clone();
+        let why = tokio::time::timeout(std::time::Duration::from_secs(1), ended.wait_for(Option::is_some))
+            .await
+            .ok()
+            .and_then(|r| r.ok().and_then(|v| v.clone()));
+        match why {
+            Some(why) if why.contains("received fatal alert") => ClientError::Refused(why),
+            _ => ClientError::Http(e),
+        }
     }
 
     fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
@@ -208,83 +187,50 @@ impl ProxyClient {
     }
 
     pub async fn put_config(&self, repo: &RepoName, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/config"), body.into(), None)
-            .await
-            .map(drop)
+        self.call(Method::PUT, format!("/v1/repos/{repo}/config"), body.into(), None).await.map(drop)
     }
 
     pub async fn get_config(&self, repo: &RepoName) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/config"), Bytes::new(), None)
-            .await
+        self.call(Method::GET, format!("/v1/repos/{repo}/config"), Bytes::new(), None).await
     }
 
     pub async fn put_key(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/keys/{id}"), body.into(), None)
-            .await
-            .map(drop)
+        self.call(Method::PUT, format!("/v1/repos/{repo}/keys/{id}"), body.into(), None).await.map(drop)
     }
 
     pub async fn get_key(&self, repo: &RepoName, id: KeyId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/keys/{id}"), Bytes::new(), None)
-            .await
+        self.call(Method::GET, format!("/v1/repos/{repo}/keys/{id}"), Bytes::new(), None).await
     }
 
     /// Which of `ids` the repository does not hold yet.
     pub async fn missing(&self, repo: &RepoName, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
         let body = coffer_proto::snapshot::encode_ids(ids);
-        let resp = self
-            .call(
-                Method::POST,
-                format!("/v1/repos/{repo}/chunks/missing"),
-                body.into(),
-                None,
-            )
-            .await?;
+        let resp = self.call(Method::POST, format!("/v1/repos/{repo}/chunks/missing"), body.into(), None).await?;
         coffer_proto::snapshot::decode_ids(&resp).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Uploads an envelope with its transit digest. Idempotent.
     pub async fn put_chunk(&self, repo: &RepoName, id: &ChunkId, envelope: Bytes) -> Result<(), ClientError> {
         let digest = blake3::hash(&envelope).to_hex().to_string();
-        self.call(
-            Method::PUT,
-            format!("/v1/repos/{repo}/chunks/{id}"),
-            envelope,
-            Some((DIGEST_HEADER, digest)),
-        )
-        .await
-        .map(drop)
+        self.call(Method::PUT, format!("/v1/repos/{repo}/chunks/{id}"), envelope, Some((DIGEST_HEADER, digest)))
+            .await
+            .map(drop)
     }
 
     pub async fn get_chunk(&self, repo: &RepoName, id: &ChunkId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/chunks/{id}"), Bytes::new(), None)
-            .await
+        self.call(Method::GET, format!("/v1/repos/{repo}/chunks/{id}"), Bytes::new(), None).await
     }
 
     pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
-        Self::json(
-            &self
-                .call(Method::POST, format!("/v1/repos/{repo}/snapshots"), body.into(), None)
-                .await?,
-        )
+        Self::json(&self.call(Method::POST, format!("/v1/repos/{repo}/snapshots"), body.into(), None).await?)
     }
 
     pub async fn list_snapshots(&self, repo: &RepoName) -> Result<Vec<SnapshotInfo>, ClientError> {
-        Self::json(
-            &self
-                .call(Method::GET, format!("/v1/repos/{repo}/snapshots"), Bytes::new(), None)
-                .await?,
-        )
+        Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/snapshots"), Bytes::new(), None).await?)
     }
 
     pub async fn get_snapshot(&self, repo: &RepoName, id: SnapshotId) -> Result<Bytes, ClientError> {
-        self.call(
-            Method::GET,
-            format!("/v1/repos/{repo}/snapshots/{id}"),
-            Bytes::new(),
-            None,
-        )
-        .await
+        self.call(Method::GET, format!("/v1/repos/{repo}/snapshots/{id}"), Bytes::new(), None).await
     }
 
     /// A raw request, for tests that must send what the agent never would.

@@ -48,9 +48,7 @@ fn default_uploads() -> usize {
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        Self {
-            uploads_in_flight: DEFAULT_UPLOADS_IN_FLIGHT,
-        }
+        Self { uploads_in_flight: DEFAULT_UPLOADS_IN_FLIGHT }
     }
 }
 
@@ -69,14 +67,9 @@ impl AgentConfig {
     /// Loads a config file; relative paths in it are taken from the file's
     /// folder, so a config and its certificates can move together.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let mut cfg: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let mut cfg: AgentConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
             *p = base.join(&*p);
@@ -84,10 +77,7 @@ impl AgentConfig {
         match &mut cfg.keys {
             KeysConfig::Local { master_key } => *master_key = base.join(&*master_key),
         }
-        let invalid = |message: String| ConfigError::Invalid {
-            path: path.into(),
-            message,
-        };
+        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
         if !cfg.proxy.starts_with("https://") {
             return Err(invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
         }

@@ -19,11 +19,7 @@ pub enum KeyError {
     #[error("invalid master key file {path}: {reason}")]
     MasterKeyFormat { path: String, reason: String },
     #[error("key {key_id} was wrapped by {record_kek}, but this agent's key provider is {provider_kek}")]
-    WrongKek {
-        key_id: KeyId,
-        record_kek: String,
-        provider_kek: String,
-    },
+    WrongKek { key_id: KeyId, record_kek: String, provider_kek: String },
     #[error("key {key_id} could not be unwrapped: wrong key-encryption key or altered record")]
     Unwrap { key_id: KeyId },
     #[error("key record {key_id} is not bound to repository {repo} for this purpose")]
@@ -64,17 +60,7 @@ pub async fn new_key(
     let context = EncryptionContext::new(repo, purpose, key_id);
     let (key, wrapped) = provider.generate_data_key(&context).await?;
     let kek = provider.describe_key().await?.kek;
-    Ok((
-        key,
-        KeyRecord {
-            version: KEY_RECORD_VERSION,
-            key_id,
-            purpose,
-            kek,
-            context,
-            wrapped,
-        },
-    ))
+    Ok((key, KeyRecord { version: KEY_RECORD_VERSION, key_id, purpose, kek, context, wrapped }))
 }
 
 /// Unwraps a record after checking it is bound to `repo`, `purpose` and
@@ -87,14 +73,9 @@ pub async fn open_record(
     key_id: KeyId,
 ) -> Result<DataKey, KeyError> {
     if record.key_id != key_id || record.purpose != purpose || !record.context.matches(repo, purpose, key_id) {
-        return Err(KeyError::WrongContext {
-            key_id,
-            repo: repo.clone(),
-        });
+        return Err(KeyError::WrongContext { key_id, repo: repo.clone() });
     }
-    provider
-        .decrypt(&record.kek, key_id, &record.wrapped, &record.context)
-        .await
+    provider.decrypt(&record.kek, key_id, &record.wrapped, &record.context).await
 }
 
 /// The local provider: a master-key file that must be mode 0600.
@@ -108,23 +89,17 @@ impl LocalProvider {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            let meta = std::fs::metadata(path).map_err(|source| KeyError::ReadMasterKey {
-                path: shown.clone(),
-                source,
-            })?;
+            let meta =
+                std::fs::metadata(path).map_err(|source| KeyError::ReadMasterKey { path: shown.clone(), source })?;
             if meta.permissions().mode() & 0o077 != 0 {
                 return Err(KeyError::MasterKeyMode { path: shown });
             }
         }
-        let text =
-            zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| KeyError::ReadMasterKey {
-                path: shown.clone(),
-                source,
-            })?);
-        let kek = LocalKek::from_file_contents(&text).map_err(|e| KeyError::MasterKeyFormat {
-            path: shown,
-            reason: e.to_string(),
-        })?;
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path).map_err(|source| KeyError::ReadMasterKey { path: shown.clone(), source })?,
+        );
+        let kek = LocalKek::from_file_contents(&text)
+            .map_err(|e| KeyError::MasterKeyFormat { path: shown, reason: e.to_string() })?;
         Ok(Self { kek })
     }
 }
@@ -153,10 +128,7 @@ impl KeyProvider for LocalProvider {
     }
 
     async fn describe_key(&self) -> Result<KeyDescription, KeyError> {
-        Ok(KeyDescription {
-            kek: self.kek.id().to_string(),
-            enabled: true,
-        })
+        Ok(KeyDescription { kek: self.kek.id().to_string(), enabled: true })
     }
 }
 
@@ -178,17 +150,13 @@ mod tests {
 
         let repo: RepoName = "dev/db".parse().unwrap();
         let (key, record) = new_key(&provider, &repo, Purpose::Data).await.unwrap();
-        let back = open_record(&provider, &record, &repo, Purpose::Data, record.key_id)
-            .await
-            .unwrap();
+        let back = open_record(&provider, &record, &repo, Purpose::Data, record.key_id).await.unwrap();
         assert_eq!(back.expose_secret(), key.expose_secret());
         let other: RepoName = "dev/other".parse().unwrap();
         assert!(matches!(
             open_record(&provider, &record, &other, Purpose::Data, record.key_id).await,
             Err(KeyError::WrongContext { .. })
         ));
-        assert!(open_record(&provider, &record, &repo, Purpose::ChunkId, record.key_id)
-            .await
-            .is_err());
+        assert!(open_record(&provider, &record, &repo, Purpose::ChunkId, record.key_id).await.is_err());
     }
 }

@@ -23,11 +23,7 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "coffer",
-    version,
-    about = "Coffer backup agent: encrypted, deduplicated, write-once backups"
-)]
+#[command(name = "coffer", version, about = "Coffer backup agent: encrypted, deduplicated, write-once backups")]
 struct Cli {
     /// Agent configuration file (TOML).
     #[arg(long, global = true, env = "COFFER_CONFIG")]
@@ -150,29 +146,19 @@ struct Ctx {
 }
 
 async fn connect(path: Option<PathBuf>) -> Result<Ctx, Failure> {
-    let path = path.ok_or_else(|| {
-        usage(anyhow::anyhow!(
-            "no configuration: pass --config FILE or set COFFER_CONFIG"
-        ))
-    })?;
+    let path =
+        path.ok_or_else(|| usage(anyhow::anyhow!("no configuration: pass --config FILE or set COFFER_CONFIG")))?;
     let config = AgentConfig::load(&path).map_err(usage)?;
     let provider: Arc<dyn KeyProvider> = match &config.keys {
         KeysConfig::Local { master_key } => Arc::new(LocalProvider::open(master_key).map_err(usage)?),
     };
     let client = ProxyClient::connect(&config).await?;
-    Ok(Ctx {
-        config,
-        client,
-        provider,
-    })
+    Ok(Ctx { config, client, provider })
 }
 
 impl Ctx {
     async fn open(self, name: RepoName) -> Result<(AgentConfig, Arc<OpenRepo>), Failure> {
-        Ok((
-            self.config,
-            Arc::new(OpenRepo::open(self.client, self.provider, name).await?),
-        ))
+        Ok((self.config, Arc::new(OpenRepo::open(self.client, self.provider, name).await?)))
     }
 }
 
@@ -189,22 +175,12 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             repo::init(&ctx.client, &*ctx.provider, &repo).await?;
             println!("initialised repository {repo} (chunk-id key wrapped by {kek})");
         }
-        Cmd::Backup {
-            repo,
-            name,
-            json,
-            input,
-            command,
-        } => {
+        Cmd::Backup { repo, name, json, input, command } => {
             let source = match (input.as_deref(), command.is_empty()) {
                 (Some("-"), true) => Source::Stdin,
                 (Some(path), true) => Source::File(path.into()),
                 (None, false) => Source::Command(command),
-                _ => {
-                    return Err(usage(anyhow::anyhow!(
-                        "give exactly one source: `-`, a PATH, or `-- CMD [ARGS...]`"
-                    )))
-                }
+                _ => return Err(usage(anyhow::anyhow!("give exactly one source: `-`, a PATH, or `-- CMD [ARGS...]`"))),
             };
             let name = name.unwrap_or_else(|| match &source {
                 Source::Stdin => "stdin".into(),
@@ -246,10 +222,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&list)?;
             } else {
                 for s in &list {
-                    println!(
-                        "{}  {}  {:>14} bytes  {}  ({})",
-                        s.id, s.committed, s.bytes, s.name, s.source
-                    );
+                    println!("{}  {}  {:>14} bytes  {}  ({})", s.id, s.committed, s.bytes, s.name, s.source);
                 }
             }
         }
@@ -257,13 +230,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (config, repo) = ctx.open(repo).await?;
             let ids = match snapshot {
                 Some(id) => vec![id],
-                None => repo
-                    .client
-                    .list_snapshots(&repo.name)
-                    .await?
-                    .into_iter()
-                    .map(|s| s.id)
-                    .collect(),
+                None => repo.client.list_snapshots(&repo.name).await?.into_iter().map(|s| s.id).collect(),
             };
             for id in ids {
                 let v = restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await?;
@@ -285,20 +252,14 @@ async fn restore_to_file(
 ) -> Result<(), Failure> {
     let tmp = path.with_file_name(format!(
         ".{}.coffer-partial",
-        path.file_name()
-            .context("the output path has no file name")?
-            .to_string_lossy()
+        path.file_name().context("the output path has no file name")?.to_string_lossy()
     ));
     let result = async {
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .with_context(|| format!("creating {}", tmp.display()))?;
+        let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
         restore::restore(repo, snapshot, &mut f, in_flight).await?;
         f.sync_all().await?;
         f.shutdown().await?;
-        tokio::fs::rename(&tmp, path)
-            .await
-            .with_context(|| format!("renaming into {}", path.display()))?;
+        tokio::fs::rename(&tmp, path).await.with_context(|| format!("renaming into {}", path.display()))?;
         anyhow::Ok(())
     }
     .await;

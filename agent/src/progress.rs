@@ -20,11 +20,7 @@ impl Progress {
     /// drawn only if stderr is also a terminal, never into a pipe or log.
     pub(crate) fn new(wanted: bool) -> Self {
         let now = Instant::now();
-        Self {
-            enabled: wanted && std::io::stderr().is_terminal(),
-            start: now,
-            last: now,
-        }
+        Self { enabled: wanted && std::io::stderr().is_terminal(), start: now, last: now }
     }
 
     pub(crate) fn update(&mut self, bytes_in: u64, bytes_new: u64) {

@@ -62,24 +62,14 @@ impl OpenRepo {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Err(RepoError::NotInitialised(name)),
             other => other?,
         };
-        let bad = |message: String| RepoError::BadObject {
-            repo: name.clone(),
-            message,
-        };
+        let bad = |message: String| RepoError::BadObject { repo: name.clone(), message };
         let config = RepoConfig::decode(&bytes).map_err(|e| bad(format!("config: {e}")))?;
         if config.repo != name {
             return Err(bad(format!("config names repository {}", config.repo)));
         }
         let rec = &config.id_key;
         let id_key = IdKey::from_data_key(open_record(&*provider, rec, &name, Purpose::ChunkId, rec.key_id).await?);
-        Ok(Self {
-            client,
-            provider,
-            name,
-            config,
-            id_key,
-            data_keys: Mutex::new(HashMap::new()),
-        })
+        Ok(Self { client, provider, name, config, id_key, data_keys: Mutex::new(HashMap::new()) })
     }
 
     /// Fetches and unwraps a data key, once per key id.
@@ -89,10 +79,8 @@ impl OpenRepo {
             return Ok(k.clone());
         }
         let bytes = self.client.get_key(&self.name, key_id).await?;
-        let record = KeyRecord::decode(&bytes).map_err(|e| RepoError::BadObject {
-            repo: self.name.clone(),
-            message: format!("key {key_id}: {e}"),
-        })?;
+        let record = KeyRecord::decode(&bytes)
+            .map_err(|e| RepoError::BadObject { repo: self.name.clone(), message: format!("key {key_id}: {e}") })?;
         let key = Arc::new(open_record(&*self.provider, &record, &self.name, Purpose::Data, key_id).await?);
         keys.insert(key_id, key.clone());
         Ok(key)

@@ -18,11 +18,7 @@ use crate::repo::{OpenRepo, RepoError};
 #[non_exhaustive]
 pub enum RestoreError {
     #[error("integrity error: snapshot {snapshot} chunk {chunk}: {what}")]
-    Chunk {
-        snapshot: SnapshotId,
-        chunk: ChunkId,
-        what: &'static str,
-    },
+    Chunk { snapshot: SnapshotId, chunk: ChunkId, what: &'static str },
     #[error("integrity error: snapshot {snapshot}: {what}")]
     Snapshot { snapshot: SnapshotId, what: String },
     #[error(transparent)]
@@ -45,10 +41,7 @@ pub struct Verified {
 
 /// Fetches and opens the root of `snapshot`.
 pub async fn load_root(repo: &OpenRepo, snapshot: SnapshotId) -> Result<SnapshotRoot, RestoreError> {
-    let bad = |what: &str| RestoreError::Snapshot {
-        snapshot,
-        what: what.to_string(),
-    };
+    let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
     let sealed = repo.client.get_snapshot(&repo.name, snapshot).await?;
     let header = envelope::parse_header(&sealed).map_err(|e| bad(&format!("root: {e}")))?;
     let key = repo.data_key(header.key_id).await?;
@@ -68,11 +61,7 @@ async fn fetch_chunk(
     id: ChunkId,
     len: u32,
 ) -> Result<Vec<u8>, RestoreError> {
-    let bad = |what| RestoreError::Chunk {
-        snapshot,
-        chunk: id,
-        what,
-    };
+    let bad = |what| RestoreError::Chunk { snapshot, chunk: id, what };
     let sealed = match repo.client.get_chunk(&repo.name, &id).await {
         Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => return Err(bad("missing from the repository")),
         other => other?,
@@ -128,10 +117,7 @@ pub async fn restore(
     in_flight: usize,
 ) -> Result<Verified, RestoreError> {
     let root = load_root(&repo, snapshot).await?;
-    let bad = |what: &str| RestoreError::Snapshot {
-        snapshot,
-        what: what.to_string(),
-    };
+    let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
 
     let mut encoded = Vec::new();
     let refs = root.manifest.iter().map(|r| (r.id, r.len));
@@ -156,11 +142,7 @@ pub async fn restore(
     if hasher.finalize().to_hex().as_str() != root.blake3 {
         return Err(bad("the restored stream's BLAKE3 does not match the root"));
     }
-    Ok(Verified {
-        id: snapshot,
-        bytes: root.bytes,
-        chunks: manifest.0.len(),
-    })
+    Ok(Verified { id: snapshot, bytes: root.bytes, chunks: manifest.0.len() })
 }
 
 /// Verifies a snapshot: a full restore into nowhere.

@@ -71,46 +71,25 @@ pub fn parse_header(envelope: &[u8]) -> Result<Header, FormatError> {
     let kind = match r.u8()? {
         1 => Kind::Chunk,
         2 => Kind::SnapshotRoot,
-        v => {
-            return Err(FormatError::Unsupported {
-                what: "envelope kind",
-                value: v.into(),
-            })
-        }
+        v => return Err(FormatError::Unsupported { what: "envelope kind", value: v.into() }),
     };
     let alg = r.u8()?;
     if alg != ALG_AES_256_GCM {
-        return Err(FormatError::Unsupported {
-            what: "envelope algorithm",
-            value: alg.into(),
-        });
+        return Err(FormatError::Unsupported { what: "envelope algorithm", value: alg.into() });
     }
     let compression = match r.u8()? {
         0 => Compression::None,
         1 => Compression::Zstd,
-        v => {
-            return Err(FormatError::Unsupported {
-                what: "envelope compression",
-                value: v.into(),
-            })
-        }
+        v => return Err(FormatError::Unsupported { what: "envelope compression", value: v.into() }),
     };
     let reserved = r.u8()?;
     if reserved != 0 {
-        return Err(FormatError::Unsupported {
-            what: "envelope reserved byte",
-            value: reserved.into(),
-        });
+        return Err(FormatError::Unsupported { what: "envelope reserved byte", value: reserved.into() });
     }
     let key_id = KeyId::from_bytes(r.array()?);
     let nonce = r.array()?;
     r.take(TAG_LEN)?;
-    Ok(Header {
-        kind,
-        compression,
-        key_id,
-        nonce,
-    })
+    Ok(Header { kind, compression, key_id, nonce })
 }
 
 fn aad(header: &[u8], repo: &RepoName, object_id: &[u8]) -> Vec<u8> {
@@ -136,13 +115,7 @@ pub fn seal(
 ) -> Vec<u8> {
     let mut nonce = [0u8; NONCE_LEN];
     aws_lc_rs::rand::fill(&mut nonce).expect("the system RNG failed");
-    let header = Header {
-        kind,
-        compression,
-        key_id,
-        nonce,
-    }
-    .encode();
+    let header = Header { kind, compression, key_id, nonce }.encode();
     let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
     out.extend_from_slice(&header);
     out.extend_from_slice(plaintext);

@@ -141,10 +141,7 @@ impl FromStr for RepoName {
     type Err = FormatError;
 
     fn from_str(s: &str) -> Result<Self, FormatError> {
-        let invalid = |reason: String| FormatError::Invalid {
-            what: "repository name",
-            reason,
-        };
+        let invalid = |reason: String| FormatError::Invalid { what: "repository name", reason };
         if s.is_empty() || s.len() > REPO_NAME_MAX {
             return Err(invalid(format!("must be 1 to {REPO_NAME_MAX} bytes")));
         }
@@ -157,9 +154,7 @@ impl FromStr for RepoName {
             let first_ok = matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'));
             let rest_ok = bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'));
             if !first_ok || !rest_ok {
-                return Err(invalid(
-                    "each segment must match [a-z0-9][a-z0-9._-]* (lowercase ASCII)".into(),
-                ));
+                return Err(invalid("each segment must match [a-z0-9][a-z0-9._-]* (lowercase ASCII)".into()));
             }
             if RESERVED_SEGMENTS.contains(&seg) {
                 return Err(invalid(format!("`{seg}` is reserved")));

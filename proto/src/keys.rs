@@ -47,10 +47,7 @@ impl DataKey {
     pub fn from_slice(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
         if bytes.len() != KEY_LEN {
-            return Err(FormatError::Invalid {
-                what: "data key",
-                reason: format!("expected {KEY_LEN} bytes"),
-            });
+            return Err(FormatError::Invalid { what: "data key", reason: format!("expected {KEY_LEN} bytes") });
         }
         k.copy_from_slice(bytes);
         Ok(Self::from_secret(k))
@@ -183,10 +180,7 @@ impl KeyRecord {
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let rec: KeyRecord = crate::repo::json_decode(bytes, "key record")?;
         if rec.version != KEY_RECORD_VERSION {
-            return Err(FormatError::Unsupported {
-                what: "key record version",
-                value: rec.version.into(),
-            });
+            return Err(FormatError::Unsupported { what: "key record version", value: rec.version.into() });
         }
         let key_id = rec.key_id.to_hex();
         if rec.context.get(CONTEXT_KEY_ID) != Some(key_id.as_str())
@@ -216,9 +210,7 @@ mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let s = String::deserialize(d)?;
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(serde::de::Error::custom)
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(serde::de::Error::custom)
     }
 }
 
@@ -316,10 +308,7 @@ impl LocalKek {
         }
         let nonce = Nonce::try_assume_unique_for_key(&wrapped[..NONCE_LEN]).map_err(|_| IntegrityError)?;
         let mut buf = Zeroizing::new(wrapped[NONCE_LEN..].to_vec());
-        let plain = self
-            .key
-            .open_in_place(nonce, Aad::from(self.aad(ctx)), &mut buf)
-            .map_err(|_| IntegrityError)?;
+        let plain = self.key.open_in_place(nonce, Aad::from(self.aad(ctx)), &mut buf).map_err(|_| IntegrityError)?;
         let key = DataKey::from_slice(plain).map_err(|_| IntegrityError);
         buf.zeroize();
         key
@@ -378,19 +367,10 @@ mod tests {
             wrapped: vec![1, 2, 3],
         };
         assert_eq!(KeyRecord::decode(&rec.encode()).unwrap(), rec);
-        let wrong = KeyRecord {
-            key_id: KeyId::random(),
-            ..rec.clone()
-        };
+        let wrong = KeyRecord { key_id: KeyId::random(), ..rec.clone() };
         assert!(KeyRecord::decode(&wrong.encode()).is_err());
-        let v2 = KeyRecord {
-            version: 2,
-            ..rec.clone()
-        };
-        assert!(matches!(
-            KeyRecord::decode(&v2.encode()),
-            Err(FormatError::Unsupported { .. })
-        ));
+        let v2 = KeyRecord { version: 2, ..rec.clone() };
+        assert!(matches!(KeyRecord::decode(&v2.encode()), Err(FormatError::Unsupported { .. })));
         let mut json: serde_json::Value = serde_json::from_slice(&rec.encode()).unwrap();
         json["extra"] = 1.into();
         assert!(KeyRecord::decode(json.to_string().as_bytes()).is_err());

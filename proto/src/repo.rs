@@ -15,10 +15,7 @@ pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
 
 /// Decodes JSON strictly: trailing bytes and unknown fields are errors.
 pub(crate) fn json_decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, FormatError> {
-    serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid {
-        what,
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid { what, reason: e.to_string() })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,11 +28,7 @@ pub struct ChunkerParams {
 
 impl Default for ChunkerParams {
     fn default() -> Self {
-        Self {
-            min_size: CHUNK_MIN,
-            avg_size: CHUNK_AVG,
-            max_size: CHUNK_MAX,
-        }
+        Self { min_size: CHUNK_MIN, avg_size: CHUNK_AVG, max_size: CHUNK_MAX }
     }
 }
 
@@ -68,15 +61,9 @@ impl RepoConfig {
     }
 
     pub fn validate(&self) -> Result<(), FormatError> {
-        let invalid = |reason: &str| FormatError::Invalid {
-            what: "repository config",
-            reason: reason.into(),
-        };
+        let invalid = |reason: &str| FormatError::Invalid { what: "repository config", reason: reason.into() };
         if self.version != CONFIG_VERSION {
-            return Err(FormatError::Unsupported {
-                what: "repository config version",
-                value: self.version.into(),
-            });
+            return Err(FormatError::Unsupported { what: "repository config version", value: self.version.into() });
         }
         let c = self.chunker;
         // The bounds FastCDC accepts (it asserts them), capped by CHUNK_MAX.
@@ -94,10 +81,7 @@ impl RepoConfig {
             return Err(invalid("zstd_level must be 1 to 19"));
         }
         if self.id_key.purpose != Purpose::ChunkId
-            || !self
-                .id_key
-                .context
-                .matches(&self.repo, Purpose::ChunkId, self.id_key.key_id)
+            || !self.id_key.context.matches(&self.repo, Purpose::ChunkId, self.id_key.key_id)
         {
             return Err(invalid("id_key is not a chunk-id key bound to this repository"));
         }

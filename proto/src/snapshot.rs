@@ -105,10 +105,7 @@ impl SnapshotRoot {
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let root: SnapshotRoot = json_decode(bytes, "snapshot root")?;
         if root.version != ROOT_VERSION {
-            return Err(FormatError::Unsupported {
-                what: "snapshot root version",
-                value: root.version.into(),
-            });
+            return Err(FormatError::Unsupported { what: "snapshot root version", value: root.version.into() });
         }
         Ok(root)
     }
@@ -132,13 +129,7 @@ pub struct SnapshotStats {
 
 impl SnapshotStats {
     fn encode_into(&self, out: &mut Vec<u8>) {
-        for v in [
-            self.bytes_in,
-            self.bytes_new,
-            self.stored_new,
-            self.chunks,
-            self.chunks_new,
-        ] {
+        for v in [self.bytes_in, self.bytes_new, self.stored_new, self.chunks, self.chunks_new] {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
@@ -185,11 +176,7 @@ impl CommitRequest {
         let snapshot = SnapshotId::from_bytes(r.array()?);
         let root_len = r.u32()? as usize;
         if root_len > ROOT_MAX.min(ENVELOPE_MAX) {
-            return Err(FormatError::TooLarge {
-                what: "snapshot root",
-                len: root_len as u64,
-                max: ROOT_MAX as u64,
-            });
+            return Err(FormatError::TooLarge { what: "snapshot root", len: root_len as u64, max: ROOT_MAX as u64 });
         }
         let root = r.take(root_len)?.to_vec();
         let stats = SnapshotStats::decode_from(&mut r)?;
@@ -199,12 +186,7 @@ impl CommitRequest {
             chunks.push(ChunkId::from_bytes(r.array()?));
         }
         r.finish()?;
-        Ok(Self {
-            snapshot,
-            root,
-            stats,
-            chunks,
-        })
+        Ok(Self { snapshot, root, stats, chunks })
     }
 }
 
@@ -259,20 +241,10 @@ impl IndexSegment {
         let n = r.count(INDEX_ENTRY_LEN)?;
         let mut chunks = Vec::with_capacity(n);
         for _ in 0..n {
-            chunks.push(IndexEntry {
-                id: ChunkId::from_bytes(r.array()?),
-                size: r.u32()?,
-                retain_until: r.u64()?,
-            });
+            chunks.push(IndexEntry { id: ChunkId::from_bytes(r.array()?), size: r.u32()?, retain_until: r.u64()? });
         }
         r.finish()?;
-        Ok(Self {
-            snapshot,
-            committed,
-            retain_until,
-            stats,
-            chunks,
-        })
+        Ok(Self { snapshot, committed, retain_until, stats, chunks })
     }
 }
 
@@ -289,8 +261,5 @@ pub fn decode_ids(bytes: &[u8]) -> Result<Vec<ChunkId>, FormatError> {
             reason: format!("length {} is not a multiple of {}", bytes.len(), ChunkId::LEN),
         });
     }
-    Ok(bytes
-        .chunks_exact(ChunkId::LEN)
-        .map(|c| ChunkId::from_bytes(c.try_into().expect("exact chunks")))
-        .collect())
+    Ok(bytes.chunks_exact(ChunkId::LEN).map(|c| ChunkId::from_bytes(c.try_into().expect("exact chunks"))).collect())
 }

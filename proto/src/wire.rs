@@ -13,9 +13,7 @@ impl<'a> Reader<'a> {
 
     pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], FormatError> {
         if self.buf.len() < n {
-            return Err(FormatError::Truncated {
-                needed: n - self.buf.len(),
-            });
+            return Err(FormatError::Truncated { needed: n - self.buf.len() });
         }
         let (head, rest) = self.buf.split_at(n);
         self.buf = rest;
@@ -53,9 +51,7 @@ impl<'a> Reader<'a> {
         let n = self.u64()?;
         let have = (self.buf.len() / record_len) as u64;
         if n > have {
-            return Err(FormatError::Truncated {
-                needed: ((n - have) as usize).saturating_mul(record_len),
-            });
+            return Err(FormatError::Truncated { needed: ((n - have) as usize).saturating_mul(record_len) });
         }
         Ok(n as usize)
     }

@@ -54,15 +54,7 @@ impl App {
         retention: (u64, u64),
         commit_max_bytes: usize,
     ) -> Self {
-        Self {
-            policy,
-            store,
-            audit,
-            checker,
-            retention,
-            commit_max_bytes,
-            known_keys: Mutex::default(),
-        }
+        Self { policy, store, audit, checker, retention, commit_max_bytes, known_keys: Mutex::default() }
     }
 }
 
@@ -133,9 +125,7 @@ pub struct Route {
 /// The layout is read from the right: the last one or two segments name the
 /// object, everything before them is the repository.
 pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
-    let rest = path
-        .strip_prefix("/v1/")
-        .ok_or_else(|| ApiError::NotFound(format!("no such endpoint {path}")))?;
+    let rest = path.strip_prefix("/v1/").ok_or_else(|| ApiError::NotFound(format!("no such endpoint {path}")))?;
     let segs: Vec<&str> = rest.split('/').collect();
     let not_found = || ApiError::NotFound(format!("no such endpoint {path}"));
     let repo_of = |n: usize| -> Result<Option<RepoName>, ApiError> {
@@ -144,19 +134,10 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         }
         segs[1..1 + n].join("/").parse().map(Some).map_err(invalid)
     };
-    let pick = |pairs: &[(Method, Action)]| {
-        pairs
-            .iter()
-            .find(|(m, _)| m == method)
-            .map(|(_, a)| *a)
-            .ok_or(ApiError::Method)
-    };
+    let pick =
+        |pairs: &[(Method, Action)]| pairs.iter().find(|(m, _)| m == method).map(|(_, a)| *a).ok_or(ApiError::Method);
     if segs == ["whoami"] {
-        return Ok(Route {
-            action: pick(&[(Method::GET, Action::Whoami)])?,
-            repo: None,
-            object: None,
-        });
+        return Ok(Route { action: pick(&[(Method::GET, Action::Whoami)])?, repo: None, object: None });
     }
     if segs.first() != Some(&"repos") || segs.len() < 3 {
         return Err(not_found());
@@ -164,35 +145,23 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     let n = segs.len();
     let (last, second) = (segs[n - 1], segs[n - 2]);
     let (action, repo, object) = match (second, last) {
-        (_, "config") => (
-            pick(&[(Method::GET, Action::GetConfig), (Method::PUT, Action::PutConfig)])?,
-            repo_of(n - 2)?,
-            None,
-        ),
-        (_, "snapshots") => (
-            pick(&[(Method::GET, Action::ListSnapshots), (Method::POST, Action::Commit)])?,
-            repo_of(n - 2)?,
-            None,
-        ),
+        (_, "config") => {
+            (pick(&[(Method::GET, Action::GetConfig), (Method::PUT, Action::PutConfig)])?, repo_of(n - 2)?, None)
+        }
+        (_, "snapshots") => {
+            (pick(&[(Method::GET, Action::ListSnapshots), (Method::POST, Action::Commit)])?, repo_of(n - 2)?, None)
+        }
         ("chunks", "missing") => (pick(&[(Method::POST, Action::Missing)])?, repo_of(n - 3)?, None),
-        ("keys", id) => (
-            pick(&[(Method::GET, Action::GetKey), (Method::PUT, Action::PutKey)])?,
-            repo_of(n - 3)?,
-            Some(id),
-        ),
-        ("chunks", id) => (
-            pick(&[(Method::GET, Action::GetChunk), (Method::PUT, Action::PutChunk)])?,
-            repo_of(n - 3)?,
-            Some(id),
-        ),
+        ("keys", id) => {
+            (pick(&[(Method::GET, Action::GetKey), (Method::PUT, Action::PutKey)])?, repo_of(n - 3)?, Some(id))
+        }
+        ("chunks", id) => {
+            (pick(&[(Method::GET, Action::GetChunk), (Method::PUT, Action::PutChunk)])?, repo_of(n - 3)?, Some(id))
+        }
         ("snapshots", id) => (pick(&[(Method::GET, Action::GetSnapshot)])?, repo_of(n - 3)?, Some(id)),
         _ => return Err(not_found()),
     };
-    Ok(Route {
-        action,
-        repo,
-        object: object.map(str::to_string),
-    })
+    Ok(Route { action, repo, object: object.map(str::to_string) })
 }
 
 /// Store keys of a repository's objects.
@@ -226,18 +195,10 @@ struct Reply {
 
 impl Reply {
     fn new(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Self {
-        Self {
-            status,
-            body: body.into(),
-            content_type,
-        }
+        Self { status, body: body.into(), content_type }
     }
     fn json(status: StatusCode, v: &impl serde::Serialize) -> Self {
-        Self::new(
-            status,
-            serde_json::to_vec(v).expect("API types serialise"),
-            "application/json",
-        )
+        Self::new(status, serde_json::to_vec(v).expect("API types serialise"), "application/json")
     }
     fn bytes(body: Bytes) -> Self {
         Self::new(StatusCode::OK, body, "application/octet-stream")
@@ -307,11 +268,7 @@ where
         }
     };
     if app.audit.record(draft, mutating).await.is_err() && mutating {
-        return error_response(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            &ApiError::Audit.to_string(),
-        );
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &ApiError::Audit.to_string());
     }
     match reply {
         Ok(r) => Response::builder()
@@ -324,10 +281,7 @@ where
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
-    let body = ErrorBody {
-        code: code.into(),
-        message: message.into(),
-    };
+    let body = ErrorBody { code: code.into(), message: message.into() };
     Response::builder()
         .status(status)
         .header(http::header::CONTENT_TYPE, "application/json")
@@ -346,17 +300,10 @@ where
     B: hyper::body::Body<Data = Bytes> + Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let identity = caller
-        .identity
-        .as_ref()
-        .ok_or_else(|| Denied("the client certificate names no identity".into()))?;
+    let identity = caller.identity.as_ref().ok_or_else(|| Denied("the client certificate names no identity".into()))?;
     app.policy.authorize(identity, route.action, route.repo.as_ref())?;
 
-    let digest = req
-        .headers()
-        .get(DIGEST_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let digest = req.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let limit = body_limit(app, route.action);
     let body = Limited::new(req.into_body(), limit)
         .collect()
@@ -374,21 +321,12 @@ where
         (Action::Whoami, _) => {
             let (roles, repos) = app.policy.grants(identity);
             let roles = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
-            Ok(Reply::json(
-                StatusCode::OK,
-                &Whoami {
-                    identity: identity.to_string(),
-                    roles,
-                    repos,
-                },
-            ))
+            Ok(Reply::json(StatusCode::OK, &Whoami { identity: identity.to_string(), roles, repos }))
         }
         (Action::PutConfig, Some(repo)) => put_config(app, &repo, body).await,
         (Action::GetConfig, Some(repo)) => match app.store.get(&keys::config(&repo)).await? {
             Some(b) => Ok(Reply::bytes(b)),
-            None => Err(ApiError::NotInitialised(format!(
-                "repository {repo} is not initialised"
-            ))),
+            None => Err(ApiError::NotInitialised(format!("repository {repo} is not initialised"))),
         },
         (Action::PutKey, Some(repo)) => put_key(app, &repo, obj.parse().map_err(invalid)?, body).await,
         (Action::GetKey, Some(repo)) => get(app, keys::key(&repo, &obj.parse().map_err(invalid)?)).await,
@@ -442,10 +380,7 @@ async fn put_config(app: &App, repo: &RepoName, body: Bytes) -> Result<Reply, Ap
     if config.repo != *repo {
         return Err(invalid(format!("the config names repository {}", config.repo)));
     }
-    app.checker
-        .check(&config.id_key, repo)
-        .await
-        .map_err(|e| ApiError::KeyRefused(e.to_string()))?;
+    app.checker.check(&config.id_key, repo).await.map_err(|e| ApiError::KeyRefused(e.to_string()))?;
     let reply = app.put_once(&keys::config(repo), body, "repository config").await;
     match reply {
         Err(ApiError::Conflict(_)) => Err(ApiError::Conflict(format!("repository {repo} is already initialised"))),
@@ -458,10 +393,7 @@ async fn put_key(app: &App, repo: &RepoName, id: KeyId, body: Bytes) -> Result<R
     if record.key_id != id || record.purpose != Purpose::Data {
         return Err(invalid("the record is not the data key named in the path"));
     }
-    app.checker
-        .check(&record, repo)
-        .await
-        .map_err(|e| ApiError::KeyRefused(e.to_string()))?;
+    app.checker.check(&record, repo).await.map_err(|e| ApiError::KeyRefused(e.to_string()))?;
     let reply = app.put_once(&keys::key(repo, &id), body, "key record").await?;
     app.known_keys.lock().expect("not poisoned").insert((repo.clone(), id));
     Ok(reply)
@@ -475,11 +407,7 @@ async fn missing(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiEr
             absent.push(id);
         }
     }
-    Ok(Reply::new(
-        StatusCode::OK,
-        encode_ids(&absent),
-        "application/octet-stream",
-    ))
+    Ok(Reply::new(StatusCode::OK, encode_ids(&absent), "application/octet-stream"))
 }
 
 async fn put_chunk(
@@ -491,24 +419,16 @@ async fn put_chunk(
 ) -> Result<Reply, ApiError> {
     let digest = digest.ok_or_else(|| invalid(format!("missing {DIGEST_HEADER} header")))?;
     if blake3::hash(&body).to_hex().as_str() != digest {
-        return Err(invalid(
-            "the body does not match its digest header (corrupted in transit?)",
-        ));
+        return Err(invalid("the body does not match its digest header (corrupted in transit?)"));
     }
     let header = envelope::parse_header(&body).map_err(invalid)?;
     if header.kind != Kind::Chunk {
         return Err(invalid("not a chunk envelope"));
     }
     if !app.key_exists(repo, header.key_id).await? {
-        return Err(ApiError::Conflict(format!(
-            "key {} is not stored in {repo}: PUT it first",
-            header.key_id
-        )));
+        return Err(ApiError::Conflict(format!("key {} is not stored in {repo}: PUT it first", header.key_id)));
     }
-    let outcome = app
-        .store
-        .put_new(&keys::chunk(repo, &id), body, app.new_retain_until())
-        .await?;
+    let outcome = app.store.put_new(&keys::chunk(repo, &id), body, app.new_retain_until()).await?;
     Ok(Reply::stored(outcome))
 }
 
@@ -519,17 +439,12 @@ async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiErr
         return Err(invalid("the root is not a snapshot root envelope"));
     }
     if !app.key_exists(repo, header.key_id).await? {
-        return Err(ApiError::Conflict(format!(
-            "key {} is not stored in {repo}",
-            header.key_id
-        )));
+        return Err(ApiError::Conflict(format!("key {} is not stored in {repo}", header.key_id)));
     }
     let root_key = keys::snapshot(repo, &req.snapshot);
     if let Some(existing) = app.store.get(&root_key).await? {
         if existing.as_ref() == req.root.as_slice() {
-            return snapshot_info(app, repo, req.snapshot)
-                .await
-                .map(|i| Reply::json(StatusCode::OK, &i));
+            return snapshot_info(app, repo, req.snapshot).await.map(|i| Reply::json(StatusCode::OK, &i));
         }
         return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot)));
     }
@@ -555,11 +470,7 @@ async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiErr
             app.store.extend_retention(&key, until).await?;
             retain_until = until;
         }
-        entries.push(IndexEntry {
-            id: *id,
-            size: meta.size.min(u64::from(u32::MAX)) as u32,
-            retain_until,
-        });
+        entries.push(IndexEntry { id: *id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until });
     }
     if !absent.is_empty() {
         let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
@@ -582,32 +493,16 @@ async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiErr
         }
     }
 
-    let index = IndexSegment {
-        snapshot: req.snapshot,
-        committed: now,
-        retain_until: until,
-        stats: req.stats,
-        chunks: entries,
-    };
+    let index =
+        IndexSegment { snapshot: req.snapshot, committed: now, retain_until: until, stats: req.stats, chunks: entries };
     // A crash between these two writes leaves an index without a root: no
     // snapshot. A retried commit of the same id finds the index and goes on.
-    app.store
-        .put_new(&keys::index(repo, &req.snapshot), index.encode().into(), until)
-        .await?;
-    match app
-        .store
-        .put_new(&root_key, Bytes::copy_from_slice(&req.root), until)
-        .await?
-    {
+    app.store.put_new(&keys::index(repo, &req.snapshot), index.encode().into(), until).await?;
+    match app.store.put_new(&root_key, Bytes::copy_from_slice(&req.root), until).await? {
         PutOutcome::Created => {}
         PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot))),
     }
-    let info = SnapshotInfo {
-        id: req.snapshot,
-        committed: now,
-        retain_until: until,
-        stats: req.stats,
-    };
+    let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
     Ok(Reply::json(StatusCode::CREATED, &info))
 }
 
@@ -618,12 +513,7 @@ async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<Sna
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("snapshot {id} has no index segment")))?;
     let index = IndexSegment::decode(&bytes).map_err(|e| ApiError::Conflict(format!("index of {id}: {e}")))?;
-    Ok(SnapshotInfo {
-        id,
-        committed: index.committed,
-        retain_until: index.retain_until,
-        stats: index.stats,
-    })
+    Ok(SnapshotInfo { id, committed: index.committed, retain_until: index.retain_until, stats: index.stats })
 }
 
 async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
@@ -652,14 +542,7 @@ mod tests {
             (ok.action, ok.repo.unwrap().as_str(), ok.object.unwrap().as_str()),
             (Action::PutChunk, "dev/db", "abcd")
         );
-        assert_eq!(
-            r(Method::POST, "/v1/repos/a/b/c/chunks/missing")
-                .unwrap()
-                .repo
-                .unwrap()
-                .as_str(),
-            "a/b/c"
-        );
+        assert_eq!(r(Method::POST, "/v1/repos/a/b/c/chunks/missing").unwrap().repo.unwrap().as_str(), "a/b/c");
         assert_eq!(r(Method::GET, "/v1/repos/x/config").unwrap().action, Action::GetConfig);
         assert_eq!(r(Method::POST, "/v1/repos/x/snapshots").unwrap().action, Action::Commit);
         assert_eq!(r(Method::GET, "/v1/whoami").unwrap().action, Action::Whoami);
@@ -676,9 +559,6 @@ mod tests {
         }
         assert!(matches!(r(Method::GET, "/v1/repos/config"), Err(ApiError::NotFound(_))));
         assert!(matches!(r(Method::GET, "/v2/whoami"), Err(ApiError::NotFound(_))));
-        assert!(matches!(
-            r(Method::DELETE, "/v1/repos/a/chunks/ab"),
-            Err(ApiError::Method)
-        ));
+        assert!(matches!(r(Method::DELETE, "/v1/repos/a/chunks/ab"), Err(ApiError::Method)));
     }
 }

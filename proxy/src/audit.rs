@@ -100,11 +100,7 @@ fn chain_hash(body: &str) -> String {
 
 /// Renders an event with its hash as one line (without the newline).
 fn render(event: &Event) -> (String, String) {
-    let body = serde_json::to_string(&Event {
-        hash: String::new(),
-        ..event.clone()
-    })
-    .expect("events serialise");
+    let body = serde_json::to_string(&Event { hash: String::new(), ..event.clone() }).expect("events serialise");
     let hash = chain_hash(&body);
     let line = format!("{},\"hash\":\"{hash}\"}}", &body[..body.len() - 1]);
     (line, hash)
@@ -151,24 +147,16 @@ impl AuditLog {
     /// Records an event. With `durable`, returns only once it is fsync'd.
     pub async fn record(&self, draft: Draft, durable: bool) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
-        self.tx
-            .send(Pending { draft, durable, ack })
-            .await
-            .map_err(|_| AuditError("writer stopped".into()))?;
+        self.tx.send(Pending { draft, durable, ack }).await.map_err(|_| AuditError("writer stopped".into()))?;
         if !durable {
             return Ok(());
         }
-        done.await
-            .map_err(|_| AuditError("writer stopped".into()))?
-            .map_err(AuditError)
+        done.await.map_err(|_| AuditError("writer stopped".into()))?.map_err(AuditError)
     }
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 fn writer(mut file: File, mut rx: mpsc::Receiver<Pending>, proxy: String, mut seq: u64, mut prev: String) {
@@ -237,18 +225,10 @@ pub struct ChainBreak {
 
 /// Checks a log file's chain from its first line; returns the event count.
 pub fn verify_file(path: &PathBuf) -> Result<u64, ChainBreak> {
-    let file = File::open(path).map_err(|e| ChainBreak {
-        line: 0,
-        seq: None,
-        reason: e.to_string(),
-    })?;
+    let file = File::open(path).map_err(|e| ChainBreak { line: 0, seq: None, reason: e.to_string() })?;
     let (mut prev, mut expect_seq) = (GENESIS.to_string(), 1u64);
     for (i, line) in BufReader::new(file).lines().enumerate() {
-        let brk = |seq, reason: String| ChainBreak {
-            line: i + 1,
-            seq,
-            reason,
-        };
+        let brk = |seq, reason: String| ChainBreak { line: i + 1, seq, reason };
         let line = line.map_err(|e| brk(None, e.to_string()))?;
         let event: Event = serde_json::from_str(&line).map_err(|e| brk(None, format!("not an event: {e}")))?;
         let seq = Some(event.seq);
@@ -273,12 +253,7 @@ mod tests {
     use super::*;
 
     fn draft(action: &'static str) -> Draft {
-        Draft {
-            identity: Some("w".into()),
-            peer: "127.0.0.1:1".into(),
-            action,
-            ..Default::default()
-        }
+        Draft { identity: Some("w".into()), peer: "127.0.0.1:1".into(), action, ..Default::default() }
     }
 
     #[tokio::test]

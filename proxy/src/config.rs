@@ -87,10 +87,7 @@ fn default_slack() -> u32 {
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self {
-            days: DEFAULT_RETENTION_DAYS,
-            slack_days: DEFAULT_SLACK_DAYS,
-        }
+        Self { days: DEFAULT_RETENTION_DAYS, slack_days: DEFAULT_SLACK_DAYS }
     }
 }
 
@@ -107,9 +104,7 @@ fn default_commit_max() -> usize {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self {
-            commit_max_bytes: DEFAULT_COMMIT_MAX_BYTES,
-        }
+        Self { commit_max_bytes: DEFAULT_COMMIT_MAX_BYTES }
     }
 }
 
@@ -122,19 +117,11 @@ pub struct ConfigError {
 
 impl ProxyConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError {
-            path: path.into(),
-            message,
-        };
+        let err = |message: String| ConfigError { path: path.into(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let mut cfg: ProxyConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
-            &mut cfg.tls.cert,
-            &mut cfg.tls.key,
-            &mut cfg.tls.client_ca,
-            &mut cfg.audit.path,
-        ] {
+        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca, &mut cfg.audit.path] {
             *p = base.join(&*p);
         }
         match &mut cfg.store {
@@ -149,15 +136,9 @@ impl ProxyConfig {
 
     fn validate(&self) -> Result<(), String> {
         if self.proxy_id.is_empty()
-            || !self
-                .proxy_id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            || !self.proxy_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(format!(
-                "proxy_id {:?}: use letters, digits, `-` and `_`",
-                self.proxy_id
-            ));
+            return Err(format!("proxy_id {:?}: use letters, digits, `-` and `_`", self.proxy_id));
         }
         if self.retention.days == 0 {
             return Err("retention.days must be at least 1".into());
@@ -172,10 +153,7 @@ impl ProxyConfig {
 
     /// Seconds every object stays locked, and the extra slack on each write.
     pub fn retention_secs(&self) -> (u64, u64) {
-        (
-            u64::from(self.retention.days) * 86_400,
-            u64::from(self.retention.slack_days) * 86_400,
-        )
+        (u64::from(self.retention.days) * 86_400, u64::from(self.retention.slack_days) * 86_400)
     }
 }
 
@@ -185,9 +163,7 @@ pub fn read_master_key(path: &Path) -> Result<LocalKek, String> {
     let shown = path.display();
     let meta = std::fs::metadata(path).map_err(|e| format!("master key {shown}: {e}"))?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!(
-            "master key {shown} must not be readable by group or others (chmod 600)"
-        ));
+        return Err(format!("master key {shown} must not be readable by group or others (chmod 600)"));
     }
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("master key {shown}: {e}"))?);
     LocalKek::from_file_contents(&text).map_err(|e| format!("master key {shown}: {e}"))

@@ -25,24 +25,14 @@ pub const ADMIN: &str = "spiffe://coffer.dev/admin";
 pub const DEV_REPOS: &str = "dev/**";
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
     f.write_all(contents)?;
     f.sync_all()
 }
 
 /// Writes a file only if it does not exist yet, so a restart reuses it.
 fn create_once(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
-    let mut f = match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(path)
-    {
+    let mut f = match std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
         Err(e) => return Err(e),
@@ -55,11 +45,7 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, "Coffer dev CA");
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     Ok(p)
 }
 
@@ -68,11 +54,8 @@ fn leaf_params(cn: &str, sans: Vec<SanType>, server: bool) -> Result<Certificate
     p.distinguished_name.push(DnType::CommonName, cn);
     p.subject_alt_names = sans;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages = vec![if server {
-        ExtendedKeyUsagePurpose::ServerAuth
-    } else {
-        ExtendedKeyUsagePurpose::ClientAuth
-    }];
+    p.extended_key_usages =
+        vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
     Ok(p)
 }
 

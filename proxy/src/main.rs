@@ -15,11 +15,7 @@ const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "coffer-proxy",
-    version,
-    about = "Coffer proxy: mTLS gateway, policy, audit, write-once store"
-)]
+#[command(name = "coffer-proxy", version, about = "Coffer proxy: mTLS gateway, policy, audit, write-once store")]
 struct Cli {
     /// Proxy configuration file (TOML).
     #[arg(long, env = "COFFER_PROXY_CONFIG")]
@@ -65,12 +61,7 @@ fn main() -> ExitCode {
         },
         None => match cli.config {
             Some(path) => (path, None, None),
-            None => {
-                return fail(
-                    EXIT_USAGE,
-                    "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG",
-                )
-            }
+            None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
         },
     };
     let mut config = match ProxyConfig::load(&path) {

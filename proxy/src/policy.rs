@@ -57,23 +57,14 @@ impl Action {
     /// Whether it changes the store: its audit event must be durable before
     /// the response.
     pub fn mutating(self) -> bool {
-        matches!(
-            self,
-            Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit
-        )
+        matches!(self, Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit)
     }
 
     fn allowed_for(self, role: Role) -> bool {
         use Action::*;
         match role {
-            Role::Writer => matches!(
-                self,
-                Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit
-            ),
-            Role::Reader => matches!(
-                self,
-                Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot
-            ),
+            Role::Writer => matches!(self, Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit),
+            Role::Reader => matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot),
             Role::Admin => matches!(self, Whoami),
         }
     }
@@ -93,8 +84,7 @@ impl RepoPattern {
                 "**" if i == segs.len() - 1 => {}
                 "**" => return Err(format!("repo pattern {s:?}: `**` may only be the last segment")),
                 lit => {
-                    lit.parse::<RepoName>()
-                        .map_err(|e| format!("repo pattern {s:?}: {e}"))?;
+                    lit.parse::<RepoName>().map_err(|e| format!("repo pattern {s:?}: {e}"))?;
                 }
             }
         }
@@ -166,11 +156,7 @@ impl Policy {
                 Ok(Rule {
                     identity: Identity::from(r.identity.as_str()),
                     roles: r.roles.clone(),
-                    repos: r
-                        .repos
-                        .iter()
-                        .map(|p| RepoPattern::parse(p))
-                        .collect::<Result<_, _>>()?,
+                    repos: r.repos.iter().map(|p| RepoPattern::parse(p)).collect::<Result<_, _>>()?,
                 })
             })
             .collect::<Result<_, _>>()?;
@@ -224,12 +210,7 @@ impl Policy {
             .map(|r| {
                 let roles: Vec<String> = r.roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
                 let repos: Vec<String> = r.repos.iter().map(ToString::to_string).collect();
-                format!(
-                    "{}: roles [{}] on repos [{}]",
-                    r.identity,
-                    roles.join(", "),
-                    repos.join(", ")
-                )
+                format!("{}: roles [{}] on repos [{}]", r.identity, roles.join(", "), repos.join(", "))
             })
             .collect()
     }
@@ -263,16 +244,8 @@ mod tests {
     #[test]
     fn deny_by_default_and_per_role() {
         let rules = vec![
-            RuleConfig {
-                identity: "w".into(),
-                roles: vec![Role::Writer],
-                repos: vec!["dev/**".into()],
-            },
-            RuleConfig {
-                identity: "r".into(),
-                roles: vec![Role::Reader],
-                repos: vec!["dev/**".into()],
-            },
+            RuleConfig { identity: "w".into(), roles: vec![Role::Writer], repos: vec!["dev/**".into()] },
+            RuleConfig { identity: "r".into(), roles: vec![Role::Reader], repos: vec!["dev/**".into()] },
         ];
         let p = Policy::new(&rules).unwrap();
         let (w, r, nobody) = (Identity::from("w"), Identity::from("r"), Identity::from("x"));

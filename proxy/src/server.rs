@@ -48,20 +48,8 @@ pub fn build(cfg: &ProxyConfig) -> Result<Proxy, String> {
     };
     let (audit, writer) = AuditLog::open(&cfg.audit.path, &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
-    let app = App::new(
-        cfg.policy()?,
-        store,
-        audit,
-        checker,
-        cfg.retention_secs(),
-        cfg.limits.commit_max_bytes,
-    );
-    Ok(Proxy {
-        app: Arc::new(app),
-        tls: tls.into(),
-        writer,
-        listen: cfg.listen,
-    })
+    let app = App::new(cfg.policy()?, store, audit, checker, cfg.retention_secs(), cfg.limits.commit_max_bytes);
+    Ok(Proxy { app: Arc::new(app), tls: tls.into(), writer, listen: cfg.listen })
 }
 
 impl Proxy {

@@ -13,11 +13,7 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps");
     let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --bins` before the tests",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `cargo build --bins` before the tests", path.display());
     path
 }
 
@@ -64,12 +60,7 @@ impl DevProxy {
         };
         // Keep draining stdout so the proxy never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-        Self {
-            dir: dir.to_path_buf(),
-            addr,
-            child,
-            _tmp: None,
-        }
+        Self { dir: dir.to_path_buf(), addr, child, _tmp: None }
     }
 
     /// The writer identity's config.
@@ -137,12 +128,7 @@ impl Run {
 
     /// Asserts success and returns stdout as text.
     pub fn ok(&self) -> String {
-        assert!(
-            self.status.success(),
-            "coffer failed ({}): {}",
-            self.status,
-            self.stderr
-        );
+        assert!(self.status.success(), "coffer failed ({}): {}", self.status, self.stderr);
         String::from_utf8_lossy(&self.stdout).into_owned()
     }
 
@@ -177,20 +163,13 @@ pub fn coffer(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     if let Some(w) = writer {
         w.join().expect("stdin writer");
     }
-    Run {
-        status: out.status,
-        stdout: out.stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    Run { status: out.status, stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
 /// Deterministic pseudo-random bytes (BLAKE3 in XOF mode).
 pub fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
-    blake3::Hasher::new()
-        .update(seed.as_bytes())
-        .finalize_xof()
-        .fill(&mut out);
+    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
     out
 }
 

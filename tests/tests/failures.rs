@@ -3,42 +3,19 @@
 use coffer_tests::{coffer, DevProxy};
 
 fn snapshot_count(p: &DevProxy, repo: &str) -> usize {
-    coffer(&p.reader(), &["snapshots", "--repo", repo, "--json"], None)
-        .json()
-        .as_array()
-        .unwrap()
-        .len()
+    coffer(&p.reader(), &["snapshots", "--repo", repo, "--json"], None).json().as_array().unwrap().len()
 }
 
 #[test]
 fn failing_command_commits_nothing() {
     let p = DevProxy::start();
     coffer(&p.writer(), &["init", "--repo", "dev/f"], None).ok();
-    let run = coffer(
-        &p.writer(),
-        &["backup", "--repo", "dev/f", "--", "sh", "-c", "echo partial; exit 3"],
-        None,
-    );
+    let run = coffer(&p.writer(), &["backup", "--repo", "dev/f", "--", "sh", "-c", "echo partial; exit 3"], None);
     assert_eq!(run.code(), 1);
-    assert!(
-        run.stderr.contains("exited with status 3") && run.stderr.contains("no snapshot"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("exited with status 3") && run.stderr.contains("no snapshot"), "{}", run.stderr);
     assert!(run.stdout.is_empty(), "no snapshot id may be printed");
-    let killed = coffer(
-        &p.writer(),
-        &[
-            "backup",
-            "--repo",
-            "dev/f",
-            "--",
-            "sh",
-            "-c",
-            "echo partial; kill -9 $$",
-        ],
-        None,
-    );
+    let killed =
+        coffer(&p.writer(), &["backup", "--repo", "dev/f", "--", "sh", "-c", "echo partial; kill -9 $$"], None);
     assert_eq!(killed.code(), 1);
     assert!(killed.stderr.contains("killed by signal 9"), "{}", killed.stderr);
     assert_eq!(snapshot_count(&p, "dev/f"), 0);
@@ -59,11 +36,7 @@ fn read_error_commits_nothing() {
         .unwrap();
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1));
-    let missing = coffer(
-        &p.writer(),
-        &["backup", "--repo", "dev/r", "/nonexistent/dump.sql"],
-        None,
-    );
+    let missing = coffer(&p.writer(), &["backup", "--repo", "dev/r", "/nonexistent/dump.sql"], None);
     assert_eq!(missing.code(), 1);
     assert!(missing.stderr.contains("/nonexistent/dump.sql"), "{}", missing.stderr);
     assert_eq!(snapshot_count(&p, "dev/r"), 0);
@@ -86,21 +59,11 @@ fn uninitialised_repo_hints_at_init() {
 fn usage_and_config_errors_exit_64() {
     let p = DevProxy::start();
     assert_eq!(coffer(&p.writer(), &["backup"], None).code(), 64);
-    assert_eq!(
-        coffer(&p.writer(), &["restore", "--repo", "dev/x", "not-an-id"], None).code(),
-        64
-    );
+    assert_eq!(coffer(&p.writer(), &["restore", "--repo", "dev/x", "not-an-id"], None).code(), 64);
     assert_eq!(coffer(&p.writer(), &["init", "--repo", "../etc"], None).code(), 64);
-    assert_eq!(
-        coffer(&p.writer(), &["backup", "--repo", "dev/x", "a", "--", "b"], None).code(),
-        64
-    );
+    assert_eq!(coffer(&p.writer(), &["backup", "--repo", "dev/x", "a", "--", "b"], None).code(), 64);
     let bad = p.dir.join("bad.toml");
-    std::fs::write(
-        &bad,
-        std::fs::read_to_string(p.writer()).unwrap() + "\nsurprise = true\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, std::fs::read_to_string(p.writer()).unwrap() + "\nsurprise = true\n").unwrap();
     let run = coffer(&bad, &["whoami"], None);
     assert_eq!(run.code(), 64);
     assert!(run.stderr.contains("surprise"), "{}", run.stderr);

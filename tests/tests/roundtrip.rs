@@ -18,20 +18,10 @@ fn round_trip(p: &DevProxy, repo: &str, data: &[u8]) -> serde_json::Value {
 
     let out = coffer(&p.reader(), &["restore", "--repo", repo, &id], None);
     out.ok();
-    assert!(
-        out.stdout == data,
-        "restore to stdout differs ({} vs {} bytes)",
-        out.stdout.len(),
-        data.len()
-    );
+    assert!(out.stdout == data, "restore to stdout differs ({} vs {} bytes)", out.stdout.len(), data.len());
 
     let file = p.dir.join("restored.bin");
-    coffer(
-        &p.reader(),
-        &["restore", "--repo", repo, &id, "-o", file.to_str().unwrap()],
-        None,
-    )
-    .ok();
+    coffer(&p.reader(), &["restore", "--repo", repo, &id, "-o", file.to_str().unwrap()], None).ok();
     assert!(std::fs::read(&file).unwrap() == data, "restore to file differs");
     report
 }
@@ -73,38 +63,17 @@ fn large_mixed_stream_and_unchanged_rebackup() {
     let path = p.dir.join("input.bin");
     std::fs::write(&path, &data).unwrap();
 
-    let first = coffer(
-        &p.writer(),
-        &["backup", "--repo", "dev/big", "--json", path.to_str().unwrap()],
-        None,
-    )
-    .json();
+    let first = coffer(&p.writer(), &["backup", "--repo", "dev/big", "--json", path.to_str().unwrap()], None).json();
     assert_eq!(first["bytes_in"], data.len() as u64);
-    assert!(
-        first["stored_new"].as_u64().unwrap() < data.len() as u64,
-        "text should compress: {first}"
-    );
+    assert!(first["stored_new"].as_u64().unwrap() < data.len() as u64, "text should compress: {first}");
     let id = first["id"].as_str().unwrap();
     let out = p.dir.join("out.bin");
-    coffer(
-        &p.reader(),
-        &["restore", "--repo", "dev/big", id, "-o", out.to_str().unwrap()],
-        None,
-    )
-    .ok();
+    coffer(&p.reader(), &["restore", "--repo", "dev/big", id, "-o", out.to_str().unwrap()], None).ok();
     assert_eq!(blake3::hash(&std::fs::read(&out).unwrap()), blake3::hash(&data));
 
-    let second = coffer(
-        &p.writer(),
-        &["backup", "--repo", "dev/big", "--json", path.to_str().unwrap()],
-        None,
-    )
-    .json();
+    let second = coffer(&p.writer(), &["backup", "--repo", "dev/big", "--json", path.to_str().unwrap()], None).json();
     let new = second["bytes_new"].as_u64().unwrap() as f64;
-    assert!(
-        new < 0.01 * data.len() as f64,
-        "unchanged re-backup uploaded {new} bytes: {second}"
-    );
+    assert!(new < 0.01 * data.len() as f64, "unchanged re-backup uploaded {new} bytes: {second}");
     assert_ne!(second["id"], first["id"]);
 
     let verified = coffer(&p.reader(), &["verify", "--repo", "dev/big"], None).ok();
@@ -115,21 +84,13 @@ fn large_mixed_stream_and_unchanged_rebackup() {
 fn command_source_and_restart_reuses_everything() {
     let mut p = DevProxy::start();
     init(&p, "dev/cmd");
-    let run = coffer(
-        &p.writer(),
-        &["backup", "--repo", "dev/cmd", "--", "sh", "-c", "seq 1 100000"],
-        None,
-    );
+    let run = coffer(&p.writer(), &["backup", "--repo", "dev/cmd", "--", "sh", "-c", "seq 1 100000"], None);
     let id = run.last_line();
     let ca = std::fs::read(p.dir.join("ca.pem")).unwrap();
 
     p.kill();
     let q = DevProxy::start_in(&p.dir);
-    assert_eq!(
-        std::fs::read(q.dir.join("ca.pem")).unwrap(),
-        ca,
-        "the CA must survive a restart"
-    );
+    assert_eq!(std::fs::read(q.dir.join("ca.pem")).unwrap(), ca, "the CA must survive a restart");
     let out = coffer(&q.reader(), &["restore", "--repo", "dev/cmd", &id], None).ok();
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
     assert!(out == expected, "restored command output differs");

@@ -20,10 +20,7 @@ fn altered_chunk_fails_restore_and_verify_naming_snapshot_and_chunk() {
     let chunks = p.stored("dev/t/chunks");
     assert!(chunks.len() >= 2, "expected several chunks, got {chunks:?}");
     // Alter the largest chunk (a data chunk, not the small manifest).
-    let victim = chunks
-        .iter()
-        .max_by_key(|c| std::fs::metadata(c).unwrap().len())
-        .unwrap();
+    let victim = chunks.iter().max_by_key(|c| std::fs::metadata(c).unwrap().len()).unwrap();
     let mut bytes = std::fs::read(victim).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -31,18 +28,10 @@ fn altered_chunk_fails_restore_and_verify_naming_snapshot_and_chunk() {
     let chunk_id = victim.file_name().unwrap().to_str().unwrap();
 
     let out = p.dir.join("restored.bin");
-    let restore = coffer(
-        &p.reader(),
-        &["restore", "--repo", "dev/t", &id, "-o", out.to_str().unwrap()],
-        None,
-    );
+    let restore = coffer(&p.reader(), &["restore", "--repo", "dev/t", &id, "-o", out.to_str().unwrap()], None);
     assert_eq!(restore.code(), 1);
     for needle in ["integrity error", id.as_str(), chunk_id] {
-        assert!(
-            restore.stderr.contains(needle),
-            "missing {needle:?} in: {}",
-            restore.stderr
-        );
+        assert!(restore.stderr.contains(needle), "missing {needle:?} in: {}", restore.stderr);
     }
     assert!(!out.exists(), "a failed restore must leave no output file");
     let leftovers: Vec<_> = std::fs::read_dir(&p.dir)
@@ -54,11 +43,7 @@ fn altered_chunk_fails_restore_and_verify_naming_snapshot_and_chunk() {
 
     let verify = coffer(&p.reader(), &["verify", "--repo", "dev/t", &id], None);
     assert_eq!(verify.code(), 1);
-    assert!(
-        verify.stderr.contains("integrity error") && verify.stderr.contains(chunk_id),
-        "{}",
-        verify.stderr
-    );
+    assert!(verify.stderr.contains("integrity error") && verify.stderr.contains(chunk_id), "{}", verify.stderr);
 }
 
 #[test]
@@ -75,11 +60,7 @@ fn writer_cannot_read_and_reader_cannot_write() {
         assert!(run.stderr.contains("403"), "{args:?}: {}", run.stderr);
         assert!(!String::from_utf8_lossy(&run.stdout).contains("payroll"));
     }
-    let run = coffer(
-        &p.reader(),
-        &["backup", "--repo", "dev/w", "-"],
-        Some(b"overwrite attempt"),
-    );
+    let run = coffer(&p.reader(), &["backup", "--repo", "dev/w", "-"], Some(b"overwrite attempt"));
     assert_eq!(run.code(), 1);
     assert!(run.stderr.contains("403"), "{}", run.stderr);
     let log = p.audit_log();
@@ -91,11 +72,7 @@ fn repo_outside_the_identity_patterns_is_refused() {
     let p = DevProxy::start();
     let run = coffer(&p.writer(), &["init", "--repo", "prod/db"], None);
     assert_eq!(run.code(), 1);
-    assert!(
-        run.stderr.contains("may not put-config on repository prod/db"),
-        "{}",
-        run.stderr
-    );
+    assert!(run.stderr.contains("may not put-config on repository prod/db"), "{}", run.stderr);
     assert!(p.stored("prod").is_empty(), "nothing may be stored for a refused repo");
 }
 
@@ -121,11 +98,7 @@ fn certificate_from_another_ca_is_refused_at_the_handshake() {
     // The proxy records the failed handshake.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while !a.audit_log().contains(r#""action":"handshake""#) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no handshake event in: {}",
-            a.audit_log()
-        );
+        assert!(std::time::Instant::now() < deadline, "no handshake event in: {}", a.audit_log());
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
@@ -134,9 +107,7 @@ fn certificate_from_another_ca_is_refused_at_the_handshake() {
 async fn malformed_envelopes_are_refused_and_nothing_is_stored() {
     let p = DevProxy::start();
     coffer(&p.writer(), &["init", "--repo", "dev/m"], None).ok();
-    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap())
-        .await
-        .unwrap();
+    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
     let id = "ab".repeat(32);
     let path = format!("/v1/repos/dev/m/chunks/{id}");
     let digest = |b: &[u8]| Some((DIGEST_HEADER, blake3::hash(b).to_hex().to_string()));
@@ -161,38 +132,21 @@ async fn malformed_envelopes_are_refused_and_nothing_is_stored() {
         let err = client.raw(Method::PUT, &path, body, header).await.unwrap_err();
         assert_eq!(err.status().map(|s| s.as_u16()), Some(status), "{what}: {err}");
     }
-    let bad_id = client
-        .raw(
-            Method::PUT,
-            "/v1/repos/dev/m/chunks/XYZ",
-            good_shape.clone(),
-            digest(&good_shape),
-        )
-        .await;
+    let bad_id = client.raw(Method::PUT, "/v1/repos/dev/m/chunks/XYZ", good_shape.clone(), digest(&good_shape)).await;
     assert_eq!(bad_id.unwrap_err().status().map(|s| s.as_u16()), Some(400));
-    let bad_commit = client
-        .raw(Method::POST, "/v1/repos/dev/m/snapshots", b"CFC1 nope".to_vec(), None)
-        .await;
+    let bad_commit = client.raw(Method::POST, "/v1/repos/dev/m/snapshots", b"CFC1 nope".to_vec(), None).await;
     assert_eq!(bad_commit.unwrap_err().status().map(|s| s.as_u16()), Some(400));
-    assert!(
-        p.stored("dev/m/chunks").is_empty(),
-        "refused uploads must store nothing"
-    );
+    assert!(p.stored("dev/m/chunks").is_empty(), "refused uploads must store nothing");
     assert!(p.stored("dev/m/snapshots").is_empty());
 }
 
 #[tokio::test]
 async fn path_tricks_never_reach_the_store() {
     let p = DevProxy::start();
-    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap())
-        .await
-        .unwrap();
-    for path in [
-        "/v1/repos/dev/../config",
-        "/v1/repos/dev/%2e%2e/config",
-        "/v1/repos/dev//x/config",
-        "/v1/repos/DEV/x/config",
-    ] {
+    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    for path in
+        ["/v1/repos/dev/../config", "/v1/repos/dev/%2e%2e/config", "/v1/repos/dev//x/config", "/v1/repos/DEV/x/config"]
+    {
         let err = client.raw(Method::PUT, path, b"{}".to_vec(), None).await.unwrap_err();
         assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{path}: {err}");
     }

@@ -28,10 +28,7 @@ struct Lock {
 }
 
 fn io(key: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io {
-        key: key.to_string(),
-        source,
-    }
+    move |source| StoreError::Io { key: key.to_string(), source }
 }
 
 fn temp_name() -> String {
@@ -102,10 +99,7 @@ impl FsStore {
 
     fn head_sync(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         match std::fs::metadata(self.object(key)) {
-            Ok(m) => Ok(Some(ObjectMeta {
-                size: m.len(),
-                retain_until: self.read_lock(key)?,
-            })),
+            Ok(m) => Ok(Some(ObjectMeta { size: m.len(), retain_until: self.read_lock(key)? })),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(key)(e)),
         }
@@ -197,12 +191,7 @@ impl ObjectStore for FsStore {
             let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             match meta.retain_until {
                 Some(until) if until <= now => {}
-                other => {
-                    return Err(StoreError::Locked {
-                        key,
-                        until: other.unwrap_or(u64::MAX),
-                    })
-                }
+                other => return Err(StoreError::Locked { key, until: other.unwrap_or(u64::MAX) }),
             }
             std::fs::remove_file(s.object(&key)).map_err(io(&key))?;
             let _ = std::fs::remove_file(s.lock(&key));
@@ -221,34 +210,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStore::open(dir.path()).unwrap();
         let key = "dev/db/chunks/ab/abcd";
-        assert_eq!(
-            s.put_new(key, Bytes::from_static(b"one"), 100).await.unwrap(),
-            PutOutcome::Created
-        );
-        assert_eq!(
-            s.put_new(key, Bytes::from_static(b"two"), 1).await.unwrap(),
-            PutOutcome::Exists
-        );
+        assert_eq!(s.put_new(key, Bytes::from_static(b"one"), 100).await.unwrap(), PutOutcome::Created);
+        assert_eq!(s.put_new(key, Bytes::from_static(b"two"), 1).await.unwrap(), PutOutcome::Exists);
         assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"one"));
         // The second put must not have touched the lock either.
-        assert_eq!(
-            s.head(key).await.unwrap().unwrap(),
-            ObjectMeta {
-                size: 3,
-                retain_until: Some(100)
-            }
-        );
+        assert_eq!(s.head(key).await.unwrap().unwrap(), ObjectMeta { size: 3, retain_until: Some(100) });
 
-        assert!(matches!(
-            s.delete(key, 99).await,
-            Err(StoreError::Locked { until: 100, .. })
-        ));
+        assert!(matches!(s.delete(key, 99).await, Err(StoreError::Locked { until: 100, .. })));
         s.extend_retention(key, 50).await.unwrap();
-        assert_eq!(
-            s.head(key).await.unwrap().unwrap().retain_until,
-            Some(100),
-            "never shortened"
-        );
+        assert_eq!(s.head(key).await.unwrap().unwrap().retain_until, Some(100), "never shortened");
         s.extend_retention(key, 200).await.unwrap();
         assert_eq!(s.head(key).await.unwrap().unwrap().retain_until, Some(200));
         assert!(s.delete(key, 150).await.is_err());
@@ -266,9 +236,6 @@ mod tests {
         let s = FsStore::open(dir.path()).unwrap();
         s.put_new("a/config", Bytes::from_static(b"x"), 1).await.unwrap();
         std::fs::remove_file(dir.path().join("locks/a/config")).unwrap();
-        assert!(matches!(
-            s.delete("a/config", u64::MAX - 1).await,
-            Err(StoreError::Locked { .. })
-        ));
+        assert!(matches!(s.delete("a/config", u64::MAX - 1).await, Err(StoreError::Locked { .. })));
     }
 }
