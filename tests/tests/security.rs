@@ -118,7 +118,8 @@ async fn malformed_envelopes_are_refused_and_nothing_is_stored() {
     bad_magic[..4].copy_from_slice(b"XXXX");
     let mut bad_alg = good_shape.clone();
     bad_alg[5] = 9;
-    let cases: Vec<(&str, Vec<u8>, Option<(&'static str, String)>, u16)> = vec![
+    type Header = Option<(&'static str, String)>;
+    let cases: Vec<(&str, Vec<u8>, Header, u16)> = vec![
         ("garbage", b"not an envelope".to_vec(), digest(b"not an envelope"), 400),
         ("bad magic", bad_magic.clone(), digest(&bad_magic), 400),
         ("unknown algorithm", bad_alg.clone(), digest(&bad_alg), 400),

@@ -1,0 +1,157 @@
+//! Property tests for every encode/decode pair: round trips, and no input
+//! (truncated, extended, random) ever panics a decoder.
+
+use coffer_proto::envelope::{self, Compression, Kind};
+use coffer_proto::keys::{DataKey, IdKey};
+use coffer_proto::repo::{ChunkerParams, RepoConfig};
+use coffer_proto::snapshot::{
+    decode_ids, encode_ids, CommitRequest, IndexEntry, IndexSegment, Manifest, ManifestEntry, SnapshotStats,
+};
+use coffer_proto::{chunk, ChunkId, FormatError, KeyId, RepoName, SnapshotId};
+use proptest::prelude::*;
+
+fn chunk_id() -> impl Strategy<Value = ChunkId> {
+    any::<[u8; 32]>().prop_map(ChunkId::from_bytes)
+}
+
+fn stats() -> impl Strategy<Value = SnapshotStats> {
+    any::<[u64; 5]>().prop_map(|[a, b, c, d, e]| SnapshotStats {
+        bytes_in: a,
+        bytes_new: b,
+        stored_new: c,
+        chunks: d,
+        chunks_new: e,
+    })
+}
+
+fn manifest() -> impl Strategy<Value = Manifest> {
+    prop::collection::vec((chunk_id(), any::<u32>()), 0..40)
+        .prop_map(|v| Manifest(v.into_iter().map(|(id, len)| ManifestEntry { id, len }).collect()))
+}
+
+fn commit() -> impl Strategy<Value = CommitRequest> {
+    (any::<[u8; 16]>(), prop::collection::vec(any::<u8>(), 0..200), stats(), prop::collection::vec(chunk_id(), 0..40))
+        .prop_map(|(s, root, stats, chunks)| CommitRequest { snapshot: SnapshotId::from_bytes(s), root, stats, chunks })
+}
+
+fn index() -> impl Strategy<Value = IndexSegment> {
+    (
+        any::<[u8; 16]>(),
+        any::<u64>(),
+        any::<u64>(),
+        stats(),
+        prop::collection::vec((chunk_id(), any::<u32>(), any::<u64>()), 0..40),
+    )
+        .prop_map(|(s, committed, retain_until, stats, entries)| IndexSegment {
+            snapshot: SnapshotId::from_bytes(s),
+            committed,
+            retain_until,
+            stats,
+            chunks: entries.into_iter().map(|(id, size, retain_until)| IndexEntry { id, size, retain_until }).collect(),
+        })
+}
+
+/// Every strict prefix fails, and so does one extra byte.
+fn refuses_truncation_and_trailing<T: std::fmt::Debug>(bytes: &[u8], decode: impl Fn(&[u8]) -> Result<T, FormatError>) {
+    for cut in 0..bytes.len() {
+        assert!(decode(&bytes[..cut]).is_err(), "prefix of {cut} bytes decoded");
+    }
+    let mut longer = bytes.to_vec();
+    longer.push(0);
+    assert!(decode(&longer).is_err(), "trailing byte accepted");
+}
+
+proptest! {
+    #[test]
+    fn manifest_round_trip(m in manifest()) {
+        let bytes = m.encode();
+        prop_assert_eq!(Manifest::decode(&bytes).unwrap(), m);
+        refuses_truncation_and_trailing(&bytes, Manifest::decode);
+    }
+
+    #[test]
+    fn commit_round_trip(c in commit()) {
+        let bytes = c.encode();
+        prop_assert_eq!(CommitRequest::decode(&bytes).unwrap(), c);
+        refuses_truncation_and_trailing(&bytes, CommitRequest::decode);
+    }
+
+    #[test]
+    fn index_round_trip(i in index()) {
+        let bytes = i.encode();
+        prop_assert_eq!(IndexSegment::decode(&bytes).unwrap(), i);
+        refuses_truncation_and_trailing(&bytes, IndexSegment::decode);
+    }
+
+    #[test]
+    fn id_list_round_trip(ids in prop::collection::vec(chunk_id(), 0..50)) {
+        prop_assert_eq!(decode_ids(&encode_ids(&ids)).unwrap(), ids);
+    }
+
+    #[test]
+    fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+        let _ = Manifest::decode(&bytes);
+        let _ = CommitRequest::decode(&bytes);
+        let _ = IndexSegment::decode(&bytes);
+        let _ = envelope::parse_header(&bytes);
+        let _ = RepoConfig::decode(&bytes);
+        let _ = coffer_proto::keys::KeyRecord::decode(&bytes);
+        let _ = decode_ids(&bytes);
+    }
+
+    #[test]
+    fn chunk_seal_open_round_trip_and_any_flip_fails(data in prop::collection::vec(any::<u8>(), 0..4096), flip in any::<prop::sample::Index>(), level in 1i32..4) {
+        let repo: RepoName = "dev/db".parse().unwrap();
+        let (dek, idk) = (DataKey::random(), IdKey::random());
+        let id = idk.chunk_id(&data);
+        let sealed = chunk::seal(&data, &dek, KeyId::random(), &repo, &id, level);
+        prop_assert_eq!(&chunk::open(&sealed, &dek, &repo, &id, &idk).unwrap(), &data);
+        let mut bad = sealed.clone();
+        bad[flip.index(sealed.len())] ^= 0x01;
+        prop_assert!(chunk::open(&bad, &dek, &repo, &id, &idk).is_err());
+    }
+
+    #[test]
+    fn envelope_binds_repo_id_and_kind(data in prop::collection::vec(any::<u8>(), 0..512), a in any::<[u8; 16]>(), b in any::<[u8; 16]>()) {
+        prop_assume!(a != b);
+        let repo: RepoName = "dev/db".parse().unwrap();
+        let other: RepoName = "dev/db2".parse().unwrap();
+        let key = DataKey::random();
+        let sealed = envelope::seal(Kind::SnapshotRoot, Compression::None, KeyId::random(), &key, &repo, &a, &data);
+        prop_assert_eq!(envelope::open(&sealed, Kind::SnapshotRoot, &key, &repo, &a).unwrap().1, data);
+        prop_assert!(envelope::open(&sealed, Kind::SnapshotRoot, &key, &repo, &b).is_err());
+        prop_assert!(envelope::open(&sealed, Kind::SnapshotRoot, &key, &other, &a).is_err());
+        prop_assert!(envelope::open(&sealed, Kind::Chunk, &key, &repo, &a).is_err());
+        prop_assert!(envelope::open(&sealed, Kind::SnapshotRoot, &DataKey::random(), &repo, &a).is_err());
+    }
+}
+
+#[test]
+fn repo_config_round_trip_and_validation() {
+    use coffer_proto::keys::{EncryptionContext, KeyRecord, Purpose, KEY_RECORD_VERSION};
+    let repo: RepoName = "dev/db".parse().unwrap();
+    let key_id = KeyId::random();
+    let id_key = KeyRecord {
+        version: KEY_RECORD_VERSION,
+        key_id,
+        purpose: Purpose::ChunkId,
+        kek: "local:00".into(),
+        context: EncryptionContext::new(&repo, Purpose::ChunkId, key_id),
+        wrapped: vec![0; 60],
+    };
+    let cfg = RepoConfig {
+        version: 1,
+        repo: repo.clone(),
+        chunker: ChunkerParams::default(),
+        zstd_level: 3,
+        id_key,
+        created: 1,
+    };
+    assert_eq!(RepoConfig::decode(&cfg.encode()).unwrap(), cfg);
+    let huge = RepoConfig { chunker: ChunkerParams { min_size: 1, avg_size: 2, max_size: 1 << 30 }, ..cfg.clone() };
+    assert!(RepoConfig::decode(&huge.encode()).is_err(), "chunker bounds FastCDC would assert on must be refused");
+    let moved = RepoConfig { repo: "dev/other".parse().unwrap(), ..cfg.clone() };
+    assert!(RepoConfig::decode(&moved.encode()).is_err(), "an id key bound to another repo must be refused");
+    let v2 = RepoConfig { version: 2, ..cfg };
+    assert!(matches!(RepoConfig::decode(&v2.encode()), Err(FormatError::Unsupported { .. })));
+}
