@@ -222,7 +222,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print_json(&list)?;
             } else {
                 for s in &list {
-                    println!("{}  {}  {:>14} bytes  {}  ({})", s.id, s.committed, s.bytes, s.name, s.source);
+                    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.committed);
+                    let when = humantime::format_rfc3339_seconds(when);
+                    println!("{}  {when}  {:>14} bytes  {}  ({})", s.id, s.bytes, s.name, s.source);
                 }
             }
         }
