@@ -360,8 +360,9 @@ pub async fn run(
     }
     .await;
     if let Err(e) = streamed {
-        drop(rx); // stops the reader (and kills a command)
-        let _ = reader.await;
+        // Dropping the receiver makes the reader stop (and kill a command)
+        // at its next chunk; it is not awaited, as its source may never end.
+        drop(rx);
         return Err(e);
     }
     let summary = reader.await.map_err(|e| BackupError::Internal(e.to_string()))??;

@@ -118,7 +118,12 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli));
+    // Don't wait for a reader thread still blocked on a source that will
+    // never finish (a failed backup stops reading it): exiting closes the
+    // pipe, which ends a child command too.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
             eprintln!("coffer: {}", describe(&e));
@@ -234,6 +239,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(id) => vec![id],
                 None => repo.client.list_snapshots(&repo.name).await?.into_iter().map(|s| s.id).collect(),
             };
+            if ids.is_empty() {
+                eprintln!("coffer: repository {} has no snapshots to verify", repo.name);
+            }
             for id in ids {
                 let v = restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await?;
                 println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks);

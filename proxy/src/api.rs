@@ -453,24 +453,17 @@ async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiErr
     let (retention, slack) = app.retention;
     let required = now + retention;
     let until = required + slack;
-    let mut entries = Vec::with_capacity(req.chunks.len());
+    let mut present = Vec::with_capacity(req.chunks.len());
     let mut absent = Vec::new();
     let mut seen = HashSet::with_capacity(req.chunks.len());
     for id in &req.chunks {
         if !seen.insert(*id) {
             return Err(invalid(format!("chunk {id} is listed twice")));
         }
-        let key = keys::chunk(repo, id);
-        let Some(meta) = app.store.head(&key).await? else {
-            absent.push(*id);
-            continue;
-        };
-        let mut retain_until = meta.retain_until.unwrap_or(u64::MAX);
-        if retain_until < required {
-            app.store.extend_retention(&key, until).await?;
-            retain_until = until;
+        match app.store.head(&keys::chunk(repo, id)).await? {
+            Some(meta) => present.push((*id, meta)),
+            None => absent.push(*id),
         }
-        entries.push(IndexEntry { id: *id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until });
     }
     if !absent.is_empty() {
         let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
@@ -479,6 +472,15 @@ async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiErr
             absent.len(),
             shown.join(", ")
         )));
+    }
+    let mut entries = Vec::with_capacity(present.len());
+    for (id, meta) in present {
+        let mut retain_until = meta.retain_until.unwrap_or(u64::MAX);
+        if retain_until < required {
+            app.store.extend_retention(&keys::chunk(repo, &id), until).await?;
+            retain_until = until;
+        }
+        entries.push(IndexEntry { id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until });
     }
     // What every snapshot needs besides its chunks: the config (chunk-id
     // key) and the data keys. Chunks do not say which key sealed them, so

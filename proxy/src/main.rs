@@ -71,17 +71,20 @@ fn main() -> ExitCode {
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let proxy = match server::build(&config) {
-        Ok(p) => p,
-        Err(e) => return fail(EXIT_USAGE, &e),
-    };
     if cli.check_config {
+        if let Err(e) = server::check(&config) {
+            return fail(EXIT_USAGE, &e);
+        }
         println!("{}: ok", path.display());
         for line in config.policy().map(|p| p.describe()).unwrap_or_default() {
             println!("  {line}");
         }
         return ExitCode::SUCCESS;
     }
+    let proxy = match server::build(&config) {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
 
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

@@ -34,6 +34,24 @@ pub struct Proxy {
     listen: SocketAddr,
 }
 
+/// Checks what `build` would open, without creating or starting anything:
+/// for `--check-config`.
+pub fn check(cfg: &ProxyConfig) -> Result<(), String> {
+    crate::tls::server_config(&cfg.tls)?;
+    match &cfg.keys {
+        KeysConfig::Local { master_key } => crate::config::read_master_key(master_key).map(drop)?,
+    }
+    let StoreConfig::Fs { path } = &cfg.store;
+    for (what, p) in [("store", path.as_path()), ("audit log", cfg.audit.path.as_path())] {
+        let existing = p.ancestors().find(|a| a.exists()).unwrap_or(std::path::Path::new("/"));
+        if std::fs::metadata(existing).map(|m| m.permissions().readonly()).unwrap_or(true) {
+            return Err(format!("{what} {}: {} is not writable", p.display(), existing.display()));
+        }
+    }
+    cfg.policy()?;
+    Ok(())
+}
+
 /// Builds the proxy from a validated config: opens the store, the audit
 /// log and the key checker, loads certificates. Errors name what to fix.
 pub fn build(cfg: &ProxyConfig) -> Result<Proxy, String> {

@@ -7,6 +7,7 @@
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 
 /// Path of a workspace binary in the target folder the tests were built in.
 pub fn bin(name: &str) -> PathBuf {
@@ -22,37 +23,58 @@ pub struct DevProxy {
     pub dir: PathBuf,
     pub addr: String,
     child: Child,
+    stderr: Arc<Mutex<String>>,
     _tmp: Option<tempfile::TempDir>,
 }
 
 impl DevProxy {
     /// Starts a dev proxy in a fresh temporary folder.
     pub fn start() -> Self {
+        Self::start_logging("warn")
+    }
+
+    /// Starts a dev proxy in a fresh temporary folder, logging at `log`.
+    pub fn start_logging(log: &str) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let mut p = Self::start_in(tmp.path());
+        let mut p = Self::start_with_log(tmp.path(), log);
         p._tmp = Some(tmp);
         p
     }
 
     /// Starts (or restarts) a dev proxy on `dir`, on a free port.
     pub fn start_in(dir: &Path) -> Self {
+        Self::start_with_log(dir, "warn")
+    }
+
+    /// Starts a dev proxy with `COFFER_LOG` set to `log`.
+    pub fn start_with_log(dir: &Path, log: &str) -> Self {
         let mut child = Command::new(bin("coffer-proxy"))
             .args(["dev", "--dir"])
             .arg(dir)
             .args(["--listen", "127.0.0.1:0"])
-            .env("COFFER_LOG", "warn")
+            .env("COFFER_LOG", log)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn coffer-proxy");
+        // Collect stderr as it comes, so the proxy never blocks on a full pipe.
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("piped");
+        let sink = stderr.clone();
+        let drain = std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
         let mut lines = BufReader::new(child.stdout.take().expect("piped"));
         let mut line = String::new();
         let addr = loop {
             line.clear();
             if lines.read_line(&mut line).expect("read proxy stdout") == 0 {
-                let mut err = String::new();
-                child.stderr.take().expect("piped").read_to_string(&mut err).ok();
-                panic!("coffer-proxy exited before listening: {err}");
+                let _ = child.wait();
+                let _ = drain.join();
+                panic!("coffer-proxy exited before listening: {}", stderr.lock().unwrap());
             }
             if let Some(addr) = line.trim().strip_prefix("coffer-proxy dev: listening on ") {
                 break addr.to_string();
@@ -60,7 +82,12 @@ impl DevProxy {
         };
         // Keep draining stdout so the proxy never blocks on a full pipe.
         std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
-        Self { dir: dir.to_path_buf(), addr, child, _tmp: None }
+        Self { dir: dir.to_path_buf(), addr, child, stderr, _tmp: None }
+    }
+
+    /// What the proxy has logged so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     /// The writer identity's config.
@@ -144,8 +171,14 @@ impl Run {
 
 /// Runs `coffer` with `config` and `args`, feeding `stdin` (or nothing).
 pub fn coffer(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    coffer_with_env(config, args, stdin, &[])
+}
+
+/// Like [`coffer`], with extra environment variables.
+pub fn coffer_with_env(config: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
     let mut child = Command::new(bin("coffer"))
         .args(args)
+        .envs(env.iter().copied())
         .env("COFFER_CONFIG", config)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
         .stdout(Stdio::piped())

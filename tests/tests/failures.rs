@@ -69,3 +69,31 @@ fn usage_and_config_errors_exit_64() {
     assert!(run.stderr.contains("surprise"), "{}", run.stderr);
     assert_eq!(coffer(&p.writer(), &["--help"], None).code(), 0);
 }
+
+#[test]
+fn proxy_check_config_and_config_errors() {
+    let p = DevProxy::start();
+    let proxy = coffer_tests::bin("coffer-proxy");
+    let toml = p.dir.join("proxy.toml");
+    let ok = std::process::Command::new(&proxy).arg("--config").arg(&toml).arg("--check-config").output().unwrap();
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(out.contains("spiffe://coffer.dev/writer: roles [writer] on repos [dev/**]"), "{out}");
+
+    let text = std::fs::read_to_string(&toml).unwrap();
+    for (bad, needle) in [
+        (format!("{text}\nsurprise = 1\n"), "surprise"),
+        (text.replace("repos = [\"dev/**\"]", "repos = [\"**/dev\"]"), "`**` may only be the last segment"),
+        (text.replace("\"writer\"]", "\"superuser\"]"), "superuser"),
+        (text.replace("master_key = \"master.key\"", "master_key = \"nope.key\""), "nope.key"),
+    ] {
+        let path = p.dir.join("bad-proxy.toml");
+        std::fs::write(&path, bad).unwrap();
+        let run = std::process::Command::new(&proxy).arg("--config").arg(&path).arg("--check-config").output().unwrap();
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(64), "{needle}: {err}");
+        assert!(err.contains(needle), "expected {needle:?} in: {err}");
+    }
+    let run = std::process::Command::new(&proxy).output().unwrap();
+    assert_eq!(run.status.code(), Some(64), "no config is a usage error");
+}

@@ -153,3 +153,55 @@ async fn path_tricks_never_reach_the_store() {
     }
     assert!(p.stored("").is_empty());
 }
+
+#[test]
+fn key_material_never_reaches_logs_errors_or_audit_events() {
+    use coffer_proto::keys::{KeyRecord, LocalKek};
+    let p = DevProxy::start_logging("trace");
+    coffer(&p.writer(), &["init", "--repo", "dev/s"], None).ok();
+    let backup = coffer_tests::coffer_with_env(
+        &p.writer(),
+        &["backup", "--repo", "dev/s", "-"],
+        Some(&random_bytes("secret", 1 << 20)),
+        &[("COFFER_LOG", "trace")],
+    );
+    let id = backup.last_line();
+    let restore = coffer_tests::coffer_with_env(
+        &p.reader(),
+        &["restore", "--repo", "dev/s", &id],
+        None,
+        &[("COFFER_LOG", "trace")],
+    );
+    restore.ok();
+    // A failing restore too: its error path must not leak either.
+    let denied = coffer_tests::coffer_with_env(
+        &p.writer(),
+        &["restore", "--repo", "dev/s", &id],
+        None,
+        &[("COFFER_LOG", "trace")],
+    );
+    assert_eq!(denied.code(), 1);
+
+    let master_file = std::fs::read_to_string(p.dir.join("master.key")).unwrap();
+    let master_hex = master_file.lines().nth(1).unwrap().to_string();
+    let kek = LocalKek::from_file_contents(&master_file).unwrap();
+    let mut secrets = vec![master_hex];
+    for path in p.stored("dev/s/keys") {
+        let record = KeyRecord::decode(&std::fs::read(path).unwrap()).unwrap();
+        secrets.push(hex::encode(kek.decrypt(&record.wrapped, &record.context).unwrap().expose_secret()));
+    }
+    assert!(secrets.len() >= 2, "expected the master key and at least one data key");
+    let outputs = [
+        ("audit log", p.audit_log()),
+        ("proxy log", p.stderr()),
+        ("backup stderr", backup.stderr.clone()),
+        ("restore stderr", restore.stderr.clone()),
+        ("denied stderr", denied.stderr.clone()),
+    ];
+    assert!(outputs[1].1.len() > 100, "trace logging should have produced output");
+    for secret in &secrets {
+        for (what, text) in &outputs {
+            assert!(!text.contains(secret.as_str()), "key material found in the {what}");
+        }
+    }
+}
