@@ -205,3 +205,29 @@ fn key_material_never_reaches_logs_errors_or_audit_events() {
         }
     }
 }
+
+/// `openssl s_client` against the proxy, offering only `version`.
+fn openssl_handshake(p: &DevProxy, version: &str) -> (bool, String) {
+    let out = std::process::Command::new("openssl")
+        .args(["s_client", "-brief", version, "-connect", &p.addr])
+        .arg("-CAfile")
+        .arg(p.dir.join("ca.pem"))
+        .arg("-cert")
+        .arg(p.dir.join("writer.pem"))
+        .arg("-key")
+        .arg(p.dir.join("writer.key"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl is part of the base system");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success() && text.contains("CONNECTION ESTABLISHED"), text)
+}
+
+#[test]
+fn only_tls_1_3_is_spoken() {
+    let p = DevProxy::start();
+    let (ok13, text13) = openssl_handshake(&p, "-tls1_3");
+    assert!(ok13 && text13.contains("TLSv1.3"), "TLS 1.3 with a valid certificate must work: {text13}");
+    let (ok12, text12) = openssl_handshake(&p, "-tls1_2");
+    assert!(!ok12, "TLS 1.2 must be refused: {text12}");
+}
