@@ -95,3 +95,25 @@ fn command_source_and_restart_reuses_everything() {
     let expected: String = (1..=100_000).map(|i| format!("{i}\n")).collect();
     assert!(out == expected, "restored command output differs");
 }
+
+#[test]
+fn progress_line_on_a_terminal_only() {
+    let p = DevProxy::start();
+    init(&p, "dev/tty");
+    let data = p.dir.join("data.bin");
+    std::fs::write(&data, coffer_tests::random_bytes("tty", 2 << 20)).unwrap();
+    let piped = coffer(&p.writer(), &["backup", "--repo", "dev/tty", data.to_str().unwrap()], None);
+    piped.ok();
+    assert!(!piped.stderr.contains("MiB read"), "no progress line into a pipe: {}", piped.stderr);
+
+    // `script` gives the agent a real terminal.
+    let cmd = format!("{} backup --repo dev/tty {}", coffer_tests::bin("coffer").display(), data.display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("COFFER_CONFIG", p.writer())
+        .output()
+        .expect("script (util-linux) is part of the base system");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("MiB read") && screen.contains("MiB deduplicated"), "{screen}");
+}
