@@ -36,14 +36,9 @@ pub enum KeysConfig {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
-    #[serde(default = "default_uploads")]
     pub uploads_in_flight: usize,
-}
-
-fn default_uploads() -> usize {
-    DEFAULT_UPLOADS_IN_FLIGHT
 }
 
 impl Default for BackupConfig {

@@ -67,22 +67,13 @@ pub struct AuditConfig {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetentionConfig {
     /// How long every snapshot and what it references stay locked.
-    #[serde(default = "default_retention")]
     pub days: u32,
     /// Extra lock time given on each write or extension, so a live chunk
     /// needs at most one extension per slack period.
-    #[serde(default = "default_slack")]
     pub slack_days: u32,
-}
-
-fn default_retention() -> u32 {
-    DEFAULT_RETENTION_DAYS
-}
-fn default_slack() -> u32 {
-    DEFAULT_SLACK_DAYS
 }
 
 impl Default for RetentionConfig {
@@ -92,14 +83,9 @@ impl Default for RetentionConfig {
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
-#[serde(deny_unknown_fields)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
-    #[serde(default = "default_commit_max")]
     pub commit_max_bytes: usize,
-}
-
-fn default_commit_max() -> usize {
-    DEFAULT_COMMIT_MAX_BYTES
 }
 
 impl Default for LimitsConfig {
