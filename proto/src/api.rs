@@ -14,6 +14,8 @@ pub const DIGEST_HEADER: &str = "x-coffer-blake3";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Whoami {
     pub identity: String,
+    /// The trust domain the caller's certificate chains to.
+    pub trust_domain: String,
     pub roles: Vec<String>,
     /// Repository patterns the caller may use.
     pub repos: Vec<String>,

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use coffer_proto::api::{ErrorBody, SnapshotInfo, Whoami, DIGEST_HEADER};
@@ -22,7 +22,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use crate::audit::{AuditLog, Draft, Outcome};
 use crate::identity::Identity;
 use crate::keycheck::KeyChecker;
-use crate::policy::{Action, Denied, Policy};
+use crate::policy::{AccessRequest, Action, Allowed, Denied, Policy};
 use crate::store::{ObjectStore, PutOutcome, StoreError};
 
 /// Body limit for JSON objects (config, key records).
@@ -34,7 +34,8 @@ const MISSING_SHOWN: usize = 5;
 
 /// Everything a request handler needs; shared by all connections.
 pub struct App {
-    pub policy: Policy,
+    /// Swapped whole on reload, so a request sees one policy throughout.
+    policy: RwLock<Arc<Policy>>,
     pub store: Arc<dyn ObjectStore>,
     pub audit: AuditLog,
     pub checker: Arc<dyn KeyChecker>,
@@ -54,7 +55,25 @@ impl App {
         retention: (u64, u64),
         commit_max_bytes: usize,
     ) -> Self {
-        Self { policy, store, audit, checker, retention, commit_max_bytes, known_keys: Mutex::default() }
+        Self {
+            policy: RwLock::new(Arc::new(policy)),
+            store,
+            audit,
+            checker,
+            retention,
+            commit_max_bytes,
+            known_keys: Mutex::default(),
+        }
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("not poisoned").clone()
+    }
+
+    /// Replaces the policy atomically: requests already authorized finish
+    /// under the old one, new ones see the new one.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().expect("not poisoned") = Arc::new(policy);
     }
 }
 
@@ -232,7 +251,8 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let mut draft = Draft {
-        identity: caller.identity.as_ref().map(|i| i.to_string()),
+        identity: caller.identity.as_ref().map(|i| i.name().to_string()),
+        trust_domain: caller.identity.as_ref().map(|i| i.domain().to_string()),
         peer: caller.peer.to_string(),
         action: "unknown",
         ..Default::default()
@@ -301,7 +321,9 @@ where
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let identity = caller.identity.as_ref().ok_or_else(|| Denied("the client certificate names no identity".into()))?;
-    app.policy.authorize(identity, route.action, route.repo.as_ref())?;
+    let policy = app.policy();
+    let request = AccessRequest { identity, action: route.action, repo: route.repo.as_ref(), source: caller.peer.ip() };
+    let allowed = policy.decide(&request)?;
 
     let digest = req.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let limit = body_limit(app, route.action);
@@ -319,16 +341,22 @@ where
     let obj = route.object.as_deref().unwrap_or_default();
     match (route.action, repo) {
         (Action::Whoami, _) => {
-            let (roles, repos) = app.policy.grants(identity);
-            let roles = roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
-            Ok(Reply::json(StatusCode::OK, &Whoami { identity: identity.to_string(), roles, repos }))
+            let (roles, repos) = policy.grants(identity);
+            let roles = roles.iter().map(|r| r.name().to_string()).collect();
+            let whoami = Whoami {
+                identity: identity.name().to_string(),
+                trust_domain: identity.domain().to_string(),
+                roles,
+                repos,
+            };
+            Ok(Reply::json(StatusCode::OK, &whoami))
         }
-        (Action::PutConfig, Some(repo)) => put_config(app, &repo, body).await,
+        (Action::PutConfig, Some(repo)) => put_config(app, &allowed, &repo, body).await,
         (Action::GetConfig, Some(repo)) => match app.store.get(&keys::config(&repo)).await? {
             Some(b) => Ok(Reply::bytes(b)),
             None => Err(ApiError::NotInitialised(format!("repository {repo} is not initialised"))),
         },
-        (Action::PutKey, Some(repo)) => put_key(app, &repo, obj.parse().map_err(invalid)?, body).await,
+        (Action::PutKey, Some(repo)) => put_key(app, &allowed, &repo, obj.parse().map_err(invalid)?, body).await,
         (Action::GetKey, Some(repo)) => get(app, keys::key(&repo, &obj.parse().map_err(invalid)?)).await,
         (Action::Missing, Some(repo)) => missing(app, &repo, &body).await,
         (Action::PutChunk, Some(repo)) => put_chunk(app, &repo, obj.parse().map_err(invalid)?, body, digest).await,
@@ -375,12 +403,24 @@ impl App {
     }
 }
 
-async fn put_config(app: &App, repo: &RepoName, body: Bytes) -> Result<Reply, ApiError> {
+/// Checks a key record against the identity's KEK allowlist and the
+/// deployment's key checker.
+async fn check_key(app: &App, allowed: &Allowed, record: &KeyRecord, repo: &RepoName) -> Result<(), ApiError> {
+    if !allowed.kms_keys.is_empty() && !allowed.kms_keys.contains(&record.kek) {
+        return Err(ApiError::KeyRefused(format!(
+            "key-encryption key {} is not allowed by rule {}",
+            record.kek, allowed.rule
+        )));
+    }
+    app.checker.check(record, repo).await.map_err(|e| ApiError::KeyRefused(e.to_string()))
+}
+
+async fn put_config(app: &App, allowed: &Allowed, repo: &RepoName, body: Bytes) -> Result<Reply, ApiError> {
     let config = RepoConfig::decode(&body).map_err(invalid)?;
     if config.repo != *repo {
         return Err(invalid(format!("the config names repository {}", config.repo)));
     }
-    app.checker.check(&config.id_key, repo).await.map_err(|e| ApiError::KeyRefused(e.to_string()))?;
+    check_key(app, allowed, &config.id_key, repo).await?;
     let reply = app.put_once(&keys::config(repo), body, "repository config").await;
     match reply {
         Err(ApiError::Conflict(_)) => Err(ApiError::Conflict(format!("repository {repo} is already initialised"))),
@@ -388,12 +428,12 @@ async fn put_config(app: &App, repo: &RepoName, body: Bytes) -> Result<Reply, Ap
     }
 }
 
-async fn put_key(app: &App, repo: &RepoName, id: KeyId, body: Bytes) -> Result<Reply, ApiError> {
+async fn put_key(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body: Bytes) -> Result<Reply, ApiError> {
     let record = KeyRecord::decode(&body).map_err(invalid)?;
     if record.key_id != id || record.purpose != Purpose::Data {
         return Err(invalid("the record is not the data key named in the path"));
     }
-    app.checker.check(&record, repo).await.map_err(|e| ApiError::KeyRefused(e.to_string()))?;
+    check_key(app, allowed, &record, repo).await?;
     let reply = app.put_once(&keys::key(repo, &id), body, "key record").await?;
     app.known_keys.lock().expect("not poisoned").insert((repo.clone(), id));
     Ok(reply)

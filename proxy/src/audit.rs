@@ -38,6 +38,7 @@ pub enum Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct Draft {
     pub identity: Option<String>,
+    pub trust_domain: Option<String>,
     pub peer: String,
     pub action: &'static str,
     pub repo: Option<String>,
@@ -55,6 +56,7 @@ pub struct Event {
     pub time_ms: u64,
     pub proxy: String,
     pub identity: Option<String>,
+    pub trust_domain: Option<String>,
     pub peer: String,
     pub action: String,
     pub repo: Option<String>,
@@ -178,6 +180,7 @@ fn writer(mut file: File, mut rx: mpsc::Receiver<Pending>, proxy: String, mut se
                 time_ms: now_ms(),
                 proxy: proxy.clone(),
                 identity: d.identity.clone(),
+                trust_domain: d.trust_domain.clone(),
                 peer: d.peer.clone(),
                 action: d.action.to_string(),
                 repo: d.repo.clone(),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use coffer_proto::keys::LocalKek;
 use serde::Deserialize;
 
-use crate::policy::{Policy, RuleConfig};
+use crate::policy::{GrantConfig, Policy, RuleConfig};
 
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_SLACK_DAYS: u32 = 7;
@@ -23,6 +23,11 @@ pub struct ProxyConfig {
     pub proxy_id: String,
     pub listen: SocketAddr,
     pub tls: TlsConfig,
+    /// Accounts or tenants: each a client CA, its CRLs and its namespace.
+    #[serde(default)]
+    pub trust_domains: Vec<TrustDomainConfig>,
+    #[serde(default)]
+    pub network: NetworkConfig,
     pub store: StoreConfig,
     pub keys: KeysConfig,
     pub audit: AuditConfig,
@@ -32,6 +37,8 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
+    #[serde(default)]
+    pub grants: Vec<GrantConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -41,8 +48,29 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The proxy's private key (PEM).
     pub key: PathBuf,
-    /// CA certificate(s) that client certificates must chain to (PEM).
-    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainConfig {
+    /// Names the domain in rules, grants and audit events.
+    pub name: String,
+    /// CA certificate(s) its client certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER) of that CA.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// The repositories this domain owns: its identities can be given
+    /// rights only inside them (other domains only through a grant).
+    pub repos: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Source addresses allowed to connect at all, checked before the TLS
+    /// handshake; empty means any.
+    pub allow_cidrs: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -107,8 +135,14 @@ impl ProxyConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let mut cfg: ProxyConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.tls.client_ca, &mut cfg.audit.path] {
+        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.audit.path] {
             *p = base.join(&*p);
+        }
+        for d in &mut cfg.trust_domains {
+            d.ca = base.join(&d.ca);
+            for crl in &mut d.crls {
+                *crl = base.join(&*crl);
+            }
         }
         match &mut cfg.store {
             StoreConfig::Fs { path } => *path = base.join(&*path),
@@ -134,7 +168,7 @@ impl ProxyConfig {
     }
 
     pub fn policy(&self) -> Result<Policy, String> {
-        Policy::new(&self.rules)
+        Policy::new(&self.trust_domains, &self.rules, &self.grants)
     }
 
     /// Seconds every object stays locked, and the extra slack on each write.

@@ -1,10 +1,12 @@
 //! `coffer-proxy dev --dir D`: the embedded default, like `vault server -dev`.
 //!
-//! The first start creates, in `D`: a CA, certificates for the proxy and
-//! for a writer, a reader and an admin identity, a local master key, a
+//! The first start creates, in `D`: a CA (one trust domain, `dev`, owning
+//! `dev/**`), an empty CRL, certificates for the proxy and for a writer, a
+//! reader, an auditor and an admin identity, a local master key, a
 //! `proxy.toml` with a policy for them, and a store folder. Every start
 //! reuses what is there (same CA, keys, store), and rewrites `agent.toml`
 //! (writer) and `restore.toml` (reader) with the address it listens on.
+//! `dev issue` and `dev revoke` manage more certificates with the same CA.
 
 use std::io::Write as _;
 use std::net::SocketAddr;
@@ -12,17 +14,26 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::Path;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, Certificate, CertificateParams, CertificateRevocationListParams, DnType, ExtendedKeyUsagePurpose,
+    IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
+use time::{Duration, OffsetDateTime};
+use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 /// Where dev mode listens unless told otherwise.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7443";
-/// The identities dev mode issues certificates for.
-pub const WRITER: &str = "spiffe://coffer.dev/writer";
-pub const READER: &str = "spiffe://coffer.dev/reader";
-pub const ADMIN: &str = "spiffe://coffer.dev/admin";
-/// Repositories the dev writer and reader may use.
+/// The dev trust domain and the repositories it owns.
+pub const DOMAIN: &str = "dev";
 pub const DEV_REPOS: &str = "dev/**";
+/// The identities dev mode issues certificates for on first start.
+pub const IDENTITIES: [(&str, &str); 4] = [
+    ("writer", "spiffe://coffer.dev/writer"),
+    ("reader", "spiffe://coffer.dev/reader"),
+    ("auditor", "spiffe://coffer.dev/auditor"),
+    ("admin", "spiffe://coffer.dev/admin"),
+];
+/// Days a certificate issued by `dev issue` is valid unless told otherwise.
+pub const DEFAULT_DAYS: i64 = 365;
 
 fn write_file(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(path)?;
@@ -41,6 +52,20 @@ fn create_once(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     f.sync_all()
 }
 
+fn random_serial() -> SerialNumber {
+    let mut s = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut s).expect("the system RNG failed");
+    s[0] &= 0x7f; // positive
+    SerialNumber::from_slice(&s)
+}
+
+/// The dev CA: its key, and a certificate object to sign with. The object is
+/// rebuilt from the same key and name, which is all a signature needs.
+struct Ca {
+    key: KeyPair,
+    cert: Certificate,
+}
+
 fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     let mut p = CertificateParams::new(Vec::<String>::new())?;
     p.distinguished_name.push(DnType::CommonName, "Coffer dev CA");
@@ -49,14 +74,73 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(p)
 }
 
-fn leaf_params(cn: &str, sans: Vec<SanType>, server: bool) -> Result<CertificateParams, rcgen::Error> {
-    let mut p = CertificateParams::new(Vec::<String>::new())?;
-    p.distinguished_name.push(DnType::CommonName, cn);
-    p.subject_alt_names = sans;
-    p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    p.extended_key_usages =
-        vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
-    Ok(p)
+fn err(e: rcgen::Error) -> String {
+    format!("dev certificates: {e}")
+}
+
+impl Ca {
+    fn create() -> Result<Self, String> {
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = ca_params().map_err(err)?.self_signed(&key).map_err(err)?;
+        Ok(Self { key, cert })
+    }
+
+    fn open(dir: &Path) -> Result<Self, String> {
+        let pem = std::fs::read_to_string(dir.join("ca.key")).map_err(|e| format!("{}/ca.key: {e}", dir.display()))?;
+        let key = KeyPair::from_pem(&pem).map_err(err)?;
+        let cert = ca_params().map_err(err)?.self_signed(&key).map_err(err)?;
+        Ok(Self { key, cert })
+    }
+
+    /// Issues a leaf certificate valid from an hour ago for `days` (negative
+    /// days give an already expired one, for tests).
+    fn issue(&self, cn: &str, sans: Vec<SanType>, server: bool, days: i64) -> Result<(KeyPair, String), String> {
+        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.subject_alt_names = sans;
+        p.serial_number = Some(random_serial());
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages =
+            vec![if server { ExtendedKeyUsagePurpose::ServerAuth } else { ExtendedKeyUsagePurpose::ClientAuth }];
+        let now = OffsetDateTime::now_utc();
+        p.not_after = now + Duration::days(days);
+        p.not_before = (now - Duration::hours(1)).min(p.not_after - Duration::days(1));
+        let key = KeyPair::generate().map_err(err)?;
+        let cert = p.signed_by(&key, &self.cert, &self.key).map_err(err)?;
+        Ok((key, cert.pem()))
+    }
+
+    /// A CRL listing `serials`.
+    fn crl(&self, serials: &[Vec<u8>]) -> Result<String, String> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(365),
+            crl_number: SerialNumber::from(serials.len() as u64 + 1),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(s),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.cert, &self.key).and_then(|c| c.pem()).map_err(err)
+    }
+}
+
+fn uri(s: &str) -> Result<SanType, String> {
+    Ok(SanType::URI(s.try_into().map_err(|_| format!("{s:?} is not an IA5 string"))?))
+}
+
+fn write_pair(dir: &Path, name: &str, key: &KeyPair, pem: &str) -> Result<(), String> {
+    let io = |e: std::io::Error| format!("writing certificates in {}: {e}", dir.display());
+    write_file(&dir.join(format!("{name}.key")), key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
+    write_file(&dir.join(format!("{name}.pem")), pem.as_bytes(), 0o644).map_err(io)
 }
 
 /// Creates the CA and every certificate, unless `ca.pem` already exists.
@@ -64,49 +148,45 @@ fn ensure_certificates(dir: &Path) -> Result<(), String> {
     if dir.join("ca.pem").exists() {
         return Ok(());
     }
-    let e = |e: rcgen::Error| format!("generating dev certificates: {e}");
-    let io = |e: std::io::Error| format!("writing dev certificates in {}: {e}", dir.display());
-    let ca_key = KeyPair::generate().map_err(e)?;
-    let ca = ca_params().map_err(e)?.self_signed(&ca_key).map_err(e)?;
-    let uri = |s: &str| SanType::URI(s.try_into().expect("static URIs are IA5"));
-    let leaves = [
-        (
-            "proxy",
-            leaf_params(
-                "coffer-proxy",
-                vec![
-                    SanType::DnsName("localhost".try_into().expect("ascii")),
-                    SanType::IpAddress([127, 0, 0, 1].into()),
-                ],
-                true,
-            ),
-        ),
-        ("writer", leaf_params("coffer dev writer", vec![uri(WRITER)], false)),
-        ("reader", leaf_params("coffer dev reader", vec![uri(READER)], false)),
-        ("admin", leaf_params("coffer dev admin", vec![uri(ADMIN)], false)),
-    ];
-    for (name, params) in leaves {
-        let key = KeyPair::generate().map_err(e)?;
-        let cert = params.map_err(e)?.signed_by(&key, &ca, &ca_key).map_err(e)?;
-        write_file(&dir.join(format!("{name}.key")), key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
-        write_file(&dir.join(format!("{name}.pem")), cert.pem().as_bytes(), 0o644).map_err(io)?;
+    let ca = Ca::create()?;
+    let server_sans =
+        vec![SanType::DnsName("localhost".try_into().expect("ascii")), SanType::IpAddress([127, 0, 0, 1].into())];
+    let (key, pem) = ca.issue("coffer-proxy", server_sans, true, 3650)?;
+    write_pair(dir, "proxy", &key, &pem)?;
+    for (name, identity) in IDENTITIES {
+        let (key, pem) = ca.issue(&format!("coffer dev {name}"), vec![uri(identity)?], false, 3650)?;
+        write_pair(dir, name, &key, &pem)?;
     }
-    write_file(&dir.join("ca.key"), ca_key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
+    let io = |e: std::io::Error| format!("writing the dev CA in {}: {e}", dir.display());
+    write_file(&dir.join("crl.pem"), ca.crl(&[])?.as_bytes(), 0o644).map_err(io)?;
+    write_file(&dir.join("ca.key"), ca.key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
     // Last, so that an interrupted first start is redone in full.
-    write_file(&dir.join("ca.pem"), ca.pem().as_bytes(), 0o644).map_err(io)?;
-    Ok(())
+    write_file(&dir.join("ca.pem"), ca.cert.pem().as_bytes(), 0o644).map_err(io)
 }
 
 fn proxy_toml(listen: &str) -> String {
+    let mut rules = String::new();
+    for (role, identity) in IDENTITIES {
+        let repos = if role == "admin" { "**" } else { DEV_REPOS };
+        rules.push_str(&format!(
+            "\n[[rules]]\nname = \"dev {role}\"\ntrust_domain = \"{DOMAIN}\"\nidentity = \"{identity}\"\nroles = [\"{role}\"]\nrepos = [\"{repos}\"]\n"
+        ));
+    }
     format!(
         r#"# Written by `coffer-proxy dev` on first start; edit freely, it is kept.
+# SIGHUP reloads trust domains, CRLs, certificates, the allowlist and the rules.
 proxy_id = "dev"
 listen = "{listen}"
 
 [tls]
 cert = "proxy.pem"
 key = "proxy.key"
-client_ca = "ca.pem"
+
+[[trust_domains]]
+name = "{DOMAIN}"
+ca = "ca.pem"
+crls = ["crl.pem"]
+repos = ["{DEV_REPOS}"]
 
 [store]
 kind = "fs"
@@ -122,28 +202,13 @@ path = "audit/audit.jsonl"
 [retention]
 days = 30
 slack_days = 7
-
-[[rules]]
-identity = "{WRITER}"
-roles = ["writer"]
-repos = ["{DEV_REPOS}"]
-
-[[rules]]
-identity = "{READER}"
-roles = ["reader"]
-repos = ["{DEV_REPOS}"]
-
-[[rules]]
-identity = "{ADMIN}"
-roles = ["admin"]
-repos = ["**"]
-"#
+{rules}"#
     )
 }
 
-fn agent_toml(addr: SocketAddr, who: &str) -> String {
+fn agent_toml(addr: &str, who: &str) -> String {
     format!(
-        r#"# Written by `coffer-proxy dev` at every start ({who} identity).
+        r#"# Written by `coffer-proxy dev` ({who} identity).
 proxy = "https://{addr}"
 ca = "ca.pem"
 cert = "{who}.pem"
@@ -172,11 +237,20 @@ pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<std::path::Path
     Ok(dir.join("proxy.toml"))
 }
 
-/// Writes the agent configs for the bound address and prints how to use them.
+/// Writes an agent config for every issued identity with the bound address,
+/// and prints how to use them.
 pub fn announce(dir: &Path, addr: SocketAddr) -> Result<(), String> {
     let io = |e: std::io::Error| format!("dev folder {}: {e}", dir.display());
-    write_file(&dir.join("agent.toml"), agent_toml(addr, "writer").as_bytes(), 0o644).map_err(io)?;
-    write_file(&dir.join("restore.toml"), agent_toml(addr, "reader").as_bytes(), 0o644).map_err(io)?;
+    let addr = addr.to_string();
+    write_file(&dir.join("agent.toml"), agent_toml(&addr, "writer").as_bytes(), 0o644).map_err(io)?;
+    write_file(&dir.join("restore.toml"), agent_toml(&addr, "reader").as_bytes(), 0o644).map_err(io)?;
+    write_file(&dir.join("address"), addr.as_bytes(), 0o644).map_err(io)?;
+    for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(who) = name.strip_suffix(".pem").filter(|w| !["ca", "crl", "proxy"].contains(w)) {
+            write_file(&dir.join(format!("{who}.toml")), agent_toml(&addr, who).as_bytes(), 0o644).map_err(io)?;
+        }
+    }
     let d = dir.display();
     println!(
         "coffer-proxy dev: listening on {addr}
@@ -190,7 +264,58 @@ pub fn announce(dir: &Path, addr: SocketAddr) -> Result<(), String> {
 
 The local master key in {d}/master.key unwraps every data key: dev mode is for one host."
     );
-    use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok || ["ca", "crl", "proxy", "agent", "restore", "master"].contains(&name) {
+        return Err(format!("certificate name {name:?}: use letters, digits, `-`, `_`, and not a reserved name"));
+    }
+    Ok(())
+}
+
+/// `dev issue`: a client certificate for `identity` (a SAN URI) from the dev
+/// CA, written as `NAME.pem`, `NAME.key` and, once the proxy has an address,
+/// `NAME.toml`. The policy still decides what it may do.
+pub fn issue(dir: &Path, name: &str, identity: &str, days: i64) -> Result<(), String> {
+    check_name(name)?;
+    let ca = Ca::open(dir)?;
+    let (key, pem) = ca.issue(&format!("coffer dev {name}"), vec![uri(identity)?], false, days)?;
+    write_pair(dir, name, &key, &pem)?;
+    if let Ok(addr) = std::fs::read_to_string(dir.join("address")) {
+        write_file(&dir.join(format!("{name}.toml")), agent_toml(addr.trim(), name).as_bytes(), 0o644)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    println!("issued {name}.pem for {identity}, valid {days} days");
+    Ok(())
+}
+
+/// `dev revoke`: adds the certificate `NAME.pem` to the dev CRL.
+pub fn revoke(dir: &Path, name: &str) -> Result<(), String> {
+    check_name(name)?;
+    let path = dir.join(format!("{name}.pem"));
+    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
+        .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| format!("{}: {e}", path.display()))?;
+    let serial = cert.raw_serial().to_vec();
+    let list_path = dir.join("revoked");
+    let mut serials: Vec<Vec<u8>> = std::fs::read_to_string(&list_path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| hex::decode(l.trim()).ok())
+        .collect();
+    if !serials.contains(&serial) {
+        serials.push(serial);
+    }
+    let ca = Ca::open(dir)?;
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let list: String = serials.iter().map(|s| hex::encode(s) + "\n").collect();
+    write_file(&list_path, list.as_bytes(), 0o644).map_err(io)?;
+    write_file(&dir.join("crl.pem"), ca.crl(&serials)?.as_bytes(), 0o644).map_err(io)?;
+    println!("revoked {name}.pem; send SIGHUP to the proxy (or restart it) to apply the new CRL");
     Ok(())
 }

@@ -1,25 +1,40 @@
 //! Who is calling: a typed identity taken from the client certificate that
-//! the TLS layer already verified against the configured CA.
+//! the TLS layer already verified against one of the trust domains.
 
 use std::fmt;
+use std::sync::Arc;
 
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
-/// The caller's name: the certificate's first SAN URI (e.g.
-/// `spiffe://prod/host/db-01`), else its first SAN DNS name, else its
-/// subject CN. Policy rules match on it.
+/// The caller: the trust domain its certificate chains to, and its name —
+/// the certificate's first SAN URI (e.g. `spiffe://prod/host/db-01`), else
+/// its first SAN DNS name, else its subject CN. Policy rules match on both.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Identity(String);
+pub struct Identity {
+    domain: Arc<str>,
+    name: String,
+}
+
+/// Longest identity name accepted from a certificate.
+const NAME_MAX: usize = 1024;
 
 impl Identity {
-    pub fn as_str(&self) -> &str {
-        &self.0
+    pub fn new(domain: &str, name: &str) -> Self {
+        Self { domain: domain.into(), name: name.to_string() }
     }
 
-    /// Extracts the identity from a DER certificate; `None` if it names
-    /// nothing usable (such a caller gets no rights).
-    pub fn from_certificate(der: &[u8]) -> Option<Self> {
+    pub fn domain(&self) -> &str {
+        &self.domain
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Extracts the name from a DER certificate; `None` if it names nothing
+    /// usable (such a caller gets no rights).
+    pub fn from_certificate(domain: Arc<str>, der: &[u8]) -> Option<Self> {
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         let sans: Vec<GeneralName<'_>> = cert
             .subject_alternative_name()
@@ -37,24 +52,18 @@ impl Identity {
         });
         let cn = cert.subject().iter_common_name().next().and_then(|cn| cn.as_str().ok());
         let name = uri.or(dns).or(cn)?;
-        (!name.is_empty() && name.len() <= 1024).then(|| Self(name.to_string()))
-    }
-}
-
-impl From<&str> for Identity {
-    fn from(s: &str) -> Self {
-        Self(s.to_string())
+        (!name.is_empty() && name.len() <= NAME_MAX).then(|| Self { domain, name: name.to_string() })
     }
 }
 
 impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        write!(f, "{} (trust domain {})", self.name, self.domain)
     }
 }
 
 impl fmt::Debug for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Identity({})", self.0)
+        write!(f, "Identity({}, {})", self.domain, self.name)
     }
 }

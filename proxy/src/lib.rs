@@ -20,6 +20,7 @@ pub mod policy;
 pub mod server;
 pub mod store;
 mod tls;
+pub mod trust;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

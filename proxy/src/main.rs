@@ -3,12 +3,15 @@
 //! Exit codes: 0 clean stop, 1 runtime failure, 64 usage or configuration
 //! error (reported before any socket is bound).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use coffer_proto::RepoName;
 use coffer_proxy::config::ProxyConfig;
+use coffer_proxy::identity::Identity;
+use coffer_proxy::policy::{AccessRequest, Action};
 use coffer_proxy::{dev, server};
 
 const EXIT_FAILURE: u8 = 1;
@@ -38,6 +41,55 @@ enum Cmd {
         /// then what proxy.toml says). Port 0 picks a free port.
         #[arg(long)]
         listen: Option<SocketAddr>,
+        #[command(subcommand)]
+        action: Option<DevCmd>,
+    },
+    /// Questions about the policy in the configuration file.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Answer "may this identity do this action on this repository from this
+    /// address?" with the rule that decided. Exits 0 for allow, 1 for deny.
+    Explain {
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        identity: String,
+        /// An action name: whoami, put-config, get-config, put-key, get-key,
+        /// missing, put-chunk, get-chunk, commit, list-snapshots, get-snapshot.
+        #[arg(long)]
+        action: String,
+        #[arg(long)]
+        repo: Option<RepoName>,
+        #[arg(long, default_value = "127.0.0.1")]
+        from: IpAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCmd {
+    /// Issue a client certificate from the dev CA (the policy still decides
+    /// what it may do).
+    Issue {
+        /// File name: NAME.pem, NAME.key, NAME.toml.
+        #[arg(long)]
+        name: String,
+        /// The identity, as a SAN URI (e.g. spiffe://coffer.dev/host-1).
+        #[arg(long)]
+        identity: String,
+        /// Validity in days; negative gives an expired certificate.
+        #[arg(long, default_value_t = dev::DEFAULT_DAYS, allow_negative_numbers = true)]
+        days: i64,
+    },
+    /// Revoke NAME.pem through the dev CRL (applied on SIGHUP or restart).
+    Revoke {
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -55,10 +107,21 @@ fn main() -> ExitCode {
         .init();
 
     let (path, dev_dir, listen) = match cli.command {
-        Some(Cmd::Dev { dir, listen }) => match dev::prepare(&dir, listen) {
+        Some(Cmd::Dev { dir, action: Some(action), .. }) => {
+            let done = match action {
+                DevCmd::Issue { name, identity, days } => dev::issue(&dir, &name, &identity, days),
+                DevCmd::Revoke { name } => dev::revoke(&dir, &name),
+            };
+            return match done {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(EXIT_USAGE, &e),
+            };
+        }
+        Some(Cmd::Dev { dir, listen, action: None }) => match dev::prepare(&dir, listen) {
             Ok(path) => (path, Some(dir), listen),
             Err(e) => return fail(EXIT_USAGE, &e),
         },
+        Some(Cmd::Policy { command }) => return policy_command(cli.config, command),
         None => match cli.config {
             Some(path) => (path, None, None),
             None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
@@ -81,7 +144,7 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let proxy = match server::build(&config) {
+    let proxy = match server::build(&config, &path) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_USAGE, &e),
     };
@@ -107,4 +170,35 @@ fn main() -> ExitCode {
 fn fail(code: u8, message: &str) -> ExitCode {
     eprintln!("coffer-proxy: {message}");
     ExitCode::from(code)
+}
+
+fn policy_command(config: Option<PathBuf>, command: PolicyCmd) -> ExitCode {
+    let Some(path) = config else {
+        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
+    };
+    let policy = match ProxyConfig::load(&path).map_err(|e| e.to_string()).and_then(|c| c.policy()) {
+        Ok(p) => p,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
+    let PolicyCmd::Explain { trust_domain, identity, action, repo, from } = command;
+    let Some(action) = Action::parse(&action) else {
+        return fail(EXIT_USAGE, &format!("unknown action {action:?}"));
+    };
+    if action.on_repo() != repo.is_some() {
+        let need = if action.on_repo() { "needs --repo" } else { "takes no --repo" };
+        return fail(EXIT_USAGE, &format!("{} {need}", action.name()));
+    }
+    let identity = Identity::new(&trust_domain, &identity);
+    let request = AccessRequest { identity: &identity, action, repo: repo.as_ref(), source: from };
+    let target = repo.as_ref().map(|r| format!(" on {r}")).unwrap_or_default();
+    match policy.decide(&request) {
+        Ok(allowed) => {
+            println!("allow: {identity} may {}{target} from {from} (rule {:?})", action.name(), allowed.rule);
+            ExitCode::SUCCESS
+        }
+        Err(denied) => {
+            println!("deny: {denied}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }

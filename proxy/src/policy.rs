@@ -1,11 +1,21 @@
-//! Authorization: which identity may do which action on which repository.
-//! Deny by default: an identity matching no rule has no rights.
+//! Authorization: may this identity, from this address, do this action on
+//! this repository? Deny by default: an identity matching no rule has no
+//! rights, and every decision names the rule that made it.
+//!
+//! Rights are role × repository patterns × source CIDRs (× allowed KEKs,
+//! checked on key uploads). A rule's repositories are always intersected
+//! with its trust domain's own namespace, so a domain's identities can only
+//! ever be granted rights inside it. The one way across is a `[[grants]]`
+//! entry, which gives another domain's identities read access, nothing more.
 
 use std::fmt;
+use std::net::IpAddr;
 
 use coffer_proto::RepoName;
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::config::TrustDomainConfig;
 use crate::identity::Identity;
 
 /// Roles with fixed verbs.
@@ -17,8 +27,21 @@ pub enum Role {
     Writer,
     /// Reads: config, keys, chunks, snapshot listings and roots.
     Reader,
-    /// The admin API (legal hold, expiry, revocation); it grants no data access.
+    /// Metadata only: snapshot listings (plain stats), audit and reports.
+    Auditor,
+    /// The admin API (with a TOTP code); no data access.
     Admin,
+}
+
+impl Role {
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+            Role::Auditor => "auditor",
+            Role::Admin => "admin",
+        }
+    }
 }
 
 /// Everything the API can be asked to do.
@@ -38,6 +61,20 @@ pub enum Action {
 }
 
 impl Action {
+    pub const ALL: [Action; 11] = [
+        Action::Whoami,
+        Action::PutConfig,
+        Action::GetConfig,
+        Action::PutKey,
+        Action::GetKey,
+        Action::Missing,
+        Action::PutChunk,
+        Action::GetChunk,
+        Action::Commit,
+        Action::ListSnapshots,
+        Action::GetSnapshot,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Action::Whoami => "whoami",
@@ -54,17 +91,27 @@ impl Action {
         }
     }
 
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|a| a.name() == s)
+    }
+
     /// Whether it changes the store: its audit event must be durable before
     /// the response.
     pub fn mutating(self) -> bool {
         matches!(self, Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit)
     }
 
-    fn allowed_for(self, role: Role) -> bool {
+    /// Whether it needs a repository.
+    pub fn on_repo(self) -> bool {
+        self != Action::Whoami
+    }
+
+    pub fn allowed_for(self, role: Role) -> bool {
         use Action::*;
         match role {
             Role::Writer => matches!(self, Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit),
             Role::Reader => matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot),
+            Role::Auditor => matches!(self, Whoami | ListSnapshots),
             Role::Admin => matches!(self, Whoami),
         }
     }
@@ -96,16 +143,9 @@ impl RepoPattern {
         for (i, pat) in self.0.iter().enumerate() {
             match pat.as_str() {
                 "**" => return segs.len() > i,
-                "*" => {
-                    if i >= segs.len() {
-                        return false;
-                    }
-                }
-                lit => {
-                    if segs.get(i) != Some(&lit) {
-                        return false;
-                    }
-                }
+                "*" if i < segs.len() => {}
+                lit if segs.get(i) == Some(&lit) => {}
+                _ => return false,
             }
         }
         segs.len() == self.0.len()
@@ -118,22 +158,111 @@ impl fmt::Display for RepoPattern {
     }
 }
 
+/// An identity pattern: exact, or with `*` standing for any run of characters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct NamePattern(String);
+
+impl NamePattern {
+    fn matches(&self, name: &str) -> bool {
+        let parts: Vec<&str> = self.0.split('*').collect();
+        if parts.len() == 1 {
+            return self.0 == name;
+        }
+        let (first, last) = (parts[0], parts[parts.len() - 1]);
+        if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+            return false;
+        }
+        let mut rest = &name[first.len()..name.len() - last.len()];
+        for mid in &parts[1..parts.len() - 1] {
+            match rest.find(mid) {
+                Some(i) => rest = &rest[i + mid.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
 /// One `[[rules]]` entry of the proxy config.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
-    /// The identity it applies to, exactly (SAN URI, SAN DNS or CN).
+    /// Shown in decisions and audit events (default `rules[N]`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The trust domain the identity's certificate must chain to.
+    pub trust_domain: String,
+    /// The identity (SAN URI, SAN DNS or CN); `*` matches any characters.
     pub identity: String,
     pub roles: Vec<Role>,
-    /// Repository patterns the roles apply to.
+    /// Repository patterns the roles apply to (within the domain's namespace).
     #[serde(default)]
     pub repos: Vec<String>,
+    /// Source addresses allowed; empty means any.
+    #[serde(default)]
+    pub source_cidrs: Vec<IpNet>,
+    /// KEKs the identity may wrap keys with; empty means any the proxy's
+    /// key checker accepts.
+    #[serde(default)]
+    pub kms_keys: Vec<String>,
+}
+
+/// One `[[grants]]` entry: read access for another domain's identities.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The grantee's trust domain.
+    pub trust_domain: String,
+    pub identity: String,
+    /// The domain whose repositories are shared.
+    pub from_domain: String,
+    /// Repository patterns shared (within `from_domain`'s namespace).
+    pub repos: Vec<String>,
+    #[serde(default)]
+    pub source_cidrs: Vec<IpNet>,
 }
 
 struct Rule {
-    identity: Identity,
+    name: String,
+    domain: String,
+    identity: NamePattern,
     roles: Vec<Role>,
     repos: Vec<RepoPattern>,
+    /// The namespace of the domain whose repositories this rule reaches.
+    namespace: Vec<RepoPattern>,
+    sources: Vec<IpNet>,
+    kms_keys: Vec<String>,
+    cross_domain: Option<String>,
+}
+
+impl Rule {
+    fn repo_ok(&self, repo: &RepoName) -> bool {
+        self.repos.iter().any(|p| p.matches(repo)) && self.namespace.iter().any(|p| p.matches(repo))
+    }
+
+    fn source_ok(&self, ip: IpAddr) -> bool {
+        self.sources.is_empty() || self.sources.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// A question put to the policy.
+#[derive(Clone, Debug)]
+pub struct AccessRequest<'a> {
+    pub identity: &'a Identity,
+    pub action: Action,
+    pub repo: Option<&'a RepoName>,
+    pub source: IpAddr,
+}
+
+/// Why a request was allowed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Allowed {
+    /// The rule or grant that allowed it.
+    pub rule: String,
+    /// KEKs that rule allows (empty: any the key checker accepts).
+    pub kms_keys: Vec<String>,
 }
 
 /// Why a request was denied; safe to show the caller and to audit.
@@ -145,54 +274,89 @@ pub struct Policy {
     rules: Vec<Rule>,
 }
 
+fn patterns(list: &[String]) -> Result<Vec<RepoPattern>, String> {
+    list.iter().map(|p| RepoPattern::parse(p)).collect()
+}
+
 impl Policy {
-    pub fn new(rules: &[RuleConfig]) -> Result<Self, String> {
-        let rules = rules
-            .iter()
-            .map(|r| {
-                if r.roles.is_empty() {
-                    return Err(format!("rule for {:?} grants no role", r.identity));
-                }
-                Ok(Rule {
-                    identity: Identity::from(r.identity.as_str()),
-                    roles: r.roles.clone(),
-                    repos: r.repos.iter().map(|p| RepoPattern::parse(p)).collect::<Result<_, _>>()?,
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(Self { rules })
+    pub fn new(domains: &[TrustDomainConfig], rules: &[RuleConfig], grants: &[GrantConfig]) -> Result<Self, String> {
+        let namespace = |d: &str, what: &str| -> Result<Vec<RepoPattern>, String> {
+            let domain =
+                domains.iter().find(|c| c.name == d).ok_or_else(|| format!("{what}: unknown trust domain {d:?}"))?;
+            patterns(&domain.repos)
+        };
+        let mut out = Vec::new();
+        for (i, r) in rules.iter().enumerate() {
+            let name = r.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
+            if r.roles.is_empty() {
+                return Err(format!("{name}: grants no role"));
+            }
+            out.push(Rule {
+                namespace: namespace(&r.trust_domain, &name)?,
+                name,
+                domain: r.trust_domain.clone(),
+                identity: NamePattern(r.identity.clone()),
+                roles: r.roles.clone(),
+                repos: patterns(&r.repos)?,
+                sources: r.source_cidrs.clone(),
+                kms_keys: r.kms_keys.clone(),
+                cross_domain: None,
+            });
+        }
+        for (i, g) in grants.iter().enumerate() {
+            let name = g.name.clone().unwrap_or_else(|| format!("grants[{i}]"));
+            namespace(&g.trust_domain, &name)?;
+            if g.trust_domain == g.from_domain {
+                return Err(format!("{name}: a grant is between two different trust domains"));
+            }
+            out.push(Rule {
+                namespace: namespace(&g.from_domain, &name)?,
+                name,
+                domain: g.trust_domain.clone(),
+                identity: NamePattern(g.identity.clone()),
+                roles: vec![Role::Reader],
+                repos: patterns(&g.repos)?,
+                sources: g.source_cidrs.clone(),
+                kms_keys: Vec::new(),
+                cross_domain: Some(g.from_domain.clone()),
+            });
+        }
+        Ok(Self { rules: out })
     }
 
-    /// Allows `action` on `repo` (None for repo-less actions) if some rule
-    /// for `identity` grants a role that allows it on a matching pattern.
-    pub fn authorize(&self, identity: &Identity, action: Action, repo: Option<&RepoName>) -> Result<(), Denied> {
-        let mut mine = self.rules.iter().filter(|r| r.identity == *identity).peekable();
-        if mine.peek().is_none() {
-            return Err(Denied(format!("no policy rule for identity {identity}")));
+    /// Decides a request: allowed by the first rule or grant that covers
+    /// it, else denied with the reason of the closest miss.
+    pub fn decide(&self, req: &AccessRequest<'_>) -> Result<Allowed, Denied> {
+        let id = req.identity;
+        let mine: Vec<&Rule> =
+            self.rules.iter().filter(|r| r.domain == id.domain() && r.identity.matches(id.name())).collect();
+        if mine.is_empty() {
+            return Err(Denied(format!("no policy rule for {id}")));
         }
-        let mut role_ok = false;
+        let mut miss = format!("{id} has no role that allows {}", req.action.name());
         for rule in mine {
-            if !rule.roles.iter().any(|&role| action.allowed_for(role)) {
+            if !rule.roles.iter().any(|&role| req.action.allowed_for(role)) {
                 continue;
             }
-            role_ok = true;
-            match repo {
-                None => return Ok(()),
-                Some(repo) if rule.repos.iter().any(|p| p.matches(repo)) => return Ok(()),
-                Some(_) => {}
+            if let Some(repo) = req.repo {
+                if !rule.repo_ok(repo) {
+                    miss = format!("{id} may not {} on repository {repo}", req.action.name());
+                    continue;
+                }
             }
+            if !rule.source_ok(req.source) {
+                miss = format!("{id} may not {} from {}", req.action.name(), req.source);
+                continue;
+            }
+            return Ok(Allowed { rule: rule.name.clone(), kms_keys: rule.kms_keys.clone() });
         }
-        Err(Denied(match (role_ok, repo) {
-            (false, _) => format!("{identity} has no role that allows {}", action.name()),
-            (true, Some(repo)) => format!("{identity} may not {} on repository {repo}", action.name()),
-            (true, None) => unreachable!("repo-less actions return above"),
-        }))
+        Err(Denied(miss))
     }
 
-    /// The roles and repo patterns of every rule for `identity`.
+    /// The roles and repository patterns granted to `identity` (whoami).
     pub fn grants(&self, identity: &Identity) -> (Vec<Role>, Vec<String>) {
         let (mut roles, mut repos) = (Vec::new(), Vec::new());
-        for rule in self.rules.iter().filter(|r| r.identity == *identity) {
+        for rule in self.rules.iter().filter(|r| r.domain == identity.domain() && r.identity.matches(identity.name())) {
             for role in &rule.roles {
                 if !roles.contains(role) {
                     roles.push(*role);
@@ -203,61 +367,38 @@ impl Policy {
         (roles, repos)
     }
 
-    /// One line per rule, for `--check-config`.
+    /// The effective rights of every rule, one line each (`--check-config`).
     pub fn describe(&self) -> Vec<String> {
         self.rules
             .iter()
             .map(|r| {
-                let roles: Vec<String> = r.roles.iter().map(|r| format!("{r:?}").to_lowercase()).collect();
-                let repos: Vec<String> = r.repos.iter().map(ToString::to_string).collect();
-                format!("{}: roles [{}] on repos [{}]", r.identity, roles.join(", "), repos.join(", "))
+                let roles: Vec<&str> = r.roles.iter().map(|r| r.name()).collect();
+                let actions: Vec<&str> = Action::ALL
+                    .into_iter()
+                    .filter(|a| r.roles.iter().any(|&role| a.allowed_for(role)))
+                    .map(Action::name)
+                    .collect();
+                let list = |v: Vec<String>| if v.is_empty() { "any".to_string() } else { v.join(", ") };
+                let reach = match &r.cross_domain {
+                    Some(from) => format!(" (grant from trust domain {from})"),
+                    None => String::new(),
+                };
+                format!(
+                    "{}: {} in trust domain {}: roles [{}] -> [{}] on repos [{}] within [{}]{reach}, from {}, KEKs {}",
+                    r.name,
+                    r.identity.0,
+                    r.domain,
+                    roles.join(", "),
+                    actions.join(", "),
+                    r.repos.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    r.namespace.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+                    list(r.sources.iter().map(ToString::to_string).collect()),
+                    list(r.kms_keys.clone()),
+                )
             })
             .collect()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn repo(s: &str) -> RepoName {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn patterns() {
-        let p = |s| RepoPattern::parse(s).unwrap();
-        assert!(p("dev/**").matches(&repo("dev/db")));
-        assert!(p("dev/**").matches(&repo("dev/a/b/c")));
-        assert!(!p("dev/**").matches(&repo("dev")));
-        assert!(!p("dev/**").matches(&repo("prod/db")));
-        assert!(p("dev/*").matches(&repo("dev/db")));
-        assert!(!p("dev/*").matches(&repo("dev/db/x")));
-        assert!(p("*/db").matches(&repo("prod/db")));
-        assert!(p("dev/db").matches(&repo("dev/db")));
-        assert!(!p("dev/db").matches(&repo("dev/db2")));
-        assert!(RepoPattern::parse("**/x").is_err());
-        assert!(RepoPattern::parse("Dev/*").is_err());
-        assert!(RepoPattern::parse("dev//x").is_err());
-    }
-
-    #[test]
-    fn deny_by_default_and_per_role() {
-        let rules = vec![
-            RuleConfig { identity: "w".into(), roles: vec![Role::Writer], repos: vec!["dev/**".into()] },
-            RuleConfig { identity: "r".into(), roles: vec![Role::Reader], repos: vec!["dev/**".into()] },
-        ];
-        let p = Policy::new(&rules).unwrap();
-        let (w, r, nobody) = (Identity::from("w"), Identity::from("r"), Identity::from("x"));
-        let dev = repo("dev/db");
-        assert!(p.authorize(&w, Action::PutChunk, Some(&dev)).is_ok());
-        assert!(p.authorize(&w, Action::GetChunk, Some(&dev)).is_err());
-        assert!(p.authorize(&w, Action::ListSnapshots, Some(&dev)).is_err());
-        assert!(p.authorize(&w, Action::PutChunk, Some(&repo("prod/db"))).is_err());
-        assert!(p.authorize(&r, Action::GetChunk, Some(&dev)).is_ok());
-        assert!(p.authorize(&r, Action::PutChunk, Some(&dev)).is_err());
-        assert!(p.authorize(&r, Action::Commit, Some(&dev)).is_err());
-        assert!(p.authorize(&nobody, Action::Whoami, None).is_err());
-        assert!(p.authorize(&w, Action::Whoami, None).is_ok());
-    }
-}
+mod tests;

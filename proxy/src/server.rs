@@ -1,12 +1,16 @@
-//! The accept loop: TLS handshakes, HTTP/2 connections, graceful shutdown.
+//! The accept loop: source check, TLS handshakes, HTTP/2 connections,
+//! reload on SIGHUP, graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use ipnet::IpNet;
 use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
@@ -16,6 +20,7 @@ use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
 use crate::identity::Identity;
 use crate::keycheck::LocalKeyChecker;
 use crate::store::FsStore;
+use crate::trust::TrustDomains;
 
 /// Connections served at once; the permit is taken before `accept`.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -26,24 +31,46 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// How long in-flight requests get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// What a reload replaces: trust domains (CAs, CRLs), the proxy's own
+/// certificate and the source allowlist. New connections use the new one;
+/// open connections keep theirs.
+struct Live {
+    acceptor: tokio_rustls::TlsAcceptor,
+    domains: Arc<TrustDomains>,
+    allow: Vec<IpNet>,
+}
+
+impl Live {
+    fn load(cfg: &ProxyConfig) -> Result<Self, String> {
+        let domains = Arc::new(TrustDomains::load(&cfg.trust_domains)?);
+        let tls = crate::tls::server_config(&cfg.tls, domains.clone())?;
+        Ok(Self { acceptor: tls.into(), domains, allow: cfg.network.allow_cidrs.clone() })
+    }
+
+    fn source_allowed(&self, peer: &SocketAddr) -> bool {
+        self.allow.is_empty() || self.allow.iter().any(|n| n.contains(&peer.ip()))
+    }
+}
+
 /// A proxy with everything opened and checked, not yet listening.
 pub struct Proxy {
     app: Arc<App>,
-    tls: tokio_rustls::TlsAcceptor,
+    live: Arc<RwLock<Arc<Live>>>,
     writer: AuditWriter,
     listen: SocketAddr,
+    config_path: PathBuf,
 }
 
 /// Checks what `build` would open, without creating or starting anything:
 /// for `--check-config`.
 pub fn check(cfg: &ProxyConfig) -> Result<(), String> {
-    crate::tls::server_config(&cfg.tls)?;
+    Live::load(cfg)?;
     match &cfg.keys {
         KeysConfig::Local { master_key } => crate::config::read_master_key(master_key).map(drop)?,
     }
     let StoreConfig::Fs { path } = &cfg.store;
     for (what, p) in [("store", path.as_path()), ("audit log", cfg.audit.path.as_path())] {
-        let existing = p.ancestors().find(|a| a.exists()).unwrap_or(std::path::Path::new("/"));
+        let existing = p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
         if std::fs::metadata(existing).map(|m| m.permissions().readonly()).unwrap_or(true) {
             return Err(format!("{what} {}: {} is not writable", p.display(), existing.display()));
         }
@@ -54,8 +81,9 @@ pub fn check(cfg: &ProxyConfig) -> Result<(), String> {
 
 /// Builds the proxy from a validated config: opens the store, the audit
 /// log and the key checker, loads certificates. Errors name what to fix.
-pub fn build(cfg: &ProxyConfig) -> Result<Proxy, String> {
-    let tls = crate::tls::server_config(&cfg.tls)?;
+/// `config_path` is read again on reload.
+pub fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
+    let live = Live::load(cfg)?;
     let store = match &cfg.store {
         StoreConfig::Fs { path } => {
             Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
@@ -67,7 +95,13 @@ pub fn build(cfg: &ProxyConfig) -> Result<Proxy, String> {
     let (audit, writer) = AuditLog::open(&cfg.audit.path, &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
     let app = App::new(cfg.policy()?, store, audit, checker, cfg.retention_secs(), cfg.limits.commit_max_bytes);
-    Ok(Proxy { app: Arc::new(app), tls: tls.into(), writer, listen: cfg.listen })
+    Ok(Proxy {
+        app: Arc::new(app),
+        live: Arc::new(RwLock::new(Arc::new(live))),
+        writer,
+        listen: cfg.listen,
+        config_path: config_path.to_path_buf(),
+    })
 }
 
 impl Proxy {
@@ -79,6 +113,7 @@ impl Proxy {
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
         let listener = TcpListener::bind(self.listen).await?;
+        let mut hangup = signal(SignalKind::hangup())?;
         ready(listener.local_addr()?);
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -97,11 +132,16 @@ impl Proxy {
                         continue;
                     }
                 },
+                _ = hangup.recv() => {
+                    self.reload().await;
+                    continue;
+                }
                 () = &mut shutdown => break,
             };
-            let (app, tls, stop) = (self.app.clone(), self.tls.clone(), stop_rx.clone());
+            let live = self.live.read().expect("not poisoned").clone();
+            let (app, stop) = (self.app.clone(), stop_rx.clone());
             conns.spawn(async move {
-                serve_connection(app, tls, tcp, peer, stop).await;
+                serve_connection(app, live, tcp, peer, stop).await;
                 drop(permit);
             });
             while conns.try_join_next().is_some() {}
@@ -115,41 +155,64 @@ impl Proxy {
         tokio::task::spawn_blocking(move || writer.join()).await.ok();
         Ok(())
     }
+
+    /// Re-reads the config file and swaps in its trust domains, certificate,
+    /// allowlist and policy, all or nothing: an invalid file keeps the old
+    /// ones. Either way the outcome is an audit event.
+    async fn reload(&self) {
+        let loaded = ProxyConfig::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|cfg| Ok((Live::load(&cfg)?, cfg.policy()?)));
+        let (outcome, reason) = match loaded {
+            Ok((live, policy)) => {
+                *self.live.write().expect("not poisoned") = Arc::new(live);
+                self.app.set_policy(policy);
+                tracing::info!("reloaded {}", self.config_path.display());
+                (Outcome::Ok, None)
+            }
+            Err(e) => {
+                tracing::error!("reload refused, keeping the running configuration: {e}");
+                (Outcome::Invalid, Some(format!("reload refused, running configuration kept: {e}")))
+            }
+        };
+        let draft =
+            Draft { peer: "signal".into(), action: "reload", outcome: Some(outcome), reason, ..Default::default() };
+        let _ = self.app.audit.record(draft, true).await;
+    }
+}
+
+async fn refuse(app: &App, peer: SocketAddr, action: &'static str, reason: String) {
+    tracing::info!(%peer, "{action} refused: {reason}");
+    let draft = Draft {
+        peer: peer.to_string(),
+        action,
+        outcome: Some(Outcome::Denied),
+        reason: Some(reason),
+        ..Default::default()
+    };
+    let _ = app.audit.record(draft, false).await;
 }
 
 async fn serve_connection(
     app: Arc<App>,
-    tls: tokio_rustls::TlsAcceptor,
+    live: Arc<Live>,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    if !live.source_allowed(&peer) {
+        return refuse(&app, peer, "connect", format!("source address {} is not allowed", peer.ip())).await;
+    }
     tcp.set_nodelay(true).ok();
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
+    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, live.acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
-        failed => {
-            let reason = match failed {
-                Ok(Err(e)) => e.to_string(),
-                _ => "handshake timed out".to_string(),
-            };
-            tracing::info!(%peer, "TLS handshake failed: {reason}");
-            let draft = Draft {
-                peer: peer.to_string(),
-                action: "handshake",
-                outcome: Some(Outcome::Denied),
-                reason: Some(reason),
-                ..Default::default()
-            };
-            let _ = app.audit.record(draft, false).await;
-            return;
-        }
+        Ok(Err(e)) => return refuse(&app, peer, "handshake", e.to_string()).await,
+        Err(_) => return refuse(&app, peer, "handshake", "handshake timed out".into()).await,
     };
-    let identity = stream
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|certs| certs.first())
-        .and_then(|c| Identity::from_certificate(c));
+    let identity = stream.get_ref().1.peer_certificates().and_then(|chain| {
+        let domain = live.domains.domain_of(chain)?;
+        Identity::from_certificate(domain, chain.first()?)
+    });
     let caller = Arc::new(Caller { identity, peer });
     let service = service_fn(move |req| {
         let (app, caller) = (app.clone(), caller.clone());
@@ -177,7 +240,6 @@ async fn serve_connection(
 
 /// Resolves on SIGTERM or SIGINT.
 pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     tokio::select! {
         _ = term.recv() => {}

@@ -78,7 +78,11 @@ fn proxy_check_config_and_config_errors() {
     let ok = std::process::Command::new(&proxy).arg("--config").arg(&toml).arg("--check-config").output().unwrap();
     assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stderr));
     let out = String::from_utf8_lossy(&ok.stdout);
-    assert!(out.contains("spiffe://coffer.dev/writer: roles [writer] on repos [dev/**]"), "{out}");
+    assert!(out.contains("dev writer: spiffe://coffer.dev/writer in trust domain dev: roles [writer]"), "{out}");
+    assert!(
+        out.contains("-> [whoami, put-config, get-config, put-key, missing, put-chunk, commit] on repos [dev/**]"),
+        "{out}"
+    );
 
     let text = std::fs::read_to_string(&toml).unwrap();
     for (bad, needle) in [

@@ -1,0 +1,151 @@
+//! Trust domains: each an account or tenant with its own client CA and
+//! CRLs. A client certificate must chain to one domain's CA and not be
+//! revoked by that domain's CRLs; the domain it chains to is part of its
+//! identity.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+
+use crate::config::TrustDomainConfig;
+
+pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificate found", path.display()));
+    }
+    Ok(certs)
+}
+
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("CRL {}: {e}", path.display()))?;
+    if bytes.starts_with(b"-----BEGIN") {
+        CertificateRevocationListDer::pem_slice_iter(&bytes)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("CRL {}: {e}", path.display()))
+    } else {
+        Ok(vec![CertificateRevocationListDer::from(bytes)])
+    }
+}
+
+struct Domain {
+    name: Arc<str>,
+    verifier: Arc<dyn ClientCertVerifier>,
+}
+
+/// Every configured trust domain, and a rustls verifier that accepts a
+/// certificate valid in any of them.
+pub struct TrustDomains {
+    domains: Vec<Domain>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl fmt::Debug for TrustDomains {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.domains.iter().map(|d| &*d.name)).finish()
+    }
+}
+
+impl TrustDomains {
+    pub fn load(configs: &[TrustDomainConfig]) -> Result<Self, String> {
+        if configs.is_empty() {
+            return Err("no [[trust_domains]]: no client could ever connect".into());
+        }
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut domains: Vec<Domain> = Vec::new();
+        let mut hints = Vec::new();
+        for c in configs {
+            if domains.iter().any(|d| *d.name == *c.name) {
+                return Err(format!("trust domain {:?} is defined twice", c.name));
+            }
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in read_certs(&c.ca)? {
+                roots.add(ca).map_err(|e| format!("trust domain {}: CA {}: {e}", c.name, c.ca.display()))?;
+            }
+            hints.extend(roots.subjects());
+            let mut crls = Vec::new();
+            for path in &c.crls {
+                crls.extend(read_crls(path)?);
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                .with_crls(crls)
+                .only_check_end_entity_revocation()
+                .build()
+                .map_err(|e| format!("trust domain {}: {e}", c.name))?;
+            domains.push(Domain { name: c.name.as_str().into(), verifier });
+        }
+        Ok(Self { domains, hints })
+    }
+
+    /// The domain a verified peer chain belongs to: the first whose CA and
+    /// CRLs accept it.
+    pub fn domain_of(&self, chain: &[CertificateDer<'_>]) -> Option<Arc<str>> {
+        let (leaf, intermediates) = chain.split_first()?;
+        let now = UnixTime::now();
+        self.domains
+            .iter()
+            .find(|d| d.verifier.verify_client_cert(leaf, intermediates, now).is_ok())
+            .map(|d| d.name.clone())
+    }
+}
+
+impl ClientCertVerifier for TrustDomains {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    /// Valid if some domain accepts it. When none does, reports the most
+    /// telling refusal (revoked or expired beats "unknown issuer").
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut refusal = None;
+        for d in &self.domains {
+            match d.verifier.verify_client_cert(end_entity, intermediates, now) {
+                Ok(ok) => return Ok(ok),
+                Err(e) => {
+                    let unknown =
+                        matches!(e, rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+                    if refusal.is_none() || !unknown {
+                        refusal = Some(e);
+                    }
+                }
+            }
+        }
+        Err(refusal.expect("at least one domain"))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.domains[0].verifier.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.domains[0].verifier.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.domains[0].verifier.supported_verify_schemes()
+    }
+}
