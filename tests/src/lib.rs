@@ -127,6 +127,61 @@ impl DevProxy {
         std::fs::read_to_string(self.dir.join("audit/audit.jsonl")).unwrap_or_default()
     }
 
+    /// The agent config of an identity issued in this dev folder.
+    pub fn config(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.toml"))
+    }
+
+    /// Runs `coffer-proxy dev --dir <dir> ARGS...` (issue, revoke) and
+    /// asserts it succeeded.
+    pub fn dev(&self, args: &[&str]) {
+        let out = Command::new(bin("coffer-proxy")).arg("dev").arg("--dir").arg(&self.dir).args(args).output().unwrap();
+        assert!(out.status.success(), "dev {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Appends TOML to the proxy's config file.
+    pub fn append_config(&self, toml: &str) {
+        let path = self.dir.join("proxy.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}\n{toml}\n")).unwrap();
+    }
+
+    /// Sends SIGHUP and waits for the reload's audit event; returns whether
+    /// the reload was accepted.
+    pub fn reload(&self) -> bool {
+        let before = self.audit_log().matches(r#""action":"reload""#).count();
+        let status = Command::new("kill").args(["-HUP", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let log = self.audit_log();
+            let reloads: Vec<&str> = log.lines().filter(|l| l.contains(r#""action":"reload""#)).collect();
+            if reloads.len() > before {
+                return reloads[reloads.len() - 1].contains(r#""outcome":"ok""#);
+            }
+            assert!(std::time::Instant::now() < deadline, "no reload event");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Audit events, parsed.
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        self.audit_log().lines().map(|l| serde_json::from_str(l).expect("audit lines are JSON")).collect()
+    }
+
+    /// Waits until an audit event satisfies `pred` (events of refused
+    /// handshakes are not waited for by the client).
+    pub fn wait_for_event(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.audit_events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(std::time::Instant::now() < deadline, "no audit event for {what} in:\n{}", self.audit_log());
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Kills the proxy (SIGKILL: nothing gets to clean up).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
