@@ -300,7 +300,7 @@ where
     }
 }
 
-fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
     let body = ErrorBody { code: code.into(), message: message.into() };
     Response::builder()
         .status(status)

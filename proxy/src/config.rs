@@ -113,12 +113,35 @@ impl Default for RetentionConfig {
 #[derive(Debug, Deserialize, Clone, Copy)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
+    /// Largest commit body.
     pub commit_max_bytes: usize,
+    /// Requests one identity may have in flight at once (beyond: 503).
+    pub identity_in_flight: usize,
+    /// Sustained requests per second per identity (beyond the burst: 429).
+    pub identity_rate: f64,
+    /// Requests an identity may make at once after being idle.
+    pub identity_burst: f64,
+    /// A request must be answered within this (beyond: 503).
+    pub request_timeout_secs: u64,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// A TLS handshake must finish within this (slow-loris).
+    pub handshake_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
-        Self { commit_max_bytes: DEFAULT_COMMIT_MAX_BYTES }
+        Self {
+            commit_max_bytes: DEFAULT_COMMIT_MAX_BYTES,
+            identity_in_flight: 64,
+            // A fast agent sends ~1000 chunk uploads per second at 1 GB/s;
+            // the limit is for runaway or hostile clients, not backups.
+            identity_rate: 2000.0,
+            identity_burst: 4000.0,
+            request_timeout_secs: 300,
+            idle_timeout_secs: 120,
+            handshake_timeout_secs: 10,
+        }
     }
 }
 
@@ -162,6 +185,13 @@ impl ProxyConfig {
         }
         if self.retention.days == 0 {
             return Err("retention.days must be at least 1".into());
+        }
+        let l = &self.limits;
+        if l.identity_in_flight == 0 || !(l.identity_rate > 0.0) || l.identity_burst < 1.0 {
+            return Err("limits: identity_in_flight, identity_rate and identity_burst must be positive".into());
+        }
+        if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
+            return Err("limits: the timeouts must be positive".into());
         }
         self.policy()?;
         Ok(())

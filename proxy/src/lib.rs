@@ -16,6 +16,7 @@ pub mod config;
 pub mod dev;
 pub mod identity;
 pub mod keycheck;
+pub mod limit;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -6,26 +6,26 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tower::ServiceBuilder;
 
 use crate::api::{self, App, Caller};
 use crate::audit::{AuditLog, AuditWriter, Draft, Outcome};
 use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
 use crate::identity::Identity;
 use crate::keycheck::LocalKeyChecker;
+use crate::limit::{timeout_to_response, Activity, LimitLayer, Limiter};
 use crate::store::FsStore;
 use crate::trust::TrustDomains;
 
 /// Connections served at once; the permit is taken before `accept`.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// A TLS handshake must finish within this.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 streams one connection may have open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// How long in-flight requests get to finish at shutdown.
@@ -52,9 +52,19 @@ impl Live {
     }
 }
 
+/// Per-connection settings that do not change on reload.
+#[derive(Clone)]
+struct ConnLimits {
+    limiter: Arc<Limiter>,
+    request_timeout: Duration,
+    idle_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
 /// A proxy with everything opened and checked, not yet listening.
 pub struct Proxy {
     app: Arc<App>,
+    limits: ConnLimits,
     live: Arc<RwLock<Arc<Live>>>,
     writer: AuditWriter,
     listen: SocketAddr,
@@ -95,8 +105,15 @@ pub fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
     let (audit, writer) = AuditLog::open(&cfg.audit.path, &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
     let app = App::new(cfg.policy()?, store, audit, checker, cfg.retention_secs(), cfg.limits.commit_max_bytes);
+    let limits = ConnLimits {
+        limiter: Arc::new(Limiter::new(cfg.limits)),
+        request_timeout: Duration::from_secs(cfg.limits.request_timeout_secs),
+        idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
+        handshake_timeout: Duration::from_secs(cfg.limits.handshake_timeout_secs),
+    };
     Ok(Proxy {
         app: Arc::new(app),
+        limits,
         live: Arc::new(RwLock::new(Arc::new(live))),
         writer,
         listen: cfg.listen,
@@ -139,9 +156,9 @@ impl Proxy {
                 () = &mut shutdown => break,
             };
             let live = self.live.read().expect("not poisoned").clone();
-            let (app, stop) = (self.app.clone(), stop_rx.clone());
+            let (app, limits, stop) = (self.app.clone(), self.limits.clone(), stop_rx.clone());
             conns.spawn(async move {
-                serve_connection(app, live, tcp, peer, stop).await;
+                serve_connection(app, live, limits, tcp, peer, stop).await;
                 drop(permit);
             });
             while conns.try_join_next().is_some() {}
@@ -196,6 +213,7 @@ async fn refuse(app: &App, peer: SocketAddr, action: &'static str, reason: Strin
 async fn serve_connection(
     app: Arc<App>,
     live: Arc<Live>,
+    limits: ConnLimits,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
@@ -204,7 +222,7 @@ async fn serve_connection(
         return refuse(&app, peer, "connect", format!("source address {} is not allowed", peer.ip())).await;
     }
     tcp.set_nodelay(true).ok();
-    let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, live.acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(limits.handshake_timeout, live.acceptor.accept(tcp)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return refuse(&app, peer, "handshake", e.to_string()).await,
         Err(_) => return refuse(&app, peer, "handshake", "handshake timed out".into()).await,
@@ -214,10 +232,18 @@ async fn serve_connection(
         Identity::from_certificate(domain, chain.first()?)
     });
     let caller = Arc::new(Caller { identity, peer });
-    let service = service_fn(move |req| {
-        let (app, caller) = (app.clone(), caller.clone());
-        async move { Ok::<_, std::convert::Infallible>(api::handle(app, caller, req).await) }
-    });
+    let activity = Arc::new(Activity::default());
+    let audit = app.audit.clone();
+    let handler_caller = caller.clone();
+    let service = ServiceBuilder::new()
+        .layer(LimitLayer::new(limits.limiter.clone(), caller.clone(), audit.clone(), activity.clone()))
+        .map_result(timeout_to_response(caller, audit))
+        .timeout(limits.request_timeout)
+        .service_fn(move |req| {
+            let (app, caller) = (app.clone(), handler_caller.clone());
+            async move { Ok::<_, std::convert::Infallible>(api::handle(app, caller, req).await) }
+        });
+    let service = TowerToHyperService::new(service);
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .initial_stream_window_size(4 * 1024 * 1024)
@@ -225,17 +251,26 @@ async fn serve_connection(
         .max_frame_size(1024 * 1024)
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, "connection ended: {e}");
+    let mut tick = tokio::time::interval(limits.idle_timeout / 4);
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            _ = stop.changed() => break,
+            _ = tick.tick() => {
+                if activity.idle_for() >= limits.idle_timeout {
+                    tracing::debug!(%peer, "closing idle connection");
+                    break;
+                }
             }
         }
-        _ = stop.changed() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
-        }
     }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -127,6 +127,19 @@ impl DevProxy {
         std::fs::read_to_string(self.dir.join("audit/audit.jsonl")).unwrap_or_default()
     }
 
+    /// Stops the proxy and hands over its temporary folder (if it owns one),
+    /// to restart on the same folder.
+    pub fn into_tempdir(mut self) -> Option<tempfile::TempDir> {
+        self.kill();
+        self._tmp.take()
+    }
+
+    /// Keeps `tmp` alive as long as this proxy.
+    pub fn holding(mut self, tmp: Option<tempfile::TempDir>) -> Self {
+        self._tmp = tmp;
+        self
+    }
+
     /// The agent config of an identity issued in this dev folder.
     pub fn config(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.toml"))

@@ -285,3 +285,83 @@ fn kek_allowlist_refuses_other_keys() {
     );
     assert!(p.stored("dev/k").is_empty());
 }
+
+/// Restarts the proxy with `[limits]` set as given.
+fn with_limits(p: DevProxy, limits: &str) -> DevProxy {
+    let dir = p.dir.clone();
+    let tmp = p.into_tempdir();
+    let path = dir.join("proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("{text}\n[limits]\n{limits}\n")).unwrap();
+    DevProxy::start_in(&dir).holding(tmp)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn over_rate_identity_gets_429_while_others_continue() {
+    let p = with_limits(DevProxy::start(), "identity_rate = 1.0\nidentity_burst = 5.0");
+    let writer = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    let reader = ProxyClient::connect(&AgentConfig::load(&p.reader()).unwrap()).await.unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let w = writer.clone();
+        tasks.spawn(async move { w.whoami().await.map_err(|e| e.status().map(|s| s.as_u16())) });
+    }
+    let mut limited = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(_) => {}
+            Err(Some(429)) => limited += 1,
+            Err(other) => panic!("unexpected failure {other:?}"),
+        }
+    }
+    assert!(limited >= 10, "only {limited} of 20 requests were limited");
+    for _ in 0..3 {
+        reader.whoami().await.expect("another identity is not limited");
+    }
+    p.wait_for_event("rate limit", |e| {
+        e["action"] == "limit" && e["identity"] == "spiffe://coffer.dev/writer" && e["outcome"] == "denied"
+    });
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_flight_cap_answers_503() {
+    let p = with_limits(DevProxy::start(), "identity_in_flight = 1");
+    coffer(&p.writer(), &["init", "--repo", "dev/busy"], None).ok();
+    let writer = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    let ids: Vec<u8> = (0..20_000u32).flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes().to_vec()).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (w, body) = (writer.clone(), ids.clone());
+        tasks.spawn(async move {
+            w.raw(Method::POST, "/v1/repos/dev/busy/chunks/missing", body, None)
+                .await
+                .map_err(|e| e.status().map(|s| s.as_u16()))
+        });
+    }
+    let mut busy = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.unwrap() {
+            Ok(answer) => assert_eq!(answer.len(), ids.len(), "all ids are missing"),
+            Err(Some(503)) => busy += 1,
+            Err(other) => panic!("unexpected failure {other:?}"),
+        }
+    }
+    assert!(busy >= 1, "no request was turned away at an in-flight cap of 1");
+}
+
+#[tokio::test]
+async fn idle_and_silent_connections_are_closed() {
+    let p = with_limits(DevProxy::start(), "idle_timeout_secs = 1\nhandshake_timeout_secs = 1");
+    let writer = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    writer.whoami().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert!(writer.whoami().await.is_err(), "an idle connection must have been closed");
+
+    // Slow-loris: connect and say nothing.
+    use tokio::io::AsyncReadExt as _;
+    let mut silent = tokio::net::TcpStream::connect(&p.addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), silent.read(&mut buf)).await;
+    assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the proxy must hang up on a silent client: {n:?}");
+    p.wait_for_event("handshake timeout", |e| e["action"] == "handshake" && e["reason"] == "handshake timed out");
+}

@@ -1,0 +1,240 @@
+//! Per-identity limits, as a tower layer in front of the API: requests in
+//! flight (beyond: 503) and a token-bucket request rate (beyond: 429). A
+//! refused request is answered here, with an audit event, and never reaches
+//! a handler. The layer also tracks a connection's activity so that idle
+//! connections can be closed.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
+
+use crate::api::{error_response, Caller};
+use crate::audit::{AuditLog, Draft, Outcome};
+use crate::config::LimitsConfig;
+
+struct Bucket {
+    in_flight: Arc<Semaphore>,
+    tokens: f64,
+    refilled: Instant,
+}
+
+/// The limits of every identity seen, shared by all connections.
+pub struct Limiter {
+    cfg: LimitsConfig,
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    Rate,
+    InFlight,
+}
+
+impl Limiter {
+    pub fn new(cfg: LimitsConfig) -> Self {
+        Self { cfg, buckets: Mutex::default() }
+    }
+
+    fn admit(&self, key: &str) -> Result<OwnedSemaphorePermit, Refusal> {
+        let mut buckets = self.buckets.lock().expect("not poisoned");
+        let now = Instant::now();
+        let b = buckets.entry(key.to_string()).or_insert_with(|| Bucket {
+            in_flight: Arc::new(Semaphore::new(self.cfg.identity_in_flight)),
+            tokens: self.cfg.identity_burst,
+            refilled: now,
+        });
+        let elapsed = now.duration_since(b.refilled).as_secs_f64();
+        b.tokens = (b.tokens + elapsed * self.cfg.identity_rate).min(self.cfg.identity_burst);
+        b.refilled = now;
+        if b.tokens < 1.0 {
+            return Err(Refusal::Rate);
+        }
+        let permit = b.in_flight.clone().try_acquire_owned().map_err(|_| Refusal::InFlight)?;
+        b.tokens -= 1.0;
+        Ok(permit)
+    }
+}
+
+/// A connection's activity: requests in flight and when the last one ended.
+#[derive(Default)]
+pub struct Activity {
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
+}
+
+impl Activity {
+    fn now_ms(&self) -> u64 {
+        self.epoch.get_or_init(Instant::now).elapsed().as_millis() as u64
+    }
+
+    /// How long the connection has had nothing in flight.
+    pub fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(self.now_ms().saturating_sub(self.last_ms.load(Ordering::Acquire)))
+    }
+
+    fn start(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::Release);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Clone)]
+pub struct LimitLayer {
+    limiter: Arc<Limiter>,
+    caller: Arc<Caller>,
+    audit: AuditLog,
+    activity: Arc<Activity>,
+}
+
+impl LimitLayer {
+    pub fn new(limiter: Arc<Limiter>, caller: Arc<Caller>, audit: AuditLog, activity: Arc<Activity>) -> Self {
+        activity.now_ms();
+        Self { limiter, caller, audit, activity }
+    }
+}
+
+impl<S> Layer<S> for LimitLayer {
+    type Service = Limit<S>;
+
+    fn layer(&self, inner: S) -> Limit<S> {
+        Limit { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct Limit<S> {
+    inner: S,
+    layer: LimitLayer,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, B> Service<Request<B>> for Limit<S>
+where
+    S: Service<Request<B>, Response = Response<Full<Bytes>>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Full<Bytes>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let l = &self.layer;
+        let key = match &l.caller.identity {
+            Some(id) => format!("{}\0{}", id.domain(), id.name()),
+            None => format!("?{}", l.caller.peer.ip()),
+        };
+        match l.limiter.admit(&key) {
+            Ok(permit) => {
+                let activity = l.activity.clone();
+                activity.start();
+                let fut = self.inner.call(req);
+                Box::pin(async move {
+                    let out = fut.await;
+                    drop(permit);
+                    activity.end();
+                    out
+                })
+            }
+            Err(refusal) => {
+                let (status, reason) = match refusal {
+                    Refusal::Rate => (StatusCode::TOO_MANY_REQUESTS, "request rate limit exceeded"),
+                    Refusal::InFlight => (StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight"),
+                };
+                let draft = Draft {
+                    identity: l.caller.identity.as_ref().map(|i| i.name().to_string()),
+                    trust_domain: l.caller.identity.as_ref().map(|i| i.domain().to_string()),
+                    peer: l.caller.peer.to_string(),
+                    action: "limit",
+                    object: Some(req.uri().path().chars().take(256).collect()),
+                    outcome: Some(Outcome::Denied),
+                    reason: Some(reason.to_string()),
+                    ..Default::default()
+                };
+                let audit = l.audit.clone();
+                Box::pin(async move {
+                    let _ = audit.record(draft, false).await;
+                    let mut resp = error_response(status, "limit", reason);
+                    resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+                    Ok(resp)
+                })
+            }
+        }
+    }
+}
+
+/// Turns a request that ran past its deadline into a 503, with an audit
+/// event; other errors pass through.
+pub fn timeout_to_response(
+    caller: Arc<Caller>,
+    audit: AuditLog,
+) -> impl Fn(Result<Response<Full<Bytes>>, tower::BoxError>) -> Result<Response<Full<Bytes>>, tower::BoxError> + Clone {
+    move |result| match result {
+        Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
+            let draft = Draft {
+                identity: caller.identity.as_ref().map(|i| i.name().to_string()),
+                trust_domain: caller.identity.as_ref().map(|i| i.domain().to_string()),
+                peer: caller.peer.to_string(),
+                action: "timeout",
+                outcome: Some(Outcome::Error),
+                reason: Some("request deadline exceeded".into()),
+                ..Default::default()
+            };
+            let audit = audit.clone();
+            tokio::spawn(async move { audit.record(draft, false).await });
+            Ok(error_response(StatusCode::SERVICE_UNAVAILABLE, "timeout", "request deadline exceeded"))
+        }
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(in_flight: usize, rate: f64, burst: f64) -> LimitsConfig {
+        LimitsConfig { identity_in_flight: in_flight, identity_rate: rate, identity_burst: burst, ..Default::default() }
+    }
+
+    #[test]
+    fn burst_then_rate() {
+        let l = Limiter::new(limits(100, 1.0, 3.0));
+        let permits: Vec<_> = (0..3).map(|_| l.admit("a").unwrap()).collect();
+        assert_eq!(l.admit("a").unwrap_err(), Refusal::Rate);
+        assert!(l.admit("b").is_ok(), "identities do not share a bucket");
+        drop(permits);
+    }
+
+    #[test]
+    fn in_flight_cap_frees_on_drop() {
+        let l = Limiter::new(limits(2, 1000.0, 1000.0));
+        let a = l.admit("a").unwrap();
+        let _b = l.admit("a").unwrap();
+        assert_eq!(l.admit("a").unwrap_err(), Refusal::InFlight);
+        drop(a);
+        assert!(l.admit("a").is_ok());
+    }
+}
