@@ -187,7 +187,8 @@ impl ProxyConfig {
             return Err("retention.days must be at least 1".into());
         }
         let l = &self.limits;
-        if l.identity_in_flight == 0 || !(l.identity_rate > 0.0) || l.identity_burst < 1.0 {
+        let positive_rate = l.identity_rate.is_finite() && l.identity_rate > 0.0;
+        if l.identity_in_flight == 0 || !positive_rate || l.identity_burst < 1.0 {
             return Err("limits: identity_in_flight, identity_rate and identity_burst must be positive".into());
         }
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {

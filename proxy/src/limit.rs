@@ -186,12 +186,12 @@ where
     }
 }
 
+/// What the API stack answers once a deadline may have cut in.
+pub type Answer = Result<Response<Full<Bytes>>, tower::BoxError>;
+
 /// Turns a request that ran past its deadline into a 503, with an audit
 /// event; other errors pass through.
-pub fn timeout_to_response(
-    caller: Arc<Caller>,
-    audit: AuditLog,
-) -> impl Fn(Result<Response<Full<Bytes>>, tower::BoxError>) -> Result<Response<Full<Bytes>>, tower::BoxError> + Clone {
+pub fn timeout_to_response(caller: Arc<Caller>, audit: AuditLog) -> impl Fn(Answer) -> Answer + Clone {
     move |result| match result {
         Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
             let draft = Draft {
