@@ -61,7 +61,13 @@ pub struct ProxyClient {
     /// Why the connection ended, once it has: requests cut off by a dead
     /// connection only learn "closed", the connection task learns why.
     ended: watch::Receiver<Option<String>>,
+    /// A TOTP code sent with every request (the proxy checks it once per
+    /// connection, or on each admin call).
+    totp: Option<String>,
 }
+
+/// The header carrying a TOTP code (the proxy's `mfa::TOTP_HEADER`).
+pub const TOTP_HEADER: &str = "x-coffer-totp";
 
 fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, ClientError> {
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
@@ -122,7 +128,13 @@ impl ProxyClient {
             tracing::debug!("proxy connection ended: {why}");
             let _ = ended_tx.send(Some(why));
         });
-        Ok(Self { send, authority: authority.to_string(), ended })
+        Ok(Self { send, authority: authority.to_string(), ended, totp: None })
+    }
+
+    /// Sends `code` as the TOTP code with every request.
+    pub fn with_totp(mut self, code: Option<String>) -> Self {
+        self.totp = code;
+        self
     }
 
     async fn call(
@@ -135,6 +147,9 @@ impl ProxyClient {
         let mut req = Request::builder().method(method.clone()).uri(format!("https://{}{path}", self.authority));
         if let Some((name, value)) = extra {
             req = req.header(name, value);
+        }
+        if let Some(code) = &self.totp {
+            req = req.header(TOTP_HEADER, code);
         }
         let req = req.body(Full::new(body)).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let mut send = self.send.clone();
@@ -231,6 +246,12 @@ impl ProxyClient {
 
     pub async fn get_snapshot(&self, repo: &RepoName, id: SnapshotId) -> Result<Bytes, ClientError> {
         self.call(Method::GET, format!("/v1/repos/{repo}/snapshots/{id}"), Bytes::new(), None).await
+    }
+
+    /// An admin call: `POST /v1/admin/{what}` with a JSON body.
+    pub async fn admin(&self, what: &str, body: &impl serde::Serialize) -> Result<Bytes, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call(Method::POST, format!("/v1/admin/{what}"), body.into(), None).await
     }
 
     /// A raw request, for tests that must send what the agent never would.

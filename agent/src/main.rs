@@ -28,6 +28,9 @@ struct Cli {
     /// Agent configuration file (TOML).
     #[arg(long, global = true, env = "COFFER_CONFIG")]
     config: Option<PathBuf>,
+    /// A TOTP code, for repositories whose policy asks for MFA.
+    #[arg(long, global = true, env = "COFFER_MFA_CODE", hide_env_values = true)]
+    mfa_code: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -150,14 +153,14 @@ struct Ctx {
     provider: Arc<dyn KeyProvider>,
 }
 
-async fn connect(path: Option<PathBuf>) -> Result<Ctx, Failure> {
+async fn connect(path: Option<PathBuf>, mfa_code: Option<String>) -> Result<Ctx, Failure> {
     let path =
         path.ok_or_else(|| usage(anyhow::anyhow!("no configuration: pass --config FILE or set COFFER_CONFIG")))?;
     let config = AgentConfig::load(&path).map_err(usage)?;
     let provider: Arc<dyn KeyProvider> = match &config.keys {
         KeysConfig::Local { master_key } => Arc::new(LocalProvider::open(master_key).map_err(usage)?),
     };
-    let client = ProxyClient::connect(&config).await?;
+    let client = ProxyClient::connect(&config).await?.with_totp(mfa_code);
     Ok(Ctx { config, client, provider })
 }
 
@@ -173,7 +176,7 @@ fn print_json(v: &impl Serialize) -> Result<(), Failure> {
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    let ctx = connect(cli.config).await?;
+    let ctx = connect(cli.config, cli.mfa_code).await?;
     match cli.command {
         Cmd::Init { repo } => {
             let kek = ctx.provider.describe_key().await?.kek;

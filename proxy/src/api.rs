@@ -22,6 +22,7 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use crate::audit::{AuditLog, Draft, Outcome};
 use crate::identity::Identity;
 use crate::keycheck::KeyChecker;
+use crate::mfa::{MfaError, MfaVerifier, TOTP_HEADER};
 use crate::policy::{AccessRequest, Action, Allowed, Denied, Policy};
 use crate::store::{ObjectStore, PutOutcome, StoreError};
 
@@ -44,9 +45,31 @@ pub struct App {
     pub commit_max_bytes: usize,
     /// Key records known to exist, so chunk uploads need no HEAD for them.
     known_keys: Mutex<HashSet<(RepoName, KeyId)>>,
+    pub mfa: MfaVerifier,
+    /// Identities an admin revoked (trust domain, name); loaded from the store.
+    revoked: RwLock<HashSet<(String, String)>>,
+    /// Asks the server loop to reload the configuration file.
+    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+/// Where admin revocations are stored, one object each.
+pub const REVOCATIONS: &str = "admin/revocations/";
+
+/// A revocation, as stored and as sent to `POST /v1/admin/revoke`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub trust_domain: String,
+    pub identity: String,
+    /// Who revoked it, when (set by the proxy).
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default)]
+    pub time: Option<u64>,
 }
 
 impl App {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         policy: Policy,
         store: Arc<dyn ObjectStore>,
@@ -54,6 +77,8 @@ impl App {
         checker: Arc<dyn KeyChecker>,
         retention: (u64, u64),
         commit_max_bytes: usize,
+        mfa: MfaVerifier,
+        reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
     ) -> Self {
         Self {
             policy: RwLock::new(Arc::new(policy)),
@@ -63,7 +88,31 @@ impl App {
             retention,
             commit_max_bytes,
             known_keys: Mutex::default(),
+            mfa,
+            revoked: RwLock::default(),
+            reload,
         }
+    }
+
+    /// Loads the revocations stored by admins, so they survive restarts.
+    pub async fn load_revocations(&self) -> Result<usize, StoreError> {
+        let mut loaded = HashSet::new();
+        for key in self.store.list(REVOCATIONS).await? {
+            let Some(bytes) = self.store.get(&key).await? else { continue };
+            match serde_json::from_slice::<Revocation>(&bytes) {
+                Ok(r) => {
+                    loaded.insert((r.trust_domain, r.identity));
+                }
+                Err(e) => tracing::error!("ignoring unreadable revocation {key}: {e}"),
+            }
+        }
+        let n = loaded.len();
+        *self.revoked.write().expect("not poisoned") = loaded;
+        Ok(n)
+    }
+
+    fn is_revoked(&self, id: &Identity) -> bool {
+        self.revoked.read().expect("not poisoned").contains(&(id.domain().to_string(), id.name().to_string()))
     }
 
     pub fn policy(&self) -> Arc<Policy> {
@@ -78,10 +127,19 @@ impl App {
 }
 
 /// The caller of a connection: who (if the certificate named anyone) and from where.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Caller {
     pub identity: Option<Identity>,
     pub peer: SocketAddr,
+    /// Set once a TOTP code was accepted on this connection: rules that ask
+    /// for MFA are satisfied for the connection's life.
+    pub mfa_verified: std::sync::atomic::AtomicBool,
+}
+
+impl Caller {
+    pub fn new(identity: Option<Identity>, peer: SocketAddr) -> Self {
+        Self { identity, peer, mfa_verified: Default::default() }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -106,6 +164,8 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("audit log unavailable; request not acknowledged")]
     Audit,
+    #[error("{0}")]
+    Mfa(#[from] MfaError),
 }
 
 impl ApiError {
@@ -122,6 +182,8 @@ impl ApiError {
             Method => (StatusCode::METHOD_NOT_ALLOWED, "method", Outcome::Invalid),
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store", Outcome::Error),
             Audit => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Outcome::Error),
+            Mfa(MfaError::Missing) => (StatusCode::UNAUTHORIZED, "mfa-required", Outcome::Denied),
+            Mfa(_) => (StatusCode::UNAUTHORIZED, "mfa-failed", Outcome::Denied),
         }
     }
 }
@@ -155,8 +217,14 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
     };
     let pick =
         |pairs: &[(Method, Action)]| pairs.iter().find(|(m, _)| m == method).map(|(_, a)| *a).ok_or(ApiError::Method);
-    if segs == ["whoami"] {
-        return Ok(Route { action: pick(&[(Method::GET, Action::Whoami)])?, repo: None, object: None });
+    let global = match segs.as_slice() {
+        ["whoami"] => Some(pick(&[(Method::GET, Action::Whoami)])?),
+        ["admin", "revoke"] => Some(pick(&[(Method::POST, Action::AdminRevoke)])?),
+        ["admin", "reload"] => Some(pick(&[(Method::POST, Action::AdminReload)])?),
+        _ => None,
+    };
+    if let Some(action) = global {
+        return Ok(Route { action, repo: None, object: None });
     }
     if segs.first() != Some(&"repos") || segs.len() < 3 {
         return Err(not_found());
@@ -239,6 +307,7 @@ fn body_limit(app: &App, action: Action) -> usize {
         Action::Missing => MISSING_IDS_MAX * ChunkId::LEN,
         Action::PutChunk => ENVELOPE_MAX,
         Action::Commit => app.commit_max_bytes,
+        Action::AdminRevoke | Action::AdminReload => SMALL_BODY_MAX,
         _ => 0,
     }
 }
@@ -323,7 +392,19 @@ where
     let identity = caller.identity.as_ref().ok_or_else(|| Denied("the client certificate names no identity".into()))?;
     let policy = app.policy();
     let request = AccessRequest { identity, action: route.action, repo: route.repo.as_ref(), source: caller.peer.ip() };
+    if app.is_revoked(identity) {
+        return Err(Denied(format!("{identity} was revoked by an administrator")).into());
+    }
     let allowed = policy.decide(&request)?;
+    let code = req.headers().get(TOTP_HEADER).and_then(|v| v.to_str().ok());
+    let now = crate::unix_now();
+    if route.action.admin() {
+        // Every admin call needs its own fresh code.
+        app.mfa.verify(identity, code, now)?;
+    } else if allowed.mfa && !caller.mfa_verified.load(std::sync::atomic::Ordering::Acquire) {
+        app.mfa.verify(identity, code, now)?;
+        caller.mfa_verified.store(true, std::sync::atomic::Ordering::Release);
+    }
 
     let digest = req.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let limit = body_limit(app, route.action);
@@ -364,7 +445,42 @@ where
         (Action::Commit, Some(repo)) => commit(app, &repo, &body).await,
         (Action::ListSnapshots, Some(repo)) => list_snapshots(app, &repo).await,
         (Action::GetSnapshot, Some(repo)) => get(app, keys::snapshot(&repo, &obj.parse().map_err(invalid)?)).await,
+        (Action::AdminRevoke, _) => admin_revoke(app, identity, draft, &body).await,
+        (Action::AdminReload, _) => admin_reload(app, draft).await,
         (_, None) => unreachable!("route() gives every repository action a repository"),
+    }
+}
+
+/// The audit event an admin call writes, durably, before it acts.
+async fn audit_intent(app: &App, draft: &Draft, what: String) -> Result<(), ApiError> {
+    let intent =
+        Draft { outcome: Some(Outcome::Ok), reason: Some(format!("authorized with TOTP; {what}")), ..draft.clone() };
+    app.audit.record(intent, true).await.map_err(|_| ApiError::Audit)
+}
+
+async fn admin_revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let mut r: Revocation = serde_json::from_slice(body).map_err(invalid)?;
+    if r.trust_domain.is_empty() || r.identity.is_empty() {
+        return Err(invalid("trust_domain and identity are required"));
+    }
+    audit_intent(app, draft, format!("revoking {} in trust domain {}", r.identity, r.trust_domain)).await?;
+    r.by = Some(format!("{} ({})", admin.name(), admin.domain()));
+    r.time = Some(crate::unix_now());
+    let name = blake3::hash(format!("{}\0{}", r.trust_domain, r.identity).as_bytes()).to_hex();
+    let body = serde_json::to_vec(&r).expect("serialises");
+    app.store.put_new(&format!("{REVOCATIONS}{name}"), body.into(), u64::MAX).await?;
+    app.revoked.write().expect("not poisoned").insert((r.trust_domain.clone(), r.identity.clone()));
+    Ok(Reply::json(StatusCode::CREATED, &r))
+}
+
+async fn admin_reload(app: &App, draft: &Draft) -> Result<Reply, ApiError> {
+    audit_intent(app, draft, "reloading the configuration".into()).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.reload.send(tx).await.map_err(|_| ApiError::Conflict("the proxy is shutting down".into()))?;
+    match rx.await {
+        Ok(Ok(())) => Ok(Reply::empty(StatusCode::OK)),
+        Ok(Err(e)) => Err(invalid(e)),
+        Err(_) => Err(ApiError::Conflict("the proxy is shutting down".into())),
     }
 }
 

@@ -36,6 +36,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub limits: LimitsConfig,
     #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
@@ -145,6 +147,20 @@ impl Default for LimitsConfig {
     }
 }
 
+#[derive(Debug, Deserialize, Clone)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// TOTP secrets of enrolled identities (mode 0600), written by
+    /// `coffer-proxy admin enroll`.
+    pub totp_file: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { totp_file: "totp.toml".into() }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {message}")]
 pub struct ConfigError {
@@ -158,7 +174,7 @@ impl ProxyConfig {
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let mut cfg: ProxyConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.audit.path] {
+        for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.audit.path, &mut cfg.admin.totp_file] {
             *p = base.join(&*p);
         }
         for d in &mut cfg.trust_domains {

@@ -49,6 +49,48 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// Admin operations: enrollment (local), and calls to a running proxy
+    /// that need the admin role and a fresh TOTP code.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Give an identity a TOTP secret (in admin.totp_file of --config) and
+    /// print the otpauth:// URI for an authenticator app.
+    Enroll {
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        identity: String,
+    },
+    /// Deny an identity from now on (survives restarts).
+    Revoke {
+        #[command(flatten)]
+        call: AdminCall,
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        identity: String,
+    },
+    /// Make the proxy reload its configuration file.
+    Reload {
+        #[command(flatten)]
+        call: AdminCall,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminCall {
+    /// Agent-style config presenting the admin certificate.
+    #[arg(long, env = "COFFER_CONFIG")]
+    client_config: PathBuf,
+    /// The current TOTP code of that admin identity.
+    #[arg(long, env = "COFFER_MFA_CODE", hide_env_values = true)]
+    totp: String,
 }
 
 #[derive(Subcommand)]
@@ -122,6 +164,7 @@ fn main() -> ExitCode {
             Err(e) => return fail(EXIT_USAGE, &e),
         },
         Some(Cmd::Policy { command }) => return policy_command(cli.config, command),
+        Some(Cmd::Admin { command }) => return admin_command(cli.config, command),
         None => match cli.config {
             Some(path) => (path, None, None),
             None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
@@ -200,5 +243,52 @@ fn policy_command(config: Option<PathBuf>, command: PolicyCmd) -> ExitCode {
             println!("deny: {denied}");
             ExitCode::from(EXIT_FAILURE)
         }
+    }
+}
+
+fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
+    let (call, what, body) = match command {
+        AdminCmd::Enroll { trust_domain, identity } => {
+            let Some(path) = config else {
+                return fail(EXIT_USAGE, "enroll needs the proxy's --config (for admin.totp_file)");
+            };
+            let cfg = match ProxyConfig::load(&path) {
+                Ok(c) => c,
+                Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+            };
+            return match coffer_proxy::mfa::enroll(&cfg.admin.totp_file, &trust_domain, &identity) {
+                Ok(uri) => {
+                    println!("{}", *uri);
+                    eprintln!(
+                        "enrolled {identity} (trust domain {trust_domain}); load the URI above into an authenticator"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(EXIT_FAILURE, &e),
+            };
+        }
+        AdminCmd::Revoke { call, trust_domain, identity } => {
+            (call, "revoke", serde_json::json!({"trust_domain": trust_domain, "identity": identity}))
+        }
+        AdminCmd::Reload { call } => (call, "reload", serde_json::json!({})),
+    };
+    let client_config = match coffer_agent::config::AgentConfig::load(&call.client_config) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+    };
+    let done = runtime.block_on(async {
+        let client = coffer_agent::client::ProxyClient::connect(&client_config).await?.with_totp(Some(call.totp));
+        client.admin(what, &body).await
+    });
+    match done {
+        Ok(answer) => {
+            println!("{what}: ok {}", String::from_utf8_lossy(&answer));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_FAILURE, &e.to_string()),
     }
 }

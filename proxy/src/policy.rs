@@ -58,10 +58,14 @@ pub enum Action {
     Commit,
     ListSnapshots,
     GetSnapshot,
+    /// Admin: deny an identity from now on.
+    AdminRevoke,
+    /// Admin: reload the configuration file.
+    AdminReload,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 13] = [
         Action::Whoami,
         Action::PutConfig,
         Action::GetConfig,
@@ -73,6 +77,8 @@ impl Action {
         Action::Commit,
         Action::ListSnapshots,
         Action::GetSnapshot,
+        Action::AdminRevoke,
+        Action::AdminReload,
     ];
 
     pub fn name(self) -> &'static str {
@@ -88,6 +94,8 @@ impl Action {
             Action::Commit => "commit",
             Action::ListSnapshots => "list-snapshots",
             Action::GetSnapshot => "get-snapshot",
+            Action::AdminRevoke => "admin-revoke",
+            Action::AdminReload => "admin-reload",
         }
     }
 
@@ -95,15 +103,20 @@ impl Action {
         Self::ALL.into_iter().find(|a| a.name() == s)
     }
 
-    /// Whether it changes the store: its audit event must be durable before
+    /// Whether it changes state: its audit event must be durable before
     /// the response.
     pub fn mutating(self) -> bool {
-        matches!(self, Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit)
+        matches!(self, Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit) || self.admin()
     }
 
     /// Whether it needs a repository.
     pub fn on_repo(self) -> bool {
-        self != Action::Whoami
+        !matches!(self, Action::Whoami) && !self.admin()
+    }
+
+    /// Admin calls need a fresh TOTP code every time.
+    pub fn admin(self) -> bool {
+        matches!(self, Action::AdminRevoke | Action::AdminReload)
     }
 
     pub fn allowed_for(self, role: Role) -> bool {
@@ -112,7 +125,7 @@ impl Action {
             Role::Writer => matches!(self, Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit),
             Role::Reader => matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot),
             Role::Auditor => matches!(self, Whoami | ListSnapshots),
-            Role::Admin => matches!(self, Whoami),
+            Role::Admin => matches!(self, Whoami | AdminRevoke | AdminReload),
         }
     }
 }
@@ -205,6 +218,10 @@ pub struct RuleConfig {
     /// key checker accepts.
     #[serde(default)]
     pub kms_keys: Vec<String>,
+    /// Requests under this rule need a TOTP code once per connection
+    /// ("MFA for backup access"). Admin calls always need one.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 /// One `[[grants]]` entry: read access for another domain's identities.
@@ -222,6 +239,9 @@ pub struct GrantConfig {
     pub repos: Vec<String>,
     #[serde(default)]
     pub source_cidrs: Vec<IpNet>,
+    /// As for rules: a TOTP code once per connection.
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 struct Rule {
@@ -234,6 +254,7 @@ struct Rule {
     namespace: Vec<RepoPattern>,
     sources: Vec<IpNet>,
     kms_keys: Vec<String>,
+    mfa: bool,
     cross_domain: Option<String>,
 }
 
@@ -263,6 +284,8 @@ pub struct Allowed {
     pub rule: String,
     /// KEKs that rule allows (empty: any the key checker accepts).
     pub kms_keys: Vec<String>,
+    /// Whether that rule asks for a TOTP code on the connection.
+    pub mfa: bool,
 }
 
 /// Why a request was denied; safe to show the caller and to audit.
@@ -300,6 +323,7 @@ impl Policy {
                 repos: patterns(&r.repos)?,
                 sources: r.source_cidrs.clone(),
                 kms_keys: r.kms_keys.clone(),
+                mfa: r.mfa,
                 cross_domain: None,
             });
         }
@@ -318,6 +342,7 @@ impl Policy {
                 repos: patterns(&g.repos)?,
                 sources: g.source_cidrs.clone(),
                 kms_keys: Vec::new(),
+                mfa: g.mfa,
                 cross_domain: Some(g.from_domain.clone()),
             });
         }
@@ -348,7 +373,7 @@ impl Policy {
                 miss = format!("{id} may not {} from {}", req.action.name(), req.source);
                 continue;
             }
-            return Ok(Allowed { rule: rule.name.clone(), kms_keys: rule.kms_keys.clone() });
+            return Ok(Allowed { rule: rule.name.clone(), kms_keys: rule.kms_keys.clone(), mfa: rule.mfa });
         }
         Err(Denied(miss))
     }
@@ -383,8 +408,9 @@ impl Policy {
                     Some(from) => format!(" (grant from trust domain {from})"),
                     None => String::new(),
                 };
+                let mfa = if r.mfa { ", TOTP required" } else { "" };
                 format!(
-                    "{}: {} in trust domain {}: roles [{}] -> [{}] on repos [{}] within [{}]{reach}, from {}, KEKs {}",
+                    "{}: {} in trust domain {}: roles [{}] -> [{}] on repos [{}] within [{}]{reach}, from {}, KEKs {}{mfa}",
                     r.name,
                     r.identity.0,
                     r.domain,

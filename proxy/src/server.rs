@@ -28,6 +28,8 @@ use crate::trust::TrustDomains;
 pub const MAX_CONNECTIONS: usize = 1024;
 /// HTTP/2 streams one connection may have open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// How long a refused client's last bytes are read before hanging up.
+pub const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(2);
 /// How long in-flight requests get to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -64,6 +66,7 @@ struct ConnLimits {
 /// A proxy with everything opened and checked, not yet listening.
 pub struct Proxy {
     app: Arc<App>,
+    reloads: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Result<(), String>>>,
     limits: ConnLimits,
     live: Arc<RwLock<Arc<Live>>>,
     writer: AuditWriter,
@@ -104,7 +107,18 @@ pub fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
     };
     let (audit, writer) = AuditLog::open(&cfg.audit.path, &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
-    let app = App::new(cfg.policy()?, store, audit, checker, cfg.retention_secs(), cfg.limits.commit_max_bytes);
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let mfa = crate::mfa::MfaVerifier::new(cfg.admin.totp_file.clone());
+    let app = App::new(
+        cfg.policy()?,
+        store,
+        audit,
+        checker,
+        cfg.retention_secs(),
+        cfg.limits.commit_max_bytes,
+        mfa,
+        reload_tx,
+    );
     let limits = ConnLimits {
         limiter: Arc::new(Limiter::new(cfg.limits)),
         request_timeout: Duration::from_secs(cfg.limits.request_timeout_secs),
@@ -113,6 +127,7 @@ pub fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
     };
     Ok(Proxy {
         app: Arc::new(app),
+        reloads: reload_rx,
         limits,
         live: Arc::new(RwLock::new(Arc::new(live))),
         writer,
@@ -125,10 +140,14 @@ impl Proxy {
     /// Binds, calls `ready` with the bound address, and serves until
     /// `shutdown` resolves; then lets requests finish and flushes the audit log.
     pub async fn serve(
-        self,
+        mut self,
         ready: impl FnOnce(SocketAddr),
         shutdown: impl std::future::Future<Output = ()>,
     ) -> std::io::Result<()> {
+        let revoked = self.app.load_revocations().await.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if revoked > 0 {
+            tracing::info!("{revoked} identities are revoked");
+        }
         let listener = TcpListener::bind(self.listen).await?;
         let mut hangup = signal(SignalKind::hangup())?;
         ready(listener.local_addr()?);
@@ -150,7 +169,11 @@ impl Proxy {
                     }
                 },
                 _ = hangup.recv() => {
-                    self.reload().await;
+                    let _ = self.reload("signal").await;
+                    continue;
+                }
+                Some(reply) = self.reloads.recv() => {
+                    let _ = reply.send(self.reload("admin API").await);
                     continue;
                 }
                 () = &mut shutdown => break,
@@ -176,25 +199,26 @@ impl Proxy {
     /// Re-reads the config file and swaps in its trust domains, certificate,
     /// allowlist and policy, all or nothing: an invalid file keeps the old
     /// ones. Either way the outcome is an audit event.
-    async fn reload(&self) {
+    async fn reload(&self, by: &str) -> Result<(), String> {
         let loaded = ProxyConfig::load(&self.config_path)
             .map_err(|e| e.to_string())
             .and_then(|cfg| Ok((Live::load(&cfg)?, cfg.policy()?)));
-        let (outcome, reason) = match loaded {
+        let (outcome, reason, result) = match loaded {
             Ok((live, policy)) => {
                 *self.live.write().expect("not poisoned") = Arc::new(live);
                 self.app.set_policy(policy);
                 tracing::info!("reloaded {}", self.config_path.display());
-                (Outcome::Ok, None)
+                (Outcome::Ok, None, Ok(()))
             }
             Err(e) => {
                 tracing::error!("reload refused, keeping the running configuration: {e}");
-                (Outcome::Invalid, Some(format!("reload refused, running configuration kept: {e}")))
+                let reason = format!("reload refused, running configuration kept: {e}");
+                (Outcome::Invalid, Some(reason.clone()), Err(reason))
             }
         };
-        let draft =
-            Draft { peer: "signal".into(), action: "reload", outcome: Some(outcome), reason, ..Default::default() };
+        let draft = Draft { peer: by.into(), action: "reload", outcome: Some(outcome), reason, ..Default::default() };
         let _ = self.app.audit.record(draft, true).await;
+        result
     }
 }
 
@@ -210,6 +234,18 @@ async fn refuse(app: &App, peer: SocketAddr, action: &'static str, reason: Strin
     let _ = app.audit.record(draft, false).await;
 }
 
+/// After a refused handshake (the alert already sent), closes our side and
+/// reads what the client still sends for a moment. Closing at once would
+/// answer those bytes with a reset, which can destroy the alert before the
+/// client reads it, leaving it with "broken pipe" instead of the reason.
+async fn linger(mut tcp: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tcp.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let _ = tokio::time::timeout(LINGER_AFTER_REFUSAL, async { while matches!(tcp.read(&mut sink).await, Ok(1..)) {} })
+        .await;
+}
+
 async fn serve_connection(
     app: Arc<App>,
     live: Arc<Live>,
@@ -222,16 +258,19 @@ async fn serve_connection(
         return refuse(&app, peer, "connect", format!("source address {} is not allowed", peer.ip())).await;
     }
     tcp.set_nodelay(true).ok();
-    let stream = match tokio::time::timeout(limits.handshake_timeout, live.acceptor.accept(tcp)).await {
+    let stream = match tokio::time::timeout(limits.handshake_timeout, live.acceptor.accept(tcp).into_fallible()).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return refuse(&app, peer, "handshake", e.to_string()).await,
+        Ok(Err((e, tcp))) => {
+            refuse(&app, peer, "handshake", e.to_string()).await;
+            return linger(tcp).await;
+        }
         Err(_) => return refuse(&app, peer, "handshake", "handshake timed out".into()).await,
     };
     let identity = stream.get_ref().1.peer_certificates().and_then(|chain| {
         let domain = live.domains.domain_of(chain)?;
         Identity::from_certificate(domain, chain.first()?)
     });
-    let caller = Arc::new(Caller { identity, peer });
+    let caller = Arc::new(Caller::new(identity, peer));
     let activity = Arc::new(Activity::default());
     let audit = app.audit.clone();
     let handler_caller = caller.clone();

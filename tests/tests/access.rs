@@ -73,7 +73,7 @@ fn expected(who: Who, action: &str, repo: &str) -> bool {
         Who::DevWriter => writes.contains(&action) && (action == "whoami" || dev_repo),
         Who::DevReader => reads.contains(&action) && (action == "whoami" || dev_repo),
         Who::DevAuditor => ["whoami", "list-snapshots"].contains(&action) && (action == "whoami" || dev_repo),
-        Who::DevAdmin => action == "whoami",
+        Who::DevAdmin => ["whoami", "admin-revoke", "admin-reload"].contains(&action),
         Who::DrWriter => writes.contains(&action) && (action == "whoami" || repo.starts_with("dr/")),
         Who::DrReader => reads.contains(&action) && (action == "whoami" || repo.starts_with("dev/shared/")),
     }
@@ -94,11 +94,13 @@ fn request(action: &str, repo: &str) -> (Method, String) {
         "commit" => (Method::POST, format!("/v1/repos/{repo}/snapshots")),
         "list-snapshots" => (Method::GET, format!("/v1/repos/{repo}/snapshots")),
         "get-snapshot" => (Method::GET, format!("/v1/repos/{repo}/snapshots/{id16}")),
+        "admin-revoke" => (Method::POST, "/v1/admin/revoke".into()),
+        "admin-reload" => (Method::POST, "/v1/admin/reload".into()),
         other => panic!("unknown action {other}"),
     }
 }
 
-const ACTIONS: [&str; 11] = [
+const ACTIONS: [&str; 13] = [
     "whoami",
     "put-config",
     "get-config",
@@ -110,6 +112,8 @@ const ACTIONS: [&str; 11] = [
     "commit",
     "list-snapshots",
     "get-snapshot",
+    "admin-revoke",
+    "admin-reload",
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -130,7 +134,8 @@ async fn every_role_every_endpoint_own_repo_other_repo_other_domain() {
     for (who, config) in &configs {
         let client = ProxyClient::connect(&AgentConfig::load(config).unwrap()).await.unwrap();
         for action in ACTIONS {
-            let targets: &[&str] = if action == "whoami" { &["-"] } else { &repos };
+            let global = action == "whoami" || action.starts_with("admin-");
+            let targets: &[&str] = if global { &["-"] } else { &repos };
             for repo in targets {
                 let (method, path) = request(action, repo);
                 // Bodies are empty or junk: an allowed request fails later
@@ -156,7 +161,7 @@ async fn every_role_every_endpoint_own_repo_other_repo_other_domain() {
             e["action"] == action
                 && e["outcome"] == "denied"
                 && e["trust_domain"] == domain
-                && (action == "whoami" || e["repo"] == repo)
+                && (e["repo"] == repo || e["repo"].is_null())
         });
         assert!(found, "no denied audit event for {who:?} {action} on {repo}");
     }

@@ -52,6 +52,7 @@ fn rule(name: &str, d: &str, id: &str, roles: &[Role], repos: &[&str]) -> RuleCo
         repos: repos.iter().map(|s| s.to_string()).collect(),
         source_cidrs: vec![],
         kms_keys: vec![],
+        mfa: false,
     }
 }
 
@@ -72,6 +73,7 @@ fn policy() -> Policy {
         from_domain: "prod".into(),
         repos: vec!["prod/db/**".into()],
         source_cidrs: vec![],
+        mfa: false,
     }];
     Policy::new(&domains, &rules, &grants).unwrap()
 }
@@ -93,7 +95,7 @@ fn expected(role: Role, action: Action) -> bool {
         Role::Writer => writes.contains(&action),
         Role::Reader => reads.contains(&action),
         Role::Auditor => [Whoami, ListSnapshots].contains(&action),
-        Role::Admin => action == Whoami,
+        Role::Admin => [Whoami, AdminRevoke, AdminReload].contains(&action),
     }
 }
 
@@ -149,6 +151,7 @@ fn cross_domain_grant_reads_only() {
             from_domain: "prod".into(),
             repos: vec!["prod/**".into()],
             source_cidrs: vec![],
+            mfa: false,
         }],
     );
     assert!(bad.is_err(), "a grant within one domain is a configuration error");

@@ -1,0 +1,128 @@
+//! TOTP on admin calls and on reads the policy marks: refused without a
+//! code, with a wrong one and with a replayed one; accepted with a fresh one.
+
+use std::process::Command;
+
+use coffer_proxy::mfa::code_at;
+use coffer_tests::{bin, coffer, coffer_with_env, DevProxy};
+
+const ADMIN: &str = "spiffe://coffer.dev/admin";
+const WRITER: &str = "spiffe://coffer.dev/writer";
+const READER: &str = "spiffe://coffer.dev/reader";
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Enrolls an identity and returns its base32 secret.
+fn enroll(p: &DevProxy, identity: &str) -> String {
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["admin", "enroll", "--trust-domain", "dev", "--identity", identity])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uri = String::from_utf8(out.stdout).unwrap();
+    assert!(uri.starts_with("otpauth://totp/Coffer:"), "{uri}");
+    let start = uri.find("secret=").unwrap() + "secret=".len();
+    uri[start..].split(['&', '\n']).next().unwrap().to_string()
+}
+
+/// Runs an admin call as `who` with `code`; returns (success, output).
+fn admin(p: &DevProxy, who: &str, code: Option<&str>, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(bin("coffer-proxy"));
+    cmd.arg("admin").arg(args[0]).arg("--client-config").arg(p.config(who)).args(&args[1..]);
+    cmd.args(["--totp", code.unwrap_or("")]);
+    let out = cmd.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// A six-digit string that is none of the codes valid around `t`.
+fn wrong_code(secret: &str, t: u64) -> String {
+    let valid: Vec<String> = [t - 30, t, t + 30].iter().map(|&s| code_at(secret, s).unwrap()).collect();
+    (0..).map(|i| format!("{:06}", 123_456 + i)).find(|c| !valid.contains(c)).unwrap()
+}
+
+#[test]
+fn admin_calls_need_a_fresh_totp_code_each_time() {
+    let p = DevProxy::start();
+    let secret = enroll(&p, ADMIN);
+    let revoke = ["revoke", "--trust-domain", "dev", "--identity", WRITER];
+    let t = now();
+
+    let (ok, out) = admin(&p, "admin", None, &revoke);
+    assert!(!ok && out.contains("mfa-"), "without a code: {out}");
+    let (ok, out) = admin(&p, "admin", Some(&wrong_code(&secret, t)), &revoke);
+    assert!(!ok && out.contains("mfa-failed"), "with a wrong code: {out}");
+    coffer(&p.writer(), &["whoami"], None).ok();
+
+    let fresh = code_at(&secret, t).unwrap();
+    let (ok, out) = admin(&p, "admin", Some(&fresh), &revoke);
+    assert!(ok, "with a fresh code: {out}");
+    let (ok, out) = admin(&p, "admin", Some(&fresh), &["reload"]);
+    assert!(!ok && out.contains("already used"), "a replayed code: {out}");
+    let (ok, out) = admin(&p, "admin", Some(&code_at(&secret, t + 30).unwrap()), &["reload"]);
+    assert!(ok, "the next step's code is fresh: {out}");
+
+    // The revocation took effect at once, and survives a restart.
+    let denied = coffer(&p.writer(), &["whoami"], None);
+    assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
+    let dir = p.dir.clone();
+    let tmp = p.into_tempdir();
+    let p = DevProxy::start_in(&dir).holding(tmp);
+    let denied = coffer(&p.writer(), &["whoami"], None);
+    assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
+    coffer(&p.reader(), &["whoami"], None).ok();
+
+    // Each admin call left a durable intent event before acting.
+    let intents: Vec<_> = p
+        .audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["action"] == "admin-revoke" && e["reason"].as_str().unwrap_or("").starts_with("authorized with TOTP")
+        })
+        .collect();
+    assert_eq!(intents.len(), 1, "{}", p.audit_log());
+}
+
+#[test]
+fn non_admins_cannot_make_admin_calls_even_with_a_code() {
+    let p = DevProxy::start();
+    let secret = enroll(&p, WRITER);
+    let code = code_at(&secret, now()).unwrap();
+    let (ok, out) = admin(&p, "writer", Some(&code), &["revoke", "--trust-domain", "dev", "--identity", READER]);
+    assert!(!ok && out.contains("403"), "{out}");
+    coffer(&p.reader(), &["whoami"], None).ok();
+}
+
+#[test]
+fn mfa_for_backup_access() {
+    let p = DevProxy::start();
+    let path = p.dir.join("proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let marked = text.replace(
+        &format!("identity = \"{READER}\"\nroles = [\"reader\"]\nrepos = [\"dev/**\"]"),
+        &format!("identity = \"{READER}\"\nroles = [\"reader\"]\nrepos = [\"dev/**\"]\nmfa = true"),
+    );
+    assert_ne!(marked, text);
+    std::fs::write(&path, marked).unwrap();
+    assert!(p.reload());
+    let secret = enroll(&p, READER);
+    coffer(&p.writer(), &["init", "--repo", "dev/pay"], None).ok();
+    let id = coffer(&p.writer(), &["backup", "--repo", "dev/pay", "-"], Some(b"payroll")).last_line();
+
+    let without = coffer(&p.reader(), &["restore", "--repo", "dev/pay", &id], None);
+    assert_eq!(without.code(), 1);
+    assert!(without.stderr.contains("mfa-required"), "{}", without.stderr);
+
+    let code = code_at(&secret, now()).unwrap();
+    let with =
+        coffer_with_env(&p.reader(), &["restore", "--repo", "dev/pay", &id], None, &[("COFFER_MFA_CODE", &code)]);
+    assert_eq!(with.ok(), "payroll", "one code serves every request of the connection");
+    let replay = coffer(&p.reader(), &["--mfa-code", &code, "restore", "--repo", "dev/pay", &id], None);
+    assert_eq!(replay.code(), 1);
+    assert!(replay.stderr.contains("already used"), "{}", replay.stderr);
+    // The writer's rule does not ask for MFA.
+    coffer(&p.writer(), &["backup", "--repo", "dev/pay", "-"], Some(b"more")).ok();
+}
