@@ -160,8 +160,32 @@ async fn connect(path: Option<PathBuf>, mfa_code: Option<String>) -> Result<Ctx,
     let provider: Arc<dyn KeyProvider> = match &config.keys {
         KeysConfig::Local { master_key } => Arc::new(LocalProvider::open(master_key).map_err(usage)?),
     };
-    let client = ProxyClient::connect(&config).await?.with_totp(mfa_code);
-    Ok(Ctx { config, client, provider })
+    let client = ProxyClient::connect(&config).await?;
+    let mfa_code = match mfa_code {
+        Some(code) => Some(code),
+        // Ask the proxy whether this identity's rules want a TOTP code
+        // (whoami never does), and ask the person at the terminal for one.
+        None if client.whoami().await?.mfa => Some(prompt_totp()?),
+        None => None,
+    };
+    Ok(Ctx { config, client: client.with_totp(mfa_code), provider })
+}
+
+/// Reads a TOTP code from the terminal, or says how to pass one.
+fn prompt_totp() -> Result<String, Failure> {
+    use std::io::{BufRead as _, IsTerminal as _, Write as _};
+    let missing = || {
+        usage(anyhow::anyhow!("the policy asks this identity for a TOTP code: pass --mfa-code or set COFFER_MFA_CODE"))
+    };
+    if !std::io::stderr().is_terminal() {
+        return Err(missing());
+    }
+    let tty = std::fs::File::open("/dev/tty").map_err(|_| missing())?;
+    eprint!("TOTP code: ");
+    let _ = std::io::stderr().flush();
+    let mut line = String::new();
+    std::io::BufReader::new(tty).read_line(&mut line).map_err(|_| missing())?;
+    Ok(line.trim().to_string())
 }
 
 impl Ctx {

@@ -19,6 +19,10 @@ pub struct Whoami {
     pub roles: Vec<String>,
     /// Repository patterns the caller may use.
     pub repos: Vec<String>,
+    /// Whether some rule for the caller asks for a TOTP code per connection
+    /// (whoami itself never does, so an agent can find out and ask).
+    #[serde(default)]
+    pub mfa: bool,
 }
 
 /// One element of `GET /v1/repos/{repo}/snapshots`.

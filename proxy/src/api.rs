@@ -401,7 +401,10 @@ where
     if route.action.admin() {
         // Every admin call needs its own fresh code.
         app.mfa.verify(identity, code, now)?;
-    } else if allowed.mfa && !caller.mfa_verified.load(std::sync::atomic::Ordering::Acquire) {
+    } else if allowed.mfa
+        && route.action != Action::Whoami
+        && !caller.mfa_verified.load(std::sync::atomic::Ordering::Acquire)
+    {
         app.mfa.verify(identity, code, now)?;
         caller.mfa_verified.store(true, std::sync::atomic::Ordering::Release);
     }
@@ -422,13 +425,14 @@ where
     let obj = route.object.as_deref().unwrap_or_default();
     match (route.action, repo) {
         (Action::Whoami, _) => {
-            let (roles, repos) = policy.grants(identity);
+            let (roles, repos, mfa) = policy.grants(identity);
             let roles = roles.iter().map(|r| r.name().to_string()).collect();
             let whoami = Whoami {
                 identity: identity.name().to_string(),
                 trust_domain: identity.domain().to_string(),
                 roles,
                 repos,
+                mfa,
             };
             Ok(Reply::json(StatusCode::OK, &whoami))
         }

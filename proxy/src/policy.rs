@@ -378,10 +378,12 @@ impl Policy {
         Err(Denied(miss))
     }
 
-    /// The roles and repository patterns granted to `identity` (whoami).
-    pub fn grants(&self, identity: &Identity) -> (Vec<Role>, Vec<String>) {
-        let (mut roles, mut repos) = (Vec::new(), Vec::new());
+    /// The roles and repository patterns granted to `identity`, and whether
+    /// any of its rules asks for MFA (whoami).
+    pub fn grants(&self, identity: &Identity) -> (Vec<Role>, Vec<String>, bool) {
+        let (mut roles, mut repos, mut mfa) = (Vec::new(), Vec::new(), false);
         for rule in self.rules.iter().filter(|r| r.domain == identity.domain() && r.identity.matches(identity.name())) {
+            mfa |= rule.mfa;
             for role in &rule.roles {
                 if !roles.contains(role) {
                     roles.push(*role);
@@ -389,7 +391,7 @@ impl Policy {
             }
             repos.extend(rule.repos.iter().map(ToString::to_string));
         }
-        (roles, repos)
+        (roles, repos, mfa)
     }
 
     /// The effective rights of every rule, one line each (`--check-config`).

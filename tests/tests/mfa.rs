@@ -113,10 +113,39 @@ fn mfa_for_backup_access() {
     let id = coffer(&p.writer(), &["backup", "--repo", "dev/pay", "-"], Some(b"payroll")).last_line();
 
     let without = coffer(&p.reader(), &["restore", "--repo", "dev/pay", &id], None);
-    assert_eq!(without.code(), 1);
-    assert!(without.stderr.contains("mfa-required"), "{}", without.stderr);
+    assert_eq!(without.code(), 64, "no terminal to ask on: {}", without.stderr);
+    assert!(without.stderr.contains("pass --mfa-code"), "{}", without.stderr);
+    let who = coffer(&p.reader(), &["whoami"], None);
+    assert!(!who.status.success(), "whoami as a command also needs the code");
 
+    // The proxy refuses by itself too, whatever the agent does.
+    let secretless = tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let cfg = coffer_agent::config::AgentConfig::load(&p.reader()).unwrap();
+        let client = coffer_agent::client::ProxyClient::connect(&cfg).await.unwrap();
+        assert!(client.whoami().await.unwrap().mfa, "whoami tells the agent MFA is wanted");
+        client.get_config(&"dev/pay".parse().unwrap()).await.unwrap_err()
+    });
+    assert_eq!(secretless.status().map(|s| s.as_u16()), Some(401), "{secretless}");
+
+    // On a terminal the agent asks for the code.
     let code = code_at(&secret, now()).unwrap();
+    let cmd = format!("{} restore --repo dev/pay {id} -o {}", bin("coffer").display(), p.dir.join("tty-out").display());
+    let mut script = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("COFFER_CONFIG", p.reader())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    writeln!(script.stdin.take().unwrap(), "{code}").unwrap();
+    let out = script.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("TOTP code:"), "{screen}");
+    assert_eq!(std::fs::read(p.dir.join("tty-out")).unwrap(), b"payroll", "{screen}");
+
+    // The next step's code is fresh (one step of skew is allowed).
+    let code = code_at(&secret, now() + 30).unwrap();
     let with =
         coffer_with_env(&p.reader(), &["restore", "--repo", "dev/pay", &id], None, &[("COFFER_MFA_CODE", &code)]);
     assert_eq!(with.ok(), "payroll", "one code serves every request of the connection");
