@@ -33,6 +33,8 @@ pub struct AgentConfig {
 pub enum KeysConfig {
     /// A local master-key file (dev mode, single host).
     Local { master_key: PathBuf },
+    /// AWS KMS.
+    Kms(crate::keys::KmsConfig),
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,8 +71,8 @@ impl AgentConfig {
         for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
             *p = base.join(&*p);
         }
-        match &mut cfg.keys {
-            KeysConfig::Local { master_key } => *master_key = base.join(&*master_key),
+        if let KeysConfig::Local { master_key } = &mut cfg.keys {
+            *master_key = base.join(&*master_key);
         }
         let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
         if !cfg.proxy.starts_with("https://") {

@@ -24,6 +24,8 @@ pub enum KeyError {
     Unwrap { key_id: KeyId },
     #[error("key record {key_id} is not bound to repository {repo} for this purpose")]
     WrongContext { key_id: KeyId, repo: RepoName },
+    #[error("AWS KMS: {0}")]
+    Kms(String),
 }
 
 /// What the provider can say about its key-encryption key.
@@ -158,5 +160,114 @@ mod tests {
             Err(KeyError::WrongContext { .. })
         ));
         assert!(open_record(&provider, &record, &repo, Purpose::ChunkId, record.key_id).await.is_err());
+    }
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// The KEK: a key ARN, key id or alias (`alias/coffer-prod`).
+    pub key_id: String,
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An explicit endpoint URL: a VPC interface endpoint, or an emulator.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+}
+
+/// The AWS KMS provider. Writers need `kms:GenerateDataKey` on the KEK and
+/// `kms:Decrypt` only for the chunk-id key (condition on
+/// `kms:EncryptionContext:coffer:purpose = chunk-id`); restore identities
+/// need `kms:Decrypt`. Credentials come from the standard AWS chain.
+pub struct KmsProvider {
+    client: aws_sdk_kms::Client,
+    key_id: String,
+    arn: tokio::sync::OnceCell<String>,
+}
+
+fn kms_error(e: impl std::error::Error + Send + Sync + 'static) -> KeyError {
+    KeyError::Kms(aws_sdk_kms::error::DisplayErrorContext(e).to_string())
+}
+
+fn context_map(ctx: &EncryptionContext) -> std::collections::HashMap<String, String> {
+    ctx.pairs().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Takes a KMS plaintext out of its response, leaving nothing behind.
+fn take_plaintext(blob: Option<aws_sdk_kms::primitives::Blob>) -> Result<DataKey, KeyError> {
+    let bytes =
+        zeroize::Zeroizing::new(blob.ok_or_else(|| KeyError::Kms("no plaintext in the answer".into()))?.into_inner());
+    DataKey::from_slice(&bytes).map_err(|e| KeyError::Kms(e.to_string()))
+}
+
+impl KmsProvider {
+    pub async fn new(cfg: &KmsConfig) -> Self {
+        let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        let mut b = aws_sdk_kms::config::Builder::from(&sdk);
+        if let Some(region) = &cfg.region {
+            b = b.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &cfg.endpoint {
+            b = b.endpoint_url(endpoint);
+        }
+        Self { client: aws_sdk_kms::Client::from_conf(b.build()), key_id: cfg.key_id.clone(), arn: Default::default() }
+    }
+
+    /// The KEK's full ARN (what key records name), asked once.
+    async fn arn(&self) -> Result<&str, KeyError> {
+        self.arn
+            .get_or_try_init(|| async {
+                let out = self.client.describe_key().key_id(&self.key_id).send().await.map_err(kms_error)?;
+                out.key_metadata()
+                    .and_then(|m| m.arn())
+                    .map(str::to_string)
+                    .ok_or_else(|| KeyError::Kms(format!("DescribeKey {} gave no ARN", self.key_id)))
+            })
+            .await
+            .map(String::as_str)
+    }
+}
+
+#[async_trait]
+impl KeyProvider for KmsProvider {
+    async fn generate_data_key(&self, ctx: &EncryptionContext) -> Result<(DataKey, Vec<u8>), KeyError> {
+        let mut out = self
+            .client
+            .generate_data_key()
+            .key_id(self.arn().await?)
+            .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+            .set_encryption_context(Some(context_map(ctx)))
+            .send()
+            .await
+            .map_err(kms_error)?;
+        let key = take_plaintext(out.plaintext.take())?;
+        let wrapped = out.ciphertext_blob.take().ok_or_else(|| KeyError::Kms("no ciphertext in the answer".into()))?;
+        Ok((key, wrapped.into_inner()))
+    }
+
+    async fn decrypt(
+        &self,
+        kek: &str,
+        key_id: KeyId,
+        wrapped: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<DataKey, KeyError> {
+        let mut out = self
+            .client
+            .decrypt()
+            .key_id(kek)
+            .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(wrapped.to_vec()))
+            .set_encryption_context(Some(context_map(ctx)))
+            .send()
+            .await
+            .map_err(|e| match e {
+                aws_sdk_kms::error::SdkError::ServiceError(_) => KeyError::Unwrap { key_id },
+                other => kms_error(other),
+            })?;
+        take_plaintext(out.plaintext.take())
+    }
+
+    async fn describe_key(&self) -> Result<KeyDescription, KeyError> {
+        Ok(KeyDescription { kek: self.arn().await?.to_string(), enabled: true })
     }
 }

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use coffer_agent::backup::{self, Source};
 use coffer_agent::client::ProxyClient;
 use coffer_agent::config::{AgentConfig, KeysConfig};
-use coffer_agent::keys::{KeyProvider, LocalProvider};
+use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_agent::restore;
 use coffer_proto::{RepoName, SnapshotId};
@@ -159,6 +159,7 @@ async fn connect(path: Option<PathBuf>, mfa_code: Option<String>) -> Result<Ctx,
     let config = AgentConfig::load(&path).map_err(usage)?;
     let provider: Arc<dyn KeyProvider> = match &config.keys {
         KeysConfig::Local { master_key } => Arc::new(LocalProvider::open(master_key).map_err(usage)?),
+        KeysConfig::Kms(kms) => Arc::new(KmsProvider::new(kms).await),
     };
     let client = ProxyClient::connect(&config).await?;
     let mfa_code = match mfa_code {

@@ -38,6 +38,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    pub aws: AwsConfig,
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
@@ -80,6 +82,8 @@ pub struct NetworkConfig {
 pub enum StoreConfig {
     /// The filesystem store (write-once files, lock files beside them).
     Fs { path: PathBuf },
+    /// S3 with Object Lock.
+    S3(crate::store::S3Config),
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,6 +91,31 @@ pub enum StoreConfig {
 pub enum KeysConfig {
     /// Key records must be wrapped by this local master key.
     Local { master_key: PathBuf },
+    /// Key records must be wrapped by AWS KMS keys that pass the checks.
+    Kms(crate::keycheck::KmsCheckConfig),
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Refuse public AWS endpoints: S3 and KMS endpoints must be configured
+    /// explicitly and be VPC endpoints (`*.vpce.amazonaws.com`) or private
+    /// hosts. An S3 gateway endpoint uses the regional name: allow it with
+    /// `s3_gateway_endpoint = true`.
+    pub require_private_endpoints: bool,
+    pub s3_gateway_endpoint: bool,
+}
+
+/// Whether an endpoint URL is acceptable when public endpoints are refused.
+pub fn private_endpoint(url: Option<&str>, gateway_ok: bool) -> Result<(), String> {
+    let url = url.ok_or("no endpoint is configured, so the SDK would use the public one")?;
+    let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("");
+    let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
+    if !aws || host.ends_with(".vpce.amazonaws.com") || (gateway_ok && host.starts_with("s3.")) {
+        Ok(())
+    } else {
+        Err(format!("{url} is a public AWS endpoint"))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -183,11 +212,11 @@ impl ProxyConfig {
                 *crl = base.join(&*crl);
             }
         }
-        match &mut cfg.store {
-            StoreConfig::Fs { path } => *path = base.join(&*path),
+        if let StoreConfig::Fs { path } = &mut cfg.store {
+            *path = base.join(&*path);
         }
-        match &mut cfg.keys {
-            KeysConfig::Local { master_key } => *master_key = base.join(&*master_key),
+        if let KeysConfig::Local { master_key } = &mut cfg.keys {
+            *master_key = base.join(&*master_key);
         }
         cfg.validate().map_err(err)?;
         Ok(cfg)
@@ -209,6 +238,16 @@ impl ProxyConfig {
         }
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
             return Err("limits: the timeouts must be positive".into());
+        }
+        if self.aws.require_private_endpoints {
+            if let StoreConfig::S3(s3) = &self.store {
+                private_endpoint(s3.endpoint.as_deref(), self.aws.s3_gateway_endpoint)
+                    .map_err(|e| format!("store.endpoint: {e} (aws.require_private_endpoints is on)"))?;
+            }
+            if let KeysConfig::Kms(kms) = &self.keys {
+                private_endpoint(kms.endpoint.as_deref(), false)
+                    .map_err(|e| format!("keys.endpoint: {e} (aws.require_private_endpoints is on)"))?;
+            }
         }
         self.policy()?;
         Ok(())
@@ -234,4 +273,21 @@ pub fn read_master_key(path: &Path) -> Result<LocalKek, String> {
     }
     let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("master key {shown}: {e}"))?);
     LocalKek::from_file_contents(&text).map_err(|e| format!("master key {shown}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::private_endpoint;
+
+    #[test]
+    fn private_endpoints() {
+        assert!(private_endpoint(None, false).is_err());
+        assert!(private_endpoint(Some("https://s3.eu-west-1.amazonaws.com"), false).is_err());
+        assert!(private_endpoint(Some("https://s3.eu-west-1.amazonaws.com"), true).is_ok());
+        assert!(private_endpoint(Some("https://kms.eu-west-1.amazonaws.com"), true).is_err());
+        assert!(private_endpoint(Some("https://bucket.vpce-0a1b.s3.eu-west-1.vpce.amazonaws.com"), false).is_ok());
+        assert!(private_endpoint(Some("https://vpce-0a1b.kms.eu-west-1.vpce.amazonaws.com"), false).is_ok());
+        assert!(private_endpoint(Some("http://127.0.0.1:5000"), false).is_ok());
+        assert!(private_endpoint(Some("https://minio.internal:9000/x"), false).is_ok());
+    }
 }

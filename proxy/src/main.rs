@@ -177,8 +177,12 @@ fn main() -> ExitCode {
     if let Some(addr) = listen {
         config.listen = addr;
     }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+    };
     if cli.check_config {
-        if let Err(e) = server::check(&config) {
+        if let Err(e) = runtime.block_on(server::check(&config)) {
             return fail(EXIT_USAGE, &e);
         }
         println!("{}: ok", path.display());
@@ -187,14 +191,9 @@ fn main() -> ExitCode {
         }
         return ExitCode::SUCCESS;
     }
-    let proxy = match server::build(&config, &path) {
+    let proxy = match runtime.block_on(server::build(&config, &path)) {
         Ok(p) => p,
         Err(e) => return fail(EXIT_USAGE, &e),
-    };
-
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
     };
     let ready = |addr: SocketAddr| match &dev_dir {
         Some(dir) => {
@@ -202,7 +201,11 @@ fn main() -> ExitCode {
                 tracing::error!("{e}");
             }
         }
-        None => tracing::info!("listening on {addr}"),
+        None => {
+            println!("coffer-proxy: listening on {addr}");
+            use std::io::Write as _;
+            let _ = std::io::stdout().flush();
+        }
     };
     match runtime.block_on(proxy.serve(ready, server::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,9 +19,9 @@ use crate::api::{self, App, Caller};
 use crate::audit::{AuditLog, AuditWriter, Draft, Outcome};
 use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
 use crate::identity::Identity;
-use crate::keycheck::LocalKeyChecker;
+use crate::keycheck::{KeyChecker, KmsKeyChecker, LocalKeyChecker};
 use crate::limit::{timeout_to_response, Activity, LimitLayer, Limiter};
-use crate::store::FsStore;
+use crate::store::{FsStore, ObjectStore, S3Store};
 use crate::trust::TrustDomains;
 
 /// Connections served at once; the permit is taken before `accept`.
@@ -74,37 +74,53 @@ pub struct Proxy {
     config_path: PathBuf,
 }
 
-/// Checks what `build` would open, without creating or starting anything:
-/// for `--check-config`.
-pub fn check(cfg: &ProxyConfig) -> Result<(), String> {
+fn writable(what: &str, p: &Path) -> Result<(), String> {
+    let existing = p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    if std::fs::metadata(existing).map(|m| m.permissions().readonly()).unwrap_or(true) {
+        return Err(format!("{what} {}: {} is not writable", p.display(), existing.display()));
+    }
+    Ok(())
+}
+
+async fn aws_sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, String> {
+    Ok(match &cfg.keys {
+        KeysConfig::Local { master_key } => Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?)),
+        KeysConfig::Kms(kms) => Arc::new(KmsKeyChecker::new(kms.clone(), &aws_sdk_config().await)),
+    })
+}
+
+/// Checks what `build` would open, without creating or starting anything
+/// (an S3 bucket is checked for Object Lock and versioning): for
+/// `--check-config`.
+pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
     Live::load(cfg)?;
-    match &cfg.keys {
-        KeysConfig::Local { master_key } => crate::config::read_master_key(master_key).map(drop)?,
+    key_checker(cfg).await?;
+    match &cfg.store {
+        StoreConfig::Fs { path } => writable("store", path)?,
+        StoreConfig::S3(s3) => drop(S3Store::connect(s3, &aws_sdk_config().await).await?),
     }
-    let StoreConfig::Fs { path } = &cfg.store;
-    for (what, p) in [("store", path.as_path()), ("audit log", cfg.audit.path.as_path())] {
-        let existing = p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
-        if std::fs::metadata(existing).map(|m| m.permissions().readonly()).unwrap_or(true) {
-            return Err(format!("{what} {}: {} is not writable", p.display(), existing.display()));
-        }
-    }
+    writable("audit log", &cfg.audit.path)?;
     cfg.policy()?;
     Ok(())
 }
 
-/// Builds the proxy from a validated config: opens the store, the audit
-/// log and the key checker, loads certificates. Errors name what to fix.
-/// `config_path` is read again on reload.
-pub fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
+/// Builds the proxy from a validated config: opens the store (an S3
+/// bucket must have Object Lock and versioning), the audit log and the key
+/// checker, loads certificates. Errors name what to fix. `config_path` is
+/// read again on reload.
+pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
     let live = Live::load(cfg)?;
-    let store = match &cfg.store {
+    let store: Arc<dyn ObjectStore> = match &cfg.store {
         StoreConfig::Fs { path } => {
             Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
         }
+        StoreConfig::S3(s3) => Arc::new(S3Store::connect(s3, &aws_sdk_config().await).await?),
     };
-    let checker = match &cfg.keys {
-        KeysConfig::Local { master_key } => Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?)),
-    };
+    let checker = key_checker(cfg).await?;
     let (audit, writer) = AuditLog::open(&cfg.audit.path, &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);

@@ -48,15 +48,24 @@ impl DevProxy {
 
     /// Starts a dev proxy with `COFFER_LOG` set to `log`.
     pub fn start_with_log(dir: &Path, log: &str) -> Self {
-        let mut child = Command::new(bin("coffer-proxy"))
-            .args(["dev", "--dir"])
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
-            .env("COFFER_LOG", log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn coffer-proxy");
+        let mut cmd = Command::new(bin("coffer-proxy"));
+        cmd.args(["dev", "--dir"]).arg(dir).args(["--listen", "127.0.0.1:0"]).env("COFFER_LOG", log);
+        Self::spawn(dir, cmd)
+    }
+
+    /// Starts `coffer-proxy --config CONFIG` (which must listen on port 0)
+    /// with extra environment; `dir` is where its certificates are.
+    pub fn start_config(dir: &Path, config: &Path, env: &[(&str, String)]) -> Self {
+        let mut cmd = Command::new(bin("coffer-proxy"));
+        cmd.arg("--config").arg(config).env("COFFER_LOG", "warn");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Self::spawn(dir, cmd)
+    }
+
+    fn spawn(dir: &Path, mut cmd: Command) -> Self {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn coffer-proxy");
         // Collect stderr as it comes, so the proxy never blocks on a full pipe.
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("piped");
@@ -76,7 +85,7 @@ impl DevProxy {
                 let _ = drain.join();
                 panic!("coffer-proxy exited before listening: {}", stderr.lock().unwrap());
             }
-            if let Some(addr) = line.trim().strip_prefix("coffer-proxy dev: listening on ") {
+            if let Some((_, addr)) = line.trim().split_once("listening on ") {
                 break addr.to_string();
             }
         };
@@ -291,4 +300,67 @@ pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// A moto server (the S3 and KMS emulator) on a free loopback port, killed
+/// on drop. Found through `COFFER_MOTO`, which the README's test command
+/// sets after installing moto into a virtual environment.
+pub struct Moto {
+    pub endpoint: String,
+    child: Child,
+}
+
+impl Moto {
+    pub fn start() -> Self {
+        let exe = std::env::var("COFFER_MOTO")
+            .ok()
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server"));
+        assert!(
+            exe.exists(),
+            "moto_server not found at {}: run the tests with tests/run.sh, which installs it",
+            exe.display()
+        );
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn moto_server");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "moto_server did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Self { endpoint: format!("http://127.0.0.1:{port}"), child }
+    }
+
+    /// Environment for processes that talk to it (static test credentials).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ]
+    }
+
+    /// SDK configuration for the test's own calls to the emulator.
+    pub async fn sdk(&self) -> aws_config::SdkConfig {
+        let creds = aws_sdk_s3::config::Credentials::new("testing", "testing", None, None, "coffer-tests");
+        aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .credentials_provider(creds)
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .load()
+            .await
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -25,6 +25,8 @@ pub struct FsStore {
 #[derive(Serialize, Deserialize)]
 struct Lock {
     retain_until: u64,
+    #[serde(default)]
+    legal_hold: bool,
 }
 
 fn io(key: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -83,23 +85,30 @@ impl FsStore {
         self.root.join("locks").join(key)
     }
 
-    fn read_lock(&self, key: &str) -> Result<Option<u64>, StoreError> {
+    fn read_lock(&self, key: &str) -> Result<Option<Lock>, StoreError> {
         match std::fs::read(self.lock(key)) {
-            Ok(b) => Ok(serde_json::from_slice::<Lock>(&b).ok().map(|l| l.retain_until)),
+            Ok(b) => Ok(serde_json::from_slice::<Lock>(&b).ok()),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(key)(e)),
         }
     }
 
-    fn write_lock(&self, key: &str, until: u64) -> Result<(), StoreError> {
-        let body = serde_json::to_vec(&Lock { retain_until: until }).expect("serialises");
+    fn write_lock(&self, key: &str, lock: &Lock) -> Result<(), StoreError> {
+        let body = serde_json::to_vec(lock).expect("serialises");
         write_atomic(&self.lock(key), &body, true).map_err(io(key))?;
         Ok(())
     }
 
     fn head_sync(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         match std::fs::metadata(self.object(key)) {
-            Ok(m) => Ok(Some(ObjectMeta { size: m.len(), retain_until: self.read_lock(key)? })),
+            Ok(m) => {
+                let lock = self.read_lock(key)?;
+                Ok(Some(ObjectMeta {
+                    size: m.len(),
+                    retain_until: lock.as_ref().map(|l| l.retain_until),
+                    legal_hold: lock.is_some_and(|l| l.legal_hold),
+                }))
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(key)(e)),
         }
@@ -117,7 +126,7 @@ impl ObjectStore for FsStore {
         blocking(move || {
             let outcome = write_atomic(&s.object(&key), &body, false).map_err(io(&key))?;
             if outcome == PutOutcome::Created {
-                s.write_lock(&key, retain_until)?;
+                s.write_lock(&key, &Lock { retain_until, legal_hold: false })?;
             }
             Ok(outcome)
         })
@@ -179,8 +188,19 @@ impl ObjectStore for FsStore {
                 Some(current) if current >= until => Ok(()),
                 // No lock file means locked forever: nothing to extend.
                 None => Ok(()),
-                Some(_) => s.write_lock(&key, until),
+                Some(_) => s.write_lock(&key, &Lock { retain_until: until, legal_hold: meta.legal_hold }),
             }
+        })
+        .await
+    }
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
+        let (s, key) = (self.clone(), key.to_string());
+        blocking(move || {
+            let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+            // An object without a lock file is locked forever; keep it so.
+            let retain_until = meta.retain_until.unwrap_or(u64::MAX);
+            s.write_lock(&key, &Lock { retain_until, legal_hold: on })
         })
         .await
     }
@@ -190,8 +210,9 @@ impl ObjectStore for FsStore {
         blocking(move || {
             let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             match meta.retain_until {
-                Some(until) if until <= now => {}
-                other => return Err(StoreError::Locked { key, until: other.unwrap_or(u64::MAX) }),
+                Some(until) if until <= now && !meta.legal_hold => {}
+                Some(until) if !meta.legal_hold => return Err(StoreError::Locked { key, until }),
+                _ => return Err(StoreError::Locked { key, until: u64::MAX }),
             }
             std::fs::remove_file(s.object(&key)).map_err(io(&key))?;
             let _ = std::fs::remove_file(s.lock(&key));
@@ -214,7 +235,10 @@ mod tests {
         assert_eq!(s.put_new(key, Bytes::from_static(b"two"), 1).await.unwrap(), PutOutcome::Exists);
         assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"one"));
         // The second put must not have touched the lock either.
-        assert_eq!(s.head(key).await.unwrap().unwrap(), ObjectMeta { size: 3, retain_until: Some(100) });
+        assert_eq!(
+            s.head(key).await.unwrap().unwrap(),
+            ObjectMeta { size: 3, retain_until: Some(100), legal_hold: false }
+        );
 
         assert!(matches!(s.delete(key, 99).await, Err(StoreError::Locked { until: 100, .. })));
         s.extend_retention(key, 50).await.unwrap();
@@ -222,6 +246,10 @@ mod tests {
         s.extend_retention(key, 200).await.unwrap();
         assert_eq!(s.head(key).await.unwrap().unwrap().retain_until, Some(200));
         assert!(s.delete(key, 150).await.is_err());
+        s.set_legal_hold(key, true).await.unwrap();
+        assert!(s.delete(key, 300).await.is_err(), "a held object outlives its lock");
+        assert_eq!(s.head(key).await.unwrap().unwrap().retain_until, Some(200), "a hold keeps the date");
+        s.set_legal_hold(key, false).await.unwrap();
         s.delete(key, 200).await.unwrap();
         assert!(s.get(key).await.unwrap().is_none());
 

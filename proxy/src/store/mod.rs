@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 mod fs;
+mod s3;
 pub use fs::FsStore;
+pub use s3::{S3Config, S3Store};
 
 /// Whether a write created the object or found it already there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +23,7 @@ pub struct ObjectMeta {
     pub size: u64,
     /// Unix seconds; `None` when unknown, which counts as locked forever.
     pub retain_until: Option<u64>,
+    pub legal_hold: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,13 +35,23 @@ pub enum StoreError {
     NotFound(String),
     #[error("store I/O on {key}: {source}")]
     Io { key: String, source: std::io::Error },
+    /// An object store service refused or failed (after the SDK's own retries).
+    #[error("object store, {key}: {message}")]
+    Backend { key: String, message: String, retryable: bool },
 }
 
 impl StoreError {
-    /// Whether trying again may succeed (S3 5xx, timeouts; not a lock).
+    /// Whether trying again may succeed: S3 5xx, SlowDown, timeouts and
+    /// connection failures are; locks, 403 and 404 are not.
     pub fn retryable(&self) -> bool {
-        matches!(self, StoreError::Io { source, .. } if matches!(source.kind(),
-            std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock))
+        match self {
+            StoreError::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ),
+            StoreError::Backend { retryable, .. } => *retryable,
+            StoreError::Locked { .. } | StoreError::NotFound(_) => false,
+        }
     }
 }
 
@@ -54,6 +67,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Moves the lock to `until` if that is later; never shortens it.
     async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError>;
+    /// Puts or lifts a legal hold: a held object cannot be deleted whatever
+    /// its retain-until.
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError>;
     /// Deletes an object whose lock has ended; refuses otherwise.
     async fn delete(&self, key: &str, now: u64) -> Result<(), StoreError>;
 }

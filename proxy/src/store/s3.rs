@@ -1,0 +1,328 @@
+//! The S3 store: every object written once with Object Lock.
+//!
+//! PutObject carries the lock mode and retain-until date and a CRC32C
+//! checksum, with `If-None-Match: *` so an existing object is never
+//! replaced (or, where the service lacks conditional writes, a HEAD
+//! first). Locks are extended with PutObjectRetention, never shortened:
+//! Coffer checks that itself, because not every S3 implementation refuses.
+//! At start the bucket must have Object Lock and versioning enabled.
+//!
+//! Transient failures (5xx, SlowDown, timeouts, connection errors) are
+//! retried by the SDK's standard retry strategy: exponential backoff with
+//! jitter, at most `MAX_ATTEMPTS` attempts.
+
+use async_trait::async_trait;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::{ByteStream, DateTime};
+use aws_sdk_s3::types::{
+    ChecksumAlgorithm, ObjectLockEnabled, ObjectLockLegalHold, ObjectLockLegalHoldStatus, ObjectLockMode,
+    ObjectLockRetention, ObjectLockRetentionMode,
+};
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+use serde::Deserialize;
+
+use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+
+/// Attempts per S3 call, the first included.
+pub const MAX_ATTEMPTS: u32 = 5;
+/// The marker object the start-up probe writes (in the reserved `admin/` tree).
+pub const STORE_CHECK: &str = "admin/store-check";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Nobody, not even the account root, can shorten or remove the lock.
+    #[default]
+    Compliance,
+    /// Users with s3:BypassGovernanceRetention can; for trials only.
+    Governance,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// Prepended to every key (e.g. `coffer/`).
+    #[serde(default)]
+    pub prefix: String,
+    /// The bucket's region (default: the SDK's region chain).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An explicit endpoint URL: a VPC interface endpoint, or an emulator.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), for endpoints that need it.
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub lock_mode: LockMode,
+    /// Use `If-None-Match: *` on PutObject (S3 supports it); otherwise HEAD first.
+    #[serde(default = "yes")]
+    pub conditional_writes: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone)]
+pub struct S3Store {
+    client: Client,
+    bucket: String,
+    prefix: String,
+    mode: LockMode,
+    conditional_writes: bool,
+}
+
+fn to_datetime(secs: u64) -> DateTime {
+    DateTime::from_secs(secs.min(i64::MAX as u64) as i64)
+}
+
+fn from_datetime(dt: &DateTime) -> u64 {
+    dt.secs().max(0) as u64
+}
+
+/// Maps an SDK failure to a store error with its retry class.
+fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+    key: &str,
+    e: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
+) -> StoreError {
+    let (message, retryable) = match &e {
+        SdkError::TimeoutError(_) => ("timed out".to_string(), true),
+        SdkError::DispatchFailure(d) => (format!("connection failed: {d:?}"), true),
+        SdkError::ResponseError(_) => ("unreadable response".to_string(), true),
+        SdkError::ServiceError(s) => {
+            let status = s.raw().status().as_u16();
+            let code = s.err().code().unwrap_or("unknown");
+            let retry = status >= 500 || matches!(code, "SlowDown" | "InternalError" | "RequestTimeout");
+            (format!("{status} {code}: {}", s.err().message().unwrap_or("")), retry)
+        }
+        other => (format!("{other:?}"), false),
+    };
+    StoreError::Backend { key: key.to_string(), message, retryable }
+}
+
+fn status_of<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
+}
+
+impl S3Store {
+    /// Builds the client and checks the bucket: Object Lock and versioning
+    /// must both be enabled, or the proxy refuses to start.
+    pub async fn connect(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, String> {
+        let mut b = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(cfg.path_style)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
+        if let Some(region) = &cfg.region {
+            b = b.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &cfg.endpoint {
+            b = b.endpoint_url(endpoint);
+        }
+        let client = Client::from_conf(b.build());
+        let bucket = &cfg.bucket;
+        let no_lock = || {
+            format!("bucket {bucket} does not have Object Lock enabled; Coffer refuses to write where objects could be deleted (create the bucket with Object Lock)")
+        };
+        let enabled = match client.get_object_lock_configuration().bucket(bucket).send().await {
+            Ok(lock) => lock.object_lock_configuration().and_then(|c| c.object_lock_enabled()).cloned(),
+            Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ObjectLockConfigurationNotFoundError") => {
+                None
+            }
+            Err(e) => {
+                return Err(format!(
+                    "bucket {bucket}: cannot read its Object Lock configuration: {}",
+                    classify(bucket, e)
+                ))
+            }
+        };
+        if enabled != Some(ObjectLockEnabled::Enabled) {
+            return Err(no_lock());
+        }
+        let store = Self {
+            client,
+            bucket: bucket.clone(),
+            prefix: cfg.prefix.clone(),
+            mode: cfg.lock_mode,
+            conditional_writes: cfg.conditional_writes,
+        };
+        store.probe().await?;
+        Ok(store)
+    }
+
+    /// Proves the bucket keeps what Coffer writes: a marker written through
+    /// the ordinary put path must come back with a version id (versioning
+    /// on) and a retain-until date (the lock was applied). This stands in for
+    /// GetBucketVersioning, whose answer some S3 implementations get wrong.
+    async fn probe(&self) -> Result<(), String> {
+        let key = STORE_CHECK;
+        let bucket = &self.bucket;
+        self.put_new(key, Bytes::from_static(b"coffer store check\n"), crate::unix_now() + 86_400)
+            .await
+            .map_err(|e| format!("bucket {bucket}: the test write failed: {e}"))?;
+        let head = self
+            .client
+            .head_object()
+            .bucket(bucket)
+            .key(self.full(key))
+            .send()
+            .await
+            .map_err(|e| format!("bucket {bucket}: reading back the test write: {}", classify(key, e)))?;
+        if head.version_id().is_none_or(|v| v.is_empty() || v == "null") {
+            return Err(format!("bucket {bucket} does not have versioning enabled"));
+        }
+        if head.object_lock_retain_until_date().is_none() {
+            return Err(format!("bucket {bucket} did not apply an Object Lock to a test write"));
+        }
+        Ok(())
+    }
+
+    fn full(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+
+    fn lock_mode(&self) -> ObjectLockMode {
+        match self.mode {
+            LockMode::Compliance => ObjectLockMode::Compliance,
+            LockMode::Governance => ObjectLockMode::Governance,
+        }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
+        if !self.conditional_writes && self.head(key).await?.is_some() {
+            return Ok(PutOutcome::Exists);
+        }
+        let mut put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .body(ByteStream::from(body))
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .object_lock_mode(self.lock_mode())
+            .object_lock_retain_until_date(to_datetime(retain_until));
+        if self.conditional_writes {
+            put = put.if_none_match("*");
+        }
+        match put.send().await {
+            Ok(_) => Ok(PutOutcome::Created),
+            // 412: the object exists; 409: a concurrent conditional write won.
+            Err(e) if matches!(status_of(&e), Some(412 | 409)) => Ok(PutOutcome::Exists),
+            Err(e) => Err(classify(key, e)),
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        match self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await {
+            Ok(out) => {
+                let data = out.body.collect().await.map_err(|e| StoreError::Backend {
+                    key: key.to_string(),
+                    message: format!("reading the body: {e}"),
+                    retryable: true,
+                })?;
+                Ok(Some(data.into_bytes()))
+            }
+            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
+            Err(e) => Err(classify(key, e)),
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        match self.client.head_object().bucket(&self.bucket).key(self.full(key)).send().await {
+            Ok(out) => Ok(Some(ObjectMeta {
+                size: out.content_length().unwrap_or(0).max(0) as u64,
+                retain_until: out.object_lock_retain_until_date().map(from_datetime),
+                legal_hold: out.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
+            })),
+            Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Ok(None),
+            Err(e) => Err(classify(key, e)),
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut pages =
+            self.client.list_objects_v2().bucket(&self.bucket).prefix(self.full(prefix)).into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(prefix, e))?;
+            for obj in page.contents() {
+                if let Some(k) = obj.key().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    out.push(k.to_string());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError> {
+        let meta = self.head(key).await?.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        // Never shorten, whatever the service would allow.
+        if meta.retain_until.is_none_or(|current| current >= until) {
+            return Ok(());
+        }
+        let mode = match self.mode {
+            LockMode::Compliance => ObjectLockRetentionMode::Compliance,
+            LockMode::Governance => ObjectLockRetentionMode::Governance,
+        };
+        let retention = ObjectLockRetention::builder().mode(mode).retain_until_date(to_datetime(until)).build();
+        self.client
+            .put_object_retention()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .retention(retention)
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
+        let status = if on { ObjectLockLegalHoldStatus::On } else { ObjectLockLegalHoldStatus::Off };
+        self.client
+            .put_object_legal_hold()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .legal_hold(ObjectLockLegalHold::builder().status(status).build())
+            .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str, now: u64) -> Result<(), StoreError> {
+        let meta = self.head(key).await?.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
+        match meta.retain_until {
+            Some(until) if until <= now && !meta.legal_hold => {}
+            Some(until) if !meta.legal_hold => return Err(StoreError::Locked { key: key.to_string(), until }),
+            _ => return Err(StoreError::Locked { key: key.to_string(), until: u64::MAX }),
+        }
+        // In a versioned bucket this deletes the version itself, not just
+        // hiding it behind a delete marker.
+        let version = self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?
+            .version_id()
+            .map(str::to_string);
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.full(key))
+            .set_version_id(version)
+            .send()
+            .await
+            .map_err(|e| classify(key, e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,370 @@
+//! The production back ends against the S3/KMS emulator (moto): Object
+//! Lock on every object, lock extension on dedup, KMS envelope keys, and
+//! the proxy's own checks on key state, allowlists, residency and rotation.
+
+use std::path::{Path, PathBuf};
+
+use aws_sdk_kms::types::{KeySpec, KeyUsageType};
+use aws_sdk_s3::types::{ObjectLockEnabled, ObjectLockMode};
+use coffer_tests::{coffer_with_env, random_bytes, text_bytes, DevProxy, Moto, Run};
+
+const BUCKET: &str = "coffer-backups";
+const DAY: u64 = 86_400;
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+struct Aws {
+    moto: Moto,
+    s3: aws_sdk_s3::Client,
+    kms: aws_sdk_kms::Client,
+}
+
+impl Aws {
+    async fn start() -> Self {
+        let moto = Moto::start();
+        let sdk = moto.sdk().await;
+        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build());
+        let kms = aws_sdk_kms::Client::new(&sdk);
+        Self { moto, s3, kms }
+    }
+
+    async fn bucket(&self, name: &str, object_lock: bool) {
+        self.s3.create_bucket().bucket(name).object_lock_enabled_for_bucket(object_lock).send().await.unwrap();
+    }
+
+    /// A symmetric ENCRYPT_DECRYPT key (moto leaves the usage empty unless
+    /// given), with rotation on unless told otherwise. Returns its ARN.
+    async fn key(&self, rotation: bool) -> String {
+        let key = self
+            .kms
+            .create_key()
+            .key_usage(KeyUsageType::EncryptDecrypt)
+            .key_spec(KeySpec::SymmetricDefault)
+            .send()
+            .await
+            .unwrap();
+        let meta = key.key_metadata().unwrap();
+        if rotation {
+            self.kms.enable_key_rotation().key_id(meta.key_id()).send().await.unwrap();
+        }
+        meta.arn().unwrap().to_string()
+    }
+
+    /// Disables a key (moto wants the bare key id here, not the ARN).
+    async fn disable(&self, arn: &str) {
+        let id = arn.rsplit('/').next().unwrap();
+        self.kms.disable_key().key_id(id).send().await.unwrap();
+    }
+
+    async fn head(&self, key: &str) -> aws_sdk_s3::operation::head_object::HeadObjectOutput {
+        self.s3.head_object().bucket(BUCKET).key(key).send().await.unwrap()
+    }
+
+    async fn keys(&self, prefix: &str) -> Vec<String> {
+        let out = self.s3.list_objects_v2().bucket(BUCKET).prefix(prefix).send().await.unwrap();
+        out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect()
+    }
+}
+
+/// Certificates from a stopped dev proxy, reused by an S3/KMS proxy.
+fn certificates() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    drop(DevProxy::start_in(dir.path()));
+    dir
+}
+
+fn proxy_config(dir: &Path, aws: &Aws, extra_keys: &str, retention: (u64, u64)) -> PathBuf {
+    let path = dir.join("s3.toml");
+    let e = &aws.moto.endpoint;
+    std::fs::write(
+        &path,
+        format!(
+            r#"proxy_id = "s3"
+listen = "127.0.0.1:0"
+[tls]
+cert = "proxy.pem"
+key = "proxy.key"
+[[trust_domains]]
+name = "dev"
+ca = "ca.pem"
+repos = ["dev/**"]
+[store]
+kind = "s3"
+bucket = "{BUCKET}"
+endpoint = "{e}"
+region = "us-east-1"
+path_style = true
+[keys]
+provider = "kms"
+endpoint = "{e}"
+region = "us-east-1"
+require_rotation = true
+{extra_keys}
+[audit]
+path = "audit/audit.jsonl"
+[retention]
+days = {}
+slack_days = {}
+[[rules]]
+name = "writer"
+trust_domain = "dev"
+identity = "spiffe://coffer.dev/writer"
+roles = ["writer"]
+repos = ["dev/**"]
+[[rules]]
+name = "reader"
+trust_domain = "dev"
+identity = "spiffe://coffer.dev/reader"
+roles = ["reader"]
+repos = ["dev/**"]
+"#,
+            retention.0, retention.1
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// An agent config for `who` using KMS key `kek`.
+fn agent_config(p: &DevProxy, aws: &Aws, who: &str, kek: &str) -> PathBuf {
+    let path = p.dir.join(format!("kms-{who}-{}.toml", blake3::hash(kek.as_bytes()).to_hex()));
+    std::fs::write(
+        &path,
+        format!(
+            "proxy = \"https://{}\"\nca = \"ca.pem\"\ncert = \"{who}.pem\"\nkey = \"{who}.key\"\n[keys]\nprovider = \"kms\"\nkey_id = \"{kek}\"\nregion = \"us-east-1\"\nendpoint = \"{}\"\n",
+            p.addr, aws.moto.endpoint
+        ),
+    )
+    .unwrap();
+    path
+}
+
+fn run(aws: &Aws, config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    let env: Vec<(&str, String)> = aws.moto.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    coffer_with_env(config, args, stdin, &env)
+}
+
+fn start_proxy(certs: &Path, config: &Path, aws: &Aws) -> DevProxy {
+    DevProxy::start_config(certs, config, &aws.moto.env())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_and_restore_through_s3_and_kms_with_object_lock() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, &format!("allowed_keys = [\"{kek}\"]"), (30, 7));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let (writer, reader) = (agent_config(&p, &aws, "writer", &kek), agent_config(&p, &aws, "reader", &kek));
+
+    run(&aws, &writer, &["init", "--repo", "dev/db"], None).ok();
+    let mut data = random_bytes("s3", 3 << 20);
+    data.extend_from_slice(&text_bytes(1, 3 << 20));
+    let id = run(&aws, &writer, &["backup", "--repo", "dev/db", "-"], Some(&data)).last_line();
+    let restored = run(&aws, &reader, &["restore", "--repo", "dev/db", &id], None);
+    restored.ok();
+    assert!(restored.stdout == data, "restore through S3 differs");
+    run(&aws, &reader, &["verify", "--repo", "dev/db"], None).ok();
+
+    // Every object is in the bucket, locked in COMPLIANCE mode until about
+    // now + retention + slack.
+    let chunks = aws.keys("dev/db/chunks/").await;
+    assert!(chunks.len() >= 4, "{chunks:?}");
+    for key in
+        chunks.iter().chain(aws.keys("dev/db/snapshots/").await.iter()).chain(aws.keys("dev/db/keys/").await.iter())
+    {
+        let head = aws.head(key).await;
+        assert_eq!(head.object_lock_mode(), Some(&ObjectLockMode::Compliance), "{key}");
+        let until = head.object_lock_retain_until_date().unwrap().secs() as u64;
+        assert!(until >= now() + 37 * DAY - 600 && until <= now() + 37 * DAY + 600, "{key}: {until}");
+    }
+    // The key record names the KMS key, and the wrapped blob is KMS's.
+    let record_key = &aws.keys("dev/db/keys/").await[0];
+    let record = aws.s3.get_object().bucket(BUCKET).key(record_key).send().await.unwrap();
+    let record = record.body.collect().await.unwrap().into_bytes();
+    assert!(String::from_utf8_lossy(&record).contains(&kek));
+
+    // A locked object cannot be deleted: not through Coffer's store...
+    let store = coffer_proxy::store::S3Store::connect(
+        &toml::from_str(&format!(
+            "bucket = \"{BUCKET}\"\nendpoint = \"{}\"\npath_style = true\nregion = \"us-east-1\"",
+            aws.moto.endpoint
+        ))
+        .unwrap(),
+        &aws.moto.sdk().await,
+    )
+    .await
+    .unwrap();
+    use coffer_proxy::store::ObjectStore as _;
+    let err = store.delete(&chunks[0], now()).await.unwrap_err();
+    assert!(matches!(err, coffer_proxy::store::StoreError::Locked { .. }), "{err}");
+    // ...nor by going around it, straight to the bucket's object version.
+    let version = aws.head(&chunks[0]).await.version_id().unwrap().to_string();
+    let raw = aws.s3.delete_object().bucket(BUCKET).key(&chunks[0]).version_id(version).send().await;
+    assert!(raw.is_err(), "the bucket itself must refuse to delete a locked version");
+    run(&aws, &reader, &["verify", "--repo", "dev/db"], None).ok();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dedup_commit_extends_old_locks_and_never_shortens() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    // First backup "long ago": retention of one day, no slack.
+    let config = proxy_config(certs.path(), &aws, "", (1, 0));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/old"], None).ok();
+    let data = random_bytes("old", 4 << 20);
+    run(&aws, &writer, &["backup", "--repo", "dev/old", "-"], Some(&data)).ok();
+    let chunks = aws.keys("dev/old/chunks/").await;
+    for key in &chunks {
+        let until = aws.head(key).await.object_lock_retain_until_date().unwrap().secs() as u64;
+        assert!(until <= now() + DAY + 60, "{key} locked until {until}");
+    }
+    drop(p);
+
+    // Today: retention 30 days + 7 slack; the same data deduplicates.
+    let config = proxy_config(certs.path(), &aws, "", (30, 7));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    let report = run(&aws, &writer, &["backup", "--repo", "dev/old", "--json", "-"], Some(&data)).json();
+    assert_eq!(report["bytes_new"], 0, "{report}");
+    for key in aws
+        .keys("dev/old/chunks/")
+        .await
+        .iter()
+        .chain(aws.keys("dev/old/keys/").await.iter())
+        .chain(aws.keys("dev/old/config").await.iter())
+    {
+        let until = aws.head(key).await.object_lock_retain_until_date().unwrap().secs() as u64;
+        assert!(until >= now() + 30 * DAY, "{key} must be locked at least as long as the new snapshot: {until}");
+    }
+    let first = aws.head(&chunks[0]).await.object_lock_retain_until_date().unwrap().secs() as u64;
+    drop(p);
+
+    // Back to a one-day policy: a new snapshot never shortens a lock.
+    let config = proxy_config(certs.path(), &aws, "", (1, 0));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["backup", "--repo", "dev/old", "-"], Some(&data)).ok();
+    let after = aws.head(&chunks[0]).await.object_lock_retain_until_date().unwrap().secs() as u64;
+    assert_eq!(after, first, "a lock must never be shortened");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kms_key_checks_refuse_bad_keys_with_a_clear_message() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let good = aws.key(true).await;
+    let disabled = aws.key(true).await;
+    aws.disable(&disabled).await;
+    let not_listed = aws.key(true).await;
+    let no_rotation = aws.key(false).await;
+    let certs = certificates();
+    let allowed = format!("allowed_keys = [\"{good}\", \"{disabled}\", \"{no_rotation}\"]");
+    let config = proxy_config(certs.path(), &aws, &allowed, (30, 7));
+    let p = start_proxy(certs.path(), &config, &aws);
+
+    for (kek, repo, needle) in [
+        (&disabled, "dev/disabled", "is not enabled"),
+        (&not_listed, "dev/unlisted", "is not allowed here"),
+        (&no_rotation, "dev/norotation", "rotation off"),
+    ] {
+        let writer = agent_config(&p, &aws, "writer", kek);
+        let run = run(&aws, &writer, &["init", "--repo", repo], None);
+        assert_eq!(run.code(), 1, "{repo}");
+        assert!(run.stderr.contains("key-refused") && run.stderr.contains(needle), "{repo}: {}", run.stderr);
+        p.wait_for_event(repo, |e| e["action"] == "put-config" && e["repo"] == repo && e["outcome"] == "denied");
+    }
+    assert!(aws.keys("dev/").await.is_empty(), "refused configs must not be stored");
+    let writer = agent_config(&p, &aws, "writer", &good);
+    run(&aws, &writer, &["init", "--repo", "dev/good"], None).ok();
+    drop(p);
+
+    // Data residency: keys here are in us-east-1; a policy for eu-west-1 refuses them.
+    let config = proxy_config(certs.path(), &aws, "allowed_regions = [\"eu-west-1\"]", (30, 7));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &good);
+    let run = run(&aws, &writer, &["init", "--repo", "dev/residency"], None);
+    assert!(run.stderr.contains("outside the allowed regions"), "{}", run.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_or_misbound_key_records_are_refused() {
+    use coffer_agent::client::ProxyClient;
+    use coffer_agent::config::AgentConfig;
+    use coffer_proto::keys::{EncryptionContext, KeyRecord, Purpose, KEY_RECORD_VERSION};
+    use coffer_proto::KeyId;
+
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, "", (30, 7));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/f"], None).ok();
+    run(&aws, &writer, &["init", "--repo", "dev/g"], None).ok();
+
+    let client = ProxyClient::connect(&AgentConfig::load(&writer).unwrap()).await.unwrap();
+    let repo: coffer_proto::RepoName = "dev/f".parse().unwrap();
+    let key_id = KeyId::random();
+    let forged = KeyRecord {
+        version: KEY_RECORD_VERSION,
+        key_id,
+        purpose: Purpose::Data,
+        kek: kek.clone(),
+        context: EncryptionContext::new(&repo, Purpose::Data, key_id),
+        wrapped: random_bytes("forged", 180),
+    };
+    let err = client.put_key(&repo, key_id, forged.encode()).await.unwrap_err();
+    assert!(err.to_string().contains("not made by"), "{err}");
+
+    // A genuine KMS blob, but made for another repository's context.
+    let other: coffer_proto::RepoName = "dev/g".parse().unwrap();
+    let ctx_g = EncryptionContext::new(&other, Purpose::Data, key_id);
+    let blob = aws
+        .kms
+        .generate_data_key()
+        .key_id(&kek)
+        .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
+        .set_encryption_context(Some(ctx_g.pairs().map(|(k, v)| (k.to_string(), v.to_string())).collect()))
+        .send()
+        .await
+        .unwrap()
+        .ciphertext_blob
+        .unwrap()
+        .into_inner();
+    let moved = KeyRecord { wrapped: blob, ..forged };
+    let err = client.put_key(&repo, key_id, moved.encode()).await.unwrap_err();
+    assert!(err.to_string().contains("not made by"), "a blob wrapped under another context must fail ReEncrypt: {err}");
+    assert!(aws.keys("dev/f/keys/").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bucket_without_object_lock_stops_the_proxy_from_starting() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, false).await;
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, "", (30, 7));
+    let out = std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .envs(aws.moto.env())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not have Object Lock enabled"), "{err}");
+    let lock = aws.s3.get_object_lock_configuration().bucket(BUCKET).send().await;
+    assert!(lock
+        .map(|l| l.object_lock_configuration().and_then(|c| c.object_lock_enabled().cloned())
+            != Some(ObjectLockEnabled::Enabled))
+        .unwrap_or(true));
+}
