@@ -202,6 +202,13 @@ async fn backup_and_restore_through_s3_and_kms_with_object_lock() {
     use coffer_proxy::store::ObjectStore as _;
     let err = store.delete(&chunks[0], now()).await.unwrap_err();
     assert!(matches!(err, coffer_proxy::store::StoreError::Locked { .. }), "{err}");
+    // A legal hold outlives any lock date, and reads back from the bucket.
+    store.set_legal_hold(&chunks[1], true).await.unwrap();
+    assert!(store.head(&chunks[1]).await.unwrap().unwrap().legal_hold);
+    let err = store.delete(&chunks[1], u64::MAX).await.unwrap_err();
+    assert!(matches!(err, coffer_proxy::store::StoreError::Locked { until: u64::MAX, .. }), "{err}");
+    store.set_legal_hold(&chunks[1], false).await.unwrap();
+    assert!(!store.head(&chunks[1]).await.unwrap().unwrap().legal_hold);
     // ...nor by going around it, straight to the bucket's object version.
     let version = aws.head(&chunks[0]).await.version_id().unwrap().to_string();
     let raw = aws.s3.delete_object().bucket(BUCKET).key(&chunks[0]).version_id(version).send().await;
