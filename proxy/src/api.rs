@@ -446,7 +446,7 @@ where
         (Action::Missing, Some(repo)) => missing(app, &repo, &body).await,
         (Action::PutChunk, Some(repo)) => put_chunk(app, &repo, obj.parse().map_err(invalid)?, body, digest).await,
         (Action::GetChunk, Some(repo)) => get(app, keys::chunk(&repo, &obj.parse().map_err(invalid)?)).await,
-        (Action::Commit, Some(repo)) => commit(app, &repo, &body).await,
+        (Action::Commit, Some(repo)) => commit(app, draft, &repo, &body).await,
         (Action::ListSnapshots, Some(repo)) => list_snapshots(app, &repo).await,
         (Action::GetSnapshot, Some(repo)) => get(app, keys::snapshot(&repo, &obj.parse().map_err(invalid)?)).await,
         (Action::AdminRevoke, _) => admin_revoke(app, identity, draft, &body).await,
@@ -496,7 +496,8 @@ async fn get(app: &App, key: String) -> Result<Reply, ApiError> {
 }
 
 impl App {
-    fn new_retain_until(&self) -> u64 {
+    /// The retain-until of an object written now.
+    pub fn new_retain_until(&self) -> u64 {
         crate::unix_now() + self.retention.0 + self.retention.1
     }
 
@@ -592,7 +593,7 @@ async fn put_chunk(
     Ok(Reply::stored(outcome))
 }
 
-async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
+async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
     let req = CommitRequest::decode(body).map_err(invalid)?;
     let header = envelope::parse_header(&req.root).map_err(invalid)?;
     if header.kind != Kind::SnapshotRoot {
@@ -634,11 +635,13 @@ async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiErr
         )));
     }
     let mut entries = Vec::with_capacity(present.len());
+    let mut extended = 0u64;
     for (id, meta) in present {
         let mut retain_until = meta.retain_until.unwrap_or(u64::MAX);
         if retain_until < required {
             app.store.extend_retention(&keys::chunk(repo, &id), until).await?;
             retain_until = until;
+            extended += 1;
         }
         entries.push(IndexEntry { id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until });
     }
@@ -651,10 +654,22 @@ async fn commit(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiErr
         if let Some(meta) = app.store.head(&key).await? {
             if meta.retain_until.is_some_and(|t| t < required) {
                 app.store.extend_retention(&key, until).await?;
+                extended += 1;
             }
         }
     }
 
+    if extended > 0 {
+        let event = Draft {
+            action: "extend-locks",
+            object: Some(req.snapshot.to_string()),
+            bytes: extended,
+            outcome: Some(Outcome::Ok),
+            reason: Some(format!("{extended} objects locked until {until} for this snapshot")),
+            ..draft.clone()
+        };
+        app.audit.record(event, true).await.map_err(|_| ApiError::Audit)?;
+    }
     let index =
         IndexSegment { snapshot: req.snapshot, committed: now, retain_until: until, stats: req.stats, chunks: entries };
     // A crash between these two writes leaves an index without a root: no

@@ -121,8 +121,47 @@ pub fn private_endpoint(url: Option<&str>, gateway_ok: bool) -> Result<(), Strin
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
-    /// The local audit log (JSON lines, hash-chained).
+    /// The live audit log (JSON lines, hash-chained); sealed segments go to
+    /// `sealed/` beside it.
     pub path: PathBuf,
+    /// Seal a segment after this many events...
+    #[serde(default = "default_segment_events")]
+    pub segment_events: u64,
+    /// ...or once its first event is this old.
+    #[serde(default = "default_segment_secs")]
+    pub segment_secs: u64,
+    /// Ed25519 key (PKCS#8, 0600) that signs seals; created on first start,
+    /// its public key written beside it as `.pub` (default: `signing.key`
+    /// beside the log).
+    #[serde(default)]
+    pub signing_key: Option<PathBuf>,
+    /// How often the live file is offered for sealing by age and sealed
+    /// segments are shipped to the store.
+    #[serde(default = "default_ship_secs")]
+    pub ship_secs: u64,
+}
+
+fn default_ship_secs() -> u64 {
+    10
+}
+
+fn default_segment_events() -> u64 {
+    crate::audit::DEFAULT_SEGMENT_EVENTS
+}
+fn default_segment_secs() -> u64 {
+    crate::audit::DEFAULT_SEGMENT_SECS
+}
+
+impl AuditConfig {
+    pub fn spool(&self) -> crate::audit::SpoolConfig {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
+        crate::audit::SpoolConfig {
+            path: self.path.clone(),
+            segment_events: self.segment_events.max(1),
+            segment_secs: self.segment_secs.max(1),
+            signing_key: self.signing_key.clone().unwrap_or_else(|| dir.join("signing.key")),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Copy)]
@@ -205,6 +244,9 @@ impl ProxyConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.audit.path, &mut cfg.admin.totp_file] {
             *p = base.join(&*p);
+        }
+        if let Some(k) = &mut cfg.audit.signing_key {
+            *k = base.join(&*k);
         }
         for d in &mut cfg.trust_domains {
             d.ca = base.join(&d.ca);

@@ -49,11 +49,44 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// The audit trail: verify it, or search it.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCmd,
+    },
     /// Admin operations: enrollment (local), and calls to a running proxy
     /// that need the admin role and a fresh TOTP code.
     Admin {
         #[command(subcommand)]
         command: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check every sealed segment and the live log from event 1; report the
+    /// first broken link (edited, deleted or reordered event, missing or
+    /// truncated segment, bad signature). Exits 0 if whole, 1 if broken.
+    Verify {
+        /// Verify the segments shipped to the object store instead of the
+        /// local spool.
+        #[arg(long)]
+        store: bool,
+        /// The audit public key, hex (default: the .pub beside the signing key).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Print matching events as JSON lines (for investigations and SIEMs).
+    Query {
+        #[arg(long)]
+        identity: Option<String>,
+        #[arg(long)]
+        repo: Option<String>,
+        #[arg(long)]
+        action: Option<String>,
+        /// Only events at or after this time (unix seconds).
+        #[arg(long)]
+        since: Option<u64>,
     },
 }
 
@@ -165,6 +198,7 @@ fn main() -> ExitCode {
         },
         Some(Cmd::Policy { command }) => return policy_command(cli.config, command),
         Some(Cmd::Admin { command }) => return admin_command(cli.config, command),
+        Some(Cmd::Audit { command }) => return audit_command(cli.config, command),
         None => match cli.config {
             Some(path) => (path, None, None),
             None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
@@ -293,5 +327,70 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(EXIT_FAILURE, &e.to_string()),
+    }
+}
+
+fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
+    use coffer_proxy::audit;
+    let Some(path) = config else {
+        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
+    };
+    let cfg = match ProxyConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+    };
+    let spool = cfg.audit.spool();
+    match command {
+        AuditCmd::Verify { store, public_key } => {
+            let key = match public_key.map(|k| hex::decode(k.trim()).map_err(|e| e.to_string())) {
+                Some(k) => k,
+                None => audit::public_key(&spool).map_err(|e| format!("the audit public key: {e} (pass --public-key)")),
+            };
+            let key = match key {
+                Ok(k) => k,
+                Err(e) => return fail(EXIT_USAGE, &e),
+            };
+            let trail = if store {
+                let runtime = tokio::runtime::Runtime::new().expect("runtime");
+                runtime.block_on(server::stored_audit(&cfg)).map(|segments| (segments, None))
+            } else {
+                audit::local_trail(&spool).map(|(s, live)| (s, Some(live))).map_err(|e| e.to_string())
+            };
+            let (segments, live) = match trail {
+                Ok(t) => t,
+                Err(e) => return fail(EXIT_FAILURE, &e),
+            };
+            match audit::verify(&segments, live.as_deref(), Some(&key)) {
+                Ok(r) => {
+                    println!(
+                        "audit trail ok: {} events (1 to {}) in {} sealed segments",
+                        r.events, r.last_seq, r.segments
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(brk) => {
+                    println!("{brk}");
+                    ExitCode::from(EXIT_FAILURE)
+                }
+            }
+        }
+        AuditCmd::Query { identity, repo, action, since } => {
+            let (segments, live) = match audit::local_trail(&spool) {
+                Ok(t) => t,
+                Err(e) => return fail(EXIT_FAILURE, &e.to_string()),
+            };
+            let lines = segments.iter().flat_map(|(_, text)| text.lines()).chain(live.lines());
+            for line in lines {
+                let Ok(e) = serde_json::from_str::<audit::Event>(line) else { continue };
+                let keep = identity.as_ref().is_none_or(|i| e.identity.as_ref() == Some(i))
+                    && repo.as_ref().is_none_or(|r| e.repo.as_ref() == Some(r))
+                    && action.as_ref().is_none_or(|a| &e.action == a)
+                    && since.is_none_or(|t| e.time_ms >= t.saturating_mul(1000));
+                if keep {
+                    println!("{line}");
+                }
+            }
+            ExitCode::SUCCESS
+        }
     }
 }

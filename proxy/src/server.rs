@@ -72,6 +72,9 @@ pub struct Proxy {
     writer: AuditWriter,
     listen: SocketAddr,
     config_path: PathBuf,
+    spool: crate::audit::SpoolConfig,
+    proxy_id: String,
+    ship_every: Duration,
 }
 
 fn writable(what: &str, p: &Path) -> Result<(), String> {
@@ -86,11 +89,33 @@ async fn aws_sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
+/// Opens the configured store; an S3 bucket is checked (Object Lock,
+/// versioning) on the way.
+async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    Ok(match &cfg.store {
+        StoreConfig::Fs { path } => {
+            Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
+        }
+        StoreConfig::S3(s3) => Arc::new(S3Store::connect(s3, &aws_sdk_config().await).await?),
+    })
+}
+
 async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, String> {
     Ok(match &cfg.keys {
         KeysConfig::Local { master_key } => Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?)),
         KeysConfig::Kms(kms) => Arc::new(KmsKeyChecker::new(kms.clone(), &aws_sdk_config().await)),
     })
+}
+
+/// The audit segments this proxy shipped to its store, in order.
+pub async fn stored_audit(cfg: &ProxyConfig) -> Result<Vec<(String, String)>, String> {
+    let store = open_store(cfg).await?;
+    let mut out = Vec::new();
+    for key in store.list(&crate::audit::ship::store_prefix(&cfg.proxy_id)).await.map_err(|e| e.to_string())? {
+        let body = store.get(&key).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{key} vanished"))?;
+        out.push((key, String::from_utf8_lossy(&body).into_owned()));
+    }
+    Ok(out)
 }
 
 /// Checks what `build` would open, without creating or starting anything
@@ -114,14 +139,9 @@ pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
 /// read again on reload.
 pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
     let live = Live::load(cfg)?;
-    let store: Arc<dyn ObjectStore> = match &cfg.store {
-        StoreConfig::Fs { path } => {
-            Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
-        }
-        StoreConfig::S3(s3) => Arc::new(S3Store::connect(s3, &aws_sdk_config().await).await?),
-    };
+    let store = open_store(cfg).await?;
     let checker = key_checker(cfg).await?;
-    let (audit, writer) = AuditLog::open(&cfg.audit.path, &cfg.proxy_id)
+    let (audit, writer) = AuditLog::open(&cfg.audit.spool(), &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let mfa = crate::mfa::MfaVerifier::new(cfg.admin.totp_file.clone());
@@ -149,6 +169,9 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         writer,
         listen: cfg.listen,
         config_path: config_path.to_path_buf(),
+        spool: cfg.audit.spool(),
+        proxy_id: cfg.proxy_id.clone(),
+        ship_every: Duration::from_secs(cfg.audit.ship_secs.max(1)),
     })
 }
 
@@ -166,6 +189,8 @@ impl Proxy {
         }
         let listener = TcpListener::bind(self.listen).await?;
         let mut hangup = signal(SignalKind::hangup())?;
+        let shipper =
+            tokio::spawn(ship_audit(self.app.clone(), self.spool.sealed_dir(), self.proxy_id.clone(), self.ship_every));
         ready(listener.local_addr()?);
         let (stop_tx, stop_rx) = watch::channel(false);
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -206,9 +231,17 @@ impl Proxy {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
         conns.shutdown().await;
-        drop(self.app);
-        let writer = self.writer;
+        shipper.abort();
+        let _ = shipper.await; // drops its handle on the app, and so on the log
+        let (app, writer) = (self.app, self.writer);
+        let store = app.store.clone();
+        let (retain, sealed, proxy_id) = (app.new_retain_until(), self.spool.sealed_dir(), self.proxy_id);
+        drop(app);
         tokio::task::spawn_blocking(move || writer.join()).await.ok();
+        // What was sealed last goes to the store too, if it can.
+        if let Err(e) = crate::audit::ship::ship_pending(&sealed, &*store, &proxy_id, retain).await {
+            tracing::warn!("audit segments left unshipped at shutdown: {e}");
+        }
         Ok(())
     }
 
@@ -235,6 +268,20 @@ impl Proxy {
         let draft = Draft { peer: by.into(), action: "reload", outcome: Some(outcome), reason, ..Default::default() };
         let _ = self.app.audit.record(draft, true).await;
         result
+    }
+}
+
+/// Seals by age and ships sealed segments, forever (aborted at shutdown).
+async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        app.audit.tick();
+        match crate::audit::ship::ship_pending(&sealed, &*app.store, &proxy_id, app.new_retain_until()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("shipped {n} audit segments"),
+            Err(e) => tracing::warn!("shipping audit segments failed (will retry): {e}"),
+        }
     }
 }
 

@@ -1,0 +1,113 @@
+use super::*;
+
+fn draft(action: &'static str) -> Draft {
+    Draft { identity: Some("w".into()), peer: "127.0.0.1:1".into(), action, ..Default::default() }
+}
+
+fn spool(dir: &Path, segment_events: u64) -> SpoolConfig {
+    SpoolConfig {
+        path: dir.join("audit.jsonl"),
+        segment_events,
+        segment_secs: 3600,
+        signing_key: dir.join("signing.key"),
+    }
+}
+
+fn record_all(cfg: &SpoolConfig, actions: &[&'static str]) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let (log, w) = AuditLog::open(cfg, "p1").unwrap();
+    for a in actions {
+        rt.block_on(log.record(draft(a), true)).unwrap();
+    }
+    drop(log);
+    w.join();
+}
+
+fn check(cfg: &SpoolConfig) -> Result<Report, ChainBreak> {
+    let segments = segment::read_local(&cfg.sealed_dir()).unwrap();
+    let live = std::fs::read_to_string(&cfg.path).unwrap_or_default();
+    let key = hex::decode(std::fs::read_to_string(cfg.signing_key.with_extension("pub")).unwrap().trim()).unwrap();
+    verify(&segments, Some(&live), Some(&key))
+}
+
+#[test]
+fn chain_seals_and_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = spool(dir.path(), 3);
+    record_all(&cfg, &["a", "b", "c", "d"]);
+    record_all(&cfg, &["e", "f", "g"]);
+    let report = check(&cfg).unwrap();
+    assert_eq!((report.events, report.segments, report.last_seq), (7, 2, 7));
+    assert_eq!(std::fs::read_to_string(&cfg.path).unwrap().lines().count(), 1, "event 7 is still live");
+}
+
+#[test]
+fn edits_deletions_reorders_and_truncation_are_named_by_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = spool(dir.path(), 1000);
+    record_all(&cfg, &["a", "b", "c", "d", "e"]);
+    let good = std::fs::read_to_string(&cfg.path).unwrap();
+    let lines: Vec<&str> = good.lines().collect();
+    let cases = [
+        ("edit", good.replacen("\"action\":\"c\"", "\"action\":\"x\"", 1), 3),
+        ("delete", [lines[0], lines[1], lines[3], lines[4]].join("\n") + "\n", 3),
+        ("reorder", [lines[0], lines[2], lines[1], lines[3], lines[4]].join("\n") + "\n", 3),
+    ];
+    for (what, text, seq) in cases {
+        std::fs::write(&cfg.path, text).unwrap();
+        let brk = check(&cfg).unwrap_err();
+        assert_eq!(brk.seq, seq, "{what}: {brk}");
+    }
+    std::fs::write(&cfg.path, &good).unwrap();
+    assert_eq!(check(&cfg).unwrap().events, 5);
+}
+
+#[test]
+fn sealed_segments_catch_rewrites_truncation_missing_segments_and_forged_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = spool(dir.path(), 2);
+    record_all(&cfg, &["a", "b", "c", "d", "e", "f"]);
+    let sealed = cfg.sealed_dir();
+    let names: Vec<String> = segment::read_local(&sealed).unwrap().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.len(), 3);
+    let second = sealed.join(&names[1]);
+    let good = std::fs::read_to_string(&second).unwrap();
+
+    // Truncated: the seal line cut off.
+    let no_seal: String = good.lines().take(2).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&second, no_seal).unwrap();
+    assert_eq!(check(&cfg).unwrap_err().seq, 3);
+
+    // Missing segment.
+    std::fs::remove_file(&second).unwrap();
+    let brk = check(&cfg).unwrap_err();
+    assert_eq!(brk.seq, 3, "{brk}");
+    assert!(brk.reason.contains("missing"), "{brk}");
+
+    // Bad signature: a seal signed by another key.
+    std::fs::write(&second, &good).unwrap();
+    let p = segment::parse(&good).unwrap();
+    let other = signing_key(&dir.path().join("other.key")).unwrap();
+    let resealed_dir = dir.path().join("reseal");
+    std::fs::create_dir_all(&resealed_dir).unwrap();
+    segment::write_sealed(&resealed_dir, &p.header, p.events_text, &other).unwrap();
+    let forged = std::fs::read_to_string(resealed_dir.join(&names[1])).unwrap();
+    std::fs::write(&second, forged).unwrap();
+    let brk = check(&cfg).unwrap_err();
+    assert!(brk.reason.contains("signature"), "{brk}");
+
+    std::fs::write(&second, &good).unwrap();
+    assert_eq!(check(&cfg).unwrap().events, 6);
+}
+
+#[test]
+fn torn_tail_is_cut_on_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = spool(dir.path(), 1000);
+    record_all(&cfg, &["put-key"]);
+    let mut f = OpenOptions::new().append(true).open(&cfg.path).unwrap();
+    f.write_all(b"{\"seq\":2,\"ti").unwrap();
+    drop(f);
+    record_all(&cfg, &["commit"]);
+    assert_eq!(check(&cfg).unwrap().events, 2);
+}
