@@ -50,6 +50,7 @@ pub struct App {
     revoked: RwLock<HashSet<(String, String)>>,
     /// Asks the server loop to reload the configuration file.
     reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Where admin revocations are stored, one object each.
@@ -79,6 +80,7 @@ impl App {
         commit_max_bytes: usize,
         mfa: MfaVerifier,
         reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Self {
         Self {
             policy: RwLock::new(Arc::new(policy)),
@@ -91,6 +93,7 @@ impl App {
             mfa,
             revoked: RwLock::default(),
             reload,
+            metrics,
         }
     }
 
@@ -340,6 +343,11 @@ where
     };
     // Only a change needs its event on disk before the answer.
     let mutating = mutating && result.is_ok();
+    if let Ok(reply) = &result {
+        if draft.action == Action::PutChunk.name() && reply.status == StatusCode::CREATED {
+            app.metrics.bytes_in.inc_by(draft.bytes);
+        }
+    }
     let (status, reply) = match result {
         Ok(reply) => {
             draft.outcome = Some(Outcome::Ok);
@@ -356,6 +364,18 @@ where
             (status, Err((code, e.to_string())))
         }
     };
+    let outcome = draft.outcome.unwrap_or(Outcome::Ok);
+    app.metrics
+        .requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            action: draft.action.to_string(),
+            outcome: outcome.as_str().to_string(),
+            trust_domain: draft.trust_domain.clone().unwrap_or_default(),
+        })
+        .inc();
+    if outcome == Outcome::Denied {
+        app.metrics.refused("denied");
+    }
     if app.audit.record(draft, mutating).await.is_err() && mutating {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &ApiError::Audit.to_string());
     }
@@ -679,6 +699,12 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
         PutOutcome::Created => {}
         PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot))),
     }
+    let m = &app.metrics;
+    let label = |kind: &str| crate::metrics::KindLabel { kind: kind.to_string() };
+    m.chunks.get_or_create(&label("new")).inc_by(req.stats.chunks_new);
+    m.chunks.get_or_create(&label("dedup")).inc_by(req.stats.chunks.saturating_sub(req.stats.chunks_new));
+    m.lock_extensions.inc_by(extended);
+    m.last_snapshot.get_or_create(&crate::metrics::RepoLabel { repo: repo.to_string() }).set(now as f64);
     let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
     Ok(Reply::json(StatusCode::CREATED, &info))
 }

@@ -40,6 +40,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub aws: AwsConfig,
     #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
@@ -93,6 +95,14 @@ pub enum KeysConfig {
     Local { master_key: PathBuf },
     /// Key records must be wrapped by AWS KMS keys that pass the checks.
     Kms(crate::keycheck::KmsCheckConfig),
+}
+
+#[derive(Debug, Deserialize, Clone, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where Prometheus scrapes `/metrics` (plain HTTP; keep it on a
+    /// management network). None: no metrics listener.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]

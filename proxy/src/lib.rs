@@ -17,6 +17,7 @@ pub mod dev;
 pub mod identity;
 pub mod keycheck;
 pub mod limit;
+pub mod metrics;
 pub mod mfa;
 pub mod policy;
 pub mod server;

@@ -101,13 +101,20 @@ pub struct LimitLayer {
     limiter: Arc<Limiter>,
     caller: Arc<Caller>,
     audit: AuditLog,
+    metrics: Arc<crate::metrics::Metrics>,
     activity: Arc<Activity>,
 }
 
 impl LimitLayer {
-    pub fn new(limiter: Arc<Limiter>, caller: Arc<Caller>, audit: AuditLog, activity: Arc<Activity>) -> Self {
+    pub fn new(
+        limiter: Arc<Limiter>,
+        caller: Arc<Caller>,
+        audit: AuditLog,
+        metrics: Arc<crate::metrics::Metrics>,
+        activity: Arc<Activity>,
+    ) -> Self {
         activity.now_ms();
-        Self { limiter, caller, audit, activity }
+        Self { limiter, caller, audit, metrics, activity }
     }
 }
 
@@ -175,6 +182,7 @@ where
                     ..Default::default()
                 };
                 let audit = l.audit.clone();
+                l.metrics.refused("limit");
                 Box::pin(async move {
                     let _ = audit.record(draft, false).await;
                     let mut resp = error_response(status, "limit", reason);

@@ -21,6 +21,7 @@ use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
 use crate::identity::Identity;
 use crate::keycheck::{KeyChecker, KmsKeyChecker, LocalKeyChecker};
 use crate::limit::{timeout_to_response, Activity, LimitLayer, Limiter};
+use crate::metrics::{TimedChecker, TimedStore};
 use crate::store::{FsStore, ObjectStore, S3Store};
 use crate::trust::TrustDomains;
 
@@ -75,6 +76,7 @@ pub struct Proxy {
     spool: crate::audit::SpoolConfig,
     proxy_id: String,
     ship_every: Duration,
+    metrics_listen: Option<SocketAddr>,
 }
 
 fn writable(what: &str, p: &Path) -> Result<(), String> {
@@ -139,8 +141,9 @@ pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
 /// read again on reload.
 pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
     let live = Live::load(cfg)?;
-    let store = open_store(cfg).await?;
-    let checker = key_checker(cfg).await?;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let store = Arc::new(TimedStore { inner: open_store(cfg).await?, metrics: metrics.clone() });
+    let checker = Arc::new(TimedChecker { inner: key_checker(cfg).await?, metrics: metrics.clone() });
     let (audit, writer) = AuditLog::open(&cfg.audit.spool(), &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
@@ -154,6 +157,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         cfg.limits.commit_max_bytes,
         mfa,
         reload_tx,
+        metrics,
     );
     let limits = ConnLimits {
         limiter: Arc::new(Limiter::new(cfg.limits)),
@@ -172,6 +176,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         spool: cfg.audit.spool(),
         proxy_id: cfg.proxy_id.clone(),
         ship_every: Duration::from_secs(cfg.audit.ship_secs.max(1)),
+        metrics_listen: cfg.metrics.listen,
     })
 }
 
@@ -189,6 +194,19 @@ impl Proxy {
         }
         let listener = TcpListener::bind(self.listen).await?;
         let mut hangup = signal(SignalKind::hangup())?;
+        let metrics_task = match self.metrics_listen {
+            Some(addr) => {
+                let listener = crate::metrics::bind(addr).await?;
+                tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+                let (app, sealed) = (self.app.clone(), self.spool.sealed_dir());
+                let refresh = Arc::new(move || {
+                    app.metrics.audit_backlog.set(app.audit.backlog() as i64);
+                    app.metrics.audit_unshipped.set(crate::audit::ship::unshipped(&sealed) as i64);
+                });
+                Some(tokio::spawn(crate::metrics::serve(listener, self.app.metrics.clone(), refresh)))
+            }
+            None => None,
+        };
         let shipper =
             tokio::spawn(ship_audit(self.app.clone(), self.spool.sealed_dir(), self.proxy_id.clone(), self.ship_every));
         ready(listener.local_addr()?);
@@ -233,6 +251,10 @@ impl Proxy {
         conns.shutdown().await;
         shipper.abort();
         let _ = shipper.await; // drops its handle on the app, and so on the log
+        if let Some(task) = metrics_task {
+            task.abort();
+            let _ = task.await;
+        }
         let (app, writer) = (self.app, self.writer);
         let store = app.store.clone();
         let (retain, sealed, proxy_id) = (app.new_retain_until(), self.spool.sealed_dir(), self.proxy_id);
@@ -286,6 +308,7 @@ async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Dur
 }
 
 async fn refuse(app: &App, peer: SocketAddr, action: &'static str, reason: String) {
+    app.metrics.refused(action);
     tracing::info!(%peer, "{action} refused: {reason}");
     let draft = Draft {
         peer: peer.to_string(),
@@ -338,7 +361,13 @@ async fn serve_connection(
     let audit = app.audit.clone();
     let handler_caller = caller.clone();
     let service = ServiceBuilder::new()
-        .layer(LimitLayer::new(limits.limiter.clone(), caller.clone(), audit.clone(), activity.clone()))
+        .layer(LimitLayer::new(
+            limits.limiter.clone(),
+            caller.clone(),
+            audit.clone(),
+            app.metrics.clone(),
+            activity.clone(),
+        ))
         .map_result(timeout_to_response(caller, audit))
         .timeout(limits.request_timeout)
         .service_fn(move |req| {

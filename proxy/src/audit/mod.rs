@@ -51,6 +51,19 @@ pub enum Outcome {
     Error,
 }
 
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Denied => "denied",
+            Outcome::Invalid => "invalid",
+            Outcome::NotFound => "not-found",
+            Outcome::Conflict => "conflict",
+            Outcome::Error => "error",
+        }
+    }
+}
+
 /// What a handler knows about an event; the log adds seq, time and chain.
 #[derive(Clone, Debug, Default)]
 pub struct Draft {
