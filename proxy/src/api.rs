@@ -14,7 +14,7 @@ use coffer_proto::api::{ErrorBody, SnapshotInfo, Whoami, DIGEST_HEADER};
 use coffer_proto::envelope::{self, Kind};
 use coffer_proto::keys::{KeyRecord, Purpose};
 use coffer_proto::repo::RepoConfig;
-use coffer_proto::snapshot::{decode_ids, encode_ids, CommitRequest, IndexEntry, IndexSegment};
+use coffer_proto::snapshot::{decode_ids, encode_ids, CommitRequest, IndexEntry, IndexSegment, SnapshotStats};
 use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId, ENVELOPE_MAX};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -51,6 +51,7 @@ pub struct App {
     /// Asks the server loop to reload the configuration file.
     reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub watch: Arc<crate::detect::Watch>,
 }
 
 /// Where admin revocations are stored, one object each.
@@ -81,6 +82,7 @@ impl App {
         mfa: MfaVerifier,
         reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
         metrics: Arc<crate::metrics::Metrics>,
+        watch: Arc<crate::detect::Watch>,
     ) -> Self {
         Self {
             policy: RwLock::new(Arc::new(policy)),
@@ -94,6 +96,7 @@ impl App {
             revoked: RwLock::default(),
             reload,
             metrics,
+            watch,
         }
     }
 
@@ -358,6 +361,7 @@ where
             let (status, code, outcome) = e.status();
             if let ApiError::Store(inner) = &e {
                 tracing::error!(action = draft.action, "store error: {inner}");
+                app.watch.store_error(&inner.to_string()).await;
             }
             draft.outcome = Some(outcome);
             draft.reason = Some(e.to_string());
@@ -375,6 +379,8 @@ where
         .inc();
     if outcome == Outcome::Denied {
         app.metrics.refused("denied");
+        let who = draft.identity.clone().unwrap_or_else(|| draft.peer.clone());
+        app.watch.denied(&who).await;
     }
     if app.audit.record(draft, mutating).await.is_err() && mutating {
         return error_response(StatusCode::SERVICE_UNAVAILABLE, "unavailable", &ApiError::Audit.to_string());
@@ -553,7 +559,27 @@ async fn check_key(app: &App, allowed: &Allowed, record: &KeyRecord, repo: &Repo
             record.kek, allowed.rule
         )));
     }
-    app.checker.check(record, repo).await.map_err(|e| ApiError::KeyRefused(e.to_string()))
+    match app.checker.check(record, repo).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if let crate::keycheck::KeyCheckError::KekUnusable(why) = &e {
+                let msg = format!("a key record was refused: key-encryption key {why}");
+                let dedup = Some((format!("kek:{}", record.kek), crate::detect::QUIET_SECS));
+                app.watch
+                    .alerts
+                    .raise(
+                        "kek",
+                        crate::alerts::Severity::High,
+                        Some(repo.to_string()),
+                        Some(record.kek.clone()),
+                        msg,
+                        dedup,
+                    )
+                    .await;
+            }
+            Err(ApiError::KeyRefused(e.to_string()))
+        }
+    }
 }
 
 async fn put_config(app: &App, allowed: &Allowed, repo: &RepoName, body: Bytes) -> Result<Reply, ApiError> {
@@ -705,8 +731,27 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
     m.chunks.get_or_create(&label("dedup")).inc_by(req.stats.chunks.saturating_sub(req.stats.chunks_new));
     m.lock_extensions.inc_by(extended);
     m.last_snapshot.get_or_create(&crate::metrics::RepoLabel { repo: repo.to_string() }).set(now as f64);
+    let history = repo_history(app, repo, req.snapshot).await.unwrap_or_default();
+    app.watch.committed(repo, &history, &req.stats, now).await;
     let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
     Ok(Reply::json(StatusCode::CREATED, &info))
+}
+
+/// The stats of a repository's committed snapshots, oldest first, except
+/// `skip` (the one being judged).
+async fn repo_history(app: &App, repo: &RepoName, skip: SnapshotId) -> Result<Vec<SnapshotStats>, ApiError> {
+    let prefix = format!("{repo}/snapshots/");
+    let mut out = Vec::new();
+    for key in app.store.list(&prefix).await? {
+        let Ok(id) = key[prefix.len()..].parse::<SnapshotId>() else { continue };
+        if id != skip {
+            if let Ok(info) = snapshot_info(app, repo, id).await {
+                out.push((info.committed, info.stats));
+            }
+        }
+    }
+    out.sort_by_key(|(t, _)| *t);
+    Ok(out.into_iter().map(|(_, s)| s).collect())
 }
 
 async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<SnapshotInfo, ApiError> {

@@ -42,6 +42,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
+    pub alerts: crate::detect::AlertsConfig,
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
@@ -163,6 +165,11 @@ fn default_segment_secs() -> u64 {
 }
 
 impl AuditConfig {
+    /// Where alerts wait for the webhook: `alerts/` beside the audit log.
+    pub fn alert_spool(&self) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join("alerts")
+    }
+
     pub fn spool(&self) -> crate::audit::SpoolConfig {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         crate::audit::SpoolConfig {
@@ -257,6 +264,9 @@ impl ProxyConfig {
         }
         if let Some(k) = &mut cfg.audit.signing_key {
             *k = base.join(&*k);
+        }
+        if let Some(ca) = cfg.alerts.webhook.as_mut().and_then(|h| h.ca.as_mut()) {
+            *ca = base.join(&*ca);
         }
         for d in &mut cfg.trust_domains {
             d.ca = base.join(&d.ca);

@@ -10,9 +10,11 @@
 //! `main.rs` only parses arguments and calls [`config::ProxyConfig::load`],
 //! then [`server::run`]; [`dev`] prepares the embedded default.
 
+pub mod alerts;
 pub mod api;
 pub mod audit;
 pub mod config;
+pub mod detect;
 pub mod dev;
 pub mod identity;
 pub mod keycheck;

@@ -49,6 +49,12 @@ enum Cmd {
         #[command(subcommand)]
         command: PolicyCmd,
     },
+    /// Alerts: send a test alert to the configured webhook, and say whether
+    /// it took it.
+    Alerts {
+        #[command(subcommand)]
+        command: AlertsCmd,
+    },
     /// The audit trail: verify it, or search it.
     Audit {
         #[command(subcommand)]
@@ -60,6 +66,12 @@ enum Cmd {
         #[command(subcommand)]
         command: AdminCmd,
     },
+}
+
+#[derive(Subcommand)]
+enum AlertsCmd {
+    /// POST a test alert to alerts.webhook now (not through the spool).
+    Test,
 }
 
 #[derive(Subcommand)]
@@ -199,6 +211,7 @@ fn main() -> ExitCode {
         Some(Cmd::Policy { command }) => return policy_command(cli.config, command),
         Some(Cmd::Admin { command }) => return admin_command(cli.config, command),
         Some(Cmd::Audit { command }) => return audit_command(cli.config, command),
+        Some(Cmd::Alerts { command: AlertsCmd::Test }) => return alerts_test(cli.config),
         None => match cli.config {
             Some(path) => (path, None, None),
             None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
@@ -392,5 +405,36 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+    }
+}
+
+fn alerts_test(config: Option<PathBuf>) -> ExitCode {
+    let Some(path) = config else {
+        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
+    };
+    let cfg = match ProxyConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+    };
+    let Some(hook) = cfg.alerts.webhook else {
+        return fail(EXIT_USAGE, "no alerts.webhook is configured");
+    };
+    let alert = coffer_proxy::alerts::Alert {
+        id: "test".into(),
+        kind: "test".into(),
+        severity: coffer_proxy::alerts::Severity::Info,
+        time: coffer_proxy::unix_now(),
+        proxy: cfg.proxy_id.clone(),
+        repo: None,
+        subject: None,
+        message: "a test alert from coffer-proxy alerts test".into(),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    match runtime.block_on(coffer_proxy::alerts::post(&hook, &alert)) {
+        Ok(()) => {
+            println!("test alert delivered to {}", hook.url);
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(EXIT_FAILURE, &format!("test alert not delivered to {}: {e}", hook.url)),
     }
 }

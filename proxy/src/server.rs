@@ -15,6 +15,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 
+use crate::alerts::Severity;
 use crate::api::{self, App, Caller};
 use crate::audit::{AuditLog, AuditWriter, Draft, Outcome};
 use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
@@ -75,6 +76,7 @@ pub struct Proxy {
     config_path: PathBuf,
     spool: crate::audit::SpoolConfig,
     proxy_id: String,
+    webhook: Option<crate::alerts::WebhookConfig>,
     ship_every: Duration,
     metrics_listen: Option<SocketAddr>,
 }
@@ -147,6 +149,11 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
     let (audit, writer) = AuditLog::open(&cfg.audit.spool(), &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let alerts = Arc::new(
+        crate::alerts::Alerts::new(cfg.audit.alert_spool(), &cfg.proxy_id, audit.clone(), metrics.clone())
+            .map_err(|e| format!("alert spool {}: {e}", cfg.audit.alert_spool().display()))?,
+    );
+    let watch = Arc::new(crate::detect::Watch::new(alerts, &cfg.alerts)?);
     let mfa = crate::mfa::MfaVerifier::new(cfg.admin.totp_file.clone());
     let app = App::new(
         cfg.policy()?,
@@ -157,7 +164,8 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         cfg.limits.commit_max_bytes,
         mfa,
         reload_tx,
-        metrics,
+        metrics.clone(),
+        watch,
     );
     let limits = ConnLimits {
         limiter: Arc::new(Limiter::new(cfg.limits)),
@@ -175,6 +183,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         config_path: config_path.to_path_buf(),
         spool: cfg.audit.spool(),
         proxy_id: cfg.proxy_id.clone(),
+        webhook: cfg.alerts.webhook.clone(),
         ship_every: Duration::from_secs(cfg.audit.ship_secs.max(1)),
         metrics_listen: cfg.metrics.listen,
     })
@@ -207,6 +216,11 @@ impl Proxy {
             }
             None => None,
         };
+        let watchers = [
+            tokio::spawn(crate::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
+            tokio::spawn(watch_overdue(self.app.clone())),
+        ];
+        check_audit_chain(&self.app, &self.spool).await;
         let shipper =
             tokio::spawn(ship_audit(self.app.clone(), self.spool.sealed_dir(), self.proxy_id.clone(), self.ship_every));
         ready(listener.local_addr()?);
@@ -251,6 +265,10 @@ impl Proxy {
         conns.shutdown().await;
         shipper.abort();
         let _ = shipper.await; // drops its handle on the app, and so on the log
+        for task in watchers {
+            task.abort();
+            let _ = task.await;
+        }
         if let Some(task) = metrics_task {
             task.abort();
             let _ = task.await;
@@ -284,12 +302,53 @@ impl Proxy {
             Err(e) => {
                 tracing::error!("reload refused, keeping the running configuration: {e}");
                 let reason = format!("reload refused, running configuration kept: {e}");
+                self.app.watch.alerts.raise("reload", Severity::High, None, None, reason.clone(), None).await;
                 (Outcome::Invalid, Some(reason.clone()), Err(reason))
             }
         };
         let draft = Draft { peer: by.into(), action: "reload", outcome: Some(outcome), reason, ..Default::default() };
         let _ = self.app.audit.record(draft, true).await;
         result
+    }
+}
+
+/// At start: is the local audit chain whole? If not, an alert (and the
+/// proxy keeps serving: the evidence is kept as it is).
+async fn check_audit_chain(app: &App, spool: &crate::audit::SpoolConfig) {
+    let verdict = crate::audit::local_trail(spool).map_err(|e| e.to_string()).and_then(|(segments, live)| {
+        let key = crate::audit::public_key(spool).ok();
+        crate::audit::verify(&segments, Some(&live), key.as_deref()).map_err(|b| b.to_string())
+    });
+    if let Err(e) = verdict {
+        app.watch.alerts.raise("audit-chain", Severity::Critical, None, None, e, None).await;
+    }
+}
+
+/// Checks RPOs every `check_secs`, after learning each repository's last
+/// commit from its index segments.
+async fn watch_overdue(app: Arc<App>) {
+    if !app.watch.has_rpo() {
+        return;
+    }
+    match app.store.list("").await {
+        Ok(keys) => {
+            for key in keys.iter().filter(|k| k.contains("/index/")) {
+                let Some((repo, id)) = key.split_once("/index/") else { continue };
+                let (Ok(repo), Ok(bytes)) = (repo.parse::<coffer_proto::RepoName>(), app.store.get(key).await) else {
+                    continue;
+                };
+                let index = bytes.and_then(|b| coffer_proto::snapshot::IndexSegment::decode(&b).ok());
+                if let Some(index) = index.filter(|i| i.snapshot.to_string() == id) {
+                    app.watch.seen(repo, index.committed);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("cannot learn the repositories' last snapshots: {e}"),
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(app.watch.check_secs));
+    loop {
+        tick.tick().await;
+        app.watch.check_overdue(crate::unix_now()).await;
     }
 }
 
@@ -309,6 +368,9 @@ async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Dur
 
 async fn refuse(app: &App, peer: SocketAddr, action: &'static str, reason: String) {
     app.metrics.refused(action);
+    if action == "handshake" {
+        app.watch.handshake_failed(peer.ip()).await;
+    }
     tracing::info!(%peer, "{action} refused: {reason}");
     let draft = Draft {
         peer: peer.to_string(),

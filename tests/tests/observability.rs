@@ -54,3 +54,99 @@ fn prometheus_metrics_count_what_happened() {
     assert!(text.contains("coffer_audit_backlog"), "{text}");
     assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));
 }
+
+use coffer_tests::{text_bytes, Webhook};
+
+fn alert_events(p: &DevProxy, kind: &str) -> Vec<serde_json::Value> {
+    p.audit_events()
+        .into_iter()
+        .filter(|e| e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with(&format!("{kind}:"))))
+        .collect()
+}
+
+#[test]
+fn a_ransomware_run_raises_the_alert_and_normal_nights_do_not() {
+    let hook = Webhook::start(0);
+    let p = reconfigured(
+        DevProxy::start(),
+        &format!("[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{}/coffer\" }}", hook.port),
+    );
+    coffer(&p.writer(), &["init", "--repo", "dev/pg"], None).ok();
+    let mut dump = text_bytes(7, 8 << 20);
+    coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&dump)).ok();
+    for night in 0..3 {
+        // A nightly change: some rows differ.
+        let at = (1 + night) * (2 << 20);
+        dump[at..at + 3000].copy_from_slice(&text_bytes(1000 + night as u64, 3000));
+        coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&dump)).ok();
+    }
+    assert!(
+        alert_events(&p, "ransomware").is_empty() && alert_events(&p, "anomalous-snapshot").is_empty(),
+        "{}",
+        p.audit_log()
+    );
+
+    // Then the same size of random bytes: the database was encrypted.
+    coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&random_bytes("ransom", dump.len()))).ok();
+    let alert = hook.wait_for("ransomware", 15);
+    assert_eq!(alert["repo"], "dev/pg");
+    assert_eq!(alert["severity"], "critical");
+    assert_eq!(alert_events(&p, "ransomware").len(), 1);
+}
+
+#[test]
+fn an_overdue_repo_alerts_once_and_a_down_webhook_gets_it_when_back() {
+    let port = free_port(); // nothing listens here yet
+    let config = format!(
+        "[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{port}/hook\" }}\ncheck_secs = 1\n[[alerts.rpo]]\nrepos = \"dev/**\"\nsecs = 1"
+    );
+    let p = reconfigured(DevProxy::start(), &config);
+    coffer(&p.writer(), &["init", "--repo", "dev/late"], None).ok();
+    coffer(&p.writer(), &["backup", "--repo", "dev/late", "-"], Some(b"tonight's dump")).ok();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let raised = alert_events(&p, "overdue");
+    assert_eq!(raised.len(), 1, "overdue must alert once, not every check: {raised:?}");
+    let id = raised[0]["object"].as_str().unwrap().trim_start_matches("overdue:").to_string();
+
+    // The proxy restarts while the webhook is still down: the alert is spooled.
+    let dir = p.dir.clone();
+    let tmp = p.into_tempdir();
+    let spooled = std::fs::read_dir(dir.join("audit/alerts")).unwrap().count();
+    assert!(spooled >= 1, "the undelivered alert must be on disk");
+    let p = DevProxy::start_in(&dir).holding(tmp);
+    let hook = Webhook::start(port);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !hook.received.lock().unwrap().iter().any(|a| a["id"] == id.as_str()) {
+        assert!(std::time::Instant::now() < deadline, "the spooled alert never arrived: {:?}", hook.kinds());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    drop(p);
+}
+
+#[test]
+fn alerts_test_command_reports_delivery() {
+    let hook = Webhook::start(0);
+    let p = reconfigured(
+        DevProxy::start(),
+        &format!("[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{}/\" }}", hook.port),
+    );
+    let run = |cfg: &std::path::Path| {
+        std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+            .arg("--config")
+            .arg(cfg)
+            .args(["alerts", "test"])
+            .output()
+            .unwrap()
+    };
+    let ok = run(&p.dir.join("proxy.toml"));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert_eq!(hook.wait_for("test", 5)["severity"], "info");
+
+    let path = p.dir.join("proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap().replace(&hook.port.to_string(), &free_port().to_string());
+    let down = p.dir.join("down.toml");
+    std::fs::write(&down, text).unwrap();
+    let failed = run(&down);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("not delivered"));
+}
