@@ -625,7 +625,8 @@ async fn put_chunk(
     digest: Option<String>,
 ) -> Result<Reply, ApiError> {
     let digest = digest.ok_or_else(|| invalid(format!("missing {DIGEST_HEADER} header")))?;
-    if blake3::hash(&body).to_hex().as_str() != digest {
+    let hash = blake3::hash(&body);
+    if hash.to_hex().as_str() != digest {
         return Err(invalid("the body does not match its digest header (corrupted in transit?)"));
     }
     let header = envelope::parse_header(&body).map_err(invalid)?;
@@ -635,7 +636,7 @@ async fn put_chunk(
     if !app.key_exists(repo, header.key_id).await? {
         return Err(ApiError::Conflict(format!("key {} is not stored in {repo}: PUT it first", header.key_id)));
     }
-    let outcome = app.store.put_new(&keys::chunk(repo, &id), body, app.new_retain_until()).await?;
+    let outcome = app.store.put_object(&keys::chunk(repo, &id), body, app.new_retain_until(), *hash.as_bytes()).await?;
     Ok(Reply::stored(outcome))
 }
 

@@ -44,6 +44,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub alerts: crate::detect::AlertsConfig,
     #[serde(default)]
+    pub scrub: crate::scrub::ScrubConfig,
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,

@@ -22,6 +22,7 @@ pub mod limit;
 pub mod metrics;
 pub mod mfa;
 pub mod policy;
+pub mod scrub;
 pub mod server;
 pub mod store;
 mod tls;

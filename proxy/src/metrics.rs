@@ -131,9 +131,15 @@ impl TimedStore {
 
 #[async_trait]
 impl ObjectStore for TimedStore {
-    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        retain_until: u64,
+        digest: [u8; 32],
+    ) -> Result<PutOutcome, StoreError> {
         let t = Instant::now();
-        let r = self.inner.put_new(key, body, retain_until).await;
+        let r = self.inner.put_object(key, body, retain_until, digest).await;
         self.observe("put", t, &r);
         r
     }

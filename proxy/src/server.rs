@@ -77,6 +77,7 @@ pub struct Proxy {
     spool: crate::audit::SpoolConfig,
     proxy_id: String,
     webhook: Option<crate::alerts::WebhookConfig>,
+    scrub: crate::scrub::ScrubConfig,
     ship_every: Duration,
     metrics_listen: Option<SocketAddr>,
 }
@@ -184,6 +185,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         spool: cfg.audit.spool(),
         proxy_id: cfg.proxy_id.clone(),
         webhook: cfg.alerts.webhook.clone(),
+        scrub: cfg.scrub,
         ship_every: Duration::from_secs(cfg.audit.ship_secs.max(1)),
         metrics_listen: cfg.metrics.listen,
     })
@@ -219,6 +221,7 @@ impl Proxy {
         let watchers = [
             tokio::spawn(crate::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
             tokio::spawn(watch_overdue(self.app.clone())),
+            tokio::spawn(crate::scrub::scrub_loop(self.app.clone(), self.scrub)),
         ];
         check_audit_chain(&self.app, &self.spool).await;
         let shipper =

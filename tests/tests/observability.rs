@@ -150,3 +150,43 @@ fn alerts_test_command_reports_delivery() {
     assert_eq!(failed.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&failed.stderr).contains("not delivered"));
 }
+
+#[test]
+fn scrub_finds_a_corrupted_and_a_missing_object() {
+    let hook = Webhook::start(0);
+    let p = reconfigured(
+        DevProxy::start(),
+        &format!(
+            "[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{}/\" }}\n[scrub]\nobjects_per_run = 1000\ninterval_secs = 1",
+            hook.port
+        ),
+    );
+    coffer(&p.writer(), &["init", "--repo", "dev/s"], None).ok();
+    let id =
+        coffer(&p.writer(), &["backup", "--repo", "dev/s", "-"], Some(&random_bytes("scrub", 4 << 20))).last_line();
+    let chunks = p.stored("dev/s/chunks");
+    assert!(chunks.len() >= 3);
+    let mut bytes = std::fs::read(&chunks[0]).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&chunks[0], bytes).unwrap();
+    std::fs::remove_file(&chunks[1]).unwrap();
+
+    let name = |p: &std::path::Path| p.file_name().unwrap().to_string_lossy().into_owned();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let got = hook.received.lock().unwrap().clone();
+        let about = |chunk: &str, problem: &str| {
+            got.iter().any(|a| {
+                let m = a["message"].as_str().unwrap_or("");
+                a["kind"] == "scrub" && m.contains(chunk) && m.contains(problem) && m.contains(&id)
+            })
+        };
+        if about(&name(&chunks[0]), "does not match") && about(&name(&chunks[1]), "is missing") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "scrub alerts missing: {got:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(p.audit_log().contains("\"action\":\"scrub\""));
+}

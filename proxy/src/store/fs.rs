@@ -27,6 +27,15 @@ struct Lock {
     retain_until: u64,
     #[serde(default)]
     legal_hold: bool,
+    /// BLAKE3 of the object as written, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    blake3: Option<String>,
+}
+
+fn digest_of(lock: Option<&Lock>) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(lock?.blake3.as_ref()?, &mut out).ok()?;
+    Some(out)
 }
 
 fn io(key: &str) -> impl Fn(std::io::Error) -> StoreError + '_ {
@@ -106,7 +115,8 @@ impl FsStore {
                 Ok(Some(ObjectMeta {
                     size: m.len(),
                     retain_until: lock.as_ref().map(|l| l.retain_until),
-                    legal_hold: lock.is_some_and(|l| l.legal_hold),
+                    legal_hold: lock.as_ref().is_some_and(|l| l.legal_hold),
+                    digest: digest_of(lock.as_ref()),
                 }))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -121,12 +131,19 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 #[async_trait]
 impl ObjectStore for FsStore {
-    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        retain_until: u64,
+        digest: [u8; 32],
+    ) -> Result<PutOutcome, StoreError> {
         let (s, key) = (self.clone(), key.to_string());
         blocking(move || {
             let outcome = write_atomic(&s.object(&key), &body, false).map_err(io(&key))?;
             if outcome == PutOutcome::Created {
-                s.write_lock(&key, &Lock { retain_until, legal_hold: false })?;
+                let lock = Lock { retain_until, legal_hold: false, blake3: Some(hex::encode(digest)) };
+                s.write_lock(&key, &lock)?;
             }
             Ok(outcome)
         })
@@ -188,7 +205,10 @@ impl ObjectStore for FsStore {
                 Some(current) if current >= until => Ok(()),
                 // No lock file means locked forever: nothing to extend.
                 None => Ok(()),
-                Some(_) => s.write_lock(&key, &Lock { retain_until: until, legal_hold: meta.legal_hold }),
+                Some(_) => {
+                    let blake3 = meta.digest.map(hex::encode);
+                    s.write_lock(&key, &Lock { retain_until: until, legal_hold: meta.legal_hold, blake3 })
+                }
             }
         })
         .await
@@ -200,7 +220,7 @@ impl ObjectStore for FsStore {
             let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             // An object without a lock file is locked forever; keep it so.
             let retain_until = meta.retain_until.unwrap_or(u64::MAX);
-            s.write_lock(&key, &Lock { retain_until, legal_hold: on })
+            s.write_lock(&key, &Lock { retain_until, legal_hold: on, blake3: meta.digest.map(hex::encode) })
         })
         .await
     }
@@ -237,7 +257,12 @@ mod tests {
         // The second put must not have touched the lock either.
         assert_eq!(
             s.head(key).await.unwrap().unwrap(),
-            ObjectMeta { size: 3, retain_until: Some(100), legal_hold: false }
+            ObjectMeta {
+                size: 3,
+                retain_until: Some(100),
+                legal_hold: false,
+                digest: Some(*blake3::hash(b"one").as_bytes())
+            }
         );
 
         assert!(matches!(s.delete(key, 99).await, Err(StoreError::Locked { until: 100, .. })));

@@ -24,6 +24,8 @@ pub struct ObjectMeta {
     /// Unix seconds; `None` when unknown, which counts as locked forever.
     pub retain_until: Option<u64>,
     pub legal_hold: bool,
+    /// BLAKE3 of the bytes, as recorded when they were written (for scrub).
+    pub digest: Option<[u8; 32]>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +61,21 @@ impl StoreError {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Writes `body` at `key` with a lock until `retain_until`, unless an
     /// object is already there: then nothing changes and `Exists` is returned.
-    /// A reader never sees a partial object.
-    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError>;
+    /// A reader never sees a partial object. `digest` (BLAKE3 of `body`,
+    /// which the caller often has already) is recorded for scrubbing.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        retain_until: u64,
+        digest: [u8; 32],
+    ) -> Result<PutOutcome, StoreError>;
+
+    /// [`put_object`](Self::put_object), hashing the body here.
+    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
+        let digest = *blake3::hash(&body).as_bytes();
+        self.put_object(key, body, retain_until, digest).await
+    }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// Keys directly or indirectly under `prefix` (which ends with `/`).

@@ -26,6 +26,8 @@ use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
 
 /// Attempts per S3 call, the first included.
 pub const MAX_ATTEMPTS: u32 = 5;
+/// User metadata carrying the BLAKE3 recorded at write time (for scrub).
+pub const DIGEST_METADATA: &str = "coffer-blake3";
 /// The marker object the start-up probe writes (in the reserved `admin/` tree).
 pub const STORE_CHECK: &str = "admin/store-check";
 
@@ -192,7 +194,13 @@ impl S3Store {
 
 #[async_trait]
 impl ObjectStore for S3Store {
-    async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        retain_until: u64,
+        digest: [u8; 32],
+    ) -> Result<PutOutcome, StoreError> {
         if !self.conditional_writes && self.head(key).await?.is_some() {
             return Ok(PutOutcome::Exists);
         }
@@ -203,6 +211,7 @@ impl ObjectStore for S3Store {
             .key(self.full(key))
             .body(ByteStream::from(body))
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
+            .metadata(DIGEST_METADATA, hex::encode(digest))
             .object_lock_mode(self.lock_mode())
             .object_lock_retain_until_date(to_datetime(retain_until));
         if self.conditional_writes {
@@ -237,6 +246,10 @@ impl ObjectStore for S3Store {
                 size: out.content_length().unwrap_or(0).max(0) as u64,
                 retain_until: out.object_lock_retain_until_date().map(from_datetime),
                 legal_hold: out.object_lock_legal_hold_status() == Some(&ObjectLockLegalHoldStatus::On),
+                digest: out.metadata().and_then(|m| m.get(DIGEST_METADATA)).and_then(|h| {
+                    let mut d = [0u8; 32];
+                    hex::decode_to_slice(h, &mut d).ok().map(|()| d)
+                }),
             })),
             Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Ok(None),
             Err(e) => Err(classify(key, e)),
