@@ -149,6 +149,17 @@ impl DevProxy {
         self
     }
 
+    /// Stops the proxy, rewrites its `proxy.toml` with `edit`, and starts
+    /// it again on the same folder.
+    pub fn restarted(self, edit: impl FnOnce(String) -> String) -> Self {
+        let dir = self.dir.clone();
+        let tmp = self.into_tempdir();
+        let path = dir.join("proxy.toml");
+        let text = std::fs::read_to_string(&path).expect("proxy.toml");
+        std::fs::write(&path, edit(text)).expect("write proxy.toml");
+        DevProxy::start_in(&dir).holding(tmp)
+    }
+
     /// The agent config of an identity issued in this dev folder.
     pub fn config(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.toml"))

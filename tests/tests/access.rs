@@ -293,12 +293,7 @@ fn kek_allowlist_refuses_other_keys() {
 
 /// Restarts the proxy with `[limits]` set as given.
 fn with_limits(p: DevProxy, limits: &str) -> DevProxy {
-    let dir = p.dir.clone();
-    let tmp = p.into_tempdir();
-    let path = dir.join("proxy.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{text}\n[limits]\n{limits}\n")).unwrap();
-    DevProxy::start_in(&dir).holding(tmp)
+    p.restarted(|text| format!("{text}\n[limits]\n{limits}\n"))
 }
 
 #[tokio::test(flavor = "multi_thread")]

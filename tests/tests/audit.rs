@@ -19,15 +19,7 @@ fn audit(p: &DevProxy, args: &[&str]) -> (bool, String) {
 
 /// A proxy that has served a real workload, then stopped.
 fn busy_proxy(extra: &str) -> DevProxy {
-    let p = DevProxy::start();
-    let dir = p.dir.clone();
-    let tmp = p.into_tempdir();
-    if !extra.is_empty() {
-        let path = dir.join("proxy.toml");
-        let text = std::fs::read_to_string(&path).unwrap().replace("[audit]\n", &format!("[audit]\n{extra}\n"));
-        std::fs::write(&path, text).unwrap();
-    }
-    let p = DevProxy::start_in(&dir).holding(tmp);
+    let p = DevProxy::start().restarted(|text| text.replace("[audit]\n", &format!("[audit]\n{extra}\n")));
     coffer(&p.writer(), &["init", "--repo", "dev/a"], None).ok();
     let id =
         coffer(&p.writer(), &["backup", "--repo", "dev/a", "-"], Some(&random_bytes("audit", 3 << 20))).last_line();

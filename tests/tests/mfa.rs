@@ -68,9 +68,7 @@ fn admin_calls_need_a_fresh_totp_code_each_time() {
     // The revocation took effect at once, and survives a restart.
     let denied = coffer(&p.writer(), &["whoami"], None);
     assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
-    let dir = p.dir.clone();
-    let tmp = p.into_tempdir();
-    let p = DevProxy::start_in(&dir).holding(tmp);
+    let p = p.restarted(|text| text);
     let denied = coffer(&p.writer(), &["whoami"], None);
     assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
     coffer(&p.reader(), &["whoami"], None).ok();

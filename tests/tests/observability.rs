@@ -10,12 +10,7 @@ fn free_port() -> u16 {
 
 /// Restarts `p` with `toml` appended to its config.
 fn reconfigured(p: DevProxy, toml: &str) -> DevProxy {
-    let dir = p.dir.clone();
-    let tmp = p.into_tempdir();
-    let path = dir.join("proxy.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, format!("{text}\n{toml}\n")).unwrap();
-    DevProxy::start_in(&dir).holding(tmp)
+    p.restarted(|text| format!("{text}\n{toml}\n"))
 }
 
 fn http_get(port: u16, path: &str) -> String {

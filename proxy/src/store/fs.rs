@@ -229,11 +229,7 @@ impl ObjectStore for FsStore {
         let (s, key) = (self.clone(), key.to_string());
         blocking(move || {
             let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
-            match meta.retain_until {
-                Some(until) if until <= now && !meta.legal_hold => {}
-                Some(until) if !meta.legal_hold => return Err(StoreError::Locked { key, until }),
-                _ => return Err(StoreError::Locked { key, until: u64::MAX }),
-            }
+            meta.deletable(&key, now)?;
             std::fs::remove_file(s.object(&key)).map_err(io(&key))?;
             let _ = std::fs::remove_file(s.lock(&key));
             Ok(())

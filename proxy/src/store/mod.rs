@@ -28,6 +28,19 @@ pub struct ObjectMeta {
     pub digest: Option<[u8; 32]>,
 }
 
+impl ObjectMeta {
+    /// Whether the object at `key` may be deleted at `now`: its lock must
+    /// have ended and no legal hold be on it. An unknown lock counts as
+    /// forever.
+    pub fn deletable(&self, key: &str, now: u64) -> Result<(), StoreError> {
+        match self.retain_until {
+            Some(until) if until <= now && !self.legal_hold => Ok(()),
+            Some(until) if !self.legal_hold => Err(StoreError::Locked { key: key.to_string(), until }),
+            _ => Err(StoreError::Locked { key: key.to_string(), until: u64::MAX }),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {

@@ -311,11 +311,7 @@ impl ObjectStore for S3Store {
 
     async fn delete(&self, key: &str, now: u64) -> Result<(), StoreError> {
         let meta = self.head(key).await?.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
-        match meta.retain_until {
-            Some(until) if until <= now && !meta.legal_hold => {}
-            Some(until) if !meta.legal_hold => return Err(StoreError::Locked { key: key.to_string(), until }),
-            _ => return Err(StoreError::Locked { key: key.to_string(), until: u64::MAX }),
-        }
+        meta.deletable(key, now)?;
         // In a versioned bucket this deletes the version itself, not just
         // hiding it behind a delete marker.
         let version = self
