@@ -117,11 +117,20 @@ pub fn read_local(dir: &Path) -> std::io::Result<Vec<(String, String)>> {
     Ok(out)
 }
 
-/// The seal of the newest local segment, if any.
+/// The seal of the newest local segment, if any (reading only that one).
 pub fn last_sealed(dir: &Path) -> std::io::Result<Option<SealHeader>> {
-    let segments = read_local(dir)?;
-    let Some((name, text)) = segments.last() else { return Ok(None) };
-    parse(text)
+    let newest = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".seg") || n.ends_with(".seg.shipped"))
+            .max(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e),
+    };
+    let Some(name) = newest else { return Ok(None) };
+    let text = std::fs::read_to_string(dir.join(&name))?;
+    parse(&text)
         .map(|p| Some(p.header))
         .ok_or_else(|| std::io::Error::other(format!("audit segment {name} has no seal")))
 }
