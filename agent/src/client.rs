@@ -53,14 +53,57 @@ impl ClientError {
     }
 }
 
-/// A connection to the proxy. Cheap to clone: clones share the connection.
-#[derive(Clone)]
-pub struct ProxyClient {
-    send: SendRequest<Full<Bytes>>,
+/// How long, and how, failed requests are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Give up once this much time has passed since the first failure.
+    pub deadline: std::time::Duration,
+    pub first_backoff: std::time::Duration,
+    pub max_backoff: std::time::Duration,
+}
+
+impl RetryPolicy {
+    pub fn with_deadline(deadline: std::time::Duration) -> Self {
+        Self {
+            deadline,
+            first_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// Everything needed to (re)connect.
+struct Endpoint {
+    tls: Arc<rustls::ClientConfig>,
+    server_name: ServerName<'static>,
+    addr: String,
     authority: String,
+}
+
+/// One live HTTP/2 connection.
+#[derive(Clone)]
+struct Conn {
+    send: SendRequest<Full<Bytes>>,
     /// Why the connection ended, once it has: requests cut off by a dead
     /// connection only learn "closed", the connection task learns why.
     ended: watch::Receiver<Option<String>>,
+    generation: u64,
+}
+
+struct Shared {
+    endpoint: Endpoint,
+    conn: tokio::sync::Mutex<(u64, Option<Conn>)>,
+    retry: RetryPolicy,
+}
+
+/// A client of the proxy: one HTTP/2 connection at a time, shared by every
+/// request in flight, re-established when it dies. Every call is idempotent
+/// on the proxy's side, so failed ones (connection lost, 429, 5xx) are
+/// retried with exponential backoff and jitter until the retry deadline.
+/// Cheap to clone: clones share the connection.
+#[derive(Clone)]
+pub struct ProxyClient {
+    shared: Arc<Shared>,
     /// A TOTP code sent with every request (the proxy checks it once per
     /// connection, or on each admin call).
     totp: Option<String>,
@@ -79,8 +122,54 @@ fn read_certs(path: &std::path::Path) -> Result<Vec<CertificateDer<'static>>, Cl
     Ok(certs)
 }
 
+impl ClientError {
+    /// Whether the same request may succeed later: the proxy unreachable
+    /// or restarting, the connection lost, 429, 5xx. Not: a refused
+    /// certificate, a TLS verification failure, any other 4xx.
+    pub fn retryable(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Body(_) => true,
+            ClientError::Handshake { source, .. } => source.kind() != std::io::ErrorKind::InvalidData,
+            ClientError::Status { status, .. } => {
+                matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+            }
+            ClientError::Tls(_) | ClientError::Refused(_) | ClientError::Protocol(_) => false,
+        }
+    }
+}
+
+impl Endpoint {
+    async fn connect(&self, generation: u64) -> Result<Conn, ClientError> {
+        let addr = &self.addr;
+        let tcp =
+            TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
+        tcp.set_nodelay(true).ok();
+        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(self.server_name.clone(), tcp)
+            .await
+            .map_err(|source| ClientError::Handshake { addr: addr.clone(), source })?;
+        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(4 * 1024 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .max_frame_size(1024 * 1024)
+            .handshake(TokioIo::new(stream))
+            .await?;
+        let (ended_tx, ended) = watch::channel(None);
+        tokio::spawn(async move {
+            let why = match conn.await {
+                Ok(()) => "the proxy closed the connection".to_string(),
+                Err(e) => std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()),
+            };
+            tracing::debug!("proxy connection ended: {why}");
+            let _ = ended_tx.send(Some(why));
+        });
+        Ok(Conn { send, ended, generation })
+    }
+}
+
 impl ProxyClient {
-    /// Connects and completes the TLS 1.3 and HTTP/2 handshakes.
+    /// Connects and completes the TLS 1.3 and HTTP/2 handshakes (retrying
+    /// while the proxy is unreachable, up to the retry deadline).
     pub async fn connect(cfg: &AgentConfig) -> Result<Self, ClientError> {
         let uri: Uri = cfg.proxy.parse().map_err(|e| ClientError::Tls(format!("proxy URL {:?}: {e}", cfg.proxy)))?;
         let authority =
@@ -105,30 +194,22 @@ impl ProxyClient {
             .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
         tls.alpn_protocols = vec![b"h2".to_vec()];
 
-        let addr = format!("{host}:{port}");
-        let tcp =
-            TcpStream::connect(&addr).await.map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
-        tcp.set_nodelay(true).ok();
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
-            .connect(server_name, tcp)
-            .await
-            .map_err(|source| ClientError::Handshake { addr: addr.clone(), source })?;
-        let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(4 * 1024 * 1024)
-            .initial_connection_window_size(16 * 1024 * 1024)
-            .max_frame_size(1024 * 1024)
-            .handshake(TokioIo::new(stream))
-            .await?;
-        let (ended_tx, ended) = watch::channel(None);
-        tokio::spawn(async move {
-            let why = match conn.await {
-                Ok(()) => "the proxy closed the connection".to_string(),
-                Err(e) => std::error::Error::source(&e).map_or(e.to_string(), |s| s.to_string()),
-            };
-            tracing::debug!("proxy connection ended: {why}");
-            let _ = ended_tx.send(Some(why));
-        });
-        Ok(Self { send, authority: authority.to_string(), ended, totp: None })
+        let endpoint = Endpoint {
+            tls: Arc::new(tls),
+            server_name,
+            addr: format!("{host}:{port}"),
+            authority: authority.to_string(),
+        };
+        let retry = RetryPolicy::with_deadline(std::time::Duration::from_secs(cfg.retry_deadline_secs));
+        let shared = Arc::new(Shared { endpoint, conn: tokio::sync::Mutex::new((0, None)), retry });
+        let client = Self { shared, totp: None };
+        client.retrying(|| client.conn()).await?;
+        Ok(client)
+    }
+
+    /// How many connections this client has opened so far.
+    pub async fn connections(&self) -> u64 {
+        self.shared.conn.lock().await.0
     }
 
     /// Sends `code` as the TOTP code with every request.
@@ -137,6 +218,56 @@ impl ProxyClient {
         self
     }
 
+    /// The live connection, made anew if there is none or it has ended.
+    async fn conn(&self) -> Result<Conn, ClientError> {
+        let mut slot = self.shared.conn.lock().await;
+        if let Some(c) = &slot.1 {
+            if c.ended.borrow().is_none() {
+                return Ok(c.clone());
+            }
+        }
+        slot.0 += 1;
+        let conn = self.shared.endpoint.connect(slot.0).await?;
+        slot.1 = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Forgets `conn` if it is still the current one, so the next request
+    /// reconnects.
+    async fn drop_conn(&self, conn: &Conn) {
+        let mut slot = self.shared.conn.lock().await;
+        if slot.1.as_ref().is_some_and(|c| c.generation == conn.generation) {
+            slot.1 = None;
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry deadline
+    /// passes; waits between tries with exponential backoff and jitter.
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let policy = self.shared.retry;
+        let start = std::time::Instant::now();
+        let mut backoff = policy.first_backoff;
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(e) if e.retryable() && start.elapsed() < policy.deadline => {
+                    let mut j = [0u8; 2];
+                    aws_lc_rs::rand::fill(&mut j).expect("the system RNG failed");
+                    let jitter = backoff.mul_f64(f64::from(u16::from_le_bytes(j)) / f64::from(u16::MAX) / 2.0);
+                    tracing::info!("retrying after {:?}: {e}", backoff + jitter);
+                    tokio::time::sleep((backoff + jitter).min(policy.deadline.saturating_sub(start.elapsed()))).await;
+                    backoff = (backoff * 2).min(policy.max_backoff);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends a request until it gets an answer worth returning.
     async fn call(
         &self,
         method: Method,
@@ -144,7 +275,19 @@ impl ProxyClient {
         body: Bytes,
         extra: Option<(&'static str, String)>,
     ) -> Result<Bytes, ClientError> {
-        let mut req = Request::builder().method(method.clone()).uri(format!("https://{}{path}", self.authority));
+        self.retrying(|| self.call_once(method.clone(), path.clone(), body.clone(), extra.clone())).await
+    }
+
+    async fn call_once(
+        &self,
+        method: Method,
+        path: String,
+        body: Bytes,
+        extra: Option<(&'static str, String)>,
+    ) -> Result<Bytes, ClientError> {
+        let conn = self.conn().await?;
+        let mut req =
+            Request::builder().method(method.clone()).uri(format!("https://{}{path}", self.shared.endpoint.authority));
         if let Some((name, value)) = extra {
             req = req.header(name, value);
         }
@@ -152,7 +295,7 @@ impl ProxyClient {
             req = req.header(TOTP_HEADER, code);
         }
         let req = req.body(Full::new(body)).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        let mut send = self.send.clone();
+        let mut send = conn.send.clone();
         let sent = async {
             send.ready().await?;
             send.send_request(req).await
@@ -160,14 +303,20 @@ impl ProxyClient {
         .await;
         let resp = match sent {
             Ok(resp) => resp,
-            Err(e) => return Err(self.explain(e).await),
+            Err(e) => {
+                let err = Self::explain(&conn, e).await;
+                self.drop_conn(&conn).await;
+                return Err(err);
+            }
         };
         let status = resp.status();
-        let body = Limited::new(resp.into_body(), RESPONSE_MAX)
-            .collect()
-            .await
-            .map_err(|e| ClientError::Body(e.to_string()))?
-            .to_bytes();
+        let body = match Limited::new(resp.into_body(), RESPONSE_MAX).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                self.drop_conn(&conn).await;
+                return Err(ClientError::Body(e.to_string()));
+            }
+        };
         if status.is_success() {
             return Ok(body);
         }
@@ -181,8 +330,8 @@ impl ProxyClient {
     /// Turns a failed request into the connection's own reason if it died.
     /// A client certificate the proxy refused shows up only here: in TLS 1.3
     /// the client's handshake completes before the server has checked it.
-    async fn explain(&self, e: hyper::Error) -> ClientError {
-        let mut ended = self.ended.clone();
+    async fn explain(conn: &Conn, e: hyper::Error) -> ClientError {
+        let mut ended = conn.ended.clone();
         let why = tokio::time::timeout(std::time::Duration::from_secs(1), ended.wait_for(Option::is_some))
             .await
             .ok()

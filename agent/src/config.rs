@@ -26,6 +26,17 @@ pub struct AgentConfig {
     pub keys: KeysConfig,
     #[serde(default)]
     pub backup: BackupConfig,
+    /// How long failed requests are retried (proxy down or restarting,
+    /// connection lost, 429, 5xx) before the command gives up.
+    #[serde(default = "default_retry_deadline")]
+    pub retry_deadline_secs: u64,
+}
+
+/// Seconds of retrying before a command gives up, unless configured.
+pub const DEFAULT_RETRY_DEADLINE_SECS: u64 = 300;
+
+fn default_retry_deadline() -> u64 {
+    DEFAULT_RETRY_DEADLINE_SECS
 }
 
 #[derive(Debug, Deserialize)]
@@ -75,6 +86,11 @@ impl AgentConfig {
             *master_key = base.join(&*master_key);
         }
         let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        if let Ok(v) = std::env::var("COFFER_RETRY_DEADLINE_SECS") {
+            cfg.retry_deadline_secs = v
+                .parse()
+                .map_err(|_| invalid(format!("COFFER_RETRY_DEADLINE_SECS={v:?} is not a number of seconds")))?;
+        }
         if !cfg.proxy.starts_with("https://") {
             return Err(invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
         }

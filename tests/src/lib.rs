@@ -266,6 +266,9 @@ pub fn coffer(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
 pub fn coffer_with_env(config: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Run {
     let mut child = Command::new(bin("coffer"))
         .args(args)
+        // Tests that expect a failure should not wait out the default
+        // five-minute retry deadline; tests of retries set their own.
+        .env("COFFER_RETRY_DEADLINE_SECS", "2")
         .envs(env.iter().copied())
         .env("COFFER_CONFIG", config)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -455,4 +458,12 @@ impl Drop for Webhook {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// An in-process client that does not retry: it reports exactly what the
+/// proxy answered.
+pub async fn raw_client(config: &Path) -> coffer_agent::client::ProxyClient {
+    let mut cfg = coffer_agent::config::AgentConfig::load(config).expect("agent config");
+    cfg.retry_deadline_secs = 0;
+    coffer_agent::client::ProxyClient::connect(&cfg).await.expect("connect")
 }

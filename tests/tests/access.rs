@@ -4,8 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use coffer_agent::client::ProxyClient;
-use coffer_agent::config::AgentConfig;
 use coffer_tests::{coffer, DevProxy};
 use http::Method;
 
@@ -132,7 +130,7 @@ async fn every_role_every_endpoint_own_repo_other_repo_other_domain() {
     let repos = ["dev/own", "prod/x", "dr/x", "dev/shared/x"];
     let mut denials = Vec::new();
     for (who, config) in &configs {
-        let client = ProxyClient::connect(&AgentConfig::load(config).unwrap()).await.unwrap();
+        let client = coffer_tests::raw_client(config).await;
         for action in ACTIONS {
             let global = action == "whoami" || action.starts_with("admin-");
             let targets: &[&str] = if global { &["-"] } else { &repos };
@@ -299,8 +297,8 @@ fn with_limits(p: DevProxy, limits: &str) -> DevProxy {
 #[tokio::test(flavor = "multi_thread")]
 async fn over_rate_identity_gets_429_while_others_continue() {
     let p = with_limits(DevProxy::start(), "identity_rate = 1.0\nidentity_burst = 5.0");
-    let writer = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
-    let reader = ProxyClient::connect(&AgentConfig::load(&p.reader()).unwrap()).await.unwrap();
+    let writer = coffer_tests::raw_client(&p.writer()).await;
+    let reader = coffer_tests::raw_client(&p.reader()).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..20 {
         let w = writer.clone();
@@ -327,7 +325,7 @@ async fn over_rate_identity_gets_429_while_others_continue() {
 async fn in_flight_cap_answers_503() {
     let p = with_limits(DevProxy::start(), "identity_in_flight = 1");
     coffer(&p.writer(), &["init", "--repo", "dev/busy"], None).ok();
-    let writer = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    let writer = coffer_tests::raw_client(&p.writer()).await;
     let ids: Vec<u8> = (0..20_000u32).flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes().to_vec()).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
@@ -352,10 +350,12 @@ async fn in_flight_cap_answers_503() {
 #[tokio::test]
 async fn idle_and_silent_connections_are_closed() {
     let p = with_limits(DevProxy::start(), "idle_timeout_secs = 1\nhandshake_timeout_secs = 1");
-    let writer = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    let writer = coffer_tests::raw_client(&p.writer()).await;
     writer.whoami().await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    assert!(writer.whoami().await.is_err(), "an idle connection must have been closed");
+    let before = writer.connections().await;
+    writer.whoami().await.expect("the client reconnects");
+    assert_eq!(writer.connections().await, before + 1, "the idle connection must have been closed");
 
     // Slow-loris: connect and say nothing.
     use tokio::io::AsyncReadExt as _;

@@ -304,8 +304,6 @@ async fn kms_key_checks_refuse_bad_keys_with_a_clear_message() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forged_or_misbound_key_records_are_refused() {
-    use coffer_agent::client::ProxyClient;
-    use coffer_agent::config::AgentConfig;
     use coffer_proto::keys::{EncryptionContext, KeyRecord, Purpose, KEY_RECORD_VERSION};
     use coffer_proto::KeyId;
 
@@ -319,7 +317,7 @@ async fn forged_or_misbound_key_records_are_refused() {
     run(&aws, &writer, &["init", "--repo", "dev/f"], None).ok();
     run(&aws, &writer, &["init", "--repo", "dev/g"], None).ok();
 
-    let client = ProxyClient::connect(&AgentConfig::load(&writer).unwrap()).await.unwrap();
+    let client = coffer_tests::raw_client(&writer).await;
     let repo: coffer_proto::RepoName = "dev/f".parse().unwrap();
     let key_id = KeyId::random();
     let forged = KeyRecord {

@@ -118,8 +118,7 @@ fn mfa_for_backup_access() {
 
     // The proxy refuses by itself too, whatever the agent does.
     let secretless = tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let cfg = coffer_agent::config::AgentConfig::load(&p.reader()).unwrap();
-        let client = coffer_agent::client::ProxyClient::connect(&cfg).await.unwrap();
+        let client = coffer_tests::raw_client(&p.reader()).await;
         assert!(client.whoami().await.unwrap().mfa, "whoami tells the agent MFA is wanted");
         client.get_config(&"dev/pay".parse().unwrap()).await.unwrap_err()
     });

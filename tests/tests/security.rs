@@ -1,8 +1,6 @@
 //! Identities, roles and integrity: what each certificate may do, and that
 //! tampering is caught.
 
-use coffer_agent::client::ProxyClient;
-use coffer_agent::config::AgentConfig;
 use coffer_proto::api::DIGEST_HEADER;
 use coffer_tests::{coffer, random_bytes, DevProxy};
 use http::Method;
@@ -107,7 +105,7 @@ fn certificate_from_another_ca_is_refused_at_the_handshake() {
 async fn malformed_envelopes_are_refused_and_nothing_is_stored() {
     let p = DevProxy::start();
     coffer(&p.writer(), &["init", "--repo", "dev/m"], None).ok();
-    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    let client = coffer_tests::raw_client(&p.writer()).await;
     let id = "ab".repeat(32);
     let path = format!("/v1/repos/dev/m/chunks/{id}");
     let digest = |b: &[u8]| Some((DIGEST_HEADER, blake3::hash(b).to_hex().to_string()));
@@ -144,7 +142,7 @@ async fn malformed_envelopes_are_refused_and_nothing_is_stored() {
 #[tokio::test]
 async fn path_tricks_never_reach_the_store() {
     let p = DevProxy::start();
-    let client = ProxyClient::connect(&AgentConfig::load(&p.writer()).unwrap()).await.unwrap();
+    let client = coffer_tests::raw_client(&p.writer()).await;
     for path in
         ["/v1/repos/dev/../config", "/v1/repos/dev/%2e%2e/config", "/v1/repos/dev//x/config", "/v1/repos/DEV/x/config"]
     {
