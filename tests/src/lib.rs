@@ -48,8 +48,14 @@ impl DevProxy {
 
     /// Starts a dev proxy with `COFFER_LOG` set to `log`.
     pub fn start_with_log(dir: &Path, log: &str) -> Self {
+        Self::start_at(dir, "127.0.0.1:0", log)
+    }
+
+    /// Starts a dev proxy on `dir` listening on `addr` (a fixed port lets a
+    /// restarted proxy be found again by running agents).
+    pub fn start_at(dir: &Path, addr: &str, log: &str) -> Self {
         let mut cmd = Command::new(bin("coffer-proxy"));
-        cmd.args(["dev", "--dir"]).arg(dir).args(["--listen", "127.0.0.1:0"]).env("COFFER_LOG", log);
+        cmd.args(["dev", "--dir"]).arg(dir).args(["--listen", addr]).env("COFFER_LOG", log);
         Self::spawn(dir, cmd)
     }
 
@@ -466,4 +472,9 @@ pub async fn raw_client(config: &Path) -> coffer_agent::client::ProxyClient {
     let mut cfg = coffer_agent::config::AgentConfig::load(config).expect("agent config");
     cfg.retry_deadline_secs = 0;
     coffer_agent::client::ProxyClient::connect(&cfg).await.expect("connect")
+}
+
+/// A free loopback port (free when asked; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

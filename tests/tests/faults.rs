@@ -1,0 +1,225 @@
+//! Faults: a proxy killed mid-backup, a proxy that stays down, an agent
+//! killed mid-run, replays, hostile input, and many agents at once.
+
+use std::io::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coffer_tests::{bin, coffer, coffer_with_env, free_port, random_bytes, raw_client, DevProxy};
+
+/// A running `coffer backup -- sh -c SCRIPT`, to be waited on or killed.
+fn spawn_backup(p: &DevProxy, repo: &str, script: &str, deadline_secs: u64) -> std::process::Child {
+    Command::new(bin("coffer"))
+        .args(["backup", "--repo", repo, "--json", "--", "sh", "-c", script])
+        .env("COFFER_CONFIG", p.writer())
+        .env("COFFER_RETRY_DEADLINE_SECS", deadline_secs.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for_chunks(p: &DevProxy, prefix: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while p.stored(prefix).len() < n {
+        assert!(Instant::now() < deadline, "only {} chunks arrived", p.stored(prefix).len());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Two 12 MiB random halves in files, and a script that sends the first,
+/// pauses, then sends the second.
+fn two_halves(p: &DevProxy, pause: u32) -> (Vec<u8>, String) {
+    let (a, b) = (random_bytes("first half", 12 << 20), random_bytes("second half", 12 << 20));
+    std::fs::write(p.dir.join("a.bin"), &a).unwrap();
+    std::fs::write(p.dir.join("b.bin"), &b).unwrap();
+    let d = p.dir.display();
+    let script = format!("cat {d}/a.bin; sleep {pause}; cat {d}/b.bin");
+    ([a, b].concat(), script)
+}
+
+#[test]
+fn proxy_killed_mid_backup_the_agent_resumes_and_completes() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = DevProxy::start_at(tmp.path(), &addr, "warn");
+    coffer(&p.writer(), &["init", "--repo", "dev/k"], None).ok();
+    let (data, script) = two_halves(&p, 3);
+    let backup = spawn_backup(&p, "dev/k", &script, 60);
+    wait_for_chunks(&p, "dev/k/chunks", 8);
+
+    p.kill(); // SIGKILL, with the backup still running
+    std::thread::sleep(Duration::from_millis(500));
+    let p = DevProxy::start_at(tmp.path(), &addr, "warn");
+
+    let out = backup.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes_in"], data.len() as u64);
+    let sent = report["bytes_new"].as_u64().unwrap();
+    assert!(sent <= data.len() as u64 * 5 / 4, "acknowledged chunks must not be sent again ({sent} bytes sent)");
+    let id = report["id"].as_str().unwrap();
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/k", id], None);
+    restored.ok();
+    assert!(restored.stdout == data, "the resumed backup must restore bit-exact");
+}
+
+#[test]
+fn a_proxy_that_stays_down_leaves_no_snapshot() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut p = DevProxy::start_at(tmp.path(), &addr, "warn");
+    coffer(&p.writer(), &["init", "--repo", "dev/d"], None).ok();
+    let (_, script) = two_halves(&p, 2);
+    let backup = spawn_backup(&p, "dev/d", &script, 2);
+    wait_for_chunks(&p, "dev/d/chunks", 8);
+    p.kill();
+
+    let out = backup.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no snapshot was committed"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let p = DevProxy::start_at(tmp.path(), &addr, "warn");
+    let list = coffer(&p.reader(), &["snapshots", "--repo", "dev/d", "--json"], None).json();
+    assert_eq!(list.as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn an_agent_killed_mid_run_commits_nothing_and_the_next_run_dedups() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/a"], None).ok();
+    let (data, script) = two_halves(&p, 30);
+    let mut backup = spawn_backup(&p, "dev/a", &script, 10);
+    // The chunker holds up to one maximum chunk while the source pauses, so
+    // only part of the first half is out when the agent dies.
+    wait_for_chunks(&p, "dev/a/chunks", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    backup.kill().unwrap();
+    backup.wait().unwrap();
+    assert!(p.stored("dev/a/snapshots").is_empty(), "a killed agent must leave no snapshot");
+    let stored_before = p.stored("dev/a/chunks").len() as u64;
+
+    let again = coffer(&p.writer(), &["backup", "--repo", "dev/a", "--json", "-"], Some(&data)).json();
+    let (uploaded, chunks) = (again["chunks_new"].as_u64().unwrap(), again["chunks"].as_u64().unwrap());
+    // Every chunk stored before the kill is reused: only the rest (and the
+    // manifest) is uploaded.
+    assert_eq!(uploaded + stored_before, chunks + 1, "{again}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replayed_uploads_and_commits_change_nothing() {
+    use coffer_proto::snapshot::{CommitRequest, IndexSegment};
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/r"], None).ok();
+    let id =
+        coffer(&p.writer(), &["backup", "--repo", "dev/r", "-"], Some(&random_bytes("replay", 3 << 20))).last_line();
+    let before: Vec<(std::path::PathBuf, Vec<u8>)> =
+        p.stored("dev/r").into_iter().map(|f| (f.clone(), std::fs::read(f).unwrap())).collect();
+    let client = raw_client(&p.writer()).await;
+    let repo: coffer_proto::RepoName = "dev/r".parse().unwrap();
+
+    // A captured chunk upload, sent again.
+    let chunk = p.stored("dev/r/chunks").remove(0);
+    let chunk_id: coffer_proto::ChunkId = chunk.file_name().unwrap().to_str().unwrap().parse().unwrap();
+    client.put_chunk(&repo, &chunk_id, std::fs::read(&chunk).unwrap().into()).await.unwrap();
+
+    // A captured commit, sent again: same root, same chunks.
+    let root = std::fs::read(p.dir.join(format!("store/objects/dev/r/snapshots/{id}"))).unwrap();
+    let index =
+        IndexSegment::decode(&std::fs::read(p.dir.join(format!("store/objects/dev/r/index/{id}"))).unwrap()).unwrap();
+    let commit = CommitRequest {
+        snapshot: id.parse().unwrap(),
+        root,
+        stats: index.stats,
+        chunks: index.chunks.iter().map(|e| e.id).collect(),
+    };
+    let info = client.commit(&repo, commit.encode()).await.unwrap();
+    assert_eq!(info.id.to_string(), id);
+
+    let after: Vec<(std::path::PathBuf, Vec<u8>)> =
+        p.stored("dev/r").into_iter().map(|f| (f.clone(), std::fs::read(f).unwrap())).collect();
+    assert_eq!(before, after, "replays must not add or change any object");
+    let list = coffer(&p.reader(), &["snapshots", "--repo", "dev/r", "--json"], None).json();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_input_gets_a_clear_answer_and_the_proxy_keeps_serving() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/h"], None).ok();
+    let client = raw_client(&p.writer()).await;
+    let id = "ab".repeat(32);
+
+    // Oversized body.
+    let big = vec![0u8; coffer_proto::ENVELOPE_MAX + 1];
+    let err = client.raw(http::Method::PUT, &format!("/v1/repos/dev/h/chunks/{id}"), big, None).await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(413), "{err}");
+    // Invalid ids and unknown endpoints.
+    for (path, status) in
+        [("/v1/repos/dev/h/chunks/zz", 400), ("/v1/repos/dev/h/keys/1234", 400), ("/v1/nope", 404), ("/", 404)]
+    {
+        let err = client.raw(http::Method::PUT, path, vec![], None).await.unwrap_err();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(status), "{path}: {err}");
+    }
+    // A huge header.
+    let huge = client.raw(http::Method::GET, "/v1/whoami", vec![], Some(("x-junk", "a".repeat(1 << 20)))).await;
+    assert!(huge.is_err(), "a 1 MiB header must be refused");
+
+    // TLS garbage and plain HTTP on the TLS port.
+    for junk in [&b"\x16\x03\x01\x02\x00garbage-garbage-garbage"[..], b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"] {
+        let mut s = std::net::TcpStream::connect(&p.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let _ = s.write_all(junk);
+        let mut buf = [0u8; 256];
+        let _ = std::io::Read::read(&mut s, &mut buf);
+    }
+    p.wait_for_event("garbage handshake", |e| e["action"] == "handshake" && e["outcome"] == "denied");
+
+    // Still serving, on a fresh connection too, and nothing was stored.
+    raw_client(&p.writer()).await.whoami().await.unwrap();
+    coffer(&p.writer(), &["whoami"], None).ok();
+    assert!(p.stored("dev/h/chunks").is_empty());
+}
+
+#[test]
+fn thirty_two_agents_at_once() {
+    const AGENTS: usize = 32;
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/load"], None).ok();
+    let started = Instant::now();
+    let runs: Vec<_> = (0..AGENTS)
+        .map(|i| {
+            let data = random_bytes(&format!("agent {i}"), (1 << 20) + i * 4096);
+            let writer = p.writer();
+            std::thread::spawn(move || {
+                let r = coffer_with_env(
+                    &writer,
+                    &["backup", "--repo", "dev/load", "-"],
+                    Some(&data),
+                    &[("COFFER_RETRY_DEADLINE_SECS", "120")],
+                );
+                (data, r)
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for run in runs {
+        let (data, r) = run.join().unwrap();
+        done.push((data, r.last_line()));
+    }
+    assert!(started.elapsed() < Duration::from_secs(300));
+    for (data, id) in &done {
+        let restored = coffer(&p.reader(), &["restore", "--repo", "dev/load", id], None);
+        restored.ok();
+        assert!(&restored.stdout == data, "snapshot {id} differs");
+    }
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+}
