@@ -156,14 +156,31 @@ fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Resu
                 .spawn()
                 .map_err(|source| BackupError::Spawn { command: command.clone(), source })?;
             let stdout = child.stdout.take().expect("stdout is piped");
+            let child = Arc::new(std::sync::Mutex::new(child));
+            *SOURCE_CHILD.lock().expect("not poisoned") = Some(child.clone());
             let read = chunk_stream(stdout, repo, &tx);
+            let mut child = child.lock().expect("not poisoned");
             if read.is_err() {
                 let _ = child.kill();
             }
             let status = child.wait().map_err(BackupError::Source)?;
+            SOURCE_CHILD.lock().expect("not poisoned").take();
             let summary = read.map_err(BackupError::Source)?;
             check_status(&command, status)?;
             Ok(summary)
+        }
+    }
+}
+
+/// The running source command, so an interrupted agent can stop it rather
+/// than leave it running without a reader.
+static SOURCE_CHILD: std::sync::Mutex<Option<Arc<std::sync::Mutex<std::process::Child>>>> = std::sync::Mutex::new(None);
+
+/// Kills the source command, if one is running (on SIGINT).
+pub fn kill_source() {
+    if let Some(child) = SOURCE_CHILD.lock().expect("not poisoned").take() {
+        if let Ok(mut c) = child.try_lock() {
+            let _ = c.kill();
         }
     }
 }

@@ -17,6 +17,10 @@ use tokio::sync::watch;
 
 use crate::config::AgentConfig;
 
+/// HTTP/2 pings on an open connection, and how long an answer may take.
+pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Largest response body the agent reads (an envelope, or a listing).
 const RESPONSE_MAX: usize = 64 * 1024 * 1024 + ENVELOPE_MAX;
 
@@ -149,6 +153,12 @@ impl Endpoint {
             .await
             .map_err(|source| ClientError::Handshake { addr: addr.clone(), source })?;
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            // A stalled or silently dead connection is noticed by its pings,
+            // then reconnected (and the request retried) like a closed one.
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
             .max_frame_size(1024 * 1024)

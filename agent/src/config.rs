@@ -74,31 +74,47 @@ pub enum ConfigError {
 impl AgentConfig {
     /// Loads a config file; relative paths in it are taken from the file's
     /// folder, so a config and its certificates can move together.
+    /// `COFFER_RETRY_DEADLINE_SECS` overrides the retry deadline.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut cfg: AgentConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let mut cfg = Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
+            ParseError::Toml(message) => ConfigError::Parse { path: path.into(), message },
+            ParseError::Invalid(message) => ConfigError::Invalid { path: path.into(), message },
+        })?;
+        if let Ok(v) = std::env::var("COFFER_RETRY_DEADLINE_SECS") {
+            cfg.retry_deadline_secs = v.parse().map_err(|_| ConfigError::Invalid {
+                path: path.into(),
+                message: format!("COFFER_RETRY_DEADLINE_SECS={v:?} is not a number of seconds"),
+            })?;
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates a config's text; relative paths are taken from
+    /// `base`. Never panics, whatever the text (fuzzed).
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ParseError> {
+        let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| ParseError::Toml(e.to_string()))?;
         for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
             *p = base.join(&*p);
         }
         if let KeysConfig::Local { master_key } = &mut cfg.keys {
             *master_key = base.join(&*master_key);
         }
-        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
-        if let Ok(v) = std::env::var("COFFER_RETRY_DEADLINE_SECS") {
-            cfg.retry_deadline_secs = v
-                .parse()
-                .map_err(|_| invalid(format!("COFFER_RETRY_DEADLINE_SECS={v:?} is not a number of seconds")))?;
-        }
         if !cfg.proxy.starts_with("https://") {
-            return Err(invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
+            return Err(ParseError::Invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
         }
         if !(1..=256).contains(&cfg.backup.uploads_in_flight) {
-            return Err(invalid("backup.uploads_in_flight must be 1 to 256".into()));
+            return Err(ParseError::Invalid("backup.uploads_in_flight must be 1 to 256".into()));
         }
         Ok(cfg)
     }
+}
+
+/// Why a config's text was refused.
+#[derive(Debug)]
+pub enum ParseError {
+    Toml(String),
+    Invalid(String),
 }
 
 #[cfg(test)]
@@ -127,6 +143,20 @@ master_key = "master.key"
         let cfg = load(GOOD).unwrap();
         assert!(cfg.ca.is_absolute() && cfg.ca.ends_with("ca.pem"));
         assert_eq!(cfg.backup.uploads_in_flight, DEFAULT_UPLOADS_IN_FLIGHT);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1000))]
+        /// Never panics: random text, and the dev config with a byte flipped or cut short.
+        #[test]
+        fn parsing_never_panics(noise in ".{0,200}", at in proptest::prelude::any::<proptest::sample::Index>(), byte in proptest::prelude::any::<u8>()) {
+            let _ = AgentConfig::parse(&noise, Path::new("/x"));
+            let mut bytes = GOOD.as_bytes().to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] ^= byte;
+            let _ = AgentConfig::parse(&String::from_utf8_lossy(&bytes), Path::new("/x"));
+            let _ = AgentConfig::parse(&GOOD[..GOOD.floor_char_boundary(i)], Path::new("/x"));
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! `coffer`: the backup agent's command line.
 //!
 //! Exit codes: 0 success, 1 failure (nothing committed, or a check failed),
-//! 64 usage or configuration error.
+//! 64 usage or configuration error, 130 interrupted (SIGINT).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt as _;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
+const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
 #[command(name = "coffer", version, about = "Coffer backup agent: encrypted, deduplicated, write-once backups")]
@@ -121,7 +122,17 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(run(cli));
+    let result = runtime.block_on(async {
+        tokio::select! {
+            r = run(cli) => r,
+            // A backup commits only after its last chunk, so stopping before
+            // that leaves nothing half-committed; the source command is killed.
+            _ = tokio::signal::ctrl_c() => {
+                backup::kill_source();
+                Err(Failure(EXIT_INTERRUPTED, anyhow::anyhow!("interrupted")))
+            }
+        }
+    });
     // Don't wait for a reader thread still blocked on a source that will
     // never finish (a failed backup stops reading it): exiting closes the
     // pipe, which ends a child command too.

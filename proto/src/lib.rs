@@ -32,6 +32,7 @@ pub mod api;
 pub mod chunk;
 pub mod envelope;
 mod error;
+pub mod fuzz;
 mod ids;
 pub mod keys;
 pub mod repo;

@@ -62,6 +62,8 @@ fn refuses_truncation_and_trailing<T: std::fmt::Debug>(bytes: &[u8], decode: imp
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
     #[test]
     fn manifest_round_trip(m in manifest()) {
         let bytes = m.encode();
@@ -90,13 +92,24 @@ proptest! {
 
     #[test]
     fn decoders_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
-        let _ = Manifest::decode(&bytes);
-        let _ = CommitRequest::decode(&bytes);
-        let _ = IndexSegment::decode(&bytes);
-        let _ = envelope::parse_header(&bytes);
-        let _ = RepoConfig::decode(&bytes);
-        let _ = coffer_proto::keys::KeyRecord::decode(&bytes);
-        let _ = decode_ids(&bytes);
+        coffer_proto::fuzz::fuzz_all(&bytes);
+    }
+
+    /// Mutations of the test vectors (the seed corpus): flipped, cut and
+    /// spliced bytes of real objects.
+    #[test]
+    fn mutated_vectors_never_panic(seed in 0usize..64, flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8), cut in any::<prop::sample::Index>()) {
+        let corpus = seed_corpus();
+        let mut data = corpus[seed % corpus.len()].clone();
+        for (at, byte) in flips {
+            if !data.is_empty() {
+                let i = at.index(data.len());
+                data[i] ^= byte;
+            }
+        }
+        coffer_proto::fuzz::fuzz_all(&data);
+        let cut = cut.index(data.len() + 1);
+        coffer_proto::fuzz::fuzz_all(&data[..cut]);
     }
 
     #[test]
@@ -154,4 +167,39 @@ fn repo_config_round_trip_and_validation() {
     assert!(RepoConfig::decode(&moved.encode()).is_err(), "an id key bound to another repo must be refused");
     let v2 = RepoConfig { version: 2, ..cfg };
     assert!(matches!(RepoConfig::decode(&v2.encode()), Err(FormatError::Unsupported { .. })));
+}
+
+/// The envelopes of the test vectors plus one well-formed object of each
+/// binary kind.
+fn seed_corpus() -> Vec<Vec<u8>> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/vectors");
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+            hex::decode(v["envelope"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    let id = ChunkId::from_bytes([7; 32]);
+    out.push(Manifest(vec![ManifestEntry { id, len: 9 }]).encode());
+    out.push(
+        CommitRequest {
+            snapshot: SnapshotId::from_bytes([1; 16]),
+            root: vec![2; 60],
+            stats: SnapshotStats::default(),
+            chunks: vec![id],
+        }
+        .encode(),
+    );
+    out.push(
+        IndexSegment {
+            snapshot: SnapshotId::from_bytes([1; 16]),
+            committed: 1,
+            retain_until: 2,
+            stats: SnapshotStats::default(),
+            chunks: vec![IndexEntry { id, size: 3, retain_until: 4 }],
+        }
+        .encode(),
+    );
+    out
 }

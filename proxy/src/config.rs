@@ -259,8 +259,13 @@ impl ProxyConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let err = |message: String| ConfigError { path: path.into(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let mut cfg: ProxyConfig = toml::from_str(&text).map_err(|e| err(e.to_string()))?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(err)
+    }
+
+    /// Parses and validates a config's text; relative paths are taken from
+    /// `base`. Never panics, whatever the text (fuzzed).
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let mut cfg: ProxyConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.audit.path, &mut cfg.admin.totp_file] {
             *p = base.join(&*p);
         }
@@ -282,7 +287,7 @@ impl ProxyConfig {
         if let KeysConfig::Local { master_key } = &mut cfg.keys {
             *master_key = base.join(&*master_key);
         }
-        cfg.validate().map_err(err)?;
+        cfg.validate()?;
         Ok(cfg)
     }
 
@@ -341,7 +346,35 @@ pub fn read_master_key(path: &Path) -> Result<LocalKek, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::private_endpoint;
+    use super::{private_endpoint, ProxyConfig};
+    use proptest::prelude::*;
+
+    const DEV: &str = include_str!("../tests/data/proxy.toml");
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1000))]
+        /// Config and policy parsing never panics: random text, and a real
+        /// config with bytes flipped, cut or repeated.
+        #[test]
+        fn parsing_never_panics(noise in ".{0,200}", at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
+            let _ = ProxyConfig::parse(&noise, std::path::Path::new("/x"));
+            let mut bytes = DEV.as_bytes().to_vec();
+            let i = at.index(bytes.len());
+            bytes[i] ^= byte;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let _ = ProxyConfig::parse(&text, std::path::Path::new("/x"));
+            let _ = ProxyConfig::parse(&text[..text.floor_char_boundary(cut.index(text.len() + 1))], std::path::Path::new("/x"));
+            let doubled = format!("{DEV}\n{}", &DEV[..DEV.floor_char_boundary(cut.index(DEV.len() + 1))]);
+            let _ = ProxyConfig::parse(&doubled, std::path::Path::new("/x"));
+        }
+    }
+
+    #[test]
+    fn the_fuzzing_seed_is_a_valid_config() {
+        let cfg = ProxyConfig::parse(DEV, std::path::Path::new("/x")).unwrap();
+        assert_eq!(cfg.rules.len(), 4);
+        assert!(cfg.policy().is_ok());
+    }
 
     #[test]
     fn private_endpoints() {

@@ -101,3 +101,45 @@ fn proxy_check_config_and_config_errors() {
     let run = std::process::Command::new(&proxy).output().unwrap();
     assert_eq!(run.status.code(), Some(64), "no config is a usage error");
 }
+
+#[test]
+fn sigint_and_sigpipe_stop_cleanly() {
+    use std::io::Read as _;
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/sig"], None).ok();
+
+    // SIGINT while the source is still producing: exit 130, no snapshot.
+    let child = std::process::Command::new(coffer_tests::bin("coffer"))
+        .args(["backup", "--repo", "dev/sig", "--", "sh", "-c", "head -c 3000000 /dev/urandom; exec sleep 30"])
+        .env("COFFER_CONFIG", p.writer())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
+    assert!(p.stored("dev/sig/snapshots").is_empty());
+
+    // A restore into a pipe closed early (`| head -c 100`): a clear error, exit 1.
+    let data = coffer_tests::random_bytes("sigpipe", 4 << 20);
+    let id = coffer(&p.writer(), &["backup", "--repo", "dev/sig", "-"], Some(&data)).last_line();
+    let mut restore = std::process::Command::new(coffer_tests::bin("coffer"))
+        .args(["restore", "--repo", "dev/sig", &id])
+        .env("COFFER_CONFIG", p.reader())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 100];
+    restore.stdout.take().unwrap().read_exact(&mut first).unwrap(); // then the pipe closes
+    let out = restore.wait_with_output().unwrap();
+    assert_eq!(&first[..], &data[..100]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).to_lowercase().contains("broken pipe"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
