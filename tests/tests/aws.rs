@@ -129,7 +129,7 @@ repos = ["dev/**"]
 
 /// An agent config for `who` using KMS key `kek`.
 fn agent_config(p: &DevProxy, aws: &Aws, who: &str, kek: &str) -> PathBuf {
-    let path = p.dir.join(format!("kms-{who}-{}.toml", blake3::hash(kek.as_bytes()).to_hex()));
+    let path = p.dir.join(format!("kms-{who}-{}.toml", blake3::hash(format!("{kek} {}", p.addr).as_bytes()).to_hex()));
     std::fs::write(
         &path,
         format!(
@@ -372,4 +372,67 @@ async fn a_bucket_without_object_lock_stops_the_proxy_from_starting() {
         .map(|l| l.object_lock_configuration().and_then(|c| c.object_lock_enabled().cloned())
             != Some(ObjectLockEnabled::Enabled))
         .unwrap_or(true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_proxies_on_one_bucket() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let base = proxy_config(certs.path(), &aws, "", (30, 7));
+    let text = std::fs::read_to_string(&base).unwrap();
+    let mut proxies = Vec::new();
+    for name in ["east", "west"] {
+        let path = certs.path().join(format!("{name}.toml"));
+        let cfg = text.replace("proxy_id = \"s3\"", &format!("proxy_id = \"{name}\"")).replace(
+            "path = \"audit/audit.jsonl\"",
+            &format!("path = \"audit-{name}/audit.jsonl\"\nsegment_events = 5\nship_secs = 1"),
+        );
+        std::fs::write(&path, cfg).unwrap();
+        proxies.push((path.clone(), start_proxy(certs.path(), &path, &aws)));
+    }
+    let (ea, we) =
+        (agent_config(&proxies[0].1, &aws, "writer", &kek), agent_config(&proxies[1].1, &aws, "writer", &kek));
+    run(&aws, &ea, &["init", "--repo", "dev/shared"], None).ok();
+
+    // The same data through both at once: both commit, the chunks are shared.
+    let data = random_bytes("two proxies", 6 << 20);
+    let (d1, d2) = (data.clone(), data.clone());
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run(&aws, &ea, &["backup", "--repo", "dev/shared", "--json", "-"], Some(&d1)));
+        let b = s.spawn(|| run(&aws, &we, &["backup", "--repo", "dev/shared", "--json", "-"], Some(&d2)));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (a, b) = (a.json(), b.json());
+    let reader = agent_config(&proxies[1].1, &aws, "reader", &kek);
+    for id in [&a["id"], &b["id"]] {
+        let out = run(&aws, &reader, &["restore", "--repo", "dev/shared", id.as_str().unwrap()], None);
+        out.ok();
+        assert!(out.stdout == data);
+    }
+    let chunks = aws.keys("dev/shared/chunks/").await.len() as u64;
+    assert!(
+        chunks <= a["chunks_new"].as_u64().unwrap().max(b["chunks_new"].as_u64().unwrap()) + 1,
+        "dedup across proxies: {chunks} chunks"
+    );
+
+    // Each proxy's audit chain, as shipped to the bucket, verifies.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    for (path, _) in &proxies {
+        let out = std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+            .arg("--config")
+            .arg(path)
+            .args(["audit", "verify", "--store"])
+            .envs(aws.moto.env())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && !text.contains(" 0 events"), "{}: {text}", path.display());
+    }
+    assert!(
+        !aws.keys("audit/east/").await.is_empty() && !aws.keys("audit/west/").await.is_empty(),
+        "{:?}",
+        aws.keys("").await
+    );
 }
