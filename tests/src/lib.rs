@@ -478,3 +478,77 @@ pub async fn raw_client(config: &Path) -> coffer_agent::client::ProxyClient {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// An HTTP/1 relay in front of the S3 emulator that answers some requests
+/// itself with `503 SlowDown`, as S3 does under load, and forwards the rest.
+pub struct FaultRelay {
+    pub endpoint: String,
+    /// Requests answered with a fault so far.
+    pub faults: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FaultRelay {
+    /// Relays to `upstream` (`http://host:port`); `fault(method, path, n)`
+    /// decides, for the n-th request (from 0), whether to answer 503.
+    pub async fn start(
+        upstream: &str,
+        fault: impl Fn(&http::Method, &str, usize) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        use http_body_util::BodyExt as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let upstream: std::net::SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
+        let faults = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let fault = Arc::new(fault);
+        let counter = faults.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let (fault, counter, seen) = (fault.clone(), counter.clone(), seen.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (fault, counter, seen) = (fault.clone(), counter.clone(), seen.clone());
+                        async move {
+                            let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            if fault(req.method(), req.uri().path(), n) {
+                                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
+                                return Ok::<_, hyper::Error>(
+                                    http::Response::builder()
+                                        .status(503)
+                                        .header("content-type", "application/xml")
+                                        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                                        .unwrap(),
+                                );
+                            }
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            let tcp = tokio::net::TcpStream::connect(upstream).await.expect("upstream");
+                            let (mut send, conn) =
+                                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+                            tokio::spawn(conn);
+                            let resp = send
+                                .send_request(http::Request::from_parts(parts, http_body_util::Full::new(body)))
+                                .await?;
+                            let (parts, body) = resp.into_parts();
+                            let body = body.collect().await?.to_bytes();
+                            Ok(http::Response::from_parts(parts, http_body_util::Full::new(body)))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        Self { endpoint, faults, task }
+    }
+}
+
+impl Drop for FaultRelay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -436,3 +436,57 @@ async fn two_proxies_on_one_bucket() {
         aws.keys("").await
     );
 }
+
+/// A proxy whose S3 traffic goes through `relay` (KMS straight to moto).
+fn relayed_config(dir: &Path, aws: &Aws, relay: &coffer_tests::FaultRelay) -> PathBuf {
+    let path = proxy_config(dir, aws, "", (30, 7));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let store_endpoint = format!("bucket = \"{BUCKET}\"\nendpoint = \"{}\"", aws.moto.endpoint);
+    assert!(text.contains(&store_endpoint));
+    let text = text.replace(&store_endpoint, &format!("bucket = \"{BUCKET}\"\nendpoint = \"{}\"", relay.endpoint));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_slowdowns_are_retried_and_a_dead_store_commits_nothing() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let is_chunk_put = |m: &http::Method, path: &str| m == http::Method::PUT && path.contains("/chunks/");
+
+    // The first four chunk PUTs are refused with 503 SlowDown: retried, and the backup succeeds.
+    let relay = coffer_tests::FaultRelay::start(&aws.moto.endpoint, {
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        move |m, path, _| is_chunk_put(m, path) && seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 4
+    })
+    .await;
+    let certs = certificates();
+    let config = relayed_config(certs.path(), &aws, &relay);
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/slow"], None).ok();
+    let data = random_bytes("slowdown", 3 << 20);
+    let id = run(&aws, &writer, &["backup", "--repo", "dev/slow", "-"], Some(&data)).last_line();
+    assert_eq!(relay.faults.load(std::sync::atomic::Ordering::SeqCst), 4);
+    let reader = agent_config(&p, &aws, "reader", &kek);
+    assert!(run(&aws, &reader, &["restore", "--repo", "dev/slow", &id], None).stdout == data);
+    drop(p);
+    drop(relay);
+
+    // Every chunk PUT refused: a clear error, no snapshot, no stray object.
+    let relay = coffer_tests::FaultRelay::start(&aws.moto.endpoint, move |m, path, _| is_chunk_put(m, path)).await;
+    let config = relayed_config(certs.path(), &aws, &relay);
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    let before = aws.keys("dev/slow/").await;
+    let failed = run(&aws, &writer, &["backup", "--repo", "dev/slow", "-"], Some(&random_bytes("doomed", 2 << 20)));
+    assert_eq!(failed.code(), 1);
+    assert!(failed.stderr.contains("500") && failed.stderr.contains("no snapshot was committed"), "{}", failed.stderr);
+    let after = aws.keys("dev/slow/").await;
+    let added: Vec<_> = after.iter().filter(|k| !before.contains(k)).collect();
+    assert!(added.iter().all(|k| k.contains("/keys/")), "only the run's key record may be new: {added:?}");
+    p.wait_for_event("store alert", |e| {
+        e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with("store-error:"))
+    });
+}
