@@ -17,10 +17,6 @@ use tokio::sync::watch;
 
 use crate::config::AgentConfig;
 
-/// HTTP/2 pings on an open connection, and how long an answer may take.
-pub const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
-pub const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// Largest response body the agent reads (an envelope, or a listing).
 const RESPONSE_MAX: usize = 64 * 1024 * 1024 + ENVELOPE_MAX;
 
@@ -79,6 +75,7 @@ impl RetryPolicy {
 /// Everything needed to (re)connect.
 struct Endpoint {
     tls: Arc<rustls::ClientConfig>,
+    keepalive: std::time::Duration,
     server_name: ServerName<'static>,
     addr: String,
     authority: String,
@@ -156,8 +153,8 @@ impl Endpoint {
             // A stalled or silently dead connection is noticed by its pings,
             // then reconnected (and the request retried) like a closed one.
             .timer(hyper_util::rt::TokioTimer::new())
-            .keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_interval(self.keepalive)
+            .keep_alive_timeout(self.keepalive + std::time::Duration::from_secs(5))
             .keep_alive_while_idle(true)
             .initial_stream_window_size(4 * 1024 * 1024)
             .initial_connection_window_size(16 * 1024 * 1024)
@@ -206,6 +203,7 @@ impl ProxyClient {
 
         let endpoint = Endpoint {
             tls: Arc::new(tls),
+            keepalive: std::time::Duration::from_secs(cfg.keepalive_secs),
             server_name,
             addr: format!("{host}:{port}"),
             authority: authority.to_string(),

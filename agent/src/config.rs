@@ -30,6 +30,15 @@ pub struct AgentConfig {
     /// connection lost, 429, 5xx) before the command gives up.
     #[serde(default = "default_retry_deadline")]
     pub retry_deadline_secs: u64,
+    /// Seconds between HTTP/2 pings on an open connection; a connection
+    /// whose ping is not answered within as long again plus 5 s is dropped
+    /// and its requests retried.
+    #[serde(default = "default_keepalive")]
+    pub keepalive_secs: u64,
+}
+
+fn default_keepalive() -> u64 {
+    15
 }
 
 /// Seconds of retrying before a command gives up, unless configured.
@@ -102,6 +111,9 @@ impl AgentConfig {
         }
         if !cfg.proxy.starts_with("https://") {
             return Err(ParseError::Invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
+        }
+        if cfg.keepalive_secs == 0 {
+            return Err(ParseError::Invalid("keepalive_secs must be at least 1".into()));
         }
         if !(1..=256).contains(&cfg.backup.uploads_in_flight) {
             return Err(ParseError::Invalid("backup.uploads_in_flight must be 1 to 256".into()));

@@ -279,10 +279,10 @@ fn check_name(name: &str) -> Result<(), String> {
 /// `dev issue`: a client certificate for `identity` (a SAN URI) from the dev
 /// CA, written as `NAME.pem`, `NAME.key` and, once the proxy has an address,
 /// `NAME.toml`. The policy still decides what it may do.
-pub fn issue(dir: &Path, name: &str, identity: &str, days: i64) -> Result<(), String> {
+pub fn issue(dir: &Path, name: &str, identity: &str, days: i64, server_usage: bool) -> Result<(), String> {
     check_name(name)?;
     let ca = Ca::open(dir)?;
-    let (key, pem) = ca.issue(&format!("coffer dev {name}"), vec![uri(identity)?], false, days)?;
+    let (key, pem) = ca.issue(&format!("coffer dev {name}"), vec![uri(identity)?], server_usage, days)?;
     write_pair(dir, name, &key, &pem)?;
     if let Ok(addr) = std::fs::read_to_string(dir.join("address")) {
         write_file(&dir.join(format!("{name}.toml")), agent_toml(addr.trim(), name).as_bytes(), 0o644)

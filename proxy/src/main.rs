@@ -172,6 +172,10 @@ enum DevCmd {
         /// Validity in days; negative gives an expired certificate.
         #[arg(long, default_value_t = dev::DEFAULT_DAYS, allow_negative_numbers = true)]
         days: i64,
+        /// Issue it for server authentication instead of client
+        /// authentication: a certificate the proxy must refuse (for tests).
+        #[arg(long, hide = true)]
+        wrong_usage: bool,
     },
     /// Revoke NAME.pem through the dev CRL (applied on SIGHUP or restart).
     Revoke {
@@ -196,7 +200,9 @@ fn main() -> ExitCode {
     let (path, dev_dir, listen) = match cli.command {
         Some(Cmd::Dev { dir, action: Some(action), .. }) => {
             let done = match action {
-                DevCmd::Issue { name, identity, days } => dev::issue(&dir, &name, &identity, days),
+                DevCmd::Issue { name, identity, days, wrong_usage } => {
+                    dev::issue(&dir, &name, &identity, days, wrong_usage)
+                }
                 DevCmd::Revoke { name } => dev::revoke(&dir, &name),
             };
             return match done {

@@ -552,3 +552,94 @@ impl Drop for FaultRelay {
         self.task.abort();
     }
 }
+
+/// A TCP relay between agents and a proxy that can cut or freeze the
+/// connections open at a given moment (later ones pass normally).
+pub struct TcpRelay {
+    pub addr: String,
+    /// Connections opened before this generation are cut...
+    cut_before: Arc<std::sync::atomic::AtomicU64>,
+    /// ...or frozen: held open, nothing forwarded.
+    freeze_before: Arc<std::sync::atomic::AtomicU64>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl TcpRelay {
+    pub fn start(upstream: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let (cut_before, freeze_before) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (next, stop) = (Arc::new(AtomicU64::new(1)), Arc::new(AtomicBool::new(false)));
+        let (c, f, n, s, up) =
+            (cut_before.clone(), freeze_before.clone(), next.clone(), stop.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            while !s.load(SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                let gen = n.fetch_add(1, SeqCst);
+                let Ok(server) = std::net::TcpStream::connect(&up) else { continue };
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let (c, f, s) = (c.clone(), f.clone(), s.clone());
+                    std::thread::spawn(move || {
+                        let (mut from, mut to) = (from, to);
+                        from.set_nonblocking(false).unwrap();
+                        from.set_read_timeout(Some(std::time::Duration::from_millis(50))).unwrap();
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            if s.load(SeqCst) || gen < c.load(SeqCst) {
+                                let _ = from.shutdown(std::net::Shutdown::Both);
+                                let _ = to.shutdown(std::net::Shutdown::Both);
+                                return;
+                            }
+                            if gen < f.load(SeqCst) {
+                                std::thread::sleep(std::time::Duration::from_millis(50));
+                                continue;
+                            }
+                            match from.read(&mut buf) {
+                                Ok(0) => {
+                                    let _ = to.shutdown(std::net::Shutdown::Write);
+                                    return;
+                                }
+                                Ok(n) => {
+                                    if to.write_all(&buf[..n]).is_err() {
+                                        return;
+                                    }
+                                }
+                                Err(e)
+                                    if matches!(
+                                        e.kind(),
+                                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                    ) => {}
+                                Err(_) => return,
+                            }
+                        }
+                    });
+                }
+            }
+        });
+        Self { addr, cut_before, freeze_before, next, stop }
+    }
+
+    /// Cuts every connection open now.
+    pub fn cut(&self) {
+        let now = self.next.load(std::sync::atomic::Ordering::SeqCst);
+        self.cut_before.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Freezes every connection open now: held open, nothing forwarded.
+    pub fn freeze(&self) {
+        let now = self.next.load(std::sync::atomic::Ordering::SeqCst);
+        self.freeze_before.store(now, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -205,6 +205,15 @@ fn revoked_and_expired_certificates_fail_the_handshake() {
         e["action"] == "handshake" && e["reason"].as_str().unwrap_or("").contains("certificate expired")
     });
 
+    // A valid certificate from the right CA, but issued for server use.
+    p.dev(&["issue", "--name", "misused", "--identity", "spiffe://coffer.dev/writer", "--wrong-usage"]);
+    let misused = coffer(&p.config("misused"), &["whoami"], None);
+    assert_eq!(misused.code(), 1);
+    assert!(misused.stderr.contains("refused the TLS session"), "{}", misused.stderr);
+    p.wait_for_event("wrong key usage", |e| {
+        e["action"] == "handshake" && e["reason"].as_str().unwrap_or("").to_lowercase().contains("usage")
+    });
+
     p.dev(&["revoke", "--name", "host1"]);
     assert!(p.reload());
     let revoked = coffer(&host1, &["whoami"], None);

@@ -30,11 +30,17 @@ fn wait_for_chunks(p: &DevProxy, prefix: &str, n: usize) {
 /// Two 12 MiB random halves in files, and a script that sends the first,
 /// pauses, then sends the second.
 fn two_halves(p: &DevProxy, pause: u32) -> (Vec<u8>, String) {
-    let (a, b) = (random_bytes("first half", 12 << 20), random_bytes("second half", 12 << 20));
-    std::fs::write(p.dir.join("a.bin"), &a).unwrap();
-    std::fs::write(p.dir.join("b.bin"), &b).unwrap();
+    halves(p, pause, "")
+}
+
+/// As [`two_halves`], with data distinct for each `label`.
+fn halves(p: &DevProxy, pause: u32, label: &str) -> (Vec<u8>, String) {
+    let (a, b) =
+        (random_bytes(&format!("first half{label}"), 12 << 20), random_bytes(&format!("second half{label}"), 12 << 20));
     let d = p.dir.display();
-    let script = format!("cat {d}/a.bin; sleep {pause}; cat {d}/b.bin");
+    std::fs::write(p.dir.join(format!("a{label}.bin")), &a).unwrap();
+    std::fs::write(p.dir.join(format!("b{label}.bin")), &b).unwrap();
+    let script = format!("cat {d}/a{label}.bin; sleep {pause}; cat {d}/b{label}.bin");
     ([a, b].concat(), script)
 }
 
@@ -274,4 +280,49 @@ fn a_full_disk_commits_nothing_and_leaves_no_partial_object() {
     }
     // And the proxy still answers.
     coffer(&p.writer(), &["whoami"], None).ok();
+}
+
+/// The writer's config, but reaching the proxy through `relay`.
+fn via_relay(p: &DevProxy, relay: &coffer_tests::TcpRelay, extra: &str) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(p.writer()).unwrap().replace(&p.addr, &relay.addr);
+    let path = p.dir.join(format!("relay-{}.toml", relay.addr.replace(':', "-")));
+    std::fs::write(&path, format!("{extra}\n{text}")).unwrap();
+    path
+}
+
+fn backup_through(config: &std::path::Path, repo: &str, script: &str) -> std::process::Child {
+    Command::new(bin("coffer"))
+        .args(["backup", "--repo", repo, "--json", "--", "sh", "-c", script])
+        .env("COFFER_CONFIG", config)
+        .env("COFFER_RETRY_DEADLINE_SECS", "60")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_cut_or_stalled_connection_is_reestablished_and_the_backup_completes() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/net"], None).ok();
+    for (what, repo) in [("cut", "dev/net"), ("freeze", "dev/net")] {
+        let relay = coffer_tests::TcpRelay::start(&p.addr);
+        // Pings every second, so a frozen connection is given up in ~7 s.
+        let config = via_relay(&p, &relay, "keepalive_secs = 1");
+        let (data, script) = halves(&p, 2, what);
+        let before = p.stored("dev/net/chunks").len();
+        let backup = backup_through(&config, repo, &script);
+        wait_for_chunks(&p, "dev/net/chunks", before + 4);
+        if what == "cut" {
+            relay.cut();
+        } else {
+            relay.freeze();
+        }
+        let out = backup.wait_with_output().unwrap();
+        assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let restored = coffer(&p.reader(), &["restore", "--repo", repo, report["id"].as_str().unwrap()], None);
+        restored.ok();
+        assert!(restored.stdout == data, "{what}: restore differs");
+    }
 }
