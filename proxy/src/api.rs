@@ -47,27 +47,13 @@ pub struct App {
     known_keys: Mutex<HashSet<(RepoName, KeyId)>>,
     pub mfa: MfaVerifier,
     /// Identities an admin revoked (trust domain, name); loaded from the store.
-    revoked: RwLock<HashSet<(String, String)>>,
+    pub(crate) revoked: RwLock<HashSet<(String, String)>>,
+    /// Lockdown: only reads, and the admin call that lifts it.
+    pub(crate) lockdown: std::sync::atomic::AtomicBool,
     /// Asks the server loop to reload the configuration file.
-    reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    pub(crate) reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub watch: Arc<crate::detect::Watch>,
-}
-
-/// Where admin revocations are stored, one object each.
-pub const REVOCATIONS: &str = "admin/revocations/";
-
-/// A revocation, as stored and as sent to `POST /v1/admin/revoke`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Revocation {
-    pub trust_domain: String,
-    pub identity: String,
-    /// Who revoked it, when (set by the proxy).
-    #[serde(default)]
-    pub by: Option<String>,
-    #[serde(default)]
-    pub time: Option<u64>,
 }
 
 impl App {
@@ -94,6 +80,7 @@ impl App {
             known_keys: Mutex::default(),
             mfa,
             revoked: RwLock::default(),
+            lockdown: Default::default(),
             reload,
             metrics,
             watch,
@@ -103,9 +90,9 @@ impl App {
     /// Loads the revocations stored by admins, so they survive restarts.
     pub async fn load_revocations(&self) -> Result<usize, StoreError> {
         let mut loaded = HashSet::new();
-        for key in self.store.list(REVOCATIONS).await? {
+        for key in self.store.list(crate::admin::REVOCATIONS).await? {
             let Some(bytes) = self.store.get(&key).await? else { continue };
-            match serde_json::from_slice::<Revocation>(&bytes) {
+            match serde_json::from_slice::<crate::admin::Revocation>(&bytes) {
                 Ok(r) => {
                     loaded.insert((r.trust_domain, r.identity));
                 }
@@ -194,7 +181,7 @@ impl ApiError {
     }
 }
 
-fn invalid(e: impl std::fmt::Display) -> ApiError {
+pub(crate) fn invalid(e: impl std::fmt::Display) -> ApiError {
     ApiError::Invalid(e.to_string())
 }
 
@@ -227,6 +214,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         ["whoami"] => Some(pick(&[(Method::GET, Action::Whoami)])?),
         ["admin", "revoke"] => Some(pick(&[(Method::POST, Action::AdminRevoke)])?),
         ["admin", "reload"] => Some(pick(&[(Method::POST, Action::AdminReload)])?),
+        ["admin", "hold"] => Some(pick(&[(Method::POST, Action::AdminHold)])?),
+        ["admin", "lockdown"] => Some(pick(&[(Method::POST, Action::AdminLockdown)])?),
         _ => None,
     };
     if let Some(action) = global {
@@ -280,23 +269,23 @@ pub mod keys {
 }
 
 /// A successful answer: status, body, and the byte count for the audit event.
-struct Reply {
+pub(crate) struct Reply {
     status: StatusCode,
     body: Bytes,
     content_type: &'static str,
 }
 
 impl Reply {
-    fn new(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Self {
+    pub(crate) fn new(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Self {
         Self { status, body: body.into(), content_type }
     }
-    fn json(status: StatusCode, v: &impl serde::Serialize) -> Self {
+    pub(crate) fn json(status: StatusCode, v: &impl serde::Serialize) -> Self {
         Self::new(status, serde_json::to_vec(v).expect("API types serialise"), "application/json")
     }
     fn bytes(body: Bytes) -> Self {
         Self::new(StatusCode::OK, body, "application/octet-stream")
     }
-    fn empty(status: StatusCode) -> Self {
+    pub(crate) fn empty(status: StatusCode) -> Self {
         Self::new(status, Bytes::new(), "application/octet-stream")
     }
     fn stored(outcome: PutOutcome) -> Self {
@@ -313,7 +302,7 @@ fn body_limit(app: &App, action: Action) -> usize {
         Action::Missing => MISSING_IDS_MAX * ChunkId::LEN,
         Action::PutChunk => ENVELOPE_MAX,
         Action::Commit => app.commit_max_bytes,
-        Action::AdminRevoke | Action::AdminReload => SMALL_BODY_MAX,
+        a if a.admin() => SMALL_BODY_MAX,
         _ => 0,
     }
 }
@@ -422,6 +411,10 @@ where
         return Err(Denied(format!("{identity} was revoked by an administrator")).into());
     }
     let allowed = policy.decide(&request)?;
+    if app.lockdown.load(std::sync::atomic::Ordering::Acquire) && !crate::admin::allowed_in_lockdown(route.action) {
+        crate::admin::lockdown_refused(app, identity, route.action).await;
+        return Err(Denied(format!("the proxy is in lockdown: {} is refused", route.action.name())).into());
+    }
     let code = req.headers().get(TOTP_HEADER).and_then(|v| v.to_str().ok());
     let now = crate::unix_now();
     if route.action.admin() {
@@ -475,42 +468,11 @@ where
         (Action::Commit, Some(repo)) => commit(app, draft, &repo, &body).await,
         (Action::ListSnapshots, Some(repo)) => list_snapshots(app, &repo).await,
         (Action::GetSnapshot, Some(repo)) => get(app, keys::snapshot(&repo, &obj.parse().map_err(invalid)?)).await,
-        (Action::AdminRevoke, _) => admin_revoke(app, identity, draft, &body).await,
-        (Action::AdminReload, _) => admin_reload(app, draft).await,
+        (Action::AdminRevoke, _) => crate::admin::revoke(app, identity, draft, &body).await,
+        (Action::AdminReload, _) => crate::admin::reload(app, draft).await,
+        (Action::AdminHold, _) => crate::admin::hold(app, identity, draft, &body).await,
+        (Action::AdminLockdown, _) => crate::admin::lockdown(app, identity, draft, &body).await,
         (_, None) => unreachable!("route() gives every repository action a repository"),
-    }
-}
-
-/// The audit event an admin call writes, durably, before it acts.
-async fn audit_intent(app: &App, draft: &Draft, what: String) -> Result<(), ApiError> {
-    let intent =
-        Draft { outcome: Some(Outcome::Ok), reason: Some(format!("authorized with TOTP; {what}")), ..draft.clone() };
-    app.audit.record(intent, true).await.map_err(|_| ApiError::Audit)
-}
-
-async fn admin_revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
-    let mut r: Revocation = serde_json::from_slice(body).map_err(invalid)?;
-    if r.trust_domain.is_empty() || r.identity.is_empty() {
-        return Err(invalid("trust_domain and identity are required"));
-    }
-    audit_intent(app, draft, format!("revoking {} in trust domain {}", r.identity, r.trust_domain)).await?;
-    r.by = Some(format!("{} ({})", admin.name(), admin.domain()));
-    r.time = Some(crate::unix_now());
-    let name = blake3::hash(format!("{}\0{}", r.trust_domain, r.identity).as_bytes()).to_hex();
-    let body = serde_json::to_vec(&r).expect("serialises");
-    app.store.put_new(&format!("{REVOCATIONS}{name}"), body.into(), u64::MAX).await?;
-    app.revoked.write().expect("not poisoned").insert((r.trust_domain.clone(), r.identity.clone()));
-    Ok(Reply::json(StatusCode::CREATED, &r))
-}
-
-async fn admin_reload(app: &App, draft: &Draft) -> Result<Reply, ApiError> {
-    audit_intent(app, draft, "reloading the configuration".into()).await?;
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    app.reload.send(tx).await.map_err(|_| ApiError::Conflict("the proxy is shutting down".into()))?;
-    match rx.await {
-        Ok(Ok(())) => Ok(Reply::empty(StatusCode::OK)),
-        Ok(Err(e)) => Err(invalid(e)),
-        Err(_) => Err(ApiError::Conflict("the proxy is shutting down".into())),
     }
 }
 

@@ -10,6 +10,7 @@
 //! `main.rs` only parses arguments and calls [`config::ProxyConfig::load`],
 //! then [`server::run`]; [`dev`] prepares the embedded default.
 
+pub mod admin;
 pub mod alerts;
 pub mod api;
 pub mod audit;

@@ -126,6 +126,39 @@ enum AdminCmd {
         #[command(flatten)]
         call: AdminCall,
     },
+    /// Put (set) or lift (clear) a legal hold on a snapshot, or on every
+    /// snapshot of a repository, and every object it references.
+    Hold {
+        #[command(subcommand)]
+        action: HoldAction,
+    },
+    /// From now on serve only reads; --lift ends it.
+    Lockdown {
+        #[command(flatten)]
+        call: AdminCall,
+        #[arg(long)]
+        lift: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum HoldAction {
+    Set {
+        #[command(flatten)]
+        call: AdminCall,
+        #[arg(long)]
+        repo: RepoName,
+        #[arg(long)]
+        snapshot: Option<coffer_proto::SnapshotId>,
+    },
+    Clear {
+        #[command(flatten)]
+        call: AdminCall,
+        #[arg(long)]
+        repo: RepoName,
+        #[arg(long)]
+        snapshot: Option<coffer_proto::SnapshotId>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -327,6 +360,14 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
             (call, "revoke", serde_json::json!({"trust_domain": trust_domain, "identity": identity}))
         }
         AdminCmd::Reload { call } => (call, "reload", serde_json::json!({})),
+        AdminCmd::Lockdown { call, lift } => (call, "lockdown", serde_json::json!({ "on": !lift })),
+        AdminCmd::Hold { action } => {
+            let (call, repo, snapshot, on) = match action {
+                HoldAction::Set { call, repo, snapshot } => (call, repo, snapshot, true),
+                HoldAction::Clear { call, repo, snapshot } => (call, repo, snapshot, false),
+            };
+            (call, "hold", serde_json::json!({ "repo": repo, "snapshot": snapshot, "on": on }))
+        }
     };
     let client_config = match coffer_agent::config::AgentConfig::load(&call.client_config) {
         Ok(c) => c,

@@ -62,10 +62,14 @@ pub enum Action {
     AdminRevoke,
     /// Admin: reload the configuration file.
     AdminReload,
+    /// Admin: put or lift legal holds on snapshots.
+    AdminHold,
+    /// Admin: enter or leave lockdown.
+    AdminLockdown,
 }
 
 impl Action {
-    pub const ALL: [Action; 13] = [
+    pub const ALL: [Action; 15] = [
         Action::Whoami,
         Action::PutConfig,
         Action::GetConfig,
@@ -79,6 +83,8 @@ impl Action {
         Action::GetSnapshot,
         Action::AdminRevoke,
         Action::AdminReload,
+        Action::AdminHold,
+        Action::AdminLockdown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +102,8 @@ impl Action {
             Action::GetSnapshot => "get-snapshot",
             Action::AdminRevoke => "admin-revoke",
             Action::AdminReload => "admin-reload",
+            Action::AdminHold => "admin-hold",
+            Action::AdminLockdown => "admin-lockdown",
         }
     }
 
@@ -116,7 +124,7 @@ impl Action {
 
     /// Admin calls need a fresh TOTP code every time.
     pub fn admin(self) -> bool {
-        matches!(self, Action::AdminRevoke | Action::AdminReload)
+        matches!(self, Action::AdminRevoke | Action::AdminReload | Action::AdminHold | Action::AdminLockdown)
     }
 
     pub fn allowed_for(self, role: Role) -> bool {
@@ -125,7 +133,7 @@ impl Action {
             Role::Writer => matches!(self, Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit),
             Role::Reader => matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot),
             Role::Auditor => matches!(self, Whoami | ListSnapshots),
-            Role::Admin => matches!(self, Whoami | AdminRevoke | AdminReload),
+            Role::Admin => matches!(self, Whoami | AdminRevoke | AdminReload | AdminHold | AdminLockdown),
         }
     }
 }

@@ -203,6 +203,9 @@ impl Proxy {
         if revoked > 0 {
             tracing::info!("{revoked} identities are revoked");
         }
+        if crate::admin::load_lockdown(&self.app).await.map_err(|e| std::io::Error::other(e.to_string()))? {
+            tracing::warn!("the proxy is in lockdown: only reads are served");
+        }
         let listener = TcpListener::bind(self.listen).await?;
         let mut hangup = signal(SignalKind::hangup())?;
         let metrics_task = match self.metrics_listen {

@@ -1,0 +1,220 @@
+//! The admin API: every call needs the admin role and a fresh TOTP code
+//! (checked in `api::serve`), and writes a durable audit event before it
+//! acts. Revoke an identity, reload the configuration, put or lift legal
+//! holds, enter or leave lockdown. Their state lives in the store (under the
+//! reserved `admin/` tree), so it survives restarts and is shared by every
+//! proxy on the bucket.
+
+use std::collections::BTreeSet;
+
+use coffer_proto::snapshot::IndexSegment;
+use coffer_proto::{RepoName, SnapshotId};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::api::{invalid, keys, ApiError, App, Reply};
+use crate::audit::{Draft, Outcome};
+use crate::identity::Identity;
+use crate::policy::Action;
+
+/// Where admin revocations are stored, one object each.
+pub const REVOCATIONS: &str = "admin/revocations/";
+/// Lockdown switches, one object each; the newest decides.
+pub const LOCKDOWN: &str = "admin/lockdown/";
+/// Legal hold switches per snapshot: `admin/holds/<repo>/<snapshot>/<time>`.
+pub const HOLDS: &str = "admin/holds/";
+
+/// A revocation, as stored and as sent to `POST /v1/admin/revoke`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub trust_domain: String,
+    pub identity: String,
+    /// Who revoked it, when (set by the proxy).
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default)]
+    pub time: Option<u64>,
+}
+
+/// A switch (lockdown, or a snapshot's hold), as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Switch {
+    on: bool,
+    by: String,
+    time: u64,
+}
+
+fn by(admin: &Identity) -> String {
+    format!("{} ({})", admin.name(), admin.domain())
+}
+
+/// The audit event an admin call writes, durably, before it acts.
+async fn audit_intent(app: &App, draft: &Draft, what: String) -> Result<(), ApiError> {
+    let intent =
+        Draft { outcome: Some(Outcome::Ok), reason: Some(format!("authorized with TOTP; {what}")), ..draft.clone() };
+    app.audit.record(intent, true).await.map_err(|_| ApiError::Audit)
+}
+
+/// Writes a switch object under `prefix`, named so the newest sorts last.
+async fn write_switch(app: &App, prefix: &str, on: bool, admin: &Identity) -> Result<(), ApiError> {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let mut r = [0u8; 4];
+    aws_lc_rs::rand::fill(&mut r).expect("the system RNG failed");
+    let key = format!("{prefix}{now_ms:020}-{}", hex::encode(r));
+    let body = serde_json::to_vec(&Switch { on, by: by(admin), time: crate::unix_now() }).expect("serialises");
+    app.store.put_new(&key, body.into(), u64::MAX).await?;
+    Ok(())
+}
+
+/// The newest switch under `prefix`, if any.
+async fn read_switch(app: &App, prefix: &str) -> Result<Option<bool>, ApiError> {
+    let Some(newest) = app.store.list(prefix).await?.into_iter().max() else { return Ok(None) };
+    let Some(body) = app.store.get(&newest).await? else { return Ok(None) };
+    Ok(serde_json::from_slice::<Switch>(&body).ok().map(|s| s.on))
+}
+
+pub(crate) async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let mut r: Revocation = serde_json::from_slice(body).map_err(invalid)?;
+    if r.trust_domain.is_empty() || r.identity.is_empty() {
+        return Err(invalid("trust_domain and identity are required"));
+    }
+    audit_intent(app, draft, format!("revoking {} in trust domain {}", r.identity, r.trust_domain)).await?;
+    r.by = Some(by(admin));
+    r.time = Some(crate::unix_now());
+    let name = blake3::hash(format!("{}\0{}", r.trust_domain, r.identity).as_bytes()).to_hex();
+    let body = serde_json::to_vec(&r).expect("serialises");
+    app.store.put_new(&format!("{REVOCATIONS}{name}"), body.into(), u64::MAX).await?;
+    app.revoked.write().expect("not poisoned").insert((r.trust_domain.clone(), r.identity.clone()));
+    Ok(Reply::json(StatusCode::CREATED, &r))
+}
+
+pub(crate) async fn reload(app: &App, draft: &Draft) -> Result<Reply, ApiError> {
+    audit_intent(app, draft, "reloading the configuration".into()).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.reload.send(tx).await.map_err(|_| ApiError::Conflict("the proxy is shutting down".into()))?;
+    match rx.await {
+        Ok(Ok(())) => Ok(Reply::empty(StatusCode::OK)),
+        Ok(Err(e)) => Err(invalid(e)),
+        Err(_) => Err(ApiError::Conflict("the proxy is shutting down".into())),
+    }
+}
+
+// === lockdown ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockdownRequest {
+    on: bool,
+}
+
+/// During lockdown: reads, and the admin call that lifts it.
+pub fn allowed_in_lockdown(action: Action) -> bool {
+    use Action::*;
+    matches!(action, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | AdminLockdown)
+}
+
+/// A write refused by lockdown raises an alert (once per identity per quiet period).
+pub async fn lockdown_refused(app: &App, who: &Identity, action: Action) {
+    let msg = format!("lockdown refused {} by {who}", action.name());
+    let dedup = Some((format!("lockdown:{}:{}", who.domain(), who.name()), crate::detect::QUIET_SECS));
+    app.watch.alerts.raise("lockdown", crate::alerts::Severity::High, None, Some(who.to_string()), msg, dedup).await;
+}
+
+pub(crate) async fn lockdown(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let req: LockdownRequest = serde_json::from_slice(body).map_err(invalid)?;
+    let what = if req.on { "entering lockdown" } else { "lifting lockdown" };
+    audit_intent(app, draft, what.into()).await?;
+    write_switch(app, LOCKDOWN, req.on, admin).await?;
+    app.lockdown.store(req.on, std::sync::atomic::Ordering::Release);
+    let msg = format!("{what}, by {admin}");
+    app.watch
+        .alerts
+        .raise("lockdown", crate::alerts::Severity::Critical, None, Some(admin.to_string()), msg, None)
+        .await;
+    Ok(Reply::json(StatusCode::OK, &serde_json::json!({ "lockdown": req.on })))
+}
+
+/// Restores the lockdown state from the store at start.
+pub async fn load_lockdown(app: &App) -> Result<bool, ApiError> {
+    let on = read_switch(app, LOCKDOWN).await?.unwrap_or(false);
+    app.lockdown.store(on, std::sync::atomic::Ordering::Release);
+    Ok(on)
+}
+
+// === legal hold ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldRequest {
+    repo: RepoName,
+    /// One snapshot, or every snapshot of the repository.
+    #[serde(default)]
+    snapshot: Option<SnapshotId>,
+    on: bool,
+}
+
+/// Every object a snapshot needs: its root and index, its chunks, the
+/// repository's config and key records.
+async fn objects_of(app: &App, repo: &RepoName, snapshot: SnapshotId) -> Result<BTreeSet<String>, ApiError> {
+    let index = app
+        .store
+        .get(&keys::index(repo, &snapshot))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no snapshot {snapshot} in {repo}")))?;
+    let index = IndexSegment::decode(&index).map_err(|e| ApiError::Conflict(format!("index of {snapshot}: {e}")))?;
+    let mut out: BTreeSet<String> = index.chunks.iter().map(|e| keys::chunk(repo, &e.id)).collect();
+    out.insert(keys::index(repo, &snapshot));
+    out.insert(keys::snapshot(repo, &snapshot));
+    out.insert(keys::config(repo));
+    out.extend(app.store.list(&format!("{repo}/keys/")).await?);
+    Ok(out)
+}
+
+async fn snapshots_of(app: &App, repo: &RepoName) -> Result<Vec<SnapshotId>, ApiError> {
+    let prefix = format!("{repo}/snapshots/");
+    Ok(app.store.list(&prefix).await?.iter().filter_map(|k| k[prefix.len()..].parse().ok()).collect())
+}
+
+fn hold_prefix(repo: &RepoName, snapshot: &SnapshotId) -> String {
+    format!("{HOLDS}{repo}/{snapshot}/")
+}
+
+/// Puts or lifts a legal hold on a snapshot (or all of a repository's) and
+/// every object it references. Lifting leaves alone whatever another held
+/// snapshot still references.
+pub(crate) async fn hold(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let req: HoldRequest = serde_json::from_slice(body).map_err(invalid)?;
+    let repo = &req.repo;
+    let targets = match req.snapshot {
+        Some(s) => vec![s],
+        None => snapshots_of(app, repo).await?,
+    };
+    let verb = if req.on { "putting" } else { "lifting" };
+    audit_intent(app, draft, format!("{verb} a legal hold on {} snapshot(s) of {repo}", targets.len())).await?;
+    let mut objects = BTreeSet::new();
+    for s in &targets {
+        objects.extend(objects_of(app, repo, *s).await?);
+    }
+    if !req.on {
+        // Objects still needed by snapshots that stay held keep their hold.
+        for other in snapshots_of(app, repo).await? {
+            if !targets.contains(&other) && read_switch(app, &hold_prefix(repo, &other)).await? == Some(true) {
+                for o in objects_of(app, repo, other).await? {
+                    objects.remove(&o);
+                }
+            }
+        }
+    }
+    for s in &targets {
+        write_switch(app, &hold_prefix(repo, s), req.on, admin).await?;
+    }
+    for key in &objects {
+        app.store.set_legal_hold(key, req.on).await?;
+    }
+    Ok(Reply::json(
+        StatusCode::OK,
+        &serde_json::json!({ "snapshots": targets.len(), "objects": objects.len(), "on": req.on }),
+    ))
+}

@@ -1,0 +1,162 @@
+//! Governance calls (admin role + a fresh TOTP code): legal hold and lockdown.
+
+use std::process::Command;
+
+use coffer_proxy::mfa::code_at;
+use coffer_tests::{bin, coffer, random_bytes, DevProxy};
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// Enrolls `identity` and returns its base32 secret.
+fn enroll(p: &DevProxy, identity: &str) -> String {
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["admin", "enroll", "--trust-domain", "dev", "--identity", identity])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let uri = String::from_utf8(out.stdout).unwrap();
+    let start = uri.find("secret=").unwrap() + "secret=".len();
+    uri[start..].split(['&', '\n']).next().unwrap().to_string()
+}
+
+fn admin(p: &DevProxy, who: &str, code: &str, args: &[&str]) -> (bool, String) {
+    let mut cmd = Command::new(bin("coffer-proxy"));
+    cmd.arg("admin").args(args).arg("--client-config").arg(p.config(who)).args(["--totp", code]);
+    let out = cmd.output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+}
+
+/// A second admin identity, so a test can make more than the two admin calls
+/// one identity's TOTP window allows.
+fn second_admin(p: &DevProxy) -> String {
+    p.dev(&["issue", "--name", "admin2", "--identity", "spiffe://coffer.dev/admin2"]);
+    let path = p.dir.join("proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        format!("{text}\n[[rules]]\nname = \"second admin\"\ntrust_domain = \"dev\"\nidentity = \"spiffe://coffer.dev/admin2\"\nroles = [\"admin\"]\nrepos = [\"**\"]\n"),
+    )
+    .unwrap();
+    assert!(p.reload());
+    enroll(p, "spiffe://coffer.dev/admin2")
+}
+
+fn held(p: &DevProxy, object: &std::path::Path) -> bool {
+    let rel = object.strip_prefix(p.objects()).unwrap();
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dir.join("store/locks").join(rel)).unwrap()).unwrap();
+    lock["legal_hold"] == true
+}
+
+#[test]
+fn legal_holds_cover_what_a_snapshot_references_and_lifting_one_keeps_the_others() {
+    let p = DevProxy::start();
+    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let secret2 = second_admin(&p);
+    coffer(&p.writer(), &["init", "--repo", "dev/legal"], None).ok();
+    let shared = random_bytes("shared", 3 << 20);
+    let a = coffer(&p.writer(), &["backup", "--repo", "dev/legal", "-"], Some(&shared)).last_line();
+    let mut more = shared.clone();
+    more.extend_from_slice(&random_bytes("only in b", 3 << 20));
+    let b = coffer(&p.writer(), &["backup", "--repo", "dev/legal", "-"], Some(&more)).last_line();
+    let chunk_of_a_only: Vec<_> = {
+        let idx = |id: &str| {
+            let bytes = std::fs::read(p.dir.join(format!("store/objects/dev/legal/index/{id}"))).unwrap();
+            coffer_proto::snapshot::IndexSegment::decode(&bytes)
+                .unwrap()
+                .chunks
+                .into_iter()
+                .map(|e| e.id)
+                .collect::<Vec<_>>()
+        };
+        let (ia, ib) = (idx(&a), idx(&b));
+        ia.into_iter().filter(|c| !ib.contains(c)).collect()
+    };
+
+    let t = now();
+    let (ok, out) = admin(&p, "admin", "000000", &["hold", "set", "--repo", "dev/legal", "--snapshot", &a]);
+    assert!(!ok && out.contains("mfa-failed"), "a wrong code: {out}");
+    let (ok, out) =
+        admin(&p, "admin", &code_at(&secret, t).unwrap(), &["hold", "set", "--repo", "dev/legal", "--snapshot", &a]);
+    assert!(ok, "{out}");
+    let root_a = p.dir.join(format!("store/objects/dev/legal/snapshots/{a}"));
+    assert!(held(&p, &root_a));
+    let chunks = p.stored("dev/legal/chunks");
+    let a_chunks: Vec<_> = chunks
+        .iter()
+        .filter(|c| {
+            let name = c.file_name().unwrap().to_string_lossy();
+            let bytes = std::fs::read(p.dir.join(format!("store/objects/dev/legal/index/{a}"))).unwrap();
+            coffer_proto::snapshot::IndexSegment::decode(&bytes)
+                .unwrap()
+                .chunks
+                .iter()
+                .any(|e| e.id.to_string() == name)
+        })
+        .collect();
+    assert!(!a_chunks.is_empty() && a_chunks.iter().all(|c| held(&p, c)), "every chunk of A is held");
+    assert!(held(&p, &p.dir.join("store/objects/dev/legal/config")), "the config (chunk-id key) is held too");
+
+    let (ok, out) = admin(
+        &p,
+        "admin",
+        &code_at(&secret, t + 30).unwrap(),
+        &["hold", "set", "--repo", "dev/legal", "--snapshot", &b],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = admin(
+        &p,
+        "admin2",
+        &code_at(&secret2, t).unwrap(),
+        &["hold", "clear", "--repo", "dev/legal", "--snapshot", &a],
+    );
+    assert!(ok, "{out}");
+    assert!(!held(&p, &root_a), "A's own objects are released");
+    for c in &a_chunks {
+        let id = c.file_name().unwrap().to_string_lossy().into_owned();
+        let only_a = chunk_of_a_only.iter().any(|x| x.to_string() == id);
+        assert_eq!(held(&p, c), !only_a, "{id}: chunks B still needs stay held");
+    }
+    let intents = p
+        .audit_events()
+        .into_iter()
+        .filter(|e| {
+            e["action"] == "admin-hold" && e["reason"].as_str().unwrap_or("").starts_with("authorized with TOTP")
+        })
+        .count();
+    assert_eq!(intents, 3);
+}
+
+#[test]
+fn lockdown_serves_reads_only_until_lifted_and_survives_restarts() {
+    let p = DevProxy::start();
+    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    coffer(&p.writer(), &["init", "--repo", "dev/lock"], None).ok();
+    let id = coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"before the incident")).last_line();
+    let t = now();
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t).unwrap(), &["lockdown"]);
+    assert!(ok, "{out}");
+
+    let write = coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"during"));
+    assert_eq!(write.code(), 1);
+    assert!(write.stderr.contains("lockdown"), "{}", write.stderr);
+    assert_eq!(coffer(&p.reader(), &["restore", "--repo", "dev/lock", &id], None).ok(), "before the incident");
+    coffer(&p.config("auditor"), &["snapshots", "--repo", "dev/lock"], None);
+    // Other admin calls are refused too (before their code is even checked).
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &["reload"]);
+    assert!(!ok && out.contains("lockdown"), "{out}");
+    p.wait_for_event("lockdown alert", |e| {
+        e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with("lockdown:"))
+    });
+
+    // A restart keeps the lockdown; lifting it lets writes through again.
+    let p = p.restarted(|t| t);
+    assert_eq!(coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"after restart")).code(), 1);
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &["lockdown", "--lift"]);
+    assert!(ok, "{out}");
+    coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"after")).ok();
+}
