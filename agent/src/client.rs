@@ -266,7 +266,7 @@ impl ProxyClient {
                     let mut j = [0u8; 2];
                     aws_lc_rs::rand::fill(&mut j).expect("the system RNG failed");
                     let jitter = backoff.mul_f64(f64::from(u16::from_le_bytes(j)) / f64::from(u16::MAX) / 2.0);
-                    tracing::info!("retrying after {:?}: {e}", backoff + jitter);
+                    tracing::warn!("retrying in {:?}: {e}", backoff + jitter);
                     tokio::time::sleep((backoff + jitter).min(policy.deadline.saturating_sub(start.elapsed()))).await;
                     backoff = (backoff * 2).min(policy.max_backoff);
                 }
