@@ -24,6 +24,17 @@ pub enum KeyCheckError {
 #[async_trait]
 pub trait KeyChecker: Send + Sync {
     async fn check(&self, record: &KeyRecord, repo: &RepoName) -> Result<(), KeyCheckError>;
+    /// What the key service says about a KEK now (for reports).
+    async fn describe(&self, kek: &str) -> Result<KekState, KeyCheckError>;
+}
+
+/// A KEK's state, as a report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct KekState {
+    /// `ok`, or why it must not be used.
+    pub status: String,
+    /// Automatic rotation, where the key service reports it.
+    pub rotation: Option<bool>,
 }
 
 /// The local provider's checker. The proxy holds the master key in dev mode
@@ -52,6 +63,11 @@ impl KeyChecker for LocalKeyChecker {
             .decrypt(&record.wrapped, &record.context)
             .map(drop)
             .map_err(|_| KeyCheckError::NotGenuine(record.kek.clone()))
+    }
+
+    async fn describe(&self, kek: &str) -> Result<KekState, KeyCheckError> {
+        let status = if kek == self.kek.id() { "ok".into() } else { "not this proxy's local master key".into() };
+        Ok(KekState { status, rotation: None })
     }
 }
 
@@ -207,6 +223,19 @@ impl KeyChecker for KmsKeyChecker {
             return Err(KeyCheckError::NotGenuine(record.kek.clone()));
         }
         Ok(())
+    }
+
+    async fn describe(&self, kek: &str) -> Result<KekState, KeyCheckError> {
+        let facts = self.facts(kek).await?;
+        let rotation = self
+            .client
+            .get_key_rotation_status()
+            .key_id(&facts.arn)
+            .send()
+            .await
+            .ok()
+            .map(|r| r.key_rotation_enabled());
+        Ok(KekState { status: facts.problem.clone().unwrap_or_else(|| "ok".into()), rotation })
     }
 }
 

@@ -23,6 +23,7 @@ pub mod limit;
 pub mod metrics;
 pub mod mfa;
 pub mod policy;
+pub mod report;
 pub mod scrub;
 pub mod server;
 pub mod store;

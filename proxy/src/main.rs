@@ -55,6 +55,11 @@ enum Cmd {
         #[command(subcommand)]
         command: AlertsCmd,
     },
+    /// Keys: which KEKs wrapped which data keys, and each KEK's state.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCmd,
+    },
     /// The audit trail: verify it, or search it.
     Audit {
         #[command(subcommand)]
@@ -65,6 +70,15 @@ enum Cmd {
     Admin {
         #[command(subcommand)]
         command: AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Print the report (JSON with --json).
+    Report {
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -252,6 +266,7 @@ fn main() -> ExitCode {
         Some(Cmd::Admin { command }) => return admin_command(cli.config, command),
         Some(Cmd::Audit { command }) => return audit_command(cli.config, command),
         Some(Cmd::Alerts { command: AlertsCmd::Test }) => return alerts_test(cli.config),
+        Some(Cmd::Keys { command: KeysCmd::Report { json } }) => return keys_report(cli.config, json),
         None => match cli.config {
             Some(path) => (path, None, None),
             None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
@@ -485,4 +500,45 @@ fn alerts_test(config: Option<PathBuf>) -> ExitCode {
         }
         Err(e) => fail(EXIT_FAILURE, &format!("test alert not delivered to {}: {e}", hook.url)),
     }
+}
+
+fn keys_report(config: Option<PathBuf>, json: bool) -> ExitCode {
+    let Some(path) = config else {
+        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
+    };
+    let cfg = match ProxyConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let report = match runtime.block_on(coffer_proxy::report::keys_report(&cfg)) {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_FAILURE, &e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("serialises"));
+        return ExitCode::SUCCESS;
+    }
+    for k in &report.keks {
+        let state = match (&k.state, &k.state_error) {
+            (Some(s), _) => format!(
+                "{}, rotation {}",
+                s.status,
+                s.rotation.map_or("n/a".to_string(), |r| if r { "on".into() } else { "off".into() })
+            ),
+            (None, Some(e)) => format!("unknown: {e}"),
+            (None, None) => "unknown".into(),
+        };
+        println!("{}  ({state})", k.kek);
+        for key in &k.keys {
+            println!(
+                "  {:<24} {} {:<8} uploaded by {}",
+                key.repo,
+                key.key_id,
+                key.purpose,
+                key.uploaded_by.as_deref().unwrap_or("(not in the local audit trail)")
+            );
+        }
+    }
+    ExitCode::SUCCESS
 }

@@ -196,6 +196,10 @@ impl KeyChecker for TimedChecker {
         self.metrics.key_check_seconds.get_or_create(&labels).observe(t.elapsed().as_secs_f64());
         r
     }
+
+    async fn describe(&self, kek: &str) -> Result<crate::keycheck::KekState, KeyCheckError> {
+        self.inner.describe(kek).await
+    }
 }
 
 /// Serves `GET /metrics` (plain HTTP/1) until the task is aborted; `before`

@@ -96,7 +96,7 @@ async fn aws_sdk_config() -> aws_config::SdkConfig {
 
 /// Opens the configured store; an S3 bucket is checked (Object Lock,
 /// versioning) on the way.
-async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
+pub async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
     Ok(match &cfg.store {
         StoreConfig::Fs { path } => {
             Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
@@ -105,7 +105,7 @@ async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
     })
 }
 
-async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, String> {
+pub async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, String> {
     Ok(match &cfg.keys {
         KeysConfig::Local { master_key } => Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?)),
         KeysConfig::Kms(kms) => Arc::new(KmsKeyChecker::new(kms.clone(), &aws_sdk_config().await)),

@@ -294,6 +294,21 @@ async fn kms_key_checks_refuse_bad_keys_with_a_clear_message() {
     run(&aws, &writer, &["init", "--repo", "dev/good"], None).ok();
     drop(p);
 
+    // The keys report reads the KEK's state and rotation from KMS.
+    let out = std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+        .arg("--config")
+        .arg(&config)
+        .args(["keys", "report", "--json"])
+        .envs(aws.moto.env())
+        .output()
+        .unwrap();
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let kek = report["keks"].as_array().unwrap().iter().find(|k| k["kek"] == good.as_str()).unwrap().clone();
+    assert_eq!(kek["state"]["status"], "ok", "{kek}");
+    assert_eq!(kek["state"]["rotation"], true, "{kek}");
+    assert_eq!(kek["keys"][0]["purpose"], "chunk-id");
+
     // Data residency: keys here are in us-east-1; a policy for eu-west-1 refuses them.
     let config = proxy_config(certs.path(), &aws, "allowed_regions = [\"eu-west-1\"]", (30, 7));
     let p = start_proxy(certs.path(), &config, &aws);

@@ -160,3 +160,32 @@ fn lockdown_serves_reads_only_until_lifted_and_survives_restarts() {
     assert!(ok, "{out}");
     coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"after")).ok();
 }
+
+#[test]
+fn keys_report_says_which_kek_wrapped_what_and_who_uploaded_it() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/k1"], None).ok();
+    coffer(&p.writer(), &["backup", "--repo", "dev/k1", "-"], Some(b"one")).ok();
+    coffer(&p.writer(), &["backup", "--repo", "dev/k1", "-"], Some(b"two")).ok();
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["keys", "report", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keks = report["keks"].as_array().unwrap();
+    assert_eq!(keks.len(), 1, "{report}");
+    assert!(keks[0]["kek"].as_str().unwrap().starts_with("local:"));
+    assert_eq!(keks[0]["state"]["status"], "ok");
+    let keys = keks[0]["keys"].as_array().unwrap();
+    let purposes: Vec<&str> = keys.iter().map(|k| k["purpose"].as_str().unwrap()).collect();
+    assert_eq!(purposes.iter().filter(|p| **p == "chunk-id").count(), 1);
+    assert_eq!(purposes.iter().filter(|p| **p == "data").count(), 2, "one data key per backup run");
+    for k in keys {
+        assert_eq!(k["repo"], "dev/k1");
+        assert_eq!(k["uploaded_by"], "spiffe://coffer.dev/writer (dev)", "{k}");
+        assert!(k["uploaded_ms"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+}
