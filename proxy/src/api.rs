@@ -48,6 +48,8 @@ pub struct App {
     pub mfa: MfaVerifier,
     /// Identities an admin revoked (trust domain, name); loaded from the store.
     pub(crate) revoked: RwLock<HashSet<(String, String)>>,
+    /// Repository policies, swapped whole on reload.
+    repo_policies: RwLock<Arc<crate::governance::RepoPolicies>>,
     /// Lockdown: only reads, and the admin call that lifts it.
     pub(crate) lockdown: std::sync::atomic::AtomicBool,
     /// Asks the server loop to reload the configuration file.
@@ -81,6 +83,7 @@ impl App {
             mfa,
             revoked: RwLock::default(),
             lockdown: Default::default(),
+            repo_policies: RwLock::new(Arc::new(crate::governance::RepoPolicies::new(&[], None).expect("empty"))),
             reload,
             metrics,
             watch,
@@ -110,6 +113,22 @@ impl App {
 
     pub fn policy(&self) -> Arc<Policy> {
         self.policy.read().expect("not poisoned").clone()
+    }
+
+    pub fn repo_policies(&self) -> Arc<crate::governance::RepoPolicies> {
+        self.repo_policies.read().expect("not poisoned").clone()
+    }
+
+    pub fn set_repo_policies(&self, p: crate::governance::RepoPolicies) {
+        *self.repo_policies.write().expect("not poisoned") = Arc::new(p);
+    }
+
+    /// (required, until) for an object of `repo` written now: the snapshot
+    /// needs it locked until `required`; new locks go to `until` (slack added).
+    pub fn retention_for(&self, repo: &RepoName) -> (u64, u64) {
+        let retention = self.repo_policies().retention_days(repo).map_or(self.retention.0, |d| u64::from(d) * 86_400);
+        let required = crate::unix_now() + retention;
+        (required, required + self.retention.1)
     }
 
     /// Replaces the policy atomically: requests already authorized finish
@@ -411,6 +430,11 @@ where
         return Err(Denied(format!("{identity} was revoked by an administrator")).into());
     }
     let allowed = policy.decide(&request)?;
+    if route.action.mutating() && !route.action.admin() {
+        if let Some(repo) = &route.repo {
+            app.repo_policies().for_repo(repo).map_err(Denied)?;
+        }
+    }
     if app.lockdown.load(std::sync::atomic::Ordering::Acquire) && !crate::admin::allowed_in_lockdown(route.action) {
         crate::admin::lockdown_refused(app, identity, route.action).await;
         return Err(Denied(format!("the proxy is in lockdown: {} is refused", route.action.name())).into());
@@ -491,8 +515,8 @@ impl App {
 
     /// Writes a small object once; a repeat of the same bytes is a success
     /// (so retries are safe), different bytes are a conflict.
-    async fn put_once(&self, key: &str, body: Bytes, what: &str) -> Result<Reply, ApiError> {
-        let outcome = self.store.put_new(key, body.clone(), self.new_retain_until()).await?;
+    async fn put_once(&self, repo: &RepoName, key: &str, body: Bytes, what: &str) -> Result<Reply, ApiError> {
+        let outcome = self.store.put_new(key, body.clone(), self.retention_for(repo).1).await?;
         if outcome == PutOutcome::Exists && self.store.get(key).await?.as_ref() != Some(&body) {
             return Err(ApiError::Conflict(format!("{what} already exists with other contents")));
         }
@@ -515,6 +539,7 @@ impl App {
 /// Checks a key record against the identity's KEK allowlist and the
 /// deployment's key checker.
 async fn check_key(app: &App, allowed: &Allowed, record: &KeyRecord, repo: &RepoName) -> Result<(), ApiError> {
+    app.repo_policies().check_kek(repo, &record.kek).map_err(ApiError::KeyRefused)?;
     if !allowed.kms_keys.is_empty() && !allowed.kms_keys.contains(&record.kek) {
         return Err(ApiError::KeyRefused(format!(
             "key-encryption key {} is not allowed by rule {}",
@@ -550,7 +575,7 @@ async fn put_config(app: &App, allowed: &Allowed, repo: &RepoName, body: Bytes) 
         return Err(invalid(format!("the config names repository {}", config.repo)));
     }
     check_key(app, allowed, &config.id_key, repo).await?;
-    let reply = app.put_once(&keys::config(repo), body, "repository config").await;
+    let reply = app.put_once(repo, &keys::config(repo), body, "repository config").await;
     match reply {
         Err(ApiError::Conflict(_)) => Err(ApiError::Conflict(format!("repository {repo} is already initialised"))),
         other => other,
@@ -563,7 +588,7 @@ async fn put_key(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body:
         return Err(invalid("the record is not the data key named in the path"));
     }
     check_key(app, allowed, &record, repo).await?;
-    let reply = app.put_once(&keys::key(repo, &id), body, "key record").await?;
+    let reply = app.put_once(repo, &keys::key(repo, &id), body, "key record").await?;
     app.known_keys.lock().expect("not poisoned").insert((repo.clone(), id));
     Ok(reply)
 }
@@ -598,7 +623,8 @@ async fn put_chunk(
     if !app.key_exists(repo, header.key_id).await? {
         return Err(ApiError::Conflict(format!("key {} is not stored in {repo}: PUT it first", header.key_id)));
     }
-    let outcome = app.store.put_object(&keys::chunk(repo, &id), body, app.new_retain_until(), *hash.as_bytes()).await?;
+    let until = app.retention_for(repo).1;
+    let outcome = app.store.put_object(&keys::chunk(repo, &id), body, until, *hash.as_bytes()).await?;
     Ok(Reply::stored(outcome))
 }
 
@@ -620,9 +646,7 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
     }
 
     let now = crate::unix_now();
-    let (retention, slack) = app.retention;
-    let required = now + retention;
-    let until = required + slack;
+    let (required, until) = app.retention_for(repo);
     let mut present = Vec::with_capacity(req.chunks.len());
     let mut absent = Vec::new();
     let mut seen = HashSet::with_capacity(req.chunks.len());

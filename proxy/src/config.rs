@@ -49,6 +49,8 @@ pub struct ProxyConfig {
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
+    #[serde(default)]
+    pub repo_policies: Vec<crate::governance::RepoPolicyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -319,7 +321,17 @@ impl ProxyConfig {
             }
         }
         self.policy()?;
+        self.repo_policies()?;
         Ok(())
+    }
+
+    /// The repository policies, knowing the bucket's region if configured.
+    pub fn repo_policies(&self) -> Result<crate::governance::RepoPolicies, String> {
+        let region = match &self.store {
+            StoreConfig::S3(s3) => s3.region.clone(),
+            StoreConfig::Fs { .. } => None,
+        };
+        crate::governance::RepoPolicies::new(&self.repo_policies, region)
     }
 
     pub fn policy(&self) -> Result<Policy, String> {

@@ -17,6 +17,7 @@ pub mod audit;
 pub mod config;
 pub mod detect;
 pub mod dev;
+pub mod governance;
 pub mod identity;
 pub mod keycheck;
 pub mod limit;

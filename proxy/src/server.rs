@@ -65,6 +65,13 @@ struct ConnLimits {
     handshake_timeout: Duration,
 }
 
+/// Who asked for a reload: a signal may only tighten repository policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reloader {
+    Signal,
+    Admin,
+}
+
 /// A proxy with everything opened and checked, not yet listening.
 pub struct Proxy {
     app: Arc<App>,
@@ -154,7 +161,14 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         crate::alerts::Alerts::new(cfg.audit.alert_spool(), &cfg.proxy_id, audit.clone(), metrics.clone())
             .map_err(|e| format!("alert spool {}: {e}", cfg.audit.alert_spool().display()))?,
     );
-    let watch = Arc::new(crate::detect::Watch::new(alerts, &cfg.alerts)?);
+    // Repository policies' RPOs join the alert rules (they take effect on restart).
+    let mut alerts_cfg = cfg.alerts.clone();
+    for p in &cfg.repo_policies {
+        if let Some(secs) = p.rpo_secs {
+            alerts_cfg.rpo.push(crate::detect::RpoRule { repos: p.repos.clone(), secs });
+        }
+    }
+    let watch = Arc::new(crate::detect::Watch::new(alerts, &alerts_cfg)?);
     let mfa = crate::mfa::MfaVerifier::new(cfg.admin.totp_file.clone());
     let app = App::new(
         cfg.policy()?,
@@ -168,6 +182,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         metrics.clone(),
         watch,
     );
+    app.set_repo_policies(cfg.repo_policies()?);
     let limits = ConnLimits {
         limiter: Arc::new(Limiter::new(cfg.limits)),
         request_timeout: Duration::from_secs(cfg.limits.request_timeout_secs),
@@ -248,11 +263,11 @@ impl Proxy {
                     }
                 },
                 _ = hangup.recv() => {
-                    let _ = self.reload("signal").await;
+                    let _ = self.reload(Reloader::Signal).await;
                     continue;
                 }
                 Some(reply) = self.reloads.recv() => {
-                    let _ = reply.send(self.reload("admin API").await);
+                    let _ = reply.send(self.reload(Reloader::Admin).await);
                     continue;
                 }
                 () = &mut shutdown => break,
@@ -292,18 +307,28 @@ impl Proxy {
     }
 
     /// Re-reads the config file and swaps in its trust domains, certificate,
-    /// allowlist and policy, all or nothing: an invalid file keeps the old
-    /// ones. Either way the outcome is an audit event.
-    async fn reload(&self, by: &str) -> Result<(), String> {
-        let loaded = ProxyConfig::load(&self.config_path)
-            .map_err(|e| e.to_string())
-            .and_then(|cfg| Ok((Live::load(&cfg)?, cfg.policy()?)));
+    /// allowlist, policy and repository policies, all or nothing: an invalid
+    /// file keeps the old ones. Repository policies may only get stricter by
+    /// a signal; loosening one needs the admin API (admin role + TOTP).
+    /// Either way the outcome is an audit event.
+    async fn reload(&self, by: Reloader) -> Result<(), String> {
+        let old = self.app.repo_policies().configs();
+        let loaded = ProxyConfig::load(&self.config_path).map_err(|e| e.to_string()).and_then(|cfg| {
+            let looser = crate::governance::loosening(&old, &cfg.repo_policies);
+            if let (Some(why), Reloader::Signal) = (&looser, by) {
+                return Err(format!(
+                    "{why}: loosening a repository policy needs `coffer-proxy admin reload` (admin + TOTP)"
+                ));
+            }
+            Ok((Live::load(&cfg)?, cfg.policy()?, cfg.repo_policies()?, looser))
+        });
         let (outcome, reason, result) = match loaded {
-            Ok((live, policy)) => {
+            Ok((live, policy, repo_policies, looser)) => {
                 *self.live.write().expect("not poisoned") = Arc::new(live);
                 self.app.set_policy(policy);
+                self.app.set_repo_policies(repo_policies);
                 tracing::info!("reloaded {}", self.config_path.display());
-                (Outcome::Ok, None, Ok(()))
+                (Outcome::Ok, looser.map(|why| format!("repository policy loosened by an admin: {why}")), Ok(()))
             }
             Err(e) => {
                 tracing::error!("reload refused, keeping the running configuration: {e}");
@@ -312,7 +337,11 @@ impl Proxy {
                 (Outcome::Invalid, Some(reason.clone()), Err(reason))
             }
         };
-        let draft = Draft { peer: by.into(), action: "reload", outcome: Some(outcome), reason, ..Default::default() };
+        let peer = match by {
+            Reloader::Signal => "signal",
+            Reloader::Admin => "admin API",
+        };
+        let draft = Draft { peer: peer.into(), action: "reload", outcome: Some(outcome), reason, ..Default::default() };
         let _ = self.app.audit.record(draft, true).await;
         result
     }

@@ -189,3 +189,77 @@ fn keys_report_says_which_kek_wrapped_what_and_who_uploaded_it() {
         assert!(k["uploaded_ms"].as_u64().unwrap() > 1_700_000_000_000);
     }
 }
+
+const POLICIES: &str = r#"
+[[repo_policies]]
+repos = "dev/ok/**"
+classification = "internal"
+retention_days = 45
+
+[[repo_policies]]
+repos = "dev/eu/**"
+classification = "restricted"
+regions = ["eu-west-1"]
+
+[[repo_policies]]
+repos = "dev/k/**"
+classification = "confidential"
+keks = ["arn:aws:kms:eu-west-1:111122223333:key/only-this"]
+"#;
+
+fn retain_until(p: &DevProxy, key: &str) -> u64 {
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(p.dir.join("store/locks").join(key)).unwrap()).unwrap();
+    lock["retain_until"].as_u64().unwrap()
+}
+
+#[test]
+fn repository_policies_are_enforced_when_writing() {
+    let p = DevProxy::start();
+    std::fs::write(p.dir.join("proxy.toml"), std::fs::read_to_string(p.dir.join("proxy.toml")).unwrap() + POLICIES)
+        .unwrap();
+    assert!(p.reload(), "adding policies makes things stricter: a signal may do it");
+
+    coffer(&p.writer(), &["init", "--repo", "dev/ok/db"], None).ok();
+    coffer(&p.writer(), &["backup", "--repo", "dev/ok/db", "-"], Some(b"rows")).ok();
+    let day = 86_400;
+    assert!(retain_until(&p, "dev/ok/db/config") >= now() + 45 * day, "the policy's retention applies");
+
+    for (repo, needle) in [
+        ("dev/other", "no repository policy covers dev/other"),
+        ("dev/eu/db", "requires one of [\"eu-west-1\"]"),
+        ("dev/k/db", "is not allowed by the policy for dev/k/**"),
+    ] {
+        let run = coffer(&p.writer(), &["init", "--repo", repo], None);
+        assert_eq!(run.code(), 1, "{repo}");
+        assert!(run.stderr.contains(needle), "{repo}: {}", run.stderr);
+        assert!(p.stored(repo).is_empty(), "{repo}: nothing may be stored");
+    }
+}
+
+#[test]
+fn loosening_a_repository_policy_needs_the_admin_api() {
+    let p = DevProxy::start();
+    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let path = p.dir.join("proxy.toml");
+    let base = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, base.clone() + POLICIES).unwrap();
+    assert!(p.reload());
+
+    // Shorter retention by signal: refused, the running policy kept.
+    std::fs::write(&path, base.clone() + &POLICIES.replace("retention_days = 45", "retention_days = 10")).unwrap();
+    assert!(!p.reload(), "a signal may not loosen a policy");
+    let refused = p.audit_events().into_iter().rev().find(|e| e["action"] == "reload").unwrap();
+    assert!(refused["reason"].as_str().unwrap().contains("shorter retention"), "{refused}");
+    coffer(&p.writer(), &["init", "--repo", "dev/ok/a"], None).ok();
+    assert!(retain_until(&p, "dev/ok/a/config") >= now() + 45 * 86_400, "the old policy still applies");
+
+    // The admin API, with a fresh TOTP code, may; it is audited as such.
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, now()).unwrap(), &["reload"]);
+    assert!(ok, "{out}");
+    let loosened = p.audit_events().into_iter().rev().find(|e| e["action"] == "reload").unwrap();
+    assert!(loosened["reason"].as_str().unwrap().contains("loosened by an admin"), "{loosened}");
+    coffer(&p.writer(), &["init", "--repo", "dev/ok/b"], None).ok();
+    let until = retain_until(&p, "dev/ok/b/config");
+    assert!(until < now() + 45 * 86_400 && until >= now() + 10 * 86_400, "the new policy applies: {until}");
+}

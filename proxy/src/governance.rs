@@ -1,0 +1,206 @@
+//! Repository policies: per repository pattern, a classification, a
+//! retention, the regions data and keys may live in, the KEKs allowed, and
+//! an RPO. Enforced on every write (once any policy exists, a repository no
+//! policy covers cannot be written). A reload may make policies stricter;
+//! making one looser needs the admin API (admin role + TOTP), and is audited.
+
+use serde::{Deserialize, Serialize};
+
+use coffer_proto::RepoName;
+
+use crate::keycheck::arn_region;
+use crate::policy::RepoPattern;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Classification {
+    Public,
+    Internal,
+    Confidential,
+    Restricted,
+}
+
+/// One `[[repo_policies]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoPolicyConfig {
+    /// The repositories it covers (the first matching entry applies).
+    pub repos: String,
+    pub classification: Classification,
+    /// Retention of this policy's snapshots (default: `retention.days`).
+    #[serde(default)]
+    pub retention_days: Option<u32>,
+    /// Regions the bucket and the KEKs must be in; empty means any.
+    #[serde(default)]
+    pub regions: Vec<String>,
+    /// KEKs allowed for these repositories; empty means any.
+    #[serde(default)]
+    pub keks: Vec<String>,
+    /// Longest time without a snapshot before an overdue alert.
+    #[serde(default)]
+    pub rpo_secs: Option<u64>,
+}
+
+pub struct RepoPolicies {
+    list: Vec<(RepoPattern, RepoPolicyConfig)>,
+    /// The bucket's region, when the store has one.
+    bucket_region: Option<String>,
+}
+
+impl RepoPolicies {
+    pub fn new(configs: &[RepoPolicyConfig], bucket_region: Option<String>) -> Result<Self, String> {
+        let list = configs
+            .iter()
+            .map(|c| Ok((RepoPattern::parse(&c.repos)?, c.clone())))
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self { list, bucket_region })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    pub fn configs(&self) -> Vec<RepoPolicyConfig> {
+        self.list.iter().map(|(_, c)| c.clone()).collect()
+    }
+
+    /// The policy covering `repo`: `Ok(None)` when no policy is configured
+    /// at all, an error when policies exist but none covers it.
+    pub fn for_repo(&self, repo: &RepoName) -> Result<Option<&RepoPolicyConfig>, String> {
+        if self.list.is_empty() {
+            return Ok(None);
+        }
+        let found = self.list.iter().find(|(p, _)| p.matches(repo)).map(|(_, c)| c);
+        let policy = found.ok_or_else(|| format!("no repository policy covers {repo}: it cannot be written"))?;
+        if let (Some(region), false) = (&self.bucket_region, policy.regions.is_empty()) {
+            if !policy.regions.contains(region) {
+                return Err(format!(
+                    "the bucket is in {region}, outside the regions {:?} of the policy for {repo}",
+                    policy.regions
+                ));
+            }
+        }
+        Ok(Some(policy))
+    }
+
+    /// Checks a KEK against the policy of `repo`.
+    pub fn check_kek(&self, repo: &RepoName, kek: &str) -> Result<(), String> {
+        let Some(policy) = self.for_repo(repo)? else { return Ok(()) };
+        if !policy.keks.is_empty() && !policy.keks.iter().any(|k| k == kek) {
+            return Err(format!("KEK {kek} is not allowed by the policy for {} ({:?})", policy.repos, policy.keks));
+        }
+        if !policy.regions.is_empty() {
+            match arn_region(kek) {
+                Some(r) if policy.regions.iter().any(|x| x == r) => {}
+                Some(r) => {
+                    return Err(format!(
+                        "KEK {kek} is in {r}, outside the regions {:?} of the policy for {}",
+                        policy.regions, policy.repos
+                    ))
+                }
+                None => {
+                    return Err(format!(
+                        "KEK {kek} has no region, and the policy for {} requires one of {:?}",
+                        policy.repos, policy.regions
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Retention days for `repo`, if its policy sets them.
+    pub fn retention_days(&self, repo: &RepoName) -> Option<u32> {
+        self.list.iter().find(|(p, _)| p.matches(repo)).and_then(|(_, c)| c.retention_days)
+    }
+}
+
+/// How `new` loosens `old`, if it does: a policy removed, a shorter
+/// retention, a lower classification, more regions or KEKs (or none, that
+/// is any), a longer RPO.
+pub fn loosening(old: &[RepoPolicyConfig], new: &[RepoPolicyConfig]) -> Option<String> {
+    for o in old {
+        let Some(n) = new.iter().find(|n| n.repos == o.repos) else {
+            return Some(format!("the policy for {} is removed", o.repos));
+        };
+        let why = if n.classification < o.classification {
+            Some("a lower classification")
+        } else if n.retention_days.unwrap_or(0) < o.retention_days.unwrap_or(0) {
+            Some("a shorter retention")
+        } else if !o.regions.is_empty() && (n.regions.is_empty() || n.regions.iter().any(|r| !o.regions.contains(r))) {
+            Some("more regions")
+        } else if !o.keks.is_empty() && (n.keks.is_empty() || n.keks.iter().any(|k| !o.keks.contains(k))) {
+            Some("more KEKs")
+        } else if o.rpo_secs.is_some() && n.rpo_secs.is_none_or(|r| r > o.rpo_secs.unwrap_or(u64::MAX)) {
+            Some("a longer RPO")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Some(format!("the policy for {} gets {why}", o.repos));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pol(repos: &str, c: Classification, days: Option<u32>, regions: &[&str], keks: &[&str]) -> RepoPolicyConfig {
+        RepoPolicyConfig {
+            repos: repos.into(),
+            classification: c,
+            retention_days: days,
+            regions: regions.iter().map(|s| s.to_string()).collect(),
+            keks: keks.iter().map(|s| s.to_string()).collect(),
+            rpo_secs: Some(86_400),
+        }
+    }
+
+    #[test]
+    fn enforcement() {
+        let kek = "arn:aws:kms:eu-west-1:1:key/a";
+        let p =
+            RepoPolicies::new(&[pol("prod/**", Classification::Restricted, Some(90), &["eu-west-1"], &[kek])], None)
+                .unwrap();
+        let prod: RepoName = "prod/db".parse().unwrap();
+        assert!(p.for_repo(&"dev/db".parse().unwrap()).is_err(), "no policy, no writes");
+        assert!(p.check_kek(&prod, kek).is_ok());
+        assert!(p.check_kek(&prod, "arn:aws:kms:eu-west-1:1:key/b").is_err(), "not the policy's KEK");
+        let open =
+            RepoPolicies::new(&[pol("prod/**", Classification::Restricted, None, &["eu-west-1"], &[])], None).unwrap();
+        assert!(open.check_kek(&prod, "arn:aws:kms:us-east-1:1:key/a").unwrap_err().contains("us-east-1"));
+        assert!(open.check_kek(&prod, "local:abcd").is_err(), "a region is required");
+        let bucket_elsewhere = RepoPolicies::new(
+            &[pol("prod/**", Classification::Restricted, None, &["eu-west-1"], &[])],
+            Some("us-east-1".into()),
+        )
+        .unwrap();
+        assert!(bucket_elsewhere.for_repo(&prod).unwrap_err().contains("bucket"));
+        assert_eq!(p.retention_days(&prod), Some(90));
+        assert!(
+            RepoPolicies::new(&[], None).unwrap().for_repo(&prod).unwrap().is_none(),
+            "no policies: no enforcement"
+        );
+    }
+
+    #[test]
+    fn stricter_is_fine_looser_is_named() {
+        let base = vec![pol("prod/**", Classification::Confidential, Some(30), &["eu-west-1"], &["k1"])];
+        let stricter = vec![pol("prod/**", Classification::Restricted, Some(60), &["eu-west-1"], &["k1"])];
+        assert_eq!(loosening(&base, &stricter), None);
+        for (looser, why) in [
+            (vec![], "removed"),
+            (vec![pol("prod/**", Classification::Internal, Some(30), &["eu-west-1"], &["k1"])], "classification"),
+            (vec![pol("prod/**", Classification::Confidential, Some(7), &["eu-west-1"], &["k1"])], "retention"),
+            (
+                vec![pol("prod/**", Classification::Confidential, Some(30), &["eu-west-1", "us-east-1"], &["k1"])],
+                "regions",
+            ),
+            (vec![pol("prod/**", Classification::Confidential, Some(30), &["eu-west-1"], &[])], "KEKs"),
+        ] {
+            assert!(loosening(&base, &looser).unwrap().contains(why), "{why}");
+        }
+    }
+}
