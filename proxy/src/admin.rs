@@ -16,6 +16,7 @@ use crate::api::{invalid, keys, ApiError, App, Reply};
 use crate::audit::{Draft, Outcome};
 use crate::identity::Identity;
 use crate::policy::Action;
+use crate::store::{ObjectStore, StoreError};
 
 /// Where admin revocations are stored, one object each.
 pub const REVOCATIONS: &str = "admin/revocations/";
@@ -69,9 +70,9 @@ async fn write_switch(app: &App, prefix: &str, on: bool, admin: &Identity) -> Re
 }
 
 /// The newest switch under `prefix`, if any.
-async fn read_switch(app: &App, prefix: &str) -> Result<Option<bool>, ApiError> {
-    let Some(newest) = app.store.list(prefix).await?.into_iter().max() else { return Ok(None) };
-    let Some(body) = app.store.get(&newest).await? else { return Ok(None) };
+pub async fn read_switch(store: &dyn ObjectStore, prefix: &str) -> Result<Option<bool>, StoreError> {
+    let Some(newest) = store.list(prefix).await?.into_iter().max() else { return Ok(None) };
+    let Some(body) = store.get(&newest).await? else { return Ok(None) };
     Ok(serde_json::from_slice::<Switch>(&body).ok().map(|s| s.on))
 }
 
@@ -138,7 +139,7 @@ pub(crate) async fn lockdown(app: &App, admin: &Identity, draft: &Draft, body: &
 
 /// Restores the lockdown state from the store at start.
 pub async fn load_lockdown(app: &App) -> Result<bool, ApiError> {
-    let on = read_switch(app, LOCKDOWN).await?.unwrap_or(false);
+    let on = read_switch(&*app.store, LOCKDOWN).await?.unwrap_or(false);
     app.lockdown.store(on, std::sync::atomic::Ordering::Release);
     Ok(on)
 }
@@ -177,7 +178,7 @@ async fn snapshots_of(app: &App, repo: &RepoName) -> Result<Vec<SnapshotId>, Api
     Ok(app.store.list(&prefix).await?.iter().filter_map(|k| k[prefix.len()..].parse().ok()).collect())
 }
 
-fn hold_prefix(repo: &RepoName, snapshot: &SnapshotId) -> String {
+pub fn hold_prefix(repo: &RepoName, snapshot: &SnapshotId) -> String {
     format!("{HOLDS}{repo}/{snapshot}/")
 }
 
@@ -200,7 +201,7 @@ pub(crate) async fn hold(app: &App, admin: &Identity, draft: &Draft, body: &[u8]
     if !req.on {
         // Objects still needed by snapshots that stay held keep their hold.
         for other in snapshots_of(app, repo).await? {
-            if !targets.contains(&other) && read_switch(app, &hold_prefix(repo, &other)).await? == Some(true) {
+            if !targets.contains(&other) && read_switch(&*app.store, &hold_prefix(repo, &other)).await? == Some(true) {
                 for o in objects_of(app, repo, other).await? {
                     objects.remove(&o);
                 }

@@ -55,6 +55,20 @@ enum Cmd {
         #[command(subcommand)]
         command: AlertsCmd,
     },
+    /// The compliance report: per repository, classification, policy, last
+    /// snapshot and RPO, sizes and ratios, KEKs and rotation, locks,
+    /// residency, legal holds, audit chain status and alerts.
+    Report {
+        /// `json` (the only format so far).
+        #[arg(long, default_value = "json")]
+        format: String,
+        /// Write it here instead of stdout.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// List alerts from this time on (unix seconds; default: 30 days ago).
+        #[arg(long)]
+        since: Option<u64>,
+    },
     /// Keys: which KEKs wrapped which data keys, and each KEK's state.
     Keys {
         #[command(subcommand)]
@@ -267,6 +281,7 @@ fn main() -> ExitCode {
         Some(Cmd::Audit { command }) => return audit_command(cli.config, command),
         Some(Cmd::Alerts { command: AlertsCmd::Test }) => return alerts_test(cli.config),
         Some(Cmd::Keys { command: KeysCmd::Report { json } }) => return keys_report(cli.config, json),
+        Some(Cmd::Report { format, output, since }) => return compliance_report(cli.config, &format, output, since),
         None => match cli.config {
             Some(path) => (path, None, None),
             None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
@@ -538,6 +553,35 @@ fn keys_report(config: Option<PathBuf>, json: bool) -> ExitCode {
                 key.purpose,
                 key.uploaded_by.as_deref().unwrap_or("(not in the local audit trail)")
             );
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathBuf>, since: Option<u64>) -> ExitCode {
+    let Some(path) = config else {
+        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
+    };
+    if format != "json" {
+        return fail(EXIT_USAGE, &format!("unknown --format {format:?}: json is the only one so far"));
+    }
+    let cfg = match ProxyConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+    };
+    let since = since.unwrap_or_else(|| coffer_proxy::unix_now().saturating_sub(30 * 86_400));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let report = match runtime.block_on(coffer_proxy::report::compliance_report(&cfg, since)) {
+        Ok(r) => r,
+        Err(e) => return fail(EXIT_FAILURE, &e),
+    };
+    let text = serde_json::to_string_pretty(&report).expect("serialises") + "\n";
+    match output {
+        None => print!("{text}"),
+        Some(out) => {
+            if let Err(e) = std::fs::write(&out, text) {
+                return fail(EXIT_FAILURE, &format!("{}: {e}", out.display()));
+            }
         }
     }
     ExitCode::SUCCESS

@@ -89,3 +89,195 @@ pub async fn keys_report(cfg: &ProxyConfig) -> Result<KeysReport, String> {
     }
     Ok(KeysReport { keks })
 }
+
+// === compliance report ===
+
+/// `coffer-proxy report`: per repository, what an auditor asks.
+#[derive(Debug, Serialize)]
+pub struct ComplianceReport {
+    /// Unix seconds.
+    pub generated: u64,
+    /// Alerts are listed from this time on (unix seconds).
+    pub since: u64,
+    pub proxy_id: String,
+    pub store: StoreFacts,
+    /// `ok`, or the first break of the local audit chain.
+    pub audit_chain: String,
+    pub repos: Vec<RepoReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StoreFacts {
+    pub kind: &'static str,
+    pub bucket: Option<String>,
+    pub region: Option<String>,
+    /// `compliance` or `governance` (S3), `write-once files` (filesystem).
+    pub lock_mode: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RepoReport {
+    pub repo: String,
+    pub classification: Option<crate::governance::Classification>,
+    pub retention_days: u64,
+    pub rpo_secs: Option<u64>,
+    /// Unix seconds of the newest snapshot.
+    pub last_snapshot: Option<u64>,
+    /// Whether the newest snapshot is within the RPO (None: no RPO set).
+    pub rpo_met: Option<bool>,
+    pub snapshots: usize,
+    pub bytes_in: u64,
+    pub bytes_new: u64,
+    pub stored_new: u64,
+    /// Share of bytes read that were already stored (0 to 1).
+    pub dedup_ratio: f64,
+    /// Stored bytes per new byte (below 1: compressed).
+    pub compression_ratio: f64,
+    pub keks: Vec<KekEntry>,
+    /// `ok`, or why the repository's data or keys are outside its regions.
+    pub residency: String,
+    pub legal_holds: Vec<String>,
+    pub alerts: Vec<AlertLine>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AlertLine {
+    pub time_ms: u64,
+    pub kind: String,
+    pub message: String,
+}
+
+/// Builds the compliance report from the store, the configuration, the key
+/// service and the local audit trail.
+pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<ComplianceReport, String> {
+    use crate::config::StoreConfig;
+    let store = crate::server::open_store(cfg).await?;
+    let checker = crate::server::key_checker(cfg).await?;
+    let policies = cfg.repo_policies()?;
+    let now = crate::unix_now();
+    let store_facts = match &cfg.store {
+        StoreConfig::Fs { .. } => {
+            StoreFacts { kind: "fs", bucket: None, region: None, lock_mode: "write-once files".into() }
+        }
+        StoreConfig::S3(s3) => StoreFacts {
+            kind: "s3",
+            bucket: Some(s3.bucket.clone()),
+            region: s3.region.clone(),
+            lock_mode: format!("{:?}", s3.lock_mode).to_lowercase(),
+        },
+    };
+    let spool = cfg.audit.spool();
+    let (segments, live) = crate::audit::local_trail(&spool).map_err(|e| e.to_string())?;
+    let key = crate::audit::public_key(&spool).ok();
+    let audit_chain = match crate::audit::verify(&segments, Some(&live), key.as_deref()) {
+        Ok(_) => "ok".to_string(),
+        Err(b) => b.to_string(),
+    };
+    let mut alerts: HashMap<String, Vec<AlertLine>> = HashMap::new();
+    for line in segments.iter().flat_map(|(_, t)| t.lines()).chain(live.lines()) {
+        let Ok(e) = serde_json::from_str::<crate::audit::Event>(line) else { continue };
+        if e.action == "alert" && e.time_ms >= since.saturating_mul(1000) {
+            let kind = e.object.as_deref().and_then(|o| o.split(':').next()).unwrap_or("").to_string();
+            let line = AlertLine { time_ms: e.time_ms, kind, message: e.reason.unwrap_or_default() };
+            alerts.entry(e.repo.unwrap_or_default()).or_default().push(line);
+        }
+    }
+    let rpo_rules: Vec<(crate::policy::RepoPattern, u64)> = cfg
+        .alerts
+        .rpo
+        .iter()
+        .map(|r| (r.repos.clone(), r.secs))
+        .chain(cfg.repo_policies.iter().filter_map(|p| p.rpo_secs.map(|s| (p.repos.clone(), s))))
+        .filter_map(|(p, s)| crate::policy::RepoPattern::parse(&p).ok().map(|p| (p, s)))
+        .collect();
+
+    let mut repos = Vec::new();
+    let all = store.list("").await.map_err(|e| e.to_string())?;
+    for config_key in all.iter().filter(|k| k.ends_with("/config")) {
+        let Ok(repo) = config_key.trim_end_matches("/config").parse::<coffer_proto::RepoName>() else { continue };
+        let policy = policies.for_repo(&repo).ok().flatten();
+        let prefix = format!("{repo}/index/");
+        let (mut snaps, mut last) = (0usize, None::<u64>);
+        let (mut bytes_in, mut bytes_new, mut stored_new) = (0u64, 0u64, 0u64);
+        let mut holds = Vec::new();
+        for key in all.iter().filter(|k| k.starts_with(&prefix)) {
+            let Some(bytes) = store.get(key).await.map_err(|e| e.to_string())? else { continue };
+            let Ok(index) = coffer_proto::snapshot::IndexSegment::decode(&bytes) else { continue };
+            // Only committed snapshots (with a root) count.
+            if store
+                .head(&crate::api::keys::snapshot(&repo, &index.snapshot))
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                continue;
+            }
+            snaps += 1;
+            last = last.max(Some(index.committed));
+            bytes_in += index.stats.bytes_in;
+            bytes_new += index.stats.bytes_new;
+            stored_new += index.stats.stored_new;
+            let held = crate::admin::read_switch(&*store, &crate::admin::hold_prefix(&repo, &index.snapshot))
+                .await
+                .map_err(|e| e.to_string())?;
+            if held == Some(true) {
+                holds.push(index.snapshot.to_string());
+            }
+        }
+        let mut kek_names: Vec<String> = Vec::new();
+        for key in all.iter().filter(|k| k.starts_with(&format!("{repo}/keys/")) || *k == config_key) {
+            let Some(bytes) = store.get(key).await.map_err(|e| e.to_string())? else { continue };
+            let kek = if key == config_key {
+                RepoConfig::decode(&bytes).ok().map(|c| c.id_key.kek)
+            } else {
+                KeyRecord::decode(&bytes).ok().map(|r| r.kek)
+            };
+            if let Some(k) = kek.filter(|k| !kek_names.contains(k)) {
+                kek_names.push(k);
+            }
+        }
+        let mut keks = Vec::new();
+        for kek in &kek_names {
+            let (state, state_error) = match checker.describe(kek).await {
+                Ok(s) => (Some(s), None),
+                Err(e) => (None, Some(e.to_string())),
+            };
+            keks.push(KekEntry { kek: kek.clone(), state, state_error, keys: Vec::new() });
+        }
+        let residency = match policies.for_repo(&repo) {
+            Err(e) => e,
+            Ok(_) => {
+                kek_names.iter().find_map(|k| policies.check_kek(&repo, k).err()).unwrap_or_else(|| "ok".to_string())
+            }
+        };
+        let rpo = rpo_rules.iter().find(|(p, _)| p.matches(&repo)).map(|(_, s)| *s);
+        let retention_days = policy.and_then(|p| p.retention_days).map_or(u64::from(cfg.retention.days), u64::from);
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        repos.push(RepoReport {
+            repo: repo.to_string(),
+            classification: policy.map(|p| p.classification),
+            retention_days,
+            rpo_secs: rpo,
+            last_snapshot: last,
+            rpo_met: rpo.map(|r| last.is_some_and(|t| now.saturating_sub(t) <= r)),
+            snapshots: snaps,
+            bytes_in,
+            bytes_new,
+            stored_new,
+            dedup_ratio: 1.0 - ratio(bytes_new, bytes_in).min(1.0),
+            compression_ratio: ratio(stored_new, bytes_new),
+            keks,
+            residency,
+            legal_holds: holds,
+            alerts: alerts.remove(repo.as_str()).unwrap_or_default(),
+        });
+    }
+    Ok(ComplianceReport {
+        generated: now,
+        since,
+        proxy_id: cfg.proxy_id.clone(),
+        store: store_facts,
+        audit_chain,
+        repos,
+    })
+}

@@ -263,3 +263,61 @@ fn loosening_a_repository_policy_needs_the_admin_api() {
     let until = retain_until(&p, "dev/ok/b/config");
     assert!(until < now() + 45 * 86_400 && until >= now() + 10 * 86_400, "the new policy applies: {until}");
 }
+
+#[test]
+fn the_compliance_report_matches_the_store() {
+    let p = DevProxy::start();
+    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let path = p.dir.join("proxy.toml");
+    let policies = "\n[[repo_policies]]\nrepos = \"dev/fast/**\"\nclassification = \"internal\"\nrpo_secs = 1\n\n[[repo_policies]]\nrepos = \"dev/**\"\nclassification = \"confidential\"\nretention_days = 40\n";
+    std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + policies).unwrap();
+    assert!(p.reload());
+    coffer(&p.writer(), &["init", "--repo", "dev/fast/x"], None).ok();
+    coffer(&p.writer(), &["backup", "--repo", "dev/fast/x", "-"], Some(b"quick")).ok();
+    coffer(&p.writer(), &["init", "--repo", "dev/slow/y"], None).ok();
+    let data = random_bytes("report", 2 << 20);
+    let first = coffer(&p.writer(), &["backup", "--repo", "dev/slow/y", "-"], Some(&data)).last_line();
+    coffer(&p.writer(), &["backup", "--repo", "dev/slow/y", "-"], Some(&data)).ok();
+    let (ok, out) = admin(
+        &p,
+        "admin",
+        &code_at(&secret, now()).unwrap(),
+        &["hold", "set", "--repo", "dev/slow/y", "--snapshot", &first],
+    );
+    assert!(ok, "{out}");
+    std::thread::sleep(std::time::Duration::from_secs(2)); // dev/fast/x is now past its RPO
+
+    let file = p.dir.join("report.json");
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["report", "--format", "json", "-o"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert_eq!(report["audit_chain"], "ok");
+    assert_eq!(report["store"]["kind"], "fs");
+    let repo = |name: &str| report["repos"].as_array().unwrap().iter().find(|r| r["repo"] == name).unwrap().clone();
+    let (fast, slow) = (repo("dev/fast/x"), repo("dev/slow/y"));
+    assert_eq!(report["repos"].as_array().unwrap().len(), 2);
+
+    assert_eq!(fast["classification"], "internal");
+    assert_eq!(
+        (fast["snapshots"].as_u64(), fast["rpo_secs"].as_u64(), fast["rpo_met"].as_bool()),
+        (Some(1), Some(1), Some(false))
+    );
+    assert_eq!(slow["classification"], "confidential");
+    assert_eq!((slow["snapshots"].as_u64(), slow["retention_days"].as_u64()), (Some(2), Some(40)));
+    assert!(slow["rpo_met"].is_null(), "no RPO for dev/slow/**");
+    assert_eq!(slow["bytes_in"].as_u64(), Some(2 * data.len() as u64));
+    let dedup = slow["dedup_ratio"].as_f64().unwrap();
+    assert!((0.45..=0.55).contains(&dedup), "the second backup was all duplicates: {dedup}");
+    assert!(slow["compression_ratio"].as_f64().unwrap() >= 0.99, "random data does not compress");
+    assert_eq!(slow["legal_holds"], serde_json::json!([first]));
+    assert_eq!(slow["residency"], "ok");
+    let keks = slow["keks"].as_array().unwrap();
+    assert_eq!(keks.len(), 1);
+    assert_eq!(keks[0]["state"]["status"], "ok");
+}
