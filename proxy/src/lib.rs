@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod mfa;
 pub mod policy;
 pub mod report;
+pub mod report_html;
 pub mod scrub;
 pub mod server;
 pub mod store;

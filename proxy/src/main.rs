@@ -59,7 +59,7 @@ enum Cmd {
     /// snapshot and RPO, sizes and ratios, KEKs and rotation, locks,
     /// residency, legal holds, audit chain status and alerts.
     Report {
-        /// `json` (the only format so far).
+        /// `json`, or `html` (one self-contained page with charts).
         #[arg(long, default_value = "json")]
         format: String,
         /// Write it here instead of stdout.
@@ -562,8 +562,8 @@ fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathB
     let Some(path) = config else {
         return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
     };
-    if format != "json" {
-        return fail(EXIT_USAGE, &format!("unknown --format {format:?}: json is the only one so far"));
+    if !matches!(format, "json" | "html") {
+        return fail(EXIT_USAGE, &format!("unknown --format {format:?}: json or html"));
     }
     let cfg = match ProxyConfig::load(&path) {
         Ok(c) => c,
@@ -575,7 +575,10 @@ fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathB
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILURE, &e),
     };
-    let text = serde_json::to_string_pretty(&report).expect("serialises") + "\n";
+    let text = match format {
+        "html" => coffer_proxy::report_html::render(&report),
+        _ => serde_json::to_string_pretty(&report).expect("serialises") + "\n",
+    };
     match output {
         None => print!("{text}"),
         Some(out) => {

@@ -138,6 +138,17 @@ pub struct RepoReport {
     pub residency: String,
     pub legal_holds: Vec<String>,
     pub alerts: Vec<AlertLine>,
+    /// Each committed snapshot, oldest first (for the charts).
+    pub history: Vec<SnapshotPoint>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SnapshotPoint {
+    pub id: String,
+    /// Unix seconds.
+    pub committed: u64,
+    pub bytes_in: u64,
+    pub bytes_new: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -200,6 +211,7 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         let (mut snaps, mut last) = (0usize, None::<u64>);
         let (mut bytes_in, mut bytes_new, mut stored_new) = (0u64, 0u64, 0u64);
         let mut holds = Vec::new();
+        let mut history = Vec::new();
         for key in all.iter().filter(|k| k.starts_with(&prefix)) {
             let Some(bytes) = store.get(key).await.map_err(|e| e.to_string())? else { continue };
             let Ok(index) = coffer_proto::snapshot::IndexSegment::decode(&bytes) else { continue };
@@ -217,6 +229,12 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             bytes_in += index.stats.bytes_in;
             bytes_new += index.stats.bytes_new;
             stored_new += index.stats.stored_new;
+            history.push(SnapshotPoint {
+                id: index.snapshot.to_string(),
+                committed: index.committed,
+                bytes_in: index.stats.bytes_in,
+                bytes_new: index.stats.bytes_new,
+            });
             let held = crate::admin::read_switch(&*store, &crate::admin::hold_prefix(&repo, &index.snapshot))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -270,6 +288,10 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             residency,
             legal_holds: holds,
             alerts: alerts.remove(repo.as_str()).unwrap_or_default(),
+            history: {
+                history.sort_by_key(|p| p.committed);
+                history
+            },
         });
     }
     Ok(ComplianceReport {

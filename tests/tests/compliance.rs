@@ -320,4 +320,56 @@ fn the_compliance_report_matches_the_store() {
     let keks = slow["keks"].as_array().unwrap();
     assert_eq!(keks.len(), 1);
     assert_eq!(keks[0]["state"]["status"], "ok");
+
+    // The same report as a self-contained page, rendered by headless Chromium.
+    let html = p.dir.join("report.html");
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["report", "--format", "html", "-o"])
+        .arg(&html)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(!page.contains("http://") && !page.contains("https://"), "the page must need no network");
+    assert!(page.contains("dev/fast/x") && page.contains("overdue") && page.contains(&first));
+    let (dom, console) = chromium(&html, &p.dir.join("report.png"));
+    assert!(dom.contains("data-rendered=\"yes\""), "the page's script did not run: {console}");
+    assert!(dom.contains("<svg"), "charts missing");
+    let errors: Vec<&str> = console.lines().filter(|l| l.contains("CONSOLE") || l.contains("Uncaught")).collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+}
+
+/// Renders a file in headless Chromium (installed by tests/run.sh):
+/// returns the DOM after scripts ran, and what Chromium logged.
+fn chromium(page: &std::path::Path, screenshot: &std::path::Path) -> (String, String) {
+    let exe = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].into_iter().find(|p| std::path::Path::new(p).exists());
+    let exe = exe.expect("chromium is not installed: run the tests with tests/run.sh, which installs it");
+    let profile = tempfile::tempdir().unwrap();
+    let common = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--enable-logging=stderr",
+        "--v=0",
+    ];
+    let url = format!("file://{}", page.display());
+    let dom = Command::new(exe)
+        .args(common)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--dump-dom", &url])
+        .output()
+        .unwrap();
+    let _ = Command::new(exe)
+        .args(common)
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--window-size=1000,1600", &format!("--screenshot={}", screenshot.display()), &url])
+        .output();
+    (String::from_utf8_lossy(&dom.stdout).into_owned(), String::from_utf8_lossy(&dom.stderr).into_owned())
 }
