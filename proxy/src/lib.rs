@@ -13,6 +13,7 @@
 pub mod admin;
 pub mod alerts;
 pub mod api;
+pub mod assess;
 pub mod audit;
 pub mod config;
 pub mod detect;

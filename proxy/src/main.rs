@@ -69,6 +69,13 @@ enum Cmd {
         #[arg(long)]
         since: Option<u64>,
     },
+    /// Check the deployment as an auditor would; print findings with their
+    /// severity and fix. Exits 1 if any finding is high.
+    Assess {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Keys: which KEKs wrapped which data keys, and each KEK's state.
     Keys {
         #[command(subcommand)]
@@ -282,6 +289,7 @@ fn main() -> ExitCode {
         Some(Cmd::Alerts { command: AlertsCmd::Test }) => return alerts_test(cli.config),
         Some(Cmd::Keys { command: KeysCmd::Report { json } }) => return keys_report(cli.config, json),
         Some(Cmd::Report { format, output, since }) => return compliance_report(cli.config, &format, output, since),
+        Some(Cmd::Assess { json }) => return assess(cli.config, json),
         None => match cli.config {
             Some(path) => (path, None, None),
             None => return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"),
@@ -588,4 +596,32 @@ fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathB
         }
     }
     ExitCode::SUCCESS
+}
+
+fn assess(config: Option<PathBuf>, json: bool) -> ExitCode {
+    let Some(path) = config else {
+        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
+    };
+    let cfg = match ProxyConfig::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let findings = match runtime.block_on(coffer_proxy::assess::assess(&cfg)) {
+        Ok(f) => f,
+        Err(e) => return fail(EXIT_FAILURE, &e),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&findings).expect("serialises"));
+    } else {
+        for f in &findings {
+            println!("{:?}\t{}\t{}: {}\n\tfix: {}", f.severity, f.check, f.subject, f.problem, f.fix);
+        }
+        println!("{} findings", findings.len());
+    }
+    if findings.iter().any(|f| f.severity == coffer_proxy::assess::Level::High) {
+        ExitCode::from(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
+    }
 }

@@ -37,7 +37,7 @@ pub struct KeyEntry {
 
 /// Builds the report from the store, the local audit trail and the key service.
 pub async fn keys_report(cfg: &ProxyConfig) -> Result<KeysReport, String> {
-    let store = crate::server::open_store(cfg).await?;
+    let store = crate::server::open_store_to_read(cfg).await?;
     let checker = crate::server::key_checker(cfg).await?;
 
     // Who uploaded what, from the audit trail: (repo, key id or "config").
@@ -162,7 +162,7 @@ pub struct AlertLine {
 /// service and the local audit trail.
 pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<ComplianceReport, String> {
     use crate::config::StoreConfig;
-    let store = crate::server::open_store(cfg).await?;
+    let store = crate::server::open_store_to_read(cfg).await?;
     let checker = crate::server::key_checker(cfg).await?;
     let policies = cfg.repo_policies()?;
     let now = crate::unix_now();

@@ -101,14 +101,28 @@ async fn aws_sdk_config() -> aws_config::SdkConfig {
     aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
 }
 
-/// Opens the configured store; an S3 bucket is checked (Object Lock,
-/// versioning) on the way.
-pub async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
+/// Opens the configured store; an S3 bucket is checked (Object Lock, and
+/// a probe write for versioning) on the way.
+async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
     Ok(match &cfg.store {
         StoreConfig::Fs { path } => {
             Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
         }
         StoreConfig::S3(s3) => Arc::new(S3Store::connect(s3, &aws_sdk_config().await).await?),
+    })
+}
+
+/// Opens the configured store to read it (reports, audit verification):
+/// nothing is written, and no folder is created.
+pub async fn open_store_to_read(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    Ok(match &cfg.store {
+        StoreConfig::Fs { path } => {
+            if !path.exists() {
+                return Err(format!("store {} does not exist", path.display()));
+            }
+            Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
+        }
+        StoreConfig::S3(s3) => Arc::new(S3Store::open(s3, &aws_sdk_config().await).await?),
     })
 }
 
@@ -121,7 +135,7 @@ pub async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, Strin
 
 /// The audit segments this proxy shipped to its store, in order.
 pub async fn stored_audit(cfg: &ProxyConfig) -> Result<Vec<(String, String)>, String> {
-    let store = open_store(cfg).await?;
+    let store = open_store_to_read(cfg).await?;
     let mut out = Vec::new();
     for key in store.list(&crate::audit::ship::store_prefix(&cfg.proxy_id)).await.map_err(|e| e.to_string())? {
         let body = store.get(&key).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{key} vanished"))?;

@@ -16,7 +16,7 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::config::TrustDomainConfig;
 
-pub(crate) fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -505,3 +505,59 @@ async fn s3_slowdowns_are_retried_and_a_dead_store_commits_nothing() {
         e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with("store-error:"))
     });
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn assess_checks_the_bucket_and_the_keys() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let no_rotation = aws.key(false).await;
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, "", (30, 7))
+        .to_string_lossy()
+        .replace("require_rotation = true", "require_rotation = false");
+    let config = std::path::PathBuf::from(config);
+    let text = std::fs::read_to_string(&config).unwrap().replace("require_rotation = true", "require_rotation = false");
+    std::fs::write(&config, text).unwrap();
+    let p = start_proxy(certs.path(), &config, &aws);
+    run(&aws, &agent_config(&p, &aws, "writer", &no_rotation), &["init", "--repo", "dev/as"], None).ok();
+    let assess = || {
+        let out = std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+            .arg("--config")
+            .arg(&config)
+            .args(["assess", "--json"])
+            .envs(aws.moto.env())
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{}: {}", f["check"].as_str().unwrap(), f["problem"].as_str().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    let before = assess();
+    for needle in ["default Object Lock retention", "public access block", "without TLS", "rotation is off"] {
+        assert!(before.iter().any(|f| f.contains(needle)), "{needle} not found in {before:?}");
+    }
+
+    // Fix the bucket and the key: those findings go away. (moto refuses a
+    // default retention on a bucket that has objects, so that one stays.)
+    use aws_sdk_s3::types::PublicAccessBlockConfiguration;
+    let block = PublicAccessBlockConfiguration::builder()
+        .block_public_acls(true)
+        .ignore_public_acls(true)
+        .block_public_policy(true)
+        .restrict_public_buckets(true)
+        .build();
+    aws.s3.put_public_access_block().bucket(BUCKET).public_access_block_configuration(block).send().await.unwrap();
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Deny","Principal":"*","Action":"s3:*","Resource":["arn:aws:s3:::{BUCKET}/quarantine/*"],"Condition":{{"Bool":{{"aws:SecureTransport":"false"}}}}}}]}}"#
+    );
+    aws.s3.put_bucket_policy().bucket(BUCKET).policy(policy).send().await.unwrap();
+    aws.kms.enable_key_rotation().key_id(no_rotation.rsplit('/').next().unwrap()).send().await.unwrap();
+    let after = assess();
+    for needle in ["public access block", "without TLS", "rotation is off"] {
+        assert!(!after.iter().any(|f| f.contains(needle)), "{needle} still reported: {after:?}");
+    }
+}

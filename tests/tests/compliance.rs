@@ -373,3 +373,46 @@ fn chromium(page: &std::path::Path, screenshot: &std::path::Path) -> (String, St
         .output();
     (String::from_utf8_lossy(&dom.stdout).into_owned(), String::from_utf8_lossy(&dom.stderr).into_owned())
 }
+
+fn assess(p: &DevProxy) -> (i32, serde_json::Value) {
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["assess", "--json"])
+        .output()
+        .unwrap();
+    let findings =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), findings)
+}
+
+fn has(findings: &serde_json::Value, check: &str, text: &str) -> bool {
+    findings
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["check"] == check && f["problem"].as_str().unwrap_or("").contains(text))
+}
+
+#[test]
+fn assess_names_what_an_auditor_would_flag() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/as"], None).ok();
+    let (code, findings) = assess(&p);
+    assert_eq!(code, 0, "only medium findings on a fresh dev proxy: {findings}");
+    assert!(has(&findings, "kek", "local master key"), "{findings}");
+    assert!(has(&findings, "repo-policy", "no repository policies"), "{findings}");
+    assert!(!has(&findings, "policy", "every repository"), "dev/** is not every repository: {findings}");
+
+    let path = p.dir.join("proxy.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let broad = text.replace("roles = [\"writer\"]\nrepos = [\"dev/**\"]", "roles = [\"writer\"]\nrepos = [\"**\"]");
+    assert_ne!(broad, text);
+    std::fs::write(&path, broad).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p.dir.join("audit/signing.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (code, findings) = assess(&p);
+    assert!(has(&findings, "policy", "every repository"), "{findings}");
+    assert!(has(&findings, "audit", "readable by group or others"), "{findings}");
+    assert_eq!(code, 1, "a high finding fails the check");
+}

@@ -113,6 +113,14 @@ impl S3Store {
     /// Builds the client and checks the bucket: Object Lock and versioning
     /// must both be enabled, or the proxy refuses to start.
     pub async fn connect(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, String> {
+        let store = Self::open(cfg, sdk).await?;
+        store.probe().await?;
+        Ok(store)
+    }
+
+    /// Opens the bucket for reading (reports, verification): Object Lock
+    /// is checked, nothing is written.
+    pub async fn open(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, String> {
         let mut b = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(cfg.path_style)
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
@@ -149,7 +157,6 @@ impl S3Store {
             mode: cfg.lock_mode,
             conditional_writes: cfg.conditional_writes,
         };
-        store.probe().await?;
         Ok(store)
     }
 
