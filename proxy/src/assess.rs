@@ -326,6 +326,34 @@ pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, String> {
     Ok(out)
 }
 
+/// Runs `assess` every `interval_secs` (the first after one interval) and
+/// raises an alert for each high finding not seen before.
+pub async fn assess_loop(app: std::sync::Arc<crate::api::App>, cfg: std::sync::Arc<ProxyConfig>, interval_secs: u64) {
+    if interval_secs == 0 {
+        return;
+    }
+    let every = Duration::from_secs(interval_secs);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        tick.tick().await;
+        match assess(&cfg).await {
+            Ok(findings) => {
+                for f in findings.into_iter().filter(|f| f.severity == Level::High) {
+                    if seen.insert((f.check, f.subject.clone(), f.problem.clone())) {
+                        let msg = format!("{}: {} (fix: {})", f.subject, f.problem, f.fix);
+                        app.watch
+                            .alerts
+                            .raise("assess", crate::alerts::Severity::High, None, Some(f.subject), msg, None)
+                            .await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("assessment failed: {e}"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub scrub: crate::scrub::ScrubConfig,
     #[serde(default)]
+    pub assess: AssessConfig,
+    #[serde(default)]
     pub rules: Vec<RuleConfig>,
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
@@ -101,6 +103,20 @@ pub enum KeysConfig {
     Local { master_key: PathBuf },
     /// Key records must be wrapped by AWS KMS keys that pass the checks.
     Kms(crate::keycheck::KmsCheckConfig),
+}
+
+#[derive(Debug, Deserialize, Clone, Copy)]
+#[serde(default, deny_unknown_fields)]
+pub struct AssessConfig {
+    /// Seconds between background assessments (0: off); new high findings
+    /// raise an `assess` alert.
+    pub interval_secs: u64,
+}
+
+impl Default for AssessConfig {
+    fn default() -> Self {
+        Self { interval_secs: 86_400 }
+    }
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]

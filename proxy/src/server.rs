@@ -85,6 +85,8 @@ pub struct Proxy {
     proxy_id: String,
     webhook: Option<crate::alerts::WebhookConfig>,
     scrub: crate::scrub::ScrubConfig,
+    /// The configuration as loaded, for the background assessment.
+    config: Arc<ProxyConfig>,
     ship_every: Duration,
     metrics_listen: Option<SocketAddr>,
 }
@@ -215,6 +217,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         proxy_id: cfg.proxy_id.clone(),
         webhook: cfg.alerts.webhook.clone(),
         scrub: cfg.scrub,
+        config: Arc::new(ProxyConfig::load(config_path).map_err(|e| e.to_string())?),
         ship_every: Duration::from_secs(cfg.audit.ship_secs.max(1)),
         metrics_listen: cfg.metrics.listen,
     })
@@ -254,6 +257,11 @@ impl Proxy {
             tokio::spawn(crate::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
             tokio::spawn(watch_overdue(self.app.clone())),
             tokio::spawn(crate::scrub::scrub_loop(self.app.clone(), self.scrub)),
+            tokio::spawn(crate::assess::assess_loop(
+                self.app.clone(),
+                self.config.clone(),
+                self.config.assess.interval_secs,
+            )),
         ];
         check_audit_chain(&self.app, &self.spool).await;
         let shipper =

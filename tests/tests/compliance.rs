@@ -416,3 +416,17 @@ fn assess_names_what_an_auditor_would_flag() {
     assert!(has(&findings, "audit", "readable by group or others"), "{findings}");
     assert_eq!(code, 1, "a high finding fails the check");
 }
+
+#[test]
+fn the_proxy_assesses_itself_and_alerts_once_per_new_high_finding() {
+    let p = DevProxy::start().restarted(|t| format!("{t}\n[assess]\ninterval_secs = 1\n"));
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(p.dir.join("audit/signing.key"), std::fs::Permissions::from_mode(0o644)).unwrap();
+    let is_assess = |e: &serde_json::Value| {
+        e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with("assess:"))
+    };
+    let alert = p.wait_for_event("assess alert", is_assess);
+    assert!(alert["reason"].as_str().unwrap().contains("readable by group or others"), "{alert}");
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    assert_eq!(p.audit_events().iter().filter(|e| is_assess(e)).count(), 1, "a finding alerts once");
+}
