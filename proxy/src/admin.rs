@@ -219,3 +219,114 @@ pub(crate) async fn hold(app: &App, admin: &Identity, draft: &Draft, body: &[u8]
         &serde_json::json!({ "snapshots": targets.len(), "objects": objects.len(), "on": req.on }),
     ))
 }
+
+// === expiry ===
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpireRequest {
+    repo: RepoName,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// One object expiry deletes (or, in a dry run, would), and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Doomed {
+    pub key: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize)]
+struct ExpireReport {
+    dry_run: bool,
+    deleted: Vec<Doomed>,
+    /// Snapshots past retention kept because of a legal hold.
+    held: Vec<String>,
+    /// Objects that could not be deleted (they stay; expiry can run again).
+    failed: Vec<Doomed>,
+}
+
+/// What expiry would delete in `repo` at `now`: roots and indexes of
+/// snapshots whose retention ended and that are not held, index segments
+/// left by commits that never completed, then chunks no remaining snapshot
+/// references whose own lock has ended and that are not held. Config and
+/// key records are kept while the repository exists (decisions.md 3).
+pub async fn expiry_plan(
+    store: &dyn ObjectStore,
+    repo: &RepoName,
+    now: u64,
+) -> Result<(Vec<Doomed>, Vec<String>), StoreError> {
+    let mut doomed = Vec::new();
+    let mut held = Vec::new();
+    let mut live: BTreeSet<coffer_proto::ChunkId> = BTreeSet::new();
+    let roots: BTreeSet<String> = store.list(&format!("{repo}/snapshots/")).await?.into_iter().collect();
+    for index_key in store.list(&format!("{repo}/index/")).await? {
+        let Some(id) = index_key.rsplit('/').next().and_then(|s| s.parse::<SnapshotId>().ok()) else { continue };
+        let Some(bytes) = store.get(&index_key).await? else { continue };
+        let Ok(index) = IndexSegment::decode(&bytes) else {
+            // Unreadable: keep it and everything, rather than guess.
+            return Err(StoreError::Backend {
+                key: index_key,
+                message: "unreadable index segment".into(),
+                retryable: false,
+            });
+        };
+        let root = keys::snapshot(repo, &id);
+        let has_root = roots.contains(&root);
+        let ended = index.retain_until <= now;
+        let switch_on = read_switch(store, &hold_prefix(repo, &id)).await? == Some(true);
+        let root_held = has_root && store.head(&root).await?.is_some_and(|m| m.legal_hold);
+        if ended && (switch_on || root_held) {
+            held.push(id.to_string());
+        }
+        if ended && !switch_on && !root_held {
+            let why = if has_root {
+                format!("snapshot {id}: retention ended at {}", index.retain_until)
+            } else {
+                format!("index of a commit that never completed, retention ended at {}", index.retain_until)
+            };
+            if has_root {
+                doomed.push(Doomed { key: root, reason: why.clone() });
+            }
+            doomed.push(Doomed { key: index_key, reason: why });
+        } else {
+            live.extend(index.chunks.iter().map(|e| e.id));
+        }
+    }
+    for key in store.list(&format!("{repo}/chunks/")).await? {
+        let Some(id) = key.rsplit('/').next().and_then(|s| s.parse::<coffer_proto::ChunkId>().ok()) else { continue };
+        if live.contains(&id) {
+            continue;
+        }
+        if let Some(meta) = store.head(&key).await? {
+            if meta.deletable(&key, now).is_ok() {
+                doomed
+                    .push(Doomed { key, reason: "no remaining snapshot references it, and its lock has ended".into() });
+            }
+        }
+    }
+    Ok((doomed, held))
+}
+
+pub(crate) async fn expire(app: &App, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let req: ExpireRequest = serde_json::from_slice(body).map_err(invalid)?;
+    let now = crate::unix_now();
+    let (doomed, held) = expiry_plan(&*app.store, &req.repo, now).await?;
+    if req.dry_run {
+        return Ok(Reply::json(
+            StatusCode::OK,
+            &ExpireReport { dry_run: true, deleted: doomed, held, failed: Vec::new() },
+        ));
+    }
+    audit_intent(app, draft, format!("expiring {} objects of {}", doomed.len(), req.repo)).await?;
+    let (mut deleted, mut failed) = (Vec::new(), Vec::new());
+    // Roots first, so snapshots disappear before anything they need.
+    for d in doomed {
+        match app.store.delete(&d.key, now).await {
+            Ok(()) => deleted.push(d),
+            Err(e) => failed.push(Doomed { key: d.key, reason: e.to_string() }),
+        }
+    }
+    Ok(Reply::json(StatusCode::OK, &ExpireReport { dry_run: false, deleted, held, failed }))
+}

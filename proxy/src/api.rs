@@ -235,6 +235,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         ["admin", "reload"] => Some(pick(&[(Method::POST, Action::AdminReload)])?),
         ["admin", "hold"] => Some(pick(&[(Method::POST, Action::AdminHold)])?),
         ["admin", "lockdown"] => Some(pick(&[(Method::POST, Action::AdminLockdown)])?),
+        ["admin", "expire"] => Some(pick(&[(Method::POST, Action::AdminExpire)])?),
         _ => None,
     };
     if let Some(action) = global {
@@ -496,6 +497,7 @@ where
         (Action::AdminReload, _) => crate::admin::reload(app, draft).await,
         (Action::AdminHold, _) => crate::admin::hold(app, identity, draft, &body).await,
         (Action::AdminLockdown, _) => crate::admin::lockdown(app, identity, draft, &body).await,
+        (Action::AdminExpire, _) => crate::admin::expire(app, draft, &body).await,
         (_, None) => unreachable!("route() gives every repository action a repository"),
     }
 }

@@ -167,6 +167,17 @@ enum AdminCmd {
         #[command(subcommand)]
         action: HoldAction,
     },
+    /// Delete snapshots whose retention ended (unless held) and then chunks
+    /// nothing references whose locks ended; --dry-run lists exactly what
+    /// would go and why.
+    Expire {
+        #[command(flatten)]
+        call: AdminCall,
+        #[arg(long)]
+        repo: RepoName,
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// From now on serve only reads; --lift ends it.
     Lockdown {
         #[command(flatten)]
@@ -400,6 +411,9 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
         }
         AdminCmd::Reload { call } => (call, "reload", serde_json::json!({})),
         AdminCmd::Lockdown { call, lift } => (call, "lockdown", serde_json::json!({ "on": !lift })),
+        AdminCmd::Expire { call, repo, dry_run } => {
+            (call, "expire", serde_json::json!({ "repo": repo, "dry_run": dry_run }))
+        }
         AdminCmd::Hold { action } => {
             let (call, repo, snapshot, on) = match action {
                 HoldAction::Set { call, repo, snapshot } => (call, repo, snapshot, true),

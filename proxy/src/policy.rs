@@ -66,10 +66,12 @@ pub enum Action {
     AdminHold,
     /// Admin: enter or leave lockdown.
     AdminLockdown,
+    /// Admin: delete what retention no longer protects.
+    AdminExpire,
 }
 
 impl Action {
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::Whoami,
         Action::PutConfig,
         Action::GetConfig,
@@ -85,6 +87,7 @@ impl Action {
         Action::AdminReload,
         Action::AdminHold,
         Action::AdminLockdown,
+        Action::AdminExpire,
     ];
 
     pub fn name(self) -> &'static str {
@@ -104,6 +107,7 @@ impl Action {
             Action::AdminReload => "admin-reload",
             Action::AdminHold => "admin-hold",
             Action::AdminLockdown => "admin-lockdown",
+            Action::AdminExpire => "admin-expire",
         }
     }
 
@@ -124,7 +128,10 @@ impl Action {
 
     /// Admin calls need a fresh TOTP code every time.
     pub fn admin(self) -> bool {
-        matches!(self, Action::AdminRevoke | Action::AdminReload | Action::AdminHold | Action::AdminLockdown)
+        matches!(
+            self,
+            Action::AdminRevoke | Action::AdminReload | Action::AdminHold | Action::AdminLockdown | Action::AdminExpire
+        )
     }
 
     pub fn allowed_for(self, role: Role) -> bool {
@@ -133,7 +140,7 @@ impl Action {
             Role::Writer => matches!(self, Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit),
             Role::Reader => matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot),
             Role::Auditor => matches!(self, Whoami | ListSnapshots),
-            Role::Admin => matches!(self, Whoami | AdminRevoke | AdminReload | AdminHold | AdminLockdown),
+            Role::Admin => matches!(self, Whoami | AdminRevoke | AdminReload | AdminHold | AdminLockdown | AdminExpire),
         }
     }
 }

@@ -430,3 +430,90 @@ fn the_proxy_assesses_itself_and_alerts_once_per_new_high_finding() {
     std::thread::sleep(std::time::Duration::from_secs(3));
     assert_eq!(p.audit_events().iter().filter(|e| is_assess(e)).count(), 1, "a finding alerts once");
 }
+
+/// Simulates a snapshot's retention running out: its index records a
+/// retain-until in the past, and so do the locks of its objects (raw access
+/// to the filesystem store, as time passing would leave them).
+fn age(p: &DevProxy, repo: &str, id: &str) {
+    let objects = p.objects();
+    let index_path = objects.join(format!("{repo}/index/{id}"));
+    let mut index = coffer_proto::snapshot::IndexSegment::decode(&std::fs::read(&index_path).unwrap()).unwrap();
+    let past = now() - 60;
+    index.retain_until = past;
+    let mut keys = vec![format!("{repo}/index/{id}"), format!("{repo}/snapshots/{id}")];
+    for e in &mut index.chunks {
+        e.retain_until = past;
+        let hex = e.id.to_string();
+        keys.push(format!("{repo}/chunks/{}/{hex}", &hex[..2]));
+    }
+    std::fs::write(&index_path, index.encode()).unwrap();
+    for key in keys {
+        let lock_path = p.dir.join("store/locks").join(&key);
+        let mut lock: serde_json::Value = serde_json::from_slice(&std::fs::read(&lock_path).unwrap()).unwrap();
+        lock["retain_until"] = past.into();
+        std::fs::write(&lock_path, lock.to_string()).unwrap();
+    }
+}
+
+fn expire(p: &DevProxy, who: &str, code: &str, dry_run: bool) -> serde_json::Value {
+    let mut args = vec!["expire", "--repo", "dev/exp"];
+    if dry_run {
+        args.push("--dry-run");
+    }
+    let (ok, out) = admin(p, who, code, &args);
+    assert!(ok, "{out}");
+    let json = out.trim_start_matches("expire: ok ");
+    serde_json::from_str(json.lines().next().unwrap()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
+    let p = DevProxy::start();
+    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let secret2 = second_admin(&p);
+    coffer(&p.writer(), &["init", "--repo", "dev/exp"], None).ok();
+    let (x, w, y, z) = (
+        random_bytes("x", 2 << 20),
+        random_bytes("w", 2 << 20),
+        random_bytes("y", 2 << 20),
+        random_bytes("z", 2 << 20),
+    );
+    let backup = |data: &[u8]| coffer(&p.writer(), &["backup", "--repo", "dev/exp", "-"], Some(data)).last_line();
+    let a = backup(&[x.clone(), w.clone()].concat()); // old: will expire
+    let b = backup(&[x.clone(), y.clone()].concat()); // new: shares x with a
+    let c = backup(&z); // old but held
+    let t = now();
+    let (ok, out) =
+        admin(&p, "admin", &code_at(&secret, t).unwrap(), &["hold", "set", "--repo", "dev/exp", "--snapshot", &c]);
+    assert!(ok, "{out}");
+    age(&p, "dev/exp", &a);
+    age(&p, "dev/exp", &c);
+    let before: Vec<_> = p.stored("dev/exp");
+
+    let plan = expire(&p, "admin", &code_at(&secret, t + 30).unwrap(), true);
+    assert_eq!(plan["dry_run"], true);
+    assert_eq!(p.stored("dev/exp"), before, "a dry run deletes nothing");
+    let planned: Vec<String> =
+        plan["deleted"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap().to_string()).collect();
+    assert!(planned.contains(&format!("dev/exp/snapshots/{a}")) && planned.contains(&format!("dev/exp/index/{a}")));
+    assert!(!planned.iter().any(|k| k.contains(&b) || k.contains(&c)), "{planned:?}");
+    assert!(planned.iter().any(|k| k.contains("/chunks/")), "a's own chunks go: {planned:?}");
+    assert_eq!(plan["held"], serde_json::json!([c]));
+
+    let done = expire(&p, "admin2", &code_at(&secret2, t).unwrap(), false);
+    let deleted: Vec<String> =
+        done["deleted"].as_array().unwrap().iter().map(|d| d["key"].as_str().unwrap().to_string()).collect();
+    assert_eq!(deleted, planned, "the real run deletes exactly what the dry run listed");
+    assert!(done["failed"].as_array().unwrap().is_empty(), "{done}");
+    for key in &deleted {
+        assert!(!p.objects().join(key).exists(), "{key} is still there");
+    }
+
+    // Every remaining snapshot restores bit-exact; the expired one is gone.
+    let list = coffer(&p.reader(), &["snapshots", "--repo", "dev/exp", "--json"], None).json();
+    let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&b.as_str()) && ids.contains(&c.as_str()) && !ids.contains(&a.as_str()), "{ids:?}");
+    assert!(coffer(&p.reader(), &["restore", "--repo", "dev/exp", &b], None).stdout == [x, y].concat());
+    assert!(coffer(&p.reader(), &["restore", "--repo", "dev/exp", &c], None).stdout == z);
+    coffer(&p.reader(), &["verify", "--repo", "dev/exp"], None).ok();
+}
