@@ -71,7 +71,16 @@ async fn write_switch(app: &App, prefix: &str, on: bool, admin: &Identity) -> Re
 
 /// The newest switch under `prefix`, if any.
 pub async fn read_switch(store: &dyn ObjectStore, prefix: &str) -> Result<Option<bool>, StoreError> {
-    let Some(newest) = store.list(prefix).await?.into_iter().max() else { return Ok(None) };
+    // Only names this module writes count: `<20-digit millis>-<8 hex>`.
+    let is_switch = |k: &String| {
+        k.strip_prefix(prefix).and_then(|n| n.split_once('-')).is_some_and(|(t, r)| {
+            t.len() == 20
+                && t.bytes().all(|b| b.is_ascii_digit())
+                && r.len() == 8
+                && r.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    };
+    let Some(newest) = store.list(prefix).await?.into_iter().filter(is_switch).max() else { return Ok(None) };
     let Some(body) = store.get(&newest).await? else { return Ok(None) };
     Ok(serde_json::from_slice::<Switch>(&body).ok().map(|s| s.on))
 }

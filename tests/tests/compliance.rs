@@ -517,3 +517,20 @@ fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
     assert!(coffer(&p.reader(), &["restore", "--repo", "dev/exp", &c], None).stdout == z);
     coffer(&p.reader(), &["verify", "--repo", "dev/exp"], None).ok();
 }
+
+#[test]
+fn repositories_cannot_reach_into_the_admin_tree() {
+    // A writer allowed everything still cannot create a repository whose
+    // objects would sit among the admin switches (lockdown, holds,
+    // revocations) or the audit segments.
+    let p = DevProxy::start().restarted(|t| {
+        t.replace("roles = [\"writer\"]\nrepos = [\"dev/**\"]", "roles = [\"writer\"]\nrepos = [\"**\"]")
+            .replace("repos = [\"dev/**\"]", "repos = [\"**\"]")
+    });
+    for repo in ["admin/lockdown", "admin/revocations/x", "audit/dev"] {
+        let run = coffer(&p.writer(), &["init", "--repo", repo], None);
+        assert_eq!(run.code(), 64, "{repo}: {}", run.stderr);
+        assert!(run.stderr.contains("reserved"), "{repo}: {}", run.stderr);
+    }
+    assert!(p.stored("admin/lockdown").is_empty());
+}
