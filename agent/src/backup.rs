@@ -413,6 +413,7 @@ pub async fn run(
         bytes: summary.bytes,
         blake3: summary.blake3.to_hex().to_string(),
         manifest: manifest_refs,
+        id_key: repo.id_key_epoch,
     };
     let root = envelope::seal(
         Kind::SnapshotRoot,

@@ -405,6 +405,15 @@ impl ProxyClient {
         self.call(Method::GET, format!("/v1/repos/{repo}/snapshots/{id}"), Bytes::new(), None).await
     }
 
+    pub async fn put_epoch(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
+        self.call(Method::PUT, format!("/v1/repos/{repo}/epochs/{id}"), body.into(), None).await.map(drop)
+    }
+
+    /// The repository's chunk-id key epochs, oldest first.
+    pub async fn list_epochs(&self, repo: &RepoName) -> Result<Vec<coffer_proto::repo::Epoch>, ClientError> {
+        Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/epochs"), Bytes::new(), None).await?)
+    }
+
     /// An admin call: `POST /v1/admin/{what}` with a JSON body.
     pub async fn admin(&self, what: &str, body: &impl serde::Serialize) -> Result<Bytes, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;

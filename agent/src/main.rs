@@ -88,6 +88,21 @@ enum Cmd {
     },
     /// Show who the proxy thinks this agent is, and what it may do.
     Whoami,
+    /// Key management.
+    Key {
+        #[command(subcommand)]
+        command: KeyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCmd {
+    /// Start a new chunk-id key epoch: later backups name chunks with a new
+    /// key (deduplication starts over); older snapshots restore as before.
+    Rotate {
+        #[arg(long)]
+        repo: RepoName,
+    },
 }
 
 /// A failure with the exit code it maps to.
@@ -288,6 +303,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
         Cmd::Whoami => print_json(&ctx.client.whoami().await?)?,
+        Cmd::Key { command: KeyCmd::Rotate { repo } } => {
+            let id = repo::rotate(&ctx.client, &*ctx.provider, &repo).await?;
+            println!("repository {repo}: new chunk-id key epoch {id}; deduplication starts over from the next backup");
+        }
     }
     Ok(())
 }

@@ -29,14 +29,34 @@ pub enum RepoError {
     Key(#[from] KeyError),
 }
 
-/// An initialised repository with its chunk-id key unwrapped.
+/// An initialised repository with its chunk-id keys unwrapped.
 pub struct OpenRepo {
     pub client: ProxyClient,
     pub provider: Arc<dyn KeyProvider>,
     pub name: RepoName,
     pub config: RepoConfig,
-    pub id_key: IdKey,
+    /// The chunk-id key new backups use: the newest epoch's.
+    pub id_key: Arc<IdKey>,
+    /// Its key id, when it is an epoch's rather than the config's.
+    pub id_key_epoch: Option<KeyId>,
+    /// Every chunk-id key of the repository, for restores.
+    id_keys: HashMap<KeyId, Arc<IdKey>>,
     data_keys: Mutex<HashMap<KeyId, Arc<DataKey>>>,
+}
+
+/// Starts a new chunk-id key epoch (`coffer key rotate`): later backups
+/// name chunks with the new key, so dedup starts over; older snapshots keep
+/// restoring with theirs. Returns the new key's id.
+pub async fn rotate(client: &ProxyClient, provider: &dyn KeyProvider, name: &RepoName) -> Result<KeyId, RepoError> {
+    let (_idk, key) = new_key(provider, name, Purpose::ChunkId).await?;
+    let created =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let id = key.key_id;
+    let epoch = coffer_proto::repo::Epoch { version: CONFIG_VERSION, created, key };
+    match client.put_epoch(name, id, epoch.encode()).await {
+        Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => Err(RepoError::NotInitialised(name.clone())),
+        other => other.map(|()| id).map_err(Into::into),
+    }
 }
 
 /// Creates the repository's config with a new chunk-id key.
@@ -68,8 +88,32 @@ impl OpenRepo {
             return Err(bad(format!("config names repository {}", config.repo)));
         }
         let rec = &config.id_key;
-        let id_key = IdKey::from_data_key(open_record(&*provider, rec, &name, Purpose::ChunkId, rec.key_id).await?);
-        Ok(Self { client, provider, name, config, id_key, data_keys: Mutex::new(HashMap::new()) })
+        let first =
+            Arc::new(IdKey::from_data_key(open_record(&*provider, rec, &name, Purpose::ChunkId, rec.key_id).await?));
+        let mut id_keys = HashMap::from([(rec.key_id, first.clone())]);
+        let (mut id_key, mut id_key_epoch) = (first, None);
+        for epoch in client.list_epochs(&name).await? {
+            let k = &epoch.key;
+            let key =
+                Arc::new(IdKey::from_data_key(open_record(&*provider, k, &name, Purpose::ChunkId, k.key_id).await?));
+            id_keys.insert(k.key_id, key.clone());
+            (id_key, id_key_epoch) = (key, Some(k.key_id));
+        }
+        Ok(Self {
+            client,
+            provider,
+            name,
+            config,
+            id_key,
+            id_key_epoch,
+            id_keys,
+            data_keys: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The chunk-id key a snapshot was made with (None: the config's).
+    pub fn id_key_for(&self, epoch: Option<KeyId>) -> Option<Arc<IdKey>> {
+        self.id_keys.get(&epoch.unwrap_or(self.config.id_key.key_id)).cloned()
     }
 
     /// Fetches and unwraps a data key, once per key id.

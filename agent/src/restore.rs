@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use coffer_proto::envelope::{self, Kind};
+use coffer_proto::keys::IdKey;
 use coffer_proto::snapshot::{Manifest, SnapshotRoot};
 use coffer_proto::{ChunkId, SnapshotId};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
@@ -57,6 +58,7 @@ pub async fn load_root(repo: &OpenRepo, snapshot: SnapshotId) -> Result<Snapshot
 /// Fetches one chunk and opens it off the reactor.
 async fn fetch_chunk(
     repo: Arc<OpenRepo>,
+    id_key: Arc<IdKey>,
     snapshot: SnapshotId,
     id: ChunkId,
     len: u32,
@@ -68,11 +70,10 @@ async fn fetch_chunk(
     };
     let header = envelope::parse_header(&sealed).map_err(|_| bad("not a valid envelope"))?;
     let key = repo.data_key(header.key_id).await?;
-    let plain =
-        tokio::task::spawn_blocking(move || coffer_proto::chunk::open(&sealed, &key, &repo.name, &id, &repo.id_key))
-            .await
-            .map_err(|e| RestoreError::Internal(e.to_string()))?
-            .map_err(|_| bad("failed authentication or does not match its id"))?;
+    let plain = tokio::task::spawn_blocking(move || coffer_proto::chunk::open(&sealed, &key, &repo.name, &id, &id_key))
+        .await
+        .map_err(|e| RestoreError::Internal(e.to_string()))?
+        .map_err(|_| bad("failed authentication or does not match its id"))?;
     if plain.len() != len as usize {
         return Err(bad("has the wrong length"));
     }
@@ -83,6 +84,7 @@ async fn fetch_chunk(
 /// and hands each plaintext to `sink` in stream order.
 async fn for_each_chunk(
     repo: &Arc<OpenRepo>,
+    id_key: &Arc<IdKey>,
     snapshot: SnapshotId,
     chunks: impl IntoIterator<Item = (ChunkId, u32)>,
     in_flight: usize,
@@ -94,7 +96,7 @@ async fn for_each_chunk(
         loop {
             while pending.len() < in_flight {
                 let Some((id, len)) = chunks.next() else { break };
-                pending.push_back(tokio::spawn(fetch_chunk(repo.clone(), snapshot, id, len)));
+                pending.push_back(tokio::spawn(fetch_chunk(repo.clone(), id_key.clone(), snapshot, id, len)));
             }
             let Some(next) = pending.pop_front() else { return Ok(()) };
             let data = next.await.map_err(|e| RestoreError::Internal(e.to_string()))??;
@@ -119,9 +121,10 @@ pub async fn restore(
     let root = load_root(&repo, snapshot).await?;
     let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
 
+    let id_key = repo.id_key_for(root.id_key).ok_or_else(|| bad("its chunk-id key epoch is not in the repository"))?;
     let mut encoded = Vec::new();
     let refs = root.manifest.iter().map(|r| (r.id, r.len));
-    for_each_chunk(&repo, snapshot, refs, in_flight, async |data| {
+    for_each_chunk(&repo, &id_key, snapshot, refs, in_flight, async |data| {
         encoded.extend_from_slice(&data);
         Ok(())
     })
@@ -133,7 +136,7 @@ pub async fn restore(
 
     let mut hasher = blake3::Hasher::new();
     let entries = manifest.0.iter().map(|e| (e.id, e.len));
-    for_each_chunk(&repo, snapshot, entries, in_flight, async |data| {
+    for_each_chunk(&repo, &id_key, snapshot, entries, in_flight, async |data| {
         hasher.update(&data);
         out.write_all(&data).await.map_err(RestoreError::Write)
     })

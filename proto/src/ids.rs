@@ -121,7 +121,7 @@ pub const REPO_NAME_MAX: usize = 128;
 /// Most `/`-separated segments in a repository name.
 pub const REPO_SEGMENTS_MAX: usize = 4;
 /// Segment names that would collide with the object layout under a repo.
-pub const RESERVED_SEGMENTS: [&str; 7] = ["admin", "audit", "chunks", "config", "index", "keys", "snapshots"];
+pub const RESERVED_SEGMENTS: [&str; 8] = ["admin", "audit", "chunks", "config", "epochs", "index", "keys", "snapshots"];
 
 /// A validated repository name: 1 to 4 `/`-separated segments, each
 /// `[a-z0-9][a-z0-9._-]*`, at most 128 bytes, no reserved segment.

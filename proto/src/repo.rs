@@ -18,6 +18,41 @@ pub(crate) fn json_decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str)
     serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid { what, reason: e.to_string() })
 }
 
+/// A chunk-id key epoch after the first (which lives in the config), made by
+/// `coffer key rotate`: stored at `<repo>/epochs/<key-id>`. New backups use
+/// the newest epoch; dedup starts over in it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Epoch {
+    pub version: u32,
+    /// Unix milliseconds; epochs are ordered by it.
+    pub created: u64,
+    /// The wrapped chunk-id key (purpose `chunk-id`).
+    pub key: KeyRecord,
+}
+
+impl Epoch {
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("epochs always serialise")
+    }
+
+    /// Decodes and checks the key is a chunk-id key bound to `repo`.
+    pub fn decode(bytes: &[u8], repo: &RepoName) -> Result<Self, FormatError> {
+        let e: Epoch = json_decode(bytes, "key epoch")?;
+        if e.version != CONFIG_VERSION {
+            return Err(FormatError::Unsupported { what: "key epoch version", value: e.version.into() });
+        }
+        let k = &e.key;
+        if k.purpose != Purpose::ChunkId || !k.context.matches(repo, Purpose::ChunkId, k.key_id) {
+            return Err(FormatError::Invalid {
+                what: "key epoch",
+                reason: "not a chunk-id key bound to this repository".into(),
+            });
+        }
+        Ok(e)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChunkerParams {

@@ -88,6 +88,10 @@ pub struct SnapshotRoot {
     pub blake3: String,
     /// The manifest's own chunks, in order.
     pub manifest: Vec<ManifestRef>,
+    /// The chunk-id key (epoch) the snapshot's ids were made with; absent
+    /// means the one in the repository config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_key: Option<crate::KeyId>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -122,7 +122,7 @@ struct LockdownRequest {
 /// During lockdown: reads, and the admin call that lifts it.
 pub fn allowed_in_lockdown(action: Action) -> bool {
     use Action::*;
-    matches!(action, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | AdminLockdown)
+    matches!(action, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | ListEpochs | AdminLockdown)
 }
 
 /// A write refused by lockdown raises an alert (once per identity per quiet period).

@@ -250,6 +250,8 @@ pub fn route(method: &Method, path: &str) -> Result<Route, ApiError> {
         (_, "config") => {
             (pick(&[(Method::GET, Action::GetConfig), (Method::PUT, Action::PutConfig)])?, repo_of(n - 2)?, None)
         }
+        (_, "epochs") => (pick(&[(Method::GET, Action::ListEpochs)])?, repo_of(n - 2)?, None),
+        ("epochs", id) => (pick(&[(Method::PUT, Action::PutEpoch)])?, repo_of(n - 3)?, Some(id)),
         (_, "snapshots") => {
             (pick(&[(Method::GET, Action::ListSnapshots), (Method::POST, Action::Commit)])?, repo_of(n - 2)?, None)
         }
@@ -286,6 +288,9 @@ pub mod keys {
     pub fn index(repo: &RepoName, id: &SnapshotId) -> String {
         format!("{repo}/index/{id}")
     }
+    pub fn epoch(repo: &RepoName, id: &KeyId) -> String {
+        format!("{repo}/epochs/{id}")
+    }
 }
 
 /// A successful answer: status, body, and the byte count for the audit event.
@@ -318,7 +323,7 @@ impl Reply {
 
 fn body_limit(app: &App, action: Action) -> usize {
     match action {
-        Action::PutConfig | Action::PutKey => SMALL_BODY_MAX,
+        Action::PutConfig | Action::PutKey | Action::PutEpoch => SMALL_BODY_MAX,
         Action::Missing => MISSING_IDS_MAX * ChunkId::LEN,
         Action::PutChunk => ENVELOPE_MAX,
         Action::Commit => app.commit_max_bytes,
@@ -492,6 +497,8 @@ where
         (Action::GetChunk, Some(repo)) => get(app, keys::chunk(&repo, &obj.parse().map_err(invalid)?)).await,
         (Action::Commit, Some(repo)) => commit(app, draft, &repo, &body).await,
         (Action::ListSnapshots, Some(repo)) => list_snapshots(app, &repo).await,
+        (Action::PutEpoch, Some(repo)) => put_epoch(app, &allowed, &repo, obj.parse().map_err(invalid)?, body).await,
+        (Action::ListEpochs, Some(repo)) => list_epochs(app, &repo).await,
         (Action::GetSnapshot, Some(repo)) => get(app, keys::snapshot(&repo, &obj.parse().map_err(invalid)?)).await,
         (Action::AdminRevoke, _) => crate::admin::revoke(app, identity, draft, &body).await,
         (Action::AdminReload, _) => crate::admin::reload(app, draft).await,
@@ -593,6 +600,32 @@ async fn put_key(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body:
     let reply = app.put_once(repo, &keys::key(repo, &id), body, "key record").await?;
     app.known_keys.lock().expect("not poisoned").insert((repo.clone(), id));
     Ok(reply)
+}
+
+async fn put_epoch(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body: Bytes) -> Result<Reply, ApiError> {
+    let epoch = coffer_proto::repo::Epoch::decode(&body, repo).map_err(invalid)?;
+    if epoch.key.key_id != id {
+        return Err(invalid("the epoch's key is not the one named in the path"));
+    }
+    if app.store.head(&keys::config(repo)).await?.is_none() {
+        return Err(ApiError::NotInitialised(format!("repository {repo} is not initialised")));
+    }
+    check_key(app, allowed, &epoch.key, repo).await?;
+    app.put_once(repo, &keys::epoch(repo, &id), body, "key epoch").await
+}
+
+/// Every epoch of the repository, oldest first, as a JSON array.
+async fn list_epochs(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
+    let mut epochs = Vec::new();
+    for key in app.store.list(&format!("{repo}/epochs/")).await? {
+        if let Some(bytes) = app.store.get(&key).await? {
+            let e = coffer_proto::repo::Epoch::decode(&bytes, repo)
+                .map_err(|e| ApiError::Conflict(format!("{key}: {e}")))?;
+            epochs.push(e);
+        }
+    }
+    epochs.sort_by_key(|e| (e.created, e.key.key_id));
+    Ok(Reply::json(StatusCode::OK, &epochs))
 }
 
 async fn missing(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {

@@ -58,6 +58,10 @@ pub enum Action {
     Commit,
     ListSnapshots,
     GetSnapshot,
+    /// Add a chunk-id key epoch (`coffer key rotate`).
+    PutEpoch,
+    /// Read the repository's chunk-id key epochs.
+    ListEpochs,
     /// Admin: deny an identity from now on.
     AdminRevoke,
     /// Admin: reload the configuration file.
@@ -71,7 +75,7 @@ pub enum Action {
 }
 
 impl Action {
-    pub const ALL: [Action; 16] = [
+    pub const ALL: [Action; 18] = [
         Action::Whoami,
         Action::PutConfig,
         Action::GetConfig,
@@ -83,6 +87,8 @@ impl Action {
         Action::Commit,
         Action::ListSnapshots,
         Action::GetSnapshot,
+        Action::PutEpoch,
+        Action::ListEpochs,
         Action::AdminRevoke,
         Action::AdminReload,
         Action::AdminHold,
@@ -103,6 +109,8 @@ impl Action {
             Action::Commit => "commit",
             Action::ListSnapshots => "list-snapshots",
             Action::GetSnapshot => "get-snapshot",
+            Action::PutEpoch => "put-epoch",
+            Action::ListEpochs => "list-epochs",
             Action::AdminRevoke => "admin-revoke",
             Action::AdminReload => "admin-reload",
             Action::AdminHold => "admin-hold",
@@ -118,7 +126,8 @@ impl Action {
     /// Whether it changes state: its audit event must be durable before
     /// the response.
     pub fn mutating(self) -> bool {
-        matches!(self, Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit) || self.admin()
+        matches!(self, Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit | Action::PutEpoch)
+            || self.admin()
     }
 
     /// Whether it needs a repository.
@@ -137,8 +146,15 @@ impl Action {
     pub fn allowed_for(self, role: Role) -> bool {
         use Action::*;
         match role {
-            Role::Writer => matches!(self, Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit),
-            Role::Reader => matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot),
+            Role::Writer => {
+                matches!(
+                    self,
+                    Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit | PutEpoch | ListEpochs
+                )
+            }
+            Role::Reader => {
+                matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | ListEpochs)
+            }
             Role::Auditor => matches!(self, Whoami | ListSnapshots),
             Role::Admin => matches!(self, Whoami | AdminRevoke | AdminReload | AdminHold | AdminLockdown | AdminExpire),
         }

@@ -516,6 +516,15 @@ fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
     assert!(coffer(&p.reader(), &["restore", "--repo", "dev/exp", &b], None).stdout == [x, y].concat());
     assert!(coffer(&p.reader(), &["restore", "--repo", "dev/exp", &c], None).stdout == z);
     coffer(&p.reader(), &["verify", "--repo", "dev/exp"], None).ok();
+
+    // The compliance report agrees with the store after expiry.
+    let out =
+        Command::new(bin("coffer-proxy")).arg("--config").arg(p.dir.join("proxy.toml")).arg("report").output().unwrap();
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let repo = report["repos"].as_array().unwrap().iter().find(|r| r["repo"] == "dev/exp").unwrap().clone();
+    assert_eq!(repo["snapshots"], 2, "{repo}");
+    assert_eq!(repo["legal_holds"], serde_json::json!([c]));
+    assert_eq!(repo["history"].as_array().unwrap().len(), 2);
 }
 
 #[test]
@@ -533,4 +542,31 @@ fn repositories_cannot_reach_into_the_admin_tree() {
         assert!(run.stderr.contains("reserved"), "{repo}: {}", run.stderr);
     }
     assert!(p.stored("admin/lockdown").is_empty());
+}
+
+#[test]
+fn key_rotation_starts_a_new_epoch_and_every_snapshot_still_restores() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/rot"], None).ok();
+    let data = random_bytes("rotate", 3 << 20);
+    let before = coffer(&p.writer(), &["backup", "--repo", "dev/rot", "--json", "-"], Some(&data)).json();
+    let again = coffer(&p.writer(), &["backup", "--repo", "dev/rot", "--json", "-"], Some(&data)).json();
+    assert_eq!(again["bytes_new"], 0, "same epoch: everything deduplicates");
+
+    let out = coffer(&p.writer(), &["key", "rotate", "--repo", "dev/rot"], None).ok();
+    assert!(out.contains("new chunk-id key epoch"), "{out}");
+    assert_eq!(p.stored("dev/rot/epochs").len(), 1);
+    let after = coffer(&p.writer(), &["backup", "--repo", "dev/rot", "--json", "-"], Some(&data)).json();
+    assert!(after["bytes_new"].as_u64().unwrap() >= data.len() as u64, "a new epoch names chunks anew: {after}");
+    let later = coffer(&p.writer(), &["backup", "--repo", "dev/rot", "--json", "-"], Some(&data)).json();
+    assert_eq!(later["bytes_new"], 0, "and deduplicates within it");
+
+    for r in [&before, &again, &after, &later] {
+        let out = coffer(&p.reader(), &["restore", "--repo", "dev/rot", r["id"].as_str().unwrap()], None);
+        assert!(out.stdout == data, "snapshot {} differs", r["id"]);
+    }
+    coffer(&p.reader(), &["verify", "--repo", "dev/rot"], None).ok();
+    // A reader cannot add epochs; the writer's rotation is audited.
+    assert_eq!(coffer(&p.reader(), &["key", "rotate", "--repo", "dev/rot"], None).code(), 1);
+    assert!(p.audit_log().contains("\"action\":\"put-epoch\""));
 }

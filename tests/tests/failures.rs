@@ -80,7 +80,7 @@ fn proxy_check_config_and_config_errors() {
     let out = String::from_utf8_lossy(&ok.stdout);
     assert!(out.contains("dev writer: spiffe://coffer.dev/writer in trust domain dev: roles [writer]"), "{out}");
     assert!(
-        out.contains("-> [whoami, put-config, get-config, put-key, missing, put-chunk, commit] on repos [dev/**]"),
+        out.contains("-> [whoami, put-config, get-config, put-key, missing, put-chunk, commit, put-epoch, list-epochs] on repos [dev/**]"),
         "{out}"
     );
 

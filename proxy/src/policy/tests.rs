@@ -89,8 +89,8 @@ fn decide(p: &Policy, domain: &str, who: &str, action: Action, r: &str, from: &s
 /// The expected answer, written independently of the implementation.
 fn expected(role: Role, action: Action) -> bool {
     use Action::*;
-    let reads = [Whoami, GetConfig, GetKey, GetChunk, ListSnapshots, GetSnapshot];
-    let writes = [Whoami, PutConfig, GetConfig, PutKey, Missing, PutChunk, Commit];
+    let reads = [Whoami, GetConfig, GetKey, GetChunk, ListSnapshots, GetSnapshot, ListEpochs];
+    let writes = [Whoami, PutConfig, GetConfig, PutKey, Missing, PutChunk, Commit, PutEpoch, ListEpochs];
     match role {
         Role::Writer => writes.contains(&action),
         Role::Reader => reads.contains(&action),
