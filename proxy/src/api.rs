@@ -83,7 +83,7 @@ impl App {
             mfa,
             revoked: RwLock::default(),
             lockdown: Default::default(),
-            repo_policies: RwLock::new(Arc::new(crate::governance::RepoPolicies::new(&[], None).expect("empty"))),
+            repo_policies: RwLock::new(Arc::new(crate::governance::RepoPolicies::new(&[], None, None).expect("empty"))),
             reload,
             metrics,
             watch,

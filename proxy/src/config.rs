@@ -343,11 +343,11 @@ impl ProxyConfig {
 
     /// The repository policies, knowing the bucket's region if configured.
     pub fn repo_policies(&self) -> Result<crate::governance::RepoPolicies, String> {
-        let region = match &self.store {
-            StoreConfig::S3(s3) => s3.region.clone(),
-            StoreConfig::Fs { .. } => None,
+        let (region, mode) = match &self.store {
+            StoreConfig::S3(s3) => (s3.region.clone(), Some(s3.lock_mode)),
+            StoreConfig::Fs { .. } => (None, None),
         };
-        crate::governance::RepoPolicies::new(&self.repo_policies, region)
+        crate::governance::RepoPolicies::new(&self.repo_policies, region, mode)
     }
 
     pub fn policy(&self) -> Result<Policy, String> {

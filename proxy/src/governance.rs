@@ -39,21 +39,32 @@ pub struct RepoPolicyConfig {
     /// Longest time without a snapshot before an overdue alert.
     #[serde(default)]
     pub rpo_secs: Option<u64>,
+    /// The Object Lock mode these repositories need; a bucket whose mode is
+    /// weaker refuses their writes (`governance` < `compliance`).
+    #[serde(default)]
+    pub lock_mode: Option<crate::store::LockMode>,
 }
 
 pub struct RepoPolicies {
     list: Vec<(RepoPattern, RepoPolicyConfig)>,
     /// The bucket's region, when the store has one.
     bucket_region: Option<String>,
+    /// The bucket's lock mode (S3); None for the filesystem store, whose
+    /// write-once rule Coffer enforces itself.
+    bucket_mode: Option<crate::store::LockMode>,
 }
 
 impl RepoPolicies {
-    pub fn new(configs: &[RepoPolicyConfig], bucket_region: Option<String>) -> Result<Self, String> {
+    pub fn new(
+        configs: &[RepoPolicyConfig],
+        bucket_region: Option<String>,
+        bucket_mode: Option<crate::store::LockMode>,
+    ) -> Result<Self, String> {
         let list = configs
             .iter()
             .map(|c| Ok((RepoPattern::parse(&c.repos)?, c.clone())))
             .collect::<Result<Vec<_>, String>>()?;
-        Ok(Self { list, bucket_region })
+        Ok(Self { list, bucket_region, bucket_mode })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -78,6 +89,11 @@ impl RepoPolicies {
                     "the bucket is in {region}, outside the regions {:?} of the policy for {repo}",
                     policy.regions
                 ));
+            }
+        }
+        if let (Some(need), Some(have)) = (policy.lock_mode, self.bucket_mode) {
+            if have < need {
+                return Err(format!("the bucket locks in {have:?} mode; the policy for {repo} requires {need:?}"));
             }
         }
         Ok(Some(policy))
@@ -133,6 +149,8 @@ pub fn loosening(old: &[RepoPolicyConfig], new: &[RepoPolicyConfig]) -> Option<S
             Some("more KEKs")
         } else if o.rpo_secs.is_some() && n.rpo_secs.is_none_or(|r| r > o.rpo_secs.unwrap_or(u64::MAX)) {
             Some("a longer RPO")
+        } else if o.lock_mode.is_some() && n.lock_mode < o.lock_mode {
+            Some("a weaker lock mode")
         } else {
             None
         };
@@ -155,34 +173,53 @@ mod tests {
             regions: regions.iter().map(|s| s.to_string()).collect(),
             keks: keks.iter().map(|s| s.to_string()).collect(),
             rpo_secs: Some(86_400),
+            lock_mode: None,
         }
     }
 
     #[test]
     fn enforcement() {
         let kek = "arn:aws:kms:eu-west-1:1:key/a";
-        let p =
-            RepoPolicies::new(&[pol("prod/**", Classification::Restricted, Some(90), &["eu-west-1"], &[kek])], None)
-                .unwrap();
+        let p = RepoPolicies::new(
+            &[pol("prod/**", Classification::Restricted, Some(90), &["eu-west-1"], &[kek])],
+            None,
+            None,
+        )
+        .unwrap();
         let prod: RepoName = "prod/db".parse().unwrap();
         assert!(p.for_repo(&"dev/db".parse().unwrap()).is_err(), "no policy, no writes");
         assert!(p.check_kek(&prod, kek).is_ok());
         assert!(p.check_kek(&prod, "arn:aws:kms:eu-west-1:1:key/b").is_err(), "not the policy's KEK");
         let open =
-            RepoPolicies::new(&[pol("prod/**", Classification::Restricted, None, &["eu-west-1"], &[])], None).unwrap();
+            RepoPolicies::new(&[pol("prod/**", Classification::Restricted, None, &["eu-west-1"], &[])], None, None)
+                .unwrap();
         assert!(open.check_kek(&prod, "arn:aws:kms:us-east-1:1:key/a").unwrap_err().contains("us-east-1"));
         assert!(open.check_kek(&prod, "local:abcd").is_err(), "a region is required");
         let bucket_elsewhere = RepoPolicies::new(
             &[pol("prod/**", Classification::Restricted, None, &["eu-west-1"], &[])],
             Some("us-east-1".into()),
+            None,
         )
         .unwrap();
         assert!(bucket_elsewhere.for_repo(&prod).unwrap_err().contains("bucket"));
         assert_eq!(p.retention_days(&prod), Some(90));
         assert!(
-            RepoPolicies::new(&[], None).unwrap().for_repo(&prod).unwrap().is_none(),
+            RepoPolicies::new(&[], None, None).unwrap().for_repo(&prod).unwrap().is_none(),
             "no policies: no enforcement"
         );
+        use crate::store::LockMode;
+        let strict = RepoPolicyConfig {
+            lock_mode: Some(LockMode::Compliance),
+            ..pol("prod/**", Classification::Restricted, None, &[], &[])
+        };
+        let governance = RepoPolicies::new(std::slice::from_ref(&strict), None, Some(LockMode::Governance)).unwrap();
+        assert!(governance.for_repo(&prod).unwrap_err().contains("requires Compliance"));
+        assert!(RepoPolicies::new(std::slice::from_ref(&strict), None, Some(LockMode::Compliance))
+            .unwrap()
+            .for_repo(&prod)
+            .is_ok());
+        let weaker = RepoPolicyConfig { lock_mode: Some(LockMode::Governance), ..strict.clone() };
+        assert!(loosening(&[strict], &[weaker]).unwrap().contains("weaker lock mode"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 mod fs;
 mod s3;
 pub use fs::FsStore;
-pub use s3::{S3Config, S3Store};
+pub use s3::{LockMode, S3Config, S3Store};
 
 /// Whether a write created the object or found it already there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -31,14 +31,15 @@ pub const DIGEST_METADATA: &str = "coffer-blake3";
 /// The marker object the start-up probe writes (in the reserved `admin/` tree).
 pub const STORE_CHECK: &str = "admin/store-check";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+/// Ordered by strength: `Governance` < `Compliance`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum LockMode {
+    /// Users with s3:BypassGovernanceRetention can shorten or remove the lock; for trials only.
+    Governance,
     /// Nobody, not even the account root, can shorten or remove the lock.
     #[default]
     Compliance,
-    /// Users with s3:BypassGovernanceRetention can; for trials only.
-    Governance,
 }
 
 #[derive(Debug, Clone, Deserialize)]
