@@ -157,6 +157,19 @@ async fn bucket_findings(s3: &crate::store::S3Config) -> Vec<Finding> {
             "store backups only in a bucket created with Object Lock",
         )),
     }
+    // Some S3 implementations answer GetBucketVersioning in a form the SDK
+    // cannot read (moto): only a clear answer that it is off is a finding.
+    if let Ok(v) = client.get_bucket_versioning().bucket(bucket).send().await {
+        if v.status() != Some(&aws_sdk_s3::types::BucketVersioningStatus::Enabled) {
+            out.push(finding(
+                Level::High,
+                "bucket",
+                bucket,
+                "versioning is not enabled",
+                "enable versioning (Object Lock requires it)",
+            ));
+        }
+    }
     let blocked = client
         .get_public_access_block()
         .bucket(bucket)
