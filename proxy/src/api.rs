@@ -56,6 +56,8 @@ pub struct App {
     pub(crate) reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub watch: Arc<crate::detect::Watch>,
+    /// Agents' certificate expiries, for `assess`.
+    pub client_certs: crate::clientcerts::ClientCerts,
 }
 
 impl App {
@@ -71,6 +73,7 @@ impl App {
         reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>,
         metrics: Arc<crate::metrics::Metrics>,
         watch: Arc<crate::detect::Watch>,
+        client_certs: crate::clientcerts::ClientCerts,
     ) -> Self {
         Self {
             policy: RwLock::new(Arc::new(policy)),
@@ -87,6 +90,7 @@ impl App {
             reload,
             metrics,
             watch,
+            client_certs,
         }
     }
 

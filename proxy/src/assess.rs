@@ -14,6 +14,8 @@ use crate::policy::Role;
 
 /// Certificates expiring within this are a finding.
 pub const CERT_WARNING: Duration = Duration::from_secs(30 * 86_400);
+/// Client certificates last seen longer ago than this are not checked.
+pub const CLIENT_SEEN_WINDOW: Duration = Duration::from_secs(90 * 86_400);
 /// Sealed audit segments left unshipped longer than this are a finding.
 pub const UNSHIPPED_WARNING: Duration = Duration::from_secs(3600);
 
@@ -61,26 +63,35 @@ pub fn certificate_findings(what: &str, path: &Path, now: u64) -> Vec<Finding> {
         let Ok((_, cert)) = X509Certificate::from_der(&der) else { continue };
         let not_after = cert.validity().not_after.timestamp().max(0) as u64;
         let subject = format!("{} ({})", cert.subject(), path.display());
-        if not_after <= now {
-            out.push(finding(
-                Level::High,
-                "certificates",
-                subject,
-                format!("the {what} certificate has expired"),
-                "issue a new one and reload (SIGHUP)",
-            ));
-        } else if not_after - now <= CERT_WARNING.as_secs() {
-            let days = (not_after - now) / 86_400;
-            out.push(finding(
-                Level::High,
-                "certificates",
-                subject,
-                format!("the {what} certificate expires in {days} days"),
-                "issue a new one and reload (SIGHUP) before it expires",
-            ));
-        }
+        out.extend(expiry_finding(what, subject, not_after, now, "reload (SIGHUP)"));
     }
     out
+}
+
+/// Agents' certificates as seen at handshakes (`clientcerts`) in the last
+/// `CLIENT_SEEN_WINDOW`: one that stopped connecting long ago is gone, not
+/// about to break.
+pub fn client_certificate_findings(seen: &crate::clientcerts::Sightings, now: u64) -> Vec<Finding> {
+    seen.iter()
+        .filter(|(_, s)| now.saturating_sub(s.last_seen) <= CLIENT_SEEN_WINDOW.as_secs())
+        .filter_map(|(who, s)| expiry_finding("client", who.clone(), s.not_after, now, "install it on the host"))
+        .collect()
+}
+
+/// A finding if `not_after` has passed or is within `CERT_WARNING` of `now`.
+fn expiry_finding(what: &str, subject: String, not_after: u64, now: u64, then: &str) -> Option<Finding> {
+    let (problem, fix) = if not_after <= now {
+        (format!("the {what} certificate has expired"), format!("issue a new one and {then}"))
+    } else if not_after - now <= CERT_WARNING.as_secs() {
+        let days = (not_after - now) / 86_400;
+        (
+            format!("the {what} certificate expires in {days} days"),
+            format!("issue a new one and {then} before it expires"),
+        )
+    } else {
+        return None;
+    };
+    Some(finding(Level::High, "certificates", subject, problem, fix))
 }
 
 /// Rules broader than a writer needs.
@@ -218,6 +229,10 @@ pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, String> {
     out.extend(certificate_findings("proxy", &cfg.tls.cert, now));
     for d in &cfg.trust_domains {
         out.extend(certificate_findings(&format!("trust domain {} CA", d.name), &d.ca, now));
+    }
+    match crate::clientcerts::load(&cfg.audit.client_certs()) {
+        Ok(seen) => out.extend(client_certificate_findings(&seen, now)),
+        Err(e) => tracing::warn!("client certificates seen: {e}"),
     }
     out.extend(policy_findings(cfg));
 
@@ -394,5 +409,25 @@ mod tests {
         assert!(certificate_findings("proxy", &later, t).is_empty());
         assert!(certificate_findings("proxy", &later, t + 290 * 86_400)[0].problem.contains("expires"));
         assert!(certificate_findings("proxy", &later, t + 400 * 86_400)[0].problem.contains("expired"));
+    }
+
+    #[test]
+    fn client_certificates_seen_recently_are_checked() {
+        use crate::clientcerts::{Seen, Sightings};
+        let now = crate::unix_now();
+        let day = 86_400;
+        let seen = Sightings::from([
+            ("soon".to_string(), Seen { not_after: now + 5 * day, last_seen: now - day }),
+            ("fine".to_string(), Seen { not_after: now + 100 * day, last_seen: now }),
+            ("expired".to_string(), Seen { not_after: now - day, last_seen: now - 2 * day }),
+            ("gone".to_string(), Seen { not_after: now + 5 * day, last_seen: now - 200 * day }),
+        ]);
+        let found = client_certificate_findings(&seen, now);
+        let subjects: Vec<_> = found.iter().map(|f| (f.subject.as_str(), f.problem.as_str())).collect();
+        assert_eq!(
+            subjects,
+            [("expired", "the client certificate has expired"), ("soon", "the client certificate expires in 5 days")],
+        );
+        assert!(found.iter().all(|f| f.severity == Level::High));
     }
 }

@@ -190,6 +190,11 @@ impl AuditConfig {
         self.path.parent().unwrap_or(Path::new(".")).join("alerts")
     }
 
+    /// Client certificates seen at handshakes: `client-certs.json` beside the audit log.
+    pub fn client_certs(&self) -> PathBuf {
+        self.path.parent().unwrap_or(Path::new(".")).join("client-certs.json")
+    }
+
     pub fn spool(&self) -> crate::audit::SpoolConfig {
         let dir = self.path.parent().unwrap_or(Path::new("."));
         crate::audit::SpoolConfig {

@@ -15,6 +15,7 @@ pub mod alerts;
 pub mod api;
 pub mod assess;
 pub mod audit;
+pub mod clientcerts;
 pub mod config;
 pub mod detect;
 pub mod dev;

@@ -197,6 +197,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         reload_tx,
         metrics.clone(),
         watch,
+        crate::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
     );
     app.set_repo_policies(cfg.repo_policies()?);
     let limits = ConnLimits {
@@ -473,7 +474,9 @@ async fn serve_connection(
     };
     let identity = stream.get_ref().1.peer_certificates().and_then(|chain| {
         let domain = live.domains.domain_of(chain)?;
-        Identity::from_certificate(domain, chain.first()?)
+        let identity = Identity::from_certificate(domain, chain.first()?)?;
+        app.client_certs.note(&identity, chain.first()?, crate::unix_now());
+        Some(identity)
     });
     let caller = Arc::new(Caller::new(identity, peer));
     let activity = Arc::new(Activity::default());

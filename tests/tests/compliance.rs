@@ -418,6 +418,27 @@ fn assess_names_what_an_auditor_would_flag() {
 }
 
 #[test]
+fn assess_warns_of_an_agent_certificate_about_to_expire() {
+    let p = DevProxy::start();
+    p.dev(&["issue", "--name", "short", "--identity", "spiffe://coffer.dev/writer", "--days", "10"]);
+    let (_, findings) = assess(&p);
+    assert!(!has(&findings, "certificates", "client certificate"), "not seen yet: {findings}");
+    assert!(coffer(&p.config("short"), &["whoami"], None).ok().contains("spiffe://coffer.dev/writer"));
+    let (code, findings) = assess(&p);
+    let found = findings.as_array().unwrap().iter().find(|f| {
+        f["check"] == "certificates" && f["problem"].as_str().unwrap_or("").contains("client certificate expires in")
+    });
+    let found = found.unwrap_or_else(|| panic!("the agent's 10-day certificate is flagged: {findings}"));
+    assert!(found["subject"].as_str().unwrap().contains("spiffe://coffer.dev/writer"), "{found}");
+    assert_eq!(code, 1, "a high finding");
+
+    // Renewed: the next handshake replaces what was seen, and the finding goes.
+    coffer(&p.writer(), &["whoami"], None).ok();
+    let (_, findings) = assess(&p);
+    assert!(!has(&findings, "certificates", "client certificate"), "{findings}");
+}
+
+#[test]
 fn the_proxy_assesses_itself_and_alerts_once_per_new_high_finding() {
     let p = DevProxy::start().restarted(|t| format!("{t}\n[assess]\ninterval_secs = 1\n"));
     use std::os::unix::fs::PermissionsExt as _;
