@@ -205,8 +205,7 @@ async fn bucket_findings(s3: &crate::store::S3Config) -> Vec<Finding> {
     }
     let policy =
         client.get_bucket_policy().bucket(bucket).send().await.ok().and_then(|p| p.policy().map(str::to_string));
-    let tls_only = policy.as_deref().is_some_and(|p| p.contains("aws:SecureTransport") && p.contains("Deny"));
-    if !tls_only {
+    if !policy.as_deref().is_some_and(|p| denies_plain_http(p, bucket)) {
         out.push(finding(
             Level::High,
             "bucket",
@@ -216,6 +215,46 @@ async fn bucket_findings(s3: &crate::store::S3Config) -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// Whether a bucket policy refuses every request made without TLS: a `Deny`
+/// for every principal and every S3 action, on the bucket and all its
+/// objects, when `aws:SecureTransport` is false. A statement that covers
+/// less (some prefix, some principals, some actions) does not count.
+fn denies_plain_http(policy: &str, bucket: &str) -> bool {
+    use serde_json::Value;
+    fn list(v: &Value) -> Vec<&str> {
+        match v {
+            Value::String(s) => vec![s.as_str()],
+            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        }
+    }
+    let Ok(doc) = serde_json::from_str::<Value>(policy) else { return false };
+    let statements = match &doc["Statement"] {
+        Value::Array(a) => a.iter().collect(),
+        s @ Value::Object(_) => vec![s],
+        _ => Vec::new(),
+    };
+    let arn = format!("arn:aws:s3:::{bucket}");
+    let objects = format!("{arn}/*");
+    statements.into_iter().any(|s| {
+        let everyone = s["Principal"] == "*" || list(&s["Principal"]["AWS"]).contains(&"*");
+        let all_actions = list(&s["Action"]).iter().any(|a| *a == "s3:*" || *a == "*");
+        let resources = list(&s["Resource"]);
+        let covers = |r: &str| resources.iter().any(|x| *x == r || *x == "*" || *x == "arn:aws:s3:::*");
+        let plain = &s["Condition"]["Bool"]["aws:SecureTransport"];
+        let when_plain = *plain == Value::Bool(false) || list(plain).contains(&"false");
+        s["Effect"] == "Deny"
+            && everyone
+            && all_actions
+            && covers(&arn)
+            && covers(&objects)
+            && when_plain
+            && s.get("NotPrincipal").is_none()
+            && s.get("NotAction").is_none()
+            && s.get("NotResource").is_none()
+    })
 }
 
 /// Runs every check.
@@ -409,6 +448,34 @@ mod tests {
         assert!(certificate_findings("proxy", &later, t).is_empty());
         assert!(certificate_findings("proxy", &later, t + 290 * 86_400)[0].problem.contains("expires"));
         assert!(certificate_findings("proxy", &later, t + 400 * 86_400)[0].problem.contains("expired"));
+    }
+
+    #[test]
+    fn only_a_deny_on_the_whole_bucket_counts_as_tls_only() {
+        let policy = |effect: &str, principal: &str, action: &str, resources: &str, secure: &str| {
+            format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Sid":"TlsOnly","Effect":"{effect}","Principal":{principal},"Action":"{action}","Resource":{resources},"Condition":{{"Bool":{{"aws:SecureTransport":{secure}}}}}}}]}}"#
+            )
+        };
+        let whole = r#"["arn:aws:s3:::b","arn:aws:s3:::b/*"]"#;
+        assert!(denies_plain_http(&policy("Deny", r#""*""#, "s3:*", whole, r#""false""#), "b"));
+        assert!(denies_plain_http(&policy("Deny", r#"{"AWS":"*"}"#, "s3:*", whole, "false"), "b"));
+        assert!(denies_plain_http(&policy("Deny", r#""*""#, "*", r#""*""#, r#""false""#), "b"));
+        for (why, text) in [
+            ("an allow", policy("Allow", r#""*""#, "s3:*", whole, r#""false""#)),
+            ("one principal", policy("Deny", r#"{"AWS":"arn:aws:iam::1:root"}"#, "s3:*", whole, r#""false""#)),
+            ("some actions", policy("Deny", r#""*""#, "s3:GetObject", whole, r#""false""#)),
+            (
+                "a prefix",
+                policy("Deny", r#""*""#, "s3:*", r#"["arn:aws:s3:::b","arn:aws:s3:::b/tmp/*"]"#, r#""false""#),
+            ),
+            ("the objects only", policy("Deny", r#""*""#, "s3:*", r#""arn:aws:s3:::b/*""#, r#""false""#)),
+            ("another bucket", policy("Deny", r#""*""#, "s3:*", whole, r#""false""#).replace(":::b", ":::c")),
+            ("with TLS", policy("Deny", r#""*""#, "s3:*", whole, r#""true""#)),
+            ("not JSON", "Deny aws:SecureTransport".to_string()),
+        ] {
+            assert!(!denies_plain_http(&text, "b"), "{why} must not count: {text}");
+        }
     }
 
     #[test]
