@@ -6,7 +6,11 @@
 use crate::envelope;
 use crate::keys::KeyRecord;
 use crate::repo::RepoConfig;
-use crate::snapshot::{decode_ids, encode_ids, CommitRequest, IndexSegment, Manifest, SnapshotRoot};
+use crate::snapshot::{
+    decode_ids, encode_ids, CommitRequest, IndexEntry, IndexSegment, Manifest, ManifestEntry, SnapshotRoot,
+    SnapshotStats,
+};
+use crate::{ChunkId, SnapshotId};
 
 pub fn fuzz_envelope(data: &[u8]) {
     let _ = envelope::parse_header(data);
@@ -64,4 +68,24 @@ pub fn fuzz_all(data: &[u8]) {
     fuzz_manifest(data);
     fuzz_index(data);
     fuzz_ids(data);
+}
+
+/// One well-formed object of each binary kind (manifest, commit body, index
+/// segment), for seed corpora beside the test vectors' envelopes.
+pub fn structured_seeds() -> Vec<Vec<u8>> {
+    let id = ChunkId::from_bytes([7; 32]);
+    let snapshot = SnapshotId::from_bytes([1; 16]);
+    vec![
+        Manifest(vec![ManifestEntry { id, len: 9 }]).encode(),
+        CommitRequest { snapshot, root: vec![2; 60], stats: SnapshotStats::default(), chunks: vec![id] }.encode(),
+        IndexSegment {
+            snapshot,
+            committed: 1,
+            retain_until: 2,
+            stats: SnapshotStats::default(),
+            chunks: vec![IndexEntry { id, size: 3, retain_until: 4 }],
+        }
+        .encode(),
+        encode_ids(&[id]),
+    ]
 }

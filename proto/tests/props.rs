@@ -180,26 +180,6 @@ fn seed_corpus() -> Vec<Vec<u8>> {
             hex::decode(v["envelope"].as_str().unwrap()).unwrap()
         })
         .collect();
-    let id = ChunkId::from_bytes([7; 32]);
-    out.push(Manifest(vec![ManifestEntry { id, len: 9 }]).encode());
-    out.push(
-        CommitRequest {
-            snapshot: SnapshotId::from_bytes([1; 16]),
-            root: vec![2; 60],
-            stats: SnapshotStats::default(),
-            chunks: vec![id],
-        }
-        .encode(),
-    );
-    out.push(
-        IndexSegment {
-            snapshot: SnapshotId::from_bytes([1; 16]),
-            committed: 1,
-            retain_until: 2,
-            stats: SnapshotStats::default(),
-            chunks: vec![IndexEntry { id, size: 3, retain_until: 4 }],
-        }
-        .encode(),
-    );
+    out.extend(coffer_proto::fuzz::structured_seeds());
     out
 }
