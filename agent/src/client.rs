@@ -140,15 +140,20 @@ impl ClientError {
 }
 
 impl Endpoint {
-    async fn connect(&self, generation: u64) -> Result<Conn, ClientError> {
+    /// TCP, then the TLS 1.3 handshake with this agent's certificate.
+    async fn tls_stream(&self) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
         let addr = &self.addr;
         let tcp =
             TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr: addr.clone(), source })?;
         tcp.set_nodelay(true).ok();
-        let stream = tokio_rustls::TlsConnector::from(self.tls.clone())
+        tokio_rustls::TlsConnector::from(self.tls.clone())
             .connect(self.server_name.clone(), tcp)
             .await
-            .map_err(|source| ClientError::Handshake { addr: addr.clone(), source })?;
+            .map_err(|source| ClientError::Handshake { addr: addr.clone(), source })
+    }
+
+    async fn connect(&self, generation: u64) -> Result<Conn, ClientError> {
+        let stream = self.tls_stream().await?;
         let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             // A stalled or silently dead connection is noticed by its pings,
             // then reconnected (and the request retried) like a closed one.
@@ -178,6 +183,23 @@ impl ProxyClient {
     /// Connects and completes the TLS 1.3 and HTTP/2 handshakes (retrying
     /// while the proxy is unreachable, up to the retry deadline).
     pub async fn connect(cfg: &AgentConfig) -> Result<Self, ClientError> {
+        let endpoint = Endpoint::new(cfg)?;
+        let retry = RetryPolicy::with_deadline(std::time::Duration::from_secs(cfg.retry_deadline_secs));
+        let shared = Arc::new(Shared { endpoint, conn: tokio::sync::Mutex::new((0, None)), retry });
+        let client = Self { shared, totp: None };
+        client.retrying(|| client.conn()).await?;
+        Ok(client)
+    }
+}
+
+/// One TLS connection to the proxy as this agent (ALPN `h2`), for tools and
+/// tests that speak HTTP/2 themselves; no retries.
+pub async fn tls_stream(cfg: &AgentConfig) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {
+    Endpoint::new(cfg)?.tls_stream().await
+}
+
+impl Endpoint {
+    fn new(cfg: &AgentConfig) -> Result<Self, ClientError> {
         let uri: Uri = cfg.proxy.parse().map_err(|e| ClientError::Tls(format!("proxy URL {:?}: {e}", cfg.proxy)))?;
         let authority =
             uri.authority().ok_or_else(|| ClientError::Tls(format!("proxy URL {:?} has no host", cfg.proxy)))?.clone();
@@ -201,20 +223,17 @@ impl ProxyClient {
             .map_err(|e| ClientError::Tls(format!("client certificate: {e}")))?;
         tls.alpn_protocols = vec![b"h2".to_vec()];
 
-        let endpoint = Endpoint {
+        Ok(Endpoint {
             tls: Arc::new(tls),
             keepalive: std::time::Duration::from_secs(cfg.keepalive_secs),
             server_name,
             addr: format!("{host}:{port}"),
             authority: authority.to_string(),
-        };
-        let retry = RetryPolicy::with_deadline(std::time::Duration::from_secs(cfg.retry_deadline_secs));
-        let shared = Arc::new(Shared { endpoint, conn: tokio::sync::Mutex::new((0, None)), retry });
-        let client = Self { shared, totp: None };
-        client.retrying(|| client.conn()).await?;
-        Ok(client)
+        })
     }
+}
 
+impl ProxyClient {
     /// How many connections this client has opened so far.
     pub async fn connections(&self) -> u64 {
         self.shared.conn.lock().await.0

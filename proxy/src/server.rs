@@ -479,6 +479,7 @@ async fn serve_connection(
         Some(identity)
     });
     let caller = Arc::new(Caller::new(identity, peer));
+    let (stalled_app, stalled_caller) = (app.clone(), caller.clone());
     let activity = Arc::new(Activity::default());
     let audit = app.audit.clone();
     let handler_caller = caller.clone();
@@ -505,7 +506,7 @@ async fn serve_connection(
         .serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut tick = tokio::time::interval(limits.idle_timeout / 4);
-    loop {
+    let idle = loop {
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
@@ -513,17 +514,40 @@ async fn serve_connection(
                 }
                 return;
             }
-            _ = stop.changed() => break,
+            _ = stop.changed() => break false,
             _ = tick.tick() => {
                 if activity.idle_for() >= limits.idle_timeout {
                     tracing::debug!(%peer, "closing idle connection");
-                    break;
+                    break true;
                 }
             }
         }
-    }
+    };
     conn.as_mut().graceful_shutdown();
-    let _ = conn.await;
+    if !idle {
+        // Shutting down: in-flight requests finish (the server bounds the wait).
+        let _ = conn.await;
+        return;
+    }
+    // Nothing is in flight, so all that can be left is responses being
+    // written. A client that never reads them would otherwise hold the
+    // connection, and the bodies buffered for it, for ever.
+    if tokio::time::timeout(limits.idle_timeout, conn.as_mut()).await.is_err() {
+        let who = &stalled_caller.identity;
+        let reason = format!("responses left unread for {} s; connection closed", limits.idle_timeout.as_secs());
+        tracing::info!(%peer, "{reason}");
+        stalled_app.metrics.refused("unread");
+        let draft = Draft {
+            identity: who.as_ref().map(|i| i.name().to_string()),
+            trust_domain: who.as_ref().map(|i| i.domain().to_string()),
+            peer: peer.to_string(),
+            action: "connection",
+            outcome: Some(Outcome::Denied),
+            reason: Some(reason),
+            ..Default::default()
+        };
+        let _ = stalled_app.audit.record(draft, false).await;
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -357,6 +357,35 @@ async fn in_flight_cap_answers_503() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_reads_its_responses_is_cut_off() {
+    let p = with_limits(DevProxy::start(), "idle_timeout_secs = 1");
+    let cfg = coffer_agent::config::AgentConfig::load(&p.writer()).unwrap();
+    let tls = coffer_agent::client::tls_stream(&cfg).await.unwrap();
+    // A stream window of zero: the proxy may not send one byte of a body.
+    let (mut h2, conn) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tls).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let mut unread = Vec::new();
+    for _ in 0..4 {
+        h2 = h2.ready().await.unwrap();
+        let req = http::Request::get(format!("https://{}/v1/whoami", p.addr)).body(()).unwrap();
+        let (answer, _) = h2.send_request(req, true).unwrap();
+        // Headers are not flow-controlled, so they arrive; the bodies are kept, never read.
+        let answer = answer.await.unwrap();
+        assert_eq!(answer.status(), 200);
+        unread.push(answer.into_body());
+    }
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+    assert!(ended.is_ok(), "the proxy must drop a connection whose responses are never read");
+    let event = p.wait_for_event("unread responses", |e| e["action"] == "connection");
+    assert_eq!(event["identity"], "spiffe://coffer.dev/writer", "{event}");
+    assert!(event["reason"].as_str().unwrap().contains("unread"), "{event}");
+    drop(unread);
+    // Everyone else, the same identity included, carries on.
+    coffer(&p.writer(), &["whoami"], None).ok();
+}
+
+#[tokio::test]
 async fn idle_and_silent_connections_are_closed() {
     let p = with_limits(DevProxy::start(), "idle_timeout_secs = 1\nhandshake_timeout_secs = 1");
     let writer = coffer_tests::raw_client(&p.writer()).await;
