@@ -296,31 +296,7 @@ pub fn coffer_with_env(config: &Path, args: &[&str], stdin: Option<&[u8]>, env: 
     Run { status: out.status, stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
-/// Deterministic pseudo-random bytes (BLAKE3 in XOF mode).
-pub fn random_bytes(seed: &str, len: usize) -> Vec<u8> {
-    let mut out = vec![0u8; len];
-    blake3::Hasher::new().update(seed.as_bytes()).finalize_xof().fill(&mut out);
-    out
-}
-
-/// Compressible, dump-like text: numbered rows with repeating words.
-pub fn text_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 128);
-    let mut i = seed;
-    while out.len() < len {
-        i += 1;
-        writeln!(
-            out,
-            "{i}\tcustomer-{}\tactive\t{}\t2026-11-{:02}\tsome repeated payload text",
-            i % 997,
-            i * 31 % 10007,
-            i % 28 + 1
-        )
-        .expect("vec write");
-    }
-    out.truncate(len);
-    out
-}
+pub use coffer_bench::data::{random_bytes, text_bytes};
 
 /// A moto server (the S3 and KMS emulator) on a free loopback port, killed
 /// on drop. Found through `COFFER_MOTO`, which the README's test command

@@ -117,3 +117,31 @@ fn progress_line_on_a_terminal_only() {
     assert!(out.status.success(), "{screen}");
     assert!(screen.contains("MiB read") && screen.contains("MiB deduplicated"), "{screen}");
 }
+
+/// The benchmark harness drives the real binaries through every phase and
+/// refuses a restore that differs; here it only has to work, not be fast.
+#[test]
+fn the_benchmark_harness_runs_every_phase() {
+    let out = std::process::Command::new(coffer_tests::bin("coffer-bench"))
+        .args(["e2e", "--generate", "9MiB,mixed", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["bytes"], 9 << 20);
+    let phases = report["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+    assert_eq!(names, ["first backup", "unchanged re-backup", "backup after 1% edit", "restore"]);
+    for p in phases {
+        assert!(p["mb_per_sec"].as_f64().unwrap() > 0.0, "{p}");
+        assert!(p["agent_peak_rss_mib"].as_f64().unwrap() > 1.0, "the agent's memory was read: {p}");
+        assert!(p["proxy_peak_rss_mib"].as_f64().unwrap() > 1.0, "the proxy's memory was read: {p}");
+    }
+
+    let missing = std::process::Command::new(coffer_tests::bin("coffer-bench"))
+        .args(["e2e", "--data", "/nonexistent/dump.sql"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/dump.sql"));
+}

@@ -1,0 +1,310 @@
+//! `coffer-bench e2e`: backs up and restores through the real binaries —
+//! `coffer-proxy dev` (filesystem store, mutual TLS on loopback) and
+//! `coffer` — and reports, per phase, MB/s, CPU seconds and peak RSS of the
+//! agent and the proxy. Every restore is checked bit-exact.
+
+use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use coffer_bench::{data, parse_size, procfs};
+use serde::Serialize;
+
+/// How often a running agent's /proc entry is read.
+const SAMPLE_EVERY: Duration = Duration::from_millis(20);
+const REPO: &str = "dev/bench";
+
+#[derive(Parser)]
+#[command(name = "coffer-bench", version, about = "Coffer's benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// First backup, unchanged re-backup, backup after a 1% edit, restore.
+    E2e {
+        /// The stream to back up (piped in, as `pg_dump | coffer backup -` is).
+        #[arg(long, conflicts_with = "generate", required_unless_present = "generate")]
+        data: Option<PathBuf>,
+        /// Generate the stream instead: SIZE,KIND with KIND random, text or mixed (e.g. 1GiB,mixed).
+        #[arg(long)]
+        generate: Option<String>,
+        /// Where `coffer` and `coffer-proxy` are (default: beside this program).
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        /// Work folder for the store, the data and the restores (default: a new temporary one).
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Serialize)]
+struct Phase {
+    phase: &'static str,
+    bytes: u64,
+    secs: f64,
+    mb_per_sec: f64,
+    agent_cpu_secs: f64,
+    agent_peak_rss_mib: f64,
+    proxy_cpu_secs: f64,
+    /// The proxy's peak so far (it only grows across phases).
+    proxy_peak_rss_mib: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    data: String,
+    bytes: u64,
+    cores: usize,
+    phases: Vec<Phase>,
+}
+
+fn main() {
+    let Cmd::E2e { data, generate, bin_dir, work, json } = Cli::parse().cmd;
+    match e2e(data, generate, bin_dir, work) {
+        Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report).expect("plain data")),
+        Ok(report) => print_table(&report),
+        Err(e) => {
+            eprintln!("coffer-bench: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn e2e(
+    data: Option<PathBuf>,
+    generate: Option<String>,
+    bin_dir: Option<PathBuf>,
+    work: Option<PathBuf>,
+) -> Result<Report, String> {
+    let bins = match bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe().map_err(|e| e.to_string())?.parent().ok_or("no bin dir")?.to_path_buf(),
+    };
+    for name in ["coffer", "coffer-proxy"] {
+        if !bins.join(name).exists() {
+            return Err(format!(
+                "{} not found: build the binaries (cargo build --release --bins)",
+                bins.join(name).display()
+            ));
+        }
+    }
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+
+    let (source, label) = match (data, generate) {
+        (Some(path), _) => (path.clone(), path.display().to_string()),
+        (None, Some(spec)) => {
+            let (size, kind) = spec.split_once(',').ok_or("--generate wants SIZE,KIND, e.g. 1GiB,mixed")?;
+            let (size, kind) = (parse_size(size)?, kind.parse::<data::Kind>()?);
+            let path = work.join("source");
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| e.to_string())?);
+            data::generate(kind, size, &mut out).and_then(|()| out.flush()).map_err(|e| e.to_string())?;
+            (path, format!("generated {spec}"))
+        }
+        (None, None) => return Err("give --data FILE or --generate SIZE,KIND".into()),
+    };
+    let bytes = std::fs::metadata(&source).map_err(|e| format!("{}: {e}", source.display()))?.len();
+    let edited = work.join("edited");
+    edit_one_percent(&source, &edited)?;
+
+    let proxy = Proxy::start(&bins.join("coffer-proxy"), &work.join("proxy"))?;
+    let agent = |config: &str| {
+        let mut cmd = Command::new(bins.join("coffer"));
+        cmd.arg("--config").arg(work.join("proxy").join(config));
+        cmd
+    };
+    let mut init = agent("agent.toml");
+    run(init.args(["init", "--repo", REPO]), None)?;
+
+    let mut phases = Vec::new();
+    let mut first_id = String::new();
+    for (phase, input) in
+        [("first backup", &source), ("unchanged re-backup", &source), ("backup after 1% edit", &edited)]
+    {
+        let before = proxy.sample()?;
+        let mut cmd = agent("agent.toml");
+        cmd.args(["backup", "--repo", REPO, "--json", "-"]);
+        let (out, secs, agent_use) = timed(&mut cmd, Some(input), None)?;
+        let report: serde_json::Value = serde_json::from_slice(&out).map_err(|e| format!("{phase}: {e}"))?;
+        if first_id.is_empty() {
+            first_id = report["id"].as_str().ok_or("backup printed no id")?.to_string();
+        }
+        phases.push(Phase::new(phase, bytes, secs, agent_use, before, proxy.sample()?));
+    }
+
+    let before = proxy.sample()?;
+    let mut cmd = agent("restore.toml");
+    cmd.args(["restore", "--repo", REPO, &first_id]);
+    let mut hasher = blake3::Hasher::new();
+    let (_, secs, agent_use) = timed(&mut cmd, None, Some(&mut hasher))?;
+    if hasher.finalize() != hash_file(&source)? {
+        return Err("the restored stream differs from the source".into());
+    }
+    phases.push(Phase::new("restore", bytes, secs, agent_use, before, proxy.sample()?));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    Ok(Report { data: label, bytes, cores, phases })
+}
+
+impl Phase {
+    fn new(
+        phase: &'static str,
+        bytes: u64,
+        secs: f64,
+        agent: procfs::Sample,
+        proxy_before: procfs::Sample,
+        proxy_after: procfs::Sample,
+    ) -> Self {
+        Phase {
+            phase,
+            bytes,
+            secs,
+            mb_per_sec: bytes as f64 / 1e6 / secs.max(1e-9),
+            agent_cpu_secs: agent.cpu_secs,
+            agent_peak_rss_mib: mib(agent.peak_rss),
+            proxy_cpu_secs: proxy_after.cpu_secs - proxy_before.cpu_secs,
+            proxy_peak_rss_mib: mib(proxy_after.peak_rss),
+        }
+    }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Copies `source` to `to` and overwrites 1% of it in 16 places spread over
+/// the stream, as a day's changes to a database dump might.
+fn edit_one_percent(source: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(source, to).map_err(|e| format!("{}: {e}", source.display()))?;
+    let len = std::fs::metadata(to).map_err(|e| e.to_string())?.len();
+    let mut f = std::fs::OpenOptions::new().write(true).open(to).map_err(|e| e.to_string())?;
+    let spot = (len / 100 / 16) as usize;
+    for i in 0..16u64 {
+        f.seek(SeekFrom::Start(len / 16 * i)).map_err(|e| e.to_string())?;
+        f.write_all(&data::random_bytes(&format!("edit {i}"), spot)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+fn hash_file(path: &Path) -> Result<blake3::Hash, String> {
+    let mut h = blake3::Hasher::new();
+    h.update_reader(std::fs::File::open(path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    Ok(h.finalize())
+}
+
+fn run(cmd: &mut Command, stdin: Option<&Path>) -> Result<Vec<u8>, String> {
+    timed(cmd, stdin, None).map(|(out, _, _)| out)
+}
+
+/// Runs `cmd` with `stdin` from a file, watching its CPU and memory; its
+/// stdout is returned, or fed to `sink` when given.
+fn timed(
+    cmd: &mut Command,
+    stdin: Option<&Path>,
+    sink: Option<&mut blake3::Hasher>,
+) -> Result<(Vec<u8>, f64, procfs::Sample), String> {
+    let input = match stdin {
+        Some(p) => Stdio::from(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
+        None => Stdio::null(),
+    };
+    let started = Instant::now();
+    let mut child =
+        cmd.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
+    let pid = child.id();
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let watcher = std::thread::spawn(move || procfs::watch(pid, SAMPLE_EVERY));
+    let mut out = Vec::new();
+    match sink {
+        Some(h) => {
+            h.update_reader(&mut stdout).map_err(|e| e.to_string())?;
+        }
+        None => {
+            stdout.read_to_end(&mut out).map_err(|e| e.to_string())?;
+        }
+    }
+    let usage = watcher.join().map_err(|_| "the sampler panicked")?;
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        return Err(format!("{cmd:?} failed ({status}): {}", errors.join().unwrap_or_default().trim()));
+    }
+    Ok((out, secs, usage))
+}
+
+/// A running `coffer-proxy dev`, killed on drop.
+struct Proxy {
+    child: Child,
+}
+
+impl Proxy {
+    fn start(bin: &Path, dir: &Path) -> Result<Self, String> {
+        let mut child = Command::new(bin)
+            .args(["dev", "--dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("COFFER_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", bin.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().expect("piped"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if lines.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                let _ = child.wait();
+                return Err("coffer-proxy exited before listening".into());
+            }
+            if line.contains("listening on ") {
+                break;
+            }
+        }
+        std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
+        Ok(Proxy { child })
+    }
+
+    fn sample(&self) -> Result<procfs::Sample, String> {
+        procfs::sample(self.child.id()).ok_or_else(|| "coffer-proxy has exited".to_string())
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn print_table(r: &Report) {
+    println!("{}: {:.0} MB, {} cores", r.data, r.bytes as f64 / 1e6, r.cores);
+    println!(
+        "{:<22} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "phase", "MB/s", "secs", "agent CPU", "agent MiB", "proxy CPU", "proxy MiB"
+    );
+    for p in &r.phases {
+        println!(
+            "{:<22} {:>8.1} {:>8.2} {:>10.2} {:>10.1} {:>10.2} {:>10.1}",
+            p.phase,
+            p.mb_per_sec,
+            p.secs,
+            p.agent_cpu_secs,
+            p.agent_peak_rss_mib,
+            p.proxy_cpu_secs,
+            p.proxy_peak_rss_mib
+        );
+    }
+}
