@@ -131,7 +131,12 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // Sealing is CPU-bound: more blocking threads than cores (plus the
+    // source reader and one spare) only add malloc arenas, which showed up
+    // as about 30 MiB of peak memory (docs/performance.md).
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(cores + 2).build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coffer: cannot start the runtime: {e}");
