@@ -1,9 +1,12 @@
 //! Coffer's benchmark harness: end-to-end throughput, CPU and memory of the
-//! real binaries (`coffer-bench e2e`). Speed is measured here, never
+//! real binaries (`coffer-bench e2e`), side by side with restic and borg
+//! when they are installed. Speed is measured here, never
 //! asserted in tests. See docs/performance.md.
 
 pub mod data;
+pub mod peers;
 pub mod procfs;
+pub mod run;
 
 /// Parses a size such as `512MiB`, `2GiB`, `100MB` or `4096`.
 pub fn parse_size(s: &str) -> Result<u64, String> {

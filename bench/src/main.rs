@@ -1,20 +1,22 @@
 //! `coffer-bench e2e`: backs up and restores through the real binaries —
 //! `coffer-proxy dev` (filesystem store, mutual TLS on loopback) and
 //! `coffer` — and reports, per phase, MB/s, CPU seconds and peak RSS of the
-//! agent and the proxy. Every restore is checked bit-exact.
+//! agent and the proxy. With `--peers`, restic and borg run the same phases
+//! on the same data, interleaved with Coffer's. Every restore is checked
+//! bit-exact.
 
-use std::io::{BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use coffer_bench::peers::Peer;
+use coffer_bench::run::{timed, Timed};
 use coffer_bench::{data, parse_size, procfs};
 use serde::Serialize;
 
-/// How often a running agent's /proc entry is read.
-const SAMPLE_EVERY: Duration = Duration::from_millis(20);
 const REPO: &str = "dev/bench";
+const PHASES: [&str; 4] = ["first backup", "unchanged re-backup", "backup after 1% edit", "restore"];
 
 #[derive(Parser)]
 #[command(name = "coffer-bench", version, about = "Coffer's benchmark harness")]
@@ -39,6 +41,9 @@ enum Cmd {
         /// Work folder for the store, the data and the restores (default: a new temporary one).
         #[arg(long)]
         work: Option<PathBuf>,
+        /// Also run restic and borg (those installed) on the same data.
+        #[arg(long)]
+        peers: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -58,17 +63,38 @@ struct Phase {
     proxy_peak_rss_mib: f64,
 }
 
+/// A peer tool's run of one phase.
+#[derive(Serialize)]
+struct PeerPhase {
+    phase: &'static str,
+    secs: f64,
+    mb_per_sec: f64,
+    cpu_secs: f64,
+    peak_rss_mib: f64,
+    /// Coffer's MB/s over this tool's, in the same phase.
+    coffer_ratio: f64,
+}
+
+#[derive(Serialize)]
+struct PeerReport {
+    tool: &'static str,
+    phases: Vec<PeerPhase>,
+}
+
 #[derive(Serialize)]
 struct Report {
     data: String,
     bytes: u64,
     cores: usize,
     phases: Vec<Phase>,
+    peers: Vec<PeerReport>,
+    /// Peers asked for but not installed.
+    peers_missing: Vec<&'static str>,
 }
 
 fn main() {
-    let Cmd::E2e { data, generate, bin_dir, work, json } = Cli::parse().cmd;
-    match e2e(data, generate, bin_dir, work) {
+    let Cmd::E2e { data, generate, bin_dir, work, peers, json } = Cli::parse().cmd;
+    match e2e(data, generate, bin_dir, work, peers) {
         Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report).expect("plain data")),
         Ok(report) => print_table(&report),
         Err(e) => {
@@ -83,6 +109,7 @@ fn e2e(
     generate: Option<String>,
     bin_dir: Option<PathBuf>,
     work: Option<PathBuf>,
+    with_peers: bool,
 ) -> Result<Report, String> {
     let bins = match bin_dir {
         Some(d) => d,
@@ -122,36 +149,75 @@ fn e2e(
         cmd.arg("--config").arg(work.join("proxy").join(config));
         cmd
     };
-    let mut init = agent("agent.toml");
-    run(init.args(["init", "--repo", REPO]), None)?;
+    timed(agent("agent.toml").args(["init", "--repo", REPO]), None, None)?;
+    let (mut peers, peers_missing) = if with_peers { Peer::find(&work) } else { (Vec::new(), Vec::new()) };
+    for peer in &peers {
+        peer.init()?;
+    }
+    let expected = hash_file(&source)?;
+    let check = |tool: &str, h: blake3::Hasher| match h.finalize() == expected {
+        true => Ok(()),
+        false => Err(format!("{tool}: the restored stream differs from the source")),
+    };
 
+    // Phase by phase, each tool in turn, so all see the same machine state.
     let mut phases = Vec::new();
+    let mut peer_phases: Vec<Vec<(Timed, &'static str)>> = peers.iter().map(|_| Vec::new()).collect();
     let mut first_id = String::new();
-    for (phase, input) in
-        [("first backup", &source), ("unchanged re-backup", &source), ("backup after 1% edit", &edited)]
-    {
+    for (n, phase) in PHASES.into_iter().enumerate() {
+        let input = if n == 2 { &edited } else { &source };
         let before = proxy.sample()?;
-        let mut cmd = agent("agent.toml");
-        cmd.args(["backup", "--repo", REPO, "--json", "-"]);
-        let (out, secs, agent_use) = timed(&mut cmd, Some(input), None)?;
-        let report: serde_json::Value = serde_json::from_slice(&out).map_err(|e| format!("{phase}: {e}"))?;
-        if first_id.is_empty() {
-            first_id = report["id"].as_str().ok_or("backup printed no id")?.to_string();
+        let run = if phase == "restore" {
+            let mut h = blake3::Hasher::new();
+            let t = timed(agent("restore.toml").args(["restore", "--repo", REPO, &first_id]), None, Some(&mut h))?;
+            check("coffer", h)?;
+            t
+        } else {
+            let t = timed(agent("agent.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(input), None)?;
+            if n == 0 {
+                let report: serde_json::Value =
+                    serde_json::from_slice(&t.stdout).map_err(|e| format!("{phase}: {e}"))?;
+                first_id = report["id"].as_str().ok_or("backup printed no id")?.to_string();
+            }
+            t
+        };
+        phases.push(Phase::new(phase, bytes, run.secs, run.usage, before, proxy.sample()?));
+        for (peer, done) in peers.iter_mut().zip(&mut peer_phases) {
+            let t = if phase == "restore" {
+                let mut h = blake3::Hasher::new();
+                let t = peer.restore(&mut h)?;
+                check(peer.name, h)?;
+                t
+            } else {
+                peer.backup(input, n)?
+            };
+            done.push((t, phase));
         }
-        phases.push(Phase::new(phase, bytes, secs, agent_use, before, proxy.sample()?));
     }
-
-    let before = proxy.sample()?;
-    let mut cmd = agent("restore.toml");
-    cmd.args(["restore", "--repo", REPO, &first_id]);
-    let mut hasher = blake3::Hasher::new();
-    let (_, secs, agent_use) = timed(&mut cmd, None, Some(&mut hasher))?;
-    if hasher.finalize() != hash_file(&source)? {
-        return Err("the restored stream differs from the source".into());
-    }
-    phases.push(Phase::new("restore", bytes, secs, agent_use, before, proxy.sample()?));
+    let peers = peers
+        .iter()
+        .zip(peer_phases)
+        .map(|(peer, runs)| PeerReport {
+            tool: peer.name,
+            phases: runs
+                .into_iter()
+                .zip(&phases)
+                .map(|((t, phase), ours)| {
+                    let mb_per_sec = bytes as f64 / 1e6 / t.secs.max(1e-9);
+                    PeerPhase {
+                        phase,
+                        secs: t.secs,
+                        mb_per_sec,
+                        cpu_secs: t.usage.cpu_secs,
+                        peak_rss_mib: mib(t.usage.peak_rss),
+                        coffer_ratio: ours.mb_per_sec / mb_per_sec,
+                    }
+                })
+                .collect(),
+        })
+        .collect();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    Ok(Report { data: label, bytes, cores, phases })
+    Ok(Report { data: label, bytes, cores, phases, peers, peers_missing })
 }
 
 impl Phase {
@@ -198,51 +264,6 @@ fn hash_file(path: &Path) -> Result<blake3::Hash, String> {
     let mut h = blake3::Hasher::new();
     h.update_reader(std::fs::File::open(path).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
     Ok(h.finalize())
-}
-
-fn run(cmd: &mut Command, stdin: Option<&Path>) -> Result<Vec<u8>, String> {
-    timed(cmd, stdin, None).map(|(out, _, _)| out)
-}
-
-/// Runs `cmd` with `stdin` from a file, watching its CPU and memory; its
-/// stdout is returned, or fed to `sink` when given.
-fn timed(
-    cmd: &mut Command,
-    stdin: Option<&Path>,
-    sink: Option<&mut blake3::Hasher>,
-) -> Result<(Vec<u8>, f64, procfs::Sample), String> {
-    let input = match stdin {
-        Some(p) => Stdio::from(std::fs::File::open(p).map_err(|e| format!("{}: {e}", p.display()))?),
-        None => Stdio::null(),
-    };
-    let started = Instant::now();
-    let mut child =
-        cmd.stdin(input).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().map_err(|e| e.to_string())?;
-    let pid = child.id();
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let errors = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let watcher = std::thread::spawn(move || procfs::watch(pid, SAMPLE_EVERY));
-    let mut out = Vec::new();
-    match sink {
-        Some(h) => {
-            h.update_reader(&mut stdout).map_err(|e| e.to_string())?;
-        }
-        None => {
-            stdout.read_to_end(&mut out).map_err(|e| e.to_string())?;
-        }
-    }
-    let usage = watcher.join().map_err(|_| "the sampler panicked")?;
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let secs = started.elapsed().as_secs_f64();
-    if !status.success() {
-        return Err(format!("{cmd:?} failed ({status}): {}", errors.join().unwrap_or_default().trim()));
-    }
-    Ok((out, secs, usage))
 }
 
 /// A running `coffer-proxy dev`, killed on drop.
@@ -306,5 +327,18 @@ fn print_table(r: &Report) {
             p.proxy_cpu_secs,
             p.proxy_peak_rss_mib
         );
+    }
+    for peer in &r.peers {
+        println!();
+        println!("{:<22} {:>8} {:>8} {:>10} {:>10} {:>10}", peer.tool, "MB/s", "secs", "CPU", "peak MiB", "coffer ×");
+        for p in &peer.phases {
+            println!(
+                "{:<22} {:>8.1} {:>8.2} {:>10.2} {:>10.1} {:>10.2}",
+                p.phase, p.mb_per_sec, p.secs, p.cpu_secs, p.peak_rss_mib, p.coffer_ratio
+            );
+        }
+    }
+    for missing in &r.peers_missing {
+        println!("\n{missing}: not installed, not run");
     }
 }

@@ -123,7 +123,7 @@ fn progress_line_on_a_terminal_only() {
 #[test]
 fn the_benchmark_harness_runs_every_phase() {
     let out = std::process::Command::new(coffer_tests::bin("coffer-bench"))
-        .args(["e2e", "--generate", "9MiB,mixed", "--json"])
+        .args(["e2e", "--generate", "9MiB,mixed", "--peers", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -136,6 +136,17 @@ fn the_benchmark_harness_runs_every_phase() {
         assert!(p["mb_per_sec"].as_f64().unwrap() > 0.0, "{p}");
         assert!(p["agent_peak_rss_mib"].as_f64().unwrap() > 1.0, "the agent's memory was read: {p}");
         assert!(p["proxy_peak_rss_mib"].as_f64().unwrap() > 1.0, "the proxy's memory was read: {p}");
+    }
+    // restic and borg each ran the same phases (their restores checked too), or are named as missing.
+    let ran: Vec<&str> = report["peers"].as_array().unwrap().iter().map(|p| p["tool"].as_str().unwrap()).collect();
+    let missing: Vec<&str> = report["peers_missing"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    for tool in ["restic", "borg"] {
+        assert!(ran.contains(&tool) != missing.contains(&tool), "{tool}: ran {ran:?}, missing {missing:?}");
+    }
+    for peer in report["peers"].as_array().unwrap() {
+        let phases = peer["phases"].as_array().unwrap();
+        assert_eq!(phases.len(), 4, "{peer}");
+        assert!(phases.iter().all(|p| p["coffer_ratio"].as_f64().unwrap() > 0.0), "{peer}");
     }
 
     let missing = std::process::Command::new(coffer_tests::bin("coffer-bench"))
