@@ -354,13 +354,20 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-fn policy_command(config: Option<PathBuf>, command: PolicyCmd) -> ExitCode {
+/// The configuration file named by `--config` or `COFFER_PROXY_CONFIG`,
+/// loaded; a usage error (already printed) otherwise.
+fn load_config(config: Option<PathBuf>) -> Result<ProxyConfig, ExitCode> {
     let Some(path) = config else {
-        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
+        return Err(fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"));
     };
-    let policy = match ProxyConfig::load(&path).map_err(|e| e.to_string()).and_then(|c| c.policy()) {
-        Ok(p) => p,
-        Err(e) => return fail(EXIT_USAGE, &e),
+    ProxyConfig::load(&path).map_err(|e| fail(EXIT_USAGE, &e.to_string()))
+}
+
+fn policy_command(config: Option<PathBuf>, command: PolicyCmd) -> ExitCode {
+    let policy = match load_config(config).map(|c| c.policy()) {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return fail(EXIT_USAGE, &e),
+        Err(code) => return code,
     };
     let PolicyCmd::Explain { trust_domain, identity, action, repo, from } = command;
     let Some(action) = Action::parse(&action) else {
@@ -445,12 +452,9 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
 
 fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
     use coffer_proxy::audit;
-    let Some(path) = config else {
-        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
-    };
-    let cfg = match ProxyConfig::load(&path) {
+    let cfg = match load_config(config) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+        Err(code) => return code,
     };
     let spool = cfg.audit.spool();
     match command {
@@ -464,7 +468,10 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
                 Err(e) => return fail(EXIT_USAGE, &e),
             };
             let trail = if store {
-                let runtime = tokio::runtime::Runtime::new().expect("runtime");
+                let runtime = match tokio::runtime::Runtime::new() {
+                    Ok(rt) => rt,
+                    Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+                };
                 runtime.block_on(server::stored_audit(&cfg)).map(|segments| (segments, None))
             } else {
                 audit::local_trail(&spool).map(|(s, live)| (s, Some(live))).map_err(|e| e.to_string())
@@ -509,12 +516,9 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
 }
 
 fn alerts_test(config: Option<PathBuf>) -> ExitCode {
-    let Some(path) = config else {
-        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
-    };
-    let cfg = match ProxyConfig::load(&path) {
+    let cfg = match load_config(config) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+        Err(code) => return code,
     };
     let Some(hook) = cfg.alerts.webhook else {
         return fail(EXIT_USAGE, "no alerts.webhook is configured");
@@ -529,7 +533,10 @@ fn alerts_test(config: Option<PathBuf>) -> ExitCode {
         subject: None,
         message: "a test alert from coffer-proxy alerts test".into(),
     };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+    };
     match runtime.block_on(coffer_proxy::alerts::post(&hook, &alert)) {
         Ok(()) => {
             println!("test alert delivered to {}", hook.url);
@@ -540,14 +547,14 @@ fn alerts_test(config: Option<PathBuf>) -> ExitCode {
 }
 
 fn keys_report(config: Option<PathBuf>, json: bool) -> ExitCode {
-    let Some(path) = config else {
-        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
-    };
-    let cfg = match ProxyConfig::load(&path) {
+    let cfg = match load_config(config) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+        Err(code) => return code,
     };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+    };
     let report = match runtime.block_on(coffer_proxy::report::keys_report(&cfg)) {
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILURE, &e),
@@ -581,18 +588,18 @@ fn keys_report(config: Option<PathBuf>, json: bool) -> ExitCode {
 }
 
 fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathBuf>, since: Option<u64>) -> ExitCode {
-    let Some(path) = config else {
-        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
-    };
     if !matches!(format, "json" | "html") {
         return fail(EXIT_USAGE, &format!("unknown --format {format:?}: json or html"));
     }
-    let cfg = match ProxyConfig::load(&path) {
+    let cfg = match load_config(config) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+        Err(code) => return code,
     };
     let since = since.unwrap_or_else(|| coffer_proxy::unix_now().saturating_sub(30 * 86_400));
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+    };
     let report = match runtime.block_on(coffer_proxy::report::compliance_report(&cfg, since)) {
         Ok(r) => r,
         Err(e) => return fail(EXIT_FAILURE, &e),
@@ -613,14 +620,14 @@ fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathB
 }
 
 fn assess(config: Option<PathBuf>, json: bool) -> ExitCode {
-    let Some(path) = config else {
-        return fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG");
-    };
-    let cfg = match ProxyConfig::load(&path) {
+    let cfg = match load_config(config) {
         Ok(c) => c,
-        Err(e) => return fail(EXIT_USAGE, &e.to_string()),
+        Err(code) => return code,
     };
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+    };
     let findings = match runtime.block_on(coffer_proxy::assess::assess(&cfg)) {
         Ok(f) => f,
         Err(e) => return fail(EXIT_FAILURE, &e),

@@ -100,6 +100,22 @@ impl DevProxy {
         Self { dir: dir.to_path_buf(), addr, child, stderr, _tmp: None }
     }
 
+    /// Enrolls `identity` (trust domain `dev`) for admin TOTP and returns
+    /// its base32 secret.
+    pub fn enroll(&self, identity: &str) -> String {
+        let out = Command::new(bin("coffer-proxy"))
+            .arg("--config")
+            .arg(self.dir.join("proxy.toml"))
+            .args(["admin", "enroll", "--trust-domain", "dev", "--identity", identity])
+            .output()
+            .expect("run coffer-proxy admin enroll");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let uri = String::from_utf8(out.stdout).expect("utf-8");
+        assert!(uri.starts_with("otpauth://totp/Coffer:"), "{uri}");
+        let start = uri.find("secret=").expect("a secret") + "secret=".len();
+        uri[start..].split(['&', '\n']).next().unwrap_or_default().to_string()
+    }
+
     /// What the proxy has logged so far.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()

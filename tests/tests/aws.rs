@@ -11,9 +11,7 @@ use coffer_tests::{coffer_with_env, random_bytes, text_bytes, DevProxy, Moto, Ru
 const BUCKET: &str = "coffer-backups";
 const DAY: u64 = 86_400;
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
+use coffer_proxy::unix_now as now;
 
 struct Aws {
     moto: Moto,

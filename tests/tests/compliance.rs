@@ -5,23 +5,7 @@ use std::process::Command;
 use coffer_proxy::mfa::code_at;
 use coffer_tests::{bin, coffer, random_bytes, DevProxy};
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Enrolls `identity` and returns its base32 secret.
-fn enroll(p: &DevProxy, identity: &str) -> String {
-    let out = Command::new(bin("coffer-proxy"))
-        .arg("--config")
-        .arg(p.dir.join("proxy.toml"))
-        .args(["admin", "enroll", "--trust-domain", "dev", "--identity", identity])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let uri = String::from_utf8(out.stdout).unwrap();
-    let start = uri.find("secret=").unwrap() + "secret=".len();
-    uri[start..].split(['&', '\n']).next().unwrap().to_string()
-}
+use coffer_proxy::unix_now as now;
 
 fn admin(p: &DevProxy, who: &str, code: &str, args: &[&str]) -> (bool, String) {
     let mut cmd = Command::new(bin("coffer-proxy"));
@@ -42,7 +26,7 @@ fn second_admin(p: &DevProxy) -> String {
     )
     .unwrap();
     assert!(p.reload());
-    enroll(p, "spiffe://coffer.dev/admin2")
+    p.enroll("spiffe://coffer.dev/admin2")
 }
 
 fn held(p: &DevProxy, object: &std::path::Path) -> bool {
@@ -55,7 +39,7 @@ fn held(p: &DevProxy, object: &std::path::Path) -> bool {
 #[test]
 fn legal_holds_cover_what_a_snapshot_references_and_lifting_one_keeps_the_others() {
     let p = DevProxy::start();
-    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let secret = p.enroll("spiffe://coffer.dev/admin");
     let secret2 = second_admin(&p);
     coffer(&p.writer(), &["init", "--repo", "dev/legal"], None).ok();
     let shared = random_bytes("shared", 3 << 20);
@@ -134,7 +118,7 @@ fn legal_holds_cover_what_a_snapshot_references_and_lifting_one_keeps_the_others
 #[test]
 fn lockdown_serves_reads_only_until_lifted_and_survives_restarts() {
     let p = DevProxy::start();
-    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let secret = p.enroll("spiffe://coffer.dev/admin");
     coffer(&p.writer(), &["init", "--repo", "dev/lock"], None).ok();
     let id = coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"before the incident")).last_line();
     let t = now();
@@ -240,7 +224,7 @@ fn repository_policies_are_enforced_when_writing() {
 #[test]
 fn loosening_a_repository_policy_needs_the_admin_api() {
     let p = DevProxy::start();
-    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let secret = p.enroll("spiffe://coffer.dev/admin");
     let path = p.dir.join("proxy.toml");
     let base = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, base.clone() + POLICIES).unwrap();
@@ -267,7 +251,7 @@ fn loosening_a_repository_policy_needs_the_admin_api() {
 #[test]
 fn the_compliance_report_matches_the_store() {
     let p = DevProxy::start();
-    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let secret = p.enroll("spiffe://coffer.dev/admin");
     let path = p.dir.join("proxy.toml");
     let policies = "\n[[repo_policies]]\nrepos = \"dev/fast/**\"\nclassification = \"internal\"\nrpo_secs = 1\n\n[[repo_policies]]\nrepos = \"dev/**\"\nclassification = \"confidential\"\nretention_days = 40\n";
     std::fs::write(&path, std::fs::read_to_string(&path).unwrap() + policies).unwrap();
@@ -490,7 +474,7 @@ fn expire(p: &DevProxy, who: &str, code: &str, dry_run: bool) -> serde_json::Val
 #[test]
 fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
     let p = DevProxy::start();
-    let secret = enroll(&p, "spiffe://coffer.dev/admin");
+    let secret = p.enroll("spiffe://coffer.dev/admin");
     let secret2 = second_admin(&p);
     coffer(&p.writer(), &["init", "--repo", "dev/exp"], None).ok();
     let (x, w, y, z) = (

@@ -10,24 +10,7 @@ const ADMIN: &str = "spiffe://coffer.dev/admin";
 const WRITER: &str = "spiffe://coffer.dev/writer";
 const READER: &str = "spiffe://coffer.dev/reader";
 
-fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// Enrolls an identity and returns its base32 secret.
-fn enroll(p: &DevProxy, identity: &str) -> String {
-    let out = Command::new(bin("coffer-proxy"))
-        .arg("--config")
-        .arg(p.dir.join("proxy.toml"))
-        .args(["admin", "enroll", "--trust-domain", "dev", "--identity", identity])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let uri = String::from_utf8(out.stdout).unwrap();
-    assert!(uri.starts_with("otpauth://totp/Coffer:"), "{uri}");
-    let start = uri.find("secret=").unwrap() + "secret=".len();
-    uri[start..].split(['&', '\n']).next().unwrap().to_string()
-}
+use coffer_proxy::unix_now as now;
 
 /// Runs an admin call as `who` with `code`; returns (success, output).
 fn admin(p: &DevProxy, who: &str, code: Option<&str>, args: &[&str]) -> (bool, String) {
@@ -47,7 +30,7 @@ fn wrong_code(secret: &str, t: u64) -> String {
 #[test]
 fn admin_calls_need_a_fresh_totp_code_each_time() {
     let p = DevProxy::start();
-    let secret = enroll(&p, ADMIN);
+    let secret = p.enroll(ADMIN);
     let revoke = ["revoke", "--trust-domain", "dev", "--identity", WRITER];
     let t = now();
 
@@ -87,7 +70,7 @@ fn admin_calls_need_a_fresh_totp_code_each_time() {
 #[test]
 fn non_admins_cannot_make_admin_calls_even_with_a_code() {
     let p = DevProxy::start();
-    let secret = enroll(&p, WRITER);
+    let secret = p.enroll(WRITER);
     let code = code_at(&secret, now()).unwrap();
     let (ok, out) = admin(&p, "writer", Some(&code), &["revoke", "--trust-domain", "dev", "--identity", READER]);
     assert!(!ok && out.contains("403"), "{out}");
@@ -106,7 +89,7 @@ fn mfa_for_backup_access() {
     assert_ne!(marked, text);
     std::fs::write(&path, marked).unwrap();
     assert!(p.reload());
-    let secret = enroll(&p, READER);
+    let secret = p.enroll(READER);
     coffer(&p.writer(), &["init", "--repo", "dev/pay"], None).ok();
     let id = coffer(&p.writer(), &["backup", "--repo", "dev/pay", "-"], Some(b"payroll")).last_line();
 
