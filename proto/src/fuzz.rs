@@ -10,7 +10,7 @@ use crate::snapshot::{
     decode_ids, encode_ids, CommitRequest, IndexEntry, IndexSegment, Manifest, ManifestEntry, SnapshotRoot,
     SnapshotStats,
 };
-use crate::{ChunkId, SnapshotId};
+use crate::{ChunkId, KeyId, SnapshotId};
 
 pub fn fuzz_envelope(data: &[u8]) {
     let _ = envelope::parse_header(data);
@@ -83,6 +83,7 @@ pub fn structured_seeds() -> Vec<Vec<u8>> {
             committed: 1,
             retain_until: 2,
             stats: SnapshotStats::default(),
+            keys: Some(vec![KeyId::from_bytes([5; 16])]),
             chunks: vec![IndexEntry { id, size: 3, retain_until: 4 }],
         }
         .encode(),

@@ -5,8 +5,10 @@
 //! manifest = "CFM1" || count u64 || (chunk-id[32] || len u32) * count
 //! commit   = "CFC1" || snapshot-id[16] || u32 len(root) || root envelope
 //!            || stats || count u64 || chunk-id[32] * count
-//! index    = "CFI1" || snapshot-id[16] || committed u64 || retain-until u64
-//!            || stats || count u64 || (chunk-id[32] || size u32 || retain-until u64) * count
+//! index    = "CFI2" || snapshot-id[16] || committed u64 || retain-until u64
+//!            || stats || keys u64 || key-id[16] * keys
+//!            || count u64 || (chunk-id[32] || size u32 || retain-until u64) * count
+//!            ("CFI1", written before key ids were recorded, has no key list)
 //! stats    = bytes-in u64 || bytes-new u64 || stored-new u64 || chunks u64 || chunks-new u64
 //! ```
 
@@ -14,13 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::repo::json_decode;
 use crate::wire::Reader;
-use crate::{ChunkId, FormatError, SnapshotId, ENVELOPE_MAX};
+use crate::{ChunkId, FormatError, KeyId, SnapshotId, ENVELOPE_MAX};
 
 /// Current snapshot root format version.
 pub const ROOT_VERSION: u32 = 1;
 const MANIFEST_MAGIC: &[u8; 4] = b"CFM1";
 const COMMIT_MAGIC: &[u8; 4] = b"CFC1";
-const INDEX_MAGIC: &[u8; 4] = b"CFI1";
+const INDEX_MAGIC: &[u8; 4] = b"CFI2";
+const INDEX_V1_MAGIC: &[u8; 4] = b"CFI1";
 /// A root envelope is small; anything larger is refused before allocation.
 pub const ROOT_MAX: usize = 1024 * 1024;
 
@@ -215,17 +218,28 @@ pub struct IndexSegment {
     pub committed: u64,
     pub retain_until: u64,
     pub stats: SnapshotStats,
+    /// Every data key the snapshot needs (its root's, its manifest's and
+    /// its chunks'), sorted and distinct; `None` in a segment from before
+    /// key ids were recorded (CFI1), which needs all of them.
+    pub keys: Option<Vec<KeyId>>,
     pub chunks: Vec<IndexEntry>,
 }
 
 impl IndexSegment {
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(80 + self.chunks.len() * INDEX_ENTRY_LEN);
-        out.extend_from_slice(INDEX_MAGIC);
+        let keys = self.keys.as_deref().unwrap_or_default();
+        let mut out = Vec::with_capacity(88 + keys.len() * KeyId::LEN + self.chunks.len() * INDEX_ENTRY_LEN);
+        out.extend_from_slice(if self.keys.is_some() { INDEX_MAGIC } else { INDEX_V1_MAGIC });
         out.extend_from_slice(self.snapshot.as_bytes());
         out.extend_from_slice(&self.committed.to_le_bytes());
         out.extend_from_slice(&self.retain_until.to_le_bytes());
         self.stats.encode_into(&mut out);
+        if self.keys.is_some() {
+            out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
+            for k in keys {
+                out.extend_from_slice(k.as_bytes());
+            }
+        }
         out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
         for e in &self.chunks {
             out.extend_from_slice(e.id.as_bytes());
@@ -237,18 +251,36 @@ impl IndexSegment {
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new(bytes);
-        r.magic(INDEX_MAGIC, "index segment (CFI1)")?;
+        let v1 = bytes.starts_with(INDEX_V1_MAGIC);
+        r.magic(if v1 { INDEX_V1_MAGIC } else { INDEX_MAGIC }, "index segment (CFI2 or CFI1)")?;
         let snapshot = SnapshotId::from_bytes(r.array()?);
         let committed = r.u64()?;
         let retain_until = r.u64()?;
         let stats = SnapshotStats::decode_from(&mut r)?;
+        let keys = if v1 {
+            None
+        } else {
+            let n = r.count(KeyId::LEN)?;
+            let mut keys = Vec::with_capacity(n);
+            for _ in 0..n {
+                let k = KeyId::from_bytes(r.array()?);
+                if keys.last().is_some_and(|last| *last >= k) {
+                    return Err(FormatError::Invalid {
+                        what: "index segment",
+                        reason: "key ids are not sorted and distinct".into(),
+                    });
+                }
+                keys.push(k);
+            }
+            Some(keys)
+        };
         let n = r.count(INDEX_ENTRY_LEN)?;
         let mut chunks = Vec::with_capacity(n);
         for _ in 0..n {
             chunks.push(IndexEntry { id: ChunkId::from_bytes(r.array()?), size: r.u32()?, retain_until: r.u64()? });
         }
         r.finish()?;
-        Ok(Self { snapshot, committed, retain_until, stats, chunks })
+        Ok(Self { snapshot, committed, retain_until, stats, keys, chunks })
     }
 }
 

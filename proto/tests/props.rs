@@ -40,13 +40,15 @@ fn index() -> impl Strategy<Value = IndexSegment> {
         any::<u64>(),
         any::<u64>(),
         stats(),
+        prop::option::of(prop::collection::btree_set(any::<[u8; 16]>(), 0..5)),
         prop::collection::vec((chunk_id(), any::<u32>(), any::<u64>()), 0..40),
     )
-        .prop_map(|(s, committed, retain_until, stats, entries)| IndexSegment {
+        .prop_map(|(s, committed, retain_until, stats, keys, entries)| IndexSegment {
             snapshot: SnapshotId::from_bytes(s),
             committed,
             retain_until,
             stats,
+            keys: keys.map(|set| set.into_iter().map(KeyId::from_bytes).collect()),
             chunks: entries.into_iter().map(|(id, size, retain_until)| IndexEntry { id, size, retain_until }).collect(),
         })
 }

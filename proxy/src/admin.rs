@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use coffer_proto::snapshot::IndexSegment;
-use coffer_proto::{RepoName, SnapshotId};
+use coffer_proto::{KeyId, RepoName, SnapshotId};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -165,8 +165,9 @@ struct HoldRequest {
     on: bool,
 }
 
-/// Every object a snapshot needs: its root and index, its chunks, the
-/// repository's config and key records.
+/// Every object a snapshot needs: its root and index, its chunks, the data
+/// keys that sealed them (all of the repository's for a segment from before
+/// key ids were recorded), the config and the chunk-id key epochs.
 async fn objects_of(app: &App, repo: &RepoName, snapshot: SnapshotId) -> Result<BTreeSet<String>, ApiError> {
     let index = app
         .store
@@ -178,7 +179,11 @@ async fn objects_of(app: &App, repo: &RepoName, snapshot: SnapshotId) -> Result<
     out.insert(keys::index(repo, &snapshot));
     out.insert(keys::snapshot(repo, &snapshot));
     out.insert(keys::config(repo));
-    out.extend(app.store.list(&format!("{repo}/keys/")).await?);
+    out.extend(app.store.list(&format!("{repo}/epochs/")).await?);
+    match &index.keys {
+        Some(ids) => out.extend(ids.iter().map(|k| keys::key(repo, k))),
+        None => out.extend(app.store.list(&format!("{repo}/keys/")).await?),
+    }
     Ok(out)
 }
 
@@ -256,11 +261,13 @@ struct ExpireReport {
     failed: Vec<Doomed>,
 }
 
-/// What expiry would delete in `repo` at `now`: roots and indexes of
-/// snapshots whose retention ended and that are not held, index segments
-/// left by commits that never completed, then chunks no remaining snapshot
-/// references whose own lock has ended and that are not held. Config and
-/// key records are kept while the repository exists (decisions.md 3).
+/// What expiry would delete in `repo` at `now`, in the order to delete it:
+/// roots and indexes of snapshots whose retention ended and that are not
+/// held, index segments left by commits that never completed, then chunks
+/// no remaining snapshot references whose own lock has ended and that are
+/// not held, then data key records that neither a remaining snapshot nor a
+/// remaining chunk was sealed with, whose lock has ended and that are not
+/// held. The config and the key epochs stay while the repository exists.
 pub async fn expiry_plan(
     store: &dyn ObjectStore,
     repo: &RepoName,
@@ -269,6 +276,10 @@ pub async fn expiry_plan(
     let mut doomed = Vec::new();
     let mut held = Vec::new();
     let mut live: BTreeSet<coffer_proto::ChunkId> = BTreeSet::new();
+    let mut live_keys: BTreeSet<KeyId> = BTreeSet::new();
+    // Why every key record must stay, if one must: something that survives
+    // does not say which keys it needs.
+    let mut keep_all_keys: Option<String> = None;
     let roots: BTreeSet<String> = store.list(&format!("{repo}/snapshots/")).await?.into_iter().collect();
     for index_key in store.list(&format!("{repo}/index/")).await? {
         let Some(id) = index_key.rsplit('/').next().and_then(|s| s.parse::<SnapshotId>().ok()) else { continue };
@@ -301,6 +312,10 @@ pub async fn expiry_plan(
             doomed.push(Doomed { key: index_key, reason: why });
         } else {
             live.extend(index.chunks.iter().map(|e| e.id));
+            match &index.keys {
+                Some(ids) => live_keys.extend(ids),
+                None => keep_all_keys = Some(format!("index segment {id} is from before key ids were recorded")),
+            }
         }
     }
     for key in store.list(&format!("{repo}/chunks/")).await? {
@@ -308,11 +323,34 @@ pub async fn expiry_plan(
         if live.contains(&id) {
             continue;
         }
-        if let Some(meta) = store.head(&key).await? {
-            if meta.deletable(&key, now).is_ok() {
-                doomed
-                    .push(Doomed { key, reason: "no remaining snapshot references it, and its lock has ended".into() });
+        let Some(meta) = store.head(&key).await? else { continue };
+        if meta.deletable(&key, now).is_ok() {
+            doomed.push(Doomed { key, reason: "no remaining snapshot references it, and its lock has ended".into() });
+        } else {
+            match meta.sealed_by {
+                Some(k) => {
+                    live_keys.insert(k);
+                }
+                None => keep_all_keys = Some(format!("chunk {id} is from before key ids were recorded")),
             }
+        }
+    }
+    if let Some(why) = keep_all_keys {
+        tracing::info!(%repo, "expiry keeps every key record: {why}");
+        return Ok((doomed, held));
+    }
+    let prefix = format!("{repo}/keys/");
+    for key in store.list(&prefix).await? {
+        let Ok(id) = key[prefix.len()..].parse::<KeyId>() else { continue };
+        if live_keys.contains(&id) {
+            continue;
+        }
+        let Some(meta) = store.head(&key).await? else { continue };
+        if meta.deletable(&key, now).is_ok() {
+            doomed.push(Doomed {
+                key,
+                reason: "no remaining snapshot or chunk was sealed with this data key, and its lock has ended".into(),
+            });
         }
     }
     Ok((doomed, held))
@@ -330,12 +368,103 @@ pub(crate) async fn expire(app: &App, draft: &Draft, body: &[u8]) -> Result<Repl
     }
     audit_intent(app, draft, format!("expiring {} objects of {}", doomed.len(), req.repo)).await?;
     let (mut deleted, mut failed) = (Vec::new(), Vec::new());
-    // Roots first, so snapshots disappear before anything they need.
+    let key_prefix = format!("{}/keys/", req.repo);
+    // In plan order: roots first, so snapshots disappear before anything
+    // they need, and key records last.
     for d in doomed {
+        let key_id = d.key.strip_prefix(&key_prefix).and_then(|k| k.parse::<KeyId>().ok());
+        if key_id.is_some() && !failed.is_empty() {
+            // A chunk that stays may have been sealed with this key: keep
+            // it, so the chunk stays readable, until a run deletes both.
+            let reason = "kept: other objects could not be deleted; run expire again".to_string();
+            failed.push(Doomed { key: d.key, reason });
+            continue;
+        }
         match app.store.delete(&d.key, now).await {
-            Ok(()) => deleted.push(d),
+            Ok(()) => {
+                if let Some(id) = key_id {
+                    app.forget_key(&req.repo, id);
+                }
+                deleted.push(d);
+            }
             Err(e) => failed.push(Doomed { key: d.key, reason: e.to_string() }),
         }
     }
     Ok(Reply::json(StatusCode::OK, &ExpireReport { dry_run: false, deleted, held, failed }))
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use coffer_proto::snapshot::{IndexEntry, SnapshotStats};
+    use coffer_proto::ChunkId;
+
+    use super::*;
+    use crate::store::{FsStore, Recorded};
+
+    const NOW: u64 = 1_000_000;
+
+    fn key_id(n: u8) -> KeyId {
+        KeyId::from_bytes([n; 16])
+    }
+
+    async fn put(store: &FsStore, key: &str, body: Vec<u8>, until: u64, sealed_by: Option<KeyId>) {
+        let recorded = Recorded { digest: *blake3::hash(&body).as_bytes(), sealed_by };
+        store.put_object(key, Bytes::from(body), until, recorded).await.unwrap();
+    }
+
+    async fn segment(store: &FsStore, repo: &RepoName, n: u8, keys: Option<Vec<KeyId>>, chunk: ChunkId) {
+        let id = SnapshotId::from_bytes([n; 16]);
+        let index = IndexSegment {
+            snapshot: id,
+            committed: 1,
+            retain_until: NOW + 10,
+            stats: SnapshotStats::default(),
+            keys,
+            chunks: vec![IndexEntry { id: chunk, size: 1, retain_until: NOW + 10 }],
+        };
+        put(store, &keys::index(repo, &id), index.encode(), NOW + 10, None).await;
+        put(store, &keys::snapshot(repo, &id), vec![n], NOW + 10, None).await;
+    }
+
+    fn doomed_keys(doomed: &[Doomed]) -> Vec<&str> {
+        doomed.iter().map(|d| d.key.as_str()).filter(|k| k.contains("/keys/")).collect()
+    }
+
+    #[tokio::test]
+    async fn key_records_go_once_nothing_that_stays_was_sealed_with_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let repo: RepoName = "dev/r".parse().unwrap();
+        // Key 1 seals a live snapshot's chunk; key 2 an unreferenced chunk
+        // still locked; key 3 nothing that stays; key 4 nothing, but it is
+        // still locked itself. Every key record's own lock has ended but 4's.
+        let (live, orphan) = (ChunkId::from_bytes([1; 32]), ChunkId::from_bytes([2; 32]));
+        put(&store, &keys::chunk(&repo, &live), vec![1], NOW + 10, Some(key_id(1))).await;
+        put(&store, &keys::chunk(&repo, &orphan), vec![2], NOW + 10, Some(key_id(2))).await;
+        for n in 1..=4 {
+            let until = if n == 4 { NOW + 10 } else { NOW - 10 };
+            put(&store, &keys::key(&repo, &key_id(n)), vec![n], until, None).await;
+        }
+        segment(&store, &repo, 1, Some(vec![key_id(1)]), live).await;
+
+        let (doomed, _) = expiry_plan(&store, &repo, NOW).await.unwrap();
+        assert_eq!(doomed_keys(&doomed), [keys::key(&repo, &key_id(3))]);
+
+        // A segment from before key ids were recorded may need any key.
+        segment(&store, &repo, 2, None, live).await;
+        let (doomed, _) = expiry_plan(&store, &repo, NOW).await.unwrap();
+        assert!(doomed_keys(&doomed).is_empty(), "{doomed:?}");
+    }
+
+    #[tokio::test]
+    async fn a_surviving_chunk_of_unknown_key_keeps_every_key_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let repo: RepoName = "dev/r".parse().unwrap();
+        put(&store, &keys::chunk(&repo, &ChunkId::from_bytes([2; 32])), vec![2], NOW + 10, None).await;
+        put(&store, &keys::key(&repo, &key_id(3)), vec![3], NOW - 10, None).await;
+        let (doomed, _) = expiry_plan(&store, &repo, NOW).await.unwrap();
+        assert!(doomed_keys(&doomed).is_empty(), "{doomed:?}");
+    }
 }

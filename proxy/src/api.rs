@@ -5,7 +5,7 @@
 //! action's limit, handle, audit, respond. Failures are [`ApiError`]s, mapped
 //! to a status, an error code and an audit outcome in exactly one place.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -24,7 +24,7 @@ use crate::identity::Identity;
 use crate::keycheck::KeyChecker;
 use crate::mfa::{MfaError, MfaVerifier, TOTP_HEADER};
 use crate::policy::{AccessRequest, Action, Allowed, Denied, Policy};
-use crate::store::{ObjectStore, PutOutcome, StoreError};
+use crate::store::{ObjectMeta, ObjectStore, PutOutcome, Recorded, StoreError};
 
 /// Body limit for JSON objects (config, key records).
 const SMALL_BODY_MAX: usize = 64 * 1024;
@@ -547,6 +547,13 @@ impl App {
         }
         Ok(exists)
     }
+
+    /// Drops a deleted key record from the cache `key_exists` keeps. (Other
+    /// proxies may still believe in it; a commit HEADs its keys, so nothing
+    /// can be committed under it.)
+    pub(crate) fn forget_key(&self, repo: &RepoName, id: KeyId) {
+        self.known_keys.lock().expect("not poisoned").remove(&(repo.clone(), id));
+    }
 }
 
 /// Checks a key record against the identity's KEK allowlist and the
@@ -663,7 +670,8 @@ async fn put_chunk(
         return Err(ApiError::Conflict(format!("key {} is not stored in {repo}: PUT it first", header.key_id)));
     }
     let until = app.retention_for(repo).1;
-    let outcome = app.store.put_object(&keys::chunk(repo, &id), body, until, *hash.as_bytes()).await?;
+    let recorded = Recorded { digest: *hash.as_bytes(), sealed_by: Some(header.key_id) };
+    let outcome = app.store.put_object(&keys::chunk(repo, &id), body, until, recorded).await?;
     Ok(Reply::stored(outcome))
 }
 
@@ -708,7 +716,9 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
     }
     let mut entries = Vec::with_capacity(present.len());
     let mut extended = 0u64;
+    let mut needed_keys = BTreeSet::from([header.key_id]);
     for (id, meta) in present {
+        needed_keys.insert(sealing_key(app, repo, &id, &meta).await?);
         let mut retain_until = meta.retain_until.unwrap_or(u64::MAX);
         if retain_until < required {
             app.store.extend_retention(&keys::chunk(repo, &id), until).await?;
@@ -717,11 +727,22 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
         }
         entries.push(IndexEntry { id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until });
     }
-    // What every snapshot needs besides its chunks: the config (chunk-id
-    // key) and the data keys. Chunks do not say which key sealed them, so
-    // every key record is kept locked at least as long as the newest snapshot.
+    // What the snapshot needs besides its chunks: the data keys that sealed
+    // them and its root, which must still exist (expiry may have removed a
+    // key no snapshot used), and the config and chunk-id key epochs, which
+    // every snapshot of the repository may need.
+    for key_id in &needed_keys {
+        let key = keys::key(repo, key_id);
+        let meta = app.store.head(&key).await?.ok_or_else(|| {
+            ApiError::Conflict(format!("key {key_id} is not stored in {repo}; nothing was committed"))
+        })?;
+        if meta.retain_until.is_some_and(|t| t < required) {
+            app.store.extend_retention(&key, until).await?;
+            extended += 1;
+        }
+    }
     let mut dependencies = vec![keys::config(repo)];
-    dependencies.extend(app.store.list(&format!("{repo}/keys/")).await?);
+    dependencies.extend(app.store.list(&format!("{repo}/epochs/")).await?);
     for key in dependencies {
         if let Some(meta) = app.store.head(&key).await? {
             if meta.retain_until.is_some_and(|t| t < required) {
@@ -742,8 +763,14 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
         };
         app.audit.record(event, true).await.map_err(|_| ApiError::Audit)?;
     }
-    let index =
-        IndexSegment { snapshot: req.snapshot, committed: now, retain_until: until, stats: req.stats, chunks: entries };
+    let index = IndexSegment {
+        snapshot: req.snapshot,
+        committed: now,
+        retain_until: until,
+        stats: req.stats,
+        keys: Some(needed_keys.into_iter().collect()),
+        chunks: entries,
+    };
     // A crash between these two writes leaves an index without a root: no
     // snapshot. A retried commit of the same id finds the index and goes on.
     app.store.put_new(&keys::index(repo, &req.snapshot), index.encode().into(), until).await?;
@@ -761,6 +788,18 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
     app.watch.committed(repo, &history, &req.stats, now).await;
     let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
     Ok(Reply::json(StatusCode::CREATED, &info))
+}
+
+/// The data key that sealed a stored chunk: recorded beside it at upload,
+/// or, for a chunk stored before keys were recorded, read from its header.
+async fn sealing_key(app: &App, repo: &RepoName, id: &ChunkId, meta: &ObjectMeta) -> Result<KeyId, ApiError> {
+    if let Some(k) = meta.sealed_by {
+        return Ok(k);
+    }
+    let key = keys::chunk(repo, id);
+    let body = app.store.get(&key).await?.ok_or_else(|| ApiError::Conflict(format!("chunk {id} vanished")))?;
+    let header = envelope::parse_header(&body).map_err(|e| ApiError::Conflict(format!("chunk {id}: {e}")))?;
+    Ok(header.key_id)
 }
 
 /// The stats of a repository's committed snapshots, oldest first, except

@@ -19,7 +19,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::keycheck::{KeyCheckError, KeyChecker};
-use crate::store::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use crate::store::{ObjectMeta, ObjectStore, PutOutcome, Recorded, StoreError};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -136,10 +136,10 @@ impl ObjectStore for TimedStore {
         key: &str,
         body: Bytes,
         retain_until: u64,
-        digest: [u8; 32],
+        recorded: Recorded,
     ) -> Result<PutOutcome, StoreError> {
         let t = Instant::now();
-        let r = self.inner.put_object(key, body, retain_until, digest).await;
+        let r = self.inner.put_object(key, body, retain_until, recorded).await;
         self.observe("put", t, &r);
         r
     }

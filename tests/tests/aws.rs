@@ -198,6 +198,11 @@ async fn backup_and_restore_through_s3_and_kms_with_object_lock() {
     .await
     .unwrap();
     use coffer_proxy::store::ObjectStore as _;
+    // Each chunk records the data key that sealed it (for expiry).
+    let key_id: coffer_proto::KeyId = record_key.rsplit('/').next().unwrap().parse().unwrap();
+    for key in &chunks {
+        assert_eq!(store.head(key).await.unwrap().unwrap().sealed_by, Some(key_id), "{key}");
+    }
     let err = store.delete(&chunks[0], now()).await.unwrap_err();
     assert!(matches!(err, coffer_proxy::store::StoreError::Locked { .. }), "{err}");
     // A legal hold outlives any lock date, and reads back from the bucket.

@@ -437,9 +437,10 @@ fn the_proxy_assesses_itself_and_alerts_once_per_new_high_finding() {
 }
 
 /// Simulates a snapshot's retention running out: its index records a
-/// retain-until in the past, and so do the locks of its objects (raw access
-/// to the filesystem store, as time passing would leave them).
-fn age(p: &DevProxy, repo: &str, id: &str) {
+/// retain-until in the past, and so do the locks of its objects and data
+/// keys (raw access to the filesystem store, as time passing would leave
+/// them). Returns the store keys of its data key records.
+fn age(p: &DevProxy, repo: &str, id: &str) -> Vec<String> {
     let objects = p.objects();
     let index_path = objects.join(format!("{repo}/index/{id}"));
     let mut index = coffer_proto::snapshot::IndexSegment::decode(&std::fs::read(&index_path).unwrap()).unwrap();
@@ -451,6 +452,9 @@ fn age(p: &DevProxy, repo: &str, id: &str) {
         let hex = e.id.to_string();
         keys.push(format!("{repo}/chunks/{}/{hex}", &hex[..2]));
     }
+    let key_records: Vec<String> =
+        index.keys.as_ref().expect("a current index").iter().map(|k| format!("{repo}/keys/{k}")).collect();
+    keys.extend(key_records.iter().cloned());
     std::fs::write(&index_path, index.encode()).unwrap();
     for key in keys {
         let lock_path = p.dir.join("store/locks").join(&key);
@@ -458,6 +462,7 @@ fn age(p: &DevProxy, repo: &str, id: &str) {
         lock["retain_until"] = past.into();
         std::fs::write(&lock_path, lock.to_string()).unwrap();
     }
+    key_records
 }
 
 fn expire(p: &DevProxy, who: &str, code: &str, dry_run: bool) -> serde_json::Value {
@@ -477,22 +482,26 @@ fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
     let secret = p.enroll("spiffe://coffer.dev/admin");
     let secret2 = second_admin(&p);
     coffer(&p.writer(), &["init", "--repo", "dev/exp"], None).ok();
-    let (x, w, y, z) = (
+    let (x, w, y, z, v) = (
         random_bytes("x", 2 << 20),
         random_bytes("w", 2 << 20),
         random_bytes("y", 2 << 20),
         random_bytes("z", 2 << 20),
+        random_bytes("v", 1 << 20),
     );
     let backup = |data: &[u8]| coffer(&p.writer(), &["backup", "--repo", "dev/exp", "-"], Some(data)).last_line();
     let a = backup(&[x.clone(), w.clone()].concat()); // old: will expire
-    let b = backup(&[x.clone(), y.clone()].concat()); // new: shares x with a
+    let b = backup(&[x.clone(), y.clone()].concat()); // new: shares x (sealed with a's key) with a
     let c = backup(&z); // old but held
+    let d = backup(&v); // old, shares nothing: its data key goes too
     let t = now();
     let (ok, out) =
         admin(&p, "admin", &code_at(&secret, t).unwrap(), &["hold", "set", "--repo", "dev/exp", "--snapshot", &c]);
     assert!(ok, "{out}");
-    age(&p, "dev/exp", &a);
-    age(&p, "dev/exp", &c);
+    let a_keys = age(&p, "dev/exp", &a);
+    let c_keys = age(&p, "dev/exp", &c);
+    let d_keys = age(&p, "dev/exp", &d);
+    assert!(a_keys.len() == 1 && d_keys.len() == 1 && a_keys != d_keys, "one fresh data key per run");
     let before: Vec<_> = p.stored("dev/exp");
 
     let plan = expire(&p, "admin", &code_at(&secret, t + 30).unwrap(), true);
@@ -504,6 +513,10 @@ fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
     assert!(!planned.iter().any(|k| k.contains(&b) || k.contains(&c)), "{planned:?}");
     assert!(planned.iter().any(|k| k.contains("/chunks/")), "a's own chunks go: {planned:?}");
     assert_eq!(plan["held"], serde_json::json!([c]));
+    assert!(planned.contains(&d_keys[0]), "no remaining snapshot needs d's data key: {planned:?}");
+    assert!(!planned.contains(&a_keys[0]), "b still needs a's key for the chunks it reuses");
+    assert!(!planned.contains(&c_keys[0]), "a held snapshot keeps its key");
+    assert_eq!(planned.last(), Some(&d_keys[0]), "key records go last");
 
     let done = expire(&p, "admin2", &code_at(&secret2, t).unwrap(), false);
     let deleted: Vec<String> =
@@ -518,6 +531,7 @@ fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
     let list = coffer(&p.reader(), &["snapshots", "--repo", "dev/exp", "--json"], None).json();
     let ids: Vec<&str> = list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
     assert!(ids.contains(&b.as_str()) && ids.contains(&c.as_str()) && !ids.contains(&a.as_str()), "{ids:?}");
+    assert!(!ids.contains(&d.as_str()), "{ids:?}");
     assert!(coffer(&p.reader(), &["restore", "--repo", "dev/exp", &b], None).stdout == [x, y].concat());
     assert!(coffer(&p.reader(), &["restore", "--repo", "dev/exp", &c], None).stdout == z);
     coffer(&p.reader(), &["verify", "--repo", "dev/exp"], None).ok();
@@ -530,6 +544,26 @@ fn expiry_deletes_only_what_retention_and_holds_no_longer_protect() {
     assert_eq!(repo["snapshots"], 2, "{repo}");
     assert_eq!(repo["legal_holds"], serde_json::json!([c]));
     assert_eq!(repo["history"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn a_commit_needs_every_data_key_its_reused_chunks_were_sealed_with() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/k"], None).ok();
+    let data = random_bytes("k", 3 << 20);
+    let first = coffer(&p.writer(), &["backup", "--repo", "dev/k", "-"], Some(&data)).last_line();
+    let index = std::fs::read(p.objects().join(format!("dev/k/index/{first}"))).unwrap();
+    let index = coffer_proto::snapshot::IndexSegment::decode(&index).unwrap();
+    let sealed_with = index.keys.unwrap();
+    assert_eq!(sealed_with.len(), 1, "one data key for the whole run");
+    // The first run's key record goes (as a wrong expiry or a hand in the
+    // bucket would): a second run reuses every chunk sealed with it.
+    std::fs::remove_file(p.objects().join(format!("dev/k/keys/{}", sealed_with[0]))).unwrap();
+    let second = coffer(&p.writer(), &["backup", "--repo", "dev/k", "-"], Some(&data));
+    assert_ne!(second.code(), 0, "committed a snapshot whose chunks cannot be decrypted");
+    assert!(second.stderr.contains(&format!("key {} is not stored", sealed_with[0])), "{}", second.stderr);
+    let roots = std::fs::read_dir(p.objects().join("dev/k/snapshots")).unwrap().count();
+    assert_eq!(roots, 1, "nothing half committed");
 }
 
 #[test]

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use super::{ObjectMeta, ObjectStore, PutOutcome, Recorded, StoreError};
 
 /// Cheap to clone: clones share the root.
 #[derive(Clone)]
@@ -30,6 +30,21 @@ struct Lock {
     /// BLAKE3 of the object as written, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     blake3: Option<String>,
+    /// The key id that sealed the object, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sealed_by: Option<String>,
+}
+
+impl Lock {
+    /// The lock file for `meta` with a new date and hold.
+    fn from_meta(meta: &ObjectMeta, retain_until: u64, legal_hold: bool) -> Self {
+        Lock {
+            retain_until,
+            legal_hold,
+            blake3: meta.digest.map(hex::encode),
+            sealed_by: meta.sealed_by.map(|k| k.to_string()),
+        }
+    }
 }
 
 fn digest_of(lock: Option<&Lock>) -> Option<[u8; 32]> {
@@ -117,6 +132,7 @@ impl FsStore {
                     retain_until: lock.as_ref().map(|l| l.retain_until),
                     legal_hold: lock.as_ref().is_some_and(|l| l.legal_hold),
                     digest: digest_of(lock.as_ref()),
+                    sealed_by: lock.as_ref().and_then(|l| l.sealed_by.as_ref()?.parse().ok()),
                 }))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -136,13 +152,18 @@ impl ObjectStore for FsStore {
         key: &str,
         body: Bytes,
         retain_until: u64,
-        digest: [u8; 32],
+        recorded: Recorded,
     ) -> Result<PutOutcome, StoreError> {
         let (s, key) = (self.clone(), key.to_string());
         blocking(move || {
             let outcome = write_atomic(&s.object(&key), &body, false).map_err(io(&key))?;
             if outcome == PutOutcome::Created {
-                let lock = Lock { retain_until, legal_hold: false, blake3: Some(hex::encode(digest)) };
+                let lock = Lock {
+                    retain_until,
+                    legal_hold: false,
+                    blake3: Some(hex::encode(recorded.digest)),
+                    sealed_by: recorded.sealed_by.map(|k| k.to_string()),
+                };
                 s.write_lock(&key, &lock)?;
             }
             Ok(outcome)
@@ -205,10 +226,7 @@ impl ObjectStore for FsStore {
                 Some(current) if current >= until => Ok(()),
                 // No lock file means locked forever: nothing to extend.
                 None => Ok(()),
-                Some(_) => {
-                    let blake3 = meta.digest.map(hex::encode);
-                    s.write_lock(&key, &Lock { retain_until: until, legal_hold: meta.legal_hold, blake3 })
-                }
+                Some(_) => s.write_lock(&key, &Lock::from_meta(&meta, until, meta.legal_hold)),
             }
         })
         .await
@@ -220,7 +238,7 @@ impl ObjectStore for FsStore {
             let meta = s.head_sync(&key)?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
             // An object without a lock file is locked forever; keep it so.
             let retain_until = meta.retain_until.unwrap_or(u64::MAX);
-            s.write_lock(&key, &Lock { retain_until, legal_hold: on, blake3: meta.digest.map(hex::encode) })
+            s.write_lock(&key, &Lock::from_meta(&meta, retain_until, on))
         })
         .await
     }
@@ -247,7 +265,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = FsStore::open(dir.path()).unwrap();
         let key = "dev/db/chunks/ab/abcd";
-        assert_eq!(s.put_new(key, Bytes::from_static(b"one"), 100).await.unwrap(), PutOutcome::Created);
+        let sealed_by = Some(coffer_proto::KeyId::from_bytes([9; 16]));
+        let recorded = Recorded { digest: *blake3::hash(b"one").as_bytes(), sealed_by };
+        assert_eq!(s.put_object(key, Bytes::from_static(b"one"), 100, recorded).await.unwrap(), PutOutcome::Created);
         assert_eq!(s.put_new(key, Bytes::from_static(b"two"), 1).await.unwrap(), PutOutcome::Exists);
         assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"one"));
         // The second put must not have touched the lock either.
@@ -257,7 +277,8 @@ mod tests {
                 size: 3,
                 retain_until: Some(100),
                 legal_hold: false,
-                digest: Some(*blake3::hash(b"one").as_bytes())
+                digest: Some(recorded.digest),
+                sealed_by,
             }
         );
 
@@ -269,7 +290,9 @@ mod tests {
         assert!(s.delete(key, 150).await.is_err());
         s.set_legal_hold(key, true).await.unwrap();
         assert!(s.delete(key, 300).await.is_err(), "a held object outlives its lock");
-        assert_eq!(s.head(key).await.unwrap().unwrap().retain_until, Some(200), "a hold keeps the date");
+        let held = s.head(key).await.unwrap().unwrap();
+        assert_eq!(held.retain_until, Some(200), "a hold keeps the date");
+        assert_eq!((held.digest, held.sealed_by), (Some(recorded.digest), sealed_by), "and what was recorded");
         s.set_legal_hold(key, false).await.unwrap();
         s.delete(key, 200).await.unwrap();
         assert!(s.get(key).await.unwrap().is_none());

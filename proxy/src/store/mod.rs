@@ -5,6 +5,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use coffer_proto::KeyId;
 
 mod fs;
 mod s3;
@@ -26,6 +27,18 @@ pub struct ObjectMeta {
     pub legal_hold: bool,
     /// BLAKE3 of the bytes, as recorded when they were written (for scrub).
     pub digest: Option<[u8; 32]>,
+    /// The data key that sealed the object, as recorded when it was written
+    /// (chunks; for expiry, which deletes key records nothing needs).
+    pub sealed_by: Option<KeyId>,
+}
+
+/// What a store records beside an object when writing it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    /// BLAKE3 of the bytes.
+    pub digest: [u8; 32],
+    /// The data key that sealed them, where the caller knows it.
+    pub sealed_by: Option<KeyId>,
 }
 
 impl ObjectMeta {
@@ -74,20 +87,21 @@ impl StoreError {
 pub trait ObjectStore: Send + Sync + 'static {
     /// Writes `body` at `key` with a lock until `retain_until`, unless an
     /// object is already there: then nothing changes and `Exists` is returned.
-    /// A reader never sees a partial object. `digest` (BLAKE3 of `body`,
-    /// which the caller often has already) is recorded for scrubbing.
+    /// A reader never sees a partial object. `recorded` (the BLAKE3 of
+    /// `body`, which the caller often has already, and the key that sealed
+    /// it) is kept beside the object and returned by `head`.
     async fn put_object(
         &self,
         key: &str,
         body: Bytes,
         retain_until: u64,
-        digest: [u8; 32],
+        recorded: Recorded,
     ) -> Result<PutOutcome, StoreError>;
 
     /// [`put_object`](Self::put_object), hashing the body here.
     async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
-        let digest = *blake3::hash(&body).as_bytes();
-        self.put_object(key, body, retain_until, digest).await
+        let recorded = Recorded { digest: *blake3::hash(&body).as_bytes(), sealed_by: None };
+        self.put_object(key, body, retain_until, recorded).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;

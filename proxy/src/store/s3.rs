@@ -22,12 +22,14 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 use serde::Deserialize;
 
-use super::{ObjectMeta, ObjectStore, PutOutcome, StoreError};
+use super::{ObjectMeta, ObjectStore, PutOutcome, Recorded, StoreError};
 
 /// Attempts per S3 call, the first included.
 pub const MAX_ATTEMPTS: u32 = 5;
 /// User metadata carrying the BLAKE3 recorded at write time (for scrub).
 pub const DIGEST_METADATA: &str = "coffer-blake3";
+/// User metadata carrying the id of the data key that sealed a chunk.
+pub const SEALED_BY_METADATA: &str = "coffer-key";
 /// The marker object the start-up probe writes (in the reserved `admin/` tree).
 pub const STORE_CHECK: &str = "admin/store-check";
 
@@ -207,7 +209,7 @@ impl ObjectStore for S3Store {
         key: &str,
         body: Bytes,
         retain_until: u64,
-        digest: [u8; 32],
+        recorded: Recorded,
     ) -> Result<PutOutcome, StoreError> {
         if !self.conditional_writes && self.head(key).await?.is_some() {
             return Ok(PutOutcome::Exists);
@@ -219,9 +221,12 @@ impl ObjectStore for S3Store {
             .key(self.full(key))
             .body(ByteStream::from(body))
             .checksum_algorithm(ChecksumAlgorithm::Crc32C)
-            .metadata(DIGEST_METADATA, hex::encode(digest))
+            .metadata(DIGEST_METADATA, hex::encode(recorded.digest))
             .object_lock_mode(self.lock_mode())
             .object_lock_retain_until_date(to_datetime(retain_until));
+        if let Some(key_id) = recorded.sealed_by {
+            put = put.metadata(SEALED_BY_METADATA, key_id.to_string());
+        }
         if self.conditional_writes {
             put = put.if_none_match("*");
         }
@@ -258,6 +263,7 @@ impl ObjectStore for S3Store {
                     let mut d = [0u8; 32];
                     hex::decode_to_slice(h, &mut d).ok().map(|()| d)
                 }),
+                sealed_by: out.metadata().and_then(|m| m.get(SEALED_BY_METADATA)).and_then(|k| k.parse().ok()),
             })),
             Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Ok(None),
             Err(e) => Err(classify(key, e)),
