@@ -45,20 +45,33 @@ pub const DEDUP_BATCH_BYTES: usize = 16 * 1024 * 1024;
 pub const DEDUP_BATCH_LINGER: Duration = Duration::from_millis(50);
 
 /// Where the backup stream comes from.
-#[derive(Debug, Clone)]
 pub enum Source {
     Stdin,
     File(PathBuf),
     /// A command whose stdout is the stream; it must exit 0.
     Command(Vec<String>),
+    /// Any reader (a `coffer send` over the daemon's socket): it must end
+    /// with `Ok(0)`; an error means the stream is incomplete.
+    Reader {
+        description: String,
+        reader: Box<dyn Read + Send>,
+    },
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
 }
 
 impl Source {
-    fn describe(&self) -> String {
+    /// How the snapshot root records the source.
+    pub fn describe(&self) -> String {
         match self {
             Source::Stdin => "stdin".into(),
             Source::File(p) => format!("file:{}", p.display()),
             Source::Command(argv) => format!("command:{}", argv.join(" ")),
+            Source::Reader { description, .. } => description.clone(),
         }
     }
 }
@@ -147,6 +160,7 @@ fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Resu
                 .map_err(|e| BackupError::Source(io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
             chunk_stream(f, repo, &tx).map_err(BackupError::Source)
         }
+        Source::Reader { reader, .. } => chunk_stream(reader, repo, &tx).map_err(BackupError::Source),
         Source::Command(argv) => {
             let command = argv.join(" ");
             let mut child = Command::new(&argv[0])
@@ -156,15 +170,17 @@ fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Resu
                 .spawn()
                 .map_err(|source| BackupError::Spawn { command: command.clone(), source })?;
             let stdout = child.stdout.take().expect("stdout is piped");
+            let pid = child.id();
             let child = Arc::new(std::sync::Mutex::new(child));
-            *SOURCE_CHILD.lock().expect("not poisoned") = Some(child.clone());
+            SOURCE_CHILDREN.lock().expect("not poisoned").push((pid, child.clone()));
             let read = chunk_stream(stdout, repo, &tx);
             let mut child = child.lock().expect("not poisoned");
             if read.is_err() {
                 let _ = child.kill();
             }
-            let status = child.wait().map_err(BackupError::Source)?;
-            SOURCE_CHILD.lock().expect("not poisoned").take();
+            let status = child.wait();
+            SOURCE_CHILDREN.lock().expect("not poisoned").retain(|(p, _)| *p != pid);
+            let status = status.map_err(BackupError::Source)?;
             let summary = read.map_err(BackupError::Source)?;
             check_status(&command, status)?;
             Ok(summary)
@@ -172,13 +188,16 @@ fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Resu
     }
 }
 
-/// The running source command, so an interrupted agent can stop it rather
-/// than leave it running without a reader.
-static SOURCE_CHILD: std::sync::Mutex<Option<Arc<std::sync::Mutex<std::process::Child>>>> = std::sync::Mutex::new(None);
+type SharedChild = Arc<std::sync::Mutex<std::process::Child>>;
 
-/// Kills the source command, if one is running (on SIGINT).
-pub fn kill_source() {
-    if let Some(child) = SOURCE_CHILD.lock().expect("not poisoned").take() {
+/// The running source commands (by pid), so an interrupted agent or a
+/// stopping daemon can stop them rather than leave them without a reader.
+static SOURCE_CHILDREN: std::sync::Mutex<Vec<(u32, SharedChild)>> = std::sync::Mutex::new(Vec::new());
+
+/// Kills every running source command (on SIGINT, or when a stopping
+/// daemon abandons its backups).
+pub fn kill_sources() {
+    for (_, child) in SOURCE_CHILDREN.lock().expect("not poisoned").drain(..) {
         if let Ok(mut c) = child.try_lock() {
             let _ = c.kill();
         }
@@ -189,18 +208,16 @@ fn check_status(command: &str, status: ExitStatus) -> Result<(), BackupError> {
     if status.success() {
         return Ok(());
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::ExitStatusExt as _;
-        if let Some(sig) = status.signal() {
-            return Err(BackupError::CommandFailed {
-                command: command.into(),
-                status: format!("was killed by signal {sig}"),
-            });
-        }
+    Err(BackupError::CommandFailed { command: command.into(), status: describe_status(status) })
+}
+
+/// "exited with status N" or "was killed by signal N".
+pub fn describe_status(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    if let Some(sig) = status.signal() {
+        return format!("was killed by signal {sig}");
     }
-    let code = status.code().map_or("unknown".into(), |c| c.to_string());
-    Err(BackupError::CommandFailed { command: command.into(), status: format!("exited with status {code}") })
+    format!("exited with status {}", status.code().map_or("unknown".into(), |c| c.to_string()))
 }
 
 /// Seals and uploads chunks with at most `in_flight` at once, rolling the

@@ -2,8 +2,10 @@
 //! which key provider wraps data keys. Every key is documented in
 //! `docs/configuration.md`; unknown keys are errors.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use coffer_proto::RepoName;
 use serde::Deserialize;
 
 /// Upload requests in flight at once, unless the config says otherwise.
@@ -35,6 +37,129 @@ pub struct AgentConfig {
     /// and its requests retried.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// `coffer daemon`: health endpoint, stop timeout, sidecar socket.
+    #[serde(default)]
+    pub daemon: DaemonConfig,
+    /// Scheduled backups that `coffer daemon` runs (and `coffer run` runs once).
+    #[serde(default)]
+    pub jobs: Vec<JobConfig>,
+}
+
+/// Default seconds a stopping daemon waits for running backups.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 60;
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// A loopback address for `GET /health` (none by default).
+    pub health: Option<SocketAddr>,
+    /// How long a stop (SIGTERM, SIGINT) waits for running backups before
+    /// abandoning them (nothing of an abandoned backup is committed).
+    pub stop_timeout_secs: u64,
+    /// Sidecar mode: a Unix socket on which `coffer send` streams backups.
+    pub socket: Option<PathBuf>,
+    /// The repositories the socket may write (required with `socket`).
+    pub socket_repos: Vec<RepoName>,
+    /// The socket's file mode (default `0o660`).
+    pub socket_mode: u32,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        Self {
+            health: None,
+            stop_timeout_secs: DEFAULT_STOP_TIMEOUT_SECS,
+            socket: None,
+            socket_repos: Vec::new(),
+            socket_mode: 0o660,
+        }
+    }
+}
+
+/// One `[[jobs]]` entry: a source, a repository and a schedule.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    /// Names the job in logs, the health answer and `coffer run NAME`; it is
+    /// also the snapshot's name.
+    pub name: String,
+    pub repo: RepoName,
+    /// A cron pattern in local time: 5 fields (minute precision), or 6 with
+    /// seconds first; `@daily` and the like work too.
+    pub schedule: String,
+    /// Up to this many seconds of random delay after each scheduled time,
+    /// so many hosts on one schedule do not start together.
+    #[serde(default)]
+    pub jitter_secs: u64,
+    /// A command whose stdout is backed up (it must exit 0), or…
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// …a file or folder, backed up as a tar stream.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+}
+
+impl JobConfig {
+    /// The command whose output the job backs up.
+    pub fn argv(&self) -> Vec<String> {
+        match &self.path {
+            Some(path) => {
+                // Relative to `/`, so tar neither warns nor strips anything.
+                let relative = path.strip_prefix("/").unwrap_or(path).to_string_lossy().into_owned();
+                let relative = if relative.is_empty() { ".".to_string() } else { relative };
+                ["tar", "--create", "--file=-", "--directory=/", "--", &relative]
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect()
+            }
+            None => self.command.clone(),
+        }
+    }
+}
+
+/// Longest jitter: a day.
+const JITTER_MAX_SECS: u64 = 86_400;
+
+fn check_jobs(jobs: &[JobConfig]) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for job in jobs {
+        let ok_name = !job.name.is_empty()
+            && job.name.len() <= 64
+            && job.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !ok_name {
+            return Err(format!("jobs: name {:?} must be 1 to 64 of [A-Za-z0-9._-]", job.name));
+        }
+        if !names.insert(job.name.as_str()) {
+            return Err(format!("jobs: two jobs are named {:?}", job.name));
+        }
+        match (job.command.is_empty(), &job.path) {
+            (false, None) | (true, Some(_)) => {}
+            _ => return Err(format!("job {}: give exactly one of `command` or `path`", job.name)),
+        }
+        if job.path.as_ref().is_some_and(|p| !p.is_absolute()) {
+            return Err(format!("job {}: path must be absolute", job.name));
+        }
+        crate::daemon::parse_schedule(&job.schedule).map_err(|e| format!("job {}: {e}", job.name))?;
+        if job.jitter_secs > JITTER_MAX_SECS {
+            return Err(format!("job {}: jitter_secs is at most {JITTER_MAX_SECS}", job.name));
+        }
+    }
+    Ok(())
+}
+
+fn check_daemon(d: &DaemonConfig) -> Result<(), String> {
+    if let Some(addr) = d.health {
+        if !addr.ip().is_loopback() {
+            return Err(format!("daemon.health = {addr}: the health endpoint listens on loopback only"));
+        }
+    }
+    if d.socket.is_some() && d.socket_repos.is_empty() {
+        return Err("daemon.socket needs daemon.socket_repos: the repositories it may write".into());
+    }
+    if d.socket_mode > 0o777 {
+        return Err(format!("daemon.socket_mode = {:o}: not a file mode", d.socket_mode));
+    }
+    Ok(())
 }
 
 fn default_keepalive() -> u64 {
@@ -118,6 +243,11 @@ impl AgentConfig {
         if !(1..=256).contains(&cfg.backup.uploads_in_flight) {
             return Err(ParseError::Invalid("backup.uploads_in_flight must be 1 to 256".into()));
         }
+        if let Some(socket) = &mut cfg.daemon.socket {
+            *socket = base.join(&*socket);
+        }
+        check_daemon(&cfg.daemon).map_err(ParseError::Invalid)?;
+        check_jobs(&cfg.jobs).map_err(ParseError::Invalid)?;
         Ok(cfg)
     }
 }
@@ -179,5 +309,38 @@ master_key = "master.key"
         assert!(err.contains("masterkey"), "{err}");
         assert!(load(&GOOD.replace("https://", "http://")).is_err());
         assert!(load(&GOOD.replace("\"local\"", "\"vault\"")).is_err());
+    }
+
+    #[test]
+    fn jobs_and_daemon_are_checked() {
+        let job = |extra: &str| format!("{GOOD}\n[[jobs]]\nname = \"pg\"\nrepo = \"prod/db\"\n{extra}\n");
+        let cfg = load(&job("schedule = \"0 2 * * *\"\njitter_secs = 600\ncommand = [\"pg_dump\", \"app\"]")).unwrap();
+        assert_eq!(cfg.jobs[0].argv(), ["pg_dump", "app"]);
+        let cfg = load(&job("schedule = \"@daily\"\npath = \"/etc\"")).unwrap();
+        assert_eq!(cfg.jobs[0].argv(), ["tar", "--create", "--file=-", "--directory=/", "--", "etc"]);
+        for (bad, why) in [
+            ("schedule = \"0 2 * *\"\ncommand = [\"x\"]", "schedule"),
+            ("schedule = \"0 2 * * *\"", "exactly one"),
+            ("schedule = \"0 2 * * *\"\ncommand = [\"x\"]\npath = \"/etc\"", "exactly one"),
+            ("schedule = \"0 2 * * *\"\npath = \"etc\"", "absolute"),
+            ("schedule = \"0 2 * * *\"\ncommand = [\"x\"]\njitter_secs = 100000", "jitter"),
+        ] {
+            let err = load(&job(bad)).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        let twice = format!(
+            "{}[[jobs]]\nname = \"pg\"\nrepo = \"a\"\nschedule = \"@daily\"\ncommand = [\"y\"]\n",
+            job("schedule = \"@daily\"\ncommand = [\"x\"]")
+        );
+        assert!(load(&twice).unwrap_err().to_string().contains("two jobs"));
+        let err = load(&format!("{GOOD}\n[daemon]\nhealth = \"0.0.0.0:9187\"\n")).unwrap_err().to_string();
+        assert!(err.contains("loopback"), "{err}");
+        let err = load(&format!("{GOOD}\n[daemon]\nsocket = \"s.sock\"\n")).unwrap_err().to_string();
+        assert!(err.contains("socket_repos"), "{err}");
+        let cfg =
+            load(&format!("{GOOD}\n[daemon]\nsocket = \"s.sock\"\nsocket_repos = [\"app/db\"]\nsocket_mode = 0o600\n"))
+                .unwrap();
+        assert!(cfg.daemon.socket.unwrap().is_absolute());
+        assert_eq!(cfg.daemon.socket_mode, 0o600);
     }
 }

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use coffer_agent::backup::{self, Source};
 use coffer_agent::client::ProxyClient;
 use coffer_agent::config::{AgentConfig, KeysConfig};
+use coffer_agent::daemon::{Daemon, SendHeader, SendSource};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_agent::restore;
@@ -38,6 +39,50 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    #[command(flatten)]
+    Repo(RepoCmd),
+    /// Run the config's [[jobs]] on their schedules, and the sidecar socket
+    /// if configured, until SIGTERM or SIGINT.
+    Daemon {
+        /// How to write log lines to stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Run one configured job now and exit (for systemd timers or cron).
+    Run {
+        /// The job's name in the config.
+        job: String,
+    },
+    /// Stream a backup to a daemon's socket (sidecar mode): needs no config,
+    /// certificate or key, only access to the socket. Prints the snapshot id.
+    Send {
+        #[arg(long, env = "COFFER_SOCKET", default_value = "/run/coffer/coffer.sock")]
+        socket: PathBuf,
+        #[arg(long)]
+        repo: RepoName,
+        /// A name for the snapshot (default: the source).
+        #[arg(long)]
+        name: Option<String>,
+        /// `-` (stdin) or a file path.
+        #[arg(conflicts_with = "command")]
+        input: Option<String>,
+        /// A command whose stdout is sent, after `--`; the stream is
+        /// committed only if it exits 0.
+        #[arg(last = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands that talk to the proxy with this host's certificate.
+#[derive(Subcommand)]
+enum RepoCmd {
     /// Create a repository: its config and wrapped chunk-id key.
     Init {
         #[arg(long)]
@@ -126,11 +171,16 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| "warn".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    // The daemon and its jobs say what they do; other commands only warn.
+    let level = if matches!(cli.command, Cmd::Daemon { .. } | Cmd::Run { .. }) { "info" } else { "warn" };
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| level.into()))
+        .with_writer(std::io::stderr);
+    if matches!(cli.command, Cmd::Daemon { log_format: LogFormat::Json }) {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
     // Sealing is CPU-bound: more blocking threads than cores (plus the
     // source reader and one spare) only add malloc arenas, which showed up
     // as about 30 MiB of peak memory (docs/performance.md).
@@ -143,17 +193,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let result = runtime.block_on(async {
-        tokio::select! {
-            r = run(cli) => r,
-            // A backup commits only after its last chunk, so stopping before
-            // that leaves nothing half-committed; the source command is killed.
-            _ = tokio::signal::ctrl_c() => {
-                backup::kill_source();
-                Err(Failure(EXIT_INTERRUPTED, anyhow::anyhow!("interrupted")))
-            }
-        }
-    });
+    let result = runtime.block_on(run(cli));
     // Don't wait for a reader thread still blocked on a source that will
     // never finish (a failed backup stops reading it): exiting closes the
     // pipe, which ends a child command too.
@@ -167,16 +207,67 @@ fn main() -> ExitCode {
     }
 }
 
-/// The error and its causes, skipping a cause its parent already quotes.
-fn describe(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg = format!("{msg}: {c}");
+use coffer_agent::daemon::describe;
+
+/// Runs `f` until it ends or SIGINT. A backup commits only after its last
+/// chunk, so stopping before that leaves nothing half-committed; source
+/// commands are killed.
+async fn interruptible<T>(f: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    tokio::select! {
+        r = f => r,
+        _ = tokio::signal::ctrl_c() => {
+            backup::kill_sources();
+            Err(Failure(EXIT_INTERRUPTED, anyhow::anyhow!("interrupted")))
         }
     }
-    msg
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        // The daemon handles SIGTERM and SIGINT itself: it stops gracefully.
+        Cmd::Daemon { .. } => Ok(daemon(cli.config).await?.run().await?),
+        Cmd::Run { job } => interruptible(run_job(cli.config, job)).await,
+        Cmd::Send { socket, repo, name, input, command } => {
+            let source = match (input.as_deref(), command.is_empty()) {
+                (Some("-"), true) => SendSource::Stdin,
+                (Some(path), true) => SendSource::File(path.into()),
+                (None, false) => SendSource::Command(command),
+                _ => return Err(usage(anyhow::anyhow!("give exactly one source: `-`, a PATH, or `-- CMD [ARGS...]`"))),
+            };
+            let name = name.unwrap_or_else(|| match &source {
+                SendSource::Stdin => "stdin".into(),
+                SendSource::File(p) => p.display().to_string(),
+                SendSource::Command(argv) => argv.join(" "),
+            });
+            interruptible(send(socket, SendHeader { repo, name }, source)).await
+        }
+        Cmd::Repo(command) => interruptible(run_repo(cli.config, cli.mfa_code, command)).await,
+    }
+}
+
+/// `coffer send`: the stream to the daemon's socket, then the snapshot id.
+async fn send(socket: PathBuf, header: SendHeader, source: SendSource) -> Result<(), Failure> {
+    let sent = tokio::task::spawn_blocking(move || coffer_agent::daemon::send(&socket, &header, source));
+    let sent = sent.await.map_err(|e| anyhow::anyhow!("the sending thread failed: {e}"))??;
+    eprintln!("sent {} bytes ({} new)", sent.bytes_in, sent.bytes_new);
+    println!("{}", sent.snapshot);
+    Ok(())
+}
+
+/// The daemon for `coffer daemon` and `coffer run`: the config and its key
+/// provider; it connects to the proxy for each backup.
+async fn daemon(path: Option<PathBuf>) -> Result<Arc<Daemon>, Failure> {
+    let config = load_config(path)?;
+    let provider = key_provider(&config).await?;
+    Ok(Daemon::new(config, provider))
+}
+
+async fn run_job(path: Option<PathBuf>, name: String) -> Result<(), Failure> {
+    let daemon = daemon(path).await?;
+    let job = daemon.job(&name).ok_or_else(|| usage(anyhow::anyhow!("no job named {name:?} in the config")))?;
+    let report = daemon.run_job(job).await?;
+    println!("{}", report.id);
+    Ok(())
 }
 
 struct Ctx {
@@ -185,14 +276,22 @@ struct Ctx {
     provider: Arc<dyn KeyProvider>,
 }
 
-async fn connect(path: Option<PathBuf>, mfa_code: Option<String>) -> Result<Ctx, Failure> {
+fn load_config(path: Option<PathBuf>) -> Result<AgentConfig, Failure> {
     let path =
         path.ok_or_else(|| usage(anyhow::anyhow!("no configuration: pass --config FILE or set COFFER_CONFIG")))?;
-    let config = AgentConfig::load(&path).map_err(usage)?;
-    let provider: Arc<dyn KeyProvider> = match &config.keys {
+    AgentConfig::load(&path).map_err(usage)
+}
+
+async fn key_provider(config: &AgentConfig) -> Result<Arc<dyn KeyProvider>, Failure> {
+    Ok(match &config.keys {
         KeysConfig::Local { master_key } => Arc::new(LocalProvider::open(master_key).map_err(usage)?),
         KeysConfig::Kms(kms) => Arc::new(KmsProvider::new(kms).await),
-    };
+    })
+}
+
+async fn connect(path: Option<PathBuf>, mfa_code: Option<String>) -> Result<Ctx, Failure> {
+    let config = load_config(path)?;
+    let provider = key_provider(&config).await?;
     let client = ProxyClient::connect(&config).await?;
     let mfa_code = match mfa_code {
         Some(code) => Some(code),
@@ -232,15 +331,15 @@ fn print_json(v: &impl Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
-    let ctx = connect(cli.config, cli.mfa_code).await?;
-    match cli.command {
-        Cmd::Init { repo } => {
+async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: RepoCmd) -> Result<(), Failure> {
+    let ctx = connect(config, mfa_code).await?;
+    match command {
+        RepoCmd::Init { repo } => {
             let kek = ctx.provider.describe_key().await?.kek;
             repo::init(&ctx.client, &*ctx.provider, &repo).await?;
             println!("initialised repository {repo} (chunk-id key wrapped by {kek})");
         }
-        Cmd::Backup { repo, name, json, input, command } => {
+        RepoCmd::Backup { repo, name, json, input, command } => {
             let source = match (input.as_deref(), command.is_empty()) {
                 (Some("-"), true) => Source::Stdin,
                 (Some(path), true) => Source::File(path.into()),
@@ -251,6 +350,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Source::Stdin => "stdin".into(),
                 Source::File(p) => p.display().to_string(),
                 Source::Command(argv) => argv.join(" "),
+                Source::Reader { description, .. } => description.clone(),
             });
             let (config, repo) = ctx.open(repo).await?;
             let report = backup::run(repo, source, name, config.backup.uploads_in_flight, !json).await?;
@@ -269,7 +369,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{}", report.id);
             }
         }
-        Cmd::Restore { repo, snapshot, output } => {
+        RepoCmd::Restore { repo, snapshot, output } => {
             let (config, repo) = ctx.open(repo).await?;
             let in_flight = config.backup.uploads_in_flight;
             match output {
@@ -280,7 +380,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 Some(path) => restore_to_file(repo, snapshot, &path, in_flight).await?,
             }
         }
-        Cmd::Snapshots { repo, json } => {
+        RepoCmd::Snapshots { repo, json } => {
             let (_, repo) = ctx.open(repo).await?;
             let list = list_snapshots(&repo).await?;
             if json {
@@ -293,7 +393,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 }
             }
         }
-        Cmd::Verify { repo, snapshot } => {
+        RepoCmd::Verify { repo, snapshot } => {
             let (config, repo) = ctx.open(repo).await?;
             let ids = match snapshot {
                 Some(id) => vec![id],
@@ -307,8 +407,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks);
             }
         }
-        Cmd::Whoami => print_json(&ctx.client.whoami().await?)?,
-        Cmd::Key { command: KeyCmd::Rotate { repo } } => {
+        RepoCmd::Whoami => print_json(&ctx.client.whoami().await?)?,
+        RepoCmd::Key { command: KeyCmd::Rotate { repo } } => {
             let id = repo::rotate(&ctx.client, &*ctx.provider, &repo).await?;
             println!("repository {repo}: new chunk-id key epoch {id}; deduplication starts over from the next backup");
         }

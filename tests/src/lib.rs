@@ -471,6 +471,17 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// `GET path` on a loopback port over HTTP/1.1: the whole response, head
+/// and body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::Read as _;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
 /// An HTTP/1 relay in front of the S3 emulator that answers some requests
 /// itself with `503 SlowDown`, as S3 does under load, and forwards the rest.
 pub struct FaultRelay {

@@ -1,24 +1,9 @@
 //! Metrics on their own listener, and alerts to a webhook.
-
-use std::io::{Read as _, Write as _};
-
-use coffer_tests::{coffer, random_bytes, DevProxy};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use coffer_tests::{coffer, free_port, http_get, random_bytes, DevProxy};
 
 /// Restarts `p` with `toml` appended to its config.
 fn reconfigured(p: DevProxy, toml: &str) -> DevProxy {
     p.restarted(|text| format!("{text}\n{toml}\n"))
-}
-
-fn http_get(port: u16, path: &str) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    out
 }
 
 #[test]

@@ -1,0 +1,242 @@
+//! `coffer daemon`: scheduled jobs, the health endpoint, the sidecar socket
+//! with `coffer send`, and graceful stop, over real processes.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use coffer_tests::{bin, coffer, free_port, http_get, random_bytes, DevProxy};
+
+/// A running `coffer daemon`, killed on drop.
+struct Daemon {
+    child: Child,
+    health_port: u16,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts a daemon with the writer's config plus `toml` (which may use
+    /// `{health}` for the health address).
+    fn start(p: &DevProxy, name: &str, toml: &str) -> Self {
+        let health_port = free_port();
+        let text = std::fs::read_to_string(p.writer()).unwrap();
+        let toml = toml.replace("{health}", &format!("127.0.0.1:{health_port}"));
+        let config = p.dir.join(format!("{name}.toml"));
+        std::fs::write(&config, format!("{text}\n{toml}\n")).unwrap();
+        let log = p.dir.join(format!("{name}.log"));
+        let child = Command::new(bin("coffer"))
+            .args(["daemon", "--log-format", "json", "--config"])
+            .arg(&config)
+            .env("COFFER_RETRY_DEADLINE_SECS", "2")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let d = Daemon { child, health_port, log };
+        d.wait_for("the health endpoint", |_| true);
+        d
+    }
+
+    fn health(&self) -> Option<serde_json::Value> {
+        std::net::TcpStream::connect(("127.0.0.1", self.health_port)).ok()?;
+        let response = http_get(self.health_port, "/health");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        serde_json::from_str(response.split_once("\r\n\r\n")?.1).ok()
+    }
+
+    /// Polls the health answer until `pred` holds (30 s at most).
+    fn wait_for(&self, what: &str, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(h) = self.health() {
+                if pred(&h) {
+                    return h;
+                }
+            }
+            assert!(Instant::now() < deadline, "waited 30 s for {what}; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then the exit status and how long the stop took.
+    fn stop(&mut self) -> (std::process::ExitStatus, Duration) {
+        let t = Instant::now();
+        assert!(Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap().success());
+        let deadline = t + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, t.elapsed());
+            }
+            assert!(Instant::now() < deadline, "the daemon did not stop; log:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn snapshots(p: &DevProxy, repo: &str) -> Vec<String> {
+    let list = coffer(&p.reader(), &["snapshots", "--repo", repo, "--json"], None).json();
+    list.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn scheduled_jobs_run_and_one_failing_never_stops_another() {
+    let p = DevProxy::start();
+    for repo in ["dev/good", "dev/bad"] {
+        coffer(&p.writer(), &["init", "--repo", repo], None).ok();
+    }
+    let file = p.dir.join("data.bin");
+    let data = random_bytes("daemon", 1 << 20);
+    std::fs::write(&file, &data).unwrap();
+    let mut d = Daemon::start(
+        &p,
+        "jobs",
+        &format!(
+            r#"
+[daemon]
+health = "{{health}}"
+[[jobs]]
+name = "good"
+repo = "dev/good"
+schedule = "* * * * * *"
+jitter_secs = 1
+command = ["cat", "{}"]
+[[jobs]]
+name = "bad"
+repo = "dev/bad"
+schedule = "* * * * * *"
+command = ["sh", "-c", "echo partial; exit 3"]
+"#,
+            file.display()
+        ),
+    );
+    let h = d.wait_for("two runs of each job", |h| {
+        h["jobs"]["good"]["runs"].as_u64() >= Some(2) && h["jobs"]["bad"]["failures"].as_u64() >= Some(2)
+    });
+    assert_eq!(h["status"], "failing", "{h}");
+    assert_eq!(h["jobs"]["good"]["last_error"], serde_json::Value::Null, "{h}");
+    assert_eq!(h["jobs"]["good"]["failures"], 0, "{h}");
+    assert!(h["jobs"]["bad"]["last_error"].as_str().unwrap().contains("exited with status 3"), "{h}");
+    assert!(h["jobs"]["good"]["next_run"].as_u64().is_some(), "{h}");
+
+    let (status, _) = d.stop();
+    assert!(status.success(), "{status}; log:\n{}", d.log());
+    let good = snapshots(&p, "dev/good");
+    assert!(good.len() >= 2, "{good:?}");
+    assert!(snapshots(&p, "dev/bad").is_empty(), "a failed job commits nothing");
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/good", good.last().unwrap()], None);
+    assert!(restored.stdout == data, "a scheduled backup restores bit-exact");
+
+    // Structured logs: one JSON object per line, naming the job.
+    let log = d.log();
+    let events: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(events.iter().any(|e| e["fields"]["message"] == "backup committed" && e["fields"]["job"] == "good"));
+    assert!(events.iter().any(|e| e["fields"]["job"] == "bad" && e["level"] == "ERROR"));
+
+    // `coffer run NAME` runs one job once, for timers.
+    let once = coffer(&p.writer().with_file_name("jobs.toml"), &["run", "good"], None).last_line();
+    assert!(snapshots(&p, "dev/good").contains(&once));
+    let missing = coffer(&p.writer().with_file_name("jobs.toml"), &["run", "nope"], None);
+    assert_eq!(missing.code(), 64, "{}", missing.stderr);
+}
+
+fn send(socket: &Path, repo: &str, args: &[&str], stdin: Option<&[u8]>) -> coffer_tests::Run {
+    // No agent config at all: the sender needs only the socket.
+    let mut all = vec!["send", "--socket", socket.to_str().unwrap(), "--repo", repo];
+    all.extend_from_slice(args);
+    coffer(Path::new("/nonexistent/agent.toml"), &all, stdin)
+}
+
+#[test]
+fn the_sidecar_socket_takes_streams_from_senders_without_certificates() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/side"], None).ok();
+    let socket = p.dir.join("coffer.sock");
+    let d = Daemon::start(
+        &p,
+        "sidecar",
+        &format!("[daemon]\nhealth = \"{{health}}\"\nsocket = \"{}\"\nsocket_repos = [\"dev/side\"]", socket.display()),
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
+
+    let data = random_bytes("side", 3 << 20);
+    let sent = send(&socket, "dev/side", &["--name", "pg_dump", "-"], Some(&data));
+    let id = sent.last_line();
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/side", &id], None);
+    assert!(restored.stdout == data, "a streamed backup restores bit-exact");
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/side", "--json"], None).json();
+    assert_eq!(listed[0]["name"], "pg_dump");
+
+    let other = send(&socket, "dev/other", &["-"], Some(b"x"));
+    assert_eq!(other.code(), 1);
+    assert!(other.stderr.contains("may not write repository dev/other"), "{}", other.stderr);
+
+    let failed = send(&socket, "dev/side", &["--", "sh", "-c", "echo partial; exit 3"], None);
+    assert_eq!(failed.code(), 1);
+    assert!(failed.stderr.contains("exited with status 3") && failed.stderr.contains("nothing was committed"));
+
+    // A sender killed half way: the daemon commits nothing.
+    let mut child = Command::new(bin("coffer"))
+        .args(["send", "--socket", socket.to_str().unwrap(), "--repo", "dev/side", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.as_mut().unwrap().write_all(&data[..1 << 20]).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let h = d.wait_for("the socket's counters", |h| h["socket"]["failed"] == 3 && h["socket"]["running"] == 0);
+    assert_eq!(h["socket"]["committed"], 1, "{h}");
+    assert_eq!(snapshots(&p, "dev/side"), [id], "only the complete stream was committed");
+    assert!(d.log().contains("the sender stopped before the end of its stream"), "{}", d.log());
+}
+
+#[test]
+fn a_stop_finishes_a_short_backup_and_abandons_a_long_one() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/stop"], None).ok();
+    let job = |stop_timeout: u32, sleep: u32| {
+        format!(
+            r#"
+[daemon]
+health = "{{health}}"
+stop_timeout_secs = {stop_timeout}
+[[jobs]]
+name = "slow"
+repo = "dev/stop"
+schedule = "* * * * * *"
+command = ["sh", "-c", "head -c 100000 /dev/urandom; exec sleep {sleep}"]
+"#
+        )
+    };
+    // Stopped while a 2 s job runs, with 30 s to finish: it commits.
+    let mut d = Daemon::start(&p, "finish", &job(30, 2));
+    d.wait_for("the job to start", |h| h["jobs"]["slow"]["running"] == true);
+    let (status, _) = d.stop();
+    assert!(status.success(), "{}", d.log());
+    assert_eq!(snapshots(&p, "dev/stop").len(), 1, "the running backup finished: {}", d.log());
+
+    // Stopped while a 60 s job runs, with 1 s to finish: abandoned.
+    let mut d = Daemon::start(&p, "abandon", &job(1, 60));
+    d.wait_for("the job to start", |h| h["jobs"]["slow"]["running"] == true);
+    let (status, took) = d.stop();
+    assert!(status.success(), "{}", d.log());
+    assert!(took < Duration::from_secs(10), "the stop took {took:?}");
+    assert!(d.log().contains("abandoning"), "{}", d.log());
+    assert_eq!(snapshots(&p, "dev/stop").len(), 1, "nothing of the abandoned backup is committed");
+}
