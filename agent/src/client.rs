@@ -192,6 +192,12 @@ impl ProxyClient {
     }
 }
 
+/// Checks what connecting would need, without connecting: the proxy URL,
+/// the CA, the certificate and its key (for `coffer --check-config`).
+pub fn check_tls(cfg: &AgentConfig) -> Result<(), ClientError> {
+    Endpoint::new(cfg).map(drop)
+}
+
 /// One TLS connection to the proxy as this agent (ALPN `h2`), for tools and
 /// tests that speak HTTP/2 themselves; no retries.
 pub async fn tls_stream(cfg: &AgentConfig) -> Result<tokio_rustls::client::TlsStream<TcpStream>, ClientError> {

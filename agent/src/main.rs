@@ -33,8 +33,12 @@ struct Cli {
     /// A TOTP code, for repositories whose policy asks for MFA.
     #[arg(long, global = true, env = "COFFER_MFA_CODE", hide_env_values = true)]
     mfa_code: Option<String>,
+    /// Check the configuration (the file, the certificate and key, the key
+    /// provider, the jobs' schedules) without connecting, and exit.
+    #[arg(long)]
+    check_config: bool,
     #[command(subcommand)]
-    command: Cmd,
+    command: Option<Cmd>,
 }
 
 #[derive(Subcommand)]
@@ -172,11 +176,11 @@ fn main() -> ExitCode {
         }
     };
     // The daemon and its jobs say what they do; other commands only warn.
-    let level = if matches!(cli.command, Cmd::Daemon { .. } | Cmd::Run { .. }) { "info" } else { "warn" };
+    let level = if matches!(cli.command, Some(Cmd::Daemon { .. } | Cmd::Run { .. })) { "info" } else { "warn" };
     let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COFFER_LOG").unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr);
-    if matches!(cli.command, Cmd::Daemon { log_format: LogFormat::Json }) {
+    if matches!(cli.command, Some(Cmd::Daemon { log_format: LogFormat::Json })) {
         logs.json().init();
     } else {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
@@ -223,7 +227,13 @@ async fn interruptible<T>(f: impl std::future::Future<Output = Result<T, Failure
 }
 
 async fn run(cli: Cli) -> Result<(), Failure> {
-    match cli.command {
+    if cli.check_config {
+        return check_config(cli.config).await;
+    }
+    let Some(command) = cli.command else {
+        return Err(usage(anyhow::anyhow!("no command: see `coffer --help`")));
+    };
+    match command {
         // The daemon handles SIGTERM and SIGINT itself: it stops gracefully.
         Cmd::Daemon { .. } => Ok(daemon(cli.config).await?.run().await?),
         Cmd::Run { job } => interruptible(run_job(cli.config, job)).await,
@@ -243,6 +253,34 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         }
         Cmd::Repo(command) => interruptible(run_repo(cli.config, cli.mfa_code, command)).await,
     }
+}
+
+/// `coffer --check-config`: everything a backup would read before it
+/// connects, and when each job runs next.
+async fn check_config(path: Option<PathBuf>) -> Result<(), Failure> {
+    let shown = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
+    let config = load_config(path)?;
+    coffer_agent::client::check_tls(&config).map_err(usage)?;
+    let kek = match &config.keys {
+        KeysConfig::Local { master_key } => {
+            LocalProvider::open(master_key).map_err(usage)?;
+            format!("the local master key {}", master_key.display())
+        }
+        KeysConfig::Kms(kms) => format!("KMS key {} (not contacted)", kms.key_id),
+    };
+    println!("{shown}: ok");
+    println!("  proxy {} as {}, data keys wrapped by {kek}", config.proxy, config.cert.display());
+    if let Some(socket) = &config.daemon.socket {
+        let repos: Vec<String> = config.daemon.socket_repos.iter().map(ToString::to_string).collect();
+        println!("  socket {} for {}", socket.display(), repos.join(", "));
+    }
+    for job in &config.jobs {
+        let next = coffer_agent::daemon::parse_schedule(&job.schedule)
+            .and_then(|c| c.find_next_occurrence(&chrono::Local::now(), false).map_err(|e| e.to_string()))
+            .map_or_else(|e| e, |t| t.to_rfc3339());
+        println!("  job {} → {}: `{}`, next {next}", job.name, job.repo, job.argv().join(" "));
+    }
+    Ok(())
 }
 
 /// `coffer send`: the stream to the daemon's socket, then the snapshot id.

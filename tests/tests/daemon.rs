@@ -240,3 +240,23 @@ command = ["sh", "-c", "head -c 100000 /dev/urandom; exec sleep {sleep}"]
     assert!(d.log().contains("abandoning"), "{}", d.log());
     assert_eq!(snapshots(&p, "dev/stop").len(), 1, "nothing of the abandoned backup is committed");
 }
+
+#[test]
+fn check_config_reads_everything_a_backup_needs_without_connecting() {
+    let p = DevProxy::start();
+    let text = std::fs::read_to_string(p.writer()).unwrap();
+    let config = p.dir.join("check.toml");
+    let jobs = "[[jobs]]\nname = \"etc\"\nrepo = \"dev/etc\"\nschedule = \"@daily\"\npath = \"/etc\"\n";
+    std::fs::write(&config, format!("{text}\n{jobs}")).unwrap();
+    let ok = coffer(&config, &["--check-config"], None);
+    let out = ok.ok();
+    assert!(out.contains("check.toml: ok"), "{out}");
+    assert!(out.contains("job etc → dev/etc: `tar --create --file=- --directory=/ -- etc`, next "), "{out}");
+
+    // A certificate that is not there is named, with the usage exit code.
+    let missing = p.dir.join("missing.toml");
+    std::fs::write(&missing, text.replace("writer.pem", "gone.pem")).unwrap();
+    let bad = coffer(&missing, &["--check-config"], None);
+    assert_eq!(bad.code(), 64);
+    assert!(bad.stderr.contains("gone.pem"), "{}", bad.stderr);
+}
