@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Builds the coffer-agent and coffer-proxy .deb packages from static musl
-# binaries and checks them for real on this machine (as root): lintian,
-# the systemd units (systemd-analyze verify and security), install with
-# dpkg, --version and --check-config as the service users, an upgrade that
-# keeps an edited conffile, remove, and a purge that leaves nothing behind.
-# Installs its tools when missing (the musl target, musl-tools, lintian,
-# cargo-deb pinned). Packages are left in $CARGO_TARGET_DIR/packages.
+# Builds the coffer-agent and coffer-proxy .deb and .rpm packages from
+# static musl binaries and checks them for real (as root). The .debs on this
+# machine: lintian, the systemd units (systemd-analyze verify and security),
+# install with dpkg, --version and --check-config as the service users, an
+# upgrade that keeps an edited conffile, remove, and a purge that leaves
+# nothing behind. The .rpms: rpm -K, rpmlint, and install, verify, upgrade
+# and erase into a scratch Debian root (debootstrap minbase, cached), where
+# their scriptlets really run. Installs its tools when missing (the musl
+# target, musl-tools, lintian, rpm, rpmlint, debootstrap, cargo-deb and
+# cargo-generate-rpm pinned). Packages are left in $CARGO_TARGET_DIR/packages.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "check-packages: needs root (dpkg -i)" >&2; exit 1; }
 
 TARGET=x86_64-unknown-linux-musl
+PROFILE=dist
 CARGO_DEB_VERSION=3.8.0
+CARGO_GENERATE_RPM_VERSION=0.21.1
+# A pristine minbase root for the rpm checks, made once and copied per run.
+ROOTFS="${COFFER_ROOTFS:-/var/tmp/coffer-rootfs-bookworm}"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 out="$target_dir/packages"
 say() { printf '== %s\n' "$*"; }
@@ -21,24 +28,35 @@ rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGE
 missing=()
 command -v musl-gcc >/dev/null || missing+=(musl-tools)
 command -v lintian >/dev/null || missing+=(lintian)
+command -v rpm >/dev/null || missing+=(rpm)
+command -v rpmlint >/dev/null || missing+=(rpmlint)
+command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
     cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
 fi
+if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION" ]; then
+    cargo install --locked cargo-generate-rpm --version "$CARGO_GENERATE_RPM_VERSION"
+fi
 
-say "static release binaries ($TARGET)"
-cargo build --release --locked --target "$TARGET" -p coffer-agent -p coffer-proxy --bins
+say "static binaries ($TARGET, profile $PROFILE)"
+cargo build --profile "$PROFILE" --locked --target "$TARGET" -p coffer-agent -p coffer-proxy --bins
 for b in coffer coffer-proxy; do
-    file -L "$target_dir/$TARGET/release/$b" | grep -q "static" || fail "$b is not statically linked"
+    file -L "$target_dir/$TARGET/$PROFILE/$b" | grep -q "static.*stripped" || fail "$b is not static and stripped"
 done
 
 say "packages: two versions of each, for the upgrade"
 rm -rf "$out" && mkdir -p "$out"
 for pkg in coffer-agent coffer-proxy; do
     for v in 0.1.0-1 0.1.0-2; do
-        cargo deb -p "$pkg" --target "$TARGET" --no-build --deb-version "$v" -o "$out/${pkg}_$v.deb" >/dev/null
+        cargo deb -p "$pkg" --target "$TARGET" --profile "$PROFILE" --no-build --deb-version "$v" \
+            -o "$out/${pkg}_$v.deb" >/dev/null
+    done
+    for release in 1 2; do
+        cargo generate-rpm -p "${pkg#coffer-}" --target "$TARGET" --profile "$PROFILE" \
+            -s "release = \"$release\"" -o "$out/$pkg-0.1.0-$release.x86_64.rpm" >/dev/null
     done
 done
 
@@ -133,4 +151,39 @@ left=$(ls -d /etc/coffer /var/lib/coffer /var/lib/coffer-proxy /run/coffer /lib/
 ! getent passwd coffer >/dev/null && ! getent passwd coffer-proxy >/dev/null || fail "service users left after purge"
 ! getent group coffer >/dev/null || fail "group coffer left after purge"
 dpkg-statoverride --list | grep -q /etc/coffer && fail "statoverrides left after purge"
-say "packages ok: $(ls "$out")"
+
+say "rpm -K and rpmlint"
+for pkg in coffer-agent coffer-proxy; do
+    rpm -K "$out/$pkg-0.1.0-2.x86_64.rpm" | grep -q "digests OK" || fail "rpm -K $pkg"
+done
+rpmlint -r packaging/rpm/rpmlintrc "$out"/*-0.1.0-2.x86_64.rpm >"$scratch/rpmlint.txt" 2>&1 \
+    || { cat "$scratch/rpmlint.txt"; fail "rpmlint"; }
+
+say "rpm install, verify, upgrade and erase in a scratch root"
+if [ ! -x "$ROOTFS/usr/sbin/useradd" ]; then
+    rm -rf "$ROOTFS.tmp"
+    debootstrap --variant=minbase bookworm "$ROOTFS.tmp" http://deb.debian.org/debian >/dev/null
+    mv "$ROOTFS.tmp" "$ROOTFS"
+fi
+root="$scratch/root"
+cp -a "$ROOTFS" "$root"
+in_root() { rpm --root "$root" --dbpath /var/lib/rpm "$@"; }
+in_root --initdb
+in_root -i --nodeps "$out/coffer-agent-0.1.0-1.x86_64.rpm" "$out/coffer-proxy-0.1.0-1.x86_64.rpm"
+grep -q '^coffer:' "$root/etc/passwd" && grep -q '^coffer-proxy:' "$root/etc/passwd" || fail "rpm %pre made no users"
+[ "$(stat -c '%a' "$root/etc/coffer/agent.toml")" = 640 ] || fail "rpm: agent.toml mode"
+[ "$(stat -c '%g' "$root/etc/coffer/agent.toml")" = "$(grep '^coffer:' "$root/etc/group" | cut -d: -f3)" ] \
+    || fail "rpm: agent.toml is not in group coffer"
+[ -d "$root/var/lib/coffer-proxy" ] || fail "rpm %post made no state folder"
+chroot "$root" /usr/bin/coffer --version | grep -q "^coffer " || fail "coffer --version in the scratch root"
+in_root -V --nodeps coffer-agent coffer-proxy || fail "rpm -V after install"
+echo '# edited by the admin' >>"$root/etc/coffer/agent.toml"
+in_root -U --nodeps "$out/coffer-agent-0.1.0-2.x86_64.rpm" "$out/coffer-proxy-0.1.0-2.x86_64.rpm"
+[ "$(in_root -q --qf '%{RELEASE}' coffer-agent)" = 2 ] || fail "rpm upgrade"
+grep -q '^# edited by the admin$' "$root/etc/coffer/agent.toml" || fail "rpm upgrade replaced the edited config"
+in_root -e coffer-agent coffer-proxy
+left=$(cd "$root" && ls -d etc/coffer/* var/lib/coffer var/lib/coffer-proxy usr/bin/coffer* usr/lib/systemd/system/coffer* 2>/dev/null || true)
+# rpm keeps an edited config as .rpmsave, as it does for every package.
+[ "$left" = "etc/coffer/agent.toml.rpmsave" ] || fail "left after rpm -e: $left"
+! grep -q '^coffer' "$root/etc/passwd" || fail "rpm %postun left the users"
+say "packages ok: $(cd "$out" && echo *)"
