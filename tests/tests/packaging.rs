@@ -71,3 +71,20 @@ fn the_units_command_lines_are_accepted() {
         assert!(text.contains("CapabilityBoundingSet=\n"), "{unit}: no capabilities");
     }
 }
+
+/// The agent config in the Kubernetes example's ConfigMap.
+#[test]
+fn the_kubernetes_example_configures_a_valid_sidecar() {
+    let manifest = read("packaging/kubernetes/postgres-with-coffer.yaml");
+    let text: String = manifest
+        .lines()
+        .skip_while(|l| *l != "  agent.toml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    let config = AgentConfig::parse(&text, Path::new("/etc/coffer")).unwrap_or_else(|e| panic!("{e:?}\n{text}"));
+    assert_eq!(config.daemon.socket.as_deref(), Some(Path::new("/run/coffer/coffer.sock")));
+    assert_eq!(config.daemon.socket_repos.len(), 1);
+    assert!(manifest.contains("coffer send --repo prod/app-db"), "the example streams into the socket's repository");
+}
