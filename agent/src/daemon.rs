@@ -417,16 +417,6 @@ fn blocking_halves(stream: UnixStream) -> io::Result<(std::os::unix::net::UnixSt
     Ok((stream, answer))
 }
 
-/// Where `coffer send` reads its stream from.
-#[derive(Debug)]
-pub enum SendSource {
-    Stdin,
-    File(PathBuf),
-    /// A command whose stdout is sent; the stream ends (and can be
-    /// committed) only if it exits 0.
-    Command(Vec<String>),
-}
-
 /// What the daemon committed for a `coffer send`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sent {
@@ -436,9 +426,9 @@ pub struct Sent {
 }
 
 /// `coffer send`: streams `source` to the daemon's socket and returns what
-/// it committed. If the source fails, the end frame is never sent, so the
-/// daemon commits nothing.
-pub fn send(socket: &Path, header: &SendHeader, source: SendSource) -> anyhow::Result<Sent> {
+/// it committed. If the source fails (a command exits non-zero, say), the
+/// end frame is never sent, so the daemon commits nothing.
+pub fn send(socket: &Path, header: &SendHeader, source: Source) -> anyhow::Result<Sent> {
     let stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to the daemon's socket {}", socket.display()))?;
     let mut replies = io::BufReader::new(stream.try_clone()?);
@@ -450,12 +440,15 @@ pub fn send(socket: &Path, header: &SendHeader, source: SendSource) -> anyhow::R
     }
     let mut frames = io::BufWriter::with_capacity(FRAME_MAX / 4, FrameWriter(&stream));
     let streamed = match source {
-        SendSource::Stdin => io::copy(&mut io::stdin().lock(), &mut frames).context("sending stdin").map(drop),
-        SendSource::File(path) => std::fs::File::open(&path)
+        Source::Stdin => io::copy(&mut io::stdin().lock(), &mut frames).context("sending stdin").map(drop),
+        Source::File(path) => std::fs::File::open(&path)
             .with_context(|| format!("opening {}", path.display()))
             .and_then(|mut f| io::copy(&mut f, &mut frames).with_context(|| format!("sending {}", path.display())))
             .map(drop),
-        SendSource::Command(argv) => send_command(&argv, &mut frames),
+        Source::Command(argv) => send_command(&argv, &mut frames),
+        Source::Reader { description, mut reader } => {
+            io::copy(&mut reader, &mut frames).with_context(|| format!("sending {description}")).map(drop)
+        }
     };
     let ended = streamed.and_then(|()| {
         let frames = frames.into_inner().map_err(|e| e.into_error()).context("sending the stream")?;

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use coffer_agent::backup::{self, Source};
 use coffer_agent::client::ProxyClient;
 use coffer_agent::config::{AgentConfig, KeysConfig};
-use coffer_agent::daemon::{Daemon, SendHeader, SendSource};
+use coffer_agent::daemon::{Daemon, SendHeader};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_agent::restore;
@@ -238,17 +238,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         Cmd::Daemon { .. } => Ok(daemon(cli.config).await?.run().await?),
         Cmd::Run { job } => interruptible(run_job(cli.config, job)).await,
         Cmd::Send { socket, repo, name, input, command } => {
-            let source = match (input.as_deref(), command.is_empty()) {
-                (Some("-"), true) => SendSource::Stdin,
-                (Some(path), true) => SendSource::File(path.into()),
-                (None, false) => SendSource::Command(command),
-                _ => return Err(usage(anyhow::anyhow!("give exactly one source: `-`, a PATH, or `-- CMD [ARGS...]`"))),
-            };
-            let name = name.unwrap_or_else(|| match &source {
-                SendSource::Stdin => "stdin".into(),
-                SendSource::File(p) => p.display().to_string(),
-                SendSource::Command(argv) => argv.join(" "),
-            });
+            let (source, name) = source_and_name(input, command, name)?;
             interruptible(send(socket, SendHeader { repo, name }, source)).await
         }
         Cmd::Repo(command) => interruptible(run_repo(cli.config, cli.mfa_code, command)).await,
@@ -283,8 +273,30 @@ async fn check_config(path: Option<PathBuf>) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The one source of `backup` and `send` (`-`, a PATH, or `-- CMD`), and
+/// the snapshot's name: the one given, else the source.
+fn source_and_name(
+    input: Option<String>,
+    command: Vec<String>,
+    name: Option<String>,
+) -> Result<(Source, String), Failure> {
+    let source = match (input.as_deref(), command.is_empty()) {
+        (Some("-"), true) => Source::Stdin,
+        (Some(path), true) => Source::File(path.into()),
+        (None, false) => Source::Command(command),
+        _ => return Err(usage(anyhow::anyhow!("give exactly one source: `-`, a PATH, or `-- CMD [ARGS...]`"))),
+    };
+    let name = name.unwrap_or_else(|| match &source {
+        Source::Stdin => "stdin".into(),
+        Source::File(p) => p.display().to_string(),
+        Source::Command(argv) => argv.join(" "),
+        Source::Reader { description, .. } => description.clone(),
+    });
+    Ok((source, name))
+}
+
 /// `coffer send`: the stream to the daemon's socket, then the snapshot id.
-async fn send(socket: PathBuf, header: SendHeader, source: SendSource) -> Result<(), Failure> {
+async fn send(socket: PathBuf, header: SendHeader, source: Source) -> Result<(), Failure> {
     let sent = tokio::task::spawn_blocking(move || coffer_agent::daemon::send(&socket, &header, source));
     let sent = sent.await.map_err(|e| anyhow::anyhow!("the sending thread failed: {e}"))??;
     eprintln!("sent {} bytes ({} new)", sent.bytes_in, sent.bytes_new);
@@ -378,18 +390,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
             println!("initialised repository {repo} (chunk-id key wrapped by {kek})");
         }
         RepoCmd::Backup { repo, name, json, input, command } => {
-            let source = match (input.as_deref(), command.is_empty()) {
-                (Some("-"), true) => Source::Stdin,
-                (Some(path), true) => Source::File(path.into()),
-                (None, false) => Source::Command(command),
-                _ => return Err(usage(anyhow::anyhow!("give exactly one source: `-`, a PATH, or `-- CMD [ARGS...]`"))),
-            };
-            let name = name.unwrap_or_else(|| match &source {
-                Source::Stdin => "stdin".into(),
-                Source::File(p) => p.display().to_string(),
-                Source::Command(argv) => argv.join(" "),
-                Source::Reader { description, .. } => description.clone(),
-            });
+            let (source, name) = source_and_name(input, command, name)?;
             let (config, repo) = ctx.open(repo).await?;
             let report = backup::run(repo, source, name, config.backup.uploads_in_flight, !json).await?;
             if json {
