@@ -36,8 +36,14 @@ trap 'podman rm -f "$name" >/dev/null 2>&1 || true' EXIT
 podman run -d --name "$name" --systemd=always --privileged --network=none \
     -v "$out:/packages:ro" "$IMAGE" /lib/systemd/systemd >/dev/null
 in_c() { podman exec "$name" "$@"; }
-state=$(in_c systemctl is-system-running --wait 2>/dev/null || true)
-case "$state" in running | degraded) ;; *) fail "systemd in the container is $state" ;; esac
+# Until systemd is up, exec may fail or report "starting"; give it 60 s.
+state=unknown
+for _ in $(seq 120); do
+    state=$(in_c systemctl is-system-running 2>&1 || true)
+    case "$state" in running | degraded) break ;; esac
+    sleep 0.5
+done
+case "$state" in running | degraded) ;; *) fail "systemd in the container is not up: $state" ;; esac
 
 say "install, certificates, configuration"
 in_c dpkg -i /packages/coffer-agent_0.1.0-2.deb /packages/coffer-proxy_0.1.0-2.deb >/dev/null
