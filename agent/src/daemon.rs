@@ -543,7 +543,15 @@ fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
 
 async fn serve_health(daemon: Arc<Daemon>, listener: TcpListener) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                tracing::warn!("accepting on the health endpoint: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let d = daemon.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
