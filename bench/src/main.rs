@@ -48,6 +48,23 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// One backup of a generated stream piped straight into the agent, at
+    /// full speed or at `--rate`, sampling the agent's memory every second:
+    /// does it stay flat for a very long or a trickling stream?
+    Stream {
+        /// SIZE,KIND as for e2e (e.g. 20GiB,mixed); nothing is written to disk but the store.
+        #[arg(long)]
+        generate: String,
+        /// Feed at most this many bytes per second (e.g. 1MB), as a slow producer would.
+        #[arg(long)]
+        rate: Option<String>,
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long)]
+        work: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Serialize)]
@@ -93,24 +110,25 @@ struct Report {
 }
 
 fn main() {
-    let Cmd::E2e { data, generate, bin_dir, work, peers, json } = Cli::parse().cmd;
-    match e2e(data, generate, bin_dir, work, peers) {
-        Ok(report) if json => println!("{}", serde_json::to_string_pretty(&report).expect("plain data")),
-        Ok(report) => print_table(&report),
-        Err(e) => {
-            eprintln!("coffer-bench: {e}");
-            std::process::exit(1);
-        }
+    let result =
+        match Cli::parse().cmd {
+            Cmd::E2e { data, generate, bin_dir, work, peers, json } => e2e(data, generate, bin_dir, work, peers)
+                .map(|r| if json { println!("{}", to_json(&r)) } else { print_table(&r) }),
+            Cmd::Stream { generate, rate, bin_dir, work, json } => stream(&generate, rate.as_deref(), bin_dir, work)
+                .map(|r| if json { println!("{}", to_json(&r)) } else { print_stream(&r) }),
+        };
+    if let Err(e) = result {
+        eprintln!("coffer-bench: {e}");
+        std::process::exit(1);
     }
 }
 
-fn e2e(
-    data: Option<PathBuf>,
-    generate: Option<String>,
-    bin_dir: Option<PathBuf>,
-    work: Option<PathBuf>,
-    with_peers: bool,
-) -> Result<Report, String> {
+fn to_json(v: &impl Serialize) -> String {
+    serde_json::to_string_pretty(v).expect("plain data")
+}
+
+/// Where `coffer` and `coffer-proxy` are: `--bin-dir`, else beside this program.
+fn find_bins(bin_dir: Option<PathBuf>) -> Result<PathBuf, String> {
     let bins = match bin_dir {
         Some(d) => d,
         None => std::env::current_exe().map_err(|e| e.to_string())?.parent().ok_or("no bin dir")?.to_path_buf(),
@@ -123,6 +141,155 @@ fn e2e(
             ));
         }
     }
+    Ok(bins)
+}
+
+#[derive(Serialize)]
+struct StreamReport {
+    data: String,
+    rate_bytes_per_sec: Option<u64>,
+    bytes: u64,
+    secs: f64,
+    mb_per_sec: f64,
+    agent_cpu_secs: f64,
+    agent_peak_rss_mib: f64,
+    /// The agent's resident set once a second, MiB.
+    agent_rss_mib: Vec<f64>,
+    proxy_peak_rss_mib: f64,
+}
+
+fn stream(
+    spec: &str,
+    rate: Option<&str>,
+    bin_dir: Option<PathBuf>,
+    work: Option<PathBuf>,
+) -> Result<StreamReport, String> {
+    let bins = find_bins(bin_dir)?;
+    let (size, kind) = spec.split_once(',').ok_or("--generate wants SIZE,KIND, e.g. 20GiB,mixed")?;
+    let (size, kind) = (parse_size(size)?, kind.parse::<data::Kind>()?);
+    let rate = rate.map(parse_size).transpose()?;
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let proxy = Proxy::start(&bins.join("coffer-proxy"), &work.join("proxy"))?;
+    let config = work.join("proxy").join("agent.toml");
+    timed(Command::new(bins.join("coffer")).arg("--config").arg(&config).args(["init", "--repo", REPO]), None, None)?;
+
+    let started = std::time::Instant::now();
+    let mut agent = Command::new(bins.join("coffer"))
+        .arg("--config")
+        .arg(&config)
+        .args(["backup", "--repo", REPO, "--json", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pid = agent.id();
+    let pipe = agent.stdin.take().expect("piped");
+    let feeder = std::thread::spawn(move || {
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, Paced::new(pipe, rate));
+        data::generate(kind, size, &mut out).and_then(|()| out.flush())
+    });
+    let mut stderr = agent.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    // The resident set once a second, from a second after the start; CPU
+    // and peak from the usual close watch, which sees the agent exit.
+    let sampler = std::thread::spawn(move || {
+        let mut rss = Vec::new();
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            match procfs::sample(pid) {
+                Some(s) if !s.exited => rss.push(mib(s.rss)),
+                _ => break rss,
+            }
+        }
+    });
+    let usage = procfs::watch(pid, coffer_bench::run::SAMPLE_EVERY);
+    let status = agent.wait().map_err(|e| e.to_string())?;
+    let secs = started.elapsed().as_secs_f64();
+    let rss = sampler.join().map_err(|_| "the sampler panicked")?;
+    if !status.success() {
+        return Err(format!("coffer backup failed: {}", errors.join().unwrap_or_default().trim()));
+    }
+    feeder.join().map_err(|_| "the feeder panicked")?.map_err(|e| format!("feeding the agent: {e}"))?;
+    Ok(StreamReport {
+        data: format!("generated {spec}, piped"),
+        rate_bytes_per_sec: rate,
+        bytes: size,
+        secs,
+        mb_per_sec: size as f64 / 1e6 / secs,
+        agent_cpu_secs: usage.cpu_secs,
+        agent_peak_rss_mib: mib(usage.peak_rss),
+        agent_rss_mib: rss,
+        proxy_peak_rss_mib: mib(proxy.sample()?.peak_rss),
+    })
+}
+
+/// A writer that keeps to `rate` bytes per second (or none).
+struct Paced<W> {
+    inner: W,
+    rate: Option<u64>,
+    started: std::time::Instant,
+    written: u64,
+}
+
+impl<W> Paced<W> {
+    fn new(inner: W, rate: Option<u64>) -> Self {
+        Self { inner, rate, started: std::time::Instant::now(), written: 0 }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for Paced<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        if let Some(rate) = self.rate.filter(|r| *r > 0) {
+            let due = std::time::Duration::from_secs_f64(self.written as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(self.started.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn print_stream(r: &StreamReport) {
+    let rate = r.rate_bytes_per_sec.map_or("full speed".to_string(), |b| format!("{:.2} MB/s", b as f64 / 1e6));
+    println!("{} at {rate}: {:.0} MB in {:.1} s ({:.1} MB/s)", r.data, r.bytes as f64 / 1e6, r.secs, r.mb_per_sec);
+    println!(
+        "agent: {:.1} CPU s, peak {:.1} MiB; proxy peak {:.1} MiB",
+        r.agent_cpu_secs, r.agent_peak_rss_mib, r.proxy_peak_rss_mib
+    );
+    let n = r.agent_rss_mib.len();
+    if n > 0 {
+        let at = |f: f64| r.agent_rss_mib[((n - 1) as f64 * f) as usize];
+        println!(
+            "agent RSS over the run (MiB): 10% {:.1}, 50% {:.1}, 90% {:.1}, max {:.1}",
+            at(0.1),
+            at(0.5),
+            at(0.9),
+            r.agent_rss_mib.iter().cloned().fold(0.0, f64::max)
+        );
+    }
+}
+
+fn e2e(
+    data: Option<PathBuf>,
+    generate: Option<String>,
+    bin_dir: Option<PathBuf>,
+    work: Option<PathBuf>,
+    with_peers: bool,
+) -> Result<Report, String> {
+    let bins = find_bins(bin_dir)?;
     let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
     let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;

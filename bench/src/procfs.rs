@@ -12,6 +12,8 @@ pub struct Sample {
     pub cpu_secs: f64,
     /// Peak resident set (VmHWM), bytes; 0 once the process has exited.
     pub peak_rss: u64,
+    /// Resident set now (VmRSS), bytes; 0 once the process has exited.
+    pub rss: u64,
     /// Whether the process has exited and waits to be reaped.
     pub exited: bool,
 }
@@ -27,12 +29,14 @@ fn parse(stat: &str, status: &str) -> Option<Sample> {
     let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
     let cpu_secs = (ticks(11)? + ticks(12)?) as f64 / TICKS_PER_SEC;
-    let peak_rss = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024);
-    Some(Sample { cpu_secs, peak_rss, exited: fields.first() == Some(&"Z") })
+    let kib = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    Some(Sample { cpu_secs, peak_rss: kib("VmHWM:"), rss: kib("VmRSS:"), exited: fields.first() == Some(&"Z") })
 }
 
 /// Samples `pid` every `every` until it has exited (but is not yet reaped):
@@ -58,7 +62,7 @@ mod tests {
         let stat = "4242 (coffer (x) y) R 1 2 3 4 5 6 7 8 9 10 250 50 0 0 20 0 1 0";
         let status = "Name:\tcoffer\nVmPeak:\t  9000 kB\nVmHWM:\t    2048 kB\nVmRSS:\t 1000 kB\n";
         let s = parse(stat, status).unwrap();
-        assert_eq!((s.cpu_secs, s.peak_rss, s.exited), (3.0, 2 << 20, false));
+        assert_eq!((s.cpu_secs, s.peak_rss, s.rss, s.exited), (3.0, 2 << 20, 1000 << 10, false));
         let zombie = parse(&stat.replace(") R ", ") Z "), "").unwrap();
         assert_eq!((zombie.cpu_secs, zombie.peak_rss, zombie.exited), (3.0, 0, true));
         assert!(parse("garbage", "").is_none());
