@@ -58,6 +58,9 @@ enum Cmd {
         /// Feed at most this many bytes per second (e.g. 1MB), as a slow producer would.
         #[arg(long)]
         rate: Option<String>,
+        /// Run this many agents at once, each with its own stream and repository.
+        #[arg(long, default_value_t = 1)]
+        agents: usize,
         #[arg(long)]
         bin_dir: Option<PathBuf>,
         #[arg(long)]
@@ -114,8 +117,15 @@ fn main() {
         match Cli::parse().cmd {
             Cmd::E2e { data, generate, bin_dir, work, peers, json } => e2e(data, generate, bin_dir, work, peers)
                 .map(|r| if json { println!("{}", to_json(&r)) } else { print_table(&r) }),
-            Cmd::Stream { generate, rate, bin_dir, work, json } => stream(&generate, rate.as_deref(), bin_dir, work)
-                .map(|r| if json { println!("{}", to_json(&r)) } else { print_stream(&r) }),
+            Cmd::Stream { generate, rate, agents, bin_dir, work, json } => {
+                stream(&generate, rate.as_deref(), agents.max(1), bin_dir, work).map(|r| {
+                    if json {
+                        println!("{}", to_json(&r))
+                    } else {
+                        print_stream(&r)
+                    }
+                })
+            }
         };
     if let Err(e) = result {
         eprintln!("coffer-bench: {e}");
@@ -148,12 +158,17 @@ fn find_bins(bin_dir: Option<PathBuf>) -> Result<PathBuf, String> {
 struct StreamReport {
     data: String,
     rate_bytes_per_sec: Option<u64>,
+    /// Agents at once, each its own stream and repository.
+    agents: usize,
+    /// All agents' bytes.
     bytes: u64,
     secs: f64,
     mb_per_sec: f64,
+    /// All agents' CPU.
     agent_cpu_secs: f64,
+    /// The highest agent peak.
     agent_peak_rss_mib: f64,
-    /// The agent's resident set once a second, MiB.
+    /// The first agent's resident set once a second, MiB.
     agent_rss_mib: Vec<f64>,
     proxy_peak_rss_mib: f64,
 }
@@ -161,6 +176,7 @@ struct StreamReport {
 fn stream(
     spec: &str,
     rate: Option<&str>,
+    agents: usize,
     bin_dir: Option<PathBuf>,
     work: Option<PathBuf>,
 ) -> Result<StreamReport, String> {
@@ -173,61 +189,96 @@ fn stream(
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
     let proxy = Proxy::start(&bins.join("coffer-proxy"), &work.join("proxy"))?;
     let config = work.join("proxy").join("agent.toml");
-    timed(Command::new(bins.join("coffer")).arg("--config").arg(&config).args(["init", "--repo", REPO]), None, None)?;
-
-    let started = std::time::Instant::now();
-    let mut agent = Command::new(bins.join("coffer"))
-        .arg("--config")
-        .arg(&config)
-        .args(["backup", "--repo", REPO, "--json", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| e.to_string())?;
-    let pid = agent.id();
-    let pipe = agent.stdin.take().expect("piped");
-    let feeder = std::thread::spawn(move || {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, Paced::new(pipe, rate));
-        data::generate(kind, size, &mut out).and_then(|()| out.flush())
-    });
-    let mut stderr = agent.stderr.take().expect("piped");
-    let errors = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    // The resident set once a second, from a second after the start; CPU
-    // and peak from the usual close watch, which sees the agent exit.
-    let sampler = std::thread::spawn(move || {
-        let mut rss = Vec::new();
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            match procfs::sample(pid) {
-                Some(s) if !s.exited => rss.push(mib(s.rss)),
-                _ => break rss,
-            }
-        }
-    });
-    let usage = procfs::watch(pid, coffer_bench::run::SAMPLE_EVERY);
-    let status = agent.wait().map_err(|e| e.to_string())?;
-    let secs = started.elapsed().as_secs_f64();
-    let rss = sampler.join().map_err(|_| "the sampler panicked")?;
-    if !status.success() {
-        return Err(format!("coffer backup failed: {}", errors.join().unwrap_or_default().trim()));
+    let coffer = || {
+        let mut cmd = Command::new(bins.join("coffer"));
+        cmd.arg("--config").arg(&config);
+        cmd
+    };
+    // One repository per agent, so they share a proxy but not chunks.
+    let repos: Vec<String> = (0..agents).map(|i| format!("{REPO}-{i}")).collect();
+    for repo in &repos {
+        timed(coffer().args(["init", "--repo", repo]), None, None)?;
     }
-    feeder.join().map_err(|_| "the feeder panicked")?.map_err(|e| format!("feeding the agent: {e}"))?;
+    let started = std::time::Instant::now();
+    let running = repos
+        .iter()
+        .map(|repo| Streaming::start(coffer().args(["backup", "--repo", repo, "--json", "-"]), kind, size, rate))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut finished = Vec::new();
+    for r in running {
+        finished.push(r.finish()?);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let bytes = size * agents as u64;
     Ok(StreamReport {
         data: format!("generated {spec}, piped"),
         rate_bytes_per_sec: rate,
-        bytes: size,
+        agents,
+        bytes,
         secs,
-        mb_per_sec: size as f64 / 1e6 / secs,
-        agent_cpu_secs: usage.cpu_secs,
-        agent_peak_rss_mib: mib(usage.peak_rss),
-        agent_rss_mib: rss,
+        mb_per_sec: bytes as f64 / 1e6 / secs,
+        agent_cpu_secs: finished.iter().map(|(u, _)| u.cpu_secs).sum(),
+        agent_peak_rss_mib: finished.iter().map(|(u, _)| mib(u.peak_rss)).fold(0.0, f64::max),
+        agent_rss_mib: finished.swap_remove(0).1,
         proxy_peak_rss_mib: mib(proxy.sample()?.peak_rss),
     })
+}
+
+/// One `coffer backup -` fed a generated stream, with its memory watched.
+struct Streaming {
+    agent: Child,
+    feeder: std::thread::JoinHandle<std::io::Result<()>>,
+    errors: std::thread::JoinHandle<String>,
+    /// The resident set once a second, from a second after the start.
+    sampler: std::thread::JoinHandle<Vec<f64>>,
+    /// CPU and peak from the usual close watch, which sees the agent exit.
+    watcher: std::thread::JoinHandle<procfs::Sample>,
+}
+
+impl Streaming {
+    fn start(cmd: &mut Command, kind: data::Kind, size: u64, rate: Option<u64>) -> Result<Self, String> {
+        let mut agent = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let pid = agent.id();
+        let pipe = agent.stdin.take().expect("piped");
+        let feeder = std::thread::spawn(move || {
+            let mut out = std::io::BufWriter::with_capacity(1 << 16, Paced::new(pipe, rate));
+            data::generate(kind, size, &mut out).and_then(|()| out.flush())
+        });
+        let mut stderr = agent.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
+        let sampler = std::thread::spawn(move || {
+            let mut rss = Vec::new();
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                match procfs::sample(pid) {
+                    Some(s) if !s.exited => rss.push(mib(s.rss)),
+                    _ => break rss,
+                }
+            }
+        });
+        let watcher = std::thread::spawn(move || procfs::watch(pid, coffer_bench::run::SAMPLE_EVERY));
+        Ok(Self { agent, feeder, errors, sampler, watcher })
+    }
+
+    fn finish(mut self) -> Result<(procfs::Sample, Vec<f64>), String> {
+        let usage = self.watcher.join().map_err(|_| "the watcher panicked")?;
+        let status = self.agent.wait().map_err(|e| e.to_string())?;
+        let rss = self.sampler.join().map_err(|_| "the sampler panicked")?;
+        if !status.success() {
+            return Err(format!("coffer backup failed: {}", self.errors.join().unwrap_or_default().trim()));
+        }
+        self.feeder.join().map_err(|_| "the feeder panicked")?.map_err(|e| format!("feeding the agent: {e}"))?;
+        Ok((usage, rss))
+    }
 }
 
 /// A writer that keeps to `rate` bytes per second (or none).
@@ -264,7 +315,14 @@ impl<W: std::io::Write> std::io::Write for Paced<W> {
 
 fn print_stream(r: &StreamReport) {
     let rate = r.rate_bytes_per_sec.map_or("full speed".to_string(), |b| format!("{:.2} MB/s", b as f64 / 1e6));
-    println!("{} at {rate}: {:.0} MB in {:.1} s ({:.1} MB/s)", r.data, r.bytes as f64 / 1e6, r.secs, r.mb_per_sec);
+    println!(
+        "{} at {rate}, {} agent(s): {:.0} MB in {:.1} s ({:.1} MB/s)",
+        r.data,
+        r.agents,
+        r.bytes as f64 / 1e6,
+        r.secs,
+        r.mb_per_sec
+    );
     println!(
         "agent: {:.1} CPU s, peak {:.1} MiB; proxy peak {:.1} MiB",
         r.agent_cpu_secs, r.agent_peak_rss_mib, r.proxy_peak_rss_mib

@@ -157,17 +157,17 @@ fn the_benchmark_harness_runs_every_phase() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/dump.sql"));
 }
 
-/// `coffer-bench stream` pipes a paced, generated stream into the agent and
-/// samples its memory once a second; here it only has to work and pace.
+/// `coffer-bench stream` pipes paced, generated streams into agents running
+/// at once and samples their memory; here it only has to work and pace.
 #[test]
 fn the_stream_benchmark_paces_the_producer_and_samples_the_agent() {
     let out = std::process::Command::new(coffer_tests::bin("coffer-bench"))
-        .args(["stream", "--generate", "3MB,text", "--rate", "1MB", "--json"])
+        .args(["stream", "--generate", "3MB,text", "--rate", "1MB", "--agents", "2", "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["bytes"], 3_000_000);
+    assert_eq!((report["agents"].as_u64(), report["bytes"].as_u64()), (Some(2), Some(6_000_000)));
     assert!(report["secs"].as_f64().unwrap() >= 2.5, "3 MB at 1 MB/s took under 3 s: {report}");
     let samples = report["agent_rss_mib"].as_array().unwrap();
     assert!(samples.len() >= 2 && samples.iter().all(|s| s.as_f64().unwrap() > 1.0), "{report}");
