@@ -4,6 +4,7 @@
 //! asserted in tests. See docs/performance.md.
 
 pub mod data;
+pub mod limit;
 pub mod peers;
 pub mod procfs;
 pub mod run;

@@ -48,6 +48,22 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Each stage alone on the same data (read, chunk, hash, compress and
+    /// encrypt, TLS both ways, store write), the ceiling they put on the
+    /// pipeline on this machine, and a real first backup as a fraction of it.
+    Limit {
+        #[arg(long, conflicts_with = "generate", required_unless_present = "generate")]
+        data: Option<PathBuf>,
+        /// SIZE,KIND as for e2e (e.g. 1GiB,mixed).
+        #[arg(long)]
+        generate: Option<String>,
+        #[arg(long)]
+        bin_dir: Option<PathBuf>,
+        #[arg(long)]
+        work: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
     /// One backup of a generated stream piped straight into the agent, at
     /// full speed or at `--rate`, sampling the agent's memory every second:
     /// does it stay flat for a very long or a trickling stream?
@@ -117,6 +133,13 @@ fn main() {
         match Cli::parse().cmd {
             Cmd::E2e { data, generate, bin_dir, work, peers, json } => e2e(data, generate, bin_dir, work, peers)
                 .map(|r| if json { println!("{}", to_json(&r)) } else { print_table(&r) }),
+            Cmd::Limit { data, generate, bin_dir, work, json } => limit(data, generate, bin_dir, work).map(|r| {
+                if json {
+                    println!("{}", to_json(&r))
+                } else {
+                    print_limit(&r)
+                }
+            }),
             Cmd::Stream { generate, rate, agents, bin_dir, work, json } => {
                 stream(&generate, rate.as_deref(), agents.max(1), bin_dir, work).map(|r| {
                     if json {
@@ -135,6 +158,22 @@ fn main() {
 
 fn to_json(v: &impl Serialize) -> String {
     serde_json::to_string_pretty(v).expect("plain data")
+}
+
+/// The stream to measure: `--data FILE`, or one generated into `work`.
+fn source_file(data: Option<PathBuf>, generate: Option<String>, work: &Path) -> Result<(PathBuf, String), String> {
+    match (data, generate) {
+        (Some(path), _) => Ok((path.clone(), path.display().to_string())),
+        (None, Some(spec)) => {
+            let (size, kind) = spec.split_once(',').ok_or("--generate wants SIZE,KIND, e.g. 1GiB,mixed")?;
+            let (size, kind) = (parse_size(size)?, kind.parse::<data::Kind>()?);
+            let path = work.join("source");
+            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| e.to_string())?);
+            data::generate(kind, size, &mut out).and_then(|()| out.flush()).map_err(|e| e.to_string())?;
+            Ok((path, format!("generated {spec}")))
+        }
+        (None, None) => Err("give --data FILE or --generate SIZE,KIND".into()),
+    }
 }
 
 /// Where `coffer` and `coffer-proxy` are: `--bin-dir`, else beside this program.
@@ -281,6 +320,64 @@ impl Streaming {
     }
 }
 
+#[derive(Serialize)]
+struct LimitReport {
+    data: String,
+    #[serde(flatten)]
+    limits: coffer_bench::limit::Limits,
+    /// A real first backup of the same data through the dev proxy.
+    first_backup_mb_per_sec: f64,
+    /// That over the ceiling.
+    fraction_of_ceiling: f64,
+}
+
+fn limit(
+    data: Option<PathBuf>,
+    generate: Option<String>,
+    bin_dir: Option<PathBuf>,
+    work: Option<PathBuf>,
+) -> Result<LimitReport, String> {
+    let bins = find_bins(bin_dir)?;
+    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let (source, label) = source_file(data, generate, &work)?;
+    // The dev proxy makes the certificates the TLS stage uses, and takes the real backup.
+    let proxy_dir = work.join("proxy");
+    let proxy = Proxy::start(&bins.join("coffer-proxy"), &proxy_dir)?;
+    let limits =
+        coffer_bench::limit::measure_stages(&source, coffer_proto::repo::DEFAULT_ZSTD_LEVEL, &proxy_dir, &work)?;
+    let agent = || {
+        let mut cmd = Command::new(bins.join("coffer"));
+        cmd.arg("--config").arg(proxy_dir.join("agent.toml"));
+        cmd
+    };
+    timed(agent().args(["init", "--repo", REPO]), None, None)?;
+    let run = timed(agent().args(["backup", "--repo", REPO, "--json", "-"]), Some(&source), None)?;
+    drop(proxy);
+    let first_backup_mb_per_sec = limits.bytes as f64 / 1e6 / run.secs.max(1e-9);
+    let fraction_of_ceiling = first_backup_mb_per_sec / limits.ceiling;
+    Ok(LimitReport { data: label, limits, first_backup_mb_per_sec, fraction_of_ceiling })
+}
+
+fn print_limit(r: &LimitReport) {
+    let l = &r.limits;
+    println!("{}: {:.0} MB, {} cores, zstd level {}", r.data, l.bytes as f64 / 1e6, l.cores, l.zstd_level);
+    println!("{:<22} {:>10} {:>12}", "stage (one thread)", "MB/s", "CPU s/MB");
+    for s in &l.stages {
+        println!("{:<22} {:>10.1} {:>12.5}", s.stage, s.mb_per_sec, s.cpu_secs_per_mb);
+    }
+    println!(
+        "ceilings (MB/s of stream): reader {:.1}, CPU {:.1}, store {:.1} -> {:.1}",
+        l.reader_ceiling, l.cpu_ceiling, l.store_ceiling, l.ceiling
+    );
+    println!(
+        "first backup end to end: {:.1} MB/s = {:.0}% of the ceiling",
+        r.first_backup_mb_per_sec,
+        100.0 * r.fraction_of_ceiling
+    );
+}
+
 /// A writer that keeps to `rate` bytes per second (or none).
 struct Paced<W> {
     inner: W,
@@ -352,18 +449,7 @@ fn e2e(
     let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
 
-    let (source, label) = match (data, generate) {
-        (Some(path), _) => (path.clone(), path.display().to_string()),
-        (None, Some(spec)) => {
-            let (size, kind) = spec.split_once(',').ok_or("--generate wants SIZE,KIND, e.g. 1GiB,mixed")?;
-            let (size, kind) = (parse_size(size)?, kind.parse::<data::Kind>()?);
-            let path = work.join("source");
-            let mut out = std::io::BufWriter::new(std::fs::File::create(&path).map_err(|e| e.to_string())?);
-            data::generate(kind, size, &mut out).and_then(|()| out.flush()).map_err(|e| e.to_string())?;
-            (path, format!("generated {spec}"))
-        }
-        (None, None) => return Err("give --data FILE or --generate SIZE,KIND".into()),
-    };
+    let (source, label) = source_file(data, generate, &work)?;
     let bytes = std::fs::metadata(&source).map_err(|e| format!("{}: {e}", source.display()))?.len();
     let edited = work.join("edited");
     edit_one_percent(&source, &edited)?;

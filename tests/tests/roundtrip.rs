@@ -172,3 +172,25 @@ fn the_stream_benchmark_paces_the_producer_and_samples_the_agent() {
     let samples = report["agent_rss_mib"].as_array().unwrap();
     assert!(samples.len() >= 2 && samples.iter().all(|s| s.as_f64().unwrap() > 1.0), "{report}");
 }
+
+/// `coffer-bench limit` measures each stage alone and relates a real first
+/// backup to the ceiling they set; here it only has to measure all of them.
+#[test]
+fn the_limit_benchmark_measures_every_stage() {
+    let out = std::process::Command::new(coffer_tests::bin("coffer-bench"))
+        .args(["limit", "--generate", "8MiB,mixed", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages: Vec<&str> = r["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["read", "chunk", "hash", "compress + encrypt", "TLS both ways", "store write (fsync)"]);
+    for s in r["stages"].as_array().unwrap() {
+        assert!(s["mb_per_sec"].as_f64().unwrap() > 0.0, "{s}");
+    }
+    let ceiling = r["ceiling"].as_f64().unwrap();
+    for part in ["reader_ceiling", "cpu_ceiling", "store_ceiling"] {
+        assert!(r[part].as_f64().unwrap() >= ceiling, "the ceiling is the lowest bound: {r}");
+    }
+    assert!(r["first_backup_mb_per_sec"].as_f64().unwrap() > 0.0 && r["fraction_of_ceiling"].as_f64().unwrap() > 0.0);
+}
