@@ -81,6 +81,18 @@ proptest! {
     }
 
     #[test]
+    fn index_key_lists_must_be_sorted_and_distinct(mut i in index(), a in any::<[u8; 16]>(), b in any::<[u8; 16]>()) {
+        prop_assume!(a != b);
+        let (lo, hi) = (KeyId::from_bytes(a.min(b)), KeyId::from_bytes(a.max(b)));
+        i.keys = Some(vec![hi, lo]);
+        prop_assert!(IndexSegment::decode(&i.encode()).is_err(), "a descending list decoded");
+        i.keys = Some(vec![lo, lo]);
+        prop_assert!(IndexSegment::decode(&i.encode()).is_err(), "a repeated key decoded");
+        i.keys = Some(vec![lo, hi]);
+        prop_assert_eq!(IndexSegment::decode(&i.encode()).unwrap(), i);
+    }
+
+    #[test]
     fn index_round_trip(i in index()) {
         let bytes = i.encode();
         prop_assert_eq!(IndexSegment::decode(&bytes).unwrap(), i);
