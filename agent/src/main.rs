@@ -12,13 +12,19 @@ use clap::{Parser, Subcommand};
 use coffer_agent::backup::{self, Source};
 use coffer_agent::client::ProxyClient;
 use coffer_agent::config::{AgentConfig, KeysConfig};
-use coffer_agent::daemon::{Daemon, SendHeader};
+use coffer_agent::daemon::{describe, Daemon, SendHeader};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_agent::restore;
 use coffer_proto::{RepoName, SnapshotId};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
+
+/// The static (musl) builds use jemalloc: musl's allocator is slow with
+/// many threads (docs/performance.md).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
@@ -210,8 +216,6 @@ fn main() -> ExitCode {
         }
     }
 }
-
-use coffer_agent::daemon::describe;
 
 /// Runs `f` until it ends or SIGINT. A backup commits only after its last
 /// chunk, so stopping before that leaves nothing half-committed; source

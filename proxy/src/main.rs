@@ -14,6 +14,12 @@ use coffer_proxy::identity::Identity;
 use coffer_proxy::policy::{AccessRequest, Action};
 use coffer_proxy::{dev, server};
 
+/// The static (musl) builds use jemalloc: musl's allocator is slow with
+/// many threads (docs/performance.md).
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 const EXIT_FAILURE: u8 = 1;
 const EXIT_USAGE: u8 = 64;
 
