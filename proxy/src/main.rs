@@ -319,9 +319,9 @@ fn main() -> ExitCode {
     if let Some(addr) = listen {
         config.listen = addr;
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(rt) => rt,
-        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     if cli.check_config {
         if let Err(e) = runtime.block_on(server::check(&config)) {
@@ -362,6 +362,16 @@ fn fail(code: u8, message: &str) -> ExitCode {
 
 /// The configuration file named by `--config` or `COFFER_PROXY_CONFIG`,
 /// loaded; a usage error (already printed) otherwise.
+/// A runtime for one command; exit 1 if it cannot start.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")))
+}
+
+/// Runs a one-shot command's async work; exit 1 with its error if it fails.
+fn block_on<T, E: std::fmt::Display>(work: impl std::future::Future<Output = Result<T, E>>) -> Result<T, ExitCode> {
+    runtime()?.block_on(work).map_err(|e| fail(EXIT_FAILURE, &e.to_string()))
+}
+
 fn load_config(config: Option<PathBuf>) -> Result<ProxyConfig, ExitCode> {
     let Some(path) = config else {
         return Err(fail(EXIT_USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"));
@@ -439,11 +449,7 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, &e.to_string()),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
-    };
-    let done = runtime.block_on(async {
+    let done = block_on(async {
         let client = coffer_agent::client::ProxyClient::connect(&client_config).await?.with_totp(Some(call.totp));
         client.admin(what, &body).await
     });
@@ -452,7 +458,7 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
             println!("{what}: ok {}", String::from_utf8_lossy(&answer));
             ExitCode::SUCCESS
         }
-        Err(e) => fail(EXIT_FAILURE, &e.to_string()),
+        Err(code) => code,
     }
 }
 
@@ -474,11 +480,10 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
                 Err(e) => return fail(EXIT_USAGE, &e),
             };
             let trail = if store {
-                let runtime = match tokio::runtime::Runtime::new() {
-                    Ok(rt) => rt,
-                    Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
-                };
-                runtime.block_on(server::stored_audit(&cfg)).map(|segments| (segments, None))
+                match block_on(server::stored_audit(&cfg)) {
+                    Ok(segments) => Ok((segments, None)),
+                    Err(code) => return code,
+                }
             } else {
                 audit::local_trail(&spool).map(|(s, live)| (s, Some(live))).map_err(|e| e.to_string())
             };
@@ -539,16 +544,13 @@ fn alerts_test(config: Option<PathBuf>) -> ExitCode {
         subject: None,
         message: "a test alert from coffer-proxy alerts test".into(),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
-    };
-    match runtime.block_on(coffer_proxy::alerts::post(&hook, &alert)) {
+    let posted = coffer_proxy::alerts::post(&hook, &alert);
+    match block_on(async { posted.await.map_err(|e| format!("test alert not delivered to {}: {e}", hook.url)) }) {
         Ok(()) => {
             println!("test alert delivered to {}", hook.url);
             ExitCode::SUCCESS
         }
-        Err(e) => fail(EXIT_FAILURE, &format!("test alert not delivered to {}: {e}", hook.url)),
+        Err(code) => code,
     }
 }
 
@@ -557,13 +559,9 @@ fn keys_report(config: Option<PathBuf>, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
-    };
-    let report = match runtime.block_on(coffer_proxy::report::keys_report(&cfg)) {
+    let report = match block_on(coffer_proxy::report::keys_report(&cfg)) {
         Ok(r) => r,
-        Err(e) => return fail(EXIT_FAILURE, &e),
+        Err(code) => return code,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("serialises"));
@@ -602,13 +600,9 @@ fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathB
         Err(code) => return code,
     };
     let since = since.unwrap_or_else(|| coffer_proxy::unix_now().saturating_sub(30 * 86_400));
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
-    };
-    let report = match runtime.block_on(coffer_proxy::report::compliance_report(&cfg, since)) {
+    let report = match block_on(coffer_proxy::report::compliance_report(&cfg, since)) {
         Ok(r) => r,
-        Err(e) => return fail(EXIT_FAILURE, &e),
+        Err(code) => return code,
     };
     let text = match format {
         "html" => coffer_proxy::report_html::render(&report),
@@ -630,13 +624,9 @@ fn assess(config: Option<PathBuf>, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => return fail(EXIT_FAILURE, &format!("cannot start the runtime: {e}")),
-    };
-    let findings = match runtime.block_on(coffer_proxy::assess::assess(&cfg)) {
+    let findings = match block_on(coffer_proxy::assess::assess(&cfg)) {
         Ok(f) => f,
-        Err(e) => return fail(EXIT_FAILURE, &e),
+        Err(code) => return code,
     };
     if json {
         println!("{}", serde_json::to_string_pretty(&findings).expect("serialises"));
