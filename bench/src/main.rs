@@ -9,7 +9,7 @@ use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use coffer_bench::peers::Peer;
 use coffer_bench::run::{timed, Timed};
 use coffer_bench::{data, parse_size, procfs};
@@ -29,40 +29,22 @@ struct Cli {
 enum Cmd {
     /// First backup, unchanged re-backup, backup after a 1% edit, restore.
     E2e {
-        /// The stream to back up (piped in, as `pg_dump | coffer backup -` is).
-        #[arg(long, conflicts_with = "generate", required_unless_present = "generate")]
-        data: Option<PathBuf>,
-        /// Generate the stream instead: SIZE,KIND with KIND random, text or mixed (e.g. 1GiB,mixed).
-        #[arg(long)]
-        generate: Option<String>,
-        /// Where `coffer` and `coffer-proxy` are (default: beside this program).
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        /// Work folder for the store, the data and the restores (default: a new temporary one).
-        #[arg(long)]
-        work: Option<PathBuf>,
+        #[command(flatten)]
+        input: Input,
         /// Also run restic and borg (those installed) on the same data.
         #[arg(long)]
         peers: bool,
-        /// Print JSON instead of a table.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        common: Common,
     },
     /// Each stage alone on the same data (read, chunk, hash, compress and
     /// encrypt, TLS both ways, store write), the ceiling they put on the
     /// pipeline on this machine, and a real first backup as a fraction of it.
     Limit {
-        #[arg(long, conflicts_with = "generate", required_unless_present = "generate")]
-        data: Option<PathBuf>,
-        /// SIZE,KIND as for e2e (e.g. 1GiB,mixed).
-        #[arg(long)]
-        generate: Option<String>,
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        #[arg(long)]
-        work: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        input: Input,
+        #[command(flatten)]
+        common: Common,
     },
     /// One backup of a generated stream piped straight into the agent, at
     /// full speed or at `--rate`, sampling the agent's memory every second:
@@ -77,13 +59,33 @@ enum Cmd {
         /// Run this many agents at once, each with its own stream and repository.
         #[arg(long, default_value_t = 1)]
         agents: usize,
-        #[arg(long)]
-        bin_dir: Option<PathBuf>,
-        #[arg(long)]
-        work: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        common: Common,
     },
+}
+
+/// The stream to measure.
+#[derive(Args)]
+struct Input {
+    /// The stream to back up (piped in, as `pg_dump | coffer backup -` is).
+    #[arg(long, conflicts_with = "generate", required_unless_present = "generate")]
+    data: Option<PathBuf>,
+    /// Generate the stream instead: SIZE,KIND with KIND random, text or mixed (e.g. 1GiB,mixed).
+    #[arg(long)]
+    generate: Option<String>,
+}
+
+#[derive(Args)]
+struct Common {
+    /// Where `coffer` and `coffer-proxy` are (default: beside this program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Work folder for the store, the data and the restores (default: a new temporary one).
+    #[arg(long)]
+    work: Option<PathBuf>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Serialize)]
@@ -129,30 +131,29 @@ struct Report {
 }
 
 fn main() {
-    let result =
-        match Cli::parse().cmd {
-            Cmd::E2e { data, generate, bin_dir, work, peers, json } => e2e(data, generate, bin_dir, work, peers)
-                .map(|r| if json { println!("{}", to_json(&r)) } else { print_table(&r) }),
-            Cmd::Limit { data, generate, bin_dir, work, json } => limit(data, generate, bin_dir, work).map(|r| {
-                if json {
-                    println!("{}", to_json(&r))
-                } else {
-                    print_limit(&r)
-                }
-            }),
-            Cmd::Stream { generate, rate, agents, bin_dir, work, json } => {
-                stream(&generate, rate.as_deref(), agents.max(1), bin_dir, work).map(|r| {
-                    if json {
-                        println!("{}", to_json(&r))
-                    } else {
-                        print_stream(&r)
-                    }
-                })
-            }
-        };
+    let result = match Cli::parse().cmd {
+        Cmd::E2e { input, peers, common } => {
+            Bench::new(&common).and_then(|b| e2e(&b, input, peers)).map(|r| emit(&r, common.json, print_table))
+        }
+        Cmd::Limit { input, common } => {
+            Bench::new(&common).and_then(|b| limit(&b, input)).map(|r| emit(&r, common.json, print_limit))
+        }
+        Cmd::Stream { generate, rate, agents, common } => Bench::new(&common)
+            .and_then(|b| stream(&b, &generate, rate.as_deref(), agents.max(1)))
+            .map(|r| emit(&r, common.json, print_stream)),
+    };
     if let Err(e) = result {
         eprintln!("coffer-bench: {e}");
         std::process::exit(1);
+    }
+}
+
+/// Prints a report as JSON or as its table.
+fn emit<R: Serialize>(report: &R, json: bool, table: fn(&R)) {
+    if json {
+        println!("{}", to_json(report));
+    } else {
+        table(report);
     }
 }
 
@@ -161,8 +162,8 @@ fn to_json(v: &impl Serialize) -> String {
 }
 
 /// The stream to measure: `--data FILE`, or one generated into `work`.
-fn source_file(data: Option<PathBuf>, generate: Option<String>, work: &Path) -> Result<(PathBuf, String), String> {
-    match (data, generate) {
+fn source_file(input: Input, work: &Path) -> Result<(PathBuf, String), String> {
+    match (input.data, input.generate) {
         (Some(path), _) => Ok((path.clone(), path.display().to_string())),
         (None, Some(spec)) => {
             let (size, kind) = spec.split_once(',').ok_or("--generate wants SIZE,KIND, e.g. 1GiB,mixed")?;
@@ -176,21 +177,48 @@ fn source_file(data: Option<PathBuf>, generate: Option<String>, work: &Path) -> 
     }
 }
 
-/// Where `coffer` and `coffer-proxy` are: `--bin-dir`, else beside this program.
-fn find_bins(bin_dir: Option<PathBuf>) -> Result<PathBuf, String> {
-    let bins = match bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe().map_err(|e| e.to_string())?.parent().ok_or("no bin dir")?.to_path_buf(),
-    };
-    for name in ["coffer", "coffer-proxy"] {
-        if !bins.join(name).exists() {
-            return Err(format!(
-                "{} not found: build the binaries (cargo build --release --bins)",
-                bins.join(name).display()
-            ));
+/// What every command needs: the binaries (`--bin-dir`, else beside this
+/// program), a work folder (`--work`, else a temporary one, removed after)
+/// and a dev proxy running in it.
+struct Bench {
+    bins: PathBuf,
+    work: PathBuf,
+    proxy: Proxy,
+    _tmp: tempfile::TempDir,
+}
+
+impl Bench {
+    fn new(common: &Common) -> Result<Self, String> {
+        let bins = match &common.bin_dir {
+            Some(d) => d.clone(),
+            None => std::env::current_exe().map_err(|e| e.to_string())?.parent().ok_or("no bin dir")?.to_path_buf(),
+        };
+        for name in ["coffer", "coffer-proxy"] {
+            if !bins.join(name).exists() {
+                return Err(format!(
+                    "{} not found: build the binaries (cargo build --release --bins)",
+                    bins.join(name).display()
+                ));
+            }
         }
+        let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let work = common.work.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+        std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+        let proxy = Proxy::start(&bins.join("coffer-proxy"), &work.join("proxy"))?;
+        Ok(Bench { bins, work, proxy, _tmp: tmp })
     }
-    Ok(bins)
+
+    /// The dev proxy's folder: its certificates and the agents' configs.
+    fn proxy_dir(&self) -> PathBuf {
+        self.work.join("proxy")
+    }
+
+    /// `coffer --config <proxy dir>/<config>`.
+    fn coffer(&self, config: &str) -> Command {
+        let mut cmd = Command::new(self.bins.join("coffer"));
+        cmd.arg("--config").arg(self.proxy_dir().join(config));
+        cmd
+    }
 }
 
 #[derive(Serialize)]
@@ -212,36 +240,26 @@ struct StreamReport {
     proxy_peak_rss_mib: f64,
 }
 
-fn stream(
-    spec: &str,
-    rate: Option<&str>,
-    agents: usize,
-    bin_dir: Option<PathBuf>,
-    work: Option<PathBuf>,
-) -> Result<StreamReport, String> {
-    let bins = find_bins(bin_dir)?;
+fn stream(bench: &Bench, spec: &str, rate: Option<&str>, agents: usize) -> Result<StreamReport, String> {
     let (size, kind) = spec.split_once(',').ok_or("--generate wants SIZE,KIND, e.g. 20GiB,mixed")?;
     let (size, kind) = (parse_size(size)?, kind.parse::<data::Kind>()?);
     let rate = rate.map(parse_size).transpose()?;
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let proxy = Proxy::start(&bins.join("coffer-proxy"), &work.join("proxy"))?;
-    let config = work.join("proxy").join("agent.toml");
-    let coffer = || {
-        let mut cmd = Command::new(bins.join("coffer"));
-        cmd.arg("--config").arg(&config);
-        cmd
-    };
     // One repository per agent, so they share a proxy but not chunks.
     let repos: Vec<String> = (0..agents).map(|i| format!("{REPO}-{i}")).collect();
     for repo in &repos {
-        timed(coffer().args(["init", "--repo", repo]), None, None)?;
+        timed(bench.coffer("agent.toml").args(["init", "--repo", repo]), None, None)?;
     }
     let started = std::time::Instant::now();
     let running = repos
         .iter()
-        .map(|repo| Streaming::start(coffer().args(["backup", "--repo", repo, "--json", "-"]), kind, size, rate))
+        .map(|repo| {
+            Streaming::start(
+                bench.coffer("agent.toml").args(["backup", "--repo", repo, "--json", "-"]),
+                kind,
+                size,
+                rate,
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let mut finished = Vec::new();
     for r in running {
@@ -259,7 +277,7 @@ fn stream(
         agent_cpu_secs: finished.iter().map(|(u, _)| u.cpu_secs).sum(),
         agent_peak_rss_mib: finished.iter().map(|(u, _)| mib(u.peak_rss)).fold(0.0, f64::max),
         agent_rss_mib: finished.swap_remove(0).1,
-        proxy_peak_rss_mib: mib(proxy.sample()?.peak_rss),
+        proxy_peak_rss_mib: mib(bench.proxy.sample()?.peak_rss),
     })
 }
 
@@ -331,30 +349,13 @@ struct LimitReport {
     fraction_of_ceiling: f64,
 }
 
-fn limit(
-    data: Option<PathBuf>,
-    generate: Option<String>,
-    bin_dir: Option<PathBuf>,
-    work: Option<PathBuf>,
-) -> Result<LimitReport, String> {
-    let bins = find_bins(bin_dir)?;
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let (source, label) = source_file(data, generate, &work)?;
-    // The dev proxy makes the certificates the TLS stage uses, and takes the real backup.
-    let proxy_dir = work.join("proxy");
-    let proxy = Proxy::start(&bins.join("coffer-proxy"), &proxy_dir)?;
-    let limits =
-        coffer_bench::limit::measure_stages(&source, coffer_proto::repo::DEFAULT_ZSTD_LEVEL, &proxy_dir, &work)?;
-    let agent = || {
-        let mut cmd = Command::new(bins.join("coffer"));
-        cmd.arg("--config").arg(proxy_dir.join("agent.toml"));
-        cmd
-    };
-    timed(agent().args(["init", "--repo", REPO]), None, None)?;
-    let run = timed(agent().args(["backup", "--repo", REPO, "--json", "-"]), Some(&source), None)?;
-    drop(proxy);
+fn limit(bench: &Bench, input: Input) -> Result<LimitReport, String> {
+    let (source, label) = source_file(input, &bench.work)?;
+    // The dev proxy's certificates serve the TLS stage; it takes the real backup.
+    let level = coffer_proto::repo::DEFAULT_ZSTD_LEVEL;
+    let limits = coffer_bench::limit::measure_stages(&source, level, &bench.proxy_dir(), &bench.work)?;
+    timed(bench.coffer("agent.toml").args(["init", "--repo", REPO]), None, None)?;
+    let run = timed(bench.coffer("agent.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(&source), None)?;
     let first_backup_mb_per_sec = limits.bytes as f64 / 1e6 / run.secs.max(1e-9);
     let fraction_of_ceiling = first_backup_mb_per_sec / limits.ceiling;
     Ok(LimitReport { data: label, limits, first_backup_mb_per_sec, fraction_of_ceiling })
@@ -437,31 +438,16 @@ fn print_stream(r: &StreamReport) {
     }
 }
 
-fn e2e(
-    data: Option<PathBuf>,
-    generate: Option<String>,
-    bin_dir: Option<PathBuf>,
-    work: Option<PathBuf>,
-    with_peers: bool,
-) -> Result<Report, String> {
-    let bins = find_bins(bin_dir)?;
-    let tmp = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let work = work.unwrap_or_else(|| tmp.path().to_path_buf());
-    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-
-    let (source, label) = source_file(data, generate, &work)?;
+fn e2e(bench: &Bench, input: Input, with_peers: bool) -> Result<Report, String> {
+    let work = &bench.work;
+    let (source, label) = source_file(input, work)?;
     let bytes = std::fs::metadata(&source).map_err(|e| format!("{}: {e}", source.display()))?.len();
     let edited = work.join("edited");
     edit_one_percent(&source, &edited)?;
 
-    let proxy = Proxy::start(&bins.join("coffer-proxy"), &work.join("proxy"))?;
-    let agent = |config: &str| {
-        let mut cmd = Command::new(bins.join("coffer"));
-        cmd.arg("--config").arg(work.join("proxy").join(config));
-        cmd
-    };
-    timed(agent("agent.toml").args(["init", "--repo", REPO]), None, None)?;
-    let (mut peers, peers_missing) = if with_peers { Peer::find(&work) } else { (Vec::new(), Vec::new()) };
+    let proxy = &bench.proxy;
+    timed(bench.coffer("agent.toml").args(["init", "--repo", REPO]), None, None)?;
+    let (mut peers, peers_missing) = if with_peers { Peer::find(work) } else { (Vec::new(), Vec::new()) };
     for peer in &peers {
         peer.init()?;
     }
@@ -480,11 +466,13 @@ fn e2e(
         let before = proxy.sample()?;
         let run = if phase == "restore" {
             let mut h = blake3::Hasher::new();
-            let t = timed(agent("restore.toml").args(["restore", "--repo", REPO, &first_id]), None, Some(&mut h))?;
+            let t =
+                timed(bench.coffer("restore.toml").args(["restore", "--repo", REPO, &first_id]), None, Some(&mut h))?;
             check("coffer", h)?;
             t
         } else {
-            let t = timed(agent("agent.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(input), None)?;
+            let t =
+                timed(bench.coffer("agent.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(input), None)?;
             if n == 0 {
                 let report: serde_json::Value =
                     serde_json::from_slice(&t.stdout).map_err(|e| format!("{phase}: {e}"))?;
