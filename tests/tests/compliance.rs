@@ -84,6 +84,18 @@ fn legal_holds_cover_what_a_snapshot_references_and_lifting_one_keeps_the_others
         .collect();
     assert!(!a_chunks.is_empty() && a_chunks.iter().all(|c| held(&p, c)), "every chunk of A is held");
     assert!(held(&p, &p.dir.join("store/objects/dev/legal/config")), "the config (chunk-id key) is held too");
+    // The data keys: A's own, and not the one only B's new chunks need.
+    let keys_of = |id: &str| {
+        let bytes = std::fs::read(p.dir.join(format!("store/objects/dev/legal/index/{id}"))).unwrap();
+        coffer_proto::snapshot::IndexSegment::decode(&bytes).unwrap().keys.unwrap()
+    };
+    let (keys_a, keys_b) = (keys_of(&a), keys_of(&b));
+    let key_path = |k: &coffer_proto::KeyId| p.dir.join(format!("store/objects/dev/legal/keys/{k}"));
+    let b_only: Vec<_> = keys_b.iter().filter(|k| !keys_a.contains(k)).collect();
+    assert!(keys_a.iter().all(|k| keys_b.contains(k)), "B reuses chunks sealed with A's key");
+    assert!(!b_only.is_empty(), "B sealed its new chunks with a key of its own");
+    assert!(keys_a.iter().all(|k| held(&p, &key_path(k))), "A's data key is held");
+    assert!(b_only.iter().all(|k| !held(&p, &key_path(k))), "a hold covers only the keys its snapshot needs");
 
     let (ok, out) = admin(
         &p,
@@ -105,6 +117,8 @@ fn legal_holds_cover_what_a_snapshot_references_and_lifting_one_keeps_the_others
         let only_a = chunk_of_a_only.iter().any(|x| x.to_string() == id);
         assert_eq!(held(&p, c), !only_a, "{id}: chunks B still needs stay held");
     }
+    assert!(keys_a.iter().all(|k| held(&p, &key_path(k))), "B still needs A's key: it stays held");
+    assert!(b_only.iter().all(|k| held(&p, &key_path(k))), "B's own key is held with B");
     let intents = p
         .audit_events()
         .into_iter()
