@@ -28,7 +28,11 @@ use crate::trust::TrustDomains;
 
 /// Connections served at once; the permit is taken before `accept`.
 pub const MAX_CONNECTIONS: usize = 1024;
-/// HTTP/2 streams one connection may have open.
+/// HTTP/2 streams one connection may have open. A client that opens more
+/// than the proxy advertised breaks the protocol: the first stream refused
+/// (or reset for any other error of the client's) closes the connection
+/// with GOAWAY ENHANCE_YOUR_CALM and an audit event, rather than being
+/// answered stream by stream where nothing records it.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// How long a refused client's last bytes are read before hanging up.
 pub const LINGER_AFTER_REFUSAL: Duration = Duration::from_secs(2);
@@ -500,6 +504,7 @@ async fn serve_connection(
     let service = TowerToHyperService::new(service);
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .max_local_error_reset_streams(Some(0))
         .initial_stream_window_size(4 * 1024 * 1024)
         .initial_connection_window_size(16 * 1024 * 1024)
         .max_frame_size(1024 * 1024)
@@ -510,7 +515,14 @@ async fn serve_connection(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(%peer, "connection ended: {e}");
+                    match protocol_violation(&e) {
+                        Some(reason) => {
+                            tracing::info!(%peer, "{reason}");
+                            stalled_app.metrics.refused("protocol");
+                            let _ = stalled_app.audit.record(connection_denied(&stalled_caller, peer, reason), false).await;
+                        }
+                        None => tracing::debug!(%peer, "connection ended: {e}"),
+                    }
                 }
                 return;
             }
@@ -533,21 +545,50 @@ async fn serve_connection(
     // written. A client that never reads them would otherwise hold the
     // connection, and the bodies buffered for it, for ever.
     if tokio::time::timeout(limits.idle_timeout, conn.as_mut()).await.is_err() {
-        let who = &stalled_caller.identity;
         let reason = format!("responses left unread for {} s; connection closed", limits.idle_timeout.as_secs());
         tracing::info!(%peer, "{reason}");
         stalled_app.metrics.refused("unread");
-        let draft = Draft {
-            identity: who.as_ref().map(|i| i.name().to_string()),
-            trust_domain: who.as_ref().map(|i| i.domain().to_string()),
-            peer: peer.to_string(),
-            action: "connection",
-            outcome: Some(Outcome::Denied),
-            reason: Some(reason),
-            ..Default::default()
-        };
-        let _ = stalled_app.audit.record(draft, false).await;
+        let _ = stalled_app.audit.record(connection_denied(&stalled_caller, peer, reason), false).await;
     }
+}
+
+/// The audit event for a connection the proxy closed because of how the
+/// client behaved on it.
+fn connection_denied(caller: &Caller, peer: SocketAddr, reason: String) -> Draft {
+    let who = &caller.identity;
+    Draft {
+        identity: who.as_ref().map(|i| i.name().to_string()),
+        trust_domain: who.as_ref().map(|i| i.domain().to_string()),
+        peer: peer.to_string(),
+        action: "connection",
+        outcome: Some(Outcome::Denied),
+        reason: Some(reason),
+        ..Default::default()
+    }
+}
+
+/// Why the proxy's HTTP/2 layer closed a connection, when the client broke
+/// the protocol (as opposed to hanging up, or a network error).
+fn protocol_violation(e: &hyper::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            if !h2.is_library() {
+                return None;
+            }
+            let reason = h2.reason()?;
+            return Some(if reason == h2::Reason::ENHANCE_YOUR_CALM {
+                format!(
+                    "HTTP/2 {reason:?}: more than {MAX_STREAMS_PER_CONNECTION} streams at once, or a malformed stream; \
+                     connection closed"
+                )
+            } else {
+                format!("HTTP/2 protocol error {reason:?} ({reason}); connection closed")
+            });
+        }
+        source = err.source();
+    }
+    None
 }
 
 /// Resolves on SIGTERM or SIGINT.

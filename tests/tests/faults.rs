@@ -189,6 +189,79 @@ async fn hostile_input_gets_a_clear_answer_and_the_proxy_keeps_serving() {
     assert!(p.stored("dev/h/chunks").is_empty());
 }
 
+/// One HTTP/2 frame: 9-byte header, then the payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// An HPACK block for `PUT path` without Huffman coding or indexing
+/// (RFC 7541 §6.2.2, names from the static table), so no encoder is needed.
+fn hpack_put(path: &str, authority: &str) -> Vec<u8> {
+    let mut block = vec![0x87]; // :scheme https (indexed)
+    for (name_index, value) in [(2u8, "PUT"), (4, path), (1, authority)] {
+        assert!(value.len() < 127);
+        block.extend([name_index, value.len() as u8]);
+        block.extend(value.as_bytes());
+    }
+    block
+}
+
+/// A client that opens more streams than the proxy advertises, which no
+/// HTTP/2 library will do, so the frames are written by hand: the proxy
+/// closes the connection with GOAWAY ENHANCE_YOUR_CALM and records it.
+#[tokio::test]
+async fn too_many_streams_close_the_connection_with_an_audit_event() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const STREAMS: u32 = 200;
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/s"], None).ok();
+    let cfg = coffer_agent::config::AgentConfig::load(&p.writer()).unwrap();
+    let mut tls = coffer_agent::client::tls_stream(&cfg).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+
+    // Preface and empty SETTINGS, then every HEADERS frame in one write:
+    // chunk uploads whose bodies never come, so each stream stays open.
+    let mut burst = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    burst.extend(h2_frame(0x4, 0, 0, &[]));
+    for i in 0..STREAMS {
+        let path = format!("/v1/repos/dev/s/chunks/{:064x}", i + 1);
+        burst.extend(h2_frame(0x1, 0x4, 2 * i + 1, &hpack_put(&path, &p.addr)));
+    }
+    tls.write_all(&burst).await.unwrap();
+    tls.flush().await.unwrap();
+
+    // Read frames until the proxy hangs up, noting a GOAWAY's error code.
+    let mut goaway = None;
+    let read_all = async {
+        let mut header = [0u8; 9];
+        while tls.read_exact(&mut header).await.is_ok() {
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            if tls.read_exact(&mut payload).await.is_err() {
+                break;
+            }
+            if header[3] == 0x7 && len >= 8 {
+                goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+            }
+        }
+    };
+    let closed = tokio::time::timeout(Duration::from_secs(10), read_all).await;
+    assert!(closed.is_ok(), "the proxy must close a connection that opens too many streams");
+    assert_eq!(goaway, Some(0xb), "GOAWAY ENHANCE_YOUR_CALM expected");
+
+    let event = p.wait_for_event("too many streams", |e| e["action"] == "connection");
+    assert_eq!(event["outcome"], "denied", "{event}");
+    assert_eq!(event["identity"], "spiffe://coffer.dev/writer", "{event}");
+    assert!(event["reason"].as_str().unwrap().contains("ENHANCE_YOUR_CALM"), "{event}");
+    // Nothing was stored, and everyone, the same identity included, carries on.
+    assert!(p.stored("dev/s/chunks").is_empty());
+    coffer(&p.writer(), &["backup", "--repo", "dev/s", "-"], Some(b"still serving")).ok();
+}
+
 #[test]
 fn thirty_two_agents_at_once() {
     const AGENTS: usize = 32;
