@@ -73,7 +73,10 @@ pub struct Parsed<'a> {
     pub signature: Vec<u8>,
 }
 
-/// Splits a segment; `None` if its last line is not a seal (truncated).
+/// Splits a segment; `None` if its last line is not a seal (truncated), or
+/// not byte for byte the seal the proxy writes: the signature covers the
+/// header, not the line's spelling (spacing, key order, hex case), so only
+/// the one canonical spelling is accepted and every byte stays covered.
 pub fn parse(text: &str) -> Option<Parsed<'_>> {
     let body = text.strip_suffix('\n')?;
     let (events_text, seal_line) = match body.rfind('\n') {
@@ -81,14 +84,12 @@ pub fn parse(text: &str) -> Option<Parsed<'_>> {
         None => ("", body),
     };
     let seal: SealLine = serde_json::from_str(seal_line).ok()?;
+    let signature = hex::decode(&seal.signature).ok()?;
+    if serde_json::to_string(&seal).ok()? != seal_line || hex::encode(&signature) != seal.signature {
+        return None;
+    }
     let header_json = serde_json::to_string(&seal.seal).ok()?;
-    Some(Parsed {
-        events: events_text.lines().collect(),
-        events_text,
-        signature: hex::decode(&seal.signature).ok()?,
-        header: seal.seal,
-        header_json,
-    })
+    Some(Parsed { events: events_text.lines().collect(), events_text, signature, header: seal.seal, header_json })
 }
 
 /// Whether `signature` over the header is valid for `public_key`.

@@ -113,7 +113,7 @@ pub fn verify(
         let p = segment::parse(text).ok_or_else(|| ChainBreak {
             seq: walk.expect,
             place: name.clone(),
-            reason: "the segment has no seal (truncated)".into(),
+            reason: "the segment has no valid seal line (truncated or altered)".into(),
         })?;
         walk.segment(name, &p, public_key)?;
     }
