@@ -675,8 +675,11 @@ async fn put_chunk(
     Ok(Reply::stored(outcome))
 }
 
-async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
+async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
     let req = CommitRequest::decode(body).map_err(invalid)?;
+    // The snapshot is named in the body, not the path: its event names it,
+    // whatever the outcome.
+    draft.object = Some(req.snapshot.to_string());
     let header = envelope::parse_header(&req.root).map_err(invalid)?;
     if header.kind != Kind::SnapshotRoot {
         return Err(invalid("the root is not a snapshot root envelope"));
@@ -755,7 +758,6 @@ async fn commit(app: &App, draft: &Draft, repo: &RepoName, body: &[u8]) -> Resul
     if extended > 0 {
         let event = Draft {
             action: "extend-locks",
-            object: Some(req.snapshot.to_string()),
             bytes: extended,
             outcome: Some(Outcome::Ok),
             reason: Some(format!("{extended} objects locked until {until} for this snapshot")),

@@ -114,6 +114,59 @@ fn an_agent_killed_mid_run_commits_nothing_and_the_next_run_dedups() {
     assert_eq!(uploaded + stored_before, chunks + 1, "{again}");
 }
 
+/// `chattr +i` on a folder: not even root can add to it. Undone on drop.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    fn new(dir: &std::path::Path) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = Command::new("chattr").arg("+i").arg(dir).status().unwrap();
+        assert!(status.success(), "chattr +i {} (root, on a file system with attributes)", dir.display());
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(&self.0).status();
+    }
+}
+
+/// The proxy fails between a commit's two writes (index segment, then
+/// root): the repository's `snapshots` folder made immutable makes the
+/// root's write fail for real while reads work. No snapshot is visible
+/// meanwhile, and once the store is writable again the agent's retry of the
+/// same commit completes with the index already there.
+#[test]
+fn a_commit_cut_between_index_and_root_leaves_no_snapshot_and_its_retry_completes() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/c"], None).ok();
+    let snapshots = p.objects().join("dev/c/snapshots");
+    assert!(!snapshots.exists());
+    let frozen = Immutable::new(&snapshots);
+    let data = random_bytes("cut commit", 3 << 20);
+    let source = p.dir.join("cut-commit.bin");
+    std::fs::write(&source, &data).unwrap();
+    let backup = spawn_backup(&p, "dev/c", &format!("cat {}", source.display()), 60);
+
+    let failed = p.wait_for_event("failed commit", |e| e["action"] == "commit" && e["outcome"] == "error");
+    let index = p.stored("dev/c/index");
+    assert_eq!(index.len(), 1, "the index segment is written before the root: {failed}");
+    let snapshot = index[0].file_name().unwrap().to_str().unwrap().to_string();
+    assert_eq!(failed["object"], snapshot.as_str(), "{failed}");
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/c", "--json"], None).json();
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "an index without a root is no snapshot: {listed}");
+
+    drop(frozen);
+    let out = backup.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let done: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(done["id"], snapshot.as_str(), "the retry commits the same snapshot: {done}");
+    assert_eq!(p.stored("dev/c/index").len(), 1);
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/c", &snapshot], None);
+    assert!(restored.stdout == data, "the snapshot must restore bit-exact");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_uploads_and_commits_change_nothing() {
     use coffer_proto::snapshot::{CommitRequest, IndexSegment};
