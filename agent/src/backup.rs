@@ -1,14 +1,15 @@
 //! The backup pipeline.
 //!
 //! ```text
-//! source ─▶ reader thread: FastCDC + keyed BLAKE3 ─▶ [CHUNK_QUEUE]
+//! source ─▶ cutting thread: FastCDC ─▶ [CUT_QUEUE] ─▶ hashing thread:
+//!           stream BLAKE3 + keyed chunk ids ─▶ [CHUNK_QUEUE]
 //!        ─▶ batcher: dedup query per batch ─▶ uploader: zstd + AES-GCM on the
 //!           blocking pool, N uploads in flight on one HTTP/2 connection
 //!        ─▶ manifest chunks ─▶ root ─▶ commit
 //! ```
 //!
 //! Every queue is bounded, so memory is bounded by
-//! `(CHUNK_QUEUE + DEDUP_BATCH_MAX + uploads_in_flight) × max chunk size`,
+//! `(CUT_QUEUE + CHUNK_QUEUE + DEDUP_BATCH_MAX + uploads_in_flight) × max chunk size`,
 //! whatever the stream's length. Nothing is committed unless the source
 //! ended cleanly (a command must exit 0) and every chunk is stored.
 
@@ -31,9 +32,12 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::ClientError;
+use crate::cutter::Cutter;
 use crate::progress::Progress;
 use crate::repo::{OpenRepo, RepoError};
 
+/// Chunks between the reader's cutting and hashing threads.
+pub const CUT_QUEUE: usize = 2;
 /// Chunks between the reader thread and the batcher.
 pub const CHUNK_QUEUE: usize = 4;
 /// Most chunks in one dedup query.
@@ -115,39 +119,41 @@ struct StreamSummary {
     blake3: blake3::Hash,
 }
 
-/// Retries reads interrupted by a signal, which FastCDC would treat as fatal.
-struct RetryInterrupted<R>(R);
-
-impl<R: Read> Read for RetryInterrupted<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.0.read(buf) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
-    }
-}
-
 /// Chunks a stream on the calling (blocking) thread, sending each chunk
 /// with its id down `tx`. Stops early if the receiver has gone.
+///
+/// Cutting and hashing are the two halves of the reader's work, about even
+/// on a re-backup where nothing else is left to do, so they run on two
+/// threads: this one reads and cuts, a scoped one hashes (the stream's
+/// BLAKE3 and each chunk's keyed id) in order and sends.
 fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) -> io::Result<StreamSummary> {
-    let p = repo.config.chunker;
-    let mut hasher = blake3::Hasher::new();
-    let mut bytes = 0u64;
-    for item in fastcdc::v2020::StreamCDC::new(RetryInterrupted(reader), p.min_size, p.avg_size, p.max_size) {
-        let c = item.map_err(|e| match e {
-            fastcdc::v2020::Error::IoError(e) => e,
-            other => io::Error::other(other.to_string()),
-        })?;
-        hasher.update(&c.data);
-        bytes += c.data.len() as u64;
-        let id = repo.id_key.chunk_id(&c.data);
-        if tx.blocking_send(Chunk { id, data: c.data }).is_err() {
-            return Err(io::Error::other("backup pipeline stopped"));
-        }
-    }
-    Ok(StreamSummary { bytes, blake3: hasher.finalize() })
+    let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CUT_QUEUE);
+    std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || {
+            let mut stream = blake3::Hasher::new();
+            let mut bytes = 0u64;
+            for data in cut_rx {
+                stream.update(&data);
+                bytes += data.len() as u64;
+                let id = repo.id_key.chunk_id(&data);
+                if tx.blocking_send(Chunk { id, data }).is_err() {
+                    return Err(io::Error::other("backup pipeline stopped"));
+                }
+            }
+            Ok(StreamSummary { bytes, blake3: stream.finalize() })
+        });
+        let mut cutter = Cutter::new(reader, repo.config.chunker);
+        let cut = (|| {
+            while let Some(data) = cutter.next_chunk()? {
+                cut_tx.send(data).map_err(|_| io::Error::other("backup pipeline stopped"))?;
+            }
+            Ok(())
+        })();
+        drop(cut_tx);
+        // The hasher's error first: when it stops, it is why cutting stopped.
+        let summary = hasher.join().map_err(|_| io::Error::other("the hashing thread panicked"))??;
+        cut.map(|()| summary)
+    })
 }
 
 /// Reads the whole source on a blocking thread. For a command, waits for it

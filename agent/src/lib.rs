@@ -12,6 +12,7 @@
 pub mod backup;
 pub mod client;
 pub mod config;
+mod cutter;
 pub mod daemon;
 pub mod keys;
 mod progress;
