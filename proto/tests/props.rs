@@ -138,6 +138,23 @@ proptest! {
         prop_assert!(chunk::open(&bad, &dek, &repo, &id, &idk).is_err());
     }
 
+    /// A chunk that compresses is stored compressed and one that does not
+    /// is stored as it is, never larger than itself plus the envelope;
+    /// both open to the same bytes.
+    #[test]
+    fn chunks_are_compressed_only_when_it_pays(row in "[a-z ]{8,40}\n", rows in 200usize..4000, noise in prop::collection::vec(any::<u8>(), 1024..65536), level in 1i32..6) {
+        let repo: RepoName = "dev/db".parse().unwrap();
+        let (dek, idk) = (DataKey::random(), IdKey::random());
+        for (data, compressed) in [(row.repeat(rows).into_bytes(), true), (noise, false)] {
+            let id = idk.chunk_id(&data);
+            let sealed = chunk::seal(&data, &dek, KeyId::random(), &repo, &id, level);
+            let header = envelope::parse_header(&sealed).unwrap();
+            prop_assert_eq!(header.compression == Compression::Zstd, compressed, "{} bytes", data.len());
+            prop_assert_eq!(sealed.len() <= data.len() + envelope::OVERHEAD, true);
+            prop_assert_eq!(&chunk::open(&sealed, &dek, &repo, &id, &idk).unwrap(), &data);
+        }
+    }
+
     #[test]
     fn envelope_binds_repo_id_and_kind(data in prop::collection::vec(any::<u8>(), 0..512), a in any::<[u8; 16]>(), b in any::<[u8; 16]>()) {
         prop_assume!(a != b);
