@@ -8,9 +8,10 @@
 //!        ─▶ manifest chunks ─▶ root ─▶ commit
 //! ```
 //!
-//! Every queue is bounded, so memory is bounded by
-//! `(CUT_QUEUE + CHUNK_QUEUE + DEDUP_BATCH_MAX + uploads_in_flight) × max chunk size`,
-//! whatever the stream's length. Nothing is committed unless the source
+//! Every queue is bounded, and every chunk holds its share of
+//! [`PIPELINE_BYTES`] from the cut until it is found stored or uploaded, so
+//! memory is bounded by that budget (plus the envelopes being sent and the
+//! read-ahead of the chunk being cut), whatever the stream's length. Nothing is committed unless the source
 //! ended cleanly (a command must exit 0) and every chunk is stored.
 
 use std::collections::HashSet;
@@ -36,6 +37,8 @@ use crate::cutter::Cutter;
 use crate::progress::Progress;
 use crate::repo::{OpenRepo, RepoError};
 
+/// Most plaintext bytes cut and not yet found stored or uploaded.
+pub const PIPELINE_BYTES: usize = 16 * 1024 * 1024;
 /// Chunks between the reader's cutting and hashing threads.
 pub const CUT_QUEUE: usize = 2;
 /// Chunks between the reader thread and the batcher.
@@ -43,7 +46,7 @@ pub const CHUNK_QUEUE: usize = 4;
 /// Most chunks in one dedup query.
 pub const DEDUP_BATCH_MAX: usize = 64;
 /// Most plaintext bytes held in one dedup batch.
-pub const DEDUP_BATCH_BYTES: usize = 16 * 1024 * 1024;
+pub const DEDUP_BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// How long a partial batch waits for more chunks before it is sent, so a
 /// slow producer still makes steady progress.
 pub const DEDUP_BATCH_LINGER: Duration = Duration::from_millis(50);
@@ -112,6 +115,44 @@ pub struct BackupReport {
 struct Chunk {
     id: ChunkId,
     data: Vec<u8>,
+    /// Its share of [`PIPELINE_BYTES`], held until it is found stored or
+    /// uploaded (the manifest's chunks, cut after the stream, have none).
+    lease: Option<Lease>,
+}
+
+/// The plaintext bytes cut from the stream and not yet found stored or
+/// uploaded. The cutter waits while they are spent, so the pipeline's
+/// memory is bounded in bytes, whatever the chunk sizes (counts alone let a
+/// run of 8 MiB chunks take eight times the memory of 1 MiB ones).
+#[derive(Default)]
+struct Budget {
+    spent: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+impl Budget {
+    /// Blocks until `n` more bytes fit. A chunk is always admitted into an
+    /// empty pipeline, so none is too large to pass.
+    fn take(self: &Arc<Self>, n: usize) -> Lease {
+        let mut spent = self.spent.lock().expect("not poisoned");
+        while *spent > 0 && *spent + n > PIPELINE_BYTES {
+            spent = self.freed.wait(spent).expect("not poisoned");
+        }
+        *spent += n;
+        Lease { budget: self.clone(), n }
+    }
+}
+
+struct Lease {
+    budget: Arc<Budget>,
+    n: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        *self.budget.spent.lock().expect("not poisoned") -= self.n;
+        self.budget.freed.notify_all();
+    }
 }
 
 struct StreamSummary {
@@ -127,16 +168,17 @@ struct StreamSummary {
 /// threads: this one reads and cuts, a scoped one hashes (the stream's
 /// BLAKE3 and each chunk's keyed id) in order and sends.
 fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) -> io::Result<StreamSummary> {
-    let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<Vec<u8>>(CUT_QUEUE);
+    let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Lease)>(CUT_QUEUE);
+    let budget = Arc::new(Budget::default());
     std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
             let mut stream = blake3::Hasher::new();
             let mut bytes = 0u64;
-            for data in cut_rx {
+            for (data, lease) in cut_rx {
                 stream.update(&data);
                 bytes += data.len() as u64;
                 let id = repo.id_key.chunk_id(&data);
-                if tx.blocking_send(Chunk { id, data }).is_err() {
+                if tx.blocking_send(Chunk { id, data, lease: Some(lease) }).is_err() {
                     return Err(io::Error::other("backup pipeline stopped"));
                 }
             }
@@ -145,7 +187,8 @@ fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) ->
         let mut cutter = Cutter::new(reader, repo.config.chunker);
         let cut = (|| {
             while let Some(data) = cutter.next_chunk()? {
-                cut_tx.send(data).map_err(|_| io::Error::other("backup pipeline stopped"))?;
+                let lease = budget.take(data.len());
+                cut_tx.send((data, lease)).map_err(|_| io::Error::other("backup pipeline stopped"))?;
             }
             Ok(())
         })();
@@ -274,18 +317,20 @@ impl Uploader {
         self.sealed_with_key += 1;
         let permit = self.permits.clone().acquire_owned().await.expect("semaphore is never closed");
         let (repo, key, key_id) = (self.repo.clone(), self.key.clone(), self.key_id);
+        let Chunk { id, data, lease } = chunk;
         self.tasks.spawn(async move {
-            let _permit = permit;
-            let plain = chunk.data.len() as u64;
+            // Both held until the envelope is sent.
+            let (_permit, _lease) = (permit, lease);
+            let plain = data.len() as u64;
             let seal_repo = repo.clone();
             let envelope = tokio::task::spawn_blocking(move || {
                 let r = &seal_repo;
-                coffer_proto::chunk::seal(&chunk.data, &key, key_id, &r.name, &chunk.id, r.config.zstd_level)
+                coffer_proto::chunk::seal(&data, &key, key_id, &r.name, &id, r.config.zstd_level)
             })
             .await
             .map_err(|e| BackupError::Internal(e.to_string()))?;
             let stored = envelope.len() as u64;
-            repo.client.put_chunk(&repo.name, &chunk.id, Bytes::from(envelope)).await?;
+            repo.client.put_chunk(&repo.name, &id, Bytes::from(envelope)).await?;
             Ok((plain, stored))
         });
         Ok(())
@@ -417,7 +462,7 @@ pub async fn run(
         let id = repo.id_key.chunk_id(&data);
         manifest_refs.push(ManifestRef { id, len: cut.length as u32 });
         if refs.add(id) {
-            batch.push(Chunk { id, data });
+            batch.push(Chunk { id, data, lease: None });
         }
     }
     batch.flush(&mut up).await?;
@@ -465,4 +510,34 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 20;
+
+    #[test]
+    fn the_budget_holds_the_cutter_until_leases_are_returned() {
+        let budget = Arc::new(Budget::default());
+        let first = budget.take(10 * MIB);
+        let second = budget.take(PIPELINE_BYTES - 10 * MIB);
+        let (done, admitted) = std::sync::mpsc::channel();
+        let waiting = {
+            let budget = budget.clone();
+            std::thread::spawn(move || done.send(budget.take(MIB)).unwrap())
+        };
+        let wait = Duration::from_millis(200);
+        assert!(admitted.recv_timeout(wait).is_err(), "admitted past the budget");
+        drop(first);
+        let third = admitted.recv_timeout(Duration::from_secs(5)).expect("admitted once bytes were returned");
+        waiting.join().unwrap();
+        drop((second, third));
+        assert_eq!(*budget.spent.lock().unwrap(), 0, "every lease returns its bytes");
+        // A chunk larger than the whole budget passes an empty pipeline.
+        let huge = budget.take(2 * PIPELINE_BYTES);
+        assert_eq!(*budget.spent.lock().unwrap(), 2 * PIPELINE_BYTES);
+        drop(huge);
+    }
 }
