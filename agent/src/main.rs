@@ -97,6 +97,11 @@ enum RepoCmd {
     Init {
         #[arg(long)]
         repo: RepoName,
+        /// zstd level for its chunks, 1 (fastest) to 19; fixed for the
+        /// repository's life (docs/performance.md compares levels).
+        #[arg(long, default_value_t = coffer_proto::repo::DEFAULT_ZSTD_LEVEL,
+              value_parser = clap::value_parser!(i32).range(1..=19))]
+        zstd_level: i32,
     },
     /// Back up a stream: `-` for stdin, a PATH, or `-- CMD [ARGS...]`.
     ///
@@ -388,10 +393,10 @@ fn print_json(v: &impl Serialize) -> Result<(), Failure> {
 async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: RepoCmd) -> Result<(), Failure> {
     let ctx = connect(config, mfa_code).await?;
     match command {
-        RepoCmd::Init { repo } => {
+        RepoCmd::Init { repo, zstd_level } => {
             let kek = ctx.provider.describe_key().await?.kek;
-            repo::init(&ctx.client, &*ctx.provider, &repo).await?;
-            println!("initialised repository {repo} (chunk-id key wrapped by {kek})");
+            repo::init(&ctx.client, &*ctx.provider, &repo, zstd_level).await?;
+            println!("initialised repository {repo} (chunk-id key wrapped by {kek}, zstd level {zstd_level})");
         }
         RepoCmd::Backup { repo, name, json, input, command } => {
             let (source, name) = source_and_name(input, command, name)?;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use coffer_proto::keys::{DataKey, IdKey, KeyRecord, Purpose};
-use coffer_proto::repo::{ChunkerParams, RepoConfig, CONFIG_VERSION, DEFAULT_ZSTD_LEVEL};
+use coffer_proto::repo::{ChunkerParams, RepoConfig, CONFIG_VERSION};
 use coffer_proto::{KeyId, RepoName};
 use http::StatusCode;
 use tokio::sync::Mutex;
@@ -59,14 +59,20 @@ pub async fn rotate(client: &ProxyClient, provider: &dyn KeyProvider, name: &Rep
     }
 }
 
-/// Creates the repository's config with a new chunk-id key.
-pub async fn init(client: &ProxyClient, provider: &dyn KeyProvider, name: &RepoName) -> Result<RepoConfig, RepoError> {
+/// Creates the repository's config with a new chunk-id key, compressing
+/// its chunks at `zstd_level`.
+pub async fn init(
+    client: &ProxyClient,
+    provider: &dyn KeyProvider,
+    name: &RepoName,
+    zstd_level: i32,
+) -> Result<RepoConfig, RepoError> {
     let (_idk, id_key) = new_key(provider, name, Purpose::ChunkId).await?;
     let config = RepoConfig {
         version: CONFIG_VERSION,
         repo: name.clone(),
         chunker: ChunkerParams::default(),
-        zstd_level: DEFAULT_ZSTD_LEVEL,
+        zstd_level,
         id_key,
         created: crate::unix_now(),
     };

@@ -86,6 +86,9 @@ struct Common {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// The zstd level of Coffer's repositories (`coffer init --zstd-level`).
+    #[arg(long, default_value_t = coffer_proto::repo::DEFAULT_ZSTD_LEVEL)]
+    zstd_level: i32,
 }
 
 #[derive(Serialize)]
@@ -183,6 +186,7 @@ fn source_file(input: Input, work: &Path) -> Result<(PathBuf, String), String> {
 struct Bench {
     bins: PathBuf,
     work: PathBuf,
+    zstd_level: i32,
     proxy: Proxy,
     _tmp: tempfile::TempDir,
 }
@@ -205,7 +209,7 @@ impl Bench {
         let work = common.work.clone().unwrap_or_else(|| tmp.path().to_path_buf());
         std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
         let proxy = Proxy::start(&bins.join("coffer-proxy"), &work.join("proxy"))?;
-        Ok(Bench { bins, work, proxy, _tmp: tmp })
+        Ok(Bench { bins, work, zstd_level: common.zstd_level, proxy, _tmp: tmp })
     }
 
     /// The dev proxy's folder: its certificates and the agents' configs.
@@ -218,6 +222,12 @@ impl Bench {
         let mut cmd = Command::new(self.bins.join("coffer"));
         cmd.arg("--config").arg(self.proxy_dir().join(config));
         cmd
+    }
+
+    /// Creates a repository at the chosen zstd level.
+    fn init(&self, repo: &str) -> Result<Timed, String> {
+        let level = self.zstd_level.to_string();
+        timed(self.coffer("agent.toml").args(["init", "--repo", repo, "--zstd-level", &level]), None, None)
     }
 }
 
@@ -247,7 +257,7 @@ fn stream(bench: &Bench, spec: &str, rate: Option<&str>, agents: usize) -> Resul
     // One repository per agent, so they share a proxy but not chunks.
     let repos: Vec<String> = (0..agents).map(|i| format!("{REPO}-{i}")).collect();
     for repo in &repos {
-        timed(bench.coffer("agent.toml").args(["init", "--repo", repo]), None, None)?;
+        bench.init(repo)?;
     }
     let started = std::time::Instant::now();
     let running = repos
@@ -352,9 +362,9 @@ struct LimitReport {
 fn limit(bench: &Bench, input: Input) -> Result<LimitReport, String> {
     let (source, label) = source_file(input, &bench.work)?;
     // The dev proxy's certificates serve the TLS stage; it takes the real backup.
-    let level = coffer_proto::repo::DEFAULT_ZSTD_LEVEL;
+    let level = bench.zstd_level;
     let limits = coffer_bench::limit::measure_stages(&source, level, &bench.proxy_dir(), &bench.work)?;
-    timed(bench.coffer("agent.toml").args(["init", "--repo", REPO]), None, None)?;
+    bench.init(REPO)?;
     let run = timed(bench.coffer("agent.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(&source), None)?;
     let first_backup_mb_per_sec = limits.bytes as f64 / 1e6 / run.secs.max(1e-9);
     let fraction_of_ceiling = first_backup_mb_per_sec / limits.ceiling;
@@ -446,7 +456,7 @@ fn e2e(bench: &Bench, input: Input, with_peers: bool) -> Result<Report, String> 
     edit_one_percent(&source, &edited)?;
 
     let proxy = &bench.proxy;
-    timed(bench.coffer("agent.toml").args(["init", "--repo", REPO]), None, None)?;
+    bench.init(REPO)?;
     let (mut peers, peers_missing) = if with_peers { Peer::find(work) } else { (Vec::new(), Vec::new()) };
     for peer in &peers {
         peer.init()?;

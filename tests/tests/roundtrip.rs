@@ -80,6 +80,30 @@ fn large_mixed_stream_and_unchanged_rebackup() {
     assert_eq!(verified.matches(": ok").count(), 2, "{verified}");
 }
 
+/// `init --zstd-level` fixes the repository's level: the same text stored
+/// at 19 takes less room than at 1, and both restore. Levels outside 1 to
+/// 19 are refused before anything is created.
+#[test]
+fn the_zstd_level_is_chosen_at_init() {
+    let p = DevProxy::start();
+    let data = text_bytes(7, 8 << 20);
+    let mut stored = Vec::new();
+    for level in ["1", "19"] {
+        let repo = format!("dev/level-{level}");
+        let out = coffer(&p.writer(), &["init", "--repo", &repo, "--zstd-level", level], None).ok();
+        assert!(out.contains(&format!("zstd level {level}")), "{out}");
+        stored.push(round_trip(&p, &repo, &data)["stored_new"].as_u64().unwrap());
+    }
+    assert!(stored[1] < stored[0], "level 19 must store less than level 1: {stored:?}");
+    for bad in ["0", "20"] {
+        let run = coffer(&p.writer(), &["init", "--repo", "dev/level-bad", "--zstd-level", bad], None);
+        assert_eq!(run.code(), 64, "--zstd-level {bad} must be a usage error");
+        assert!(run.stderr.contains("1..=19"), "{}", run.stderr);
+    }
+    // Nothing was created: the name is still free.
+    coffer(&p.writer(), &["init", "--repo", "dev/level-bad"], None).ok();
+}
+
 #[test]
 fn command_source_and_restart_reuses_everything() {
     let mut p = DevProxy::start();
