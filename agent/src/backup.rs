@@ -11,8 +11,9 @@
 //! Every queue is bounded, and every chunk holds its share of
 //! [`PIPELINE_BYTES`] from the cut until it is found stored or uploaded, so
 //! memory is bounded by that budget (plus the envelopes being sent and the
-//! read-ahead of the chunk being cut), whatever the stream's length. Nothing is committed unless the source
-//! ended cleanly (a command must exit 0) and every chunk is stored.
+//! read-ahead of the chunk being cut), whatever the stream's length.
+//! Nothing is committed unless the source ended cleanly (a command must
+//! exit 0) and every chunk is stored.
 
 use std::collections::HashSet;
 use std::io::{self, Read};

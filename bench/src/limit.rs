@@ -39,7 +39,7 @@ pub struct Limits {
     pub cores: usize,
     pub zstd_level: i32,
     pub stages: Vec<Stage>,
-    /// The reader thread's bound: read, chunk and hash in turn.
+    /// The reader's bound: one thread reads and cuts while another hashes.
     pub reader_ceiling: f64,
     /// All CPU stages sharing the cores.
     pub cpu_ceiling: f64,
@@ -119,7 +119,7 @@ pub fn measure_stages(source: &Path, zstd_level: i32, tls_dir: &Path, scratch: &
         _ => s.cpu_secs_per_mb,
     };
     let cost = |name: &str| stages.iter().find(|s| s.stage == name).map_or(0.0, |s| 1.0 / s.mb_per_sec);
-    let reader_ceiling = 1.0 / (cost("read") + cost("chunk") + cost("hash"));
+    let reader_ceiling = 1.0 / (cost("read") + cost("chunk")).max(cost("hash"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu_ceiling = cores as f64 / stages.iter().map(per_stream_mb).sum::<f64>().max(1e-12);
     let store = stages.iter().find(|s| s.stage == "store write (fsync)").map_or(f64::INFINITY, |s| s.mb_per_sec);

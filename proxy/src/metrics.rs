@@ -91,7 +91,7 @@ impl Default for Metrics {
         r.register("key_check_seconds", "Key record checks (KMS calls) latency", m.key_check_seconds.clone());
         r.register(
             "refusals",
-            "Refused before the API: handshake, connect, limit, denied, timeout",
+            "Refused before the API: handshake, connect, limit, denied, timeout, unread, protocol",
             m.refusals.clone(),
         );
         r.register("audit_backlog", "Audit events queued, not yet written", m.audit_backlog.clone());

@@ -483,7 +483,7 @@ async fn serve_connection(
         Some(identity)
     });
     let caller = Arc::new(Caller::new(identity, peer));
-    let (stalled_app, stalled_caller) = (app.clone(), caller.clone());
+    let (conn_app, conn_caller) = (app.clone(), caller.clone());
     let activity = Arc::new(Activity::default());
     let audit = app.audit.clone();
     let handler_caller = caller.clone();
@@ -518,8 +518,8 @@ async fn serve_connection(
                     match protocol_violation(&e) {
                         Some(reason) => {
                             tracing::info!(%peer, "{reason}");
-                            stalled_app.metrics.refused("protocol");
-                            let _ = stalled_app.audit.record(connection_denied(&stalled_caller, peer, reason), false).await;
+                            conn_app.metrics.refused("protocol");
+                            let _ = conn_app.audit.record(connection_denied(&conn_caller, peer, reason), false).await;
                         }
                         None => tracing::debug!(%peer, "connection ended: {e}"),
                     }
@@ -547,8 +547,8 @@ async fn serve_connection(
     if tokio::time::timeout(limits.idle_timeout, conn.as_mut()).await.is_err() {
         let reason = format!("responses left unread for {} s; connection closed", limits.idle_timeout.as_secs());
         tracing::info!(%peer, "{reason}");
-        stalled_app.metrics.refused("unread");
-        let _ = stalled_app.audit.record(connection_denied(&stalled_caller, peer, reason), false).await;
+        conn_app.metrics.refused("unread");
+        let _ = conn_app.audit.record(connection_denied(&conn_caller, peer, reason), false).await;
     }
 }
 
