@@ -321,6 +321,13 @@ impl ProxyClient {
         let conn = self.conn().await?;
         let mut req =
             Request::builder().method(method.clone()).uri(format!("https://{}{path}", self.shared.endpoint.authority));
+        // Every body is typed (SPEC "HTTP API"): JSON for admin calls, the
+        // binary formats otherwise; a caller's own Content-Type wins.
+        let typed = extra.as_ref().is_some_and(|(name, _)| name.eq_ignore_ascii_case("content-type"));
+        if method != Method::GET && !typed {
+            let media = if path.starts_with("/v1/admin/") { "application/json" } else { "application/octet-stream" };
+            req = req.header(http::header::CONTENT_TYPE, media);
+        }
         if let Some((name, value)) = extra {
             req = req.header(name, value);
         }

@@ -172,6 +172,8 @@ pub enum ApiError {
     Conflict(String),
     #[error("request body larger than {0} bytes")]
     TooLarge(usize),
+    #[error("{0}")]
+    MediaType(String),
     #[error("method not allowed")]
     Method,
     #[error("{0}")]
@@ -195,6 +197,7 @@ impl ApiError {
             Invalid(_) => (StatusCode::BAD_REQUEST, "invalid", Outcome::Invalid),
             Conflict(_) => (StatusCode::CONFLICT, "conflict", Outcome::Conflict),
             TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too-large", Outcome::Invalid),
+            MediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "media-type", Outcome::Invalid),
             Method => (StatusCode::METHOD_NOT_ALLOWED, "method", Outcome::Invalid),
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store", Outcome::Error),
             Audit => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Outcome::Error),
@@ -322,6 +325,16 @@ impl Reply {
             PutOutcome::Created => StatusCode::CREATED,
             PutOutcome::Exists => StatusCode::OK,
         })
+    }
+}
+
+/// The media type of an action's body: JSON for admin calls, the binary
+/// formats of SPEC.md for the rest.
+pub fn body_type(action: Action) -> &'static str {
+    if action.admin() {
+        "application/json"
+    } else {
+        "application/octet-stream"
     }
 }
 
@@ -464,6 +477,15 @@ where
 
     let digest = req.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     let limit = body_limit(app, route.action);
+    if limit > 0 {
+        let expected = body_type(route.action);
+        let given = req.headers().get(http::header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let essence = given.as_deref().map(|t| t.split(';').next().unwrap_or_default().trim());
+        if !essence.is_some_and(|t| t.eq_ignore_ascii_case(expected)) {
+            let given = given.map_or("no Content-Type".into(), |t| format!("{t:?}"));
+            return Err(ApiError::MediaType(format!("a {} body is {expected}, not {given}", route.action.name())));
+        }
+    }
     let body = Limited::new(req.into_body(), limit)
         .collect()
         .await

@@ -215,6 +215,19 @@ async fn hostile_input_gets_a_clear_answer_and_the_proxy_keeps_serving() {
     let big = vec![0u8; coffer_proto::ENVELOPE_MAX + 1];
     let err = client.raw(http::Method::PUT, &format!("/v1/repos/dev/h/chunks/{id}"), big, None).await.unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(413), "{err}");
+    // A body of the wrong type, or with an empty one.
+    let sealed = vec![0u8; 1024];
+    for content_type in ["text/plain", "application/json", ""] {
+        let header = Some(("content-type", content_type.to_string()));
+        let path = format!("/v1/repos/dev/h/chunks/{id}");
+        let err = client.raw(http::Method::PUT, &path, sealed.clone(), header).await.unwrap_err();
+        assert_eq!(err.status().map(|s| s.as_u16()), Some(415), "{content_type:?}: {err}");
+    }
+    let event = p.wait_for_event("wrong media type", |e| {
+        e["outcome"] == "invalid" && e["reason"].as_str().is_some_and(|r| r.contains("\"text/plain\""))
+    });
+    assert_eq!(event["action"], "put-chunk", "{event}");
+    assert!(event["reason"].as_str().unwrap().contains("is application/octet-stream"), "{event}");
     // Invalid ids and unknown endpoints.
     for (path, status) in
         [("/v1/repos/dev/h/chunks/zz", 400), ("/v1/repos/dev/h/keys/1234", 400), ("/v1/nope", 404), ("/", 404)]
