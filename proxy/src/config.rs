@@ -331,6 +331,9 @@ impl ProxyConfig {
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
             return Err("limits: the timeouts must be positive".into());
         }
+        if matches!(&self.store, StoreConfig::S3(s3) if s3.attempt_timeout_secs == 0) {
+            return Err("store.attempt_timeout_secs must be positive".into());
+        }
         if self.aws.require_private_endpoints {
             if let StoreConfig::S3(s3) = &self.store {
                 private_endpoint(s3.endpoint.as_deref(), self.aws.s3_gateway_endpoint)

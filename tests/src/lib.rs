@@ -498,6 +498,23 @@ impl FaultRelay {
         upstream: &str,
         fault: impl Fn(&http::Method, &str, usize) -> bool + Send + Sync + 'static,
     ) -> Self {
+        Self::start_with(upstream, false, fault).await
+    }
+
+    /// Like [`FaultRelay::start`], but a faulted request is never answered:
+    /// a store that accepts a call and then hangs.
+    pub async fn stalling(
+        upstream: &str,
+        fault: impl Fn(&http::Method, &str, usize) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        Self::start_with(upstream, true, fault).await
+    }
+
+    async fn start_with(
+        upstream: &str,
+        stall: bool,
+        fault: impl Fn(&http::Method, &str, usize) -> bool + Send + Sync + 'static,
+    ) -> Self {
         use http_body_util::BodyExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
@@ -517,6 +534,9 @@ impl FaultRelay {
                             let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             if fault(req.method(), req.uri().path(), n) {
                                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                if stall {
+                                    std::future::pending::<()>().await;
+                                }
                                 let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
                                 return Ok::<_, hyper::Error>(
                                     http::Response::builder()

@@ -509,6 +509,41 @@ async fn s3_slowdowns_are_retried_and_a_dead_store_commits_nothing() {
     });
 }
 
+/// An S3 that accepts chunk uploads and never answers: each attempt is
+/// abandoned after `store.attempt_timeout_secs` and retried, then the
+/// agent gets a clear error and no snapshot is committed, instead of every
+/// upload hanging until the proxy's 300 s request timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hanging_s3_times_out_and_commits_nothing() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let relay = coffer_tests::FaultRelay::stalling(&aws.moto.endpoint, |m, path, _| {
+        m == http::Method::PUT && path.contains("/chunks/")
+    })
+    .await;
+    let certs = certificates();
+    let config = relayed_config(certs.path(), &aws, &relay);
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replacen(
+        &format!("bucket = \"{BUCKET}\""),
+        &format!("bucket = \"{BUCKET}\"\nattempt_timeout_secs = 1"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/hang"], None).ok();
+    let started = std::time::Instant::now();
+    let failed = run(&aws, &writer, &["backup", "--repo", "dev/hang", "-"], Some(&random_bytes("hang", 2 << 20)));
+    assert_eq!(failed.code(), 1, "{}", failed.stderr);
+    assert!(failed.stderr.contains("no snapshot was committed"), "{}", failed.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(120), "the hang must be cut short");
+    assert!(relay.faults.load(std::sync::atomic::Ordering::SeqCst) >= 2, "each attempt is abandoned and retried");
+    assert!(aws.keys("dev/hang/snapshots/").await.is_empty());
+    assert!(aws.keys("dev/hang/chunks/").await.is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn assess_checks_the_bucket_and_the_keys() {
     let aws = Aws::start().await;

@@ -11,6 +11,8 @@
 //! retried by the SDK's standard retry strategy: exponential backoff with
 //! jitter, at most `MAX_ATTEMPTS` attempts.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::{ByteStream, DateTime};
@@ -65,6 +67,15 @@ pub struct S3Config {
     /// Use `If-None-Match: *` on PutObject (S3 supports it); otherwise HEAD first.
     #[serde(default = "yes")]
     pub conditional_writes: bool,
+    /// How long one attempt of an S3 call may take before it is abandoned
+    /// and retried: without it a store that accepts a request and never
+    /// answers holds it until the proxy's request timeout.
+    #[serde(default = "default_attempt_timeout")]
+    pub attempt_timeout_secs: u64,
+}
+
+fn default_attempt_timeout() -> u64 {
+    60
 }
 
 fn yes() -> bool {
@@ -126,7 +137,13 @@ impl S3Store {
     pub async fn open(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, String> {
         let mut b = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(cfg.path_style)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS));
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(cfg.attempt_timeout_secs))
+                    .build(),
+            );
         if let Some(region) = &cfg.region {
             b = b.region(aws_config::Region::new(region.clone()));
         }
