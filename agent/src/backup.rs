@@ -42,7 +42,7 @@ use crate::repo::{OpenRepo, RepoError};
 pub const PIPELINE_BYTES: usize = 16 * 1024 * 1024;
 /// Chunks between the reader's cutting and hashing threads.
 pub const CUT_QUEUE: usize = 2;
-/// Chunks between the reader thread and the batcher.
+/// Chunks between the hashing thread and the batcher.
 pub const CHUNK_QUEUE: usize = 4;
 /// Most chunks in one dedup query.
 pub const DEDUP_BATCH_MAX: usize = 64;

@@ -197,8 +197,9 @@ fn main() -> ExitCode {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
     }
     // Sealing is CPU-bound: more blocking threads than cores (plus the
-    // source reader and one spare) only add malloc arenas, which showed up
-    // as about 30 MiB of peak memory (docs/performance.md).
+    // source reader and one spare) add no speed, only chunks being sealed
+    // at once, each with zstd's output and an envelope; under glibc they
+    // also added malloc arenas, about 30 MiB of peak (docs/performance.md).
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(cores + 2).build()
     {
