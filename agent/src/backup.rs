@@ -1,8 +1,9 @@
 //! The backup pipeline.
 //!
 //! ```text
-//! source ─▶ cutting thread: FastCDC ─▶ [CUT_QUEUE] ─▶ hashing thread:
-//!           stream BLAKE3 + keyed chunk ids ─▶ [CHUNK_QUEUE]
+//! source ─▶ reading thread: blocks ─▶ [READ_AHEAD] ─▶ cutting thread: FastCDC
+//!        ─▶ [CUT_QUEUE] ─▶ hashing thread: stream BLAKE3 + keyed chunk ids
+//!        ─▶ [CHUNK_QUEUE]
 //!        ─▶ batcher: dedup query per batch ─▶ uploader: zstd + AES-GCM on the
 //!           blocking pool, N uploads in flight on one HTTP/2 connection
 //!        ─▶ manifest chunks ─▶ root ─▶ commit
@@ -34,7 +35,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::client::ClientError;
-use crate::cutter::Cutter;
+use crate::cutter::{self, Cutter, Pieces};
 use crate::progress::Progress;
 use crate::repo::{OpenRepo, RepoError};
 
@@ -115,7 +116,7 @@ pub struct BackupReport {
 
 struct Chunk {
     id: ChunkId,
-    data: Vec<u8>,
+    data: Pieces,
     /// Its share of [`PIPELINE_BYTES`], held until it is found stored or
     /// uploaded (the manifest's chunks, cut after the stream, have none).
     lease: Option<Lease>,
@@ -164,28 +165,33 @@ struct StreamSummary {
 /// Chunks a stream on the calling (blocking) thread, sending each chunk
 /// with its id down `tx`. Stops early if the receiver has gone.
 ///
-/// Cutting and hashing are the two halves of the reader's work, about even
-/// on a re-backup where nothing else is left to do, so they run on two
-/// threads: this one reads and cuts, a scoped one hashes (the stream's
-/// BLAKE3 and each chunk's keyed id) in order and sends.
-fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) -> io::Result<StreamSummary> {
-    let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, Lease)>(CUT_QUEUE);
+/// Reading, cutting and hashing each take a thread, so that on two cores a
+/// re-backup, where nothing else is left to do, keeps both busy: a scoped
+/// thread reads the stream in blocks, this one cuts them, and another
+/// hashes each chunk (the stream's BLAKE3 and the chunk's keyed id) in
+/// order and sends it on.
+fn chunk_stream(reader: impl Read + Send, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) -> io::Result<StreamSummary> {
+    let (block_tx, block_rx) = std::sync::mpsc::sync_channel(cutter::READ_AHEAD);
+    let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<(Pieces, Lease)>(CUT_QUEUE);
     let budget = Arc::new(Budget::default());
     std::thread::scope(|scope| {
+        let reading = scope.spawn(move || cutter::read_blocks(reader, cutter::BLOCK, &block_tx));
         let hasher = scope.spawn(move || {
             let mut stream = blake3::Hasher::new();
             let mut bytes = 0u64;
             for (data, lease) in cut_rx {
-                stream.update(&data);
+                for part in data.parts() {
+                    stream.update(part);
+                }
                 bytes += data.len() as u64;
-                let id = repo.id_key.chunk_id(&data);
+                let id = repo.id_key.chunk_id_of_parts(data.parts().iter().map(|p| &p[..]));
                 if tx.blocking_send(Chunk { id, data, lease: Some(lease) }).is_err() {
                     return Err(io::Error::other("backup pipeline stopped"));
                 }
             }
             Ok(StreamSummary { bytes, blake3: stream.finalize() })
         });
-        let mut cutter = Cutter::new(reader, repo.config.chunker);
+        let mut cutter = Cutter::new(block_rx, repo.config.chunker);
         let cut = (|| {
             while let Some(data) = cutter.next_chunk()? {
                 let lease = budget.take(data.len());
@@ -193,9 +199,11 @@ fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) ->
             }
             Ok(())
         })();
-        drop(cut_tx);
+        // Closing both ends stops the reader and the hasher.
+        drop((cutter, cut_tx));
         // The hasher's error first: when it stops, it is why cutting stopped.
         let summary = hasher.join().map_err(|_| io::Error::other("the hashing thread panicked"))??;
+        reading.join().map_err(|_| io::Error::other("the reading thread panicked"))?;
         cut.map(|()| summary)
     })
 }
@@ -204,7 +212,7 @@ fn chunk_stream(reader: impl Read, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) ->
 /// and reports its exit status; if the pipeline stops early, kills it.
 fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Result<StreamSummary, BackupError> {
     match source {
-        Source::Stdin => chunk_stream(io::stdin().lock(), repo, &tx).map_err(BackupError::Source),
+        Source::Stdin => chunk_stream(io::stdin(), repo, &tx).map_err(BackupError::Source),
         Source::File(path) => {
             let f = std::fs::File::open(&path)
                 .map_err(|e| BackupError::Source(io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?;
@@ -326,7 +334,7 @@ impl Uploader {
             let seal_repo = repo.clone();
             let envelope = tokio::task::spawn_blocking(move || {
                 let r = &seal_repo;
-                coffer_proto::chunk::seal(&data, &key, key_id, &r.name, &id, r.config.zstd_level)
+                coffer_proto::chunk::seal(&data.contiguous(), &key, key_id, &r.name, &id, r.config.zstd_level)
             })
             .await
             .map_err(|e| BackupError::Internal(e.to_string()))?;
@@ -456,14 +464,14 @@ pub async fn run(
     // The manifest goes through the same chunk path, so a huge stream still
     // commits with a small root.
     let p = repo.config.chunker;
-    let encoded = manifest.encode();
+    let encoded = Bytes::from(manifest.encode());
     let mut manifest_refs = Vec::new();
     for cut in fastcdc::v2020::FastCDC::new(&encoded, p.min_size, p.avg_size, p.max_size) {
-        let data = encoded[cut.offset..cut.offset + cut.length].to_vec();
+        let data = encoded.slice(cut.offset..cut.offset + cut.length);
         let id = repo.id_key.chunk_id(&data);
         manifest_refs.push(ManifestRef { id, len: cut.length as u32 });
         if refs.add(id) {
-            batch.push(Chunk { id, data, lease: None });
+            batch.push(Chunk { id, data: Pieces::from(data), lease: None });
         }
     }
     batch.flush(&mut up).await?;

@@ -2,9 +2,9 @@
 //! on the same data, and the ceiling they put on the whole pipeline on this
 //! machine's cores.
 //!
-//! The model, from how the agent and proxy run: one reader thread reads,
-//! cuts and hashes the stream in turn, so it cannot beat
-//! `1 / (read + chunk + hash)` (costs in seconds per MB); all CPU work of the
+//! The model, from how the agent and proxy run: the agent reads, cuts and
+//! hashes the stream on three threads, one stage each, so it cannot beat
+//! `1 / max(read, chunk, hash)` (costs in seconds per MB); all CPU work of the
 //! agent and the proxy (those three, sealing, and TLS on both ends) shares
 //! the cores, so they cannot beat `cores / (sum of the costs)`; and the
 //! store cannot take more than its fsync'd writes allow (measured with 8
@@ -119,7 +119,7 @@ pub fn measure_stages(source: &Path, zstd_level: i32, tls_dir: &Path, scratch: &
         _ => s.cpu_secs_per_mb,
     };
     let cost = |name: &str| stages.iter().find(|s| s.stage == name).map_or(0.0, |s| 1.0 / s.mb_per_sec);
-    let reader_ceiling = 1.0 / (cost("read") + cost("chunk")).max(cost("hash"));
+    let reader_ceiling = 1.0 / cost("read").max(cost("chunk")).max(cost("hash"));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let cpu_ceiling = cores as f64 / stages.iter().map(per_stream_mb).sum::<f64>().max(1e-12);
     let store = stages.iter().find(|s| s.stage == "store write (fsync)").map_or(f64::INFINITY, |s| s.mb_per_sec);

@@ -83,6 +83,15 @@ impl IdKey {
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
         ChunkId::from_bytes(*blake3::keyed_hash(&self.0, plaintext).as_bytes())
     }
+
+    /// The id of a chunk whose plaintext is `parts`, in order.
+    pub fn chunk_id_of_parts<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> ChunkId {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        for part in parts {
+            h.update(part);
+        }
+        ChunkId::from_bytes(*h.finalize().as_bytes())
+    }
 }
 
 /// What a wrapped key may be used for.
