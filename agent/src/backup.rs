@@ -334,7 +334,7 @@ impl Uploader {
             let seal_repo = repo.clone();
             let envelope = tokio::task::spawn_blocking(move || {
                 let r = &seal_repo;
-                coffer_proto::chunk::seal(&data.contiguous(), &key, key_id, &r.name, &id, r.config.zstd_level)
+                coffer_proto::chunk::seal_parts(data.parts(), &key, key_id, &r.name, &id, r.config.zstd_level)
             })
             .await
             .map_err(|e| BackupError::Internal(e.to_string()))?;

@@ -79,16 +79,6 @@ impl Pieces {
             self.parts.push(part);
         }
     }
-
-    /// The bytes in one buffer: the block's own slice when the chunk lies
-    /// within one block, else a copy.
-    pub fn contiguous(&self) -> Bytes {
-        match self.parts.as_slice() {
-            [] => Bytes::new(),
-            [one] => one.clone(),
-            parts => Bytes::from(parts.concat()),
-        }
-    }
 }
 
 impl From<Bytes> for Pieces {
@@ -301,7 +291,7 @@ mod tests {
             std::iter::from_fn(|| cutter.next_chunk().unwrap())
                 .map(|p| {
                     assert_eq!(p.len(), p.parts().iter().map(Bytes::len).sum::<usize>());
-                    p.contiguous().to_vec()
+                    p.parts().concat()
                 })
                 .collect()
         })

@@ -113,22 +113,41 @@ pub fn seal(
     object_id: &[u8],
     plaintext: &[u8],
 ) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(plaintext.len() + OVERHEAD);
+    buf.resize(HEADER_LEN, 0);
+    buf.extend_from_slice(plaintext);
+    seal_in_place(kind, compression, key_id, key, repo, object_id, buf)
+}
+
+/// Seals in place: `buf` holds [`HEADER_LEN`] bytes of room for the header
+/// and then the plaintext (already compressed as `compression` says). The
+/// header is written over the room, the plaintext encrypted where it lies
+/// and the tag appended, so a buffer with [`TAG_LEN`] bytes to spare is
+/// never copied. As [`seal`], with a fresh random nonce.
+pub fn seal_in_place(
+    kind: Kind,
+    compression: Compression,
+    key_id: KeyId,
+    key: &DataKey,
+    repo: &RepoName,
+    object_id: &[u8],
+    mut buf: Vec<u8>,
+) -> Vec<u8> {
+    assert!(buf.len() >= HEADER_LEN, "an envelope buffer starts with room for its header");
     let mut nonce = [0u8; NONCE_LEN];
     aws_lc_rs::rand::fill(&mut nonce).expect("the system RNG failed");
     let header = Header { kind, compression, key_id, nonce }.encode();
-    let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
-    out.extend_from_slice(&header);
-    out.extend_from_slice(plaintext);
+    buf[..HEADER_LEN].copy_from_slice(&header);
     let tag = key
         .aead()
         .seal_in_place_separate_tag(
             Nonce::assume_unique_for_key(nonce),
             Aad::from(aad(&header, repo, object_id)),
-            &mut out[HEADER_LEN..],
+            &mut buf[HEADER_LEN..],
         )
         .expect("AES-GCM sealing of at most an 8 MiB chunk cannot fail");
-    out.extend_from_slice(tag.as_ref());
-    out
+    buf.extend_from_slice(tag.as_ref());
+    buf
 }
 
 /// Opens an envelope, returning its header and (still compressed) plaintext.

@@ -155,6 +155,35 @@ proptest! {
         }
     }
 
+    /// A chunk sealed from the parts it was read in opens to the parts
+    /// joined, compressed exactly when the whole would be, at any level and
+    /// however it is split (each thread keeps one zstd context between
+    /// chunks and levels).
+    #[test]
+    fn chunks_sealed_from_parts_open_to_the_whole(
+        row in "[a-z ]{8,40}\n",
+        rows in 0usize..3000,
+        noise in prop::collection::vec(any::<u8>(), 0..20000),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..6),
+        level in 1i32..6,
+    ) {
+        let repo: RepoName = "dev/db".parse().unwrap();
+        let (dek, idk) = (DataKey::random(), IdKey::random());
+        for data in [row.repeat(rows).into_bytes(), noise.clone(), [row.repeat(rows).into_bytes(), noise].concat()] {
+            let mut at: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            at.sort_unstable();
+            let parts: Vec<&[u8]> = std::iter::once(0).chain(at.iter().copied()).zip(at.iter().copied().chain(std::iter::once(data.len()))).map(|(a, b)| &data[a..b]).collect();
+            let id = idk.chunk_id(&data);
+            let sealed = chunk::seal_parts(&parts, &dek, KeyId::random(), &repo, &id, level);
+            let whole = chunk::seal(&data, &dek, KeyId::random(), &repo, &id, level);
+            let compression = |s: &[u8]| envelope::parse_header(s).unwrap().compression;
+            prop_assert_eq!(compression(&sealed), compression(&whole));
+            prop_assert_eq!(sealed.len(), whole.len());
+            prop_assert_eq!(sealed.len() <= data.len() + envelope::OVERHEAD, true);
+            prop_assert_eq!(&chunk::open(&sealed, &dek, &repo, &id, &idk).unwrap(), &data);
+        }
+    }
+
     #[test]
     fn envelope_binds_repo_id_and_kind(data in prop::collection::vec(any::<u8>(), 0..512), a in any::<[u8; 16]>(), b in any::<[u8; 16]>()) {
         prop_assume!(a != b);
