@@ -208,7 +208,7 @@ fn chunk_stream(reader: impl Read + Send, repo: &OpenRepo, tx: &mpsc::Sender<Chu
     })
 }
 
-/// Reads the whole source on a blocking thread. For a command, waits for it
+/// Reads the whole source on the calling thread. For a command, waits for it
 /// and reports its exit status; if the pipeline stops early, kills it.
 fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Result<StreamSummary, BackupError> {
     match source {
@@ -418,8 +418,17 @@ pub async fn run(
     let description = source.describe();
     let mut up = Uploader::new(repo.clone(), in_flight).await?;
     let (tx, mut rx) = mpsc::channel::<Chunk>(CHUNK_QUEUE);
+    // The source is read on a thread of its own, not tokio's blocking pool:
+    // it lasts the whole backup, and a daemon running several backups would
+    // otherwise fill the pool and leave no thread to seal their chunks.
     let reader_repo = repo.clone();
-    let reader = tokio::task::spawn_blocking(move || read_source(source, &reader_repo, tx));
+    let (read_tx, reader) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("coffer-source".into())
+        .spawn(move || {
+            let _ = read_tx.send(read_source(source, &reader_repo, tx));
+        })
+        .map_err(|e| BackupError::Internal(format!("cannot start the reading thread: {e}")))?;
 
     let mut progress = Progress::new(progress);
     let mut manifest = Manifest::default();
@@ -459,7 +468,7 @@ pub async fn run(
         drop(rx);
         return Err(e);
     }
-    let summary = reader.await.map_err(|e| BackupError::Internal(e.to_string()))??;
+    let summary = reader.await.map_err(|_| BackupError::Internal("the reading thread panicked".into()))??;
 
     // The manifest goes through the same chunk path, so a huge stream still
     // commits with a small root.

@@ -196,13 +196,14 @@ fn main() -> ExitCode {
     } else {
         logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
     }
-    // Sealing is CPU-bound: more blocking threads than cores (plus the
-    // source reader and one spare) add no speed, only chunks being sealed
-    // at once, each with zstd's output and an envelope; under glibc they
-    // also added malloc arenas, about 30 MiB of peak (docs/performance.md).
+    // The blocking pool seals chunks (and opens them on restore), which is
+    // CPU-bound: one thread per core. More added no speed, only chunks
+    // being sealed at once, each with its envelope and zstd context; on
+    // two cores a third sealer cost 10% of the first backup's speed and
+    // 6 MiB of peak (docs/performance.md). Backup sources are read on
+    // threads of their own.
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(cores + 2).build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(cores).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coffer: cannot start the runtime: {e}");

@@ -206,6 +206,39 @@ fn the_sidecar_socket_takes_streams_from_senders_without_certificates() {
     assert!(d.log().contains("the sender stopped before the end of its stream"), "{}", d.log());
 }
 
+/// As many `coffer send`s at once as the daemon serves (4), each longer
+/// than the backup pipeline's 16 MiB byte budget, all commit. A source
+/// that waits on the budget is waiting for chunks to be sealed, so sources
+/// read on tokio's blocking pool, where chunks are sealed, could take every
+/// thread of it and stop all four for good.
+#[test]
+fn every_send_the_daemon_serves_at_once_commits() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/many"], None).ok();
+    let socket = p.dir.join("coffer.sock");
+    let d = Daemon::start(
+        &p,
+        "many",
+        &format!("[daemon]\nhealth = \"{{health}}\"\nsocket = \"{}\"\nsocket_repos = [\"dev/many\"]", socket.display()),
+    );
+    let (done, finished) = std::sync::mpsc::channel();
+    for i in 0..4 {
+        let (socket, done) = (socket.clone(), done.clone());
+        std::thread::spawn(move || {
+            let name = format!("s{i}");
+            let args = ["--name", name.as_str(), "--", "head", "-c", "40000000", "/dev/urandom"];
+            done.send(send(&socket, "dev/many", &args, None)).unwrap();
+        });
+    }
+    for _ in 0..4 {
+        let sent = finished.recv_timeout(Duration::from_secs(180)).unwrap_or_else(|_| {
+            panic!("the sends did not finish in 180 s; log:\n{}", d.log());
+        });
+        assert_eq!(sent.code(), 0, "{}", sent.stderr);
+    }
+    assert_eq!(snapshots(&p, "dev/many").len(), 4);
+}
+
 #[test]
 fn a_stop_finishes_a_short_backup_and_abandons_a_long_one() {
     let p = DevProxy::start();
