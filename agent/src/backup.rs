@@ -5,14 +5,16 @@
 //!        ─▶ [CUT_QUEUE] ─▶ hashing thread: stream BLAKE3 + keyed chunk ids
 //!        ─▶ [CHUNK_QUEUE]
 //!        ─▶ batcher: dedup query per batch ─▶ uploader: zstd + AES-GCM on the
-//!           blocking pool, N uploads in flight on one HTTP/2 connection
+//!           blocking pool (one sealer per core), N uploads in flight on one
+//!           HTTP/2 connection
 //!        ─▶ manifest chunks ─▶ root ─▶ commit
 //! ```
 //!
 //! Every queue is bounded, and every chunk holds its share of
 //! [`PIPELINE_BYTES`] from the cut until it is found stored or uploaded, so
-//! memory is bounded by that budget (plus the envelopes being sent and the
-//! read-ahead of the chunk being cut), whatever the stream's length.
+//! memory is bounded by that budget (plus the blocks read ahead, the chunk
+//! being cut, the rest of the blocks a chunk's slices keep alive, and the
+//! envelopes being sealed and sent), whatever the stream's length.
 //! Nothing is committed unless the source ended cleanly (a command must
 //! exit 0) and every chunk is stored.
 

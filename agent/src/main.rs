@@ -198,10 +198,9 @@ fn main() -> ExitCode {
     }
     // The blocking pool seals chunks (and opens them on restore), which is
     // CPU-bound: one thread per core. More added no speed, only chunks
-    // being sealed at once, each with its envelope and zstd context; on
-    // two cores a third sealer cost 10% of the first backup's speed and
-    // 6 MiB of peak (docs/performance.md). Backup sources are read on
-    // threads of their own.
+    // being sealed at once, each with its envelope and zstd context (on
+    // two cores a third sealer cost about 5 MiB of peak, docs/performance.md).
+    // Backup sources are read on threads of their own (backup.rs).
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().max_blocking_threads(cores).build() {
         Ok(rt) => rt,
