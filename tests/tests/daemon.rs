@@ -159,16 +159,19 @@ fn send(socket: &Path, repo: &str, args: &[&str], stdin: Option<&[u8]>) -> coffe
     coffer(Path::new("/nonexistent/agent.toml"), &all, stdin)
 }
 
+/// A new repository `repo` and a daemon serving it on a sidecar socket.
+fn socket_daemon(p: &DevProxy, name: &str, repo: &str) -> (Daemon, PathBuf) {
+    coffer(&p.writer(), &["init", "--repo", repo], None).ok();
+    let socket = p.dir.join(format!("{name}.sock"));
+    let toml =
+        format!("[daemon]\nhealth = \"{{health}}\"\nsocket = \"{}\"\nsocket_repos = [\"{repo}\"]", socket.display());
+    (Daemon::start(p, name, &toml), socket)
+}
+
 #[test]
 fn the_sidecar_socket_takes_streams_from_senders_without_certificates() {
     let p = DevProxy::start();
-    coffer(&p.writer(), &["init", "--repo", "dev/side"], None).ok();
-    let socket = p.dir.join("coffer.sock");
-    let d = Daemon::start(
-        &p,
-        "sidecar",
-        &format!("[daemon]\nhealth = \"{{health}}\"\nsocket = \"{}\"\nsocket_repos = [\"dev/side\"]", socket.display()),
-    );
+    let (d, socket) = socket_daemon(&p, "sidecar", "dev/side");
     use std::os::unix::fs::PermissionsExt as _;
     assert_eq!(std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777, 0o660);
 
@@ -214,13 +217,7 @@ fn the_sidecar_socket_takes_streams_from_senders_without_certificates() {
 #[test]
 fn every_send_the_daemon_serves_at_once_commits() {
     let p = DevProxy::start();
-    coffer(&p.writer(), &["init", "--repo", "dev/many"], None).ok();
-    let socket = p.dir.join("coffer.sock");
-    let d = Daemon::start(
-        &p,
-        "many",
-        &format!("[daemon]\nhealth = \"{{health}}\"\nsocket = \"{}\"\nsocket_repos = [\"dev/many\"]", socket.display()),
-    );
+    let (d, socket) = socket_daemon(&p, "many", "dev/many");
     let (done, finished) = std::sync::mpsc::channel();
     for i in 0..4 {
         let (socket, done) = (socket.clone(), done.clone());
