@@ -172,12 +172,21 @@ struct StreamSummary {
 /// thread reads the stream in blocks, this one cuts them, and another
 /// hashes each chunk (the stream's BLAKE3 and the chunk's keyed id) in
 /// order and sends it on.
-fn chunk_stream(reader: impl Read + Send, repo: &OpenRepo, tx: &mpsc::Sender<Chunk>) -> io::Result<StreamSummary> {
+fn chunk_stream(
+    reader: impl Read + Send + 'static,
+    repo: &OpenRepo,
+    tx: &mpsc::Sender<Chunk>,
+) -> io::Result<StreamSummary> {
     let (block_tx, block_rx) = std::sync::mpsc::sync_channel(cutter::READ_AHEAD);
     let (cut_tx, cut_rx) = std::sync::mpsc::sync_channel::<(Pieces, Lease)>(CUT_QUEUE);
     let budget = Arc::new(Budget::default());
-    std::thread::scope(|scope| {
-        let reading = scope.spawn(move || cutter::read_blocks(reader, cutter::BLOCK, &block_tx));
+    // Not scoped: should the pipeline stop while the reader waits on a
+    // source that has gone quiet, the failure is reported (and a source
+    // command killed) without waiting for that read to return.
+    let reading = std::thread::Builder::new()
+        .name("coffer-read".into())
+        .spawn(move || cutter::read_blocks(reader, cutter::BLOCK, &block_tx))?;
+    let (cut, hashed) = std::thread::scope(|scope| {
         let hasher = scope.spawn(move || {
             let mut stream = blake3::Hasher::new();
             let mut bytes = 0u64;
@@ -194,20 +203,23 @@ fn chunk_stream(reader: impl Read + Send, repo: &OpenRepo, tx: &mpsc::Sender<Chu
             Ok(StreamSummary { bytes, blake3: stream.finalize() })
         });
         let mut cutter = Cutter::new(block_rx, repo.config.chunker);
-        let cut = (|| {
+        let cut = (|| -> io::Result<()> {
             while let Some(data) = cutter.next_chunk()? {
                 let lease = budget.take(data.len());
                 cut_tx.send((data, lease)).map_err(|_| io::Error::other("backup pipeline stopped"))?;
             }
             Ok(())
         })();
-        // Closing both ends stops the reader and the hasher.
+        // Closing both ends stops the reader (at its next block) and the hasher.
         drop((cutter, cut_tx));
-        // The hasher's error first: when it stops, it is why cutting stopped.
-        let summary = hasher.join().map_err(|_| io::Error::other("the hashing thread panicked"))??;
-        reading.join().map_err(|_| io::Error::other("the reading thread panicked"))?;
-        cut.map(|()| summary)
-    })
+        (cut, hasher.join().map_err(|_| io::Error::other("the hashing thread panicked")))
+    });
+    // The hasher's error first: when it stops, it is why cutting stopped.
+    let summary = hashed??;
+    cut?;
+    // The cutter saw the end mark, so the reader has returned or is about to.
+    reading.join().map_err(|_| io::Error::other("the reading thread panicked"))?;
+    Ok(summary)
 }
 
 /// Reads the whole source on the calling thread. For a command, waits for it
