@@ -58,7 +58,7 @@ pub fn read_blocks(mut reader: impl Read, block: usize, tx: &SyncSender<io::Resu
 }
 
 /// A chunk as cut: slices of the blocks it spans, in order.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Pieces {
     parts: Vec<Bytes>,
     len: usize,
@@ -78,6 +78,13 @@ impl Pieces {
             self.len += part.len();
             self.parts.push(part);
         }
+    }
+}
+
+/// Only the sizes: a chunk is backup plaintext, never for logs.
+impl std::fmt::Debug for Pieces {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Pieces({} bytes in {} parts)", self.len, self.parts.len())
     }
 }
 
@@ -353,6 +360,12 @@ mod tests {
         let ours = cutter_chunks(&data, 1 << 16, BLOCK, params);
         assert!(ours.len() > 10, "{} chunks", ours.len());
         assert_eq!(ours, stream_cdc_chunks(&data, params));
+    }
+
+    #[test]
+    fn a_chunk_shows_its_sizes_never_its_plaintext() {
+        let shown = format!("{:?}", Pieces::from(Bytes::from_static(b"secret plaintext")));
+        assert!(!shown.contains("secret") && shown.contains("16 bytes in 1 parts"), "{shown}");
     }
 
     #[test]
