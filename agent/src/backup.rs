@@ -164,14 +164,14 @@ struct StreamSummary {
     blake3: blake3::Hash,
 }
 
-/// Chunks a stream on the calling (blocking) thread, sending each chunk
-/// with its id down `tx`. Stops early if the receiver has gone.
+/// Chunks a stream, sending each chunk with its id down `tx`. Stops early
+/// if the receiver has gone.
 ///
 /// Reading, cutting and hashing each take a thread, so that on two cores a
-/// re-backup, where nothing else is left to do, keeps both busy: a scoped
-/// thread reads the stream in blocks, this one cuts them, and another
-/// hashes each chunk (the stream's BLAKE3 and the chunk's keyed id) in
-/// order and sends it on.
+/// re-backup, where nothing else is left to do, keeps both busy: a thread
+/// of its own reads the stream in blocks, the calling thread cuts them,
+/// and a scoped one hashes each chunk (the stream's BLAKE3 and the chunk's
+/// keyed id) in order and sends it on.
 fn chunk_stream(
     reader: impl Read + Send + 'static,
     repo: &OpenRepo,
@@ -191,11 +191,14 @@ fn chunk_stream(
             let mut stream = blake3::Hasher::new();
             let mut bytes = 0u64;
             for (data, lease) in cut_rx {
+                // Both hashes over each part while it is in cache.
+                let mut id = repo.id_key.chunk_hasher();
                 for part in data.parts() {
                     stream.update(part);
+                    id.update(part);
                 }
                 bytes += data.len() as u64;
-                let id = repo.id_key.chunk_id_of_parts(data.parts().iter().map(|p| &p[..]));
+                let id = id.finish();
                 if tx.blocking_send(Chunk { id, data, lease: Some(lease) }).is_err() {
                     return Err(io::Error::other("backup pipeline stopped"));
                 }

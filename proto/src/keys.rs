@@ -84,13 +84,23 @@ impl IdKey {
         ChunkId::from_bytes(*blake3::keyed_hash(&self.0, plaintext).as_bytes())
     }
 
-    /// The id of a chunk whose plaintext is `parts`, in order.
-    pub fn chunk_id_of_parts<'a>(&self, parts: impl IntoIterator<Item = &'a [u8]>) -> ChunkId {
-        let mut h = blake3::Hasher::new_keyed(&self.0);
-        for part in parts {
-            h.update(part);
-        }
-        ChunkId::from_bytes(*h.finalize().as_bytes())
+    /// Computes a chunk's id from its plaintext fed in parts, in order: the
+    /// same id as [`IdKey::chunk_id`] of the parts joined.
+    pub fn chunk_hasher(&self) -> ChunkIdHasher {
+        ChunkIdHasher(blake3::Hasher::new_keyed(&self.0))
+    }
+}
+
+/// See [`IdKey::chunk_hasher`].
+pub struct ChunkIdHasher(blake3::Hasher);
+
+impl ChunkIdHasher {
+    pub fn update(&mut self, part: &[u8]) {
+        self.0.update(part);
+    }
+
+    pub fn finish(&self) -> ChunkId {
+        ChunkId::from_bytes(*self.0.finalize().as_bytes())
     }
 }
 
@@ -331,6 +341,22 @@ mod tests {
 
     fn repo() -> RepoName {
         "dev/db".parse().unwrap()
+    }
+
+    #[test]
+    fn a_chunk_id_hashed_in_parts_is_the_id_of_the_whole() {
+        let key = IdKey::random();
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+        for cuts in [&[][..], &[0, 5000][..], &[1, 1024, 1025, 4999][..]] {
+            let mut h = key.chunk_hasher();
+            let mut at = 0;
+            for &cut in cuts.iter().chain([&5000]) {
+                h.update(&data[at..cut]);
+                at = cut;
+            }
+            assert_eq!(h.finish(), key.chunk_id(&data), "cut at {cuts:?}");
+        }
+        assert_ne!(key.chunk_hasher().finish(), IdKey::random().chunk_hasher().finish(), "the key matters");
     }
 
     #[test]
