@@ -13,10 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "check-packages: needs root (dpkg -i)" >&2; exit 1; }
 
-TARGET=x86_64-unknown-linux-musl
+. tests/tools.sh
+TARGET=$MUSL_TARGET
 PROFILE=dist
-CARGO_DEB_VERSION=3.8.0
-CARGO_GENERATE_RPM_VERSION=0.21.1
 # A pristine minbase root for the rpm checks, made once and copied per run.
 ROOTFS="${COFFER_ROOTFS:-/var/tmp/coffer-rootfs-bookworm}"
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -24,22 +23,9 @@ out="$target_dir/packages"
 say() { printf '== %s\n' "$*"; }
 fail() { printf 'check-packages: FAILED: %s\n' "$*" >&2; exit 1; }
 
-rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
-missing=()
-command -v musl-gcc >/dev/null || missing+=(musl-tools)
-command -v lintian >/dev/null || missing+=(lintian)
-command -v rpm >/dev/null || missing+=(rpm)
-command -v rpmlint >/dev/null || missing+=(rpmlint)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
-if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
-    cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
-fi
-if [ "$(cargo generate-rpm --version 2>/dev/null)" != "cargo-generate-rpm $CARGO_GENERATE_RPM_VERSION" ]; then
-    cargo install --locked cargo-generate-rpm --version "$CARGO_GENERATE_RPM_VERSION"
-fi
+need_musl_target
+need_debs lintian:lintian rpm:rpm rpmlint:rpmlint debootstrap:debootstrap file:file systemd-analyze:systemd
+need_cargo_tools
 
 say "static binaries ($TARGET, profile $PROFILE)"
 cargo build --profile "$PROFILE" --locked --target "$TARGET" -p coffer-agent -p coffer-proxy --bins

@@ -9,6 +9,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "check-units: needs root (rootful podman)" >&2; exit 1; }
+. tests/tools.sh
+need_podman
 
 IMAGE=localhost/coffer-debian-systemd:bookworm
 ROOTFS="${COFFER_SYSTEMD_ROOTFS:-/var/tmp/coffer-rootfs-systemd}"

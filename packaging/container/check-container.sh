@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [ "$(id -u)" = 0 ] || { echo "check-container: needs root (rootful podman)" >&2; exit 1; }
 
-TARGET=x86_64-unknown-linux-musl
+. tests/tools.sh
+TARGET=$MUSL_TARGET
 PROFILE=dist
 IMAGE=localhost/coffer:check
 BASE=localhost/coffer-debian:bookworm
@@ -20,18 +21,8 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 say() { printf '== %s\n' "$*"; }
 fail() { printf 'check-container: FAILED: %s\n' "$*" >&2; exit 1; }
 
-missing=()
-command -v podman >/dev/null || missing+=(podman)
-command -v runc >/dev/null || missing+=(runc)
-command -v debootstrap >/dev/null || missing+=(debootstrap)
-if [ ${#missing[@]} -gt 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-if [ ! -f /etc/containers/containers.conf ]; then
-    mkdir -p /etc/containers
-    printf '[containers]\ndefault_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]\n[engine]\nruntime = "runc"\n' \
-        >/etc/containers/containers.conf
-fi
+need_podman
+need_musl_target
 
 say "base image"
 if ! podman image exists "$BASE"; then
