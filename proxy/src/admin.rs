@@ -65,7 +65,7 @@ async fn write_switch(app: &App, prefix: &str, on: bool, admin: &Identity) -> Re
     aws_lc_rs::rand::fill(&mut r).expect("the system RNG failed");
     let key = format!("{prefix}{now_ms:020}-{}", hex::encode(r));
     let body = serde_json::to_vec(&Switch { on, by: by(admin), time: crate::unix_now() }).expect("serialises");
-    app.store.put_new(&key, body.into(), u64::MAX).await?;
+    app.store.put_new(&key, body.into(), crate::unix_now() + crate::store::LONGEST_LOCK_SECS).await?;
     Ok(())
 }
 
@@ -95,7 +95,8 @@ pub(crate) async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u
     r.time = Some(crate::unix_now());
     let name = blake3::hash(format!("{}\0{}", r.trust_domain, r.identity).as_bytes()).to_hex();
     let body = serde_json::to_vec(&r).expect("serialises");
-    app.store.put_new(&format!("{REVOCATIONS}{name}"), body.into(), u64::MAX).await?;
+    let until = crate::unix_now() + crate::store::LONGEST_LOCK_SECS;
+    app.store.put_new(&format!("{REVOCATIONS}{name}"), body.into(), until).await?;
     app.revoked.write().expect("not poisoned").insert((r.trust_domain.clone(), r.identity.clone()));
     Ok(Reply::json(StatusCode::CREATED, &r))
 }

@@ -202,6 +202,9 @@ impl ApiError {
             Store(_) => (StatusCode::INTERNAL_SERVER_ERROR, "store", Outcome::Error),
             Audit => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Outcome::Error),
             Mfa(MfaError::Missing) => (StatusCode::UNAUTHORIZED, "mfa-required", Outcome::Denied),
+            // Not 429: a client must not retry a locked-out code by itself.
+            Mfa(MfaError::LockedOut { .. }) => (StatusCode::UNAUTHORIZED, "mfa-locked", Outcome::Denied),
+            Mfa(MfaError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store", Outcome::Error),
             Mfa(_) => (StatusCode::UNAUTHORIZED, "mfa-failed", Outcome::Denied),
         }
     }
@@ -466,12 +469,12 @@ where
     let now = crate::unix_now();
     if route.action.admin() {
         // Every admin call needs its own fresh code.
-        app.mfa.verify(identity, code, now)?;
+        verify_mfa(app, identity, code, now).await?;
     } else if allowed.mfa
         && route.action != Action::Whoami
         && !caller.mfa_verified.load(std::sync::atomic::Ordering::Acquire)
     {
-        app.mfa.verify(identity, code, now)?;
+        verify_mfa(app, identity, code, now).await?;
         caller.mfa_verified.store(true, std::sync::atomic::Ordering::Release);
     }
 
@@ -533,6 +536,24 @@ where
         (Action::AdminExpire, _) => crate::admin::expire(app, draft, &body).await,
         (_, None) => unreachable!("route() gives every repository action a repository"),
     }
+}
+
+/// Checks a TOTP code; a wrong code that locks the identity out raises a
+/// critical alert: someone holds its certificate and is guessing.
+async fn verify_mfa(app: &App, identity: &Identity, code: Option<&str>, now: u64) -> Result<(), ApiError> {
+    let result = app.mfa.verify(identity, code, now).await;
+    if let Err(MfaError::LockedOut { until, failures, new: true }) = &result {
+        let msg = format!(
+            "{failures} wrong TOTP codes in a row from {identity}: its codes are refused until {until}; \
+             if nobody you know mistyped them, its certificate is in other hands (revoke it)"
+        );
+        let dedup = Some((format!("mfa-lockout:{}:{}", identity.domain(), identity.name()), crate::detect::QUIET_SECS));
+        app.watch
+            .alerts
+            .raise("mfa-lockout", crate::alerts::Severity::Critical, None, Some(identity.to_string()), msg, dedup)
+            .await;
+    }
+    Ok(result?)
 }
 
 async fn get(app: &App, key: String) -> Result<Reply, ApiError> {

@@ -189,7 +189,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         }
     }
     let watch = Arc::new(crate::detect::Watch::new(alerts, &alerts_cfg)?);
-    let mfa = crate::mfa::MfaVerifier::new(cfg.admin.totp_file.clone());
+    let mfa = crate::mfa::MfaVerifier::new(cfg.admin.totp_file.clone(), store.clone());
     let app = App::new(
         cfg.policy()?,
         store,

@@ -603,3 +603,91 @@ async fn assess_checks_the_bucket_and_the_keys() {
         assert!(!after.iter().any(|f| f.contains(needle)), "{needle} still reported: {after:?}");
     }
 }
+
+/// Every admin call on the S3 store: what the calls store (revocations,
+/// switches, MFA records) must be writable with Object Lock and readable
+/// after a restart. Four admin identities, because each may make two calls
+/// in one TOTP window.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_call_works_on_s3_and_survives_a_restart() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let admins = ["admin", "admin2", "admin3", "admin4"];
+    let mut rules = String::new();
+    for name in admins {
+        if name != "admin" {
+            let out = std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+                .args(["dev", "--dir"])
+                .arg(certs.path())
+                .args(["issue", "--name", name, "--identity", &format!("spiffe://coffer.dev/{name}")])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        }
+        rules.push_str(&format!(
+            "[[rules]]\nname = \"{name}\"\ntrust_domain = \"dev\"\nidentity = \"spiffe://coffer.dev/{name}\"\nroles = [\"admin\"]\nrepos = [\"**\"]\n"
+        ));
+    }
+    let config = proxy_config(certs.path(), &aws, "", (30, 7));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, format!("{text}\n{rules}")).unwrap();
+    let p = start_proxy(certs.path(), &config, &aws);
+    let secrets: Vec<String> = admins.iter().map(|a| p.enroll(&format!("spiffe://coffer.dev/{a}"))).collect();
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/adm"], None).ok();
+    let id = run(&aws, &writer, &["backup", "--repo", "dev/adm", "-"], Some(b"held")).last_line();
+
+    // Calls in order; call i uses admin i/2 with the code of step t + 30*(i%2).
+    let t = now();
+    let mut calls = 0;
+    let mut call = |p: &DevProxy, what: &str, body: serde_json::Value| {
+        let (who, secret) = (admins[calls / 2], secrets[calls / 2].clone());
+        let code = coffer_proxy::mfa::code_at(&secret, t + 30 * (calls as u64 % 2)).unwrap();
+        calls += 1;
+        let config = agent_config(p, &aws, who, &kek);
+        let what = what.to_string();
+        async move {
+            let client = coffer_tests::raw_client(&config).await.with_totp(Some(code));
+            client.admin(&what, &body).await.unwrap_or_else(|e| panic!("admin {what} on S3: {e}"))
+        }
+    };
+
+    call(&p, "hold", serde_json::json!({ "repo": "dev/adm", "snapshot": id, "on": true })).await;
+    let root = aws.head(&format!("dev/adm/snapshots/{id}")).await;
+    assert_eq!(root.object_lock_legal_hold_status(), Some(&aws_sdk_s3::types::ObjectLockLegalHoldStatus::On));
+    call(&p, "hold", serde_json::json!({ "repo": "dev/adm", "snapshot": id, "on": false })).await;
+    let root = aws.head(&format!("dev/adm/snapshots/{id}")).await;
+    assert_eq!(root.object_lock_legal_hold_status(), Some(&aws_sdk_s3::types::ObjectLockLegalHoldStatus::Off));
+
+    call(&p, "lockdown", serde_json::json!({ "on": true })).await;
+    let refused = run(&aws, &writer, &["backup", "--repo", "dev/adm", "-"], Some(b"during lockdown"));
+    assert!(refused.stderr.contains("lockdown"), "{}", refused.stderr);
+    call(&p, "lockdown", serde_json::json!({ "on": false })).await;
+    run(&aws, &writer, &["backup", "--repo", "dev/adm", "-"], Some(b"after lockdown")).ok();
+
+    call(&p, "reload", serde_json::json!({})).await;
+    let plan = call(&p, "expire", serde_json::json!({ "repo": "dev/adm", "dry_run": true })).await;
+    let plan: serde_json::Value = serde_json::from_slice(&plan).unwrap();
+    assert_eq!(plan["deleted"], serde_json::json!([]), "nothing has expired yet: {plan}");
+    call(&p, "revoke", serde_json::json!({ "trust_domain": "dev", "identity": "spiffe://coffer.dev/writer" })).await;
+    let denied = run(&aws, &writer, &["whoami"], None);
+    assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
+
+    // The records are locked for a real, far date...
+    let revocations = aws.keys("admin/revocations/").await;
+    assert_eq!(revocations.len(), 1, "{revocations:?}");
+    let until = aws.head(&revocations[0]).await.object_lock_retain_until_date().unwrap().secs() as u64;
+    assert!(until > now() + 99 * 365 * DAY && until < now() + 101 * 365 * DAY, "{until}");
+    assert_eq!(aws.keys("admin/lockdown/").await.len(), 2);
+    assert_eq!(aws.keys("admin/mfa/").await.len(), 7, "one used-step record per call");
+
+    // ...and read back by a restarted proxy: the revocation holds, lockdown is off.
+    drop(p);
+    let p = start_proxy(certs.path(), &config, &aws);
+    let denied = run(&aws, &agent_config(&p, &aws, "writer", &kek), &["whoami"], None);
+    assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
+    let reader = agent_config(&p, &aws, "reader", &kek);
+    assert_eq!(run(&aws, &reader, &["restore", "--repo", "dev/adm", &id], None).stdout, b"held");
+}

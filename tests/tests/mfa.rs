@@ -67,6 +67,64 @@ fn admin_calls_need_a_fresh_totp_code_each_time() {
     assert_eq!(intents.len(), 1, "{}", p.audit_log());
 }
 
+/// A stolen admin certificate guessing codes: after a handful of wrong
+/// ones every code is refused, the right one included, a critical alert is
+/// raised, and neither the count nor the used codes are forgotten by a
+/// restart (they live in the store, shared by every proxy on it).
+#[tokio::test(flavor = "multi_thread")]
+async fn guessing_admin_codes_locks_the_identity_out_and_a_restart_forgets_nothing() {
+    use coffer_proxy::mfa::FREE_FAILURES;
+    let p = DevProxy::start();
+    let secret = p.enroll(ADMIN);
+    let reload = |code: String| {
+        let config = p.config("admin");
+        async move {
+            let client = coffer_tests::raw_client(&config).await.with_totp(Some(code));
+            client.admin("reload", &serde_json::json!({})).await
+        }
+    };
+    let t = now();
+    let used = code_at(&secret, t).unwrap();
+    reload(used.clone()).await.expect("a fresh code");
+
+    // A restart keeps the used code used.
+    let p = p.restarted(|text| text);
+    let reload = |code: String| {
+        let config = p.config("admin");
+        async move {
+            let client = coffer_tests::raw_client(&config).await.with_totp(Some(code));
+            client.admin("reload", &serde_json::json!({})).await
+        }
+    };
+    let replay = reload(used).await.unwrap_err();
+    assert!(replay.to_string().contains("already used"), "a code replayed after a restart: {replay}");
+
+    let wrong = wrong_code(&secret, now());
+    for i in 1..FREE_FAILURES {
+        let e = reload(wrong.clone()).await.unwrap_err();
+        assert!(e.to_string().contains("mfa-failed"), "wrong code {i}: {e}");
+    }
+    let e = reload(wrong.clone()).await.unwrap_err();
+    assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "not retryable: {e}");
+    assert!(e.to_string().contains("mfa-locked"), "wrong code {FREE_FAILURES} locks: {e}");
+    let alert = p.wait_for_event("the lockout alert", |e| {
+        e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with("mfa-lockout:"))
+    });
+    assert!(alert["reason"].as_str().unwrap_or_default().contains(ADMIN), "{alert}");
+
+    // Locked out: the right code is refused too, also after a restart.
+    let right = code_at(&secret, now() + 30).unwrap();
+    let e = reload(right.clone()).await.unwrap_err();
+    assert!(e.to_string().contains("mfa-locked"), "the right code while locked out: {e}");
+    let p = p.restarted(|text| text);
+    let client = coffer_tests::raw_client(&p.config("admin")).await.with_totp(Some(right));
+    let e = client.admin("reload", &serde_json::json!({})).await.unwrap_err();
+    assert!(e.to_string().contains("mfa-locked"), "locked out after a restart: {e}");
+    let refusals =
+        p.audit_events().into_iter().filter(|e| e["action"] == "admin-reload" && e["outcome"] == "denied").count();
+    assert_eq!(refusals, FREE_FAILURES + 2 + 1, "every refusal is audited: {}", p.audit_log());
+}
+
 #[test]
 fn non_admins_cannot_make_admin_calls_even_with_a_code() {
     let p = DevProxy::start();

@@ -12,6 +12,14 @@ mod s3;
 pub use fs::FsStore;
 pub use s3::{LockMode, S3Config, S3Store};
 
+/// How long records that must outlive every backup are locked (admin
+/// revocations and switches): a hundred years, S3's own longest default
+/// retention, and a date every store and SDK can write.
+pub const LONGEST_LOCK_SECS: u64 = 100 * 365 * 86_400;
+/// The latest retain-until a store records: 9999-12-31T23:59:59Z, the last
+/// second an S3 timestamp can name. Later dates are clamped to it.
+pub const LATEST_RETAIN_UNTIL: u64 = 253_402_300_799;
+
 /// Whether a write created the object or found it already there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PutOutcome {

@@ -91,8 +91,10 @@ pub struct S3Store {
     conditional_writes: bool,
 }
 
+/// A retain-until as S3 takes it; a date past year 9999 cannot be written
+/// (the SDK refuses to serialise it), so it is clamped.
 fn to_datetime(secs: u64) -> DateTime {
-    DateTime::from_secs(secs.min(i64::MAX as u64) as i64)
+    DateTime::from_secs(secs.min(super::LATEST_RETAIN_UNTIL) as i64)
 }
 
 fn from_datetime(dt: &DateTime) -> u64 {
@@ -364,5 +366,24 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(key, e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_s3::primitives::DateTimeFormat as Format;
+
+    use super::*;
+
+    #[test]
+    fn every_retain_until_can_be_sent() {
+        // The SDK writes the header as an ISO date: past year 9999 it
+        // cannot, and the request fails before it is sent.
+        for secs in [0, 1_800_000_000, super::super::LATEST_RETAIN_UNTIL, u64::MAX] {
+            let text = to_datetime(secs).fmt(Format::DateTime).unwrap_or_else(|e| panic!("{secs}: {e}"));
+            assert!(text.len() <= 20, "{text}");
+        }
+        assert_eq!(to_datetime(u64::MAX).fmt(Format::DateTime).unwrap(), "9999-12-31T23:59:59Z");
+        assert_eq!(from_datetime(&to_datetime(1_800_000_000)), 1_800_000_000);
     }
 }
