@@ -120,10 +120,24 @@ struct LockdownRequest {
     on: bool,
 }
 
-/// During lockdown: reads, and the admin call that lifts it.
+/// During lockdown: reads, the admin call that lifts it, and the admin
+/// calls that only tighten, which an incident needs most: revoking an
+/// identity and putting a legal hold (lifting one is refused in [`hold`]).
 pub fn allowed_in_lockdown(action: Action) -> bool {
     use Action::*;
-    matches!(action, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | ListEpochs | AdminLockdown)
+    matches!(
+        action,
+        Whoami
+            | GetConfig
+            | GetKey
+            | GetChunk
+            | ListSnapshots
+            | GetSnapshot
+            | ListEpochs
+            | AdminLockdown
+            | AdminRevoke
+            | AdminHold
+    )
 }
 
 /// A write refused by lockdown raises an alert (once per identity per quiet period).
@@ -202,6 +216,12 @@ pub fn hold_prefix(repo: &RepoName, snapshot: &SnapshotId) -> String {
 /// snapshot still references.
 pub(crate) async fn hold(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
     let req: HoldRequest = serde_json::from_slice(body).map_err(invalid)?;
+    if !req.on && app.lockdown.load(std::sync::atomic::Ordering::Acquire) {
+        lockdown_refused(app, admin, Action::AdminHold).await;
+        return Err(ApiError::Denied(crate::policy::Denied(
+            "the proxy is in lockdown: lifting a legal hold is refused (putting one is allowed)".into(),
+        )));
+    }
     let repo = &req.repo;
     let targets = match req.snapshot {
         Some(s) => vec![s],

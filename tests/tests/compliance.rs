@@ -17,16 +17,21 @@ fn admin(p: &DevProxy, who: &str, code: &str, args: &[&str]) -> (bool, String) {
 /// A second admin identity, so a test can make more than the two admin calls
 /// one identity's TOTP window allows.
 fn second_admin(p: &DevProxy) -> String {
-    p.dev(&["issue", "--name", "admin2", "--identity", "spiffe://coffer.dev/admin2"]);
+    extra_admin(p, "admin2")
+}
+
+/// Issues, allows and enrolls admin identity `name`; returns its TOTP secret.
+fn extra_admin(p: &DevProxy, name: &str) -> String {
+    p.dev(&["issue", "--name", name, "--identity", &format!("spiffe://coffer.dev/{name}")]);
     let path = p.dir.join("proxy.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(
         &path,
-        format!("{text}\n[[rules]]\nname = \"second admin\"\ntrust_domain = \"dev\"\nidentity = \"spiffe://coffer.dev/admin2\"\nroles = [\"admin\"]\nrepos = [\"**\"]\n"),
+        format!("{text}\n[[rules]]\nname = \"{name}\"\ntrust_domain = \"dev\"\nidentity = \"spiffe://coffer.dev/{name}\"\nroles = [\"admin\"]\nrepos = [\"**\"]\n"),
     )
     .unwrap();
     assert!(p.reload());
-    p.enroll("spiffe://coffer.dev/admin2")
+    p.enroll(&format!("spiffe://coffer.dev/{name}"))
 }
 
 fn held(p: &DevProxy, object: &std::path::Path) -> bool {
@@ -151,10 +156,26 @@ fn lockdown_serves_reads_only_until_lifted_and_survives_restarts() {
         e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with("lockdown:"))
     });
 
+    // Calls that only tighten still work during an incident: revoking an
+    // identity and putting a legal hold. Lifting a hold loosens: refused.
+    let revoke = ["revoke", "--trust-domain", "dev", "--identity", "spiffe://coffer.dev/auditor"];
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &revoke);
+    assert!(ok, "revoke in lockdown: {out}");
+    let denied = coffer(&p.config("auditor"), &["snapshots", "--repo", "dev/lock"], None);
+    assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
+    let secret2 = second_admin(&p);
+    let hold = ["hold", "set", "--repo", "dev/lock", "--snapshot", &id];
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t).unwrap(), &hold);
+    assert!(ok, "a hold in lockdown: {out}");
+    let clear = ["hold", "clear", "--repo", "dev/lock", "--snapshot", &id];
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t + 30).unwrap(), &clear);
+    assert!(!ok && out.contains("lifting a legal hold is refused"), "{out}");
+
     // A restart keeps the lockdown; lifting it lets writes through again.
+    let secret3 = extra_admin(&p, "admin3");
     let p = p.restarted(|t| t);
     assert_eq!(coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"after restart")).code(), 1);
-    let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &["lockdown", "--lift"]);
+    let (ok, out) = admin(&p, "admin3", &code_at(&secret3, t).unwrap(), &["lockdown", "--lift"]);
     assert!(ok, "{out}");
     coffer(&p.writer(), &["backup", "--repo", "dev/lock", "-"], Some(b"after")).ok();
 }
