@@ -135,6 +135,42 @@ pub struct SnapshotStats {
 }
 
 impl SnapshotStats {
+    /// Checks the agent's claims against what the proxy sees of the
+    /// commit: `referenced` distinct chunks whose envelopes total
+    /// `referenced_bytes`. Every bound holds for an honest agent (whose
+    /// uploads include the manifest's own chunks, which the stream counts
+    /// do not); a claim outside them is a lie or a bug, and is refused so it
+    /// can neither overflow a sum nor skew the anomaly detector.
+    pub fn check(&self, referenced: u64, referenced_bytes: u64) -> Result<(), String> {
+        let chunk_max = u64::from(crate::CHUNK_MAX);
+        let overhead = crate::envelope::OVERHEAD as u64;
+        // A manifest entry takes at least an id, and a manifest chunk at
+        // most CHUNK_MAX: so many stream chunks per referenced chunk, at most.
+        let per_referenced = chunk_max / ChunkId::LEN as u64;
+        let fail = |what: String| Err(format!("the commit's stats contradict what it references: {what}"));
+        if self.chunks_new > referenced {
+            return fail(format!("{} new chunks, but {referenced} referenced", self.chunks_new));
+        }
+        if self.stored_new > referenced_bytes {
+            return fail(format!("{} new envelope bytes, but {referenced_bytes} referenced", self.stored_new));
+        }
+        if self.stored_new < self.chunks_new.saturating_mul(overhead)
+            || self.stored_new > self.chunks_new.saturating_mul(ENVELOPE_MAX as u64)
+        {
+            return fail(format!("{} new envelope bytes for {} new chunks", self.stored_new, self.chunks_new));
+        }
+        if self.bytes_new > self.chunks_new.saturating_mul(chunk_max) {
+            return fail(format!("{} new bytes in {} new chunks", self.bytes_new, self.chunks_new));
+        }
+        if self.chunks > referenced.saturating_mul(per_referenced) {
+            return fail(format!("{} stream chunks for {referenced} referenced", self.chunks));
+        }
+        if self.bytes_in > self.chunks.saturating_mul(chunk_max) {
+            return fail(format!("{} bytes read in {} chunks", self.bytes_in, self.chunks));
+        }
+        Ok(())
+    }
+
     fn encode_into(&self, out: &mut Vec<u8>) {
         for v in [self.bytes_in, self.bytes_new, self.stored_new, self.chunks, self.chunks_new] {
             out.extend_from_slice(&v.to_le_bytes());
@@ -298,4 +334,39 @@ pub fn decode_ids(bytes: &[u8]) -> Result<Vec<ChunkId>, FormatError> {
         });
     }
     Ok(bytes.chunks_exact(ChunkId::LEN).map(|c| ChunkId::from_bytes(c.try_into().expect("exact chunks"))).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stats(bytes_in: u64, bytes_new: u64, stored_new: u64, chunks: u64, chunks_new: u64) -> SnapshotStats {
+        SnapshotStats { bytes_in, bytes_new, stored_new, chunks, chunks_new }
+    }
+
+    #[test]
+    fn honest_stats_pass_and_lies_are_refused() {
+        // A first backup: 3 stream chunks (one repeated), 2 distinct data
+        // chunks and 1 manifest chunk uploaded, all referenced.
+        let honest = stats(3_000, 2_100, 1_500, 3, 3);
+        honest.check(3, 1_600).unwrap();
+        // A re-backup of the same stream: only a new manifest chunk.
+        stats(3_000, 100, 90, 3, 1).check(3, 1_600).unwrap();
+        // Empty stream: one empty manifest chunk.
+        stats(0, 0, 60, 0, 1).check(1, 60).unwrap();
+
+        let lies = [
+            ("every stat u64::MAX", stats(u64::MAX, u64::MAX, u64::MAX, u64::MAX, u64::MAX)),
+            ("more new chunks than referenced", stats(3_000, 2_100, 1_500, 3, 4)),
+            ("more stored than referenced", stats(3_000, 2_100, 1_601, 3, 3)),
+            ("stored less than the envelopes' overhead", stats(3_000, 2_100, 10, 3, 3)),
+            ("new bytes beyond the chunks' maximum", stats(u64::MAX, u64::MAX, 1_500, 3, 3)),
+            ("stream chunks no manifest could list", stats(0, 0, 1_500, 3 * (1 << 18) + 1, 3)),
+            ("bytes read beyond the chunks' maximum", stats(3 * (8 << 20) + 1, 2_100, 1_500, 3, 3)),
+        ];
+        for (what, s) in lies {
+            let e = s.check(3, 1_600).unwrap_err();
+            assert!(e.contains("contradict"), "{what}: {e}");
+        }
+    }
 }

@@ -760,6 +760,8 @@ async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) -> R
             shown.join(", ")
         )));
     }
+    let referenced_bytes = present.iter().fold(0u64, |sum, (_, meta)| sum.saturating_add(meta.size));
+    req.stats.check(present.len() as u64, referenced_bytes).map_err(invalid)?;
     let mut entries = Vec::with_capacity(present.len());
     let mut extended = 0u64;
     let mut needed_keys = BTreeSet::from([header.key_id]);

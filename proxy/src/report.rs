@@ -226,9 +226,11 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             }
             snaps += 1;
             last = last.max(Some(index.committed));
-            bytes_in += index.stats.bytes_in;
-            bytes_new += index.stats.bytes_new;
-            stored_new += index.stats.stored_new;
+            // Saturating: segments written before the proxy checked the
+            // agent's stats may hold anything.
+            bytes_in = u64::saturating_add(bytes_in, index.stats.bytes_in);
+            bytes_new = u64::saturating_add(bytes_new, index.stats.bytes_new);
+            stored_new = u64::saturating_add(stored_new, index.stats.stored_new);
             history.push(SnapshotPoint {
                 id: index.snapshot.to_string(),
                 committed: index.committed,

@@ -204,6 +204,47 @@ async fn replayed_uploads_and_commits_change_nothing() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 }
 
+/// A writer lying in its commit's stats (which feed the listing, the
+/// report and the ransomware detector) is refused; the same commit with
+/// the stats its agent reported is accepted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_whose_stats_contradict_its_chunks_is_refused() {
+    use coffer_proto::snapshot::{CommitRequest, IndexSegment, SnapshotStats};
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/s"], None).ok();
+    let id =
+        coffer(&p.writer(), &["backup", "--repo", "dev/s", "-"], Some(&random_bytes("stats", 3 << 20))).last_line();
+    let client = raw_client(&p.writer()).await;
+    let repo: coffer_proto::RepoName = "dev/s".parse().unwrap();
+    let root = std::fs::read(p.dir.join(format!("store/objects/dev/s/snapshots/{id}"))).unwrap();
+    let index =
+        IndexSegment::decode(&std::fs::read(p.dir.join(format!("store/objects/dev/s/index/{id}"))).unwrap()).unwrap();
+    let commit = |stats: SnapshotStats| CommitRequest {
+        snapshot: coffer_proto::SnapshotId::random(),
+        root: root.clone(),
+        stats,
+        chunks: index.chunks.iter().map(|e| e.id).collect(),
+    };
+    let max = SnapshotStats {
+        bytes_in: u64::MAX,
+        bytes_new: u64::MAX,
+        stored_new: u64::MAX,
+        chunks: u64::MAX,
+        chunks_new: u64::MAX,
+    };
+    let hidden = SnapshotStats { stored_new: index.stats.stored_new * 1000, ..index.stats };
+    for lie in [max, hidden] {
+        let e = client.commit(&repo, commit(lie).encode()).await.unwrap_err();
+        assert_eq!(e.status().map(|s| s.as_u16()), Some(400), "{e}");
+        assert!(e.to_string().contains("contradict"), "{e}");
+    }
+    client.commit(&repo, commit(index.stats).encode()).await.expect("the agent's own stats");
+    // (The copied root fails authentication under its new id on restore;
+    // the proxy cannot know, and that is not what this test is about.)
+    assert_eq!(p.stored("dev/s/snapshots").len(), 2, "no lying commit was recorded");
+    assert_eq!(p.stored("dev/s/index").len(), 2, "no lying commit left an index segment");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_gets_a_clear_answer_and_the_proxy_keeps_serving() {
     let p = DevProxy::start();
