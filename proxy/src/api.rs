@@ -48,6 +48,9 @@ pub struct App {
     pub mfa: MfaVerifier,
     /// Identities an admin revoked (trust domain, name); loaded from the store.
     pub(crate) revoked: RwLock<HashSet<(String, String)>>,
+    /// Revocation objects already read (they are write-once), so polling
+    /// the store reads only new ones.
+    revocations_read: Mutex<std::collections::HashMap<String, Option<(String, String)>>>,
     /// Repository policies, swapped whole on reload.
     repo_policies: RwLock<Arc<crate::governance::RepoPolicies>>,
     /// Lockdown: only reads, and the admin call that lifts it.
@@ -85,6 +88,7 @@ impl App {
             known_keys: Mutex::default(),
             mfa,
             revoked: RwLock::default(),
+            revocations_read: Mutex::default(),
             lockdown: Default::default(),
             repo_policies: RwLock::new(Arc::new(crate::governance::RepoPolicies::new(&[], None, None).expect("empty"))),
             reload,
@@ -94,20 +98,36 @@ impl App {
         }
     }
 
-    /// Loads the revocations stored by admins, so they survive restarts.
+    /// Loads the revocations stored by admins (on any proxy), so they
+    /// survive restarts and reach every proxy; objects read before are not
+    /// read again.
     pub async fn load_revocations(&self) -> Result<usize, StoreError> {
-        let mut loaded = HashSet::new();
-        for key in self.store.list(crate::admin::REVOCATIONS).await? {
+        let keys = self.store.list(crate::admin::REVOCATIONS).await?;
+        let unread: Vec<String> = {
+            let read = self.revocations_read.lock().expect("not poisoned");
+            keys.iter().filter(|k| !read.contains_key(*k)).cloned().collect()
+        };
+        for key in unread {
             let Some(bytes) = self.store.get(&key).await? else { continue };
-            match serde_json::from_slice::<crate::admin::Revocation>(&bytes) {
-                Ok(r) => {
-                    loaded.insert((r.trust_domain, r.identity));
+            let parsed = match serde_json::from_slice::<crate::admin::Revocation>(&bytes) {
+                Ok(r) => Some((r.trust_domain, r.identity)),
+                Err(e) => {
+                    tracing::error!("ignoring unreadable revocation {key}: {e}");
+                    None
                 }
-                Err(e) => tracing::error!("ignoring unreadable revocation {key}: {e}"),
-            }
+            };
+            self.revocations_read.lock().expect("not poisoned").insert(key, parsed);
         }
+        let loaded: HashSet<(String, String)> = {
+            let read = self.revocations_read.lock().expect("not poisoned");
+            keys.iter().filter_map(|k| read.get(k).cloned().flatten()).collect()
+        };
         let n = loaded.len();
-        *self.revoked.write().expect("not poisoned") = loaded;
+        let mut revoked = self.revoked.write().expect("not poisoned");
+        for (domain, name) in loaded.difference(&revoked) {
+            tracing::warn!(trust_domain = %domain, identity = %name, "revoked by an administrator: refused from now on");
+        }
+        *revoked = loaded;
         Ok(n)
     }
 

@@ -261,6 +261,7 @@ impl Proxy {
         let watchers = [
             tokio::spawn(crate::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
             tokio::spawn(watch_overdue(self.app.clone())),
+            tokio::spawn(watch_admin_state(self.app.clone(), Duration::from_secs(self.config.admin.poll_secs.max(1)))),
             tokio::spawn(crate::scrub::scrub_loop(self.app.clone(), self.scrub)),
             tokio::spawn(crate::assess::assess_loop(
                 self.app.clone(),
@@ -411,6 +412,31 @@ async fn watch_overdue(app: Arc<App>) {
     loop {
         tick.tick().await;
         app.watch.check_overdue(crate::unix_now()).await;
+    }
+}
+
+/// Reads the admin state (revocations, lockdown) from the store again and
+/// again, so an admin call made through another proxy on the same store
+/// takes effect here within `every` (aborted at shutdown).
+async fn watch_admin_state(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.load_revocations().await {
+            tracing::warn!("reading revocations from the store failed (will retry): {e}");
+        }
+        let before = app.lockdown.load(std::sync::atomic::Ordering::Acquire);
+        match crate::admin::load_lockdown(&app).await {
+            Ok(on) if on != before => {
+                tracing::warn!(
+                    "lockdown {} by an administrator (through another proxy)",
+                    if on { "entered" } else { "lifted" }
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading the lockdown state from the store failed (will retry): {e}"),
+        }
     }
 }
 

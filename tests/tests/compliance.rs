@@ -644,3 +644,55 @@ fn key_rotation_starts_a_new_epoch_and_every_snapshot_still_restores() {
     assert_eq!(coffer(&p.reader(), &["key", "rotate", "--repo", "dev/rot"], None).code(), 1);
     assert!(p.audit_log().contains("\"action\":\"put-epoch\""));
 }
+
+/// Two proxies on one store: a revocation or a lockdown made through one
+/// takes effect on the other within seconds, without a restart.
+#[test]
+fn revocation_and_lockdown_reach_every_proxy_on_the_store() {
+    let p = DevProxy::start().restarted(|text| format!("{text}\n[admin]\npoll_secs = 1\n"));
+    let text = std::fs::read_to_string(p.dir.join("proxy.toml")).unwrap();
+    let second = p.dir.join("second.toml");
+    std::fs::write(
+        &second,
+        text.replace("proxy_id = \"dev\"", "proxy_id = \"second\"")
+            .replace("path = \"audit/audit.jsonl\"", "path = \"audit-second/audit.jsonl\""),
+    )
+    .unwrap();
+    let q = DevProxy::start_config(&p.dir, &second, &[]);
+    // The writer's config, pointed at the second proxy.
+    let via_q = p.dir.join("writer-second.toml");
+    let writer = std::fs::read_to_string(p.writer()).unwrap();
+    std::fs::write(&via_q, writer.replace(&p.addr, &q.addr)).unwrap();
+    assert_ne!(p.addr, q.addr);
+    coffer(&p.writer(), &["init", "--repo", "dev/two"], None).ok();
+    coffer(&via_q, &["backup", "--repo", "dev/two", "-"], Some(b"through the second proxy")).ok();
+
+    let secret = p.enroll("spiffe://coffer.dev/admin");
+    let t = now();
+    let within_seconds = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "{what} did not reach the second proxy");
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t).unwrap(), &["lockdown"]);
+    assert!(ok, "{out}");
+    within_seconds("lockdown", &|| {
+        coffer(&via_q, &["backup", "--repo", "dev/two", "-"], Some(b"x")).stderr.contains("lockdown")
+    });
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &["lockdown", "--lift"]);
+    assert!(ok, "{out}");
+    within_seconds("lifting lockdown", &|| {
+        coffer(&via_q, &["backup", "--repo", "dev/two", "-"], Some(b"y")).status.success()
+    });
+
+    let secret2 = second_admin(&p);
+    let revoke = ["revoke", "--trust-domain", "dev", "--identity", "spiffe://coffer.dev/writer"];
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t).unwrap(), &revoke);
+    assert!(ok, "{out}");
+    within_seconds("the revocation", &|| {
+        coffer(&via_q, &["whoami"], None).stderr.contains("revoked by an administrator")
+    });
+}
