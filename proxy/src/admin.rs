@@ -6,6 +6,7 @@
 //! proxy on the bucket.
 
 use std::collections::BTreeSet;
+use std::net::IpAddr;
 
 use coffer_proto::snapshot::IndexSegment;
 use coffer_proto::{KeyId, RepoName, SnapshotId};
@@ -25,17 +26,43 @@ pub const LOCKDOWN: &str = "admin/lockdown/";
 /// Legal hold switches per snapshot: `admin/holds/<repo>/<snapshot>/<time>`.
 pub const HOLDS: &str = "admin/holds/";
 
-/// A revocation, as stored and as sent to `POST /v1/admin/revoke`.
+/// A revocation (or its lifting), as stored and as sent to
+/// `POST /v1/admin/revoke`. Stored write-once under
+/// `admin/revocations/<BLAKE3 of domain and identity>/<millis>-<random>`;
+/// the newest record of an identity decides. (A record stored as
+/// `admin/revocations/<hash>` by an earlier version counts as the oldest.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Revocation {
     pub trust_domain: String,
     pub identity: String,
+    /// `false` lifts an earlier revocation (reinstates the identity).
+    #[serde(default = "yes")]
+    pub revoked: bool,
     /// Who revoked it, when (set by the proxy).
     #[serde(default)]
     pub by: Option<String>,
     #[serde(default)]
     pub time: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// The folder of an identity's revocation records.
+pub fn revocation_folder(trust_domain: &str, identity: &str) -> String {
+    let name = blake3::hash(format!("{trust_domain}\0{identity}").as_bytes()).to_hex();
+    format!("{REVOCATIONS}{name}")
+}
+
+/// Refuses an admin call on `repo` that the admin's own rules do not
+/// reach: an admin's rights stop at its trust domain's namespace and its
+/// rule's repository patterns, as every role's do.
+fn scope(app: &App, admin: &Identity, action: Action, repo: &RepoName, source: IpAddr) -> Result<(), ApiError> {
+    let request = crate::policy::AccessRequest { identity: admin, action, repo: Some(repo), source };
+    app.policy().decide(&request)?;
+    Ok(())
 }
 
 /// A switch (lockdown, or a snapshot's hold), as stored.
@@ -58,14 +85,20 @@ async fn audit_intent(app: &App, draft: &Draft, what: String) -> Result<(), ApiE
     app.audit.record(intent, true).await.map_err(|_| ApiError::Audit)
 }
 
-/// Writes a switch object under `prefix`, named so the newest sorts last.
-async fn write_switch(app: &App, prefix: &str, on: bool, admin: &Identity) -> Result<(), ApiError> {
+/// A name under `prefix` that sorts after every earlier one: `<20-digit
+/// millis>-<8 hex>`.
+fn switch_name(prefix: &str) -> String {
     let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
     let mut r = [0u8; 4];
     aws_lc_rs::rand::fill(&mut r).expect("the system RNG failed");
-    let key = format!("{prefix}{now_ms:020}-{}", hex::encode(r));
+    format!("{prefix}{now_ms:020}-{}", hex::encode(r))
+}
+
+/// Writes a switch object under `prefix`, named so the newest sorts last.
+async fn write_switch(app: &App, prefix: &str, on: bool, admin: &Identity) -> Result<(), ApiError> {
     let body = serde_json::to_vec(&Switch { on, by: by(admin), time: crate::unix_now() }).expect("serialises");
-    app.store.put_new(&key, body.into(), crate::unix_now() + crate::store::LONGEST_LOCK_SECS).await?;
+    let until = crate::unix_now() + crate::store::LONGEST_LOCK_SECS;
+    app.store.put_new(&switch_name(prefix), body.into(), until).await?;
     Ok(())
 }
 
@@ -85,19 +118,35 @@ pub async fn read_switch(store: &dyn ObjectStore, prefix: &str) -> Result<Option
     Ok(serde_json::from_slice::<Switch>(&body).ok().map(|s| s.on))
 }
 
+/// Revokes an identity of the admin's own trust domain, or (`revoked:
+/// false`) reinstates it; reinstating loosens, so lockdown refuses it.
 pub(crate) async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
     let mut r: Revocation = serde_json::from_slice(body).map_err(invalid)?;
     if r.trust_domain.is_empty() || r.identity.is_empty() {
         return Err(invalid("trust_domain and identity are required"));
     }
-    audit_intent(app, draft, format!("revoking {} in trust domain {}", r.identity, r.trust_domain)).await?;
+    if r.trust_domain != admin.domain() {
+        return Err(ApiError::Denied(crate::policy::Denied(format!(
+            "{admin} may revoke identities of its own trust domain {} only, not of {}",
+            admin.domain(),
+            r.trust_domain
+        ))));
+    }
+    if !r.revoked && app.lockdown.load(std::sync::atomic::Ordering::Acquire) {
+        lockdown_refused(app, admin, Action::AdminRevoke).await;
+        return Err(ApiError::Denied(crate::policy::Denied(
+            "the proxy is in lockdown: reinstating an identity is refused (revoking one is allowed)".into(),
+        )));
+    }
+    let verb = if r.revoked { "revoking" } else { "reinstating" };
+    audit_intent(app, draft, format!("{verb} {} in trust domain {}", r.identity, r.trust_domain)).await?;
     r.by = Some(by(admin));
     r.time = Some(crate::unix_now());
-    let name = blake3::hash(format!("{}\0{}", r.trust_domain, r.identity).as_bytes()).to_hex();
     let body = serde_json::to_vec(&r).expect("serialises");
     let until = crate::unix_now() + crate::store::LONGEST_LOCK_SECS;
-    app.store.put_new(&format!("{REVOCATIONS}{name}"), body.into(), until).await?;
-    app.revoked.write().expect("not poisoned").insert((r.trust_domain.clone(), r.identity.clone()));
+    let folder = revocation_folder(&r.trust_domain, &r.identity);
+    app.store.put_new(&switch_name(&format!("{folder}/")), body.into(), until).await?;
+    app.load_revocations().await?;
     Ok(Reply::json(StatusCode::CREATED, &r))
 }
 
@@ -214,8 +263,15 @@ pub fn hold_prefix(repo: &RepoName, snapshot: &SnapshotId) -> String {
 /// Puts or lifts a legal hold on a snapshot (or all of a repository's) and
 /// every object it references. Lifting leaves alone whatever another held
 /// snapshot still references.
-pub(crate) async fn hold(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+pub(crate) async fn hold(
+    app: &App,
+    admin: &Identity,
+    source: IpAddr,
+    draft: &Draft,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
     let req: HoldRequest = serde_json::from_slice(body).map_err(invalid)?;
+    scope(app, admin, Action::AdminHold, &req.repo, source)?;
     if !req.on && app.lockdown.load(std::sync::atomic::Ordering::Acquire) {
         lockdown_refused(app, admin, Action::AdminHold).await;
         return Err(ApiError::Denied(crate::policy::Denied(
@@ -377,8 +433,15 @@ pub async fn expiry_plan(
     Ok((doomed, held))
 }
 
-pub(crate) async fn expire(app: &App, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+pub(crate) async fn expire(
+    app: &App,
+    admin: &Identity,
+    source: IpAddr,
+    draft: &Draft,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
     let req: ExpireRequest = serde_json::from_slice(body).map_err(invalid)?;
+    scope(app, admin, Action::AdminExpire, &req.repo, source)?;
     let now = crate::unix_now();
     let (doomed, held) = expiry_plan(&*app.store, &req.repo, now).await?;
     if req.dry_run {

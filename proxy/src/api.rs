@@ -50,7 +50,7 @@ pub struct App {
     pub(crate) revoked: RwLock<HashSet<(String, String)>>,
     /// Revocation objects already read (they are write-once), so polling
     /// the store reads only new ones.
-    revocations_read: Mutex<std::collections::HashMap<String, Option<(String, String)>>>,
+    revocations_read: Mutex<std::collections::HashMap<String, Option<(String, String, bool)>>>,
     /// Repository policies, swapped whole on reload.
     repo_policies: RwLock<Arc<crate::governance::RepoPolicies>>,
     /// Lockdown: only reads, and the admin call that lifts it.
@@ -110,7 +110,7 @@ impl App {
         for key in unread {
             let Some(bytes) = self.store.get(&key).await? else { continue };
             let parsed = match serde_json::from_slice::<crate::admin::Revocation>(&bytes) {
-                Ok(r) => Some((r.trust_domain, r.identity)),
+                Ok(r) => Some((r.trust_domain, r.identity, r.revoked)),
                 Err(e) => {
                     tracing::error!("ignoring unreadable revocation {key}: {e}");
                     None
@@ -118,14 +118,28 @@ impl App {
             };
             self.revocations_read.lock().expect("not poisoned").insert(key, parsed);
         }
+        // The newest record of each identity decides; names sort by time,
+        // and a record from before switches (no time in its name) is oldest.
         let loaded: HashSet<(String, String)> = {
             let read = self.revocations_read.lock().expect("not poisoned");
-            keys.iter().filter_map(|k| read.get(k).cloned().flatten()).collect()
+            let mut newest: std::collections::HashMap<(String, String), (&str, bool)> = Default::default();
+            for key in &keys {
+                let Some(Some((domain, name, revoked))) = read.get(key) else { continue };
+                let order = key[crate::admin::REVOCATIONS.len()..].split_once('/').map_or("", |(_, n)| n);
+                let slot = newest.entry((domain.clone(), name.clone())).or_insert((order, *revoked));
+                if order >= slot.0 {
+                    *slot = (order, *revoked);
+                }
+            }
+            newest.into_iter().filter(|(_, (_, revoked))| *revoked).map(|(who, _)| who).collect()
         };
         let n = loaded.len();
         let mut revoked = self.revoked.write().expect("not poisoned");
         for (domain, name) in loaded.difference(&revoked) {
             tracing::warn!(trust_domain = %domain, identity = %name, "revoked by an administrator: refused from now on");
+        }
+        for (domain, name) in revoked.difference(&loaded) {
+            tracing::warn!(trust_domain = %domain, identity = %name, "reinstated by an administrator");
         }
         *revoked = loaded;
         Ok(n)
@@ -551,9 +565,9 @@ where
         (Action::GetSnapshot, Some(repo)) => get(app, keys::snapshot(&repo, &obj.parse().map_err(invalid)?)).await,
         (Action::AdminRevoke, _) => crate::admin::revoke(app, identity, draft, &body).await,
         (Action::AdminReload, _) => crate::admin::reload(app, draft).await,
-        (Action::AdminHold, _) => crate::admin::hold(app, identity, draft, &body).await,
+        (Action::AdminHold, _) => crate::admin::hold(app, identity, caller.peer.ip(), draft, &body).await,
         (Action::AdminLockdown, _) => crate::admin::lockdown(app, identity, draft, &body).await,
-        (Action::AdminExpire, _) => crate::admin::expire(app, draft, &body).await,
+        (Action::AdminExpire, _) => crate::admin::expire(app, identity, caller.peer.ip(), draft, &body).await,
         (_, None) => unreachable!("route() gives every repository action a repository"),
     }
 }

@@ -153,7 +153,8 @@ enum AdminCmd {
         #[arg(long)]
         identity: String,
     },
-    /// Deny an identity from now on (survives restarts).
+    /// Deny an identity of your own trust domain from now on, on every
+    /// proxy of the store (survives restarts); --lift reinstates it.
     Revoke {
         #[command(flatten)]
         call: AdminCall,
@@ -161,6 +162,9 @@ enum AdminCmd {
         trust_domain: String,
         #[arg(long)]
         identity: String,
+        /// Reinstate the identity (refused during lockdown).
+        #[arg(long)]
+        lift: bool,
     },
     /// Make the proxy reload its configuration file.
     Reload {
@@ -429,8 +433,8 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
                 Err(e) => fail(EXIT_FAILURE, &e),
             };
         }
-        AdminCmd::Revoke { call, trust_domain, identity } => {
-            (call, "revoke", serde_json::json!({"trust_domain": trust_domain, "identity": identity}))
+        AdminCmd::Revoke { call, trust_domain, identity, lift } => {
+            (call, "revoke", serde_json::json!({"trust_domain": trust_domain, "identity": identity, "revoked": !lift}))
         }
         AdminCmd::Reload { call } => (call, "reload", serde_json::json!({})),
         AdminCmd::Lockdown { call, lift } => (call, "lockdown", serde_json::json!({ "on": !lift })),

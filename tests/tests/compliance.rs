@@ -696,3 +696,32 @@ fn revocation_and_lockdown_reach_every_proxy_on_the_store() {
         coffer(&via_q, &["whoami"], None).stderr.contains("revoked by an administrator")
     });
 }
+
+/// An admin's rights stop at its trust domain and its rule's repositories,
+/// as every role's do; a revocation can be lifted.
+#[test]
+fn admin_rights_stop_at_the_trust_domain_and_a_revocation_can_be_lifted() {
+    let p = DevProxy::start();
+    let secret = p.enroll("spiffe://coffer.dev/admin");
+    let t = now();
+    let other = ["revoke", "--trust-domain", "prod", "--identity", "spiffe://coffer.prod/writer"];
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t).unwrap(), &other);
+    assert!(!ok && out.contains("403") && out.contains("own trust domain dev only"), "{out}");
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &["expire", "--repo", "prod/app"]);
+    assert!(!ok && out.contains("403") && out.contains("may not admin-expire on repository prod/app"), "{out}");
+    assert!(p.stored("admin/revocations").is_empty());
+
+    let secret2 = second_admin(&p);
+    let revoke = ["revoke", "--trust-domain", "dev", "--identity", "spiffe://coffer.dev/writer"];
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t).unwrap(), &revoke);
+    assert!(ok, "{out}");
+    assert!(coffer(&p.writer(), &["whoami"], None).stderr.contains("revoked by an administrator"));
+    let lift = [&revoke[..], &["--lift"]].concat();
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t + 30).unwrap(), &lift);
+    assert!(ok, "{out}");
+    coffer(&p.writer(), &["whoami"], None).ok();
+    // Both records stay (write-once); the newest decides, also after a restart.
+    assert_eq!(p.stored("admin/revocations").len(), 2);
+    let p = p.restarted(|text| text);
+    coffer(&p.writer(), &["whoami"], None).ok();
+}
