@@ -690,20 +690,14 @@ async fn put_key(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body:
     Ok(reply)
 }
 
-async fn put_epoch(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body: Bytes) -> Result<Reply, ApiError> {
-    let epoch = coffer_proto::repo::Epoch::decode(&body, repo).map_err(invalid)?;
-    if epoch.key.key_id != id {
-        return Err(invalid("the epoch's key is not the one named in the path"));
-    }
-    if app.store.head(&keys::config(repo)).await?.is_none() {
-        return Err(ApiError::NotInitialised(format!("repository {repo} is not initialised")));
-    }
-    check_key(app, allowed, &epoch.key, repo).await?;
-    app.put_once(repo, &keys::epoch(repo, &id), body, "key epoch").await
+/// How far an epoch's `created` may lie from the proxy's clock (ms).
+pub const EPOCH_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Every epoch of the repository, oldest first, as a JSON array.
-async fn list_epochs(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
+async fn read_epochs(app: &App, repo: &RepoName) -> Result<Vec<coffer_proto::repo::Epoch>, ApiError> {
     let mut epochs = Vec::new();
     for key in app.store.list(&format!("{repo}/epochs/")).await? {
         if let Some(bytes) = app.store.get(&key).await? {
@@ -712,7 +706,56 @@ async fn list_epochs(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
             epochs.push(e);
         }
     }
-    epochs.sort_by_key(|e| (e.created, e.key.key_id));
+    Ok(epochs)
+}
+
+/// Adds a chunk-id key epoch. Epochs are ordered by `created`, and new
+/// backups use the last, so the proxy decides what may be last: `created`
+/// must be the proxy's own time (within [`EPOCH_CLOCK_SKEW_MS`]) and later
+/// than every stored epoch's. A writer cannot date an epoch into the
+/// future to stay "newest" past the operator's next `coffer key rotate`.
+async fn put_epoch(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body: Bytes) -> Result<Reply, ApiError> {
+    let epoch = coffer_proto::repo::Epoch::decode(&body, repo).map_err(invalid)?;
+    if epoch.key.key_id != id {
+        return Err(invalid("the epoch's key is not the one named in the path"));
+    }
+    if app.store.head(&keys::config(repo)).await?.is_none() {
+        return Err(ApiError::NotInitialised(format!("repository {repo} is not initialised")));
+    }
+    let existing = read_epochs(app, repo).await?;
+    let replay = existing.iter().any(|e| e.key.key_id == id);
+    if !replay {
+        let now = now_ms();
+        if epoch.created.abs_diff(now) > EPOCH_CLOCK_SKEW_MS {
+            return Err(invalid(format!(
+                "the epoch's creation time {} ms is more than {} minutes from the proxy's clock ({now} ms)",
+                epoch.created,
+                EPOCH_CLOCK_SKEW_MS / 60_000
+            )));
+        }
+        if let Some(latest) = existing.iter().map(|e| e.created).filter(|&c| c <= now + EPOCH_CLOCK_SKEW_MS).max() {
+            if epoch.created <= latest {
+                return Err(ApiError::Conflict(format!(
+                    "the epoch's creation time {} ms is not after the newest epoch's ({latest} ms)",
+                    epoch.created
+                )));
+            }
+        }
+    }
+    check_key(app, allowed, &epoch.key, repo).await?;
+    app.put_once(repo, &keys::epoch(repo, &id), body, "key epoch").await
+}
+
+/// Every epoch of the repository, oldest first, as a JSON array. An epoch
+/// dated into the future (stored before the proxy checked dates) sorts
+/// first, so it can never stay the one new backups use.
+async fn list_epochs(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
+    let mut epochs = read_epochs(app, repo).await?;
+    let horizon = now_ms() + EPOCH_CLOCK_SKEW_MS;
+    for e in epochs.iter().filter(|e| e.created > horizon) {
+        tracing::warn!(%repo, key_id = %e.key.key_id, created = e.created, "an epoch is dated into the future: it sorts first");
+    }
+    epochs.sort_by_key(|e| (e.created <= horizon, e.created, e.key.key_id));
     Ok(Reply::json(StatusCode::OK, &epochs))
 }
 

@@ -725,3 +725,50 @@ fn admin_rights_stop_at_the_trust_domain_and_a_revocation_can_be_lifted() {
     let p = p.restarted(|text| text);
     coffer(&p.writer(), &["whoami"], None).ok();
 }
+
+/// A stolen writer certificate dating a chunk-id key epoch into the future
+/// (so that it stays "newest" and the operator's `key rotate` changes
+/// nothing) is refused; one stored before the proxy checked dates sorts
+/// first, so a rotation still moves new backups to a fresh key.
+#[tokio::test(flavor = "multi_thread")]
+async fn epochs_are_dated_by_the_proxy_and_a_rotation_always_takes_effect() {
+    use coffer_agent::keys::{new_key, LocalProvider};
+    use coffer_proto::keys::Purpose;
+    use coffer_proto::repo::Epoch;
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/ep"], None).ok();
+    let repo: coffer_proto::RepoName = "dev/ep".parse().unwrap();
+    let provider = LocalProvider::open(&p.dir.join("master.key")).unwrap();
+    let client = coffer_tests::raw_client(&p.writer()).await;
+    let epoch = |created: u64| {
+        let (provider, repo) = (&provider, &repo);
+        async move {
+            let (_key, record) = new_key(provider, repo, Purpose::ChunkId).await.unwrap();
+            (record.key_id, Epoch { version: 1, created, key: record })
+        }
+    };
+    let now_ms = now() * 1000;
+    for (created, why) in [(u64::MAX, "far future"), (now_ms + 3_600_000, "an hour ahead"), (1, "the distant past")] {
+        let (id, e) = epoch(created).await;
+        let refused = client.put_epoch(&repo, id, e.encode()).await.unwrap_err();
+        assert_eq!(refused.status().map(|s| s.as_u16()), Some(400), "{why}: {refused}");
+        assert!(refused.to_string().contains("proxy's clock"), "{why}: {refused}");
+    }
+    assert!(p.stored("dev/ep/epochs").is_empty());
+
+    // One stored behind the proxy's back (or before it checked) ...
+    let (future_id, future) = epoch(u64::MAX).await;
+    let dir = p.objects().join("dev/ep/epochs");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(future_id.to_string()), future.encode()).unwrap();
+    // ... does not stop a rotation: the new epoch is newest.
+    let out = coffer(&p.writer(), &["key", "rotate", "--repo", "dev/ep"], None).ok();
+    let listed = client.list_epochs(&repo).await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert_eq!(listed[0].key.key_id, future_id, "the future-dated epoch sorts first");
+    assert!(out.contains(&listed[1].key.key_id.to_string()), "the rotated key is the newest: {out}");
+    // A second epoch dated before the newest is refused too.
+    let (id, e) = epoch(listed[1].created - 1).await;
+    let refused = client.put_epoch(&repo, id, e.encode()).await.unwrap_err();
+    assert!(refused.to_string().contains("not after the newest epoch"), "{refused}");
+}
