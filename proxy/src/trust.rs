@@ -76,9 +76,15 @@ impl TrustDomains {
             for path in &c.crls {
                 crls.extend(read_crls(path)?);
             }
+            // Every certificate of the chain below the anchor is checked
+            // (a revoked intermediate CA revokes what it issued), each
+            // against a CRL of its issuer: unknown status is refused, so a
+            // domain with intermediate CAs lists one CRL per CA. An expired
+            // CRL (past its nextUpdate) is refused too, as a stale list
+            // hides revocations made since.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .with_crls(crls)
-                .only_check_end_entity_revocation()
+                .enforce_revocation_expiration()
                 .build()
                 .map_err(|e| format!("trust domain {}: {e}", c.name))?;
             domains.push(Domain { name: c.name.as_str().into(), verifier });

@@ -403,3 +403,122 @@ async fn idle_and_silent_connections_are_closed() {
     assert!(matches!(n, Ok(Ok(0)) | Ok(Err(_))), "the proxy must hang up on a silent client: {n:?}");
     p.wait_for_event("handshake timeout", |e| e["action"] == "handshake" && e["reason"] == "handshake timed out");
 }
+
+/// A CA of the dev domain in the test's hands: the dev CA's own key, to
+/// sign CRLs and an intermediate CA the proxy never heard of.
+struct TestCa {
+    key: rcgen::KeyPair,
+    cert: rcgen::Certificate,
+}
+
+fn ca_params(cn: &str) -> rcgen::CertificateParams {
+    use rcgen::{BasicConstraints, DnType, IsCa, KeyUsagePurpose};
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    p
+}
+
+impl TestCa {
+    fn dev(dir: &std::path::Path) -> Self {
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(dir.join("ca.key")).unwrap()).unwrap();
+        let cert = ca_params("Coffer dev CA").self_signed(&key).unwrap();
+        Self { key, cert }
+    }
+
+    /// (intermediate CA, its serial, its PEM) signed by this CA.
+    fn intermediate(&self) -> (Self, Vec<u8>, String) {
+        let mut p = ca_params("Coffer test intermediate");
+        let serial = vec![0x42, 7, 7, 7];
+        p.serial_number = Some(rcgen::SerialNumber::from_slice(&serial));
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.cert, &self.key).unwrap();
+        let pem = cert.pem();
+        (Self { key, cert }, serial, pem)
+    }
+
+    /// A client certificate for `identity`: (cert PEM, key PEM).
+    fn leaf(&self, identity: &str) -> (String, String) {
+        use rcgen::{ExtendedKeyUsagePurpose, KeyUsagePurpose, SanType};
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, "intermediate's host");
+        p.subject_alt_names = vec![SanType::URI(identity.try_into().unwrap())];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        (p.signed_by(&key, &self.cert, &self.key).unwrap().pem(), key.serialize_pem())
+    }
+
+    /// A CRL revoking `serials`, valid until `next_update_days` from now
+    /// (negative: already expired).
+    fn crl(&self, serials: &[Vec<u8>], next_update_days: i64) -> String {
+        use time::{Duration, OffsetDateTime};
+        let now = OffsetDateTime::now_utc();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: now - Duration::days(2),
+            next_update: now + Duration::days(next_update_days),
+            crl_number: rcgen::SerialNumber::from(now.unix_timestamp() as u64),
+            issuing_distribution_point: None,
+            revoked_certs: serials
+                .iter()
+                .map(|s| rcgen::RevokedCertParams {
+                    serial_number: rcgen::SerialNumber::from_slice(s),
+                    revocation_time: now - Duration::minutes(1),
+                    reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        params.signed_by(&self.cert, &self.key).unwrap().pem().unwrap()
+    }
+}
+
+/// Revocation covers the whole chain, not only the client's own
+/// certificate: revoking an intermediate CA cuts off what it issued. And a
+/// CRL past its nextUpdate is refused, not trusted as if it were current.
+#[test]
+fn a_revoked_intermediate_and_an_expired_crl_fail_the_handshake() {
+    let p = DevProxy::start();
+    let root = TestCa::dev(&p.dir);
+    let (intermediate, serial, intermediate_pem) = root.intermediate();
+    let (leaf, leaf_key) = intermediate.leaf("spiffe://coffer.dev/writer");
+    std::fs::write(p.dir.join("via-intermediate.pem"), format!("{leaf}{intermediate_pem}")).unwrap();
+    std::fs::write(p.dir.join("via-intermediate.key"), leaf_key).unwrap();
+    let config = p.dir.join("via-intermediate.toml");
+    let writer = std::fs::read_to_string(p.writer()).unwrap();
+    std::fs::write(
+        &config,
+        writer.replace("writer.pem", "via-intermediate.pem").replace("writer.key", "via-intermediate.key"),
+    )
+    .unwrap();
+    assert_ne!(std::fs::read_to_string(&config).unwrap(), writer);
+    // The domain lists a CRL per CA: the root's and the intermediate's.
+    std::fs::write(p.dir.join("intermediate-crl.pem"), intermediate.crl(&[], 30)).unwrap();
+    let text = std::fs::read_to_string(p.dir.join("proxy.toml")).unwrap();
+    std::fs::write(
+        p.dir.join("proxy.toml"),
+        text.replace("crls = [\"crl.pem\"]", "crls = [\"crl.pem\", \"intermediate-crl.pem\"]"),
+    )
+    .unwrap();
+    assert!(p.reload());
+    assert!(coffer(&config, &["whoami"], None).ok().contains("spiffe://coffer.dev/writer"));
+
+    std::fs::write(p.dir.join("crl.pem"), root.crl(&[serial], 30)).unwrap();
+    assert!(p.reload());
+    let revoked = coffer(&config, &["whoami"], None);
+    assert_eq!(revoked.code(), 1, "a certificate under a revoked intermediate CA: {}", revoked.stderr);
+    p.wait_for_event("revoked intermediate", |e| {
+        e["action"] == "handshake" && e["reason"].as_str().unwrap_or("").to_lowercase().contains("revoked")
+    });
+    coffer(&p.writer(), &["whoami"], None).ok();
+
+    std::fs::write(p.dir.join("crl.pem"), root.crl(&[], -1)).unwrap();
+    assert!(p.reload());
+    let stale = coffer(&p.writer(), &["whoami"], None);
+    assert_eq!(stale.code(), 1, "a CRL past its nextUpdate must not be trusted: {}", stale.stderr);
+    p.wait_for_event("expired CRL", |e| {
+        e["action"] == "handshake" && e["reason"].as_str().unwrap_or("").to_lowercase().contains("revocation list")
+    });
+}
