@@ -3,12 +3,13 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
+use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
@@ -81,7 +82,10 @@ pub struct Proxy {
     app: Arc<App>,
     reloads: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Result<(), String>>>,
     limits: ConnLimits,
-    live: Arc<RwLock<Arc<Live>>>,
+    /// The trust domains, certificate and allowlist in force; replaced on
+    /// reload, and watched by open connections, which close when their
+    /// client is no longer accepted.
+    live: watch::Sender<Arc<Live>>,
     writer: AuditWriter,
     listen: SocketAddr,
     config_path: PathBuf,
@@ -214,7 +218,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         app: Arc::new(app),
         reloads: reload_rx,
         limits,
-        live: Arc::new(RwLock::new(Arc::new(live))),
+        live: watch::Sender::new(Arc::new(live)),
         writer,
         listen: cfg.listen,
         config_path: config_path.to_path_buf(),
@@ -300,7 +304,7 @@ impl Proxy {
                 }
                 () = &mut shutdown => break,
             };
-            let live = self.live.read().expect("not poisoned").clone();
+            let live = self.live.subscribe();
             let (app, limits, stop) = (self.app.clone(), self.limits.clone(), stop_rx.clone());
             conns.spawn(async move {
                 serve_connection(app, live, limits, tcp, peer, stop).await;
@@ -352,7 +356,7 @@ impl Proxy {
         });
         let (outcome, reason, result) = match loaded {
             Ok((live, policy, repo_policies, looser)) => {
-                *self.live.write().expect("not poisoned") = Arc::new(live);
+                self.live.send_replace(Arc::new(live));
                 self.app.set_policy(policy);
                 self.app.set_repo_policies(repo_policies);
                 tracing::info!("reloaded {}", self.config_path.display());
@@ -484,12 +488,13 @@ async fn linger(mut tcp: tokio::net::TcpStream) {
 
 async fn serve_connection(
     app: Arc<App>,
-    live: Arc<Live>,
+    mut reloads: watch::Receiver<Arc<Live>>,
     limits: ConnLimits,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    let live = reloads.borrow_and_update().clone();
     if !live.source_allowed(&peer) {
         return refuse(&app, peer, "connect", format!("source address {} is not allowed", peer.ip())).await;
     }
@@ -502,6 +507,8 @@ async fn serve_connection(
         }
         Err(_) => return refuse(&app, peer, "handshake", "handshake timed out".into()).await,
     };
+    let chain: Option<Vec<CertificateDer<'static>>> =
+        stream.get_ref().1.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
     let identity = stream.get_ref().1.peer_certificates().and_then(|chain| {
         let domain = live.domains.domain_of(chain)?;
         let identity = Identity::from_certificate(domain, chain.first()?)?;
@@ -553,6 +560,27 @@ async fn serve_connection(
                 return;
             }
             _ = stop.changed() => break false,
+            Ok(()) = reloads.changed() => {
+                // A reload (new CRLs, trust domains, allowlist) applies to
+                // open connections too: one whose client it no longer
+                // accepts is cut at once, not at its next handshake.
+                let live = reloads.borrow_and_update().clone();
+                let domain = conn_caller.identity.as_ref().map(|i| i.domain().to_string());
+                let still = chain.as_deref().and_then(|c| live.domains.domain_of(c)).map(|d| d.to_string());
+                let reason = if !live.source_allowed(&peer) {
+                    Some(format!("source address {} is no longer allowed after a reload", peer.ip()))
+                } else if chain.is_some() && still != domain {
+                    Some("the client certificate is no longer accepted after a reload (revoked, or its trust domain changed)".to_string())
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    tracing::info!(%peer, "{reason}; connection closed");
+                    conn_app.metrics.refused("handshake");
+                    let _ = conn_app.audit.record(connection_denied(&conn_caller, peer, reason), false).await;
+                    return;
+                }
+            }
             _ = tick.tick() => {
                 if activity.idle_for() >= limits.idle_timeout {
                     tracing::debug!(%peer, "closing idle connection");

@@ -522,3 +522,26 @@ fn a_revoked_intermediate_and_an_expired_crl_fail_the_handshake() {
         e["action"] == "handshake" && e["reason"].as_str().unwrap_or("").to_lowercase().contains("revocation list")
     });
 }
+
+/// A certificate revoked in the CRL while its connection is open: the
+/// reload cuts that connection at once, not only the next handshake.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reload_that_revokes_a_certificate_closes_its_open_connections() {
+    let p = DevProxy::start();
+    p.dev(&["issue", "--name", "host2", "--identity", "spiffe://coffer.dev/writer"]);
+    let client = coffer_tests::raw_client(&p.config("host2")).await;
+    let bystander = coffer_tests::raw_client(&p.writer()).await;
+    client.whoami().await.unwrap();
+    bystander.whoami().await.unwrap();
+    assert_eq!(client.connections().await, 1);
+
+    p.dev(&["revoke", "--name", "host2"]);
+    assert!(p.reload());
+    let cut = p.wait_for_event("the open connection cut", |e| {
+        e["action"] == "connection" && e["reason"].as_str().unwrap_or("").contains("no longer accepted after a reload")
+    });
+    assert_eq!(cut["identity"], "spiffe://coffer.dev/writer", "{cut}");
+    assert!(client.whoami().await.is_err(), "the revoked certificate's requests fail");
+    bystander.whoami().await.expect("other certificates' connections stay open");
+    assert_eq!(bystander.connections().await, 1, "and were not reconnected");
+}
