@@ -220,11 +220,40 @@ enum HoldAction {
 #[derive(clap::Args)]
 struct AdminCall {
     /// Agent-style config presenting the admin certificate.
-    #[arg(long, env = "COFFER_CONFIG")]
+    #[arg(long, env = "COFFER_ADMIN_CONFIG")]
     client_config: PathBuf,
-    /// The current TOTP code of that admin identity.
+    /// The current TOTP code of that admin identity: `-` reads it from
+    /// stdin; left out, it is asked for on the terminal. (A code given
+    /// here shows in the process list until it is used.)
     #[arg(long, env = "COFFER_MFA_CODE", hide_env_values = true)]
-    totp: String,
+    totp: Option<String>,
+}
+
+/// The admin's TOTP code: from `--totp` (or `-` for stdin), else asked on
+/// the terminal, never echoed into a process list.
+fn admin_code(given: Option<String>) -> Result<String, String> {
+    use std::io::{BufRead, IsTerminal as _, Write as _};
+    let read_line = |r: &mut dyn BufRead| {
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| format!("reading the TOTP code: {e}"))?;
+        match line.trim() {
+            "" => Err("no TOTP code was given".to_string()),
+            code => Ok(code.to_string()),
+        }
+    };
+    match given.as_deref() {
+        Some("-") => read_line(&mut std::io::stdin().lock()),
+        Some(code) => Ok(code.to_string()),
+        None => {
+            let missing = "an admin call needs a TOTP code: type it when asked (on a terminal), \
+                           pass it on stdin with --totp -, or set COFFER_MFA_CODE";
+            let tty = std::io::stderr().is_terminal().then(|| std::fs::File::open("/dev/tty").ok()).flatten();
+            let tty = tty.ok_or_else(|| missing.to_string())?;
+            eprint!("TOTP code: ");
+            let _ = std::io::stderr().flush();
+            read_line(&mut std::io::BufReader::new(tty))
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -453,8 +482,12 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, &e.to_string()),
     };
+    let code = match admin_code(call.totp) {
+        Ok(code) => code,
+        Err(e) => return fail(EXIT_USAGE, &e),
+    };
     let done = block_on(async {
-        let client = coffer_agent::client::ProxyClient::connect(&client_config).await?.with_totp(Some(call.totp));
+        let client = coffer_agent::client::ProxyClient::connect(&client_config).await?.with_totp(Some(code));
         client.admin(what, &body).await
     });
     match done {

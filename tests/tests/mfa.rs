@@ -193,3 +193,39 @@ fn mfa_for_backup_access() {
     // The writer's rule does not ask for MFA.
     coffer(&p.writer(), &["backup", "--repo", "dev/pay", "-"], Some(b"more")).ok();
 }
+
+/// The code need not show in the process list: `--totp -` reads it from
+/// stdin, and without one (and no terminal to ask on) the call says how to
+/// give it instead of sending nothing.
+#[test]
+fn the_admin_code_can_come_from_stdin() {
+    use std::io::Write as _;
+    let p = DevProxy::start();
+    let secret = p.enroll(ADMIN);
+    let run = |totp: Option<&str>, stdin: &[u8]| {
+        let mut cmd = Command::new(bin("coffer-proxy"));
+        cmd.args(["admin", "reload", "--client-config"]).arg(p.config("admin"));
+        cmd.env_remove("COFFER_MFA_CODE");
+        if let Some(t) = totp {
+            cmd.args(["--totp", t]);
+        }
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let (code, out) = run(None, b"");
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("--totp -") && out.contains("COFFER_MFA_CODE"), "{out}");
+    let fresh = code_at(&secret, now()).unwrap();
+    let (code, out) = run(Some("-"), format!("{fresh}\n").as_bytes());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("reload: ok"), "{out}");
+    let reloads = p.audit_events().into_iter().filter(|e| e["action"] == "admin-reload" && e["outcome"] == "ok");
+    assert_eq!(reloads.count(), 2, "the intent and the call: {}", p.audit_log());
+}
