@@ -431,7 +431,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
         }
         RepoCmd::Snapshots { repo, json } => {
             let (_, repo) = ctx.open(repo).await?;
-            let list = list_snapshots(&repo).await?;
+            let (list, unreadable) = list_snapshots(&repo).await?;
             if json {
                 print_json(&list)?;
             } else {
@@ -440,6 +440,17 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                     let when = humantime::format_rfc3339_seconds(when);
                     println!("{}  {when}  {:>14} bytes  {}  ({})", s.id, s.bytes, s.name, s.source);
                 }
+            }
+            if !unreadable.is_empty() {
+                for e in &unreadable {
+                    eprintln!("coffer: {e}");
+                }
+                return Err(anyhow::anyhow!(
+                    "{} of {} snapshots could not be read (listed: the others); run `coffer verify`",
+                    unreadable.len(),
+                    unreadable.len() + list.len()
+                )
+                .into());
             }
         }
         RepoCmd::Verify { repo, snapshot } => {
@@ -503,10 +514,25 @@ struct Listed {
     stats: coffer_proto::snapshot::SnapshotStats,
 }
 
-async fn list_snapshots(repo: &OpenRepo) -> Result<Vec<Listed>, Failure> {
+/// The repository's snapshots with what their roots say. A root that is
+/// missing or fails its checks does not hide the others: it is left out of
+/// the list and named in the second half of the answer.
+async fn list_snapshots(repo: &OpenRepo) -> Result<(Vec<Listed>, Vec<String>), Failure> {
     let mut out = Vec::new();
+    let mut unreadable = Vec::new();
     for info in repo.client.list_snapshots(&repo.name).await? {
-        let root = restore::load_root(repo, info.id).await?;
+        let root = match restore::load_root(repo, info.id).await {
+            Ok(root) => root,
+            Err(e @ restore::RestoreError::Snapshot { .. }) => {
+                unreadable.push(e.to_string());
+                continue;
+            }
+            Err(restore::RestoreError::Client(e)) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
+                unreadable.push(format!("integrity error: snapshot {}: its root is missing", info.id));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         out.push(Listed {
             id: info.id,
             committed: info.committed,
@@ -517,5 +543,5 @@ async fn list_snapshots(repo: &OpenRepo) -> Result<Vec<Listed>, Failure> {
             stats: info.stats,
         });
     }
-    Ok(out)
+    Ok((out, unreadable))
 }

@@ -953,15 +953,36 @@ async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<Sna
     Ok(SnapshotInfo { id, committed: index.committed, retain_until: index.retain_until, stats: index.stats })
 }
 
+/// Every committed snapshot's id and stats, oldest first. One whose index
+/// segment is missing or unreadable (damage in the store) is left out, not
+/// allowed to hide the rest, and raises an alert.
 async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
     let prefix = format!("{repo}/snapshots/");
     let mut out = Vec::new();
+    let mut damaged = Vec::new();
     for key in app.store.list(&prefix).await? {
         // Only direct children with a well-formed id are snapshots.
         let Ok(id) = key[prefix.len()..].parse::<SnapshotId>() else {
             continue;
         };
-        out.push(snapshot_info(app, repo, id).await?);
+        match snapshot_info(app, repo, id).await {
+            Ok(info) => out.push(info),
+            Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => damaged.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !damaged.is_empty() {
+        let msg = format!(
+            "{} snapshots of {repo} have a root but no readable index segment, and are left out of listings: {}",
+            damaged.len(),
+            damaged.join("; ")
+        );
+        tracing::error!("{msg}");
+        let dedup = Some((format!("damaged:{repo}"), crate::detect::QUIET_SECS));
+        app.watch
+            .alerts
+            .raise("damaged-snapshot", crate::alerts::Severity::High, Some(repo.to_string()), None, msg, dedup)
+            .await;
     }
     out.sort_by_key(|s| (s.committed, s.id));
     Ok(Reply::json(StatusCode::OK, &out))

@@ -229,3 +229,38 @@ fn only_tls_1_3_is_spoken() {
     let (ok12, text12) = openssl_handshake(&p, "-tls1_2");
     assert!(!ok12, "TLS 1.2 must be refused: {text12}");
 }
+
+/// Someone with raw store access deletes one snapshot's index segment and
+/// alters another's root: the listing still shows the good snapshot, names
+/// both damaged ones, exits 1, and the proxy raises an alert.
+#[test]
+fn one_damaged_snapshot_does_not_hide_the_others() {
+    let p = DevProxy::start();
+    let good = backup(&p, "dev/dmg", b"good");
+    let more = |data: &[u8]| coffer(&p.writer(), &["backup", "--repo", "dev/dmg", "-"], Some(data)).last_line();
+    let (no_index, bad_root) = (more(b"its index goes"), more(b"its root is altered"));
+    let objects = p.objects().join("dev/dmg");
+    std::fs::remove_file(objects.join(format!("index/{no_index}"))).unwrap();
+    let root = objects.join(format!("snapshots/{bad_root}"));
+    let mut bytes = std::fs::read(&root).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::remove_file(&root).unwrap();
+    std::fs::write(&root, bytes).unwrap();
+
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/dmg", "--json"], None);
+    assert_eq!(listed.code(), 1, "{}", listed.stderr);
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let ids: Vec<&str> = json.as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [good.as_str()], "{}", listed.stderr);
+    assert!(
+        listed.stderr.contains(&format!("snapshot {bad_root}: the snapshot root failed authentication")),
+        "{}",
+        listed.stderr
+    );
+    assert!(listed.stderr.contains("1 of 2 snapshots could not be read"), "{}", listed.stderr);
+    let alert = p.wait_for_event("the damaged-snapshot alert", |e| {
+        e["action"] == "alert" && e["object"].as_str().is_some_and(|o| o.starts_with("damaged-snapshot:"))
+    });
+    assert!(alert["reason"].as_str().unwrap().contains(&no_index), "{alert}");
+}
