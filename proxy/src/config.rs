@@ -239,6 +239,12 @@ pub struct LimitsConfig {
     pub idle_timeout_secs: u64,
     /// A TLS handshake must finish within this (slow-loris).
     pub handshake_timeout_secs: u64,
+    /// Connections one source address may hold at once, handshakes
+    /// included (beyond: closed at once).
+    pub connections_per_source: usize,
+    /// Connections one identity may hold at once (beyond: closed after
+    /// the handshake).
+    pub connections_per_identity: usize,
 }
 
 impl Default for LimitsConfig {
@@ -253,6 +259,10 @@ impl Default for LimitsConfig {
             request_timeout_secs: 300,
             idle_timeout_secs: 120,
             handshake_timeout_secs: 10,
+            // Many hosts behind one NAT share an address; an agent needs one
+            // connection, a daemon one per job running.
+            connections_per_source: 256,
+            connections_per_identity: 64,
         }
     }
 }

@@ -17,6 +17,7 @@ pub mod assess;
 pub mod audit;
 pub mod clientcerts;
 pub mod config;
+pub mod conns;
 pub mod detect;
 pub mod dev;
 pub mod governance;

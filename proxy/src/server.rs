@@ -65,6 +65,8 @@ impl Live {
 #[derive(Clone)]
 struct ConnLimits {
     limiter: Arc<Limiter>,
+    slots: Arc<crate::conns::Slots>,
+    refusals: Arc<crate::conns::RefusalThrottle>,
     request_timeout: Duration,
     idle_timeout: Duration,
     handshake_timeout: Duration,
@@ -210,6 +212,8 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
     app.set_repo_policies(cfg.repo_policies()?);
     let limits = ConnLimits {
         limiter: Arc::new(Limiter::new(cfg.limits)),
+        slots: crate::conns::Slots::new(cfg.limits.connections_per_source, cfg.limits.connections_per_identity),
+        refusals: Arc::default(),
         request_timeout: Duration::from_secs(cfg.limits.request_timeout_secs),
         idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
         handshake_timeout: Duration::from_secs(cfg.limits.handshake_timeout_secs),
@@ -278,13 +282,19 @@ impl Proxy {
             tokio::spawn(ship_audit(self.app.clone(), self.spool.sealed_dir(), self.proxy_id.clone(), self.ship_every));
         ready(listener.local_addr()?);
         let (stop_tx, stop_rx) = watch::channel(false);
-        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        // The last ADMIN_RESERVED connections are taken only when the rest
+        // are, and kept only by admins.
+        let general = Arc::new(Semaphore::new(MAX_CONNECTIONS - crate::conns::ADMIN_RESERVED));
+        let reserve = Arc::new(Semaphore::new(crate::conns::ADMIN_RESERVED));
         let mut conns = JoinSet::new();
+        let flusher = tokio::spawn(flush_refusals(self.app.clone(), self.limits.refusals.clone()));
         tokio::pin!(shutdown);
         loop {
-            let permit = tokio::select! {
-                p = permits.clone().acquire_owned() => p.expect("never closed"),
+            let (permit, reserved) = tokio::select! {
+                biased;
                 () = &mut shutdown => break,
+                p = general.clone().acquire_owned() => (p.expect("never closed"), false),
+                p = reserve.clone().acquire_owned() => (p.expect("never closed"), true),
             };
             let (tcp, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -307,7 +317,7 @@ impl Proxy {
             let live = self.live.subscribe();
             let (app, limits, stop) = (self.app.clone(), self.limits.clone(), stop_rx.clone());
             conns.spawn(async move {
-                serve_connection(app, live, limits, tcp, peer, stop).await;
+                serve_connection(app, live, limits, tcp, peer, reserved, stop).await;
                 drop(permit);
             });
             while conns.try_join_next().is_some() {}
@@ -316,6 +326,8 @@ impl Proxy {
         let _ = stop_tx.send(true);
         let _ = tokio::time::timeout(SHUTDOWN_GRACE, async { while conns.join_next().await.is_some() {} }).await;
         conns.shutdown().await;
+        flusher.abort();
+        let _ = flusher.await;
         shipper.abort();
         let _ = shipper.await; // drops its handle on the app, and so on the log
         for task in watchers {
@@ -458,10 +470,37 @@ async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Dur
     }
 }
 
-async fn refuse(app: &App, peer: SocketAddr, action: &'static str, reason: String) {
+/// Writes, once a minute has ended, how many refused connections of each
+/// source were counted but not written one by one (aborted at shutdown).
+async fn flush_refusals(app: Arc<App>, throttle: Arc<crate::conns::RefusalThrottle>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        for (ip, n) in throttle.take_ended(crate::unix_now()) {
+            let reason = format!(
+                "{n} more connections from {ip} were refused in that minute (beyond {} a minute, counted, not written one by one)",
+                crate::conns::REFUSALS_AUDITED_PER_MINUTE
+            );
+            let draft = Draft {
+                peer: ip.to_string(),
+                action: "connect",
+                outcome: Some(Outcome::Denied),
+                reason: Some(reason),
+                bytes: n,
+                ..Default::default()
+            };
+            let _ = app.audit.record(draft, false).await;
+        }
+    }
+}
+
+async fn refuse(app: &App, limits: &ConnLimits, peer: SocketAddr, action: &'static str, reason: String) {
     app.metrics.refused(action);
     if action == "handshake" {
         app.watch.handshake_failed(peer.ip()).await;
+    }
+    if !limits.refusals.admit(peer.ip(), crate::unix_now()) {
+        return;
     }
     tracing::info!(%peer, "{action} refused: {reason}");
     let draft = Draft {
@@ -492,20 +531,25 @@ async fn serve_connection(
     limits: ConnLimits,
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
+    reserved: bool,
     mut stop: watch::Receiver<bool>,
 ) {
     let live = reloads.borrow_and_update().clone();
     if !live.source_allowed(&peer) {
-        return refuse(&app, peer, "connect", format!("source address {} is not allowed", peer.ip())).await;
+        return refuse(&app, &limits, peer, "connect", format!("source address {} is not allowed", peer.ip())).await;
     }
+    let Some(_source_slot) = limits.slots.source(peer.ip()) else {
+        let reason = format!("{} holds its fill of connections (limits.connections_per_source)", peer.ip());
+        return refuse(&app, &limits, peer, "connect", reason).await;
+    };
     tcp.set_nodelay(true).ok();
     let stream = match tokio::time::timeout(limits.handshake_timeout, live.acceptor.accept(tcp).into_fallible()).await {
         Ok(Ok(s)) => s,
         Ok(Err((e, tcp))) => {
-            refuse(&app, peer, "handshake", e.to_string()).await;
+            refuse(&app, &limits, peer, "handshake", e.to_string()).await;
             return linger(tcp).await;
         }
-        Err(_) => return refuse(&app, peer, "handshake", "handshake timed out".into()).await,
+        Err(_) => return refuse(&app, &limits, peer, "handshake", "handshake timed out".into()).await,
     };
     let chain: Option<Vec<CertificateDer<'static>>> =
         stream.get_ref().1.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
@@ -515,6 +559,21 @@ async fn serve_connection(
         app.client_certs.note(&identity, chain.first()?, crate::unix_now());
         Some(identity)
     });
+    let _identity_slot = match &identity {
+        Some(id) => match limits.slots.identity(&format!("{}\0{}", id.domain(), id.name())) {
+            Some(slot) => Some(slot),
+            None => {
+                let reason = format!("{id} holds its fill of connections (limits.connections_per_identity)");
+                return refuse(&app, &limits, peer, "connection", reason).await;
+            }
+        },
+        None => None,
+    };
+    let admin = identity.as_ref().is_some_and(|id| app.policy().grants(id).0.contains(&crate::policy::Role::Admin));
+    if reserved && !admin {
+        let reason = "every connection is in use; the last ones are kept for admins".to_string();
+        return refuse(&app, &limits, peer, "connection", reason).await;
+    }
     let caller = Arc::new(Caller::new(identity, peer));
     let (conn_app, conn_caller) = (app.clone(), caller.clone());
     let activity = Arc::new(Activity::default());

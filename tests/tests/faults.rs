@@ -506,3 +506,96 @@ fn a_cut_or_stalled_connection_is_reestablished_and_the_backup_completes() {
         assert!(restored.stdout == data, "{what}: restore differs");
     }
 }
+
+/// One certificate opening connection after connection holds only its own
+/// share; a flood of bare TCP connections from one address holds only that
+/// address's share and writes only a few audit events a minute; other
+/// clients (the admin among them) still get in.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_client_cannot_hold_the_proxys_connections() {
+    use tokio::io::AsyncReadExt as _;
+    let p = DevProxy::start()
+        .restarted(|text| format!("{text}\n[limits]\nconnections_per_source = 8\nconnections_per_identity = 3\n"));
+
+    // Per identity: the writer's fourth connection is closed after the handshake.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let c = raw_client(&p.writer()).await;
+        c.whoami().await.unwrap();
+        held.push(c);
+    }
+    let fourth = raw_client(&p.writer()).await;
+    assert!(fourth.whoami().await.is_err(), "a fourth connection of one identity");
+    p.wait_for_event("the identity's refusal", |e| {
+        e["action"] == "connection"
+            && e["reason"].as_str().unwrap_or("").contains("spiffe://coffer.dev/writer")
+            && e["reason"].as_str().unwrap_or("").contains("connections_per_identity")
+    });
+    raw_client(&p.reader()).await.whoami().await.expect("another identity gets in");
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if raw_client(&p.writer()).await.whoami().await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a closed connection gives its slot back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Per source: 40 bare connections from 127.0.0.2 that never speak TLS.
+    let addr: std::net::SocketAddr = p.addr.parse().unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..40 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(socket.connect(addr).await.unwrap());
+    }
+    let mut closed = 0;
+    for s in &mut flood {
+        let mut b = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut b)).await {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 40 - 8, "all but the address's 8 are closed at once");
+    raw_client(&p.reader()).await.whoami().await.expect("clients from other addresses get in");
+    let written = p
+        .audit_events()
+        .iter()
+        .filter(|e| e["action"] == "connect" && e["peer"].as_str().unwrap_or("").starts_with("127.0.0.2:"))
+        .count();
+    let allowance = coffer_proxy::conns::REFUSALS_AUDITED_PER_MINUTE as usize;
+    assert!(
+        (allowance..=2 * allowance).contains(&written),
+        "32 refusals, at most {allowance} events a minute: {written}"
+    );
+}
+
+/// With every general connection taken (by bare TCP connections from four
+/// addresses), a writer is turned away and an admin still gets in, to
+/// revoke or lock down.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_connections_are_kept_for_admins() {
+    use coffer_proxy::conns::ADMIN_RESERVED;
+    use coffer_proxy::server::MAX_CONNECTIONS;
+    let p = DevProxy::start().restarted(|text| format!("{text}\n[limits]\nhandshake_timeout_secs = 60\n"));
+    let addr: std::net::SocketAddr = p.addr.parse().unwrap();
+    let mut flood = Vec::new();
+    for i in 0..MAX_CONNECTIONS - ADMIN_RESERVED {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("127.0.0.{}:0", 2 + i / 248).parse().unwrap()).unwrap();
+        flood.push(socket.connect(addr).await.unwrap());
+    }
+    // The accept loop takes the last general slot before the next connection.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let writer = raw_client(&p.writer()).await;
+    let refused = writer.whoami().await.unwrap_err();
+    assert!(refused.retryable(), "a full proxy is a transient refusal: {refused}");
+    p.wait_for_event("the reserve's refusal", |e| {
+        e["action"] == "connection" && e["reason"].as_str().unwrap_or("").contains("kept for admins")
+    });
+    let admin = raw_client(&p.config("admin")).await;
+    let whoami = admin.whoami().await.expect("an admin gets a reserved connection");
+    assert_eq!(whoami.identity, "spiffe://coffer.dev/admin");
+    drop(flood);
+}
