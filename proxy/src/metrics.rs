@@ -179,6 +179,12 @@ impl ObjectStore for TimedStore {
         self.observe("delete", t, &r);
         r
     }
+    async fn rewritten(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.rewritten(prefix).await;
+        self.observe("list_versions", t, &r);
+        r
+    }
 }
 
 /// Times every key record check (for KMS: DescribeKey, rotation, ReEncrypt).

@@ -148,8 +148,21 @@ pub async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, Strin
 /// The audit segments this proxy shipped to its store, in order.
 pub async fn stored_audit(cfg: &ProxyConfig) -> Result<Vec<(String, String)>, String> {
     let store = open_store_to_read(cfg).await?;
+    let prefix = crate::audit::ship::store_prefix(&cfg.proxy_id);
+    // A shipped segment is written once. A second version (someone with the
+    // proxy's write access put over the locked one, perhaps re-chained and
+    // re-signed with the proxy's own key) or a delete marker is tampering,
+    // however well the latest version verifies.
+    let rewritten = store.rewritten(&prefix).await.map_err(|e| e.to_string())?;
+    if !rewritten.is_empty() {
+        return Err(format!(
+            "audit segments were written again or deleted after they were shipped (the locked originals stay \
+             in the bucket's version history; compare them): {}",
+            rewritten.join(", ")
+        ));
+    }
     let mut out = Vec::new();
-    for key in store.list(&crate::audit::ship::store_prefix(&cfg.proxy_id)).await.map_err(|e| e.to_string())? {
+    for key in store.list(&prefix).await.map_err(|e| e.to_string())? {
         let body = store.get(&key).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{key} vanished"))?;
         out.push((key, String::from_utf8_lossy(&body).into_owned()));
     }

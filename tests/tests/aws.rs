@@ -691,3 +691,62 @@ async fn every_admin_call_works_on_s3_and_survives_a_restart() {
     let reader = agent_config(&p, &aws, "reader", &kek);
     assert_eq!(run(&aws, &reader, &["restore", "--repo", "dev/adm", &id], None).stdout, b"held");
 }
+
+/// Root on the proxy host holds the audit signing key and the proxy's
+/// PutObject right: in a versioned bucket a put over a shipped segment adds
+/// a version over the locked one, and one re-chained and re-signed would
+/// verify on its own. Here the copy is byte-identical (the perfect forgery);
+/// `audit verify --store` must still fail, naming the segment, and so must a
+/// delete marker hiding one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shipped_audit_segment_written_again_fails_verification() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, "", (30, 7));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace("path = \"audit/audit.jsonl\"", "path = \"audit/audit.jsonl\"\nsegment_events = 5\nship_secs = 1"),
+    )
+    .unwrap();
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/aud"], None).ok();
+    run(&aws, &writer, &["backup", "--repo", "dev/aud", "-"], Some(b"audited")).ok();
+    let verify = || {
+        let out = std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+            .arg("--config")
+            .arg(&config)
+            .args(["audit", "verify", "--store"])
+            .envs(aws.moto.env())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let segments = loop {
+        let keys = aws.keys("audit/s3/").await;
+        if keys.len() >= 2 {
+            break keys;
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit segments shipped: {keys:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let (code, out) = verify();
+    assert_eq!(code, Some(0), "{out}");
+
+    let first = &segments[0];
+    let body = aws.s3.get_object().bucket(BUCKET).key(first).send().await.unwrap().body.collect().await.unwrap();
+    aws.s3.put_object().bucket(BUCKET).key(first).body(body.into_bytes().into()).send().await.unwrap();
+    let (code, out) = verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("written again or deleted") && out.contains(first.as_str()), "{out}");
+
+    let last = segments.last().unwrap();
+    aws.s3.delete_object().bucket(BUCKET).key(last).send().await.unwrap();
+    let (code, out) = verify();
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains(last.as_str()), "a delete marker is named too: {out}");
+}

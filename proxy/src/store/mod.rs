@@ -122,4 +122,13 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError>;
     /// Deletes an object whose lock has ended; refuses otherwise.
     async fn delete(&self, key: &str, now: u64) -> Result<(), StoreError>;
+    /// Keys under `prefix` that were written more than once or hidden by a
+    /// delete marker: what a versioned bucket keeps when someone with write
+    /// access puts over a locked object (a new version; the locked one
+    /// stays) or deletes without a version id. A store that cannot record
+    /// either (the filesystem store never replaces a name) has none.
+    async fn rewritten(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
 }

@@ -305,6 +305,44 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn rewritten(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        use std::collections::BTreeMap;
+        // (versions, delete markers) per key.
+        let mut seen: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+        loop {
+            let page = self
+                .client
+                .list_object_versions()
+                .bucket(&self.bucket)
+                .prefix(self.full(prefix))
+                .set_key_marker(key_marker.take())
+                .set_version_id_marker(version_marker.take())
+                .send()
+                .await
+                .map_err(|e| classify(prefix, e))?;
+            for v in page.versions() {
+                if let Some(k) = v.key().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    seen.entry(k.to_string()).or_default().0 += 1;
+                }
+            }
+            for m in page.delete_markers() {
+                if let Some(k) = m.key().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    seen.entry(k.to_string()).or_default().1 += 1;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                break;
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            version_marker = page.next_version_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                break;
+            }
+        }
+        Ok(seen.into_iter().filter(|(_, (versions, markers))| *versions > 1 || *markers > 0).map(|(k, _)| k).collect())
+    }
+
     async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError> {
         let meta = self.head(key).await?.ok_or_else(|| StoreError::NotFound(key.to_string()))?;
         // Never shorten, whatever the service would allow.
