@@ -477,30 +477,41 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
 }
 
 /// Writes into a temporary file beside `path` and renames it into place
-/// only when the whole snapshot has been checked: no partial restores.
+/// only when the whole snapshot has been checked: no partial restores. The
+/// temporary file has a random name and is created new (`O_EXCL`, so a
+/// planted name or symlink is never followed) with mode 0600: a restore
+/// may hold anything, and who else may read it is the caller's decision.
 async fn restore_to_file(
     repo: Arc<OpenRepo>,
     snapshot: SnapshotId,
     path: &std::path::Path,
     in_flight: usize,
 ) -> Result<(), Failure> {
-    let tmp = path.with_file_name(format!(
-        ".{}.coffer-partial",
-        path.file_name().context("the output path has no file name")?.to_string_lossy()
-    ));
-    let result = async {
-        let mut f = tokio::fs::File::create(&tmp).await.with_context(|| format!("creating {}", tmp.display()))?;
+    let name = path.file_name().context("the output path has no file name")?.to_string_lossy().into_owned();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".coffer-partial")
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .tempfile_in(&dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let (file, tmp_path) = tmp.into_parts();
+    let mut f = tokio::fs::File::from_std(file);
+    let written = async {
         restore::restore(repo, snapshot, &mut f, in_flight).await?;
         f.sync_all().await?;
         f.shutdown().await?;
-        tokio::fs::rename(&tmp, path).await.with_context(|| format!("renaming into {}", path.display()))?;
         anyhow::Ok(())
     }
     .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&tmp).await;
-    }
-    Ok(result?)
+    drop(f);
+    // On failure the temporary path is dropped, which removes the file.
+    written?;
+    tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
+    Ok(())
 }
 
 #[derive(Serialize)]

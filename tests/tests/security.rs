@@ -264,3 +264,33 @@ fn one_damaged_snapshot_does_not_hide_the_others() {
     });
     assert!(alert["reason"].as_str().unwrap().contains(&no_index), "{alert}");
 }
+
+/// Someone who can write in the restore's target folder plants symlinks
+/// at the temporary name the agent used to use and at the target: the
+/// restore writes neither the files they point to, and the file it makes
+/// is readable by its owner only.
+#[test]
+fn restore_to_a_file_follows_no_planted_link_and_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let p = DevProxy::start();
+    let id = backup(&p, "dev/link", b"secret payroll");
+    let dir = p.dir.join("restores");
+    std::fs::create_dir(&dir).unwrap();
+    let victim = p.dir.join("victim");
+    std::fs::write(&victim, b"do not overwrite").unwrap();
+    std::os::unix::fs::symlink(&victim, dir.join(".out.coffer-partial")).unwrap();
+    let out = dir.join("out");
+    coffer(&p.reader(), &["restore", "--repo", "dev/link", &id, "-o", out.to_str().unwrap()], None).ok();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"do not overwrite", "the planted link was followed");
+    assert_eq!(std::fs::read(&out).unwrap(), b"secret payroll");
+    let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a restore is private to its owner: {mode:o}");
+
+    // A link at the target itself is replaced, not written through.
+    let target = dir.join("linked");
+    std::os::unix::fs::symlink(&victim, &target).unwrap();
+    coffer(&p.reader(), &["restore", "--repo", "dev/link", &id, "-o", target.to_str().unwrap()], None).ok();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"do not overwrite");
+    assert!(!std::fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
+    assert_eq!(std::fs::read(&target).unwrap(), b"secret payroll");
+}
