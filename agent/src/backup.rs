@@ -247,14 +247,14 @@ fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Resu
             let stdout = child.stdout.take().expect("stdout is piped");
             let pid = child.id();
             let child = Arc::new(std::sync::Mutex::new(child));
-            SOURCE_CHILDREN.lock().expect("not poisoned").push((pid, child.clone()));
+            SOURCE_CHILDREN.lock().expect("not poisoned").push((pid, command.clone(), child.clone()));
             let read = chunk_stream(stdout, repo, &tx);
             let mut child = child.lock().expect("not poisoned");
             if read.is_err() {
                 let _ = child.kill();
             }
             let status = child.wait();
-            SOURCE_CHILDREN.lock().expect("not poisoned").retain(|(p, _)| *p != pid);
+            SOURCE_CHILDREN.lock().expect("not poisoned").retain(|(p, _, _)| *p != pid);
             let status = status.map_err(BackupError::Source)?;
             let summary = read.map_err(BackupError::Source)?;
             check_status(&command, status)?;
@@ -265,16 +265,31 @@ fn read_source(source: Source, repo: &OpenRepo, tx: mpsc::Sender<Chunk>) -> Resu
 
 type SharedChild = Arc<std::sync::Mutex<std::process::Child>>;
 
-/// The running source commands (by pid), so an interrupted agent or a
-/// stopping daemon can stop them rather than leave them without a reader.
-static SOURCE_CHILDREN: std::sync::Mutex<Vec<(u32, SharedChild)>> = std::sync::Mutex::new(Vec::new());
+/// The running source commands (by pid, with their command line), so an
+/// interrupted agent or a stopping daemon can stop them rather than leave
+/// them without a reader.
+static SOURCE_CHILDREN: std::sync::Mutex<Vec<(u32, String, SharedChild)>> = std::sync::Mutex::new(Vec::new());
 
 /// Kills every running source command (on SIGINT, or when a stopping
 /// daemon abandons its backups).
 pub fn kill_sources() {
-    for (_, child) in SOURCE_CHILDREN.lock().expect("not poisoned").drain(..) {
+    for (_, _, child) in SOURCE_CHILDREN.lock().expect("not poisoned").drain(..) {
         if let Ok(mut c) = child.try_lock() {
             let _ = c.kill();
+        }
+    }
+}
+
+/// Kills the running source commands whose command line is `argv` (a
+/// daemon job stopped after its max_run_secs); the thread reading one then
+/// sees its end and finishes.
+pub fn kill_source_command(argv: &[String]) {
+    let command = argv.join(" ");
+    for (_, c, child) in SOURCE_CHILDREN.lock().expect("not poisoned").iter() {
+        if *c == command {
+            if let Ok(mut c) = child.try_lock() {
+                let _ = c.kill();
+            }
         }
     }
 }

@@ -17,8 +17,18 @@ use tokio::sync::watch;
 
 use crate::config::AgentConfig;
 
-/// Largest response body the agent reads (an envelope, or a listing).
-const RESPONSE_MAX: usize = 64 * 1024 * 1024 + ENVELOPE_MAX;
+/// Largest response body the agent reads: a listing or an expiry report.
+/// Every other answer has a smaller limit of its own (see the callers).
+const LISTING_MAX: usize = 64 * 1024 * 1024;
+/// Largest small JSON or key answer (config, key record, whoami, commit).
+const SMALL_MAX: usize = 64 * 1024;
+/// Upload rate below which an attempt is abandoned: the request timeout
+/// grows by a second for every this many bytes of body.
+const MIN_UPLOAD_BYTES_PER_SEC: usize = 64 * 1024;
+/// Longest error message from the proxy shown to a person or a log.
+const MESSAGE_MAX: usize = 512;
+/// Largest snapshot root answer.
+const ROOT_ENVELOPE_MAX: usize = coffer_proto::snapshot::ROOT_MAX + coffer_proto::envelope::OVERHEAD;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +52,28 @@ pub enum ClientError {
     Status { method: Method, path: String, status: StatusCode, code: String, message: String },
     #[error("the proxy's response was not understood: {0}")]
     Protocol(String),
+    #[error("{method} {path}: no answer from the proxy within {secs} s")]
+    Timeout { method: Method, path: String, secs: u64 },
+}
+
+/// Text from the proxy made safe to print: control and direction-changing
+/// characters (escape sequences that would clear a screen, retitle a
+/// window or forge a log line) shown escaped, and the length capped.
+fn printable(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == MESSAGE_MAX {
+            out.push('…');
+            break;
+        }
+        let bidi = matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+        if c.is_control() || bidi {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl ClientError {
@@ -95,6 +127,8 @@ struct Shared {
     endpoint: Endpoint,
     conn: tokio::sync::Mutex<(u64, Option<Conn>)>,
     retry: RetryPolicy,
+    /// One attempt's deadline, before the allowance for its body.
+    attempt: std::time::Duration,
 }
 
 /// A client of the proxy: one HTTP/2 connection at a time, shared by every
@@ -129,7 +163,9 @@ impl ClientError {
     /// certificate, a TLS verification failure, any other 4xx.
     pub fn retryable(&self) -> bool {
         match self {
-            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Body(_) => true,
+            ClientError::Connect { .. } | ClientError::Http(_) | ClientError::Body(_) | ClientError::Timeout { .. } => {
+                true
+            }
             ClientError::Handshake { source, .. } => source.kind() != std::io::ErrorKind::InvalidData,
             ClientError::Status { status, .. } => {
                 matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
@@ -185,9 +221,21 @@ impl ProxyClient {
     pub async fn connect(cfg: &AgentConfig) -> Result<Self, ClientError> {
         let endpoint = Endpoint::new(cfg)?;
         let retry = RetryPolicy::with_deadline(std::time::Duration::from_secs(cfg.retry_deadline_secs));
-        let shared = Arc::new(Shared { endpoint, conn: tokio::sync::Mutex::new((0, None)), retry });
+        let attempt = std::time::Duration::from_secs(cfg.request_timeout_secs);
+        let shared = Arc::new(Shared { endpoint, conn: tokio::sync::Mutex::new((0, None)), retry, attempt });
         let client = Self { shared, totp: None };
-        client.retrying(|| client.conn()).await?;
+        client
+            .retrying(|| async {
+                match tokio::time::timeout(attempt, client.conn()).await {
+                    Ok(conn) => conn,
+                    Err(_) => Err(ClientError::Timeout {
+                        method: Method::CONNECT,
+                        path: client.shared.endpoint.addr.clone(),
+                        secs: attempt.as_secs(),
+                    }),
+                }
+            })
+            .await?;
         Ok(client)
     }
 }
@@ -300,15 +348,30 @@ impl ProxyClient {
         }
     }
 
-    /// Sends a request until it gets an answer worth returning.
+    /// Sends a request until it gets an answer worth returning, reading at
+    /// most `limit` bytes of it. Each attempt has a deadline: one that
+    /// passes drops the connection (the proxy may hang) and is retried.
     async fn call(
         &self,
         method: Method,
         path: String,
         body: Bytes,
         extra: Option<(&'static str, String)>,
+        limit: usize,
     ) -> Result<Bytes, ClientError> {
-        self.retrying(|| self.call_once(method.clone(), path.clone(), body.clone(), extra.clone())).await
+        let deadline =
+            self.shared.attempt + std::time::Duration::from_secs((body.len() / MIN_UPLOAD_BYTES_PER_SEC) as u64);
+        self.retrying(|| async {
+            let attempt = self.call_once(method.clone(), path.clone(), body.clone(), extra.clone(), limit);
+            match tokio::time::timeout(deadline, attempt).await {
+                Ok(answer) => answer,
+                Err(_) => {
+                    self.shared.conn.lock().await.1 = None;
+                    Err(ClientError::Timeout { method: method.clone(), path: path.clone(), secs: deadline.as_secs() })
+                }
+            }
+        })
+        .await
     }
 
     async fn call_once(
@@ -317,6 +380,7 @@ impl ProxyClient {
         path: String,
         body: Bytes,
         extra: Option<(&'static str, String)>,
+        limit: usize,
     ) -> Result<Bytes, ClientError> {
         let conn = self.conn().await?;
         let mut req =
@@ -350,7 +414,7 @@ impl ProxyClient {
             }
         };
         let status = resp.status();
-        let body = match Limited::new(resp.into_body(), RESPONSE_MAX).collect().await {
+        let body = match Limited::new(resp.into_body(), limit).collect().await {
             Ok(b) => b.to_bytes(),
             Err(e) => {
                 self.drop_conn(&conn).await;
@@ -361,8 +425,8 @@ impl ProxyClient {
             return Ok(body);
         }
         let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-            Ok(e) => (e.code, e.message),
-            Err(_) => (String::new(), String::from_utf8_lossy(&body).chars().take(200).collect()),
+            Ok(e) => (printable(&e.code), printable(&e.message)),
+            Err(_) => (String::new(), printable(&String::from_utf8_lossy(&body).chars().take(200).collect::<String>())),
         };
         Err(ClientError::Status { method, path, status, code, message })
     }
@@ -387,69 +451,80 @@ impl ProxyClient {
     }
 
     pub async fn whoami(&self) -> Result<Whoami, ClientError> {
-        Self::json(&self.call(Method::GET, "/v1/whoami".into(), Bytes::new(), None).await?)
+        Self::json(&self.call(Method::GET, "/v1/whoami".into(), Bytes::new(), None, SMALL_MAX).await?)
     }
 
     pub async fn put_config(&self, repo: &RepoName, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/config"), body.into(), None).await.map(drop)
+        self.call(Method::PUT, format!("/v1/repos/{repo}/config"), body.into(), None, SMALL_MAX).await.map(drop)
     }
 
     pub async fn get_config(&self, repo: &RepoName) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/config"), Bytes::new(), None).await
+        self.call(Method::GET, format!("/v1/repos/{repo}/config"), Bytes::new(), None, SMALL_MAX).await
     }
 
     pub async fn put_key(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/keys/{id}"), body.into(), None).await.map(drop)
+        self.call(Method::PUT, format!("/v1/repos/{repo}/keys/{id}"), body.into(), None, SMALL_MAX).await.map(drop)
     }
 
     pub async fn get_key(&self, repo: &RepoName, id: KeyId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/keys/{id}"), Bytes::new(), None).await
+        self.call(Method::GET, format!("/v1/repos/{repo}/keys/{id}"), Bytes::new(), None, SMALL_MAX).await
     }
 
     /// Which of `ids` the repository does not hold yet.
     pub async fn missing(&self, repo: &RepoName, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
         let body = coffer_proto::snapshot::encode_ids(ids);
-        let resp = self.call(Method::POST, format!("/v1/repos/{repo}/chunks/missing"), body.into(), None).await?;
+        // The answer is a subset of the question.
+        let missing_max = body.len();
+        let path = format!("/v1/repos/{repo}/chunks/missing");
+        let resp = self.call(Method::POST, path, body.into(), None, missing_max).await?;
         coffer_proto::snapshot::decode_ids(&resp).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Uploads an envelope with its transit digest. Idempotent.
     pub async fn put_chunk(&self, repo: &RepoName, id: &ChunkId, envelope: Bytes) -> Result<(), ClientError> {
         let digest = blake3::hash(&envelope).to_hex().to_string();
-        self.call(Method::PUT, format!("/v1/repos/{repo}/chunks/{id}"), envelope, Some((DIGEST_HEADER, digest)))
-            .await
-            .map(drop)
+        self.call(
+            Method::PUT,
+            format!("/v1/repos/{repo}/chunks/{id}"),
+            envelope,
+            Some((DIGEST_HEADER, digest)),
+            SMALL_MAX,
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn get_chunk(&self, repo: &RepoName, id: &ChunkId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/chunks/{id}"), Bytes::new(), None).await
+        self.call(Method::GET, format!("/v1/repos/{repo}/chunks/{id}"), Bytes::new(), None, ENVELOPE_MAX).await
     }
 
     pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
-        Self::json(&self.call(Method::POST, format!("/v1/repos/{repo}/snapshots"), body.into(), None).await?)
+        Self::json(&self.call(Method::POST, format!("/v1/repos/{repo}/snapshots"), body.into(), None, SMALL_MAX).await?)
     }
 
     pub async fn list_snapshots(&self, repo: &RepoName) -> Result<Vec<SnapshotInfo>, ClientError> {
-        Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/snapshots"), Bytes::new(), None).await?)
+        Self::json(
+            &self.call(Method::GET, format!("/v1/repos/{repo}/snapshots"), Bytes::new(), None, LISTING_MAX).await?,
+        )
     }
 
     pub async fn get_snapshot(&self, repo: &RepoName, id: SnapshotId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/snapshots/{id}"), Bytes::new(), None).await
+        self.call(Method::GET, format!("/v1/repos/{repo}/snapshots/{id}"), Bytes::new(), None, ROOT_ENVELOPE_MAX).await
     }
 
     pub async fn put_epoch(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/epochs/{id}"), body.into(), None).await.map(drop)
+        self.call(Method::PUT, format!("/v1/repos/{repo}/epochs/{id}"), body.into(), None, SMALL_MAX).await.map(drop)
     }
 
     /// The repository's chunk-id key epochs, oldest first.
     pub async fn list_epochs(&self, repo: &RepoName) -> Result<Vec<coffer_proto::repo::Epoch>, ClientError> {
-        Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/epochs"), Bytes::new(), None).await?)
+        Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/epochs"), Bytes::new(), None, LISTING_MAX).await?)
     }
 
     /// An admin call: `POST /v1/admin/{what}` with a JSON body.
     pub async fn admin(&self, what: &str, body: &impl serde::Serialize) -> Result<Bytes, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.call(Method::POST, format!("/v1/admin/{what}"), body.into(), None).await
+        self.call(Method::POST, format!("/v1/admin/{what}"), body.into(), None, LISTING_MAX).await
     }
 
     /// A raw request, for tests that must send what the agent never would.
@@ -460,6 +535,6 @@ impl ProxyClient {
         body: Vec<u8>,
         header: Option<(&'static str, String)>,
     ) -> Result<Bytes, ClientError> {
-        self.call(method, path.to_string(), body.into(), header).await
+        self.call(method, path.to_string(), body.into(), header, LISTING_MAX).await
     }
 }

@@ -37,6 +37,12 @@ pub struct AgentConfig {
     /// and its requests retried.
     #[serde(default = "default_keepalive")]
     pub keepalive_secs: u64,
+    /// How long one attempt of a request may take before it is abandoned
+    /// (and retried like a lost connection), plus a second for every 64 KiB
+    /// it uploads: a proxy that accepts and never answers must not hold a
+    /// command, or a daemon's job, for ever.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: u64,
     /// `coffer daemon`: health endpoint, stop timeout, sidecar socket.
     #[serde(default)]
     pub daemon: DaemonConfig,
@@ -97,6 +103,12 @@ pub struct JobConfig {
     /// …a file or folder, backed up as a tar stream.
     #[serde(default)]
     pub path: Option<PathBuf>,
+    /// A run still going after this many seconds is stopped and counted as
+    /// a failure (nothing of it is committed), so one that hangs cannot
+    /// hold the job for ever. None by default: a large first backup may
+    /// take a day.
+    #[serde(default)]
+    pub max_run_secs: Option<u64>,
 }
 
 impl JobConfig {
@@ -164,6 +176,10 @@ fn check_daemon(d: &DaemonConfig) -> Result<(), String> {
 
 fn default_keepalive() -> u64 {
     15
+}
+
+fn default_request_timeout() -> u64 {
+    120
 }
 
 /// Seconds of retrying before a command gives up, unless configured.
@@ -236,6 +252,9 @@ impl AgentConfig {
         }
         if !cfg.proxy.starts_with("https://") {
             return Err(ParseError::Invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
+        }
+        if cfg.request_timeout_secs == 0 {
+            return Err(ParseError::Invalid("request_timeout_secs must be at least 1".into()));
         }
         if cfg.keepalive_secs == 0 {
             return Err(ParseError::Invalid("keepalive_secs must be at least 1".into()));

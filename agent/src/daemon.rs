@@ -181,12 +181,21 @@ impl Daemon {
             s.last_started = Some(crate::unix_now());
         });
         tracing::info!(job = %job.name, repo = %job.repo, "backup started");
-        let result = async {
+        let run = async {
             let repo = self.open_repo(&job.repo).await?;
             let in_flight = self.config.backup.uploads_in_flight;
             anyhow::Ok(backup::run(repo, Source::Command(job.argv()), job.name.clone(), in_flight, false).await?)
-        }
-        .await;
+        };
+        let result = match job.max_run_secs {
+            Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), run).await {
+                Ok(r) => r,
+                Err(_) => {
+                    backup::kill_source_command(&job.argv());
+                    Err(anyhow::anyhow!("the run took longer than its max_run_secs ({secs} s) and was stopped"))
+                }
+            },
+            None => run.await,
+        };
         match &result {
             Ok(r) => tracing::info!(
                 job = %job.name, repo = %job.repo, snapshot = %r.id, bytes_in = r.bytes_in,
@@ -207,7 +216,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     s.failures += 1;
-                    s.last_error = Some(describe(e));
+                    s.last_error = Some(redact_arguments(&describe(e), &job.argv()));
                 }
             }
         });
@@ -578,6 +587,16 @@ async fn serve_health(daemon: Arc<Daemon>, listener: TcpListener) {
 }
 
 /// The error and its causes, skipping a cause its parent already quotes.
+/// `message` with the job's command line cut to its program: `/health` is
+/// open to every local user, and arguments may hold a password or a
+/// connection string.
+fn redact_arguments(message: &str, argv: &[String]) -> String {
+    match argv {
+        [program, _, ..] => message.replace(&argv.join(" "), &format!("{program} …")),
+        _ => message.to_string(),
+    }
+}
+
 pub fn describe(e: &anyhow::Error) -> String {
     let mut msg = e.to_string();
     for cause in e.chain().skip(1) {

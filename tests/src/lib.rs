@@ -654,6 +654,12 @@ impl TcpRelay {
         self.cut_before.store(now, std::sync::atomic::Ordering::SeqCst);
     }
 
+    /// Freezes every connection, open now or made later: a proxy that
+    /// accepts and never answers.
+    pub fn freeze_all(&self) {
+        self.freeze_before.store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Freezes every connection open now: held open, nothing forwarded.
     pub fn freeze(&self) {
         let now = self.next.load(std::sync::atomic::Ordering::SeqCst);

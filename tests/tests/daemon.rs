@@ -290,3 +290,43 @@ fn check_config_reads_everything_a_backup_needs_without_connecting() {
     assert_eq!(bad.code(), 64);
     assert!(bad.stderr.contains("gone.pem"), "{}", bad.stderr);
 }
+
+/// A run that hangs is stopped after the job's max_run_secs and counted as
+/// a failure, so the job runs again at its next time; `/health`, open to
+/// every local user, names the failed command without its arguments.
+#[test]
+fn a_hung_run_is_stopped_and_health_shows_no_arguments() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/hang"], None).ok();
+    let d = Daemon::start(
+        &p,
+        "hang",
+        r#"[daemon]
+health = "{health}"
+
+[[jobs]]
+name = "hangs"
+repo = "dev/hang"
+schedule = "* * * * * *"
+command = ["sleep", "600"]
+max_run_secs = 1
+
+[[jobs]]
+name = "fails"
+repo = "dev/hang"
+schedule = "* * * * * *"
+command = ["sh", "-c", "exit 3", "password=hunter2"]"#,
+    );
+    let h = d.wait_for("the hung run to be stopped twice", |h| h["jobs"]["hangs"]["failures"].as_u64() >= Some(2));
+    let error = h["jobs"]["hangs"]["last_error"].as_str().unwrap();
+    assert!(error.contains("max_run_secs (1 s)"), "{h}");
+    // The stopped runs' sources were killed: at most the current run's is left.
+    let out = Command::new("pgrep").args(["-c", "-f", "^sleep 600$"]).output().unwrap();
+    let left: u32 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap_or(0);
+    assert!(left <= 1, "{left} hung sources left running");
+    let h = d.wait_for("the failing job", |h| h["jobs"]["fails"]["last_error"].is_string());
+    let error = h["jobs"]["fails"]["last_error"].as_str().unwrap();
+    assert!(error.contains("sh …") && error.contains("status 3"), "{error}");
+    assert!(!h.to_string().contains("hunter2"), "arguments reach /health: {h}");
+    assert!(p.stored("dev/hang/snapshots").is_empty(), "nothing of a failed run is committed");
+}

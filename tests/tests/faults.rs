@@ -599,3 +599,38 @@ async fn the_last_connections_are_kept_for_admins() {
     assert_eq!(whoami.identity, "spiffe://coffer.dev/admin");
     drop(flood);
 }
+
+/// A proxy (or something in its place) that accepts connections and never
+/// answers: every attempt has a deadline, so the command fails with a
+/// clear message once its retries are spent, instead of hanging for ever.
+#[test]
+fn a_proxy_that_never_answers_fails_the_command_in_bounded_time() {
+    let p = DevProxy::start();
+    let relay = coffer_tests::TcpRelay::start(&p.addr);
+    let config = via_relay(&p, &relay, "request_timeout_secs = 2");
+    coffer(&config, &["whoami"], None).ok();
+    relay.freeze_all();
+    let started = Instant::now();
+    let mut child = Command::new(bin("coffer"))
+        .args(["whoami", "--config"])
+        .arg(&config)
+        .env("COFFER_RETRY_DEADLINE_SECS", "3")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            child.kill().unwrap();
+            panic!("coffer whoami still waiting after 60 s on a proxy that never answers");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no answer from the proxy within 2 s"), "{stderr}");
+}
