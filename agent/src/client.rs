@@ -538,3 +538,21 @@ impl ProxyClient {
         self.call(method, path.to_string(), body.into(), header, LISTING_MAX).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_text_cannot_drive_a_terminal_or_forge_a_log_line() {
+        // Clear the screen, set the window title, a forged second log line,
+        // and a right-to-left override.
+        let hostile = "denied\x1b[2J\x1b]0;pwned\x07\nINFO backup committed\u{202e}txt.exe";
+        let shown = printable(hostile);
+        assert!(!shown.chars().any(|c| c.is_control() || c == '\u{202e}'), "{shown:?}");
+        assert_eq!(shown, "denied\\u{1b}[2J\\u{1b}]0;pwned\\u{7}\\nINFO backup committed\\u{202e}txt.exe");
+        let long = printable(&"x".repeat(10_000));
+        assert_eq!(long.chars().count(), MESSAGE_MAX + 1, "capped, with an ellipsis");
+        assert_eq!(printable("plain \"quoted\" text é"), "plain \"quoted\" text é");
+    }
+}
