@@ -33,6 +33,10 @@ pub const MISSING_IDS_MAX: usize = 65_536;
 /// How many missing chunk ids a refused commit names.
 const MISSING_SHOWN: usize = 5;
 
+/// A stored revocation record as read: trust domain, identity, revoked
+/// (false: reinstated).
+type RevocationRecord = (String, String, bool);
+
 /// Everything a request handler needs; shared by all connections.
 pub struct App {
     /// Swapped whole on reload, so a request sees one policy throughout.
@@ -50,7 +54,7 @@ pub struct App {
     pub(crate) revoked: RwLock<HashSet<(String, String)>>,
     /// Revocation objects already read (they are write-once), so polling
     /// the store reads only new ones.
-    revocations_read: Mutex<std::collections::HashMap<String, Option<(String, String, bool)>>>,
+    revocations_read: Mutex<std::collections::HashMap<String, Option<RevocationRecord>>>,
     /// Repository policies, swapped whole on reload.
     repo_policies: RwLock<Arc<crate::governance::RepoPolicies>>,
     /// Lockdown: only reads, and the admin call that lifts it.
