@@ -173,6 +173,12 @@ pub struct KmsConfig {
     /// An explicit endpoint URL: a VPC interface endpoint, or an emulator.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// Other KEKs (full ARNs) whose records this agent may unwrap, such as
+    /// the KEK before a change of keys, for restores. Records naming any
+    /// other key are refused before KMS is asked: a proxy must not be able
+    /// to point the agent at a key of its choosing.
+    #[serde(default)]
+    pub allowed_keys: Vec<String>,
 }
 
 /// The AWS KMS provider. Writers need `kms:GenerateDataKey` on the KEK and
@@ -182,6 +188,7 @@ pub struct KmsConfig {
 pub struct KmsProvider {
     client: aws_sdk_kms::Client,
     key_id: String,
+    allowed_keys: Vec<String>,
     arn: tokio::sync::OnceCell<String>,
 }
 
@@ -210,7 +217,12 @@ impl KmsProvider {
         if let Some(endpoint) = &cfg.endpoint {
             b = b.endpoint_url(endpoint);
         }
-        Self { client: aws_sdk_kms::Client::from_conf(b.build()), key_id: cfg.key_id.clone(), arn: Default::default() }
+        Self {
+            client: aws_sdk_kms::Client::from_conf(b.build()),
+            key_id: cfg.key_id.clone(),
+            allowed_keys: cfg.allowed_keys.clone(),
+            arn: Default::default(),
+        }
     }
 
     /// The KEK's full ARN (what key records name), asked once.
@@ -252,6 +264,14 @@ impl KeyProvider for KmsProvider {
         wrapped: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KeyError> {
+        let own = self.arn().await?;
+        if kek != own && !self.allowed_keys.iter().any(|k| k == kek) {
+            let provider_kek = match self.allowed_keys.len() {
+                0 => own.to_string(),
+                n => format!("{own} (and {n} in keys.allowed_keys)"),
+            };
+            return Err(KeyError::WrongKek { key_id, record_kek: kek.to_string(), provider_kek });
+        }
         let mut out = self
             .client
             .decrypt()

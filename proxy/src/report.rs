@@ -137,6 +137,10 @@ pub struct RepoReport {
     /// `ok`, or why the repository's data or keys are outside its regions.
     pub residency: String,
     pub legal_holds: Vec<String>,
+    /// Snapshots the audit trail says were committed, still within their
+    /// retention, whose root is not in the store: deleted or rolled back
+    /// behind the proxy's back.
+    pub missing_snapshots: Vec<String>,
     pub alerts: Vec<AlertLine>,
     /// Each committed snapshot, oldest first (for the charts).
     pub history: Vec<SnapshotPoint>,
@@ -185,8 +189,15 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         Err(b) => b.to_string(),
     };
     let mut alerts: HashMap<String, Vec<AlertLine>> = HashMap::new();
+    // Every snapshot a commit event names, with the event's time (seconds).
+    let mut committed: HashMap<String, HashMap<String, u64>> = HashMap::new();
     for line in segments.iter().flat_map(|(_, t)| t.lines()).chain(live.lines()) {
         let Ok(e) = serde_json::from_str::<crate::audit::Event>(line) else { continue };
+        if e.action == "commit" && e.outcome == crate::audit::Outcome::Ok {
+            if let (Some(repo), Some(snapshot)) = (&e.repo, &e.object) {
+                committed.entry(repo.clone()).or_default().entry(snapshot.clone()).or_insert(e.time_ms / 1000);
+            }
+        }
         if e.action == "alert" && e.time_ms >= since.saturating_mul(1000) {
             let kind = e.object.as_deref().and_then(|o| o.split(':').next()).unwrap_or("").to_string();
             let line = AlertLine { time_ms: e.time_ms, kind, message: e.reason.unwrap_or_default() };
@@ -273,6 +284,18 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         let rpo = rpo_rules.iter().find(|(p, _)| p.matches(&repo)).map(|(_, s)| *s);
         let retention_days = policy.and_then(|p| p.retention_days).map_or(u64::from(cfg.retention.days), u64::from);
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let roots: std::collections::HashSet<&String> =
+            all.iter().filter(|k| k.starts_with(&format!("{repo}/snapshots/"))).collect();
+        let mut missing_snapshots: Vec<String> = committed
+            .remove(repo.as_str())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(id, at)| {
+                at.saturating_add(retention_days * 86_400) > now && !roots.contains(&format!("{repo}/snapshots/{id}"))
+            })
+            .map(|(id, _)| id)
+            .collect();
+        missing_snapshots.sort();
         repos.push(RepoReport {
             repo: repo.to_string(),
             classification: policy.map(|p| p.classification),
@@ -289,6 +312,7 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             keks,
             residency,
             legal_holds: holds,
+            missing_snapshots,
             alerts: alerts.remove(repo.as_str()).unwrap_or_default(),
             history: {
                 history.sort_by_key(|p| p.committed);

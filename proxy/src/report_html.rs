@@ -115,7 +115,8 @@ pub fn render(report: &ComplianceReport) -> String {
              <tr><th>Snapshots</th><td>{}</td><th>Data read</th><td>{}</td></tr>\
              <tr><th>Deduplicated</th><td>{:.0}%</td><th>Stored per new byte</th><td>{:.2}</td></tr>\
              <tr><th>Residency</th><td colspan=\"3\">{}</td></tr>\
-             <tr><th>Legal holds</th><td colspan=\"3\">{}</td></tr></table>",
+             <tr><th>Legal holds</th><td colspan=\"3\">{}</td></tr>\
+             <tr><th>Committed, now missing</th><td colspan=\"3\">{}</td></tr></table>",
             esc(&r.repo),
             r.retention_days,
             r.last_snapshot.map_or("never".into(), when),
@@ -125,6 +126,11 @@ pub fn render(report: &ComplianceReport) -> String {
             r.compression_ratio,
             badge(r.residency == "ok", "within its regions", &esc(&r.residency)),
             if r.legal_holds.is_empty() { "none".into() } else { esc(&r.legal_holds.join(", ")) },
+            badge(
+                r.missing_snapshots.is_empty(),
+                "none: every snapshot the audit trail committed is stored",
+                &esc(&r.missing_snapshots.join(", "))
+            ),
         );
         body.push_str("<h3>Encryption keys</h3><ul>");
         for k in &r.keks {

@@ -750,3 +750,32 @@ async fn a_shipped_audit_segment_written_again_fails_verification() {
     assert_eq!(code, Some(1), "{out}");
     assert!(out.contains(last.as_str()), "a delete marker is named too: {out}");
 }
+
+/// A record naming another KEK than the agent's (a hostile proxy pointing
+/// the agent at a key of its choosing, or simply another tenant's) is
+/// refused before KMS is asked, unless the agent's config allows that key.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_unwraps_only_with_its_own_or_allowed_keks() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let (a, b) = (aws.key(true).await, aws.key(true).await);
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, "", (30, 7));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let under_a = agent_config(&p, &aws, "writer", &a);
+    run(&aws, &under_a, &["init", "--repo", "dev/pin"], None).ok();
+    run(&aws, &under_a, &["backup", "--repo", "dev/pin", "-"], Some(b"one")).ok();
+
+    let under_b = agent_config(&p, &aws, "writer", &b);
+    let refused = run(&aws, &under_b, &["backup", "--repo", "dev/pin", "-"], Some(b"two"));
+    assert_eq!(refused.code(), 1, "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains(&format!("was wrapped by {a}, but this agent's key provider is {b}")),
+        "{}",
+        refused.stderr
+    );
+
+    let text = std::fs::read_to_string(&under_b).unwrap();
+    std::fs::write(&under_b, format!("{text}allowed_keys = [\"{a}\"]\n")).unwrap();
+    run(&aws, &under_b, &["backup", "--repo", "dev/pin", "-"], Some(b"two")).ok();
+}

@@ -772,3 +772,34 @@ async fn epochs_are_dated_by_the_proxy_and_a_rotation_always_takes_effect() {
     let refused = client.put_epoch(&repo, id, e.encode()).await.unwrap_err();
     assert!(refused.to_string().contains("not after the newest epoch"), "{refused}");
 }
+
+/// Raw store access deletes the newest snapshot's root (or rolls the
+/// repository back to an older copy): verify and scrub see nothing wrong
+/// with what is left, but the report reconciles the audit trail's commits
+/// with the stored roots and names the missing one.
+#[test]
+fn the_report_names_committed_snapshots_that_are_gone() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/roll"], None).ok();
+    let old = coffer(&p.writer(), &["backup", "--repo", "dev/roll", "-"], Some(b"older")).last_line();
+    let new = coffer(&p.writer(), &["backup", "--repo", "dev/roll", "-"], Some(b"newer")).last_line();
+    let report = || {
+        let out = Command::new(bin("coffer-proxy"))
+            .arg("--config")
+            .arg(p.dir.join("proxy.toml"))
+            .args(["report", "--format", "json"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["repos"].as_array().unwrap().iter().find(|r| r["repo"] == "dev/roll").unwrap().clone()
+    };
+    assert_eq!(report()["missing_snapshots"], serde_json::json!([]));
+    std::fs::remove_file(p.objects().join(format!("dev/roll/snapshots/{new}"))).unwrap();
+    std::fs::remove_file(p.objects().join(format!("dev/roll/index/{new}"))).unwrap();
+    coffer(&p.reader(), &["verify", "--repo", "dev/roll"], None).ok();
+    let r = report();
+    assert_eq!(r["missing_snapshots"], serde_json::json!([new]), "{r}");
+    assert_eq!(r["snapshots"], 1, "{r}");
+    assert_ne!(old, new);
+}
