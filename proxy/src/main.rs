@@ -530,6 +530,29 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
             };
             match audit::verify(&segments, live.as_deref(), Some(&key)) {
                 Ok(r) => {
+                    // The local trail must hold at least what was shipped:
+                    // lines cut from its end, or the whole spool deleted,
+                    // leave a chain that verifies on its own.
+                    if !store {
+                        match block_on(server::stored_audit(&cfg)) {
+                            Ok(shipped) => match audit::verify(&shipped, None, Some(&key)) {
+                                Ok(s) if s.last_seq > r.last_seq => {
+                                    println!(
+                                        "audit trail truncated: the local trail ends at event {}, but segments up to \
+                                         event {} were shipped to the store",
+                                        r.last_seq, s.last_seq
+                                    );
+                                    return ExitCode::from(EXIT_FAILURE);
+                                }
+                                Ok(_) => {}
+                                Err(brk) => {
+                                    println!("the shipped audit trail: {brk}");
+                                    return ExitCode::from(EXIT_FAILURE);
+                                }
+                            },
+                            Err(code) => return code,
+                        }
+                    }
                     println!(
                         "audit trail ok: {} events (1 to {}) in {} sealed segments",
                         r.events, r.last_seq, r.segments

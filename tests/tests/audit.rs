@@ -86,3 +86,30 @@ fn sealed_segments_are_signed_shipped_and_verified_in_the_store() {
     let (ok, out) = audit(&p, &["query", "--identity", "spiffe://coffer.dev/writer", "--action", "list-snapshots"]);
     assert!(ok && out.lines().count() == 1 && out.contains("\"outcome\":\"denied\""), "{out}");
 }
+
+/// Root on the proxy host cuts the newest events off the local trail, or
+/// deletes the whole spool: what is left verifies on its own, so `audit
+/// verify` compares it with what was already shipped to the store.
+#[test]
+fn a_local_trail_shorter_than_what_was_shipped_is_truncation() {
+    let mut p = busy_proxy("segment_events = 5\nship_secs = 1");
+    let shipped = p.dir.join("store/objects/audit/dev");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::fs::read_dir(&shipped).map(|d| d.count()).unwrap_or(0) < 2 {
+        assert!(std::time::Instant::now() < deadline, "no audit segments shipped");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    p.kill();
+    let (ok, out) = audit(&p, &["verify"]);
+    assert!(ok, "{out}");
+
+    // Everything local gone: the spool's sealed segments and the live log.
+    let sealed = p.dir.join("audit/sealed");
+    for seg in std::fs::read_dir(&sealed).unwrap().flatten() {
+        std::fs::remove_file(seg.path()).unwrap();
+    }
+    std::fs::write(p.dir.join("audit/audit.jsonl"), b"").unwrap();
+    let (ok, out) = audit(&p, &["verify"]);
+    assert!(!ok, "an emptied trail passed: {out}");
+    assert!(out.contains("audit trail truncated") && out.contains("were shipped to the store"), "{out}");
+}
