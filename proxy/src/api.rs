@@ -222,6 +222,8 @@ pub enum ApiError {
     Audit,
     #[error("{0}")]
     Mfa(#[from] MfaError),
+    #[error("too many bytes of this client's waiting in the proxy; try again")]
+    Buffered,
 }
 
 impl ApiError {
@@ -244,6 +246,7 @@ impl ApiError {
             Mfa(MfaError::LockedOut { .. }) => (StatusCode::UNAUTHORIZED, "mfa-locked", Outcome::Denied),
             Mfa(MfaError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store", Outcome::Error),
             Mfa(_) => (StatusCode::UNAUTHORIZED, "mfa-failed", Outcome::Denied),
+            Buffered => (StatusCode::SERVICE_UNAVAILABLE, "limit", Outcome::Denied),
         }
     }
 }
@@ -527,6 +530,17 @@ where
             return Err(ApiError::MediaType(format!("a {} body is {expected}, not {given}", route.action.name())));
         }
     }
+    // The body is read whole before it is handled: its bytes count against
+    // the identity's buffer (and everyone's) until the handler is done.
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .map_or(limit, |n| n.min(limit));
+    let _buffered = match req.extensions().get::<crate::limit::Budget>() {
+        Some(budget) if declared > 0 => Some(budget.take(declared).ok_or(ApiError::Buffered)?),
+        _ => None,
+    };
     let body = Limited::new(req.into_body(), limit)
         .collect()
         .await

@@ -245,6 +245,12 @@ pub struct LimitsConfig {
     /// Connections one identity may hold at once (beyond: closed after
     /// the handshake).
     pub connections_per_identity: usize,
+    /// Bytes of request and response bodies one identity may have buffered
+    /// in the proxy at once: bodies being read, and answers its client has
+    /// not read yet (beyond: 503). At least the largest body, the commit's.
+    pub identity_buffer_bytes: usize,
+    /// The same, for all identities together.
+    pub buffer_bytes: usize,
 }
 
 impl Default for LimitsConfig {
@@ -263,6 +269,8 @@ impl Default for LimitsConfig {
             // connection, a daemon one per job running.
             connections_per_source: 256,
             connections_per_identity: 64,
+            identity_buffer_bytes: 2 * DEFAULT_COMMIT_MAX_BYTES,
+            buffer_bytes: 1 << 30,
         }
     }
 }
@@ -340,6 +348,16 @@ impl ProxyConfig {
         let positive_rate = l.identity_rate.is_finite() && l.identity_rate > 0.0;
         if l.identity_in_flight == 0 || !positive_rate || l.identity_burst < 1.0 {
             return Err("limits: identity_in_flight, identity_rate and identity_burst must be positive".into());
+        }
+        let largest = l.commit_max_bytes.max(coffer_proto::ENVELOPE_MAX);
+        if l.identity_buffer_bytes < largest || l.buffer_bytes < l.identity_buffer_bytes {
+            return Err(format!(
+                "limits: identity_buffer_bytes must hold the largest body ({largest} bytes), and buffer_bytes \
+                 at least identity_buffer_bytes"
+            ));
+        }
+        if l.buffer_bytes > u32::MAX as usize {
+            return Err("limits: buffer_bytes must be below 4 GiB".into());
         }
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
             return Err("limits: the timeouts must be positive".into());

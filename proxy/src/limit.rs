@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
@@ -24,6 +24,8 @@ use crate::config::LimitsConfig;
 
 struct Bucket {
     in_flight: Arc<Semaphore>,
+    /// Bytes of this identity's bodies buffered in the proxy.
+    buffered: Arc<Semaphore>,
     tokens: f64,
     refilled: Instant,
 }
@@ -32,24 +34,138 @@ struct Bucket {
 pub struct Limiter {
     cfg: LimitsConfig,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Bytes of every identity's bodies buffered in the proxy.
+    buffered: Arc<Semaphore>,
+}
+
+/// The buffer budgets a request's bodies are counted against (its
+/// identity's and the proxy's), handed to the handler in the request's
+/// extensions.
+#[derive(Clone)]
+pub struct Budget {
+    identity: Arc<Semaphore>,
+    all: Arc<Semaphore>,
+}
+
+/// Buffered bytes taken from a [`Budget`]; given back when dropped.
+pub struct Buffered {
+    _identity: tokio::sync::OwnedSemaphorePermit,
+    _all: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Budget {
+    /// Takes `bytes` from both budgets at once, or nothing.
+    pub fn take(&self, bytes: usize) -> Option<Buffered> {
+        let n = u32::try_from(bytes).ok()?;
+        let identity = self.identity.clone().try_acquire_many_owned(n).ok()?;
+        let all = self.all.clone().try_acquire_many_owned(n).ok()?;
+        Some(Buffered { _identity: identity, _all: all })
+    }
+}
+
+/// A response body that keeps its request's in-flight permit and its
+/// buffered bytes until the client has taken the last of it (or the
+/// connection is gone), and hands it to HTTP/2 in slices no larger than
+/// [`SLICE`], so a client that never reads pins only what it is counted for.
+pub struct HeldBody {
+    rest: Bytes,
+    held: Option<(Option<OwnedSemaphorePermit>, Option<Buffered>)>,
+}
+
+/// The largest piece of a response handed to HTTP/2 at a time: the stream
+/// takes the next only once the client's window has room.
+const SLICE: usize = 64 * 1024;
+
+impl HeldBody {
+    pub fn new(body: Bytes, permit: Option<OwnedSemaphorePermit>, buffered: Option<Buffered>) -> Self {
+        Self { rest: body, held: Some((permit, buffered)) }
+    }
+}
+
+impl hyper::body::Body for HeldBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        if this.rest.is_empty() {
+            this.held = None;
+            return Poll::Ready(None);
+        }
+        let piece = this.rest.split_to(this.rest.len().min(SLICE));
+        if this.rest.is_empty() {
+            this.held = None;
+        }
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.rest.len() as u64)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     Rate,
     InFlight,
+    /// Too many of the identity's bytes (or everyone's) are waiting in the
+    /// proxy: bodies being read, answers not yet read by the client.
+    Buffered,
+}
+
+/// An answer this small is not counted against the buffer budget (error
+/// bodies, JSON acknowledgements): counting them would refuse even the
+/// refusal.
+const SMALL_ANSWER: usize = 4096;
+
+impl LimitLayer {
+    /// A refusal: 429 or 503 with `Retry-After: 1`, and an audit event.
+    async fn refuse(&self, path: String, refusal: Refusal) -> Response<HeldBody> {
+        let (status, reason) = match refusal {
+            Refusal::Rate => (StatusCode::TOO_MANY_REQUESTS, "request rate limit exceeded"),
+            Refusal::InFlight => (StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight"),
+            Refusal::Buffered => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too many bytes of this client's waiting in the proxy")
+            }
+        };
+        let draft = Draft {
+            identity: self.caller.identity.as_ref().map(|i| i.name().to_string()),
+            trust_domain: self.caller.identity.as_ref().map(|i| i.domain().to_string()),
+            peer: self.caller.peer.to_string(),
+            action: "limit",
+            object: Some(path),
+            outcome: Some(Outcome::Denied),
+            reason: Some(reason.to_string()),
+            ..Default::default()
+        };
+        self.metrics.refused("limit");
+        let _ = self.audit.record(draft, false).await;
+        let resp = error_response(status, "limit", reason);
+        let (mut parts, body) = resp.into_parts();
+        parts.headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+        let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+        Response::from_parts(parts, HeldBody::new(body, None, None))
+    }
 }
 
 impl Limiter {
     pub fn new(cfg: LimitsConfig) -> Self {
-        Self { cfg, buckets: Mutex::default() }
+        Self { cfg, buckets: Mutex::default(), buffered: Arc::new(Semaphore::new(cfg.buffer_bytes)) }
     }
 
-    fn admit(&self, key: &str) -> Result<OwnedSemaphorePermit, Refusal> {
+    fn admit(&self, key: &str) -> Result<(OwnedSemaphorePermit, Budget), Refusal> {
         let mut buckets = self.buckets.lock().expect("not poisoned");
         let now = Instant::now();
         let b = buckets.entry(key.to_string()).or_insert_with(|| Bucket {
             in_flight: Arc::new(Semaphore::new(self.cfg.identity_in_flight)),
+            buffered: Arc::new(Semaphore::new(self.cfg.identity_buffer_bytes)),
             tokens: self.cfg.identity_burst,
             refilled: now,
         });
@@ -61,7 +177,7 @@ impl Limiter {
         }
         let permit = b.in_flight.clone().try_acquire_owned().map_err(|_| Refusal::InFlight)?;
         b.tokens -= 1.0;
-        Ok(permit)
+        Ok((permit, Budget { identity: b.buffered.clone(), all: self.buffered.clone() }))
     }
 }
 
@@ -140,7 +256,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    type Response = Response<Full<Bytes>>;
+    type Response = Response<HeldBody>;
     type Error = S::Error;
     type Future = BoxFuture<Result<Self::Response, Self::Error>>;
 
@@ -148,47 +264,46 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let l = &self.layer;
         let key = match &l.caller.identity {
             Some(id) => format!("{}\0{}", id.domain(), id.name()),
             None => format!("?{}", l.caller.peer.ip()),
         };
+        let path: String = req.uri().path().chars().take(256).collect();
         match l.limiter.admit(&key) {
-            Ok(permit) => {
+            Ok((permit, budget)) => {
                 let activity = l.activity.clone();
                 activity.start();
+                req.extensions_mut().insert(budget.clone());
                 let fut = self.inner.call(req);
+                let layer = l.clone();
                 Box::pin(async move {
                     let out = fut.await;
-                    drop(permit);
                     activity.end();
-                    out
+                    let resp = out?;
+                    // The answer waits in the proxy until the client reads
+                    // it: it counts against the identity's buffer, and keeps
+                    // its in-flight permit, until then.
+                    let (parts, body) = resp.into_parts();
+                    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+                    if body.len() <= SMALL_ANSWER {
+                        return Ok(Response::from_parts(parts, HeldBody::new(body, Some(permit), None)));
+                    }
+                    match budget.take(body.len()) {
+                        Some(buffered) => {
+                            Ok(Response::from_parts(parts, HeldBody::new(body, Some(permit), Some(buffered))))
+                        }
+                        None => {
+                            drop(body);
+                            Ok(layer.refuse(path, Refusal::Buffered).await)
+                        }
+                    }
                 })
             }
             Err(refusal) => {
-                let (status, reason) = match refusal {
-                    Refusal::Rate => (StatusCode::TOO_MANY_REQUESTS, "request rate limit exceeded"),
-                    Refusal::InFlight => (StatusCode::SERVICE_UNAVAILABLE, "too many requests in flight"),
-                };
-                let draft = Draft {
-                    identity: l.caller.identity.as_ref().map(|i| i.name().to_string()),
-                    trust_domain: l.caller.identity.as_ref().map(|i| i.domain().to_string()),
-                    peer: l.caller.peer.to_string(),
-                    action: "limit",
-                    object: Some(req.uri().path().chars().take(256).collect()),
-                    outcome: Some(Outcome::Denied),
-                    reason: Some(reason.to_string()),
-                    ..Default::default()
-                };
-                let audit = l.audit.clone();
-                l.metrics.refused("limit");
-                Box::pin(async move {
-                    let _ = audit.record(draft, false).await;
-                    let mut resp = error_response(status, "limit", reason);
-                    resp.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-                    Ok(resp)
-                })
+                let layer = l.clone();
+                Box::pin(async move { Ok(layer.refuse(path, refusal).await) })
             }
         }
     }

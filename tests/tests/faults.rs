@@ -641,3 +641,65 @@ fn a_proxy_that_never_answers_fails_the_command_in_bounded_time() {
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no answer from the proxy within 2 s"), "{stderr}");
 }
+
+/// A reader that asks for chunk after chunk and never reads the answers
+/// (HTTP/2 window 0): the answers waiting for it count against its buffer
+/// budget, and once that is full it gets 503 instead of pinning more of the
+/// proxy's memory; other clients are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_never_reads_cannot_pin_the_proxys_memory() {
+    let p = DevProxy::start().restarted(|text| {
+        // The smallest budget the proxy accepts: the largest body.
+        format!(
+            "{text}\n[limits]\ncommit_max_bytes = 1048576\nidentity_buffer_bytes = {}\n",
+            coffer_proto::ENVELOPE_MAX
+        )
+    });
+    coffer(&p.writer(), &["init", "--repo", "dev/pin"], None).ok();
+    // Incompressible, so its chunks are about 1 MiB each.
+    let id =
+        coffer(&p.writer(), &["backup", "--repo", "dev/pin", "-"], Some(&random_bytes("pin", 24 << 20))).last_line();
+    let mut chunks: Vec<String> = p
+        .stored("dev/pin/chunks")
+        .iter()
+        .filter(|c| std::fs::metadata(c).unwrap().len() > 256 * 1024)
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    chunks.sort();
+    assert!(chunks.len() >= 16, "{} large chunks", chunks.len());
+
+    let cfg = coffer_agent::config::AgentConfig::load(&p.reader()).unwrap();
+    let tls = coffer_agent::client::tls_stream(&cfg).await.unwrap();
+    let (mut h2, conn) =
+        h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut statuses = Vec::new();
+    let mut held = Vec::new();
+    for chunk in &chunks[..16] {
+        h2 = h2.ready().await.unwrap();
+        let req = http::Request::get(format!("https://{}/v1/repos/dev/pin/chunks/{chunk}", p.addr)).body(()).unwrap();
+        let (resp, _) = h2.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        statuses.push(resp.status().as_u16());
+        held.push(resp); // never read
+    }
+    // What is waiting for this client fits its budget; what did not fit was
+    // refused (chunks differ in size, so a smaller one may still fit later).
+    let size =
+        |c: &String| std::fs::metadata(p.objects().join(format!("dev/pin/chunks/{}/{c}", &c[..2]))).unwrap().len();
+    let waiting: u64 = chunks[..16].iter().zip(&statuses).filter(|(_, &s)| s == 200).map(|(c, _)| size(c)).sum();
+    let all: u64 = chunks[..16].iter().map(size).sum();
+    assert!(waiting <= coffer_proto::ENVELOPE_MAX as u64, "{waiting} bytes waiting: {statuses:?}");
+    assert!(all > coffer_proto::ENVELOPE_MAX as u64 && statuses.contains(&503), "{all} asked: {statuses:?}");
+    assert!(statuses.iter().all(|&s| s == 200 || s == 503), "{statuses:?}");
+    p.wait_for_event("the buffer refusal", |e| {
+        e["action"] == "limit" && e["reason"].as_str().unwrap_or("").contains("waiting in the proxy")
+    });
+    // Another identity is not affected, nor is this one's restore over a
+    // connection that reads.
+    coffer(&p.writer(), &["whoami"], None).ok();
+    drop(held);
+    drop(h2);
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/pin", &id], None);
+    assert_eq!(restored.code(), 0, "{}", restored.stderr);
+}
