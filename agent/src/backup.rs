@@ -205,7 +205,7 @@ fn chunk_stream(
             }
             Ok(StreamSummary { bytes, blake3: stream.finalize() })
         });
-        let mut cutter = Cutter::new(block_rx, repo.config.chunker);
+        let mut cutter = Cutter::new(block_rx, repo.config.chunker, repo.gear.clone());
         let cut = (|| -> io::Result<()> {
             while let Some(data) = cutter.next_chunk()? {
                 let lease = budget.take(data.len());

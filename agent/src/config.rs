@@ -202,11 +202,16 @@ pub enum KeysConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
     pub uploads_in_flight: usize,
+    /// Repositories made before configs were authenticated, whose config
+    /// this agent accepts without a MAC (with chunker sizes above the
+    /// floors, and FastCDC's public cut points). Any other repository's
+    /// config must carry a valid MAC, so a proxy cannot strip it.
+    pub legacy_repos: Vec<RepoName>,
 }
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        Self { uploads_in_flight: DEFAULT_UPLOADS_IN_FLIGHT }
+        Self { uploads_in_flight: DEFAULT_UPLOADS_IN_FLIGHT, legacy_repos: Vec::new() }
     }
 }
 

@@ -109,9 +109,14 @@ struct Gear {
     max: usize,
 }
 
+/// A gear table and the same shifted left by one (see
+/// `IdKey::gear_tables`): a repository's keyed tables, or FastCDC's public
+/// ones for a legacy repository.
+pub type GearTables = (Box<[u64; 256]>, Box<[u64; 256]>);
+
 impl Gear {
-    fn new(p: ChunkerParams) -> Self {
-        let (gear, gear_ls) = get_gear_with_seed(0);
+    fn new(p: ChunkerParams, tables: Option<GearTables>) -> Self {
+        let (gear, gear_ls) = tables.unwrap_or_else(|| get_gear_with_seed(0));
         let bits = logarithm2(p.avg_size) as usize;
         // Normalization level 1, `FastCDC::new`'s.
         Gear {
@@ -170,8 +175,17 @@ pub struct Cutter {
 }
 
 impl Cutter {
-    pub fn new(blocks: Receiver<io::Result<Bytes>>, params: ChunkerParams) -> Self {
-        Cutter { gear: Gear::new(params), blocks, rest: Bytes::new(), chunk: Pieces::default(), hash: 0, ended: false }
+    /// A cutter with `tables` (None: FastCDC's public gear, for legacy
+    /// repositories).
+    pub fn new(blocks: Receiver<io::Result<Bytes>>, params: ChunkerParams, tables: Option<GearTables>) -> Self {
+        Cutter {
+            gear: Gear::new(params, tables),
+            blocks,
+            rest: Bytes::new(),
+            chunk: Pieces::default(),
+            hash: 0,
+            ended: false,
+        }
     }
 
     /// The next chunk, or `None` at the end of the stream.
@@ -294,7 +308,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
         std::thread::scope(|s| {
             s.spawn(move || read_blocks(Trickle { data, step }, block, &tx));
-            let mut cutter = Cutter::new(rx, params);
+            let mut cutter = Cutter::new(rx, params, None);
             std::iter::from_fn(|| cutter.next_chunk().unwrap())
                 .map(|p| {
                     assert_eq!(p.len(), p.parts().iter().map(Bytes::len).sum::<usize>());
@@ -378,7 +392,7 @@ mod tests {
         }
         let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
         read_blocks(Broken, BLOCK, &tx);
-        let err = Cutter::new(rx, ChunkerParams::default()).next_chunk().unwrap_err();
+        let err = Cutter::new(rx, ChunkerParams::default(), None).next_chunk().unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
     }
 
@@ -387,7 +401,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::sync_channel(READ_AHEAD);
         tx.send(Ok(Bytes::from(vec![7u8; 1000]))).unwrap();
         drop(tx);
-        let err = Cutter::new(rx, ChunkerParams::default()).next_chunk().unwrap_err();
+        let err = Cutter::new(rx, ChunkerParams::default(), None).next_chunk().unwrap_err();
         assert!(err.to_string().contains("before the end of the stream"), "{err}");
     }
 }

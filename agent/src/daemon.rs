@@ -171,7 +171,8 @@ impl Daemon {
         if client.whoami().await?.mfa {
             bail!("the proxy's policy asks this identity for a TOTP code, which unattended backups cannot give");
         }
-        Ok(Arc::new(OpenRepo::open(client, self.provider.clone(), repo.clone()).await?))
+        let legacy_ok = self.config.backup.legacy_repos.contains(repo);
+        Ok(Arc::new(OpenRepo::open(client, self.provider.clone(), repo.clone(), legacy_ok).await?))
     }
 
     /// Runs one job now (a scheduled start, or `coffer run NAME`).

@@ -382,7 +382,8 @@ fn prompt_totp() -> Result<String, Failure> {
 
 impl Ctx {
     async fn open(self, name: RepoName) -> Result<(AgentConfig, Arc<OpenRepo>), Failure> {
-        Ok((self.config, Arc::new(OpenRepo::open(self.client, self.provider, name).await?)))
+        let legacy_ok = self.config.backup.legacy_repos.contains(&name);
+        Ok((self.config, Arc::new(OpenRepo::open(self.client, self.provider, name, legacy_ok).await?)))
     }
 }
 

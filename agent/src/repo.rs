@@ -39,6 +39,9 @@ pub struct OpenRepo {
     pub id_key: Arc<IdKey>,
     /// Its key id, when it is an epoch's rather than the config's.
     pub id_key_epoch: Option<KeyId>,
+    /// The chunker's gear tables, keyed by the config's chunk-id key (None
+    /// for a legacy repository: FastCDC's public tables).
+    pub gear: Option<crate::cutter::GearTables>,
     /// Every chunk-id key of the repository, for restores.
     id_keys: HashMap<KeyId, Arc<IdKey>>,
     data_keys: Mutex<HashMap<KeyId, Arc<DataKey>>>,
@@ -67,15 +70,17 @@ pub async fn init(
     name: &RepoName,
     zstd_level: i32,
 ) -> Result<RepoConfig, RepoError> {
-    let (_idk, id_key) = new_key(provider, name, Purpose::ChunkId).await?;
-    let config = RepoConfig {
+    let (idk, id_key) = new_key(provider, name, Purpose::ChunkId).await?;
+    let mut config = RepoConfig {
         version: CONFIG_VERSION,
         repo: name.clone(),
         chunker: ChunkerParams::default(),
         zstd_level,
         id_key,
         created: crate::unix_now(),
+        mac: None,
     };
+    config.authenticate(&IdKey::from_data_key(idk));
     match client.put_config(name, config.encode()).await {
         Err(e) if e.status() == Some(StatusCode::CONFLICT) => Err(RepoError::AlreadyInitialised(name.clone())),
         other => other.map(|()| config).map_err(Into::into),
@@ -83,7 +88,15 @@ pub async fn init(
 }
 
 impl OpenRepo {
-    pub async fn open(client: ProxyClient, provider: Arc<dyn KeyProvider>, name: RepoName) -> Result<Self, RepoError> {
+    /// Opens a repository: its config (authenticated under its chunk-id
+    /// key, or a legacy one when `legacy_ok`, then only with chunker sizes
+    /// above the floors) and its chunk-id keys.
+    pub async fn open(
+        client: ProxyClient,
+        provider: Arc<dyn KeyProvider>,
+        name: RepoName,
+        legacy_ok: bool,
+    ) -> Result<Self, RepoError> {
         let bytes = match client.get_config(&name).await {
             Err(e) if e.status() == Some(StatusCode::NOT_FOUND) => return Err(RepoError::NotInitialised(name)),
             other => other?,
@@ -96,6 +109,20 @@ impl OpenRepo {
         let rec = &config.id_key;
         let first =
             Arc::new(IdKey::from_data_key(open_record(&*provider, rec, &name, Purpose::ChunkId, rec.key_id).await?));
+        let gear =
+            match config.check_mac(&first) {
+                Ok(true) => Some(first.gear_tables()),
+                Ok(false) if legacy_ok => {
+                    config.check_legacy_floors().map_err(|e| bad(format!("config: {e}")))?;
+                    None
+                }
+                Ok(false) => return Err(bad(
+                    "its config is not authenticated (made before configs were, or its MAC was stripped on the way): \
+                     if it is an old repository, list it in backup.legacy_repos"
+                        .into(),
+                )),
+                Err(e) => return Err(bad(format!("config: {e}"))),
+            };
         let mut id_keys = HashMap::from([(rec.key_id, first.clone())]);
         let (mut id_key, mut id_key_epoch) = (first, None);
         for epoch in client.list_epochs(&name).await? {
@@ -112,6 +139,7 @@ impl OpenRepo {
             config,
             id_key,
             id_key_epoch,
+            gear,
             id_keys,
             data_keys: Mutex::new(HashMap::new()),
         })

@@ -79,6 +79,34 @@ impl IdKey {
         &self.0
     }
 
+    /// The MAC of a repository config's parameters under a key derived
+    /// from this one (the config's own chunk-id key): whoever lacks the key
+    /// (the proxy, the bucket) cannot change them unnoticed.
+    pub fn config_mac(&self, canonical: &[u8]) -> [u8; 32] {
+        let key = blake3::derive_key("coffer 2026-12-02 repository config MAC v1", self.0.as_ref());
+        *blake3::keyed_hash(&key, canonical).as_bytes()
+    }
+
+    /// The chunker's gear table, keyed: 256 words of BLAKE3 output under a
+    /// key derived from this one, so the cut points (and so the chunk and
+    /// envelope sizes) of a stream differ per repository and reveal nothing
+    /// to someone who can guess the plaintext but lacks the key. Returns
+    /// the table and the table shifted left by one, as FastCDC uses them.
+    pub fn gear_tables(&self) -> (Box<[u64; 256]>, Box<[u64; 256]>) {
+        let key = blake3::derive_key("coffer 2026-12-02 chunker gear v1", self.0.as_ref());
+        let mut bytes = [0u8; 256 * 8];
+        blake3::Hasher::new_keyed(&key).finalize_xof().fill(&mut bytes);
+        let mut gear = Box::new([0u64; 256]);
+        for (g, b) in gear.iter_mut().zip(bytes.chunks_exact(8)) {
+            *g = u64::from_le_bytes(b.try_into().expect("8 bytes"));
+        }
+        let mut shifted = Box::new([0u64; 256]);
+        for (s, g) in shifted.iter_mut().zip(gear.iter()) {
+            *s = g << 1;
+        }
+        (gear, shifted)
+    }
+
     /// The id of a chunk with this plaintext.
     pub fn chunk_id(&self, plaintext: &[u8]) -> ChunkId {
         ChunkId::from_bytes(*blake3::keyed_hash(&self.0, plaintext).as_bytes())

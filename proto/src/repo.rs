@@ -79,7 +79,19 @@ pub struct RepoConfig {
     pub id_key: KeyRecord,
     /// Unix seconds.
     pub created: u64,
+    /// Hex MAC of the parameters above under the chunk-id key
+    /// ([`RepoConfig::canonical`]); present in every config made since
+    /// configs were authenticated, and marks the repository's chunker as
+    /// keyed. A config without it is a legacy one (public cut points).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
+
+/// Below these, a legacy (unauthenticated) config's chunker sizes are
+/// refused: tiny chunks would let anyone who can guess the plaintext
+/// confirm it from envelope sizes.
+pub const LEGACY_CHUNK_MIN_FLOOR: u32 = 64 * 1024;
+pub const LEGACY_CHUNK_AVG_FLOOR: u32 = 256 * 1024;
 
 impl RepoConfig {
     pub fn encode(&self) -> Vec<u8> {
@@ -93,6 +105,56 @@ impl RepoConfig {
         let cfg: RepoConfig = json_decode(bytes, "repository config")?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The bytes the MAC covers: every parameter that changes what the
+    /// agent does with the data.
+    pub fn canonical(&self) -> Vec<u8> {
+        let c = self.chunker;
+        format!(
+            "coffer repository config v{}\0{}\0{}\0{}\0{}\0{}\0{}",
+            self.version, self.repo, c.min_size, c.avg_size, c.max_size, self.zstd_level, self.id_key.key_id
+        )
+        .into_bytes()
+    }
+
+    /// Sets the MAC under `idk`, the config's own chunk-id key.
+    pub fn authenticate(&mut self, idk: &crate::keys::IdKey) {
+        self.mac = Some(hex::encode(idk.config_mac(&self.canonical())));
+    }
+
+    /// Checks the MAC under `idk`: `Ok(true)` for an authenticated config,
+    /// `Ok(false)` for a legacy one without a MAC, an error when the MAC is
+    /// there and wrong (the parameters were changed).
+    pub fn check_mac(&self, idk: &crate::keys::IdKey) -> Result<bool, FormatError> {
+        let Some(mac) = &self.mac else { return Ok(false) };
+        let expected = idk.config_mac(&self.canonical());
+        let given = hex::decode(mac).ok().filter(|m| m.len() == 32);
+        // Constant time: the comparison is of a secret-keyed value.
+        match given {
+            Some(m) if aws_lc_rs::constant_time::verify_slices_are_equal(&m, &expected).is_ok() => Ok(true),
+            _ => Err(FormatError::Invalid {
+                what: "repository config",
+                reason: "its parameters do not match their MAC: they were changed after the repository was \
+                         created (by the proxy, or in the bucket)"
+                    .into(),
+            }),
+        }
+    }
+
+    /// A legacy config's chunker sizes must be at least the floors.
+    pub fn check_legacy_floors(&self) -> Result<(), FormatError> {
+        let c = self.chunker;
+        if c.min_size < LEGACY_CHUNK_MIN_FLOOR || c.avg_size < LEGACY_CHUNK_AVG_FLOOR {
+            return Err(FormatError::Invalid {
+                what: "repository config",
+                reason: format!(
+                    "an unauthenticated config with chunks this small ({}/{} bytes min/avg, floors {}/{}) is refused",
+                    c.min_size, c.avg_size, LEGACY_CHUNK_MIN_FLOOR, LEGACY_CHUNK_AVG_FLOOR
+                ),
+            });
+        }
+        Ok(())
     }
 
     pub fn validate(&self) -> Result<(), FormatError> {

@@ -219,6 +219,7 @@ fn repo_config_round_trip_and_validation() {
         zstd_level: 3,
         id_key,
         created: 1,
+        mac: None,
     };
     assert_eq!(RepoConfig::decode(&cfg.encode()).unwrap(), cfg);
     let huge = RepoConfig { chunker: ChunkerParams { min_size: 1, avg_size: 2, max_size: 1 << 30 }, ..cfg.clone() };
@@ -242,4 +243,65 @@ fn seed_corpus() -> Vec<Vec<u8>> {
         .collect();
     out.extend(coffer_proto::fuzz::structured_seeds());
     out
+}
+
+/// A config's parameters are authenticated under its chunk-id key: any
+/// change to them, or a MAC made under another key, is caught; a legacy
+/// config (no MAC) says so, and its chunker sizes must clear the floors.
+#[test]
+fn config_mac_catches_every_changed_parameter() {
+    use coffer_proto::keys::{EncryptionContext, IdKey, KeyRecord, Purpose, KEY_RECORD_VERSION};
+    let repo: RepoName = "dev/db".parse().unwrap();
+    let key_id = KeyId::random();
+    let id_key = KeyRecord {
+        version: KEY_RECORD_VERSION,
+        key_id,
+        purpose: Purpose::ChunkId,
+        kek: "local:00".into(),
+        context: EncryptionContext::new(&repo, Purpose::ChunkId, key_id),
+        wrapped: vec![0; 60],
+    };
+    let mut cfg = RepoConfig {
+        version: 1,
+        repo,
+        chunker: ChunkerParams::default(),
+        zstd_level: 3,
+        id_key,
+        created: 1,
+        mac: None,
+    };
+    let idk = IdKey::random();
+    assert!(!cfg.check_mac(&idk).unwrap(), "a legacy config");
+    cfg.check_legacy_floors().unwrap();
+    cfg.authenticate(&idk);
+    let back = RepoConfig::decode(&cfg.encode()).unwrap();
+    assert!(back.check_mac(&idk).unwrap());
+    assert!(back.check_mac(&IdKey::random()).is_err(), "another repository's key");
+    let changed = [
+        RepoConfig { chunker: ChunkerParams { min_size: 64, avg_size: 256, max_size: 1024 }, ..cfg.clone() },
+        RepoConfig { chunker: ChunkerParams { avg_size: 2 << 20, ..cfg.chunker }, ..cfg.clone() },
+        RepoConfig { zstd_level: 1, ..cfg.clone() },
+    ];
+    for c in changed {
+        assert!(c.check_mac(&idk).is_err(), "{:?} {}", c.chunker, c.zstd_level);
+        let legacy = RepoConfig { mac: None, ..c };
+        if legacy.chunker.avg_size < coffer_proto::repo::LEGACY_CHUNK_AVG_FLOOR {
+            assert!(legacy.check_legacy_floors().is_err(), "tiny chunks without a MAC");
+        }
+    }
+    let garbage = RepoConfig { mac: Some("zz".into()), ..cfg.clone() };
+    assert!(garbage.check_mac(&idk).is_err());
+}
+
+/// The gear tables differ per chunk-id key and are stable for one.
+#[test]
+fn gear_tables_are_keyed() {
+    use coffer_proto::keys::IdKey;
+    let (a, b) = (IdKey::random(), IdKey::random());
+    let (ga, la) = a.gear_tables();
+    assert_eq!(a.gear_tables().0, ga, "stable for one key");
+    assert_ne!(b.gear_tables().0, ga, "keyed");
+    assert!(ga.iter().zip(la.iter()).all(|(g, l)| *l == g << 1));
+    let distinct: std::collections::HashSet<u64> = ga.iter().copied().collect();
+    assert_eq!(distinct.len(), 256);
 }

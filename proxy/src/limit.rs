@@ -41,13 +41,14 @@ pub struct Limiter {
 /// The buffer budgets a request's bodies are counted against (its
 /// identity's and the proxy's), handed to the handler in the request's
 /// extensions.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct Budget {
     identity: Arc<Semaphore>,
     all: Arc<Semaphore>,
 }
 
 /// Buffered bytes taken from a [`Budget`]; given back when dropped.
+#[derive(Debug)]
 pub struct Buffered {
     _identity: tokio::sync::OwnedSemaphorePermit,
     _all: tokio::sync::OwnedSemaphorePermit,

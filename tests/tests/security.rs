@@ -294,3 +294,54 @@ fn restore_to_a_file_follows_no_planted_link_and_is_private() {
     assert!(!std::fs::symlink_metadata(&target).unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read(&target).unwrap(), b"secret payroll");
 }
+
+/// A hostile proxy (or raw store access) serves the repository's config
+/// with tiny chunker sizes, so that envelope sizes would reveal content:
+/// the config's MAC catches it; stripping the MAC makes it a legacy config,
+/// refused unless the agent's own config lists the repository, and then
+/// only with sizes above the floors. And the cut points are keyed: the
+/// same data cuts differently in two repositories.
+#[test]
+fn the_chunker_config_is_authenticated_and_the_cut_points_keyed() {
+    let p = DevProxy::start();
+    let data = random_bytes("keyed cuts", 8 << 20);
+    let sizes = |repo: &str| -> Vec<u64> {
+        let mut v: Vec<u64> =
+            p.stored(&format!("{repo}/chunks")).iter().map(|c| std::fs::metadata(c).unwrap().len()).collect();
+        v.sort();
+        v
+    };
+    backup(&p, "dev/k1", &data);
+    backup(&p, "dev/k2", &data);
+    assert_ne!(sizes("dev/k1"), sizes("dev/k2"), "the same data cut the same way in two repositories");
+
+    let config = p.objects().join("dev/k1/config");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let replace = |text: String| {
+        std::fs::remove_file(&config).unwrap();
+        std::fs::write(&config, text).unwrap();
+    };
+    let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+    v["chunker"] = serde_json::json!({"min_size": 64, "avg_size": 256, "max_size": 1024});
+    replace(v.to_string());
+    let run = coffer(&p.writer(), &["backup", "--repo", "dev/k1", "-"], Some(&data));
+    assert_eq!(run.code(), 1);
+    assert!(run.stderr.contains("do not match their MAC"), "{}", run.stderr);
+
+    v.as_object_mut().unwrap().remove("mac");
+    replace(v.to_string());
+    let run = coffer(&p.writer(), &["backup", "--repo", "dev/k1", "-"], Some(&data));
+    assert!(run.stderr.contains("not authenticated") && run.stderr.contains("legacy_repos"), "{}", run.stderr);
+    let legacy = p.dir.join("legacy-writer.toml");
+    let text = std::fs::read_to_string(p.writer()).unwrap();
+    std::fs::write(&legacy, format!("{text}\n[backup]\nlegacy_repos = [\"dev/k1\"]\n")).unwrap();
+    let run = coffer(&legacy, &["backup", "--repo", "dev/k1", "-"], Some(&data));
+    assert!(run.stderr.contains("chunks this small"), "{}", run.stderr);
+    assert!(p.stored("dev/k1/snapshots").len() == 1, "nothing was committed under a tampered config");
+
+    // A legacy config with sizes above the floors is accepted where listed.
+    let mut legacy_ok: serde_json::Value = serde_json::from_str(&good).unwrap();
+    legacy_ok.as_object_mut().unwrap().remove("mac");
+    replace(legacy_ok.to_string());
+    coffer(&legacy, &["backup", "--repo", "dev/k1", "-"], Some(b"legacy")).ok();
+}
