@@ -779,3 +779,38 @@ async fn the_agent_unwraps_only_with_its_own_or_allowed_keks() {
     std::fs::write(&under_b, format!("{text}allowed_keys = [\"{a}\"]\n")).unwrap();
     run(&aws, &under_b, &["backup", "--repo", "dev/pin", "-"], Some(b"two")).ok();
 }
+
+/// Someone with the proxy's write access puts over a stored chunk (a new
+/// version above the locked one, with a digest of their choosing): the
+/// digest check passes, the version history does not, and scrub raises a
+/// critical alert naming the chunk and the snapshot that needs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn scrub_finds_a_chunk_written_again_in_the_bucket() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, "[scrub]\nobjects_per_run = 1000\ninterval_secs = 1", (30, 7));
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/scrub"], None).ok();
+    let id = run(&aws, &writer, &["backup", "--repo", "dev/scrub", "-"], Some(b"scrubbed")).last_line();
+    let chunk = aws.keys("dev/scrub/chunks/").await.remove(0);
+    let head = aws.head(&chunk).await;
+    let digest = head.metadata().and_then(|m| m.get("coffer-blake3")).unwrap().clone();
+    let body = aws.s3.get_object().bucket(BUCKET).key(&chunk).send().await.unwrap().body.collect().await.unwrap();
+    aws.s3
+        .put_object()
+        .bucket(BUCKET)
+        .key(&chunk)
+        .metadata("coffer-blake3", digest)
+        .body(body.into_bytes().into())
+        .send()
+        .await
+        .unwrap();
+    let alert = p.wait_for_event("the scrub alert", |e| {
+        e["action"] == "alert"
+            && e["reason"].as_str().is_some_and(|r| r.contains("written again") && r.contains(&chunk))
+    });
+    assert!(alert["reason"].as_str().unwrap().contains(&id), "{alert}");
+}

@@ -116,19 +116,24 @@ async fn guessing_admin_codes_locks_the_identity_out_and_a_restart_forgets_nothi
     let right = code_at(&secret, now() + 30).unwrap();
     let e = reload(right.clone()).await.unwrap_err();
     assert!(e.to_string().contains("mfa-locked"), "the right code while locked out: {e}");
+    // Refusals are written behind the answer (only changes wait for the
+    // disk), so wait for them before the restart kills the proxy.
+    let refusals = |p: &DevProxy, n: usize| {
+        let count = || {
+            p.audit_events().into_iter().filter(|e| e["action"] == "admin-reload" && e["outcome"] == "denied").count()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while count() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        count()
+    };
+    assert_eq!(refusals(&p, FREE_FAILURES + 2), FREE_FAILURES + 2, "every refusal is audited: {}", p.audit_log());
     let p = p.restarted(|text| text);
     let client = coffer_tests::raw_client(&p.config("admin")).await.with_totp(Some(right));
     let e = client.admin("reload", &serde_json::json!({})).await.unwrap_err();
     assert!(e.to_string().contains("mfa-locked"), "locked out after a restart: {e}");
-    // Refusals are written behind the answer (only changes wait for the
-    // disk): wait for the last one.
-    let refusals =
-        || p.audit_events().into_iter().filter(|e| e["action"] == "admin-reload" && e["outcome"] == "denied").count();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while refusals() < FREE_FAILURES + 3 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    assert_eq!(refusals(), FREE_FAILURES + 3, "every refusal is audited: {}", p.audit_log());
+    assert_eq!(refusals(&p, FREE_FAILURES + 3), FREE_FAILURES + 3, "every refusal is audited: {}", p.audit_log());
 }
 
 #[test]
