@@ -68,6 +68,10 @@ pub struct DaemonConfig {
     pub socket_repos: Vec<RepoName>,
     /// The socket's file mode (default `0o660`).
     pub socket_mode: u32,
+    /// If not empty, only processes running as one of these user ids may
+    /// send (checked with the socket's peer credentials), on top of the
+    /// file mode.
+    pub socket_uids: Vec<u32>,
 }
 
 impl Default for DaemonConfig {
@@ -78,6 +82,7 @@ impl Default for DaemonConfig {
             socket: None,
             socket_repos: Vec::new(),
             socket_mode: 0o660,
+            socket_uids: Vec::new(),
         }
     }
 }

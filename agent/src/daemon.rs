@@ -45,6 +45,10 @@ const LINE_MAX: u64 = 4096;
 pub const SEND_IDLE: Duration = Duration::from_secs(15 * 60);
 /// Most `coffer send` streams served at once; more wait for a turn.
 const SENDS_AT_ONCE: usize = 4;
+/// Most senders waiting for a turn; beyond, a sender is refused at once,
+/// so nobody with access to the socket can pile up connections (and file
+/// descriptors) without bound.
+pub const SENDERS_WAITING_MAX: usize = 16;
 
 /// Parses a job's schedule: a cron pattern of 5 fields (or 6, seconds
 /// first), or an alias such as `@daily`.
@@ -295,6 +299,7 @@ impl Daemon {
 
     async fn accept(self: Arc<Self>, listener: UnixListener, stop: CancellationToken, tracker: TaskTracker) {
         let turns = Arc::new(tokio::sync::Semaphore::new(SENDS_AT_ONCE));
+        let places = Arc::new(tokio::sync::Semaphore::new(SENDS_AT_ONCE + SENDERS_WAITING_MAX));
         loop {
             let stream = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -307,8 +312,28 @@ impl Daemon {
                     }
                 },
             };
+            let uids = &self.config.daemon.socket_uids;
+            if !uids.is_empty() {
+                let uid = stream.peer_cred().map(|c| c.uid()).ok();
+                if !uid.is_some_and(|u| uids.contains(&u)) {
+                    let e = anyhow::anyhow!(
+                        "the sender runs as user id {}, which daemon.socket_uids does not list",
+                        uid.map_or("unknown".into(), |u| u.to_string())
+                    );
+                    tracker.spawn(refuse(stream, None, e));
+                    continue;
+                }
+            }
+            let Ok(place) = places.clone().try_acquire_owned() else {
+                let e = anyhow::anyhow!(
+                    "{SENDS_AT_ONCE} sends are being served and {SENDERS_WAITING_MAX} are waiting; try again later"
+                );
+                tracker.spawn(refuse(stream, None, e));
+                continue;
+            };
             let (d, turns) = (self.clone(), turns.clone());
             tracker.spawn(async move {
+                let _place = place;
                 let Ok(_turn) = turns.acquire_owned().await else { return };
                 d.serve_send(stream).await;
             });

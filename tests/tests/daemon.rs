@@ -330,3 +330,37 @@ command = ["sh", "-c", "exit 3", "password=hunter2"]"#,
     assert!(!h.to_string().contains("hunter2"), "arguments reach /health: {h}");
     assert!(p.stored("dev/hang/snapshots").is_empty(), "nothing of a failed run is committed");
 }
+
+/// A member of the socket's group opening connection after connection and
+/// never sending: once the served and waiting places are taken, the next is
+/// refused at once instead of piling up; and with `socket_uids`, a sender
+/// running as another user is refused.
+#[test]
+fn the_sidecar_socket_bounds_waiting_senders_and_can_check_the_peer() {
+    use std::io::BufRead as _;
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/sock"], None).ok();
+    let socket = p.dir.join("bounded.sock");
+    let toml =
+        format!("[daemon]\nhealth = \"{{health}}\"\nsocket = \"{}\"\nsocket_repos = [\"dev/sock\"]", socket.display());
+    let d = Daemon::start(&p, "bounded", &toml);
+    let places = 4 + coffer_agent::daemon::SENDERS_WAITING_MAX;
+    let held: Vec<_> = (0..places).map(|_| std::os::unix::net::UnixStream::connect(&socket).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let extra = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    extra.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(&extra).read_line(&mut line).unwrap();
+    assert!(line.contains("are waiting; try again later"), "{line:?}");
+    drop(held);
+    drop(d);
+
+    let uid = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    let other: u32 = uid.trim().parse::<u32>().unwrap() + 1;
+    let toml = format!("{toml}\nsocket_uids = [{other}]");
+    let socket2 = p.dir.join("bounded2.sock");
+    let _d = Daemon::start(&p, "uids", &toml.replace("bounded.sock", "bounded2.sock"));
+    let refused = send(&socket2, "dev/sock", &["-"], Some(b"x"));
+    assert_eq!(refused.code(), 1);
+    assert!(refused.stderr.contains("socket_uids does not list"), "{}", refused.stderr);
+}
