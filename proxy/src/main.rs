@@ -128,6 +128,12 @@ enum AuditCmd {
         /// The audit public key, hex (default: the .pub beside the signing key).
         #[arg(long)]
         public_key: Option<String>,
+        /// With --store: a file of the `audit-seal` alerts the webhook
+        /// received (one per line, as stored; the messages alone do too).
+        /// Every segment it names must be in the store with that BLAKE3, so
+        /// a trail re-chained and re-signed on the proxy host is caught.
+        #[arg(long, requires = "store")]
+        seals: Option<PathBuf>,
     },
     /// Print matching events as JSON lines (for investigations and SIEMs).
     Query {
@@ -507,7 +513,7 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
     };
     let spool = cfg.audit.spool();
     match command {
-        AuditCmd::Verify { store, public_key } => {
+        AuditCmd::Verify { store, public_key, seals } => {
             let key = match public_key.map(|k| hex::decode(k.trim()).map_err(|e| e.to_string())) {
                 Some(k) => k,
                 None => audit::public_key(&spool).map_err(|e| format!("the audit public key: {e} (pass --public-key)")),
@@ -528,6 +534,31 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fail(EXIT_FAILURE, &e),
             };
+            if let Some(path) = seals {
+                let text = match std::fs::read_to_string(&path) {
+                    Ok(t) => t,
+                    Err(e) => return fail(EXIT_USAGE, &format!("{}: {e}", path.display())),
+                };
+                let expected = audit::ship::parse_seals(&text);
+                if expected.is_empty() {
+                    return fail(EXIT_USAGE, &format!("{}: no audit-seal lines found", path.display()));
+                }
+                for seal in &expected {
+                    let stored = segments.iter().find(|(k, _)| *k == seal.key);
+                    let ok = stored.is_some_and(|(_, t)| blake3::hash(t.as_bytes()).to_hex().as_str() == seal.blake3);
+                    if !ok {
+                        println!(
+                            "audit segment {} {} the hash the webhook received (blake3={}): the stored trail was \
+                             rewritten after it was shipped",
+                            seal.key,
+                            if stored.is_some() { "differs from" } else { "is missing, though announced with" },
+                            seal.blake3
+                        );
+                        return ExitCode::from(EXIT_FAILURE);
+                    }
+                }
+                println!("{} segments match the hashes the webhook received", expected.len());
+            }
             match audit::verify(&segments, live.as_deref(), Some(&key)) {
                 Ok(r) => {
                     // The local trail must hold at least what was shipped:

@@ -476,8 +476,17 @@ async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Dur
         tick.tick().await;
         app.audit.tick();
         match crate::audit::ship::ship_pending(&sealed, &*app.store, &proxy_id, app.new_retain_until()).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("shipped {n} audit segments"),
+            Ok(shipped) => {
+                if !shipped.is_empty() {
+                    tracing::info!("shipped {} audit segments", shipped.len());
+                }
+                // Each segment's hash goes to the webhook too: a copy of
+                // the trail's anchor that root on this host cannot rewrite.
+                for s in &shipped {
+                    let msg = crate::audit::ship::seal_message(s);
+                    app.watch.alerts.raise("audit-seal", Severity::Info, None, Some(s.key.clone()), msg, None).await;
+                }
+            }
             Err(e) => tracing::warn!("shipping audit segments failed (will retry): {e}"),
         }
     }

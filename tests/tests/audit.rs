@@ -4,7 +4,7 @@
 
 use std::process::Command;
 
-use coffer_tests::{bin, coffer, random_bytes, DevProxy};
+use coffer_tests::{bin, coffer, random_bytes, DevProxy, Webhook};
 
 fn audit(p: &DevProxy, args: &[&str]) -> (bool, String) {
     let out = Command::new(bin("coffer-proxy"))
@@ -112,4 +112,45 @@ fn a_local_trail_shorter_than_what_was_shipped_is_truncation() {
     let (ok, out) = audit(&p, &["verify"]);
     assert!(!ok, "an emptied trail passed: {out}");
     assert!(out.contains("audit trail truncated") && out.contains("were shipped to the store"), "{out}");
+}
+
+/// Each shipped segment's BLAKE3 also goes to the alert webhook, a place
+/// root on the proxy host cannot rewrite. A stored trail cut short (its
+/// newest segment deleted: what is left verifies on its own) is caught by
+/// checking the store against the hashes the webhook received.
+#[test]
+fn the_webhook_keeps_each_shipped_segments_hash() {
+    let hook = Webhook::start(0);
+    let mut p = DevProxy::start().restarted(|text| {
+        text.replace("[audit]\n", "[audit]\nsegment_events = 5\nship_secs = 1\n")
+            + &format!("\n[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{}/\" }}\n", hook.port)
+    });
+    coffer(&p.writer(), &["init", "--repo", "dev/a"], None).ok();
+    for i in 0..4 {
+        coffer(&p.writer(), &["backup", "--repo", "dev/a", "-"], Some(format!("seal {i}").as_bytes())).ok();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let seals = loop {
+        let seals: Vec<String> =
+            hook.received.lock().unwrap().iter().filter(|a| a["kind"] == "audit-seal").map(|a| a.to_string()).collect();
+        if seals.len() >= 3 {
+            break seals;
+        }
+        assert!(std::time::Instant::now() < deadline, "{} audit-seal alerts", seals.len());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    p.kill();
+    let file = p.dir.join("seals.jsonl");
+    std::fs::write(&file, seals.join("\n")).unwrap();
+    let file = file.to_str().unwrap();
+    let (ok, out) = audit(&p, &["verify", "--store", "--seals", file]);
+    assert!(ok && out.contains("match the hashes the webhook received"), "{out}");
+
+    // The newest announced segment deleted from the store.
+    let newest = seals.iter().filter_map(|s| s.split("audit segment ").nth(1)?.split(' ').next()).max().unwrap();
+    std::fs::remove_file(p.objects().join(newest)).unwrap();
+    let (ok, _) = audit(&p, &["verify", "--store"]);
+    assert!(ok, "a trail cut at a segment boundary verifies on its own");
+    let (ok, out) = audit(&p, &["verify", "--store", "--seals", file]);
+    assert!(!ok && out.contains(newest) && out.contains("is missing"), "{out}");
 }

@@ -11,15 +11,47 @@ pub fn store_prefix(proxy_id: &str) -> String {
     format!("audit/{proxy_id}/")
 }
 
+/// A shipped segment: its key in the store and the BLAKE3 of its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shipped {
+    pub key: String,
+    pub blake3: String,
+}
+
+/// The text of the alert that announces a shipped segment's hash, so a
+/// receiver outside the proxy host keeps a copy that host cannot rewrite.
+pub fn seal_message(s: &Shipped) -> String {
+    format!(
+        "audit segment {} shipped, blake3={}: keep this outside the proxy host; \
+         `coffer-proxy audit verify --store --seals FILE` checks the store against such lines",
+        s.key, s.blake3
+    )
+}
+
+/// The (key, BLAKE3) pairs in text holding `seal_message`s, one per line
+/// (webhook payloads as a receiver stored them, or the messages alone).
+pub fn parse_seals(text: &str) -> Vec<Shipped> {
+    text.lines()
+        .filter_map(|line| {
+            let at = line.find("audit segment ")? + "audit segment ".len();
+            let key = line[at..].split(' ').next()?.to_string();
+            let h = line.find("blake3=")? + "blake3=".len();
+            let blake3 = line.get(h..h + 64)?.to_string();
+            (blake3.bytes().all(|b| b.is_ascii_hexdigit()) && key.starts_with("audit/"))
+                .then_some(Shipped { key, blake3 })
+        })
+        .collect()
+}
+
 /// Uploads every local segment not shipped yet, oldest first, and marks
 /// each shipped (`.seg` → `.seg.shipped`) once the store holds it. Returns
-/// how many were shipped; stops at the first failure (retried next time).
+/// what was shipped; stops at the first failure (retried next time).
 pub async fn ship_pending(
     dir: &Path,
     store: &dyn ObjectStore,
     proxy_id: &str,
     retain_until: u64,
-) -> Result<usize, String> {
+) -> Result<Vec<Shipped>, String> {
     let mut pending: Vec<String> = std::fs::read_dir(dir)
         .map_err(|e| format!("{}: {e}", dir.display()))?
         .flatten()
@@ -27,14 +59,15 @@ pub async fn ship_pending(
         .filter(|n| n.ends_with(".seg"))
         .collect();
     pending.sort();
-    let mut shipped = 0;
+    let mut shipped = Vec::new();
     for name in pending {
         let path = dir.join(&name);
         let body = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let key = format!("{}{}", store_prefix(proxy_id), name.trim_end_matches(".seg"));
+        let blake3 = blake3::hash(&body).to_hex().to_string();
         store.put_new(&key, Bytes::from(body), retain_until).await.map_err(|e| e.to_string())?;
         std::fs::rename(&path, dir.join(format!("{name}.shipped"))).map_err(|e| format!("{}: {e}", path.display()))?;
-        shipped += 1;
+        shipped.push(Shipped { key, blake3 });
     }
     Ok(shipped)
 }
