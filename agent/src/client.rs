@@ -25,6 +25,9 @@ const SMALL_MAX: usize = 64 * 1024;
 /// Upload rate below which an attempt is abandoned: the request timeout
 /// grows by a second for every this many bytes of body.
 const MIN_UPLOAD_BYTES_PER_SEC: usize = 64 * 1024;
+/// How long one attempt of an admin call may take (holds and expiry walk a
+/// whole repository).
+const ADMIN_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
 /// Longest error message from the proxy shown to a person or a log.
 const MESSAGE_MAX: usize = 512;
 /// Largest snapshot root answer.
@@ -361,6 +364,19 @@ impl ProxyClient {
     ) -> Result<Bytes, ClientError> {
         let deadline =
             self.shared.attempt + std::time::Duration::from_secs((body.len() / MIN_UPLOAD_BYTES_PER_SEC) as u64);
+        self.call_within(method, path, body, extra, limit, deadline).await
+    }
+
+    /// [`call`](Self::call) with each attempt's deadline given.
+    async fn call_within(
+        &self,
+        method: Method,
+        path: String,
+        body: Bytes,
+        extra: Option<(&'static str, String)>,
+        limit: usize,
+        deadline: std::time::Duration,
+    ) -> Result<Bytes, ClientError> {
         self.retrying(|| async {
             let attempt = self.call_once(method.clone(), path.clone(), body.clone(), extra.clone(), limit);
             match tokio::time::timeout(deadline, attempt).await {
@@ -473,8 +489,9 @@ impl ProxyClient {
     /// Which of `ids` the repository does not hold yet.
     pub async fn missing(&self, repo: &RepoName, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
         let body = coffer_proto::snapshot::encode_ids(ids);
-        // The answer is a subset of the question.
-        let missing_max = body.len();
+        // The answer is a subset of the question (an error answer may be
+        // longer than a small question: small answers are always read).
+        let missing_max = body.len().max(SMALL_MAX);
         let path = format!("/v1/repos/{repo}/chunks/missing");
         let resp = self.call(Method::POST, path, body.into(), None, missing_max).await?;
         coffer_proto::snapshot::decode_ids(&resp).map_err(|e| ClientError::Protocol(e.to_string()))
@@ -521,10 +538,14 @@ impl ProxyClient {
         Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/epochs"), Bytes::new(), None, LISTING_MAX).await?)
     }
 
-    /// An admin call: `POST /v1/admin/{what}` with a JSON body.
+    /// An admin call: `POST /v1/admin/{what}` with a JSON body. Holds and
+    /// expiry touch every object of a repository, so an attempt may take up
+    /// to `ADMIN_CALL_DEADLINE`; abandoning one half way would leave it half
+    /// done, and its retry would resend a spent TOTP code.
     pub async fn admin(&self, what: &str, body: &impl serde::Serialize) -> Result<Bytes, ClientError> {
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.call(Method::POST, format!("/v1/admin/{what}"), body.into(), None, LISTING_MAX).await
+        let deadline = self.shared.attempt.max(ADMIN_CALL_DEADLINE);
+        self.call_within(Method::POST, format!("/v1/admin/{what}"), body.into(), None, LISTING_MAX, deadline).await
     }
 
     /// A raw request, for tests that must send what the agent never would.

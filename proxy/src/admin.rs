@@ -19,8 +19,13 @@ use crate::identity::Identity;
 use crate::policy::Action;
 use crate::store::{ObjectStore, StoreError};
 
-/// Where admin revocations are stored, one object each.
+/// Where an earlier version stored revocations, one flat object per
+/// identity (still read, as each identity's oldest record).
 pub const REVOCATIONS: &str = "admin/revocations/";
+/// Revocation switches: `admin/identities/<hash>/<millis>-<random>`, the
+/// newest deciding. (Not under `REVOCATIONS`: on the filesystem store an
+/// old flat record there would block the folder of the same name.)
+pub const IDENTITY_SWITCHES: &str = "admin/identities/";
 /// Lockdown switches, one object each; the newest decides.
 pub const LOCKDOWN: &str = "admin/lockdown/";
 /// Legal hold switches per snapshot: `admin/holds/<repo>/<snapshot>/<time>`.
@@ -28,7 +33,7 @@ pub const HOLDS: &str = "admin/holds/";
 
 /// A revocation (or its lifting), as stored and as sent to
 /// `POST /v1/admin/revoke`. Stored write-once under
-/// `admin/revocations/<BLAKE3 of domain and identity>/<millis>-<random>`;
+/// `admin/identities/<BLAKE3 of domain and identity>/<millis>-<random>`;
 /// the newest record of an identity decides. (A record stored as
 /// `admin/revocations/<hash>` by an earlier version counts as the oldest.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -53,7 +58,7 @@ fn yes() -> bool {
 /// The folder of an identity's revocation records.
 pub fn revocation_folder(trust_domain: &str, identity: &str) -> String {
     let name = blake3::hash(format!("{trust_domain}\0{identity}").as_bytes()).to_hex();
-    format!("{REVOCATIONS}{name}")
+    format!("{IDENTITY_SWITCHES}{name}")
 }
 
 /// Refuses an admin call on `repo` that the admin's own rules do not

@@ -128,7 +128,12 @@ impl Alerts {
             reason: Some(alert.message.clone()),
             ..Default::default()
         };
-        let _ = self.audit.record(draft, true).await;
+        // An audit-seal alert announces a segment that is already in the
+        // chain; recording it as an event too would make every seal cause
+        // the next one, for ever, on an idle proxy.
+        if kind != "audit-seal" {
+            let _ = self.audit.record(draft, true).await;
+        }
         self.wake.notify_one();
     }
 

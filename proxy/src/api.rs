@@ -106,7 +106,8 @@ impl App {
     /// survive restarts and reach every proxy; objects read before are not
     /// read again.
     pub async fn load_revocations(&self) -> Result<usize, StoreError> {
-        let keys = self.store.list(crate::admin::REVOCATIONS).await?;
+        let mut keys = self.store.list(crate::admin::REVOCATIONS).await?;
+        keys.extend(self.store.list(crate::admin::IDENTITY_SWITCHES).await?);
         let unread: Vec<String> = {
             let read = self.revocations_read.lock().expect("not poisoned");
             keys.iter().filter(|k| !read.contains_key(*k)).cloned().collect()
@@ -129,7 +130,10 @@ impl App {
             let mut newest: std::collections::HashMap<(String, String), (&str, bool)> = Default::default();
             for key in &keys {
                 let Some(Some((domain, name, revoked))) = read.get(key) else { continue };
-                let order = key[crate::admin::REVOCATIONS.len()..].split_once('/').map_or("", |(_, n)| n);
+                let order = key
+                    .strip_prefix(crate::admin::IDENTITY_SWITCHES)
+                    .and_then(|rest| rest.split_once('/'))
+                    .map_or("", |(_, n)| n);
                 let slot = newest.entry((domain.clone(), name.clone())).or_insert((order, *revoked));
                 if order >= slot.0 {
                     *slot = (order, *revoked);
@@ -537,8 +541,10 @@ where
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .map_or(limit, |n| n.min(limit));
+    // Small bodies (configs, key records, admin calls) are not counted, so a
+    // budget filled by others never refuses an admin's lockdown or revoke.
     let _buffered = match req.extensions().get::<crate::limit::Budget>() {
-        Some(budget) if declared > 0 => Some(budget.take(declared).ok_or(ApiError::Buffered)?),
+        Some(budget) if declared > SMALL_BODY_MAX => Some(budget.take(declared).ok_or(ApiError::Buffered)?),
         _ => None,
     };
     let body = Limited::new(req.into_body(), limit)

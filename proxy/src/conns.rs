@@ -48,8 +48,10 @@ impl Slots {
         Arc::new(Self { per_source, per_identity, counts: Mutex::default() })
     }
 
-    /// A slot for a new connection from `ip`, unless it has its fill.
+    /// A slot for a new connection from `ip`, unless it has its fill. An
+    /// IPv6 address counts as its /64: one host commonly holds a whole one.
     pub fn source(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let ip = source_key(ip);
         let mut c = self.counts.lock().expect("not poisoned");
         let n = c.by_source.entry(ip).or_default();
         if *n >= self.per_source {
@@ -100,6 +102,21 @@ impl Drop for Slot {
     }
 }
 
+/// The address a source is counted under: itself, or its /64 for IPv6
+/// (an IPv4-mapped IPv6 address is its IPv4 address).
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+        v4 => v4,
+    }
+}
+
 /// Which refusals of a source get their own audit event.
 #[derive(Default)]
 pub struct RefusalThrottle {
@@ -118,6 +135,7 @@ struct Throttle {
 impl RefusalThrottle {
     /// Whether a refusal from `ip` at `now` (unix s) gets its own event.
     pub fn admit(&self, ip: IpAddr, now: u64) -> bool {
+        let ip = source_key(ip);
         let mut t = self.inner.lock().expect("not poisoned");
         let e = *t.minutes.entry(ip).or_insert((now / 60, 0, 0));
         if e.0 != now / 60 {
@@ -172,6 +190,17 @@ mod tests {
         assert!(s.identity("dev\0admin").is_some());
         drop(w);
         assert!(s.identity("dev\0writer").is_some());
+    }
+
+    #[test]
+    fn an_ipv6_source_counts_as_its_slash_64() {
+        let s = Slots::new(1, 1);
+        let a = s.source("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(s.source("2001:db8:1:2:ffff::9".parse().unwrap()).is_none(), "same /64");
+        assert!(s.source("2001:db8:1:3::1".parse().unwrap()).is_some(), "another /64");
+        let b = s.source("::ffff:127.0.0.2".parse().unwrap()).unwrap();
+        assert!(s.source("127.0.0.2".parse().unwrap()).is_none(), "a mapped IPv4 address is that address");
+        drop((a, b));
     }
 
     #[test]

@@ -19,6 +19,9 @@
 //!
 //! `<who>` is the BLAKE3 of the trust domain and name; `<day>` is the unix
 //! day, so a check lists two small folders, never the whole history.
+//! Checks of one identity run one at a time on a proxy, so a burst of
+//! parallel guesses is judged as the sequence it is; with several proxies,
+//! each can judge one guess at a time.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -151,6 +154,10 @@ pub fn enroll(path: &Path, domain: &str, identity: &str) -> Result<zeroize::Zero
 pub struct MfaVerifier {
     path: PathBuf,
     store: Arc<dyn ObjectStore>,
+    /// One check at a time per identity on this proxy: codes sent in
+    /// parallel would all pass the lockout check before any failure is
+    /// recorded.
+    checking: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// What the store says about an identity's recent codes.
@@ -172,7 +179,7 @@ pub fn lockout_until(failures: usize, last_ms: u64) -> Option<u64> {
 
 impl MfaVerifier {
     pub fn new(path: PathBuf, store: Arc<dyn ObjectStore>) -> Self {
-        Self { path, store }
+        Self { path, store, checking: Default::default() }
     }
 
     fn folder(identity: &Identity, day: u64) -> String {
@@ -221,6 +228,12 @@ impl MfaVerifier {
     /// store), and the identity is not locked out.
     pub async fn verify(&self, identity: &Identity, code: Option<&str>, now: u64) -> Result<(), MfaError> {
         let code = code.ok_or(MfaError::Missing)?;
+        let turn = {
+            let mut checking = self.checking.lock().expect("not poisoned");
+            let key = (identity.domain().to_string(), identity.name().to_string());
+            checking.entry(key).or_default().clone()
+        };
+        let _turn = turn.lock().await;
         let history = self.history(identity, now).await?;
         if let Some(until) = history.failures.last().and_then(|&last| lockout_until(history.failures.len(), last)) {
             if now < until {
@@ -369,6 +382,29 @@ mod tests {
         let after = next;
         v.verify(&admin, Some(&code_at(&secret, after).unwrap()), after).await.unwrap();
         assert_eq!(v.verify(&admin, Some(&wrong_code(&secret, after)), after).await, Err(MfaError::Wrong));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn guesses_sent_in_parallel_are_judged_one_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (v, secret, admin) = verifier(dir.path());
+        let v = Arc::new(v);
+        let t = crate::unix_now();
+        let wrong = wrong_code(&secret, t);
+        let guesses: Vec<_> = (0..32)
+            .map(|_| {
+                let (v, admin, wrong) = (v.clone(), admin.clone(), wrong.clone());
+                tokio::spawn(async move { v.verify(&admin, Some(&wrong), t).await })
+            })
+            .collect();
+        let mut judged = Vec::new();
+        for g in guesses {
+            judged.push(g.await.unwrap());
+        }
+        let wrong_count = judged.iter().filter(|r| matches!(r, Err(MfaError::Wrong))).count();
+        assert_eq!(wrong_count, FREE_FAILURES - 1, "only the free failures are judged as guesses: {judged:?}");
+        let recorded = v.history(&admin, t).await.unwrap().failures.len();
+        assert_eq!(recorded, FREE_FAILURES, "the rest met the lockout and were not even checked");
     }
 
     #[test]

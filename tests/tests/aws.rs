@@ -676,7 +676,7 @@ async fn every_admin_call_works_on_s3_and_survives_a_restart() {
     assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
 
     // The records are locked for a real, far date...
-    let revocations = aws.keys("admin/revocations/").await;
+    let revocations = aws.keys("admin/identities/").await;
     assert_eq!(revocations.len(), 1, "{revocations:?}");
     let until = aws.head(&revocations[0]).await.object_lock_retain_until_date().unwrap().secs() as u64;
     assert!(until > now() + 99 * 365 * DAY && until < now() + 101 * 365 * DAY, "{until}");

@@ -709,7 +709,7 @@ fn admin_rights_stop_at_the_trust_domain_and_a_revocation_can_be_lifted() {
     assert!(!ok && out.contains("403") && out.contains("own trust domain dev only"), "{out}");
     let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &["expire", "--repo", "prod/app"]);
     assert!(!ok && out.contains("403") && out.contains("may not admin-expire on repository prod/app"), "{out}");
-    assert!(p.stored("admin/revocations").is_empty());
+    assert!(p.stored("admin/identities").is_empty());
 
     let secret2 = second_admin(&p);
     let revoke = ["revoke", "--trust-domain", "dev", "--identity", "spiffe://coffer.dev/writer"];
@@ -721,7 +721,7 @@ fn admin_rights_stop_at_the_trust_domain_and_a_revocation_can_be_lifted() {
     assert!(ok, "{out}");
     coffer(&p.writer(), &["whoami"], None).ok();
     // Both records stay (write-once); the newest decides, also after a restart.
-    assert_eq!(p.stored("admin/revocations").len(), 2);
+    assert_eq!(p.stored("admin/identities").len(), 2);
     let p = p.restarted(|text| text);
     coffer(&p.writer(), &["whoami"], None).ok();
 }
@@ -802,4 +802,24 @@ fn the_report_names_committed_snapshots_that_are_gone() {
     assert_eq!(r["missing_snapshots"], serde_json::json!([new]), "{r}");
     assert_eq!(r["snapshots"], 1, "{r}");
     assert_ne!(old, new);
+}
+
+/// A revocation stored by an earlier version (one flat object per
+/// identity) still holds after the upgrade, and can be lifted.
+#[test]
+fn a_revocation_from_before_switches_holds_and_can_be_lifted() {
+    let p = DevProxy::start();
+    let secret = p.enroll("spiffe://coffer.dev/admin");
+    let who = "spiffe://coffer.dev/writer";
+    let name = blake3::hash(format!("dev\0{who}").as_bytes()).to_hex();
+    let legacy = p.objects().join(format!("admin/revocations/{name}"));
+    std::fs::create_dir_all(legacy.parent().unwrap()).unwrap();
+    let record = serde_json::json!({"trust_domain": "dev", "identity": who, "by": "admin (dev)", "time": 1});
+    std::fs::write(&legacy, record.to_string()).unwrap();
+    let p = p.restarted(|text| text);
+    assert!(coffer(&p.writer(), &["whoami"], None).stderr.contains("revoked by an administrator"));
+    let lift = ["revoke", "--trust-domain", "dev", "--identity", who, "--lift"];
+    let (ok, out) = admin(&p, "admin", &code_at(&secret, now()).unwrap(), &lift);
+    assert!(ok, "{out}");
+    coffer(&p.writer(), &["whoami"], None).ok();
 }
