@@ -157,8 +157,11 @@ pub struct MfaVerifier {
     /// One check at a time per identity on this proxy: codes sent in
     /// parallel would all pass the lockout check before any failure is
     /// recorded.
-    checking: std::sync::Mutex<std::collections::HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    checking: std::sync::Mutex<std::collections::HashMap<(String, String), Turn>>,
 }
+
+/// One identity's turn to have a code checked.
+type Turn = Arc<tokio::sync::Mutex<()>>;
 
 /// What the store says about an identity's recent codes.
 #[derive(Debug, Default)]
