@@ -467,7 +467,15 @@ pub fn send(socket: &Path, header: &SendHeader, source: Source) -> anyhow::Resul
     let stream = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to the daemon's socket {}", socket.display()))?;
     let mut replies = io::BufReader::new(stream.try_clone()?);
-    write_line(&mut &stream, header).context("sending the header")?;
+    if let Err(e) = write_line(&mut &stream, header) {
+        // A daemon that refuses a sender at once (too many waiting, a user
+        // it does not serve) answers and hangs up before the header: its
+        // answer says why, the broken pipe does not.
+        if let Ok(Reply::Failed { error }) = read_reply(&mut replies) {
+            bail!("the daemon refused the backup: {error}");
+        }
+        return Err(anyhow::Error::new(e).context("sending the header"));
+    }
     match read_reply(&mut replies)? {
         Reply::Ready => {}
         Reply::Failed { error } => bail!("the daemon refused the backup: {error}"),
