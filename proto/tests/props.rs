@@ -199,19 +199,24 @@ proptest! {
     }
 }
 
-#[test]
-fn repo_config_round_trip_and_validation() {
+/// A (not really wrapped) chunk-id key record bound to `repo`.
+fn chunk_id_record(repo: &RepoName) -> coffer_proto::keys::KeyRecord {
     use coffer_proto::keys::{EncryptionContext, KeyRecord, Purpose, KEY_RECORD_VERSION};
-    let repo: RepoName = "dev/db".parse().unwrap();
     let key_id = KeyId::random();
-    let id_key = KeyRecord {
+    KeyRecord {
         version: KEY_RECORD_VERSION,
         key_id,
         purpose: Purpose::ChunkId,
         kek: "local:00".into(),
-        context: EncryptionContext::new(&repo, Purpose::ChunkId, key_id),
+        context: EncryptionContext::new(repo, Purpose::ChunkId, key_id),
         wrapped: vec![0; 60],
-    };
+    }
+}
+
+#[test]
+fn repo_config_round_trip_and_validation() {
+    let repo: RepoName = "dev/db".parse().unwrap();
+    let id_key = chunk_id_record(&repo);
     let cfg = RepoConfig {
         version: 1,
         repo: repo.clone(),
@@ -250,17 +255,9 @@ fn seed_corpus() -> Vec<Vec<u8>> {
 /// config (no MAC) says so, and its chunker sizes must clear the floors.
 #[test]
 fn config_mac_catches_every_changed_parameter() {
-    use coffer_proto::keys::{EncryptionContext, IdKey, KeyRecord, Purpose, KEY_RECORD_VERSION};
+    use coffer_proto::keys::IdKey;
     let repo: RepoName = "dev/db".parse().unwrap();
-    let key_id = KeyId::random();
-    let id_key = KeyRecord {
-        version: KEY_RECORD_VERSION,
-        key_id,
-        purpose: Purpose::ChunkId,
-        kek: "local:00".into(),
-        context: EncryptionContext::new(&repo, Purpose::ChunkId, key_id),
-        wrapped: vec![0; 60],
-    };
+    let id_key = chunk_id_record(&repo);
     let mut cfg = RepoConfig {
         version: 1,
         repo,

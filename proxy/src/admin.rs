@@ -93,7 +93,7 @@ async fn audit_intent(app: &App, draft: &Draft, what: String) -> Result<(), ApiE
 /// A name under `prefix` that sorts after every earlier one: `<20-digit
 /// millis>-<8 hex>`.
 fn switch_name(prefix: &str) -> String {
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+    let now_ms = crate::unix_now_ms();
     let mut r = [0u8; 4];
     aws_lc_rs::rand::fill(&mut r).expect("the system RNG failed");
     format!("{prefix}{now_ms:020}-{}", hex::encode(r))
@@ -137,11 +137,9 @@ pub(crate) async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u
             r.trust_domain
         ))));
     }
-    if !r.revoked && app.lockdown.load(std::sync::atomic::Ordering::Acquire) {
-        lockdown_refused(app, admin, Action::AdminRevoke).await;
-        return Err(ApiError::Denied(crate::policy::Denied(
-            "the proxy is in lockdown: reinstating an identity is refused (revoking one is allowed)".into(),
-        )));
+    if !r.revoked {
+        refuse_loosening_in_lockdown(app, admin, Action::AdminRevoke, "reinstating an identity", "revoking one")
+            .await?;
     }
     let verb = if r.revoked { "revoking" } else { "reinstating" };
     audit_intent(app, draft, format!("{verb} {} in trust domain {}", r.identity, r.trust_domain)).await?;
@@ -192,6 +190,24 @@ pub fn allowed_in_lockdown(action: Action) -> bool {
             | AdminRevoke
             | AdminHold
     )
+}
+
+/// Lockdown serves the admin calls that only tighten; the loosening form of
+/// one (`what`; `instead` is the tightening form) is refused and alerted.
+async fn refuse_loosening_in_lockdown(
+    app: &App,
+    admin: &Identity,
+    action: Action,
+    what: &str,
+    instead: &str,
+) -> Result<(), ApiError> {
+    if !app.lockdown.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(());
+    }
+    lockdown_refused(app, admin, action).await;
+    Err(ApiError::Denied(crate::policy::Denied(format!(
+        "the proxy is in lockdown: {what} is refused ({instead} is allowed)"
+    ))))
 }
 
 /// A write refused by lockdown raises an alert (once per identity per quiet period).
@@ -277,11 +293,8 @@ pub(crate) async fn hold(
 ) -> Result<Reply, ApiError> {
     let req: HoldRequest = serde_json::from_slice(body).map_err(invalid)?;
     scope(app, admin, Action::AdminHold, &req.repo, source)?;
-    if !req.on && app.lockdown.load(std::sync::atomic::Ordering::Acquire) {
-        lockdown_refused(app, admin, Action::AdminHold).await;
-        return Err(ApiError::Denied(crate::policy::Denied(
-            "the proxy is in lockdown: lifting a legal hold is refused (putting one is allowed)".into(),
-        )));
+    if !req.on {
+        refuse_loosening_in_lockdown(app, admin, Action::AdminHold, "lifting a legal hold", "putting one").await?;
     }
     let repo = &req.repo;
     let targets = match req.snapshot {

@@ -717,10 +717,6 @@ async fn put_key(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, body:
 /// How far an epoch's `created` may lie from the proxy's clock (ms).
 pub const EPOCH_CLOCK_SKEW_MS: u64 = 10 * 60 * 1000;
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 async fn read_epochs(app: &App, repo: &RepoName) -> Result<Vec<coffer_proto::repo::Epoch>, ApiError> {
     let mut epochs = Vec::new();
     for key in app.store.list(&format!("{repo}/epochs/")).await? {
@@ -749,7 +745,7 @@ async fn put_epoch(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, bod
     let existing = read_epochs(app, repo).await?;
     let replay = existing.iter().any(|e| e.key.key_id == id);
     if !replay {
-        let now = now_ms();
+        let now = crate::unix_now_ms();
         if epoch.created.abs_diff(now) > EPOCH_CLOCK_SKEW_MS {
             return Err(invalid(format!(
                 "the epoch's creation time {} ms is more than {} minutes from the proxy's clock ({now} ms)",
@@ -775,7 +771,7 @@ async fn put_epoch(app: &App, allowed: &Allowed, repo: &RepoName, id: KeyId, bod
 /// first, so it can never stay the one new backups use.
 async fn list_epochs(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
     let mut epochs = read_epochs(app, repo).await?;
-    let horizon = now_ms() + EPOCH_CLOCK_SKEW_MS;
+    let horizon = crate::unix_now_ms() + EPOCH_CLOCK_SKEW_MS;
     for e in epochs.iter().filter(|e| e.created > horizon) {
         tracing::warn!(%repo, key_id = %e.key.key_id, created = e.created, "an epoch is dated into the future: it sorts first");
     }

@@ -251,9 +251,7 @@ impl MfaVerifier {
             .ok_or_else(|| MfaError::NotEnrolled(identity.to_string()))?;
         let secret = Secret::try_from_base32(&entry.secret).map_err(|e| MfaError::File(e.to_string()))?;
         let Some(step) = totp(secret, identity.name()).map_err(MfaError::File)?.check(code, now) else {
-            let now_ms =
-                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-            let now_ms = now_ms.max(now * 1000);
+            let now_ms = crate::unix_now_ms().max(now * 1000);
             let mut r = [0u8; 4];
             aws_lc_rs::rand::fill(&mut r).map_err(|_| MfaError::Store("the system RNG failed".into()))?;
             let key = format!("{}failed-{now_ms:020}-{}", Self::folder(identity, now / 86_400), hex::encode(r));

@@ -162,10 +162,6 @@ pub(crate) fn render(event: &Event) -> (String, String) {
     (line, hash)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
 impl AuditLog {
     /// Opens (or creates) the log, resumes its chain after the last sealed
     /// segment and the live file, and starts the writer thread.
@@ -309,7 +305,7 @@ impl Spool {
             self.seq += 1;
             let event = Event {
                 seq: self.seq,
-                time_ms: now_ms(),
+                time_ms: crate::unix_now_ms(),
                 proxy: self.proxy.clone(),
                 identity: d.identity.clone(),
                 trust_domain: d.trust_domain.clone(),
@@ -350,7 +346,7 @@ impl Spool {
 
     fn maybe_seal(&mut self) -> std::io::Result<()> {
         let Some((first_seq, first_ms, first_prev)) = self.live_first.clone() else { return Ok(()) };
-        let old = now_ms().saturating_sub(first_ms) >= self.cfg.segment_secs.saturating_mul(1000);
+        let old = crate::unix_now_ms().saturating_sub(first_ms) >= self.cfg.segment_secs.saturating_mul(1000);
         if self.live_count < self.cfg.segment_events && !old {
             return Ok(());
         }
@@ -365,7 +361,7 @@ impl Spool {
             first_prev,
             last_hash: self.prev.clone(),
             events_blake3: blake3::hash(events.as_bytes()).to_hex().to_string(),
-            sealed_ms: now_ms(),
+            sealed_ms: crate::unix_now_ms(),
             public_key: {
                 use aws_lc_rs::signature::KeyPair as _;
                 hex::encode(self.key.public_key().as_ref())
