@@ -122,6 +122,9 @@ struct Chunk {
     /// Its share of [`PIPELINE_BYTES`], held until it is found stored or
     /// uploaded (the manifest's chunks, cut after the stream, have none).
     lease: Option<Lease>,
+    /// A piece of the stream, not of the manifest: only these count as new
+    /// stream bytes, so `bytes_new` never exceeds `bytes_in`.
+    stream: bool,
 }
 
 /// The plaintext bytes cut from the stream and not yet found stored or
@@ -199,7 +202,7 @@ fn chunk_stream(
                 }
                 bytes += data.len() as u64;
                 let id = id.finish();
-                if tx.blocking_send(Chunk { id, data, lease: Some(lease) }).is_err() {
+                if tx.blocking_send(Chunk { id, data, lease: Some(lease), stream: true }).is_err() {
                     return Err(io::Error::other("backup pipeline stopped"));
                 }
             }
@@ -358,11 +361,11 @@ impl Uploader {
         self.sealed_with_key += 1;
         let permit = self.permits.clone().acquire_owned().await.expect("semaphore is never closed");
         let (repo, key, key_id) = (self.repo.clone(), self.key.clone(), self.key_id);
-        let Chunk { id, data, lease } = chunk;
+        let Chunk { id, data, lease, stream } = chunk;
         self.tasks.spawn(async move {
             // Both held until the envelope is sent.
             let (_permit, _lease) = (permit, lease);
-            let plain = data.len() as u64;
+            let plain = if stream { data.len() as u64 } else { 0 };
             let seal_repo = repo.clone();
             let envelope = tokio::task::spawn_blocking(move || {
                 let r = &seal_repo;
@@ -512,7 +515,7 @@ pub async fn run(
         let id = repo.id_key.chunk_id(&data);
         manifest_refs.push(ManifestRef { id, len: cut.length as u32 });
         if refs.add(id) {
-            batch.push(Chunk { id, data: Pieces::from(data), lease: None });
+            batch.push(Chunk { id, data: Pieces::from(data), lease: None, stream: false });
         }
     }
     batch.flush(&mut up).await?;

@@ -124,13 +124,14 @@ impl SnapshotRoot {
 pub struct SnapshotStats {
     /// Plaintext bytes read from the source.
     pub bytes_in: u64,
-    /// Plaintext bytes of chunks that were new to the repository.
+    /// Plaintext stream bytes in chunks that were new to the repository
+    /// (the manifest's own chunks are not stream bytes: never above `bytes_in`).
     pub bytes_new: u64,
-    /// Envelope bytes uploaded for those new chunks.
+    /// Envelope bytes uploaded, the manifest's chunks included.
     pub stored_new: u64,
     /// Chunks in the stream (with repeats).
     pub chunks: u64,
-    /// Chunks uploaded.
+    /// Chunks uploaded, the manifest's included.
     pub chunks_new: u64,
 }
 

@@ -858,7 +858,8 @@ async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) -> R
         )));
     }
     let referenced_bytes = present.iter().fold(0u64, |sum, (_, meta)| sum.saturating_add(meta.size));
-    req.stats.check(present.len() as u64, referenced_bytes).map_err(invalid)?;
+    let referenced = present.len() as u64;
+    req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
     let mut entries = Vec::with_capacity(present.len());
     let mut extended = 0u64;
     let mut needed_keys = BTreeSet::from([header.key_id]);
@@ -925,7 +926,8 @@ async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) -> R
     let m = &app.metrics;
     let label = |kind: &str| crate::metrics::KindLabel { kind: kind.to_string() };
     m.chunks.get_or_create(&label("new")).inc_by(req.stats.chunks_new);
-    m.chunks.get_or_create(&label("dedup")).inc_by(req.stats.chunks.saturating_sub(req.stats.chunks_new));
+    // Distinct chunks the snapshot references that it did not upload.
+    m.chunks.get_or_create(&label("dedup")).inc_by(referenced.saturating_sub(req.stats.chunks_new));
     m.lock_extensions.inc_by(extended);
     m.last_snapshot.get_or_create(&crate::metrics::RepoLabel { repo: repo.to_string() }).set(now as f64);
     let history = repo_history(app, repo, req.snapshot).await.unwrap_or_default();

@@ -86,7 +86,7 @@ impl Default for Metrics {
         };
         r.register("requests", "API requests by action, outcome and trust domain", m.requests.clone());
         r.register("bytes_in", "Envelope bytes received in chunk uploads", m.bytes_in.clone());
-        r.register("chunks", "Chunks committed, by kind (new, dedup)", m.chunks.clone());
+        r.register("chunks", "Distinct chunks committed snapshots reference, by kind: new (uploaded for the snapshot) or dedup (already stored)", m.chunks.clone());
         r.register("store_seconds", "Object store call latency", m.store_seconds.clone());
         r.register("key_check_seconds", "Key record checks (KMS calls) latency", m.key_check_seconds.clone());
         r.register(
