@@ -36,10 +36,10 @@ use serde::Serialize;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::client::ClientError;
 use crate::cutter::{self, Cutter, Pieces};
 use crate::progress::Progress;
 use crate::repo::{OpenRepo, RepoError};
+use coffer_client::ClientError;
 
 /// Most plaintext bytes cut and not yet found stored or uploaded.
 pub const PIPELINE_BYTES: usize = 16 * 1024 * 1024;

@@ -5,50 +5,53 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+pub use coffer_client::{ClientConfig, ConfigError, ParseError};
 use coffer_proto::RepoName;
+use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 /// Upload requests in flight at once, unless the config says otherwise.
 pub const DEFAULT_UPLOADS_IN_FLIGHT: usize = 8;
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The agent's config: how to reach the proxy ([`ClientConfig`], whose keys
+/// sit at the top of the file) and everything else.
+#[derive(Debug)]
 pub struct AgentConfig {
-    /// `https://host:port` of the proxy.
-    pub proxy: String,
-    /// CA certificate(s) that sign the proxy's certificate (PEM).
-    pub ca: PathBuf,
-    /// This agent's client certificate chain (PEM).
-    pub cert: PathBuf,
-    /// This agent's private key (PEM).
-    pub key: PathBuf,
-    /// Overrides the TLS server name (default: the host of `proxy`).
-    #[serde(default)]
-    pub server_name: Option<String>,
+    pub client: ClientConfig,
     pub keys: KeysConfig,
-    #[serde(default)]
     pub backup: BackupConfig,
-    /// How long failed requests are retried (proxy down or restarting,
-    /// connection lost, 429, 5xx) before the command gives up.
-    #[serde(default = "default_retry_deadline")]
-    pub retry_deadline_secs: u64,
-    /// Seconds between HTTP/2 pings on an open connection; a connection
-    /// whose ping is not answered within as long again plus 5 s is dropped
-    /// and its requests retried.
-    #[serde(default = "default_keepalive")]
-    pub keepalive_secs: u64,
-    /// How long one attempt of a request may take before it is abandoned
-    /// (and retried like a lost connection), plus a second for every 64 KiB
-    /// it uploads: a proxy that accepts and never answers must not hold a
-    /// command, or a daemon's job, for ever.
-    #[serde(default = "default_request_timeout")]
-    pub request_timeout_secs: u64,
     /// `coffer daemon`: health endpoint, stop timeout, sidecar socket.
-    #[serde(default)]
     pub daemon: DaemonConfig,
     /// Scheduled backups that `coffer daemon` runs (and `coffer run` runs once).
-    #[serde(default)]
     pub jobs: Vec<JobConfig>,
+}
+
+/// The file as written. The connection keys are read (and their types
+/// checked) by [`ClientConfig`]; they are named here so that a key nobody
+/// reads is an error that points at its line and lists the valid ones.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // the connection keys are only named
+struct AgentFile {
+    proxy: IgnoredAny,
+    ca: IgnoredAny,
+    cert: IgnoredAny,
+    key: IgnoredAny,
+    #[serde(default)]
+    server_name: Option<IgnoredAny>,
+    #[serde(default)]
+    retry_deadline_secs: Option<IgnoredAny>,
+    #[serde(default)]
+    keepalive_secs: Option<IgnoredAny>,
+    #[serde(default)]
+    request_timeout_secs: Option<IgnoredAny>,
+    keys: KeysConfig,
+    #[serde(default)]
+    backup: BackupConfig,
+    #[serde(default)]
+    daemon: DaemonConfig,
+    #[serde(default)]
+    jobs: Vec<JobConfig>,
 }
 
 /// Default seconds a stopping daemon waits for running backups.
@@ -179,21 +182,6 @@ fn check_daemon(d: &DaemonConfig) -> Result<(), String> {
     Ok(())
 }
 
-fn default_keepalive() -> u64 {
-    15
-}
-
-fn default_request_timeout() -> u64 {
-    120
-}
-
-/// Seconds of retrying before a command gives up, unless configured.
-pub const DEFAULT_RETRY_DEADLINE_SECS: u64 = 300;
-
-fn default_retry_deadline() -> u64 {
-    DEFAULT_RETRY_DEADLINE_SECS
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum KeysConfig {
@@ -220,54 +208,26 @@ impl Default for BackupConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-}
-
 impl AgentConfig {
     /// Loads a config file; relative paths in it are taken from the file's
     /// folder, so a config and its certificates can move together.
     /// `COFFER_RETRY_DEADLINE_SECS` overrides the retry deadline.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        let mut cfg = Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| match e {
-            ParseError::Toml(message) => ConfigError::Parse { path: path.into(), message },
-            ParseError::Invalid(message) => ConfigError::Invalid { path: path.into(), message },
-        })?;
-        if let Ok(v) = std::env::var("COFFER_RETRY_DEADLINE_SECS") {
-            cfg.retry_deadline_secs = v.parse().map_err(|_| ConfigError::Invalid {
-                path: path.into(),
-                message: format!("COFFER_RETRY_DEADLINE_SECS={v:?} is not a number of seconds"),
-            })?;
-        }
+        let mut cfg = Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(|e| e.at(path))?;
+        cfg.client.apply_env().map_err(|e| e.at(path))?;
         Ok(cfg)
     }
 
     /// Parses and validates a config's text; relative paths are taken from
     /// `base`. Never panics, whatever the text (fuzzed).
     pub fn parse(text: &str, base: &Path) -> Result<Self, ParseError> {
-        let mut cfg: AgentConfig = toml::from_str(text).map_err(|e| ParseError::Toml(e.to_string()))?;
-        for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
-            *p = base.join(&*p);
-        }
+        let file: AgentFile = toml::from_str(text).map_err(|e| ParseError::Toml(e.to_string()))?;
+        let client = ClientConfig::parse(text, base)?;
+        let mut cfg =
+            AgentConfig { client, keys: file.keys, backup: file.backup, daemon: file.daemon, jobs: file.jobs };
         if let KeysConfig::Local { master_key } = &mut cfg.keys {
             *master_key = base.join(&*master_key);
-        }
-        if !cfg.proxy.starts_with("https://") {
-            return Err(ParseError::Invalid(format!("proxy = {:?}: must be an https:// URL", cfg.proxy)));
-        }
-        if cfg.request_timeout_secs == 0 {
-            return Err(ParseError::Invalid("request_timeout_secs must be at least 1".into()));
-        }
-        if cfg.keepalive_secs == 0 {
-            return Err(ParseError::Invalid("keepalive_secs must be at least 1".into()));
         }
         if !(1..=256).contains(&cfg.backup.uploads_in_flight) {
             return Err(ParseError::Invalid("backup.uploads_in_flight must be 1 to 256".into()));
@@ -279,13 +239,6 @@ impl AgentConfig {
         check_jobs(&cfg.jobs).map_err(ParseError::Invalid)?;
         Ok(cfg)
     }
-}
-
-/// Why a config's text was refused.
-#[derive(Debug)]
-pub enum ParseError {
-    Toml(String),
-    Invalid(String),
 }
 
 #[cfg(test)]
@@ -312,7 +265,7 @@ master_key = "master.key"
     #[test]
     fn resolves_relative_paths() {
         let cfg = load(GOOD).unwrap();
-        assert!(cfg.ca.is_absolute() && cfg.ca.ends_with("ca.pem"));
+        assert!(cfg.client.ca.is_absolute() && cfg.client.ca.ends_with("ca.pem"));
         assert_eq!(cfg.backup.uploads_in_flight, DEFAULT_UPLOADS_IN_FLIGHT);
     }
 

@@ -32,10 +32,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backup::{self, BackupReport, Source};
-use crate::client::ProxyClient;
 use crate::config::{AgentConfig, JobConfig};
 use crate::keys::KeyProvider;
 use crate::repo::OpenRepo;
+use coffer_client::ProxyClient;
 
 /// Largest frame on the socket.
 pub const FRAME_MAX: usize = 1024 * 1024;
@@ -171,7 +171,7 @@ impl Daemon {
     /// Unattended backups cannot answer a TOTP prompt, so a repository whose
     /// policy asks for one is refused here with a clear reason.
     async fn open_repo(&self, repo: &RepoName) -> anyhow::Result<Arc<OpenRepo>> {
-        let client = ProxyClient::connect(&self.config).await?;
+        let client = ProxyClient::connect(&self.config.client).await?;
         if client.whoami().await?.mfa {
             bail!("the proxy's policy asks this identity for a TOTP code, which unattended backups cannot give");
         }

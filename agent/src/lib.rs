@@ -3,14 +3,14 @@
 //!
 //! The binary `coffer` is a thin shell over this library:
 //! - [`config::AgentConfig`] loads `agent.toml`;
-//! - [`client::ProxyClient`] speaks the `/v1` protocol over HTTP/2 + mTLS;
+//! - [`coffer_client::ProxyClient`] (its own crate) speaks the `/v1`
+//!   protocol over HTTP/2 + mTLS;
 //! - [`keys::KeyProvider`] makes and unwraps data keys (local provider now,
 //!   AWS KMS later);
 //! - [`backup`] runs the chunk → hash → dedup → compress → seal → upload
 //!   pipeline; [`restore`] runs it backwards and checks every chunk.
 
 pub mod backup;
-pub mod client;
 pub mod config;
 mod cutter;
 pub mod daemon;

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use coffer_agent::backup::{self, Source};
-use coffer_agent::client::ProxyClient;
 use coffer_agent::config::{AgentConfig, KeysConfig};
 use coffer_agent::daemon::{describe, Daemon, SendHeader};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_agent::restore;
+use coffer_client::ProxyClient;
 use coffer_proto::{RepoName, SnapshotId};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
@@ -260,7 +260,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
 async fn check_config(path: Option<PathBuf>) -> Result<(), Failure> {
     let shown = path.as_ref().map(|p| p.display().to_string()).unwrap_or_default();
     let config = load_config(path)?;
-    coffer_agent::client::check_tls(&config).map_err(usage)?;
+    coffer_client::check_tls(&config.client).map_err(usage)?;
     let kek = match &config.keys {
         KeysConfig::Local { master_key } => {
             LocalProvider::open(master_key).map_err(usage)?;
@@ -269,7 +269,7 @@ async fn check_config(path: Option<PathBuf>) -> Result<(), Failure> {
         KeysConfig::Kms(kms) => format!("KMS key {} (not contacted)", kms.key_id),
     };
     println!("{shown}: ok");
-    println!("  proxy {} as {}, data keys wrapped by {kek}", config.proxy, config.cert.display());
+    println!("  proxy {} as {}, data keys wrapped by {kek}", config.client.proxy, config.client.cert.display());
     if let Some(socket) = &config.daemon.socket {
         let repos: Vec<String> = config.daemon.socket_repos.iter().map(ToString::to_string).collect();
         println!("  socket {} for {}", socket.display(), repos.join(", "));
@@ -352,7 +352,7 @@ async fn key_provider(config: &AgentConfig) -> Result<Arc<dyn KeyProvider>, Fail
 async fn connect(path: Option<PathBuf>, mfa_code: Option<String>) -> Result<Ctx, Failure> {
     let config = load_config(path)?;
     let provider = key_provider(&config).await?;
-    let client = ProxyClient::connect(&config).await?;
+    let client = ProxyClient::connect(&config.client).await?;
     let mfa_code = match mfa_code {
         Some(code) => Some(code),
         // Ask the proxy whether this identity's rules want a TOTP code

@@ -11,8 +11,8 @@ use coffer_proto::{KeyId, RepoName};
 use http::StatusCode;
 use tokio::sync::Mutex;
 
-use crate::client::{ClientError, ProxyClient};
 use crate::keys::{new_key, open_record, KeyError, KeyProvider};
+use coffer_client::{ClientError, ProxyClient};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

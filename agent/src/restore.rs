@@ -12,8 +12,8 @@ use coffer_proto::{ChunkId, SnapshotId};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 
-use crate::client::ClientError;
 use crate::repo::{OpenRepo, RepoError};
+use coffer_client::ClientError;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -10,6 +10,10 @@ use crate::SnapshotId;
 /// refuses a body that does not match (a transit check independent of TLS).
 pub const DIGEST_HEADER: &str = "x-coffer-blake3";
 
+/// Header carrying a TOTP code: checked once per connection for a rule
+/// that asks for MFA, and on every admin call.
+pub const TOTP_HEADER: &str = "x-coffer-totp";
+
 /// `GET /v1/whoami`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Whoami {

@@ -484,7 +484,7 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
             (call, "hold", serde_json::json!({ "repo": repo, "snapshot": snapshot, "on": on }))
         }
     };
-    let client_config = match coffer_agent::config::AgentConfig::load(&call.client_config) {
+    let client_config = match coffer_client::ClientConfig::load(&call.client_config) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_USAGE, &e.to_string()),
     };
@@ -493,7 +493,7 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
         Err(e) => return fail(EXIT_USAGE, &e),
     };
     let done = block_on(async {
-        let client = coffer_agent::client::ProxyClient::connect(&client_config).await?.with_totp(Some(code));
+        let client = coffer_client::ProxyClient::connect(&client_config).await?.with_totp(Some(code));
         client.admin(what, &body).await
     });
     match done {

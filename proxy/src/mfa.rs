@@ -32,8 +32,7 @@ use totp_rs::{Algorithm, Builder, Secret, Totp};
 use crate::identity::Identity;
 use crate::store::{ObjectStore, PutOutcome};
 
-/// The header carrying a TOTP code.
-pub const TOTP_HEADER: &str = "x-coffer-totp";
+pub use coffer_proto::api::TOTP_HEADER;
 /// Bytes of a new TOTP secret (160 bits, as RFC 4226 recommends).
 pub const SECRET_LEN: usize = 20;
 const ISSUER: &str = "Coffer";

@@ -460,10 +460,10 @@ impl Drop for Webhook {
 
 /// An in-process client that does not retry: it reports exactly what the
 /// proxy answered.
-pub async fn raw_client(config: &Path) -> coffer_agent::client::ProxyClient {
-    let mut cfg = coffer_agent::config::AgentConfig::load(config).expect("agent config");
+pub async fn raw_client(config: &Path) -> coffer_client::ProxyClient {
+    let mut cfg = coffer_client::ClientConfig::load(config).expect("agent config");
     cfg.retry_deadline_secs = 0;
-    coffer_agent::client::ProxyClient::connect(&cfg).await.expect("connect")
+    coffer_client::ProxyClient::connect(&cfg).await.expect("connect")
 }
 
 /// A free loopback port (free when asked; good enough for tests).

@@ -359,8 +359,8 @@ async fn in_flight_cap_answers_503() {
 #[tokio::test]
 async fn a_client_that_never_reads_its_responses_is_cut_off() {
     let p = with_limits(DevProxy::start(), "idle_timeout_secs = 1");
-    let cfg = coffer_agent::config::AgentConfig::load(&p.writer()).unwrap();
-    let tls = coffer_agent::client::tls_stream(&cfg).await.unwrap();
+    let cfg = coffer_client::ClientConfig::load(&p.writer()).unwrap();
+    let tls = coffer_client::tls_stream(&cfg).await.unwrap();
     // A stream window of zero: the proxy may not send one byte of a body.
     let (mut h2, conn) =
         h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tls).await.unwrap();

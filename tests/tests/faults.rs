@@ -326,8 +326,8 @@ async fn too_many_streams_close_the_connection_with_an_audit_event() {
     const STREAMS: u32 = 200;
     let p = DevProxy::start();
     coffer(&p.writer(), &["init", "--repo", "dev/s"], None).ok();
-    let cfg = coffer_agent::config::AgentConfig::load(&p.writer()).unwrap();
-    let mut tls = coffer_agent::client::tls_stream(&cfg).await.unwrap();
+    let cfg = coffer_client::ClientConfig::load(&p.writer()).unwrap();
+    let mut tls = coffer_client::tls_stream(&cfg).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
 
     // Preface and empty SETTINGS, then every HEADERS frame in one write:
@@ -668,8 +668,8 @@ async fn a_client_that_never_reads_cannot_pin_the_proxys_memory() {
     chunks.sort();
     assert!(chunks.len() >= 16, "{} large chunks", chunks.len());
 
-    let cfg = coffer_agent::config::AgentConfig::load(&p.reader()).unwrap();
-    let tls = coffer_agent::client::tls_stream(&cfg).await.unwrap();
+    let cfg = coffer_client::ClientConfig::load(&p.reader()).unwrap();
+    let tls = coffer_client::tls_stream(&cfg).await.unwrap();
     let (mut h2, conn) =
         h2::client::Builder::new().initial_window_size(0).handshake::<_, bytes::Bytes>(tls).await.unwrap();
     tokio::spawn(conn);

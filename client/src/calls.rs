@@ -1,0 +1,118 @@
+//! One method per endpoint of the `/v1` protocol (SPEC "HTTP API").
+
+use bytes::Bytes;
+use coffer_proto::api::{SnapshotInfo, Whoami, DIGEST_HEADER};
+use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId, ENVELOPE_MAX};
+use http::Method;
+
+use crate::{ClientError, ProxyClient};
+
+/// Largest response body read: a listing or an expiry report. Every other
+/// answer has a smaller limit of its own.
+const LISTING_MAX: usize = 64 * 1024 * 1024;
+/// Largest small JSON or key answer (config, key record, whoami, commit).
+const SMALL_MAX: usize = 64 * 1024;
+/// How long one attempt of an admin call may take (holds and expiry walk a
+/// whole repository).
+const ADMIN_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Largest snapshot root answer.
+const ROOT_ENVELOPE_MAX: usize = coffer_proto::snapshot::ROOT_MAX + coffer_proto::envelope::OVERHEAD;
+
+impl ProxyClient {
+    fn json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ClientError> {
+        serde_json::from_slice(body).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    pub async fn whoami(&self) -> Result<Whoami, ClientError> {
+        Self::json(&self.call(Method::GET, "/v1/whoami".into(), Bytes::new(), None, SMALL_MAX).await?)
+    }
+
+    pub async fn put_config(&self, repo: &RepoName, body: Vec<u8>) -> Result<(), ClientError> {
+        self.call(Method::PUT, format!("/v1/repos/{repo}/config"), body.into(), None, SMALL_MAX).await.map(drop)
+    }
+
+    pub async fn get_config(&self, repo: &RepoName) -> Result<Bytes, ClientError> {
+        self.call(Method::GET, format!("/v1/repos/{repo}/config"), Bytes::new(), None, SMALL_MAX).await
+    }
+
+    pub async fn put_key(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
+        self.call(Method::PUT, format!("/v1/repos/{repo}/keys/{id}"), body.into(), None, SMALL_MAX).await.map(drop)
+    }
+
+    pub async fn get_key(&self, repo: &RepoName, id: KeyId) -> Result<Bytes, ClientError> {
+        self.call(Method::GET, format!("/v1/repos/{repo}/keys/{id}"), Bytes::new(), None, SMALL_MAX).await
+    }
+
+    /// Which of `ids` the repository does not hold yet.
+    pub async fn missing(&self, repo: &RepoName, ids: &[ChunkId]) -> Result<Vec<ChunkId>, ClientError> {
+        let body = coffer_proto::snapshot::encode_ids(ids);
+        // The answer is a subset of the question (an error answer may be
+        // longer than a small question: small answers are always read).
+        let missing_max = body.len().max(SMALL_MAX);
+        let path = format!("/v1/repos/{repo}/chunks/missing");
+        let resp = self.call(Method::POST, path, body.into(), None, missing_max).await?;
+        coffer_proto::snapshot::decode_ids(&resp).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Uploads an envelope with its transit digest. Idempotent.
+    pub async fn put_chunk(&self, repo: &RepoName, id: &ChunkId, envelope: Bytes) -> Result<(), ClientError> {
+        let digest = blake3::hash(&envelope).to_hex().to_string();
+        self.call(
+            Method::PUT,
+            format!("/v1/repos/{repo}/chunks/{id}"),
+            envelope,
+            Some((DIGEST_HEADER, digest)),
+            SMALL_MAX,
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn get_chunk(&self, repo: &RepoName, id: &ChunkId) -> Result<Bytes, ClientError> {
+        self.call(Method::GET, format!("/v1/repos/{repo}/chunks/{id}"), Bytes::new(), None, ENVELOPE_MAX).await
+    }
+
+    pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
+        Self::json(&self.call(Method::POST, format!("/v1/repos/{repo}/snapshots"), body.into(), None, SMALL_MAX).await?)
+    }
+
+    pub async fn list_snapshots(&self, repo: &RepoName) -> Result<Vec<SnapshotInfo>, ClientError> {
+        Self::json(
+            &self.call(Method::GET, format!("/v1/repos/{repo}/snapshots"), Bytes::new(), None, LISTING_MAX).await?,
+        )
+    }
+
+    pub async fn get_snapshot(&self, repo: &RepoName, id: SnapshotId) -> Result<Bytes, ClientError> {
+        self.call(Method::GET, format!("/v1/repos/{repo}/snapshots/{id}"), Bytes::new(), None, ROOT_ENVELOPE_MAX).await
+    }
+
+    pub async fn put_epoch(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
+        self.call(Method::PUT, format!("/v1/repos/{repo}/epochs/{id}"), body.into(), None, SMALL_MAX).await.map(drop)
+    }
+
+    /// The repository's chunk-id key epochs, oldest first.
+    pub async fn list_epochs(&self, repo: &RepoName) -> Result<Vec<coffer_proto::repo::Epoch>, ClientError> {
+        Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/epochs"), Bytes::new(), None, LISTING_MAX).await?)
+    }
+
+    /// An admin call: `POST /v1/admin/{what}` with a JSON body. Holds and
+    /// expiry touch every object of a repository, so an attempt may take up
+    /// to `ADMIN_CALL_DEADLINE`; abandoning one half way would leave it half
+    /// done, and its retry would resend a spent TOTP code.
+    pub async fn admin(&self, what: &str, body: &impl serde::Serialize) -> Result<Bytes, ClientError> {
+        let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let deadline = self.shared.attempt.max(ADMIN_CALL_DEADLINE);
+        self.call_within(Method::POST, format!("/v1/admin/{what}"), body.into(), None, LISTING_MAX, deadline).await
+    }
+
+    /// A raw request, for tests that must send what the agent never would.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        header: Option<(&'static str, String)>,
+    ) -> Result<Bytes, ClientError> {
+        self.call(method, path.to_string(), body.into(), header, LISTING_MAX).await
+    }
+}
