@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 use coffer_proto::api::{SnapshotInfo, Whoami, DIGEST_HEADER};
+use coffer_proto::endpoint::Action;
 use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId, ENVELOPE_MAX};
 use http::Method;
 
@@ -23,24 +24,39 @@ impl ProxyClient {
         serde_json::from_slice(body).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// One call of `action` on `repo` (and object `id`), reading at most
+    /// `limit` bytes of the answer.
+    async fn on(
+        &self,
+        action: Action,
+        repo: Option<&RepoName>,
+        id: Option<String>,
+        body: Bytes,
+        header: Option<(&'static str, String)>,
+        limit: usize,
+    ) -> Result<Bytes, ClientError> {
+        let method = Method::from_bytes(action.method().as_bytes()).expect("the endpoint table's methods are valid");
+        self.call(method, action.path(repo, id.as_deref()), body, header, limit).await
+    }
+
     pub async fn whoami(&self) -> Result<Whoami, ClientError> {
-        Self::json(&self.call(Method::GET, "/v1/whoami".into(), Bytes::new(), None, SMALL_MAX).await?)
+        Self::json(&self.on(Action::Whoami, None, None, Bytes::new(), None, SMALL_MAX).await?)
     }
 
     pub async fn put_config(&self, repo: &RepoName, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/config"), body.into(), None, SMALL_MAX).await.map(drop)
+        self.on(Action::PutConfig, Some(repo), None, body.into(), None, SMALL_MAX).await.map(drop)
     }
 
     pub async fn get_config(&self, repo: &RepoName) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/config"), Bytes::new(), None, SMALL_MAX).await
+        self.on(Action::GetConfig, Some(repo), None, Bytes::new(), None, SMALL_MAX).await
     }
 
     pub async fn put_key(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/keys/{id}"), body.into(), None, SMALL_MAX).await.map(drop)
+        self.on(Action::PutKey, Some(repo), Some(id.to_string()), body.into(), None, SMALL_MAX).await.map(drop)
     }
 
     pub async fn get_key(&self, repo: &RepoName, id: KeyId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/keys/{id}"), Bytes::new(), None, SMALL_MAX).await
+        self.on(Action::GetKey, Some(repo), Some(id.to_string()), Bytes::new(), None, SMALL_MAX).await
     }
 
     /// Which of `ids` the repository does not hold yet.
@@ -49,60 +65,53 @@ impl ProxyClient {
         // The answer is a subset of the question (an error answer may be
         // longer than a small question: small answers are always read).
         let missing_max = body.len().max(SMALL_MAX);
-        let path = format!("/v1/repos/{repo}/chunks/missing");
-        let resp = self.call(Method::POST, path, body.into(), None, missing_max).await?;
+        let resp = self.on(Action::Missing, Some(repo), None, body.into(), None, missing_max).await?;
         coffer_proto::snapshot::decode_ids(&resp).map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Uploads an envelope with its transit digest. Idempotent.
     pub async fn put_chunk(&self, repo: &RepoName, id: &ChunkId, envelope: Bytes) -> Result<(), ClientError> {
         let digest = blake3::hash(&envelope).to_hex().to_string();
-        self.call(
-            Method::PUT,
-            format!("/v1/repos/{repo}/chunks/{id}"),
-            envelope,
-            Some((DIGEST_HEADER, digest)),
-            SMALL_MAX,
-        )
-        .await
-        .map(drop)
+        let header = Some((DIGEST_HEADER, digest));
+        self.on(Action::PutChunk, Some(repo), Some(id.to_string()), envelope, header, SMALL_MAX).await.map(drop)
     }
 
     pub async fn get_chunk(&self, repo: &RepoName, id: &ChunkId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/chunks/{id}"), Bytes::new(), None, ENVELOPE_MAX).await
+        self.on(Action::GetChunk, Some(repo), Some(id.to_string()), Bytes::new(), None, ENVELOPE_MAX).await
     }
 
     pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
-        Self::json(&self.call(Method::POST, format!("/v1/repos/{repo}/snapshots"), body.into(), None, SMALL_MAX).await?)
+        Self::json(&self.on(Action::Commit, Some(repo), None, body.into(), None, SMALL_MAX).await?)
     }
 
     pub async fn list_snapshots(&self, repo: &RepoName) -> Result<Vec<SnapshotInfo>, ClientError> {
-        Self::json(
-            &self.call(Method::GET, format!("/v1/repos/{repo}/snapshots"), Bytes::new(), None, LISTING_MAX).await?,
-        )
+        Self::json(&self.on(Action::ListSnapshots, Some(repo), None, Bytes::new(), None, LISTING_MAX).await?)
     }
 
     pub async fn get_snapshot(&self, repo: &RepoName, id: SnapshotId) -> Result<Bytes, ClientError> {
-        self.call(Method::GET, format!("/v1/repos/{repo}/snapshots/{id}"), Bytes::new(), None, ROOT_ENVELOPE_MAX).await
+        self.on(Action::GetSnapshot, Some(repo), Some(id.to_string()), Bytes::new(), None, ROOT_ENVELOPE_MAX).await
     }
 
     pub async fn put_epoch(&self, repo: &RepoName, id: KeyId, body: Vec<u8>) -> Result<(), ClientError> {
-        self.call(Method::PUT, format!("/v1/repos/{repo}/epochs/{id}"), body.into(), None, SMALL_MAX).await.map(drop)
+        self.on(Action::PutEpoch, Some(repo), Some(id.to_string()), body.into(), None, SMALL_MAX).await.map(drop)
     }
 
     /// The repository's chunk-id key epochs, oldest first.
     pub async fn list_epochs(&self, repo: &RepoName) -> Result<Vec<coffer_proto::repo::Epoch>, ClientError> {
-        Self::json(&self.call(Method::GET, format!("/v1/repos/{repo}/epochs"), Bytes::new(), None, LISTING_MAX).await?)
+        Self::json(&self.on(Action::ListEpochs, Some(repo), None, Bytes::new(), None, LISTING_MAX).await?)
     }
 
-    /// An admin call: `POST /v1/admin/{what}` with a JSON body. Holds and
+    /// An admin call (`POST /v1/admin/…`) with a JSON body. Holds and
     /// expiry touch every object of a repository, so an attempt may take up
     /// to `ADMIN_CALL_DEADLINE`; abandoning one half way would leave it half
     /// done, and its retry would resend a spent TOTP code.
-    pub async fn admin(&self, what: &str, body: &impl serde::Serialize) -> Result<Bytes, ClientError> {
+    pub async fn admin(&self, action: Action, body: &impl serde::Serialize) -> Result<Bytes, ClientError> {
+        if !action.admin() {
+            return Err(ClientError::Protocol(format!("{} is not an admin call", action.name())));
+        }
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let deadline = self.shared.attempt.max(ADMIN_CALL_DEADLINE);
-        self.call_within(Method::POST, format!("/v1/admin/{what}"), body.into(), None, LISTING_MAX, deadline).await
+        self.call_within(Method::POST, action.path(None, None), body.into(), None, LISTING_MAX, deadline).await
     }
 
     /// A raw request, for tests that must send what the agent never would.

@@ -206,7 +206,8 @@ impl ProxyClient {
         // binary formats otherwise; a caller's own Content-Type wins.
         let typed = extra.as_ref().is_some_and(|(name, _)| name.eq_ignore_ascii_case("content-type"));
         if method != Method::GET && !typed {
-            let media = if path.starts_with("/v1/admin/") { "application/json" } else { "application/octet-stream" };
+            let route = coffer_proto::endpoint::route(method.as_str(), &path);
+            let media = route.map_or("application/octet-stream", |r| r.action.body_type());
             req = req.header(http::header::CONTENT_TYPE, media);
         }
         if let Some((name, value)) = extra {

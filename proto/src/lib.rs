@@ -14,7 +14,8 @@
 //! - [`chunk`]: the whole per-chunk transform, compress + seal and open + check.
 //! - [`repo`]: the plaintext repository `config` object.
 //! - [`snapshot`]: snapshot roots, manifests, the commit body and index segments.
-//! - [`api`]: JSON bodies of the HTTP API.
+//! - [`api`]: JSON bodies of the HTTP API; [`endpoint`]: its paths, methods
+//!   and limits, and the router; [`layout`]: where objects live in the store.
 //!
 //! ```
 //! use coffer_proto::{chunk, keys::{DataKey, IdKey}, KeyId, RepoName};
@@ -30,17 +31,19 @@
 
 pub mod api;
 pub mod chunk;
+pub mod endpoint;
 pub mod envelope;
 mod error;
 pub mod fuzz;
 mod ids;
 pub mod keys;
+pub mod layout;
 pub mod repo;
 pub mod snapshot;
 mod wire;
 
 pub use error::{FormatError, IntegrityError};
-pub use ids::{ChunkId, KeyId, RepoName, SnapshotId};
+pub use ids::{ChunkId, KeyId, RepoName, SnapshotId, REPO_NAME_MAX, REPO_SEGMENTS_MAX};
 
 /// Smallest chunk the content-defined chunker emits (except a stream's last).
 pub const CHUNK_MIN: u32 = 512 * 1024;

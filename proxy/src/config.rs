@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use coffer_proto::keys::LocalKek;
 use serde::Deserialize;
 
-use crate::policy::{GrantConfig, Policy, RuleConfig};
+use crate::access::policy::{GrantConfig, Policy, RuleConfig};
+pub use crate::access::trust::TrustDomainConfig;
 
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_SLACK_DAYS: u32 = 7;
@@ -42,9 +43,9 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
-    pub alerts: crate::detect::AlertsConfig,
+    pub alerts: crate::monitor::detect::AlertsConfig,
     #[serde(default)]
-    pub scrub: crate::scrub::ScrubConfig,
+    pub scrub: crate::monitor::scrub::ScrubConfig,
     #[serde(default)]
     pub assess: AssessConfig,
     #[serde(default)]
@@ -52,7 +53,7 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub grants: Vec<GrantConfig>,
     #[serde(default)]
-    pub repo_policies: Vec<crate::governance::RepoPolicyConfig>,
+    pub repo_policies: Vec<crate::access::governance::RepoPolicyConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,21 +63,6 @@ pub struct TlsConfig {
     pub cert: PathBuf,
     /// The proxy's private key (PEM).
     pub key: PathBuf,
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct TrustDomainConfig {
-    /// Names the domain in rules, grants and audit events.
-    pub name: String,
-    /// CA certificate(s) its client certificates must chain to (PEM).
-    pub ca: PathBuf,
-    /// Certificate revocation lists (PEM or DER) of that CA.
-    #[serde(default)]
-    pub crls: Vec<PathBuf>,
-    /// The repositories this domain owns: its identities can be given
-    /// rights only inside them (other domains only through a grant).
-    pub repos: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, Clone, Default)]
@@ -381,12 +367,12 @@ impl ProxyConfig {
     }
 
     /// The repository policies, knowing the bucket's region if configured.
-    pub fn repo_policies(&self) -> Result<crate::governance::RepoPolicies, String> {
+    pub fn repo_policies(&self) -> Result<crate::access::governance::RepoPolicies, String> {
         let (region, mode) = match &self.store {
             StoreConfig::S3(s3) => (s3.region.clone(), Some(s3.lock_mode)),
             StoreConfig::Fs { .. } => (None, None),
         };
-        crate::governance::RepoPolicies::new(&self.repo_policies, region, mode)
+        crate::access::governance::RepoPolicies::new(&self.repo_policies, region, mode)
     }
 
     pub fn policy(&self) -> Result<Policy, String> {

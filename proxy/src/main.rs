@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use coffer_proto::RepoName;
+use coffer_proxy::access::identity::Identity;
+use coffer_proxy::access::policy::{AccessRequest, Action};
 use coffer_proxy::config::ProxyConfig;
-use coffer_proxy::identity::Identity;
-use coffer_proxy::policy::{AccessRequest, Action};
 use coffer_proxy::{dev, server};
 
 /// jemalloc in every build, tuned in .cargo/config.toml: musl's allocator
@@ -457,7 +457,7 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return fail(EXIT_USAGE, &e.to_string()),
             };
-            return match coffer_proxy::mfa::enroll(&cfg.admin.totp_file, &trust_domain, &identity) {
+            return match coffer_proxy::access::mfa::enroll(&cfg.admin.totp_file, &trust_domain, &identity) {
                 Ok(uri) => {
                     println!("{}", *uri);
                     eprintln!(
@@ -468,20 +468,22 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
                 Err(e) => fail(EXIT_FAILURE, &e),
             };
         }
-        AdminCmd::Revoke { call, trust_domain, identity, lift } => {
-            (call, "revoke", serde_json::json!({"trust_domain": trust_domain, "identity": identity, "revoked": !lift}))
-        }
-        AdminCmd::Reload { call } => (call, "reload", serde_json::json!({})),
-        AdminCmd::Lockdown { call, lift } => (call, "lockdown", serde_json::json!({ "on": !lift })),
+        AdminCmd::Revoke { call, trust_domain, identity, lift } => (
+            call,
+            Action::AdminRevoke,
+            serde_json::json!({"trust_domain": trust_domain, "identity": identity, "revoked": !lift}),
+        ),
+        AdminCmd::Reload { call } => (call, Action::AdminReload, serde_json::json!({})),
+        AdminCmd::Lockdown { call, lift } => (call, Action::AdminLockdown, serde_json::json!({ "on": !lift })),
         AdminCmd::Expire { call, repo, dry_run } => {
-            (call, "expire", serde_json::json!({ "repo": repo, "dry_run": dry_run }))
+            (call, Action::AdminExpire, serde_json::json!({ "repo": repo, "dry_run": dry_run }))
         }
         AdminCmd::Hold { action } => {
             let (call, repo, snapshot, on) = match action {
                 HoldAction::Set { call, repo, snapshot } => (call, repo, snapshot, true),
                 HoldAction::Clear { call, repo, snapshot } => (call, repo, snapshot, false),
             };
-            (call, "hold", serde_json::json!({ "repo": repo, "snapshot": snapshot, "on": on }))
+            (call, Action::AdminHold, serde_json::json!({ "repo": repo, "snapshot": snapshot, "on": on }))
         }
     };
     let client_config = match coffer_client::ClientConfig::load(&call.client_config) {
@@ -498,6 +500,7 @@ fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitCode {
     });
     match done {
         Ok(answer) => {
+            let what = what.name().trim_start_matches("admin-");
             println!("{what}: ok {}", String::from_utf8_lossy(&answer));
             ExitCode::SUCCESS
         }
@@ -523,7 +526,7 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
                 Err(e) => return fail(EXIT_USAGE, &e),
             };
             let trail = if store {
-                match block_on(server::stored_audit(&cfg)) {
+                match block_on(coffer_proxy::parts::stored_audit(&cfg)) {
                     Ok(segments) => Ok((segments, None)),
                     Err(code) => return code,
                 }
@@ -565,7 +568,7 @@ fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitCode {
                     // lines cut from its end, or the whole spool deleted,
                     // leave a chain that verifies on its own.
                     if !store {
-                        match block_on(server::stored_audit(&cfg)) {
+                        match block_on(coffer_proxy::parts::stored_audit(&cfg)) {
                             Ok(shipped) => match audit::verify(&shipped, None, Some(&key)) {
                                 Ok(s) if s.last_seq > r.last_seq => {
                                     println!(
@@ -625,17 +628,17 @@ fn alerts_test(config: Option<PathBuf>) -> ExitCode {
     let Some(hook) = cfg.alerts.webhook else {
         return fail(EXIT_USAGE, "no alerts.webhook is configured");
     };
-    let alert = coffer_proxy::alerts::Alert {
+    let alert = coffer_proxy::monitor::alerts::Alert {
         id: "test".into(),
         kind: "test".into(),
-        severity: coffer_proxy::alerts::Severity::Info,
+        severity: coffer_proxy::monitor::alerts::Severity::Info,
         time: coffer_proxy::unix_now(),
         proxy: cfg.proxy_id.clone(),
         repo: None,
         subject: None,
         message: "a test alert from coffer-proxy alerts test".into(),
     };
-    let posted = coffer_proxy::alerts::post(&hook, &alert);
+    let posted = coffer_proxy::monitor::alerts::post(&hook, &alert);
     match block_on(async { posted.await.map_err(|e| format!("test alert not delivered to {}: {e}", hook.url)) }) {
         Ok(()) => {
             println!("test alert delivered to {}", hook.url);
@@ -650,7 +653,7 @@ fn keys_report(config: Option<PathBuf>, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let report = match block_on(coffer_proxy::report::keys_report(&cfg)) {
+    let report = match block_on(coffer_proxy::compliance::report::keys_report(&cfg)) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -691,12 +694,12 @@ fn compliance_report(config: Option<PathBuf>, format: &str, output: Option<PathB
         Err(code) => return code,
     };
     let since = since.unwrap_or_else(|| coffer_proxy::unix_now().saturating_sub(30 * 86_400));
-    let report = match block_on(coffer_proxy::report::compliance_report(&cfg, since)) {
+    let report = match block_on(coffer_proxy::compliance::report::compliance_report(&cfg, since)) {
         Ok(r) => r,
         Err(code) => return code,
     };
     let text = match format {
-        "html" => coffer_proxy::report_html::render(&report),
+        "html" => coffer_proxy::compliance::report_html::render(&report),
         _ => serde_json::to_string_pretty(&report).expect("serialises") + "\n",
     };
     match output {
@@ -715,7 +718,7 @@ fn assess(config: Option<PathBuf>, json: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let findings = match block_on(coffer_proxy::assess::assess(&cfg)) {
+    let findings = match block_on(coffer_proxy::compliance::assess::assess(&cfg)) {
         Ok(f) => f,
         Err(code) => return code,
     };
@@ -727,7 +730,7 @@ fn assess(config: Option<PathBuf>, json: bool) -> ExitCode {
         }
         println!("{} findings", findings.len());
     }
-    if findings.iter().any(|f| f.severity == coffer_proxy::assess::Level::High) {
+    if findings.iter().any(|f| f.severity == coffer_proxy::compliance::assess::Level::High) {
         ExitCode::from(EXIT_FAILURE)
     } else {
         ExitCode::SUCCESS

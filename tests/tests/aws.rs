@@ -644,13 +644,14 @@ async fn every_admin_call_works_on_s3_and_survives_a_restart() {
     let mut calls = 0;
     let mut call = |p: &DevProxy, what: &str, body: serde_json::Value| {
         let (who, secret) = (admins[calls / 2], secrets[calls / 2].clone());
-        let code = coffer_proxy::mfa::code_at(&secret, t + 30 * (calls as u64 % 2)).unwrap();
+        let code = coffer_proxy::access::mfa::code_at(&secret, t + 30 * (calls as u64 % 2)).unwrap();
         calls += 1;
         let config = agent_config(p, &aws, who, &kek);
         let what = what.to_string();
         async move {
             let client = coffer_tests::raw_client(&config).await.with_totp(Some(code));
-            client.admin(&what, &body).await.unwrap_or_else(|e| panic!("admin {what} on S3: {e}"))
+            let action = coffer_proto::endpoint::Action::parse(&format!("admin-{what}")).expect("an admin call");
+            client.admin(action, &body).await.unwrap_or_else(|e| panic!("admin {what} on S3: {e}"))
         }
     };
 

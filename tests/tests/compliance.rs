@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use coffer_proxy::mfa::code_at;
+use coffer_proxy::access::mfa::code_at;
 use coffer_tests::{bin, coffer, random_bytes, DevProxy};
 
 use coffer_proxy::unix_now as now;

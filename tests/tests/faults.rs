@@ -565,7 +565,7 @@ async fn one_client_cannot_hold_the_proxys_connections() {
             .filter(|e| e["action"] == "connect" && e["peer"].as_str().unwrap_or("").starts_with("127.0.0.2:"))
             .count()
     };
-    let allowance = coffer_proxy::conns::REFUSALS_AUDITED_PER_MINUTE as usize;
+    let allowance = coffer_proxy::server::conns::REFUSALS_AUDITED_PER_MINUTE as usize;
     // Refusals are written behind the answer: wait for the allowance's worth.
     let deadline = Instant::now() + Duration::from_secs(10);
     while written() < allowance && Instant::now() < deadline {
@@ -583,7 +583,7 @@ async fn one_client_cannot_hold_the_proxys_connections() {
 /// revoke or lock down.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_last_connections_are_kept_for_admins() {
-    use coffer_proxy::conns::ADMIN_RESERVED;
+    use coffer_proxy::server::conns::ADMIN_RESERVED;
     use coffer_proxy::server::MAX_CONNECTIONS;
     let p = DevProxy::start().restarted(|text| format!("{text}\n[limits]\nhandshake_timeout_secs = 60\n"));
     let addr: std::net::SocketAddr = p.addr.parse().unwrap();

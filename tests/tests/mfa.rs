@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use coffer_proxy::mfa::code_at;
+use coffer_proxy::access::mfa::code_at;
 use coffer_tests::{bin, coffer, coffer_with_env, DevProxy};
 
 const ADMIN: &str = "spiffe://coffer.dev/admin";
@@ -73,14 +73,14 @@ fn admin_calls_need_a_fresh_totp_code_each_time() {
 /// restart (they live in the store, shared by every proxy on it).
 #[tokio::test(flavor = "multi_thread")]
 async fn guessing_admin_codes_locks_the_identity_out_and_a_restart_forgets_nothing() {
-    use coffer_proxy::mfa::FREE_FAILURES;
+    use coffer_proxy::access::mfa::FREE_FAILURES;
     let p = DevProxy::start();
     let secret = p.enroll(ADMIN);
     let reload = |code: String| {
         let config = p.config("admin");
         async move {
             let client = coffer_tests::raw_client(&config).await.with_totp(Some(code));
-            client.admin("reload", &serde_json::json!({})).await
+            client.admin(coffer_proto::endpoint::Action::AdminReload, &serde_json::json!({})).await
         }
     };
     let t = now();
@@ -93,7 +93,7 @@ async fn guessing_admin_codes_locks_the_identity_out_and_a_restart_forgets_nothi
         let config = p.config("admin");
         async move {
             let client = coffer_tests::raw_client(&config).await.with_totp(Some(code));
-            client.admin("reload", &serde_json::json!({})).await
+            client.admin(coffer_proto::endpoint::Action::AdminReload, &serde_json::json!({})).await
         }
     };
     let replay = reload(used).await.unwrap_err();
@@ -131,7 +131,7 @@ async fn guessing_admin_codes_locks_the_identity_out_and_a_restart_forgets_nothi
     assert_eq!(refusals(&p, FREE_FAILURES + 2), FREE_FAILURES + 2, "every refusal is audited: {}", p.audit_log());
     let p = p.restarted(|text| text);
     let client = coffer_tests::raw_client(&p.config("admin")).await.with_totp(Some(right));
-    let e = client.admin("reload", &serde_json::json!({})).await.unwrap_err();
+    let e = client.admin(coffer_proto::endpoint::Action::AdminReload, &serde_json::json!({})).await.unwrap_err();
     assert!(e.to_string().contains("mfa-locked"), "locked out after a restart: {e}");
     assert_eq!(refusals(&p, FREE_FAILURES + 3), FREE_FAILURES + 3, "every refusal is audited: {}", p.audit_log());
 }

@@ -10,8 +10,8 @@ use coffer_proto::snapshot::SnapshotStats;
 use coffer_proto::RepoName;
 use serde::Deserialize;
 
-use crate::alerts::{Alerts, Burst, Severity, WebhookConfig};
-use crate::policy::RepoPattern;
+use crate::access::policy::RepoPattern;
+use crate::monitor::alerts::{Alerts, Burst, Severity, WebhookConfig};
 
 /// Snapshots of history needed before a repository has a baseline.
 pub const BASELINE_MIN: usize = 3;

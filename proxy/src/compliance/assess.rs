@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::access::policy::Role;
 use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
-use crate::policy::Role;
 
 /// Certificates expiring within this are a finding.
 pub const CERT_WARNING: Duration = Duration::from_secs(30 * 86_400);
@@ -49,7 +49,7 @@ fn finding(
 /// Certificates in `path` that expire within `CERT_WARNING` of `now`.
 pub fn certificate_findings(what: &str, path: &Path, now: u64) -> Vec<Finding> {
     use x509_parser::prelude::{FromDer as _, X509Certificate};
-    let Ok(certs) = crate::trust::read_certs(path) else {
+    let Ok(certs) = crate::access::trust::read_certs(path) else {
         return vec![finding(
             Level::High,
             "certificates",
@@ -71,7 +71,7 @@ pub fn certificate_findings(what: &str, path: &Path, now: u64) -> Vec<Finding> {
 /// Agents' certificates as seen at handshakes (`clientcerts`) in the last
 /// `CLIENT_SEEN_WINDOW`: one that stopped connecting long ago is gone, not
 /// about to break.
-pub fn client_certificate_findings(seen: &crate::clientcerts::Sightings, now: u64) -> Vec<Finding> {
+pub fn client_certificate_findings(seen: &crate::access::clientcerts::Sightings, now: u64) -> Vec<Finding> {
     seen.iter()
         .filter(|(_, s)| now.saturating_sub(s.last_seen) <= CLIENT_SEEN_WINDOW.as_secs())
         .filter_map(|(who, s)| expiry_finding("client", who.clone(), s.not_after, now, "install it on the host"))
@@ -269,14 +269,14 @@ pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, String> {
     for d in &cfg.trust_domains {
         out.extend(certificate_findings(&format!("trust domain {} CA", d.name), &d.ca, now));
     }
-    match crate::clientcerts::load(&cfg.audit.client_certs()) {
+    match crate::access::clientcerts::load(&cfg.audit.client_certs()) {
         Ok(seen) => out.extend(client_certificate_findings(&seen, now)),
         Err(e) => tracing::warn!("client certificates seen: {e}"),
     }
     out.extend(policy_findings(cfg));
 
     // KEKs in use, and the repositories' policies.
-    let report = crate::report::keys_report(cfg).await?;
+    let report = crate::compliance::report::keys_report(cfg).await?;
     for k in &report.keks {
         match &k.state {
             Some(s) if s.status != "ok" => out.push(finding(
@@ -395,7 +395,7 @@ pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, String> {
 
 /// Runs `assess` every `interval_secs` (the first after one interval) and
 /// raises an alert for each high finding not seen before.
-pub async fn assess_loop(app: std::sync::Arc<crate::api::App>, cfg: std::sync::Arc<ProxyConfig>, interval_secs: u64) {
+pub async fn assess_loop(app: std::sync::Arc<crate::app::App>, cfg: std::sync::Arc<ProxyConfig>, interval_secs: u64) {
     if interval_secs == 0 {
         return;
     }
@@ -411,7 +411,7 @@ pub async fn assess_loop(app: std::sync::Arc<crate::api::App>, cfg: std::sync::A
                         let msg = format!("{}: {} (fix: {})", f.subject, f.problem, f.fix);
                         app.watch
                             .alerts
-                            .raise("assess", crate::alerts::Severity::High, None, Some(f.subject), msg, None)
+                            .raise("assess", crate::monitor::alerts::Severity::High, None, Some(f.subject), msg, None)
                             .await;
                     }
                 }
@@ -480,7 +480,7 @@ mod tests {
 
     #[test]
     fn client_certificates_seen_recently_are_checked() {
-        use crate::clientcerts::{Seen, Sightings};
+        use crate::access::clientcerts::{Seen, Sightings};
         let now = crate::unix_now();
         let day = 86_400;
         let seen = Sightings::from([

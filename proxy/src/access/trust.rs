@@ -4,7 +4,7 @@
 //! identity.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls::client::danger::HandshakeSignatureValid;
@@ -13,8 +13,24 @@ use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use serde::Deserialize;
 
-use crate::config::TrustDomainConfig;
+/// `[[trust_domains]]`: a client CA, and the repositories its identities
+/// may be given rights in.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct TrustDomainConfig {
+    /// Names the domain in rules, grants and audit events.
+    pub name: String,
+    /// CA certificate(s) its client certificates must chain to (PEM).
+    pub ca: PathBuf,
+    /// Certificate revocation lists (PEM or DER) of that CA.
+    #[serde(default)]
+    pub crls: Vec<PathBuf>,
+    /// The repositories this domain owns: its identities can be given
+    /// rights only inside them (other domains only through a grant).
+    pub repos: Vec<String>,
+}
 
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)

@@ -15,8 +15,10 @@ use coffer_proto::RepoName;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrustDomainConfig;
-use crate::identity::Identity;
+pub use coffer_proto::endpoint::Action;
+
+use crate::access::identity::Identity;
+use crate::access::trust::TrustDomainConfig;
 
 /// Roles with fixed verbs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,121 +44,24 @@ impl Role {
             Role::Admin => "admin",
         }
     }
-}
 
-/// Everything the API can be asked to do.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Action {
-    Whoami,
-    PutConfig,
-    GetConfig,
-    PutKey,
-    GetKey,
-    Missing,
-    PutChunk,
-    GetChunk,
-    Commit,
-    ListSnapshots,
-    GetSnapshot,
-    /// Add a chunk-id key epoch (`coffer key rotate`).
-    PutEpoch,
-    /// Read the repository's chunk-id key epochs.
-    ListEpochs,
-    /// Admin: deny an identity from now on.
-    AdminRevoke,
-    /// Admin: reload the configuration file.
-    AdminReload,
-    /// Admin: put or lift legal holds on snapshots.
-    AdminHold,
-    /// Admin: enter or leave lockdown.
-    AdminLockdown,
-    /// Admin: delete what retention no longer protects.
-    AdminExpire,
-}
-
-impl Action {
-    pub const ALL: [Action; 18] = [
-        Action::Whoami,
-        Action::PutConfig,
-        Action::GetConfig,
-        Action::PutKey,
-        Action::GetKey,
-        Action::Missing,
-        Action::PutChunk,
-        Action::GetChunk,
-        Action::Commit,
-        Action::ListSnapshots,
-        Action::GetSnapshot,
-        Action::PutEpoch,
-        Action::ListEpochs,
-        Action::AdminRevoke,
-        Action::AdminReload,
-        Action::AdminHold,
-        Action::AdminLockdown,
-        Action::AdminExpire,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Whoami => "whoami",
-            Action::PutConfig => "put-config",
-            Action::GetConfig => "get-config",
-            Action::PutKey => "put-key",
-            Action::GetKey => "get-key",
-            Action::Missing => "missing",
-            Action::PutChunk => "put-chunk",
-            Action::GetChunk => "get-chunk",
-            Action::Commit => "commit",
-            Action::ListSnapshots => "list-snapshots",
-            Action::GetSnapshot => "get-snapshot",
-            Action::PutEpoch => "put-epoch",
-            Action::ListEpochs => "list-epochs",
-            Action::AdminRevoke => "admin-revoke",
-            Action::AdminReload => "admin-reload",
-            Action::AdminHold => "admin-hold",
-            Action::AdminLockdown => "admin-lockdown",
-            Action::AdminExpire => "admin-expire",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|a| a.name() == s)
-    }
-
-    /// Whether it changes state: its audit event must be durable before
-    /// the response.
-    pub fn mutating(self) -> bool {
-        matches!(self, Action::PutConfig | Action::PutKey | Action::PutChunk | Action::Commit | Action::PutEpoch)
-            || self.admin()
-    }
-
-    /// Whether it needs a repository.
-    pub fn on_repo(self) -> bool {
-        !matches!(self, Action::Whoami) && !self.admin()
-    }
-
-    /// Admin calls need a fresh TOTP code every time.
-    pub fn admin(self) -> bool {
-        matches!(
-            self,
-            Action::AdminRevoke | Action::AdminReload | Action::AdminHold | Action::AdminLockdown | Action::AdminExpire
-        )
-    }
-
-    pub fn allowed_for(self, role: Role) -> bool {
+    /// Whether the role may do `action`.
+    pub fn allows(self, action: Action) -> bool {
         use Action::*;
-        match role {
+        match self {
             Role::Writer => {
                 matches!(
-                    self,
+                    action,
                     Whoami | PutConfig | GetConfig | PutKey | Missing | PutChunk | Commit | PutEpoch | ListEpochs
                 )
             }
             Role::Reader => {
-                matches!(self, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | ListEpochs)
+                matches!(action, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | ListEpochs)
             }
-            Role::Auditor => matches!(self, Whoami | ListSnapshots),
-            Role::Admin => matches!(self, Whoami | AdminRevoke | AdminReload | AdminHold | AdminLockdown | AdminExpire),
+            Role::Auditor => matches!(action, Whoami | ListSnapshots),
+            Role::Admin => {
+                matches!(action, Whoami | AdminRevoke | AdminReload | AdminHold | AdminLockdown | AdminExpire)
+            }
         }
     }
 }
@@ -391,7 +296,7 @@ impl Policy {
         }
         let mut miss = format!("{id} has no role that allows {}", req.action.name());
         for rule in mine {
-            if !rule.roles.iter().any(|&role| req.action.allowed_for(role)) {
+            if !rule.roles.iter().any(|&role| role.allows(req.action)) {
                 continue;
             }
             if let Some(repo) = req.repo {
@@ -433,7 +338,7 @@ impl Policy {
                 let roles: Vec<&str> = r.roles.iter().map(|r| r.name()).collect();
                 let actions: Vec<&str> = Action::ALL
                     .into_iter()
-                    .filter(|a| r.roles.iter().any(|&role| a.allowed_for(role)))
+                    .filter(|a| r.roles.iter().any(|&role| role.allows(*a)))
                     .map(Action::name)
                     .collect();
                 let list = |v: Vec<String>| if v.is_empty() { "any".to_string() } else { v.join(", ") };

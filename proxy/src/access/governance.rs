@@ -8,8 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use coffer_proto::RepoName;
 
+use crate::access::policy::RepoPattern;
 use crate::keycheck::arn_region;
-use crate::policy::RepoPattern;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

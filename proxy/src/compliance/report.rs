@@ -37,8 +37,8 @@ pub struct KeyEntry {
 
 /// Builds the report from the store, the local audit trail and the key service.
 pub async fn keys_report(cfg: &ProxyConfig) -> Result<KeysReport, String> {
-    let store = crate::server::open_store_to_read(cfg).await?;
-    let checker = crate::server::key_checker(cfg).await?;
+    let store = crate::parts::open_store_to_read(cfg).await?;
+    let checker = crate::parts::key_checker(cfg).await?;
 
     // Who uploaded what, from the audit trail: (repo, key id or "config").
     let mut uploads: HashMap<(String, String), (String, u64)> = HashMap::new();
@@ -118,7 +118,7 @@ pub struct StoreFacts {
 #[derive(Debug, Serialize)]
 pub struct RepoReport {
     pub repo: String,
-    pub classification: Option<crate::governance::Classification>,
+    pub classification: Option<crate::access::governance::Classification>,
     pub retention_days: u64,
     pub rpo_secs: Option<u64>,
     /// Unix seconds of the newest snapshot.
@@ -166,8 +166,8 @@ pub struct AlertLine {
 /// service and the local audit trail.
 pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<ComplianceReport, String> {
     use crate::config::StoreConfig;
-    let store = crate::server::open_store_to_read(cfg).await?;
-    let checker = crate::server::key_checker(cfg).await?;
+    let store = crate::parts::open_store_to_read(cfg).await?;
+    let checker = crate::parts::key_checker(cfg).await?;
     let policies = cfg.repo_policies()?;
     let now = crate::unix_now();
     let store_facts = match &cfg.store {
@@ -204,13 +204,13 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             alerts.entry(e.repo.unwrap_or_default()).or_default().push(line);
         }
     }
-    let rpo_rules: Vec<(crate::policy::RepoPattern, u64)> = cfg
+    let rpo_rules: Vec<(crate::access::policy::RepoPattern, u64)> = cfg
         .alerts
         .rpo
         .iter()
         .map(|r| (r.repos.clone(), r.secs))
         .chain(cfg.repo_policies.iter().filter_map(|p| p.rpo_secs.map(|s| (p.repos.clone(), s))))
-        .filter_map(|(p, s)| crate::policy::RepoPattern::parse(&p).ok().map(|p| (p, s)))
+        .filter_map(|(p, s)| crate::access::policy::RepoPattern::parse(&p).ok().map(|p| (p, s)))
         .collect();
 
     let mut repos = Vec::new();
@@ -228,7 +228,7 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             let Ok(index) = coffer_proto::snapshot::IndexSegment::decode(&bytes) else { continue };
             // Only committed snapshots (with a root) count.
             if store
-                .head(&crate::api::keys::snapshot(&repo, &index.snapshot))
+                .head(&coffer_proto::layout::snapshot(&repo, &index.snapshot))
                 .await
                 .map_err(|e| e.to_string())?
                 .is_none()
@@ -248,9 +248,12 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
                 bytes_in: index.stats.bytes_in,
                 bytes_new: index.stats.bytes_new,
             });
-            let held = crate::admin::read_switch(&*store, &crate::admin::hold_prefix(&repo, &index.snapshot))
-                .await
-                .map_err(|e| e.to_string())?;
+            let held = crate::access::switches::read_switch(
+                &*store,
+                &crate::access::switches::hold_prefix(&repo, &index.snapshot),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
             if held == Some(true) {
                 holds.push(index.snapshot.to_string());
             }

@@ -11,10 +11,11 @@ use coffer_proto::snapshot::IndexSegment;
 use coffer_proto::{ChunkId, RepoName, SnapshotId};
 use serde::Deserialize;
 
-use crate::alerts::Severity;
-use crate::api::{keys, App};
+use crate::app::App;
 use crate::audit::{Draft, Outcome};
+use crate::monitor::alerts::Severity;
 use crate::store::{ObjectStore, StoreError};
+use coffer_proto::layout as keys;
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -141,7 +142,7 @@ pub async fn scrub_loop(app: Arc<App>, cfg: ScrubConfig) {
                 for f in &findings {
                     let snaps: Vec<String> = f.snapshots.iter().map(ToString::to_string).collect();
                     let msg = format!("scrub: {} {}; referenced by snapshots [{}]", f.key, f.problem, snaps.join(", "));
-                    let dedup = Some((format!("scrub:{}", f.key), crate::detect::QUIET_SECS * 6));
+                    let dedup = Some((format!("scrub:{}", f.key), crate::monitor::detect::QUIET_SECS * 6));
                     app.watch
                         .alerts
                         .raise("scrub", Severity::Critical, Some(f.repo.to_string()), Some(f.key.clone()), msg, dedup)

@@ -218,7 +218,7 @@ pub struct LimitLayer {
     limiter: Arc<Limiter>,
     caller: Arc<Caller>,
     audit: AuditLog,
-    metrics: Arc<crate::metrics::Metrics>,
+    metrics: Arc<crate::monitor::metrics::Metrics>,
     activity: Arc<Activity>,
 }
 
@@ -227,7 +227,7 @@ impl LimitLayer {
         limiter: Arc<Limiter>,
         caller: Arc<Caller>,
         audit: AuditLog,
-        metrics: Arc<crate::metrics::Metrics>,
+        metrics: Arc<crate::monitor::metrics::Metrics>,
         activity: Arc<Activity>,
     ) -> Self {
         activity.now_ms();

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::PrivateKeyDer;
 
+use crate::access::trust::{read_certs, TrustDomains};
 use crate::config::TlsConfig;
-use crate::trust::{read_certs, TrustDomains};
 
 pub fn server_config(cfg: &TlsConfig, domains: Arc<TrustDomains>) -> Result<Arc<rustls::ServerConfig>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::identity::Identity;
+use crate::access::identity::Identity;
 
 const DAY: u64 = 86_400;
 

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 
-use crate::identity::Identity;
+use crate::access::identity::Identity;
 use crate::store::{ObjectStore, PutOutcome};
 
 pub use coffer_proto::api::TOTP_HEADER;

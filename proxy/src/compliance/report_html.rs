@@ -5,7 +5,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::{ComplianceReport, RepoReport};
+use crate::compliance::report::{ComplianceReport, RepoReport};
 
 fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")

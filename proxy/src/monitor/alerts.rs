@@ -13,7 +13,7 @@ use http_body_util::{BodyExt as _, Full};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{AuditLog, Draft, Outcome};
-use crate::metrics::{KindLabel, Metrics};
+use crate::monitor::metrics::{KindLabel, Metrics};
 
 /// The first retry waits this long; each failure doubles it up to `RETRY_MAX`.
 pub const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -190,7 +190,7 @@ pub async fn post(hook: &WebhookConfig, alert: &Alert) -> Result<(), String> {
             let mut roots = rustls::RootCertStore::empty();
             match &hook.ca {
                 Some(ca) => {
-                    for c in crate::trust::read_certs(ca)? {
+                    for c in crate::access::trust::read_certs(ca)? {
                         roots.add(c).map_err(|e| e.to_string())?;
                     }
                 }

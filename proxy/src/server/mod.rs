@@ -1,6 +1,10 @@
 //! The accept loop: source check, TLS handshakes, HTTP/2 connections,
 //! reload on SIGHUP, graceful shutdown.
 
+pub mod conns;
+pub mod limit;
+mod tls;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,16 +20,16 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tower::ServiceBuilder;
 
-use crate::alerts::Severity;
-use crate::api::{self, App, Caller};
+use crate::access::identity::Identity;
+use crate::access::trust::TrustDomains;
+use crate::api::{self, Caller};
+use crate::app::{App, AppParts};
 use crate::audit::{AuditLog, AuditWriter, Draft, Outcome};
-use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
-use crate::identity::Identity;
-use crate::keycheck::{KeyChecker, KmsKeyChecker, LocalKeyChecker};
-use crate::limit::{timeout_to_response, Activity, LimitLayer, Limiter};
-use crate::metrics::{TimedChecker, TimedStore};
-use crate::store::{FsStore, ObjectStore, S3Store};
-use crate::trust::TrustDomains;
+use crate::config::{ProxyConfig, StoreConfig};
+use crate::monitor::alerts::Severity;
+use crate::monitor::metrics::{TimedChecker, TimedStore};
+use crate::server::limit::{timeout_to_response, Activity, LimitLayer, Limiter};
+use crate::store::S3Store;
 
 /// Connections served at once; the permit is taken before `accept`.
 pub const MAX_CONNECTIONS: usize = 1024;
@@ -52,7 +56,7 @@ struct Live {
 impl Live {
     fn load(cfg: &ProxyConfig) -> Result<Self, String> {
         let domains = Arc::new(TrustDomains::load(&cfg.trust_domains)?);
-        let tls = crate::tls::server_config(&cfg.tls, domains.clone())?;
+        let tls = crate::server::tls::server_config(&cfg.tls, domains.clone())?;
         Ok(Self { acceptor: tls.into(), domains, allow: cfg.network.allow_cidrs.clone() })
     }
 
@@ -65,8 +69,8 @@ impl Live {
 #[derive(Clone)]
 struct ConnLimits {
     limiter: Arc<Limiter>,
-    slots: Arc<crate::conns::Slots>,
-    refusals: Arc<crate::conns::RefusalThrottle>,
+    slots: Arc<crate::server::conns::Slots>,
+    refusals: Arc<crate::server::conns::RefusalThrottle>,
     request_timeout: Duration,
     idle_timeout: Duration,
     handshake_timeout: Duration,
@@ -93,80 +97,12 @@ pub struct Proxy {
     config_path: PathBuf,
     spool: crate::audit::SpoolConfig,
     proxy_id: String,
-    webhook: Option<crate::alerts::WebhookConfig>,
-    scrub: crate::scrub::ScrubConfig,
+    webhook: Option<crate::monitor::alerts::WebhookConfig>,
+    scrub: crate::monitor::scrub::ScrubConfig,
     /// The configuration as loaded, for the background assessment.
     config: Arc<ProxyConfig>,
     ship_every: Duration,
     metrics_listen: Option<SocketAddr>,
-}
-
-fn writable(what: &str, p: &Path) -> Result<(), String> {
-    let existing = p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
-    if std::fs::metadata(existing).map(|m| m.permissions().readonly()).unwrap_or(true) {
-        return Err(format!("{what} {}: {} is not writable", p.display(), existing.display()));
-    }
-    Ok(())
-}
-
-async fn aws_sdk_config() -> aws_config::SdkConfig {
-    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
-}
-
-/// Opens the configured store; an S3 bucket is checked (Object Lock, and
-/// a probe write for versioning) on the way.
-async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
-    Ok(match &cfg.store {
-        StoreConfig::Fs { path } => {
-            Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
-        }
-        StoreConfig::S3(s3) => Arc::new(S3Store::connect(s3, &aws_sdk_config().await).await?),
-    })
-}
-
-/// Opens the configured store to read it (reports, audit verification):
-/// nothing is written, and no folder is created.
-pub async fn open_store_to_read(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
-    Ok(match &cfg.store {
-        StoreConfig::Fs { path } => {
-            if !path.exists() {
-                return Err(format!("store {} does not exist", path.display()));
-            }
-            Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
-        }
-        StoreConfig::S3(s3) => Arc::new(S3Store::open(s3, &aws_sdk_config().await).await?),
-    })
-}
-
-pub async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, String> {
-    Ok(match &cfg.keys {
-        KeysConfig::Local { master_key } => Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?)),
-        KeysConfig::Kms(kms) => Arc::new(KmsKeyChecker::new(kms.clone(), &aws_sdk_config().await)),
-    })
-}
-
-/// The audit segments this proxy shipped to its store, in order.
-pub async fn stored_audit(cfg: &ProxyConfig) -> Result<Vec<(String, String)>, String> {
-    let store = open_store_to_read(cfg).await?;
-    let prefix = crate::audit::ship::store_prefix(&cfg.proxy_id);
-    // A shipped segment is written once. A second version (someone with the
-    // proxy's write access put over the locked one, perhaps re-chained and
-    // re-signed with the proxy's own key) or a delete marker is tampering,
-    // however well the latest version verifies.
-    let rewritten = store.rewritten(&prefix).await.map_err(|e| e.to_string())?;
-    if !rewritten.is_empty() {
-        return Err(format!(
-            "audit segments were written again or deleted after they were shipped (the locked originals stay \
-             in the bucket's version history; compare them): {}",
-            rewritten.join(", ")
-        ));
-    }
-    let mut out = Vec::new();
-    for key in store.list(&prefix).await.map_err(|e| e.to_string())? {
-        let body = store.get(&key).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{key} vanished"))?;
-        out.push((key, String::from_utf8_lossy(&body).into_owned()));
-    }
-    Ok(out)
 }
 
 /// Checks what `build` would open, without creating or starting anything
@@ -174,12 +110,12 @@ pub async fn stored_audit(cfg: &ProxyConfig) -> Result<Vec<(String, String)>, St
 /// `--check-config`.
 pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
     Live::load(cfg)?;
-    key_checker(cfg).await?;
+    crate::parts::key_checker(cfg).await?;
     match &cfg.store {
-        StoreConfig::Fs { path } => writable("store", path)?,
-        StoreConfig::S3(s3) => drop(S3Store::connect(s3, &aws_sdk_config().await).await?),
+        StoreConfig::Fs { path } => crate::parts::writable("store", path)?,
+        StoreConfig::S3(s3) => drop(S3Store::connect(s3, &crate::parts::aws_sdk_config().await).await?),
     }
-    writable("audit log", &cfg.audit.path)?;
+    crate::parts::writable("audit log", &cfg.audit.path)?;
     cfg.policy()?;
     Ok(())
 }
@@ -190,42 +126,42 @@ pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
 /// read again on reload.
 pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
     let live = Live::load(cfg)?;
-    let metrics = Arc::new(crate::metrics::Metrics::default());
-    let store = Arc::new(TimedStore { inner: open_store(cfg).await?, metrics: metrics.clone() });
-    let checker = Arc::new(TimedChecker { inner: key_checker(cfg).await?, metrics: metrics.clone() });
+    let metrics = Arc::new(crate::monitor::metrics::Metrics::default());
+    let store = Arc::new(TimedStore { inner: crate::parts::open_store(cfg).await?, metrics: metrics.clone() });
+    let checker = Arc::new(TimedChecker { inner: crate::parts::key_checker(cfg).await?, metrics: metrics.clone() });
     let (audit, writer) = AuditLog::open(&cfg.audit.spool(), &cfg.proxy_id)
         .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let alerts = Arc::new(
-        crate::alerts::Alerts::new(cfg.audit.alert_spool(), &cfg.proxy_id, audit.clone(), metrics.clone())
+        crate::monitor::alerts::Alerts::new(cfg.audit.alert_spool(), &cfg.proxy_id, audit.clone(), metrics.clone())
             .map_err(|e| format!("alert spool {}: {e}", cfg.audit.alert_spool().display()))?,
     );
     // Repository policies' RPOs join the alert rules (they take effect on restart).
     let mut alerts_cfg = cfg.alerts.clone();
     for p in &cfg.repo_policies {
         if let Some(secs) = p.rpo_secs {
-            alerts_cfg.rpo.push(crate::detect::RpoRule { repos: p.repos.clone(), secs });
+            alerts_cfg.rpo.push(crate::monitor::detect::RpoRule { repos: p.repos.clone(), secs });
         }
     }
-    let watch = Arc::new(crate::detect::Watch::new(alerts, &alerts_cfg)?);
-    let mfa = crate::mfa::MfaVerifier::new(cfg.admin.totp_file.clone(), store.clone());
-    let app = App::new(
-        cfg.policy()?,
+    let watch = Arc::new(crate::monitor::detect::Watch::new(alerts, &alerts_cfg)?);
+    let mfa = crate::access::mfa::MfaVerifier::new(cfg.admin.totp_file.clone(), store.clone());
+    let app = App::new(AppParts {
+        policy: cfg.policy()?,
         store,
         audit,
         checker,
-        cfg.retention_secs(),
-        cfg.limits.commit_max_bytes,
+        retention: cfg.retention_secs(),
+        commit_max_bytes: cfg.limits.commit_max_bytes,
         mfa,
-        reload_tx,
-        metrics.clone(),
+        reload: reload_tx,
+        metrics: metrics.clone(),
         watch,
-        crate::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
-    );
+        client_certs: crate::access::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
+    });
     app.set_repo_policies(cfg.repo_policies()?);
     let limits = ConnLimits {
         limiter: Arc::new(Limiter::new(cfg.limits)),
-        slots: crate::conns::Slots::new(cfg.limits.connections_per_source, cfg.limits.connections_per_identity),
+        slots: crate::server::conns::Slots::new(cfg.limits.connections_per_source, cfg.limits.connections_per_identity),
         refusals: Arc::default(),
         request_timeout: Duration::from_secs(cfg.limits.request_timeout_secs),
         idle_timeout: Duration::from_secs(cfg.limits.idle_timeout_secs),
@@ -261,30 +197,30 @@ impl Proxy {
         if revoked > 0 {
             tracing::info!("{revoked} identities are revoked");
         }
-        if crate::admin::load_lockdown(&self.app).await.map_err(|e| std::io::Error::other(e.to_string()))? {
+        if self.app.load_lockdown().await.map_err(|e| std::io::Error::other(e.to_string()))? {
             tracing::warn!("the proxy is in lockdown: only reads are served");
         }
         let listener = TcpListener::bind(self.listen).await?;
         let mut hangup = signal(SignalKind::hangup())?;
         let metrics_task = match self.metrics_listen {
             Some(addr) => {
-                let listener = crate::metrics::bind(addr).await?;
+                let listener = crate::monitor::metrics::bind(addr).await?;
                 tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
                 let (app, sealed) = (self.app.clone(), self.spool.sealed_dir());
                 let refresh = Arc::new(move || {
                     app.metrics.audit_backlog.set(app.audit.backlog() as i64);
                     app.metrics.audit_unshipped.set(crate::audit::ship::unshipped(&sealed) as i64);
                 });
-                Some(tokio::spawn(crate::metrics::serve(listener, self.app.metrics.clone(), refresh)))
+                Some(tokio::spawn(crate::monitor::metrics::serve(listener, self.app.metrics.clone(), refresh)))
             }
             None => None,
         };
         let watchers = [
-            tokio::spawn(crate::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
+            tokio::spawn(crate::monitor::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
             tokio::spawn(watch_overdue(self.app.clone())),
             tokio::spawn(watch_admin_state(self.app.clone(), Duration::from_secs(self.config.admin.poll_secs.max(1)))),
-            tokio::spawn(crate::scrub::scrub_loop(self.app.clone(), self.scrub)),
-            tokio::spawn(crate::assess::assess_loop(
+            tokio::spawn(crate::monitor::scrub::scrub_loop(self.app.clone(), self.scrub)),
+            tokio::spawn(crate::compliance::assess::assess_loop(
                 self.app.clone(),
                 self.config.clone(),
                 self.config.assess.interval_secs,
@@ -297,8 +233,8 @@ impl Proxy {
         let (stop_tx, stop_rx) = watch::channel(false);
         // The last ADMIN_RESERVED connections are taken only when the rest
         // are, and kept only by admins.
-        let general = Arc::new(Semaphore::new(MAX_CONNECTIONS - crate::conns::ADMIN_RESERVED));
-        let reserve = Arc::new(Semaphore::new(crate::conns::ADMIN_RESERVED));
+        let general = Arc::new(Semaphore::new(MAX_CONNECTIONS - crate::server::conns::ADMIN_RESERVED));
+        let reserve = Arc::new(Semaphore::new(crate::server::conns::ADMIN_RESERVED));
         let mut conns = JoinSet::new();
         let flusher = tokio::spawn(flush_refusals(self.app.clone(), self.limits.refusals.clone()));
         tokio::pin!(shutdown);
@@ -371,7 +307,7 @@ impl Proxy {
     async fn reload(&self, by: Reloader) -> Result<(), String> {
         let old = self.app.repo_policies().configs();
         let loaded = ProxyConfig::load(&self.config_path).map_err(|e| e.to_string()).and_then(|cfg| {
-            let looser = crate::governance::loosening(&old, &cfg.repo_policies);
+            let looser = crate::access::governance::loosening(&old, &cfg.repo_policies);
             if let (Some(why), Reloader::Signal) = (&looser, by) {
                 return Err(format!(
                     "{why}: loosening a repository policy needs `coffer-proxy admin reload` (admin + TOTP)"
@@ -456,7 +392,7 @@ async fn watch_admin_state(app: Arc<App>, every: Duration) {
             tracing::warn!("reading revocations from the store failed (will retry): {e}");
         }
         let before = app.lockdown.load(std::sync::atomic::Ordering::Acquire);
-        match crate::admin::load_lockdown(&app).await {
+        match app.load_lockdown().await {
             Ok(on) if on != before => {
                 tracing::warn!(
                     "lockdown {} by an administrator (through another proxy)",
@@ -494,14 +430,14 @@ async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Dur
 
 /// Writes, once a minute has ended, how many refused connections of each
 /// source were counted but not written one by one (aborted at shutdown).
-async fn flush_refusals(app: Arc<App>, throttle: Arc<crate::conns::RefusalThrottle>) {
+async fn flush_refusals(app: Arc<App>, throttle: Arc<crate::server::conns::RefusalThrottle>) {
     let mut tick = tokio::time::interval(Duration::from_secs(10));
     loop {
         tick.tick().await;
         for (ip, n) in throttle.take_ended(crate::unix_now()) {
             let reason = format!(
                 "{n} more connections from {ip} were refused in that minute (beyond {} a minute, counted, not written one by one)",
-                crate::conns::REFUSALS_AUDITED_PER_MINUTE
+                crate::server::conns::REFUSALS_AUDITED_PER_MINUTE
             );
             let draft = Draft {
                 peer: ip.to_string(),
@@ -591,7 +527,8 @@ async fn serve_connection(
         },
         None => None,
     };
-    let admin = identity.as_ref().is_some_and(|id| app.policy().grants(id).0.contains(&crate::policy::Role::Admin));
+    let admin =
+        identity.as_ref().is_some_and(|id| app.policy().grants(id).0.contains(&crate::access::policy::Role::Admin));
     if reserved && !admin {
         let reason = "every connection is in use; the last ones are kept for admins".to_string();
         return refuse(&app, &limits, peer, "connection", reason).await;

@@ -1,0 +1,86 @@
+//! Where a repository's objects live in the store (SPEC "Object layout").
+//! Every key is `<repo>/<kind>/…`; a repository name never ends in a kind's
+//! name (those segments are reserved), so one repository's objects never
+//! fall under another's prefix.
+
+use crate::{ChunkId, KeyId, RepoName, SnapshotId};
+
+/// The kinds of object a repository holds, each under `<repo>/<kind>/`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Keys,
+    Chunks,
+    Snapshots,
+    Index,
+    Epochs,
+}
+
+impl Kind {
+    fn segment(self) -> &'static str {
+        match self {
+            Kind::Keys => "keys",
+            Kind::Chunks => "chunks",
+            Kind::Snapshots => "snapshots",
+            Kind::Index => "index",
+            Kind::Epochs => "epochs",
+        }
+    }
+}
+
+/// `<repo>/<kind>/`: what to list for every object of one kind.
+pub fn prefix(repo: &RepoName, kind: Kind) -> String {
+    format!("{repo}/{}/", kind.segment())
+}
+
+pub fn config(repo: &RepoName) -> String {
+    format!("{repo}/config")
+}
+
+pub fn key(repo: &RepoName, id: &KeyId) -> String {
+    format!("{repo}/keys/{id}")
+}
+
+/// Chunks fan out over 256 folders by their id's first byte.
+pub fn chunk(repo: &RepoName, id: &ChunkId) -> String {
+    let hex = id.to_hex();
+    format!("{repo}/chunks/{}/{hex}", &hex[..2])
+}
+
+pub fn snapshot(repo: &RepoName, id: &SnapshotId) -> String {
+    format!("{repo}/snapshots/{id}")
+}
+
+pub fn index(repo: &RepoName, id: &SnapshotId) -> String {
+    format!("{repo}/index/{id}")
+}
+
+pub fn epoch(repo: &RepoName, id: &KeyId) -> String {
+    format!("{repo}/epochs/{id}")
+}
+
+/// The id at the end of a key listed under `prefix(repo, kind)`, if the
+/// key is one of that kind's objects.
+pub fn id_of<T: std::str::FromStr>(key: &str) -> Option<T> {
+    key.rsplit('/').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_is_under_its_kinds_prefix_and_gives_its_id_back() {
+        let repo: RepoName = "prod/db".parse().unwrap();
+        let (c, k, s) = (ChunkId::from_bytes([0xab; 32]), KeyId::from_bytes([1; 16]), SnapshotId::from_bytes([2; 16]));
+        assert!(chunk(&repo, &c).starts_with(&prefix(&repo, Kind::Chunks)));
+        assert_eq!(chunk(&repo, &c), format!("prod/db/chunks/ab/{}", c.to_hex()));
+        assert_eq!(id_of::<ChunkId>(&chunk(&repo, &c)), Some(c));
+        assert!(key(&repo, &k).starts_with(&prefix(&repo, Kind::Keys)));
+        assert_eq!(id_of::<KeyId>(&key(&repo, &k)), Some(k));
+        assert!(epoch(&repo, &k).starts_with(&prefix(&repo, Kind::Epochs)));
+        assert!(snapshot(&repo, &s).starts_with(&prefix(&repo, Kind::Snapshots)));
+        assert!(index(&repo, &s).starts_with(&prefix(&repo, Kind::Index)));
+        assert_eq!(id_of::<SnapshotId>(&index(&repo, &s)), Some(s));
+        assert_eq!(id_of::<SnapshotId>("prod/db/index/not-an-id"), None);
+    }
+}

@@ -1,0 +1,262 @@
+//! The admin calls: every one needs the admin role and a fresh TOTP code
+//! (checked by [`super::gate`]), and writes a durable audit event before it
+//! acts. Revoke an identity, reload the configuration, put or lift legal
+//! holds, enter or leave lockdown, expire what retention no longer
+//! protects. Their state is the switches of [`crate::access::switches`].
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use coffer_proto::layout;
+use coffer_proto::snapshot::IndexSegment;
+use coffer_proto::{KeyId, RepoName, SnapshotId};
+use http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::reply::{invalid, ApiError, Reply};
+use crate::access::identity::Identity;
+use crate::access::policy::Action;
+use crate::access::switches::{self, hold_prefix, read_switch, write_switch, Revocation, LOCKDOWN};
+use crate::app::App;
+use crate::audit::{Draft, Outcome};
+use crate::lifecycle::{expiry_plan, Doomed};
+
+/// Refuses an admin call on `repo` that the admin's own rules do not
+/// reach: an admin's rights stop at its trust domain's namespace and its
+/// rule's repository patterns, as every role's do.
+fn scope(app: &App, admin: &Identity, action: Action, repo: &RepoName, source: IpAddr) -> Result<(), ApiError> {
+    let request = crate::access::policy::AccessRequest { identity: admin, action, repo: Some(repo), source };
+    app.policy().decide(&request)?;
+    Ok(())
+}
+
+fn by(admin: &Identity) -> String {
+    format!("{} ({})", admin.name(), admin.domain())
+}
+
+/// The audit event an admin call writes, durably, before it acts.
+async fn audit_intent(app: &App, draft: &Draft, what: String) -> Result<(), ApiError> {
+    let intent =
+        Draft { outcome: Some(Outcome::Ok), reason: Some(format!("authorized with TOTP; {what}")), ..draft.clone() };
+    app.audit.record(intent, true).await.map_err(|_| ApiError::Audit)
+}
+
+/// Revokes an identity of the admin's own trust domain, or (`revoked:
+/// false`) reinstates it; reinstating loosens, so lockdown refuses it.
+pub async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let mut r: Revocation = serde_json::from_slice(body).map_err(invalid)?;
+    if r.trust_domain.is_empty() || r.identity.is_empty() {
+        return Err(invalid("trust_domain and identity are required"));
+    }
+    if r.trust_domain != admin.domain() {
+        return Err(ApiError::Denied(crate::access::policy::Denied(format!(
+            "{admin} may revoke identities of its own trust domain {} only, not of {}",
+            admin.domain(),
+            r.trust_domain
+        ))));
+    }
+    if !r.revoked {
+        refuse_loosening_in_lockdown(app, admin, Action::AdminRevoke, "reinstating an identity", "revoking one")
+            .await?;
+    }
+    let verb = if r.revoked { "revoking" } else { "reinstating" };
+    audit_intent(app, draft, format!("{verb} {} in trust domain {}", r.identity, r.trust_domain)).await?;
+    r.by = Some(by(admin));
+    r.time = Some(crate::unix_now());
+    let body = serde_json::to_vec(&r).expect("serialises");
+    let until = crate::unix_now() + crate::store::LONGEST_LOCK_SECS;
+    let folder = switches::revocation_folder(&r.trust_domain, &r.identity);
+    app.store.put_new(&switches::switch_name(&format!("{folder}/")), body.into(), until).await?;
+    app.load_revocations().await?;
+    Ok(Reply::json(StatusCode::CREATED, &r))
+}
+
+pub async fn reload(app: &App, draft: &Draft) -> Result<Reply, ApiError> {
+    audit_intent(app, draft, "reloading the configuration".into()).await?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    app.reload.send(tx).await.map_err(|_| ApiError::Conflict("the proxy is shutting down".into()))?;
+    match rx.await {
+        Ok(Ok(())) => Ok(Reply::empty(StatusCode::OK)),
+        Ok(Err(e)) => Err(invalid(e)),
+        Err(_) => Err(ApiError::Conflict("the proxy is shutting down".into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockdownRequest {
+    on: bool,
+}
+
+/// Lockdown serves the admin calls that only tighten; the loosening form of
+/// one (`what`; `instead` is the tightening form) is refused and alerted.
+async fn refuse_loosening_in_lockdown(
+    app: &App,
+    admin: &Identity,
+    action: Action,
+    what: &str,
+    instead: &str,
+) -> Result<(), ApiError> {
+    if !app.lockdown.load(std::sync::atomic::Ordering::Acquire) {
+        return Ok(());
+    }
+    app.lockdown_refused(admin, action).await;
+    Err(ApiError::Denied(crate::access::policy::Denied(format!(
+        "the proxy is in lockdown: {what} is refused ({instead} is allowed)"
+    ))))
+}
+
+pub async fn lockdown(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let req: LockdownRequest = serde_json::from_slice(body).map_err(invalid)?;
+    let what = if req.on { "entering lockdown" } else { "lifting lockdown" };
+    audit_intent(app, draft, what.into()).await?;
+    write_switch(&*app.store, LOCKDOWN, req.on, by(admin)).await?;
+    app.lockdown.store(req.on, std::sync::atomic::Ordering::Release);
+    let msg = format!("{what}, by {admin}");
+    app.watch
+        .alerts
+        .raise("lockdown", crate::monitor::alerts::Severity::Critical, None, Some(admin.to_string()), msg, None)
+        .await;
+    Ok(Reply::json(StatusCode::OK, &serde_json::json!({ "lockdown": req.on })))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HoldRequest {
+    repo: RepoName,
+    /// One snapshot, or every snapshot of the repository.
+    #[serde(default)]
+    snapshot: Option<SnapshotId>,
+    on: bool,
+}
+
+/// Every object a snapshot needs: its root and index, its chunks, the data
+/// keys that sealed them (all of the repository's for a segment from before
+/// key ids were recorded), the config and the chunk-id key epochs.
+async fn objects_of(app: &App, repo: &RepoName, snapshot: SnapshotId) -> Result<BTreeSet<String>, ApiError> {
+    let index = app
+        .store
+        .get(&layout::index(repo, &snapshot))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no snapshot {snapshot} in {repo}")))?;
+    let index = IndexSegment::decode(&index).map_err(|e| ApiError::Conflict(format!("index of {snapshot}: {e}")))?;
+    let mut out: BTreeSet<String> = index.chunks.iter().map(|e| layout::chunk(repo, &e.id)).collect();
+    out.insert(layout::index(repo, &snapshot));
+    out.insert(layout::snapshot(repo, &snapshot));
+    out.insert(layout::config(repo));
+    out.extend(app.store.list(&layout::prefix(repo, layout::Kind::Epochs)).await?);
+    match &index.keys {
+        Some(ids) => out.extend(ids.iter().map(|k| layout::key(repo, k))),
+        None => out.extend(app.store.list(&layout::prefix(repo, layout::Kind::Keys)).await?),
+    }
+    Ok(out)
+}
+
+async fn snapshots_of(app: &App, repo: &RepoName) -> Result<Vec<SnapshotId>, ApiError> {
+    let prefix = layout::prefix(repo, layout::Kind::Snapshots);
+    Ok(app.store.list(&prefix).await?.iter().filter_map(|k| k[prefix.len()..].parse().ok()).collect())
+}
+
+/// Puts or lifts a legal hold on a snapshot (or all of a repository's) and
+/// every object it references. Lifting leaves alone whatever another held
+/// snapshot still references.
+pub async fn hold(app: &App, admin: &Identity, source: IpAddr, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let req: HoldRequest = serde_json::from_slice(body).map_err(invalid)?;
+    scope(app, admin, Action::AdminHold, &req.repo, source)?;
+    if !req.on {
+        refuse_loosening_in_lockdown(app, admin, Action::AdminHold, "lifting a legal hold", "putting one").await?;
+    }
+    let repo = &req.repo;
+    let targets = match req.snapshot {
+        Some(s) => vec![s],
+        None => snapshots_of(app, repo).await?,
+    };
+    let verb = if req.on { "putting" } else { "lifting" };
+    audit_intent(app, draft, format!("{verb} a legal hold on {} snapshot(s) of {repo}", targets.len())).await?;
+    let mut objects = BTreeSet::new();
+    for s in &targets {
+        objects.extend(objects_of(app, repo, *s).await?);
+    }
+    if !req.on {
+        // Objects still needed by snapshots that stay held keep their hold.
+        for other in snapshots_of(app, repo).await? {
+            if !targets.contains(&other) && read_switch(&*app.store, &hold_prefix(repo, &other)).await? == Some(true) {
+                for o in objects_of(app, repo, other).await? {
+                    objects.remove(&o);
+                }
+            }
+        }
+    }
+    for s in &targets {
+        write_switch(&*app.store, &hold_prefix(repo, s), req.on, by(admin)).await?;
+    }
+    for key in &objects {
+        app.store.set_legal_hold(key, req.on).await?;
+    }
+    Ok(Reply::json(
+        StatusCode::OK,
+        &serde_json::json!({ "snapshots": targets.len(), "objects": objects.len(), "on": req.on }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpireRequest {
+    repo: RepoName,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ExpireReport {
+    dry_run: bool,
+    deleted: Vec<Doomed>,
+    /// Snapshots past retention kept because of a legal hold.
+    held: Vec<String>,
+    /// Objects that could not be deleted (they stay; expiry can run again).
+    failed: Vec<Doomed>,
+}
+
+pub async fn expire(
+    app: &App,
+    admin: &Identity,
+    source: IpAddr,
+    draft: &Draft,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    let req: ExpireRequest = serde_json::from_slice(body).map_err(invalid)?;
+    scope(app, admin, Action::AdminExpire, &req.repo, source)?;
+    let now = crate::unix_now();
+    let (doomed, held) = expiry_plan(&*app.store, &req.repo, now).await?;
+    if req.dry_run {
+        return Ok(Reply::json(
+            StatusCode::OK,
+            &ExpireReport { dry_run: true, deleted: doomed, held, failed: Vec::new() },
+        ));
+    }
+    audit_intent(app, draft, format!("expiring {} objects of {}", doomed.len(), req.repo)).await?;
+    let (mut deleted, mut failed) = (Vec::new(), Vec::new());
+    let key_prefix = layout::prefix(&req.repo, layout::Kind::Keys);
+    // In plan order: roots first, so snapshots disappear before anything
+    // they need, and key records last.
+    for d in doomed {
+        let key_id = d.key.strip_prefix(&key_prefix).and_then(|k| k.parse::<KeyId>().ok());
+        if key_id.is_some() && !failed.is_empty() {
+            // A chunk that stays may have been sealed with this key: keep
+            // it, so the chunk stays readable, until a run deletes both.
+            let reason = "kept: other objects could not be deleted; run expire again".to_string();
+            failed.push(Doomed { key: d.key, reason });
+            continue;
+        }
+        match app.store.delete(&d.key, now).await {
+            Ok(()) => {
+                if let Some(id) = key_id {
+                    app.forget_key(&req.repo, id);
+                }
+                deleted.push(d);
+            }
+            Err(e) => failed.push(Doomed { key: d.key, reason: e.to_string() }),
+        }
+    }
+    Ok(Reply::json(StatusCode::OK, &ExpireReport { dry_run: false, deleted, held, failed }))
+}

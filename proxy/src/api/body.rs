@@ -1,0 +1,71 @@
+//! Reading a request's body: of the action's media type, within its
+//! limit, and counted against the identity's (and everyone's) buffer
+//! budget while it is held.
+
+use bytes::Bytes;
+use coffer_proto::endpoint::{MISSING_BODY_MAX, SMALL_BODY_MAX};
+use coffer_proto::ENVELOPE_MAX;
+use http::Request;
+use http_body_util::{BodyExt as _, Limited};
+
+use super::reply::{invalid, ApiError};
+use crate::access::policy::Action;
+use crate::app::App;
+use crate::server::limit::{Budget, Buffered};
+
+/// The most bytes an action's body may have (0: it takes none).
+fn limit(app: &App, action: Action) -> usize {
+    match action {
+        Action::PutConfig | Action::PutKey | Action::PutEpoch => SMALL_BODY_MAX,
+        Action::Missing => MISSING_BODY_MAX,
+        Action::PutChunk => ENVELOPE_MAX,
+        Action::Commit => app.commit_max_bytes,
+        a if a.admin() => SMALL_BODY_MAX,
+        _ => 0,
+    }
+}
+
+/// A body read whole, and its share of the buffer budget, given back when
+/// dropped (once the handler is done with it).
+pub(super) struct Body {
+    pub bytes: Bytes,
+    _held: Option<Buffered>,
+}
+
+/// Reads the body of `req`, which asks for `action`.
+pub(super) async fn read<B>(app: &App, action: Action, req: Request<B>) -> Result<Body, ApiError>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let limit = limit(app, action);
+    if limit > 0 {
+        let expected = action.body_type();
+        let given = req.headers().get(http::header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()));
+        let essence = given.as_deref().map(|t| t.split(';').next().unwrap_or_default().trim());
+        if !essence.is_some_and(|t| t.eq_ignore_ascii_case(expected)) {
+            let given = given.map_or("no Content-Type".into(), |t| format!("{t:?}"));
+            return Err(ApiError::MediaType(format!("a {} body is {expected}, not {given}", action.name())));
+        }
+    }
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .map_or(limit, |n| n.min(limit));
+    // Small bodies (configs, key records, admin calls) are not counted, so a
+    // budget filled by others never refuses an admin's lockdown or revoke.
+    let held = match req.extensions().get::<Budget>() {
+        Some(budget) if declared > SMALL_BODY_MAX => Some(budget.take(declared).ok_or(ApiError::Buffered)?),
+        _ => None,
+    };
+    let bytes = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+            Some(_) => ApiError::TooLarge(limit),
+            None => invalid(format!("reading the request body: {e}")),
+        })?
+        .to_bytes();
+    Ok(Body { bytes, _held: held })
+}

@@ -1,0 +1,215 @@
+//! Snapshots: the commit, which checks everything a snapshot needs is
+//! stored and locked long enough before its root is written, and listings.
+
+use std::collections::{BTreeSet, HashSet};
+
+use bytes::Bytes;
+use coffer_proto::api::SnapshotInfo;
+use coffer_proto::envelope::{self, Kind};
+use coffer_proto::layout;
+use coffer_proto::snapshot::{CommitRequest, IndexEntry, IndexSegment, SnapshotStats};
+use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId};
+use http::StatusCode;
+
+use super::reply::{invalid, ApiError, Reply};
+use crate::app::App;
+use crate::audit::{Draft, Outcome};
+use crate::store::{ObjectMeta, PutOutcome};
+
+/// How many missing chunk ids a refused commit names.
+const MISSING_SHOWN: usize = 5;
+
+pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
+    let req = CommitRequest::decode(body).map_err(invalid)?;
+    // The snapshot is named in the body, not the path: its event names it,
+    // whatever the outcome.
+    draft.object = Some(req.snapshot.to_string());
+    let header = envelope::parse_header(&req.root).map_err(invalid)?;
+    if header.kind != Kind::SnapshotRoot {
+        return Err(invalid("the root is not a snapshot root envelope"));
+    }
+    if !app.key_exists(repo, header.key_id).await? {
+        return Err(ApiError::Conflict(format!("key {} is not stored in {repo}", header.key_id)));
+    }
+    let root_key = layout::snapshot(repo, &req.snapshot);
+    if let Some(existing) = app.store.get(&root_key).await? {
+        if existing.as_ref() == req.root.as_slice() {
+            return snapshot_info(app, repo, req.snapshot).await.map(|i| Reply::json(StatusCode::OK, &i));
+        }
+        return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot)));
+    }
+
+    let now = crate::unix_now();
+    let (required, until) = app.retention_for(repo);
+    let mut present = Vec::with_capacity(req.chunks.len());
+    let mut absent = Vec::new();
+    let mut seen = HashSet::with_capacity(req.chunks.len());
+    for id in &req.chunks {
+        if !seen.insert(*id) {
+            return Err(invalid(format!("chunk {id} is listed twice")));
+        }
+        match app.store.head(&layout::chunk(repo, id)).await? {
+            Some(meta) => present.push((*id, meta)),
+            None => absent.push(*id),
+        }
+    }
+    if !absent.is_empty() {
+        let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
+        return Err(ApiError::Conflict(format!(
+            "{} referenced chunks are not stored (first: {}); nothing was committed",
+            absent.len(),
+            shown.join(", ")
+        )));
+    }
+    let referenced_bytes = present.iter().fold(0u64, |sum, (_, meta)| sum.saturating_add(meta.size));
+    let referenced = present.len() as u64;
+    req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
+    let mut entries = Vec::with_capacity(present.len());
+    let mut extended = 0u64;
+    let mut needed_keys = BTreeSet::from([header.key_id]);
+    for (id, meta) in present {
+        needed_keys.insert(sealing_key(app, repo, &id, &meta).await?);
+        let mut retain_until = meta.retain_until.unwrap_or(u64::MAX);
+        if retain_until < required {
+            app.store.extend_retention(&layout::chunk(repo, &id), until).await?;
+            retain_until = until;
+            extended += 1;
+        }
+        entries.push(IndexEntry { id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until });
+    }
+    // What the snapshot needs besides its chunks: the data keys that sealed
+    // them and its root, which must still exist (expiry may have removed a
+    // key no snapshot used), and the config and chunk-id key epochs, which
+    // every snapshot of the repository may need.
+    for key_id in &needed_keys {
+        let key = layout::key(repo, key_id);
+        let meta = app.store.head(&key).await?.ok_or_else(|| {
+            ApiError::Conflict(format!("key {key_id} is not stored in {repo}; nothing was committed"))
+        })?;
+        if meta.retain_until.is_some_and(|t| t < required) {
+            app.store.extend_retention(&key, until).await?;
+            extended += 1;
+        }
+    }
+    let mut dependencies = vec![layout::config(repo)];
+    dependencies.extend(app.store.list(&layout::prefix(repo, layout::Kind::Epochs)).await?);
+    for key in dependencies {
+        if let Some(meta) = app.store.head(&key).await? {
+            if meta.retain_until.is_some_and(|t| t < required) {
+                app.store.extend_retention(&key, until).await?;
+                extended += 1;
+            }
+        }
+    }
+
+    if extended > 0 {
+        let event = Draft {
+            action: "extend-locks",
+            bytes: extended,
+            outcome: Some(Outcome::Ok),
+            reason: Some(format!("{extended} objects locked until {until} for this snapshot")),
+            ..draft.clone()
+        };
+        app.audit.record(event, true).await.map_err(|_| ApiError::Audit)?;
+    }
+    let index = IndexSegment {
+        snapshot: req.snapshot,
+        committed: now,
+        retain_until: until,
+        stats: req.stats,
+        keys: Some(needed_keys.into_iter().collect()),
+        chunks: entries,
+    };
+    // A crash between these two writes leaves an index without a root: no
+    // snapshot. A retried commit of the same id finds the index and goes on.
+    app.store.put_new(&layout::index(repo, &req.snapshot), index.encode().into(), until).await?;
+    match app.store.put_new(&root_key, Bytes::copy_from_slice(&req.root), until).await? {
+        PutOutcome::Created => {}
+        PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot))),
+    }
+    let m = &app.metrics;
+    let label = |kind: &str| crate::monitor::metrics::KindLabel { kind: kind.to_string() };
+    m.chunks.get_or_create(&label("new")).inc_by(req.stats.chunks_new);
+    // Distinct chunks the snapshot references that it did not upload.
+    m.chunks.get_or_create(&label("dedup")).inc_by(referenced.saturating_sub(req.stats.chunks_new));
+    m.lock_extensions.inc_by(extended);
+    m.last_snapshot.get_or_create(&crate::monitor::metrics::RepoLabel { repo: repo.to_string() }).set(now as f64);
+    let history = repo_history(app, repo, req.snapshot).await.unwrap_or_default();
+    app.watch.committed(repo, &history, &req.stats, now).await;
+    let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
+    Ok(Reply::json(StatusCode::CREATED, &info))
+}
+
+/// The data key that sealed a stored chunk: recorded beside it at upload,
+/// or, for a chunk stored before keys were recorded, read from its header.
+async fn sealing_key(app: &App, repo: &RepoName, id: &ChunkId, meta: &ObjectMeta) -> Result<KeyId, ApiError> {
+    if let Some(k) = meta.sealed_by {
+        return Ok(k);
+    }
+    let key = layout::chunk(repo, id);
+    let body = app.store.get(&key).await?.ok_or_else(|| ApiError::Conflict(format!("chunk {id} vanished")))?;
+    let header = envelope::parse_header(&body).map_err(|e| ApiError::Conflict(format!("chunk {id}: {e}")))?;
+    Ok(header.key_id)
+}
+
+/// The stats of a repository's committed snapshots, oldest first, except
+/// `skip` (the one being judged).
+pub async fn repo_history(app: &App, repo: &RepoName, skip: SnapshotId) -> Result<Vec<SnapshotStats>, ApiError> {
+    let prefix = layout::prefix(repo, layout::Kind::Snapshots);
+    let mut out = Vec::new();
+    for key in app.store.list(&prefix).await? {
+        let Ok(id) = key[prefix.len()..].parse::<SnapshotId>() else { continue };
+        if id != skip {
+            if let Ok(info) = snapshot_info(app, repo, id).await {
+                out.push((info.committed, info.stats));
+            }
+        }
+    }
+    out.sort_by_key(|(t, _)| *t);
+    Ok(out.into_iter().map(|(_, s)| s).collect())
+}
+
+pub async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<SnapshotInfo, ApiError> {
+    let bytes = app
+        .store
+        .get(&layout::index(repo, &id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("snapshot {id} has no index segment")))?;
+    let index = IndexSegment::decode(&bytes).map_err(|e| ApiError::Conflict(format!("index of {id}: {e}")))?;
+    Ok(SnapshotInfo { id, committed: index.committed, retain_until: index.retain_until, stats: index.stats })
+}
+
+/// Every committed snapshot's id and stats, oldest first. One whose index
+/// segment is missing or unreadable (damage in the store) is left out, not
+/// allowed to hide the rest, and raises an alert.
+pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
+    let prefix = layout::prefix(repo, layout::Kind::Snapshots);
+    let mut out = Vec::new();
+    let mut damaged = Vec::new();
+    for key in app.store.list(&prefix).await? {
+        // Only direct children with a well-formed id are snapshots.
+        let Ok(id) = key[prefix.len()..].parse::<SnapshotId>() else {
+            continue;
+        };
+        match snapshot_info(app, repo, id).await {
+            Ok(info) => out.push(info),
+            Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => damaged.push(e.to_string()),
+            Err(e) => return Err(e),
+        }
+    }
+    if !damaged.is_empty() {
+        let msg = format!(
+            "{} snapshots of {repo} have a root but no readable index segment, and are left out of listings: {}",
+            damaged.len(),
+            damaged.join("; ")
+        );
+        tracing::error!("{msg}");
+        let dedup = Some((format!("damaged:{repo}"), crate::monitor::detect::QUIET_SECS));
+        app.watch
+            .alerts
+            .raise("damaged-snapshot", crate::monitor::alerts::Severity::High, Some(repo.to_string()), None, msg, dedup)
+            .await;
+    }
+    out.sort_by_key(|s| (s.committed, s.id));
+    Ok(Reply::json(StatusCode::OK, &out))
+}

@@ -1,0 +1,246 @@
+//! The state every request shares: the policy, the store, the audit log,
+//! the key checker, the admin's switches as last read, metrics and the
+//! detector. Built once by the server; swapped in parts on reload.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use coffer_proto::layout;
+use coffer_proto::{KeyId, RepoName};
+
+use crate::access::clientcerts::ClientCerts;
+use crate::access::governance::RepoPolicies;
+use crate::access::identity::Identity;
+use crate::access::mfa::MfaVerifier;
+use crate::access::policy::Policy;
+use crate::access::switches;
+use crate::audit::AuditLog;
+use crate::keycheck::KeyChecker;
+use crate::monitor::detect::Watch;
+use crate::monitor::metrics::Metrics;
+use crate::store::{ObjectStore, StoreError};
+
+/// Asks the server loop to reload the configuration file; the answer says
+/// whether it did.
+pub type ReloadRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>;
+
+/// A stored revocation record as read: trust domain, identity, revoked
+/// (false: reinstated).
+type RevocationRecord = (String, String, bool);
+
+/// What the server builds an [`App`] from.
+pub struct AppParts {
+    pub policy: Policy,
+    pub store: Arc<dyn ObjectStore>,
+    pub audit: AuditLog,
+    pub checker: Arc<dyn KeyChecker>,
+    /// (retention, slack) in seconds.
+    pub retention: (u64, u64),
+    pub commit_max_bytes: usize,
+    pub mfa: MfaVerifier,
+    pub reload: ReloadRequests,
+    pub metrics: Arc<Metrics>,
+    pub watch: Arc<Watch>,
+    pub client_certs: ClientCerts,
+}
+
+/// Everything a request handler needs; shared by all connections.
+pub struct App {
+    /// Swapped whole on reload, so a request sees one policy throughout.
+    policy: RwLock<Arc<Policy>>,
+    pub store: Arc<dyn ObjectStore>,
+    pub audit: AuditLog,
+    pub checker: Arc<dyn KeyChecker>,
+    /// (retention, slack) in seconds.
+    pub retention: (u64, u64),
+    pub commit_max_bytes: usize,
+    /// Key records known to exist, so chunk uploads need no HEAD for them.
+    known_keys: Mutex<HashSet<(RepoName, KeyId)>>,
+    pub mfa: MfaVerifier,
+    /// Identities an admin revoked (trust domain, name); loaded from the store.
+    pub(crate) revoked: RwLock<HashSet<(String, String)>>,
+    /// Revocation objects already read (they are write-once), so polling
+    /// the store reads only new ones.
+    revocations_read: Mutex<HashMap<String, Option<RevocationRecord>>>,
+    /// Repository policies, swapped whole on reload.
+    repo_policies: RwLock<Arc<RepoPolicies>>,
+    /// Lockdown: only reads, and the admin calls that tighten.
+    pub(crate) lockdown: std::sync::atomic::AtomicBool,
+    /// Asks the server loop to reload the configuration file.
+    pub(crate) reload: ReloadRequests,
+    pub metrics: Arc<Metrics>,
+    pub watch: Arc<Watch>,
+    /// Agents' certificate expiries, for `assess`.
+    pub client_certs: ClientCerts,
+}
+
+impl App {
+    pub fn new(parts: AppParts) -> Self {
+        let AppParts {
+            policy,
+            store,
+            audit,
+            checker,
+            retention,
+            commit_max_bytes,
+            mfa,
+            reload,
+            metrics,
+            watch,
+            client_certs,
+        } = parts;
+        Self {
+            policy: RwLock::new(Arc::new(policy)),
+            store,
+            audit,
+            checker,
+            retention,
+            commit_max_bytes,
+            known_keys: Mutex::default(),
+            mfa,
+            revoked: RwLock::default(),
+            revocations_read: Mutex::default(),
+            lockdown: Default::default(),
+            repo_policies: RwLock::new(Arc::new(RepoPolicies::new(&[], None, None).expect("empty"))),
+            reload,
+            metrics,
+            watch,
+            client_certs,
+        }
+    }
+
+    /// Loads the revocations stored by admins (on any proxy), so they
+    /// survive restarts and reach every proxy; objects read before are not
+    /// read again.
+    pub async fn load_revocations(&self) -> Result<usize, StoreError> {
+        let mut keys = self.store.list(switches::REVOCATIONS).await?;
+        keys.extend(self.store.list(switches::IDENTITY_SWITCHES).await?);
+        let unread: Vec<String> = {
+            let read = self.revocations_read.lock().expect("not poisoned");
+            keys.iter().filter(|k| !read.contains_key(*k)).cloned().collect()
+        };
+        for key in unread {
+            let Some(bytes) = self.store.get(&key).await? else { continue };
+            let parsed = match serde_json::from_slice::<switches::Revocation>(&bytes) {
+                Ok(r) => Some((r.trust_domain, r.identity, r.revoked)),
+                Err(e) => {
+                    tracing::error!("ignoring unreadable revocation {key}: {e}");
+                    None
+                }
+            };
+            self.revocations_read.lock().expect("not poisoned").insert(key, parsed);
+        }
+        // The newest record of each identity decides; names sort by time,
+        // and a record from before switches (no time in its name) is oldest.
+        let loaded: HashSet<(String, String)> = {
+            let read = self.revocations_read.lock().expect("not poisoned");
+            let mut newest: HashMap<(String, String), (&str, bool)> = Default::default();
+            for key in &keys {
+                let Some(Some((domain, name, revoked))) = read.get(key) else { continue };
+                let order = key
+                    .strip_prefix(switches::IDENTITY_SWITCHES)
+                    .and_then(|rest| rest.split_once('/'))
+                    .map_or("", |(_, n)| n);
+                let slot = newest.entry((domain.clone(), name.clone())).or_insert((order, *revoked));
+                if order >= slot.0 {
+                    *slot = (order, *revoked);
+                }
+            }
+            newest.into_iter().filter(|(_, (_, revoked))| *revoked).map(|(who, _)| who).collect()
+        };
+        let n = loaded.len();
+        let mut revoked = self.revoked.write().expect("not poisoned");
+        for (domain, name) in loaded.difference(&revoked) {
+            tracing::warn!(trust_domain = %domain, identity = %name, "revoked by an administrator: refused from now on");
+        }
+        for (domain, name) in revoked.difference(&loaded) {
+            tracing::warn!(trust_domain = %domain, identity = %name, "reinstated by an administrator");
+        }
+        *revoked = loaded;
+        Ok(n)
+    }
+
+    pub(crate) fn is_revoked(&self, id: &Identity) -> bool {
+        self.revoked.read().expect("not poisoned").contains(&(id.domain().to_string(), id.name().to_string()))
+    }
+
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy.read().expect("not poisoned").clone()
+    }
+
+    pub fn repo_policies(&self) -> Arc<RepoPolicies> {
+        self.repo_policies.read().expect("not poisoned").clone()
+    }
+
+    pub fn set_repo_policies(&self, p: RepoPolicies) {
+        *self.repo_policies.write().expect("not poisoned") = Arc::new(p);
+    }
+
+    /// (required, until) for an object of `repo` written now: the snapshot
+    /// needs it locked until `required`; new locks go to `until` (slack added).
+    pub fn retention_for(&self, repo: &RepoName) -> (u64, u64) {
+        let retention = self.repo_policies().retention_days(repo).map_or(self.retention.0, |d| u64::from(d) * 86_400);
+        let required = crate::unix_now() + retention;
+        (required, required + self.retention.1)
+    }
+
+    /// Replaces the policy atomically: requests already authorized finish
+    /// under the old one, new ones see the new one.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().expect("not poisoned") = Arc::new(policy);
+    }
+}
+
+impl App {
+    /// The retain-until of an object written now.
+    pub fn new_retain_until(&self) -> u64 {
+        crate::unix_now() + self.retention.0 + self.retention.1
+    }
+
+    /// Whether `repo` holds data key record `id` (asked of the store once,
+    /// then remembered: key records are never overwritten).
+    pub async fn key_exists(&self, repo: &RepoName, id: KeyId) -> Result<bool, StoreError> {
+        let cached = (repo.clone(), id);
+        if self.known_keys.lock().expect("not poisoned").contains(&cached) {
+            return Ok(true);
+        }
+        let exists = self.store.head(&layout::key(repo, &id)).await?.is_some();
+        if exists {
+            self.known_keys.lock().expect("not poisoned").insert(cached);
+        }
+        Ok(exists)
+    }
+
+    /// Remembers that `repo` holds data key record `id`.
+    pub(crate) fn know_key(&self, repo: &RepoName, id: KeyId) {
+        self.known_keys.lock().expect("not poisoned").insert((repo.clone(), id));
+    }
+
+    /// Drops a deleted key record from the cache `key_exists` keeps. (Other
+    /// proxies may still believe in it; a commit HEADs its keys, so nothing
+    /// can be committed under it.)
+    pub(crate) fn forget_key(&self, repo: &RepoName, id: KeyId) {
+        self.known_keys.lock().expect("not poisoned").remove(&(repo.clone(), id));
+    }
+}
+
+impl App {
+    /// Restores the lockdown state from the store (at start, and when
+    /// polled: another proxy may have switched it).
+    pub async fn load_lockdown(&self) -> Result<bool, StoreError> {
+        let on = switches::read_switch(&*self.store, switches::LOCKDOWN).await?.unwrap_or(false);
+        self.lockdown.store(on, std::sync::atomic::Ordering::Release);
+        Ok(on)
+    }
+
+    /// A write refused by lockdown raises an alert (once per identity per
+    /// quiet period).
+    pub async fn lockdown_refused(&self, who: &Identity, action: crate::access::policy::Action) {
+        let msg = format!("lockdown refused {} by {who}", action.name());
+        let dedup = Some((format!("lockdown:{}:{}", who.domain(), who.name()), crate::monitor::detect::QUIET_SECS));
+        self.watch
+            .alerts
+            .raise("lockdown", crate::monitor::alerts::Severity::High, None, Some(who.to_string()), msg, dedup)
+            .await;
+    }
+}

@@ -1,0 +1,6 @@
+//! What an auditor asks for: the deployment's self-assessment and the
+//! compliance report (JSON and HTML).
+
+pub mod assess;
+pub mod report;
+pub mod report_html;

@@ -1,0 +1,78 @@
+//! The parts a configuration names, opened: the object store (to write,
+//! or only to read) and the key checker. The server builds from them; the
+//! reports and `audit verify --store` read through them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::{KeysConfig, ProxyConfig, StoreConfig};
+use crate::keycheck::{KeyChecker, KmsKeyChecker, LocalKeyChecker};
+use crate::store::{FsStore, ObjectStore, S3Store};
+
+pub(crate) fn writable(what: &str, p: &Path) -> Result<(), String> {
+    let existing = p.ancestors().find(|a| a.exists()).unwrap_or(Path::new("/"));
+    if std::fs::metadata(existing).map(|m| m.permissions().readonly()).unwrap_or(true) {
+        return Err(format!("{what} {}: {} is not writable", p.display(), existing.display()));
+    }
+    Ok(())
+}
+
+pub(crate) async fn aws_sdk_config() -> aws_config::SdkConfig {
+    aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await
+}
+
+/// Opens the configured store; an S3 bucket is checked (Object Lock, and
+/// a probe write for versioning) on the way.
+pub async fn open_store(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    Ok(match &cfg.store {
+        StoreConfig::Fs { path } => {
+            Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
+        }
+        StoreConfig::S3(s3) => Arc::new(S3Store::connect(s3, &aws_sdk_config().await).await?),
+    })
+}
+
+/// Opens the configured store to read it (reports, audit verification):
+/// nothing is written, and no folder is created.
+pub async fn open_store_to_read(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore>, String> {
+    Ok(match &cfg.store {
+        StoreConfig::Fs { path } => {
+            if !path.exists() {
+                return Err(format!("store {} does not exist", path.display()));
+            }
+            Arc::new(FsStore::open(path).map_err(|e| format!("store {}: {e}", path.display()))?)
+        }
+        StoreConfig::S3(s3) => Arc::new(S3Store::open(s3, &aws_sdk_config().await).await?),
+    })
+}
+
+pub async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, String> {
+    Ok(match &cfg.keys {
+        KeysConfig::Local { master_key } => Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?)),
+        KeysConfig::Kms(kms) => Arc::new(KmsKeyChecker::new(kms.clone(), &aws_sdk_config().await)),
+    })
+}
+
+/// The audit segments this proxy shipped to its store, in order.
+pub async fn stored_audit(cfg: &ProxyConfig) -> Result<Vec<(String, String)>, String> {
+    let store = open_store_to_read(cfg).await?;
+    let prefix = crate::audit::ship::store_prefix(&cfg.proxy_id);
+    // A shipped segment is written once. A second version (someone with the
+    // proxy's write access put over the locked one, perhaps re-chained and
+    // re-signed with the proxy's own key) or a delete marker is tampering,
+    // however well the latest version verifies.
+    let rewritten = store.rewritten(&prefix).await.map_err(|e| e.to_string())?;
+    if !rewritten.is_empty() {
+        return Err(format!(
+            "audit segments were written again or deleted after they were shipped (the locked originals stay \
+             in the bucket's version history; compare them): {}",
+            rewritten.join(", ")
+        ));
+    }
+    let mut out = Vec::new();
+    for key in store.list(&prefix).await.map_err(|e| e.to_string())? {
+        let body = store.get(&key).await.map_err(|e| e.to_string())?.ok_or_else(|| format!("{key} vanished"))?;
+        out.push((key, String::from_utf8_lossy(&body).into_owned()));
+    }
+    Ok(out)
+}
