@@ -159,7 +159,7 @@ fn check_jobs(jobs: &[JobConfig]) -> Result<(), String> {
         if job.path.as_ref().is_some_and(|p| !p.is_absolute()) {
             return Err(format!("job {}: path must be absolute", job.name));
         }
-        crate::daemon::parse_schedule(&job.schedule).map_err(|e| format!("job {}: {e}", job.name))?;
+        crate::schedule::parse_schedule(&job.schedule).map_err(|e| format!("job {}: {e}", job.name))?;
         if job.jitter_secs > JITTER_MAX_SECS {
             return Err(format!("job {}: jitter_secs is at most {JITTER_MAX_SECS}", job.name));
         }

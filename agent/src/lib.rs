@@ -18,6 +18,7 @@ pub mod keys;
 mod progress;
 pub mod repo;
 pub mod restore;
+pub mod schedule;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

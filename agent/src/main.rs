@@ -275,7 +275,7 @@ async fn check_config(path: Option<PathBuf>) -> Result<(), Failure> {
         println!("  socket {} for {}", socket.display(), repos.join(", "));
     }
     for job in &config.jobs {
-        let next = coffer_agent::daemon::parse_schedule(&job.schedule)
+        let next = coffer_agent::schedule::parse_schedule(&job.schedule)
             .and_then(|c| c.find_next_occurrence(&chrono::Local::now(), false).map_err(|e| e.to_string()))
             .map_or_else(|e| e, |t| t.to_rfc3339());
         println!("  job {} → {}: `{}`, next {next}", job.name, job.repo, job.argv().join(" "));
