@@ -1,20 +1,25 @@
 //! `coffer`: the backup agent's command line.
 //!
-//! Exit codes: 0 success, 1 failure (nothing committed, or a check failed),
-//! 64 usage or configuration error, 130 interrupted (SIGINT).
+//! Exit codes (`coffer_client::exit`, shared with `coffer-proxy`): 0
+//! success, 1 failure (nothing committed, or a check failed), 64 usage or
+//! configuration error, 130 interrupted (SIGINT).
+
+mod cli;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::{Parser, Subcommand};
+use clap::Parser as _;
+use cli::{Cli, Cmd, KeyCmd, LogFormat, RepoCmd};
 use coffer_agent::backup::{self, Source};
 use coffer_agent::config::{AgentConfig, KeysConfig};
 use coffer_agent::daemon::{describe, Daemon, SendHeader};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_agent::restore;
+use coffer_client::exit::{FAILURE, INTERRUPTED, USAGE};
 use coffer_client::ProxyClient;
 use coffer_proto::{RepoName, SnapshotId};
 use serde::Serialize;
@@ -26,156 +31,17 @@ use tokio::io::AsyncWriteExt as _;
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-const EXIT_FAILURE: u8 = 1;
-const EXIT_USAGE: u8 = 64;
-const EXIT_INTERRUPTED: u8 = 130;
-
-#[derive(Parser)]
-#[command(name = "coffer", version, about = "Coffer backup agent: encrypted, deduplicated, write-once backups")]
-struct Cli {
-    /// Agent configuration file (TOML).
-    #[arg(long, global = true, env = "COFFER_CONFIG")]
-    config: Option<PathBuf>,
-    /// A TOTP code, for repositories whose policy asks for MFA.
-    #[arg(long, global = true, env = "COFFER_MFA_CODE", hide_env_values = true)]
-    mfa_code: Option<String>,
-    /// Check the configuration (the file, the certificate and key, the key
-    /// provider, the jobs' schedules) without connecting, and exit.
-    #[arg(long)]
-    check_config: bool,
-    #[command(subcommand)]
-    command: Option<Cmd>,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    #[command(flatten)]
-    Repo(RepoCmd),
-    /// Run the config's [[jobs]] on their schedules, and the sidecar socket
-    /// if configured, until SIGTERM or SIGINT.
-    Daemon {
-        /// How to write log lines to stderr.
-        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
-        log_format: LogFormat,
-    },
-    /// Run one configured job now and exit (for systemd timers or cron).
-    Run {
-        /// The job's name in the config.
-        job: String,
-    },
-    /// Stream a backup to a daemon's socket (sidecar mode): needs no config,
-    /// certificate or key, only access to the socket. Prints the snapshot id.
-    Send {
-        #[arg(long, env = "COFFER_SOCKET", default_value = "/run/coffer/coffer.sock")]
-        socket: PathBuf,
-        #[arg(long)]
-        repo: RepoName,
-        /// A name for the snapshot (default: the source).
-        #[arg(long)]
-        name: Option<String>,
-        /// `-` (stdin) or a file path.
-        #[arg(conflicts_with = "command")]
-        input: Option<String>,
-        /// A command whose stdout is sent, after `--`; the stream is
-        /// committed only if it exits 0.
-        #[arg(last = true, num_args = 1..)]
-        command: Vec<String>,
-    },
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// The commands that talk to the proxy with this host's certificate.
-#[derive(Subcommand)]
-enum RepoCmd {
-    /// Create a repository: its config and wrapped chunk-id key.
-    Init {
-        #[arg(long)]
-        repo: RepoName,
-        /// zstd level for its chunks, 1 (fastest) to 19; fixed for the
-        /// repository's life (docs/performance.md compares levels).
-        #[arg(long, default_value_t = coffer_proto::repo::DEFAULT_ZSTD_LEVEL,
-              value_parser = clap::value_parser!(i32).range(1..=19))]
-        zstd_level: i32,
-    },
-    /// Back up a stream: `-` for stdin, a PATH, or `-- CMD [ARGS...]`.
-    ///
-    /// With a command, the snapshot is committed only if it exits 0.
-    /// Prints the snapshot id as the last line of stdout.
-    Backup {
-        #[arg(long)]
-        repo: RepoName,
-        /// A name for the snapshot (default: the source).
-        #[arg(long)]
-        name: Option<String>,
-        /// Print one JSON object instead of the id.
-        #[arg(long)]
-        json: bool,
-        /// `-` (stdin) or a file path.
-        #[arg(conflicts_with = "command")]
-        input: Option<String>,
-        /// A command whose stdout is backed up, after `--`.
-        #[arg(last = true, num_args = 1..)]
-        command: Vec<String>,
-    },
-    /// Restore a snapshot to stdout, or to FILE with `-o` (written only if the
-    /// whole snapshot checks out).
-    Restore {
-        #[arg(long)]
-        repo: RepoName,
-        snapshot: SnapshotId,
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-    },
-    /// List a repository's snapshots.
-    Snapshots {
-        #[arg(long)]
-        repo: RepoName,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Fetch, decrypt, decompress and re-hash every chunk of one snapshot, or
-    /// of all of them.
-    Verify {
-        #[arg(long)]
-        repo: RepoName,
-        snapshot: Option<SnapshotId>,
-    },
-    /// Show who the proxy thinks this agent is, and what it may do.
-    Whoami,
-    /// Key management.
-    Key {
-        #[command(subcommand)]
-        command: KeyCmd,
-    },
-}
-
-#[derive(Subcommand)]
-enum KeyCmd {
-    /// Start a new chunk-id key epoch: later backups name chunks with a new
-    /// key (deduplication starts over); older snapshots restore as before.
-    Rotate {
-        #[arg(long)]
-        repo: RepoName,
-    },
-}
-
 /// A failure with the exit code it maps to.
 struct Failure(u8, anyhow::Error);
 
 impl<E: Into<anyhow::Error>> From<E> for Failure {
     fn from(e: E) -> Self {
-        Failure(EXIT_FAILURE, e.into())
+        Failure(FAILURE, e.into())
     }
 }
 
 fn usage(e: impl Into<anyhow::Error>) -> Failure {
-    Failure(EXIT_USAGE, e.into())
+    Failure(USAGE, e.into())
 }
 
 fn main() -> ExitCode {
@@ -183,7 +49,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return ExitCode::from(if e.use_stderr() { EXIT_USAGE } else { 0 });
+            return ExitCode::from(if e.use_stderr() { USAGE } else { 0 });
         }
     };
     // The daemon and its jobs say what they do; other commands only warn.
@@ -206,7 +72,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("coffer: cannot start the runtime: {e}");
-            return ExitCode::from(EXIT_FAILURE);
+            return ExitCode::from(FAILURE);
         }
     };
     let result = runtime.block_on(run(cli));
@@ -231,7 +97,7 @@ async fn interruptible<T>(f: impl std::future::Future<Output = Result<T, Failure
         r = f => r,
         _ = tokio::signal::ctrl_c() => {
             backup::kill_sources();
-            Err(Failure(EXIT_INTERRUPTED, anyhow::anyhow!("interrupted")))
+            Err(Failure(INTERRUPTED, anyhow::anyhow!("interrupted")))
         }
     }
 }

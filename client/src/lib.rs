@@ -8,6 +8,7 @@ mod calls;
 mod config;
 mod endpoint;
 mod error;
+pub mod exit;
 
 use std::sync::Arc;
 

@@ -225,7 +225,7 @@ impl KeyRecord {
     /// Decodes and checks the version and that the context agrees with the
     /// record's own key id and purpose.
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let rec: KeyRecord = crate::repo::json_decode(bytes, "key record")?;
+        let rec: KeyRecord = crate::wire::json_decode(bytes, "key record")?;
         if rec.version != KEY_RECORD_VERSION {
             return Err(FormatError::Unsupported { what: "key record version", value: rec.version.into() });
         }

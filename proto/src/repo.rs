@@ -2,21 +2,16 @@
 //! every backup and restore. Plaintext JSON; the only secret in it, the
 //! chunk-id key, is wrapped.
 
-use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::keys::{KeyRecord, Purpose};
+use crate::wire::json_decode;
 use crate::{FormatError, RepoName, CHUNK_AVG, CHUNK_MAX, CHUNK_MIN};
 
 /// Current repository format version.
 pub const CONFIG_VERSION: u32 = 1;
 /// zstd level used unless the config says otherwise.
 pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
-
-/// Decodes JSON strictly: trailing bytes and unknown fields are errors.
-pub(crate) fn json_decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, FormatError> {
-    serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid { what, reason: e.to_string() })
-}
 
 /// A chunk-id key epoch after the first (which lives in the config), made by
 /// `coffer key rotate`: stored at `<repo>/epochs/<key-id>`. New backups use

@@ -14,7 +14,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::repo::json_decode;
+use crate::wire::json_decode;
 use crate::wire::Reader;
 use crate::{ChunkId, FormatError, KeyId, SnapshotId, ENVELOPE_MAX};
 

@@ -1,6 +1,14 @@
-//! Little-endian cursor helpers shared by the binary decoders.
+//! Decoding helpers shared by the formats: a little-endian cursor for the
+//! binary ones, strict JSON for the others.
+
+use serde::de::DeserializeOwned;
 
 use crate::FormatError;
+
+/// Decodes JSON strictly: trailing bytes and unknown fields are errors.
+pub(crate) fn json_decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, FormatError> {
+    serde_json::from_slice(bytes).map_err(|e| FormatError::Invalid { what, reason: e.to_string() })
+}
 
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],

@@ -84,6 +84,14 @@ fn proxy_check_config_and_config_errors() {
         "{out}"
     );
 
+    // --config is global: it works after the subcommand too.
+    let after = std::process::Command::new(&proxy).args(["audit", "verify", "--config"]).arg(&toml).output().unwrap();
+    assert_eq!(after.status.code(), Some(0), "{}", String::from_utf8_lossy(&after.stderr));
+    // Without a config, the proxy says how to get one running.
+    let bare = std::process::Command::new(&proxy).env_remove("COFFER_PROXY_CONFIG").output().unwrap();
+    assert_eq!(bare.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&bare.stderr).contains("coffer-proxy dev --dir"));
+
     let text = std::fs::read_to_string(&toml).unwrap();
     for (bad, needle) in [
         (format!("{text}\nsurprise = 1\n"), "surprise"),

@@ -41,7 +41,8 @@ pub use source::Source;
 use crate::cutter::Pieces;
 use crate::progress::Progress;
 use crate::repo::{OpenRepo, RepoError};
-use upload::{Batch, Chunk, References, Uploader};
+use stream::Chunk;
+use upload::{Batch, References, Uploader};
 
 /// Most plaintext bytes cut and not yet found stored or uploaded.
 pub const PIPELINE_BYTES: usize = 16 * 1024 * 1024;

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use tokio::sync::mpsc;
 
 use super::command::{run_command, CommandError};
+use super::stream::Chunk;
 use super::stream::{chunk_stream, StreamSummary};
-use super::upload::Chunk;
 use super::BackupError;
 use crate::repo::OpenRepo;
 

@@ -7,10 +7,23 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::upload::Chunk;
 use super::{CUT_QUEUE, PIPELINE_BYTES};
+use coffer_proto::ChunkId;
+
 use crate::cutter::{self, Cutter, Pieces};
 use crate::repo::OpenRepo;
+
+/// A chunk on its way from the cutter to the uploader.
+pub(super) struct Chunk {
+    pub id: ChunkId,
+    pub data: Pieces,
+    /// Its share of [`PIPELINE_BYTES`], held until it is found stored or
+    /// uploaded (the manifest's chunks, cut after the stream, have none).
+    pub lease: Option<Lease>,
+    /// A piece of the stream, not of the manifest: only these count as new
+    /// stream bytes, so `bytes_new` never exceeds `bytes_in`.
+    pub stream: bool,
+}
 
 /// The plaintext bytes cut from the stream and not yet found stored or
 /// uploaded. The cutter waits while they are spent, so the pipeline's

@@ -12,21 +12,9 @@ use coffer_proto::{ChunkId, KeyId};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use super::stream::Lease;
+use super::stream::Chunk;
 use super::{BackupError, DEDUP_BATCH_BYTES, DEDUP_BATCH_MAX};
-use crate::cutter::Pieces;
 use crate::repo::OpenRepo;
-
-pub(super) struct Chunk {
-    pub id: ChunkId,
-    pub data: Pieces,
-    /// Its share of [`PIPELINE_BYTES`], held until it is found stored or
-    /// uploaded (the manifest's chunks, cut after the stream, have none).
-    pub lease: Option<Lease>,
-    /// A piece of the stream, not of the manifest: only these count as new
-    /// stream bytes, so `bytes_new` never exceeds `bytes_in`.
-    pub stream: bool,
-}
 
 /// Seals and uploads chunks with at most `in_flight` at once, rolling the
 /// data key after [`CHUNKS_PER_DATA_KEY`] envelopes.

@@ -2,16 +2,18 @@
 //! limit, and counted against the identity's (and everyone's) buffer
 //! budget while it is held.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use coffer_proto::endpoint::{MISSING_BODY_MAX, SMALL_BODY_MAX};
 use coffer_proto::ENVELOPE_MAX;
 use http::Request;
 use http_body_util::{BodyExt as _, Limited};
+use tokio::sync::Semaphore;
 
 use super::reply::{invalid, ApiError};
 use crate::access::policy::Action;
 use crate::app::App;
-use crate::server::limit::{Budget, Buffered};
 
 /// The most bytes an action's body may have (0: it takes none).
 fn limit(app: &App, action: Action) -> usize {
@@ -68,4 +70,35 @@ where
         })?
         .to_bytes();
     Ok(Body { bytes, _held: held })
+}
+
+/// The buffer budgets a request's bodies are counted against (its
+/// identity's and the proxy's), handed to the handler in the request's
+/// extensions.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    identity: Arc<Semaphore>,
+    all: Arc<Semaphore>,
+}
+
+/// Buffered bytes taken from a [`Budget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Buffered {
+    _identity: tokio::sync::OwnedSemaphorePermit,
+    _all: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Budget {
+    /// A budget drawing on the identity's semaphore and the proxy's.
+    pub fn new(identity: Arc<Semaphore>, all: Arc<Semaphore>) -> Self {
+        Self { identity, all }
+    }
+
+    /// Takes `bytes` from both budgets at once, or nothing.
+    pub fn take(&self, bytes: usize) -> Option<Buffered> {
+        let n = u32::try_from(bytes).ok()?;
+        let identity = self.identity.clone().try_acquire_many_owned(n).ok()?;
+        let all = self.all.clone().try_acquire_many_owned(n).ok()?;
+        Some(Buffered { _identity: identity, _all: all })
+    }
 }

@@ -11,7 +11,7 @@
 //! stages, so each can be called, and tested, on its own.
 
 pub mod admin;
-mod body;
+pub mod body;
 pub mod chunks;
 mod gate;
 pub mod reply;

@@ -11,9 +11,10 @@ use coffer_proto::snapshot::IndexSegment;
 use coffer_proto::{ChunkId, RepoName, SnapshotId};
 use serde::Deserialize;
 
-use crate::app::App;
+use crate::audit::AuditLog;
 use crate::audit::{Draft, Outcome};
 use crate::monitor::alerts::Severity;
+use crate::monitor::detect::Watch;
 use crate::store::{ObjectStore, StoreError};
 use coffer_proto::layout as keys;
 
@@ -128,7 +129,7 @@ pub async fn run_once(store: &dyn ObjectStore, sample: usize) -> Result<(usize, 
 }
 
 /// Runs forever (aborted at shutdown), every `interval_secs`.
-pub async fn scrub_loop(app: Arc<App>, cfg: ScrubConfig) {
+pub async fn scrub_loop(store: Arc<dyn ObjectStore>, watch: Arc<Watch>, audit: AuditLog, cfg: ScrubConfig) {
     if cfg.objects_per_run == 0 {
         return;
     }
@@ -137,13 +138,13 @@ pub async fn scrub_loop(app: Arc<App>, cfg: ScrubConfig) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
-        let (outcome, checked, reason) = match run_once(&*app.store, cfg.objects_per_run).await {
+        let (outcome, checked, reason) = match run_once(&*store, cfg.objects_per_run).await {
             Ok((checked, findings)) => {
                 for f in &findings {
                     let snaps: Vec<String> = f.snapshots.iter().map(ToString::to_string).collect();
                     let msg = format!("scrub: {} {}; referenced by snapshots [{}]", f.key, f.problem, snaps.join(", "));
                     let dedup = Some((format!("scrub:{}", f.key), crate::monitor::detect::QUIET_SECS * 6));
-                    app.watch
+                    watch
                         .alerts
                         .raise("scrub", Severity::Critical, Some(f.repo.to_string()), Some(f.key.clone()), msg, dedup)
                         .await;
@@ -161,6 +162,6 @@ pub async fn scrub_loop(app: Arc<App>, cfg: ScrubConfig) {
             reason: Some(reason),
             ..Default::default()
         };
-        let _ = app.audit.record(draft, false).await;
+        let _ = audit.record(draft, false).await;
     }
 }

@@ -18,6 +18,7 @@ use http_body_util::{BodyExt as _, Full};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::{Layer, Service};
 
+use crate::api::body::{Budget, Buffered};
 use crate::api::{error_response, Caller};
 use crate::audit::{AuditLog, Draft, Outcome};
 use crate::config::LimitsConfig;
@@ -36,32 +37,6 @@ pub struct Limiter {
     buckets: Mutex<HashMap<String, Bucket>>,
     /// Bytes of every identity's bodies buffered in the proxy.
     buffered: Arc<Semaphore>,
-}
-
-/// The buffer budgets a request's bodies are counted against (its
-/// identity's and the proxy's), handed to the handler in the request's
-/// extensions.
-#[derive(Clone, Debug)]
-pub struct Budget {
-    identity: Arc<Semaphore>,
-    all: Arc<Semaphore>,
-}
-
-/// Buffered bytes taken from a [`Budget`]; given back when dropped.
-#[derive(Debug)]
-pub struct Buffered {
-    _identity: tokio::sync::OwnedSemaphorePermit,
-    _all: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Budget {
-    /// Takes `bytes` from both budgets at once, or nothing.
-    pub fn take(&self, bytes: usize) -> Option<Buffered> {
-        let n = u32::try_from(bytes).ok()?;
-        let identity = self.identity.clone().try_acquire_many_owned(n).ok()?;
-        let all = self.all.clone().try_acquire_many_owned(n).ok()?;
-        Some(Buffered { _identity: identity, _all: all })
-    }
 }
 
 /// A response body that keeps its request's in-flight permit and its
@@ -178,7 +153,7 @@ impl Limiter {
         }
         let permit = b.in_flight.clone().try_acquire_owned().map_err(|_| Refusal::InFlight)?;
         b.tokens -= 1.0;
-        Ok((permit, Budget { identity: b.buffered.clone(), all: self.buffered.clone() }))
+        Ok((permit, Budget::new(b.buffered.clone(), self.buffered.clone())))
     }
 }
 

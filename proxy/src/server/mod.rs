@@ -219,7 +219,12 @@ impl Proxy {
             tokio::spawn(crate::monitor::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
             tokio::spawn(watch_overdue(self.app.clone())),
             tokio::spawn(watch_admin_state(self.app.clone(), Duration::from_secs(self.config.admin.poll_secs.max(1)))),
-            tokio::spawn(crate::monitor::scrub::scrub_loop(self.app.clone(), self.scrub)),
+            tokio::spawn(crate::monitor::scrub::scrub_loop(
+                self.app.store.clone(),
+                self.app.watch.clone(),
+                self.app.audit.clone(),
+                self.scrub,
+            )),
             tokio::spawn(crate::compliance::assess::assess_loop(
                 self.app.clone(),
                 self.config.clone(),

@@ -1,0 +1,142 @@
+//! The command line of `coffer`, as clap reads it. `--config` and
+//! `--mfa-code` are global, so they may come before or after the subcommand.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use coffer_proto::{RepoName, SnapshotId};
+
+#[derive(Parser)]
+#[command(name = "coffer", version, about = "Coffer backup agent: encrypted, deduplicated, write-once backups")]
+pub(crate) struct Cli {
+    /// Agent configuration file (TOML).
+    #[arg(long, global = true, env = "COFFER_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// A TOTP code, for repositories whose policy asks for MFA.
+    #[arg(long, global = true, env = "COFFER_MFA_CODE", hide_env_values = true)]
+    pub mfa_code: Option<String>,
+    /// Check the configuration (the file, the certificate and key, the key
+    /// provider, the jobs' schedules) without connecting, and exit.
+    #[arg(long)]
+    pub check_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum Cmd {
+    #[command(flatten)]
+    Repo(RepoCmd),
+    /// Run the config's [[jobs]] on their schedules, and the sidecar socket
+    /// if configured, until SIGTERM or SIGINT.
+    Daemon {
+        /// How to write log lines to stderr.
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
+    },
+    /// Run one configured job now and exit (for systemd timers or cron).
+    Run {
+        /// The job's name in the config.
+        job: String,
+    },
+    /// Stream a backup to a daemon's socket (sidecar mode): needs no config,
+    /// certificate or key, only access to the socket. Prints the snapshot id.
+    Send {
+        #[arg(long, env = "COFFER_SOCKET", default_value = "/run/coffer/coffer.sock")]
+        socket: PathBuf,
+        #[arg(long)]
+        repo: RepoName,
+        /// A name for the snapshot (default: the source).
+        #[arg(long)]
+        name: Option<String>,
+        /// `-` (stdin) or a file path.
+        #[arg(conflicts_with = "command")]
+        input: Option<String>,
+        /// A command whose stdout is sent, after `--`; the stream is
+        /// committed only if it exits 0.
+        #[arg(last = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum LogFormat {
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The commands that talk to the proxy with this host's certificate.
+#[derive(Subcommand)]
+pub(crate) enum RepoCmd {
+    /// Create a repository: its config and wrapped chunk-id key.
+    Init {
+        #[arg(long)]
+        repo: RepoName,
+        /// zstd level for its chunks, 1 (fastest) to 19; fixed for the
+        /// repository's life (docs/performance.md compares levels).
+        #[arg(long, default_value_t = coffer_proto::repo::DEFAULT_ZSTD_LEVEL,
+              value_parser = clap::value_parser!(i32).range(1..=19))]
+        zstd_level: i32,
+    },
+    /// Back up a stream: `-` for stdin, a PATH, or `-- CMD [ARGS...]`.
+    ///
+    /// With a command, the snapshot is committed only if it exits 0.
+    /// Prints the snapshot id as the last line of stdout.
+    Backup {
+        #[arg(long)]
+        repo: RepoName,
+        /// A name for the snapshot (default: the source).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print one JSON object instead of the id.
+        #[arg(long)]
+        json: bool,
+        /// `-` (stdin) or a file path.
+        #[arg(conflicts_with = "command")]
+        input: Option<String>,
+        /// A command whose stdout is backed up, after `--`.
+        #[arg(last = true, num_args = 1..)]
+        command: Vec<String>,
+    },
+    /// Restore a snapshot to stdout, or to FILE with `-o` (written only if the
+    /// whole snapshot checks out).
+    Restore {
+        #[arg(long)]
+        repo: RepoName,
+        snapshot: SnapshotId,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// List a repository's snapshots.
+    Snapshots {
+        #[arg(long)]
+        repo: RepoName,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Fetch, decrypt, decompress and re-hash every chunk of one snapshot, or
+    /// of all of them.
+    Verify {
+        #[arg(long)]
+        repo: RepoName,
+        snapshot: Option<SnapshotId>,
+    },
+    /// Show who the proxy thinks this agent is, and what it may do.
+    Whoami,
+    /// Key management.
+    Key {
+        #[command(subcommand)]
+        command: KeyCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum KeyCmd {
+    /// Start a new chunk-id key epoch: later backups name chunks with a new
+    /// key (deduplication starts over); older snapshots restore as before.
+    Rotate {
+        #[arg(long)]
+        repo: RepoName,
+    },
+}
