@@ -1,8 +1,10 @@
 //! The accept loop: source check, TLS handshakes, HTTP/2 connections,
 //! reload on SIGHUP, graceful shutdown.
 
+mod connection;
 pub mod conns;
 pub mod limit;
+mod tasks;
 mod tls;
 
 use std::net::SocketAddr;
@@ -10,25 +12,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use ipnet::IpNet;
-use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
-use tower::ServiceBuilder;
 
-use crate::access::identity::Identity;
 use crate::access::trust::TrustDomains;
-use crate::api::{self, Caller};
 use crate::app::{App, AppParts};
 use crate::audit::{AuditLog, AuditWriter, Draft, Outcome};
 use crate::config::{ProxyConfig, StoreConfig};
 use crate::monitor::alerts::Severity;
 use crate::monitor::metrics::{TimedChecker, TimedStore};
-use crate::server::limit::{timeout_to_response, Activity, LimitLayer, Limiter};
+use crate::server::limit::Limiter;
 use crate::store::S3Store;
 
 /// Connections served at once; the permit is taken before `accept`.
@@ -217,8 +213,11 @@ impl Proxy {
         };
         let watchers = [
             tokio::spawn(crate::monitor::alerts::deliver(self.app.watch.alerts.clone(), self.webhook.clone())),
-            tokio::spawn(watch_overdue(self.app.clone())),
-            tokio::spawn(watch_admin_state(self.app.clone(), Duration::from_secs(self.config.admin.poll_secs.max(1)))),
+            tokio::spawn(tasks::watch_overdue(self.app.clone())),
+            tokio::spawn(tasks::watch_admin_state(
+                self.app.clone(),
+                Duration::from_secs(self.config.admin.poll_secs.max(1)),
+            )),
             tokio::spawn(crate::monitor::scrub::scrub_loop(
                 self.app.store.clone(),
                 self.app.watch.clone(),
@@ -231,9 +230,13 @@ impl Proxy {
                 self.config.assess.interval_secs,
             )),
         ];
-        check_audit_chain(&self.app, &self.spool).await;
-        let shipper =
-            tokio::spawn(ship_audit(self.app.clone(), self.spool.sealed_dir(), self.proxy_id.clone(), self.ship_every));
+        tasks::check_audit_chain(&self.app, &self.spool).await;
+        let shipper = tokio::spawn(tasks::ship_audit(
+            self.app.clone(),
+            self.spool.sealed_dir(),
+            self.proxy_id.clone(),
+            self.ship_every,
+        ));
         ready(listener.local_addr()?);
         let (stop_tx, stop_rx) = watch::channel(false);
         // The last ADMIN_RESERVED connections are taken only when the rest
@@ -241,7 +244,7 @@ impl Proxy {
         let general = Arc::new(Semaphore::new(MAX_CONNECTIONS - crate::server::conns::ADMIN_RESERVED));
         let reserve = Arc::new(Semaphore::new(crate::server::conns::ADMIN_RESERVED));
         let mut conns = JoinSet::new();
-        let flusher = tokio::spawn(flush_refusals(self.app.clone(), self.limits.refusals.clone()));
+        let flusher = tokio::spawn(tasks::flush_refusals(self.app.clone(), self.limits.refusals.clone()));
         tokio::pin!(shutdown);
         loop {
             let (permit, reserved) = tokio::select! {
@@ -271,7 +274,7 @@ impl Proxy {
             let live = self.live.subscribe();
             let (app, limits, stop) = (self.app.clone(), self.limits.clone(), stop_rx.clone());
             conns.spawn(async move {
-                serve_connection(app, live, limits, tcp, peer, reserved, stop).await;
+                connection::serve_connection(app, live, limits, tcp, peer, reserved, stop).await;
                 drop(permit);
             });
             while conns.try_join_next().is_some() {}
@@ -343,329 +346,6 @@ impl Proxy {
         let _ = self.app.audit.record(draft, true).await;
         result
     }
-}
-
-/// At start: is the local audit chain whole? If not, an alert (and the
-/// proxy keeps serving: the evidence is kept as it is).
-async fn check_audit_chain(app: &App, spool: &crate::audit::SpoolConfig) {
-    let verdict = crate::audit::local_trail(spool).map_err(|e| e.to_string()).and_then(|(segments, live)| {
-        let key = crate::audit::public_key(spool).ok();
-        crate::audit::verify(&segments, Some(&live), key.as_deref()).map_err(|b| b.to_string())
-    });
-    if let Err(e) = verdict {
-        app.watch.alerts.raise("audit-chain", Severity::Critical, None, None, e, None).await;
-    }
-}
-
-/// Checks RPOs every `check_secs`, after learning each repository's last
-/// commit from its index segments.
-async fn watch_overdue(app: Arc<App>) {
-    if !app.watch.has_rpo() {
-        return;
-    }
-    match app.store.list("").await {
-        Ok(keys) => {
-            for key in keys.iter().filter(|k| k.contains("/index/")) {
-                let Some((repo, id)) = key.split_once("/index/") else { continue };
-                let (Ok(repo), Ok(bytes)) = (repo.parse::<coffer_proto::RepoName>(), app.store.get(key).await) else {
-                    continue;
-                };
-                let index = bytes.and_then(|b| coffer_proto::snapshot::IndexSegment::decode(&b).ok());
-                if let Some(index) = index.filter(|i| i.snapshot.to_string() == id) {
-                    app.watch.seen(repo, index.committed);
-                }
-            }
-        }
-        Err(e) => tracing::warn!("cannot learn the repositories' last snapshots: {e}"),
-    }
-    let mut tick = tokio::time::interval(Duration::from_secs(app.watch.check_secs));
-    loop {
-        tick.tick().await;
-        app.watch.check_overdue(crate::unix_now()).await;
-    }
-}
-
-/// Reads the admin state (revocations, lockdown) from the store again and
-/// again, so an admin call made through another proxy on the same store
-/// takes effect here within `every` (aborted at shutdown).
-async fn watch_admin_state(app: Arc<App>, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if let Err(e) = app.load_revocations().await {
-            tracing::warn!("reading revocations from the store failed (will retry): {e}");
-        }
-        let before = app.lockdown.load(std::sync::atomic::Ordering::Acquire);
-        match app.load_lockdown().await {
-            Ok(on) if on != before => {
-                tracing::warn!(
-                    "lockdown {} by an administrator (through another proxy)",
-                    if on { "entered" } else { "lifted" }
-                )
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!("reading the lockdown state from the store failed (will retry): {e}"),
-        }
-    }
-}
-
-/// Seals by age and ships sealed segments, forever (aborted at shutdown).
-async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Duration) {
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tick.tick().await;
-        app.audit.tick();
-        match crate::audit::ship::ship_pending(&sealed, &*app.store, &proxy_id, app.new_retain_until()).await {
-            Ok(shipped) => {
-                if !shipped.is_empty() {
-                    tracing::info!("shipped {} audit segments", shipped.len());
-                }
-                // Each segment's hash goes to the webhook too: a copy of
-                // the trail's anchor that root on this host cannot rewrite.
-                for s in &shipped {
-                    let msg = crate::audit::ship::seal_message(s);
-                    app.watch.alerts.raise("audit-seal", Severity::Info, None, Some(s.key.clone()), msg, None).await;
-                }
-            }
-            Err(e) => tracing::warn!("shipping audit segments failed (will retry): {e}"),
-        }
-    }
-}
-
-/// Writes, once a minute has ended, how many refused connections of each
-/// source were counted but not written one by one (aborted at shutdown).
-async fn flush_refusals(app: Arc<App>, throttle: Arc<crate::server::conns::RefusalThrottle>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(10));
-    loop {
-        tick.tick().await;
-        for (ip, n) in throttle.take_ended(crate::unix_now()) {
-            let reason = format!(
-                "{n} more connections from {ip} were refused in that minute (beyond {} a minute, counted, not written one by one)",
-                crate::server::conns::REFUSALS_AUDITED_PER_MINUTE
-            );
-            let draft = Draft {
-                peer: ip.to_string(),
-                action: "connect",
-                outcome: Some(Outcome::Denied),
-                reason: Some(reason),
-                bytes: n,
-                ..Default::default()
-            };
-            let _ = app.audit.record(draft, false).await;
-        }
-    }
-}
-
-async fn refuse(app: &App, limits: &ConnLimits, peer: SocketAddr, action: &'static str, reason: String) {
-    app.metrics.refused(action);
-    if action == "handshake" {
-        app.watch.handshake_failed(peer.ip()).await;
-    }
-    if !limits.refusals.admit(peer.ip(), crate::unix_now()) {
-        return;
-    }
-    tracing::info!(%peer, "{action} refused: {reason}");
-    let draft = Draft {
-        peer: peer.to_string(),
-        action,
-        outcome: Some(Outcome::Denied),
-        reason: Some(reason),
-        ..Default::default()
-    };
-    let _ = app.audit.record(draft, false).await;
-}
-
-/// After a refused handshake (the alert already sent), closes our side and
-/// reads what the client still sends for a moment. Closing at once would
-/// answer those bytes with a reset, which can destroy the alert before the
-/// client reads it, leaving it with "broken pipe" instead of the reason.
-async fn linger(mut tcp: tokio::net::TcpStream) {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let _ = tcp.shutdown().await;
-    let mut sink = [0u8; 4096];
-    let _ = tokio::time::timeout(LINGER_AFTER_REFUSAL, async { while matches!(tcp.read(&mut sink).await, Ok(1..)) {} })
-        .await;
-}
-
-async fn serve_connection(
-    app: Arc<App>,
-    mut reloads: watch::Receiver<Arc<Live>>,
-    limits: ConnLimits,
-    tcp: tokio::net::TcpStream,
-    peer: SocketAddr,
-    reserved: bool,
-    mut stop: watch::Receiver<bool>,
-) {
-    let live = reloads.borrow_and_update().clone();
-    if !live.source_allowed(&peer) {
-        return refuse(&app, &limits, peer, "connect", format!("source address {} is not allowed", peer.ip())).await;
-    }
-    let Some(_source_slot) = limits.slots.source(peer.ip()) else {
-        let reason = format!("{} holds its fill of connections (limits.connections_per_source)", peer.ip());
-        return refuse(&app, &limits, peer, "connect", reason).await;
-    };
-    tcp.set_nodelay(true).ok();
-    let stream = match tokio::time::timeout(limits.handshake_timeout, live.acceptor.accept(tcp).into_fallible()).await {
-        Ok(Ok(s)) => s,
-        Ok(Err((e, tcp))) => {
-            refuse(&app, &limits, peer, "handshake", e.to_string()).await;
-            return linger(tcp).await;
-        }
-        Err(_) => return refuse(&app, &limits, peer, "handshake", "handshake timed out".into()).await,
-    };
-    let chain: Option<Vec<CertificateDer<'static>>> =
-        stream.get_ref().1.peer_certificates().map(|c| c.iter().map(|c| c.clone().into_owned()).collect());
-    let identity = stream.get_ref().1.peer_certificates().and_then(|chain| {
-        let domain = live.domains.domain_of(chain)?;
-        let identity = Identity::from_certificate(domain, chain.first()?)?;
-        app.client_certs.note(&identity, chain.first()?, crate::unix_now());
-        Some(identity)
-    });
-    let _identity_slot = match &identity {
-        Some(id) => match limits.slots.identity(&format!("{}\0{}", id.domain(), id.name())) {
-            Some(slot) => Some(slot),
-            None => {
-                let reason = format!("{id} holds its fill of connections (limits.connections_per_identity)");
-                return refuse(&app, &limits, peer, "connection", reason).await;
-            }
-        },
-        None => None,
-    };
-    let admin =
-        identity.as_ref().is_some_and(|id| app.policy().grants(id).0.contains(&crate::access::policy::Role::Admin));
-    if reserved && !admin {
-        let reason = "every connection is in use; the last ones are kept for admins".to_string();
-        return refuse(&app, &limits, peer, "connection", reason).await;
-    }
-    let caller = Arc::new(Caller::new(identity, peer));
-    let (conn_app, conn_caller) = (app.clone(), caller.clone());
-    let activity = Arc::new(Activity::default());
-    let audit = app.audit.clone();
-    let handler_caller = caller.clone();
-    let service = ServiceBuilder::new()
-        .layer(LimitLayer::new(
-            limits.limiter.clone(),
-            caller.clone(),
-            audit.clone(),
-            app.metrics.clone(),
-            activity.clone(),
-        ))
-        .map_result(timeout_to_response(caller, audit))
-        .timeout(limits.request_timeout)
-        .service_fn(move |req| {
-            let (app, caller) = (app.clone(), handler_caller.clone());
-            async move { Ok::<_, std::convert::Infallible>(api::handle(app, caller, req).await) }
-        });
-    let service = TowerToHyperService::new(service);
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-        .max_local_error_reset_streams(Some(0))
-        .initial_stream_window_size(4 * 1024 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .max_frame_size(1024 * 1024)
-        .serve_connection(TokioIo::new(stream), service);
-    tokio::pin!(conn);
-    let mut tick = tokio::time::interval(limits.idle_timeout / 4);
-    let idle = loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    match protocol_violation(&e) {
-                        Some(reason) => {
-                            tracing::info!(%peer, "{reason}");
-                            conn_app.metrics.refused("protocol");
-                            let _ = conn_app.audit.record(connection_denied(&conn_caller, peer, reason), false).await;
-                        }
-                        None => tracing::debug!(%peer, "connection ended: {e}"),
-                    }
-                }
-                return;
-            }
-            _ = stop.changed() => break false,
-            Ok(()) = reloads.changed() => {
-                // A reload (new CRLs, trust domains, allowlist) applies to
-                // open connections too: one whose client it no longer
-                // accepts is cut at once, not at its next handshake.
-                let live = reloads.borrow_and_update().clone();
-                let domain = conn_caller.identity.as_ref().map(|i| i.domain().to_string());
-                let still = chain.as_deref().and_then(|c| live.domains.domain_of(c)).map(|d| d.to_string());
-                let reason = if !live.source_allowed(&peer) {
-                    Some(format!("source address {} is no longer allowed after a reload", peer.ip()))
-                } else if chain.is_some() && still != domain {
-                    Some("the client certificate is no longer accepted after a reload (revoked, or its trust domain changed)".to_string())
-                } else {
-                    None
-                };
-                if let Some(reason) = reason {
-                    tracing::info!(%peer, "{reason}; connection closed");
-                    conn_app.metrics.refused("handshake");
-                    let _ = conn_app.audit.record(connection_denied(&conn_caller, peer, reason), false).await;
-                    return;
-                }
-            }
-            _ = tick.tick() => {
-                if activity.idle_for() >= limits.idle_timeout {
-                    tracing::debug!(%peer, "closing idle connection");
-                    break true;
-                }
-            }
-        }
-    };
-    conn.as_mut().graceful_shutdown();
-    if !idle {
-        // Shutting down: in-flight requests finish (the server bounds the wait).
-        let _ = conn.await;
-        return;
-    }
-    // Nothing is in flight, so all that can be left is responses being
-    // written. A client that never reads them would otherwise hold the
-    // connection, and the bodies buffered for it, for ever.
-    if tokio::time::timeout(limits.idle_timeout, conn.as_mut()).await.is_err() {
-        let reason = format!("responses left unread for {} s; connection closed", limits.idle_timeout.as_secs());
-        tracing::info!(%peer, "{reason}");
-        conn_app.metrics.refused("unread");
-        let _ = conn_app.audit.record(connection_denied(&conn_caller, peer, reason), false).await;
-    }
-}
-
-/// The audit event for a connection the proxy closed because of how the
-/// client behaved on it.
-fn connection_denied(caller: &Caller, peer: SocketAddr, reason: String) -> Draft {
-    let who = &caller.identity;
-    Draft {
-        identity: who.as_ref().map(|i| i.name().to_string()),
-        trust_domain: who.as_ref().map(|i| i.domain().to_string()),
-        peer: peer.to_string(),
-        action: "connection",
-        outcome: Some(Outcome::Denied),
-        reason: Some(reason),
-        ..Default::default()
-    }
-}
-
-/// Why the proxy's HTTP/2 layer closed a connection, when the client broke
-/// the protocol (as opposed to hanging up, or a network error).
-fn protocol_violation(e: &hyper::Error) -> Option<String> {
-    let mut source = std::error::Error::source(e);
-    while let Some(err) = source {
-        if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            if !h2.is_library() {
-                return None;
-            }
-            let reason = h2.reason()?;
-            return Some(if reason == h2::Reason::ENHANCE_YOUR_CALM {
-                format!(
-                    "HTTP/2 {reason:?}: more than {MAX_STREAMS_PER_CONNECTION} streams at once, or a malformed stream; \
-                     connection closed"
-                )
-            } else {
-                format!("HTTP/2 protocol error {reason:?} ({reason}); connection closed")
-            });
-        }
-        source = err.source();
-    }
-    None
 }
 
 /// Resolves on SIGTERM or SIGINT.

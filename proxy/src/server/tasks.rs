@@ -1,0 +1,123 @@
+//! The proxy's background work: verifying the audit chain at start,
+//! shipping sealed audit segments, polling the admin's switches, watching
+//! for overdue repositories, and writing throttled refusals.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::app::App;
+use crate::audit::{Draft, Outcome};
+use crate::monitor::alerts::Severity;
+
+/// At start: is the local audit chain whole? If not, an alert (and the
+/// proxy keeps serving: the evidence is kept as it is).
+pub(super) async fn check_audit_chain(app: &App, spool: &crate::audit::SpoolConfig) {
+    let verdict = crate::audit::local_trail(spool).map_err(|e| e.to_string()).and_then(|(segments, live)| {
+        let key = crate::audit::public_key(spool).ok();
+        crate::audit::verify(&segments, Some(&live), key.as_deref()).map_err(|b| b.to_string())
+    });
+    if let Err(e) = verdict {
+        app.watch.alerts.raise("audit-chain", Severity::Critical, None, None, e, None).await;
+    }
+}
+
+/// Checks RPOs every `check_secs`, after learning each repository's last
+/// commit from its index segments.
+pub(super) async fn watch_overdue(app: Arc<App>) {
+    if !app.watch.has_rpo() {
+        return;
+    }
+    match app.store.list("").await {
+        Ok(keys) => {
+            for key in keys.iter().filter(|k| k.contains("/index/")) {
+                let Some((repo, id)) = key.split_once("/index/") else { continue };
+                let (Ok(repo), Ok(bytes)) = (repo.parse::<coffer_proto::RepoName>(), app.store.get(key).await) else {
+                    continue;
+                };
+                let index = bytes.and_then(|b| coffer_proto::snapshot::IndexSegment::decode(&b).ok());
+                if let Some(index) = index.filter(|i| i.snapshot.to_string() == id) {
+                    app.watch.seen(repo, index.committed);
+                }
+            }
+        }
+        Err(e) => tracing::warn!("cannot learn the repositories' last snapshots: {e}"),
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(app.watch.check_secs));
+    loop {
+        tick.tick().await;
+        app.watch.check_overdue(crate::unix_now()).await;
+    }
+}
+
+/// Reads the admin state (revocations, lockdown) from the store again and
+/// again, so an admin call made through another proxy on the same store
+/// takes effect here within `every` (aborted at shutdown).
+pub(super) async fn watch_admin_state(app: Arc<App>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = app.load_revocations().await {
+            tracing::warn!("reading revocations from the store failed (will retry): {e}");
+        }
+        let before = app.lockdown.load(std::sync::atomic::Ordering::Acquire);
+        match app.load_lockdown().await {
+            Ok(on) if on != before => {
+                tracing::warn!(
+                    "lockdown {} by an administrator (through another proxy)",
+                    if on { "entered" } else { "lifted" }
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reading the lockdown state from the store failed (will retry): {e}"),
+        }
+    }
+}
+
+/// Seals by age and ships sealed segments, forever (aborted at shutdown).
+pub(super) async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        app.audit.tick();
+        match crate::audit::ship::ship_pending(&sealed, &*app.store, &proxy_id, app.new_retain_until()).await {
+            Ok(shipped) => {
+                if !shipped.is_empty() {
+                    tracing::info!("shipped {} audit segments", shipped.len());
+                }
+                // Each segment's hash goes to the webhook too: a copy of
+                // the trail's anchor that root on this host cannot rewrite.
+                for s in &shipped {
+                    let msg = crate::audit::ship::seal_message(s);
+                    app.watch.alerts.raise("audit-seal", Severity::Info, None, Some(s.key.clone()), msg, None).await;
+                }
+            }
+            Err(e) => tracing::warn!("shipping audit segments failed (will retry): {e}"),
+        }
+    }
+}
+
+/// Writes, once a minute has ended, how many refused connections of each
+/// source were counted but not written one by one (aborted at shutdown).
+pub(super) async fn flush_refusals(app: Arc<App>, throttle: Arc<crate::server::conns::RefusalThrottle>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        for (ip, n) in throttle.take_ended(crate::unix_now()) {
+            let reason = format!(
+                "{n} more connections from {ip} were refused in that minute (beyond {} a minute, counted, not written one by one)",
+                crate::server::conns::REFUSALS_AUDITED_PER_MINUTE
+            );
+            let draft = Draft {
+                peer: ip.to_string(),
+                action: "connect",
+                outcome: Some(Outcome::Denied),
+                reason: Some(reason),
+                bytes: n,
+                ..Default::default()
+            };
+            let _ = app.audit.record(draft, false).await;
+        }
+    }
+}
