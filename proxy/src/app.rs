@@ -20,9 +20,10 @@ use crate::monitor::detect::Watch;
 use crate::monitor::metrics::Metrics;
 use crate::store::{ObjectStore, StoreError};
 
-/// Asks the server loop to reload the configuration file; the answer says
-/// whether it did.
-pub type ReloadRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<(), String>>>;
+/// Where the server loop answers a reload: whether it did.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+/// Asks the server loop to reload the configuration file.
+pub type ReloadRequests = tokio::sync::mpsc::Sender<ReloadReply>;
 
 /// A stored revocation record as read: trust domain, identity, revoked
 /// (false: reinstated).

@@ -23,6 +23,8 @@ pub mod monitor;
 pub mod parts;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod testkit;
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {

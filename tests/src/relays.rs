@@ -3,7 +3,6 @@
 use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 
-
 /// An HTTP/1 relay in front of the S3 emulator that answers some requests
 /// itself with `503 SlowDown`, as S3 does under load, and forwards the rest.
 pub struct FaultRelay {

@@ -3,7 +3,6 @@
 use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex};
 
-
 /// A webhook receiver on loopback: answers 200 to every POST and keeps the
 /// JSON bodies. Stops accepting when dropped.
 pub struct Webhook {

@@ -136,8 +136,9 @@ fn no_import_circles_between_modules() {
                 let text = std::fs::read_to_string(f).unwrap();
                 for target in references(&module, &text, depth) {
                     // A module and its own parent or children are one unit.
-                    let related =
-                        target == me || me.starts_with(&format!("{target}::")) || target.starts_with(&format!("{me}::"));
+                    let related = target == me
+                        || me.starts_with(&format!("{target}::"))
+                        || target.starts_with(&format!("{me}::"));
                     if !related {
                         graph.entry(me.clone()).or_default().insert(target);
                     }
@@ -153,15 +154,11 @@ fn no_import_circles_between_modules() {
 
 #[test]
 fn the_circle_finder_finds_circles() {
-    let graph: BTreeMap<String, BTreeSet<String>> = [
-        ("a", vec!["b"]),
-        ("b", vec!["c"]),
-        ("c", vec!["a"]),
-        ("d", vec!["a"]),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.into_iter().map(str::to_string).collect()))
-    .collect();
+    let graph: BTreeMap<String, BTreeSet<String>> =
+        [("a", vec!["b"]), ("b", vec!["c"]), ("c", vec!["a"]), ("d", vec!["a"])]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.into_iter().map(str::to_string).collect()))
+            .collect();
     assert_eq!(circles(&graph), vec![vec!["a".to_string(), "b".into(), "c".into()]]);
     let me = ["api".to_string(), "gate".to_string()];
     let refs = references(&me, "use super::reply::ApiError;\nuse crate::app::App;\nx::crate::not", 2);

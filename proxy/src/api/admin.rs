@@ -260,3 +260,72 @@ pub async fn expire(
     }
     Ok(Reply::json(StatusCode::OK, &ExpireReport { dry_run: false, deleted, held, failed }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+    use crate::testkit::{self, admin, draft, staged};
+
+    const HERE: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+
+    #[tokio::test]
+    async fn lockdown_is_stored_for_every_proxy_and_holds_reach_every_object() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = staged(&t, &repo, 2).await;
+        crate::api::snapshots::commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+
+        let body = serde_json::json!({ "repo": repo, "snapshot": req.snapshot, "on": true }).to_string();
+        let held = hold(&t.app, &admin(), HERE, &draft("admin-hold"), body.as_bytes()).await.unwrap();
+        let held: serde_json::Value = serde_json::from_slice(&held.body).unwrap();
+        // Root, index, two chunks, one data key record, the config.
+        assert_eq!(held["objects"], 6, "{held}");
+        for key in [layout::snapshot(&repo, &req.snapshot), layout::chunk(&repo, &req.chunks[1])] {
+            assert!(t.app.store.head(&key).await.unwrap().unwrap().legal_hold, "{key}");
+        }
+
+        lockdown(&t.app, &admin(), &draft("admin-lockdown"), br#"{"on": true}"#).await.unwrap();
+        assert!(t.app.lockdown.load(std::sync::atomic::Ordering::Acquire));
+        // Lifting a hold loosens: refused during lockdown, and the hold stays.
+        let lift = serde_json::json!({ "repo": repo, "snapshot": req.snapshot, "on": false }).to_string();
+        let err = hold(&t.app, &admin(), HERE, &draft("admin-hold"), lift.as_bytes()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Denied(_)), "{err}");
+        assert!(t.app.store.head(&layout::snapshot(&repo, &req.snapshot)).await.unwrap().unwrap().legal_hold);
+        // Another proxy on the same store learns the lockdown from it.
+        let other = crate::app::App::new(crate::app::AppParts {
+            policy: crate::config::ProxyConfig::load(&t.dir.path().join("proxy.toml")).unwrap().policy().unwrap(),
+            store: t.app.store.clone(),
+            audit: t.app.audit.clone(),
+            checker: t.app.checker.clone(),
+            retention: t.app.retention,
+            commit_max_bytes: t.app.commit_max_bytes,
+            mfa: crate::access::mfa::MfaVerifier::new(t.dir.path().join("totp.toml"), t.app.store.clone()),
+            reload: tokio::sync::mpsc::channel(1).0,
+            metrics: t.app.metrics.clone(),
+            watch: t.app.watch.clone(),
+            client_certs: crate::access::clientcerts::ClientCerts::open(t.dir.path().join("certs.json")),
+        });
+        assert!(other.load_lockdown().await.unwrap(), "the switch is in the store");
+    }
+
+    #[tokio::test]
+    async fn an_admins_reach_stops_at_its_trust_domain() {
+        let t = testkit::app().await;
+        let outside = serde_json::json!({ "repo": "prod/db", "on": true }).to_string();
+        let err = hold(&t.app, &admin(), HERE, &draft("admin-hold"), outside.as_bytes()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Denied(_)), "{err}");
+        let expire_outside = br#"{"repo": "prod/db", "dry_run": true}"#;
+        let err = expire(&t.app, &admin(), HERE, &draft("admin-expire"), expire_outside).await.unwrap_err();
+        assert!(matches!(err, ApiError::Denied(_)), "{err}");
+        let other_domain = br#"{"trust_domain": "prod", "identity": "spiffe://prod/writer"}"#;
+        let err = revoke(&t.app, &admin(), &draft("admin-revoke"), other_domain).await.unwrap_err();
+        assert!(matches!(err, ApiError::Denied(_)), "{err}");
+        // Inside it: the writer is revoked, and the record is in the store.
+        let writer = br#"{"trust_domain": "dev", "identity": "spiffe://coffer.dev/writer"}"#;
+        revoke(&t.app, &admin(), &draft("admin-revoke"), writer).await.unwrap();
+        assert!(t.app.is_revoked(&crate::access::identity::Identity::new("dev", "spiffe://coffer.dev/writer")));
+        assert_eq!(t.app.store.list(switches::IDENTITY_SWITCHES).await.unwrap().len(), 1);
+    }
+}

@@ -49,3 +49,49 @@ pub async fn put_chunk(
     let outcome = app.store.put_object(&layout::chunk(repo, &id), body, until, recorded).await?;
     Ok(Reply::stored(outcome))
 }
+
+#[cfg(test)]
+mod tests {
+    use coffer_proto::snapshot::{decode_ids, encode_ids};
+
+    use super::*;
+    use crate::testkit::{self, writer_grant};
+
+    fn digest(body: &[u8]) -> Option<String> {
+        Some(blake3::hash(body).to_hex().to_string())
+    }
+
+    #[tokio::test]
+    async fn missing_names_exactly_what_is_not_stored_and_uploads_are_checked() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let (key_id, key, record) = t.data_key(&repo);
+        let (a, envelope) = t.chunk(&repo, key_id, &key, b"first");
+        let (b, _) = t.chunk(&repo, key_id, &key, b"second");
+
+        // A chunk sealed with a key the repository does not hold is refused.
+        let early = put_chunk(&t.app, &repo, a, envelope.clone(), digest(&envelope)).await.unwrap_err();
+        assert!(matches!(early, ApiError::Conflict(ref m) if m.contains("PUT it first")), "{early}");
+        crate::api::repo::put_key(&t.app, &writer_grant(), &repo, key_id, record).await.unwrap();
+
+        // A body that does not match its digest, or comes without one.
+        let mut bent = envelope.to_vec();
+        *bent.last_mut().unwrap() ^= 1;
+        let bad = put_chunk(&t.app, &repo, a, bent.into(), digest(&envelope)).await.unwrap_err();
+        assert!(matches!(bad, ApiError::Invalid(ref m) if m.contains("digest")), "{bad}");
+        assert!(matches!(put_chunk(&t.app, &repo, a, envelope.clone(), None).await, Err(ApiError::Invalid(_))));
+
+        let stored = put_chunk(&t.app, &repo, a, envelope.clone(), digest(&envelope)).await.unwrap();
+        assert_eq!(stored.status, StatusCode::CREATED);
+        let again = put_chunk(&t.app, &repo, a, envelope.clone(), digest(&envelope)).await.unwrap();
+        assert_eq!(again.status, StatusCode::OK, "a retried upload is a success, not a second object");
+
+        let answer = missing(&t.app, &repo, &encode_ids(&[a, b])).await.unwrap();
+        assert_eq!(decode_ids(&answer.body).unwrap(), vec![b]);
+        // Another repository holds nothing, whatever this one does.
+        let other: RepoName = "dev/other".parse().unwrap();
+        let answer = missing(&t.app, &other, &encode_ids(&[a])).await.unwrap();
+        assert_eq!(decode_ids(&answer.body).unwrap(), vec![a]);
+        assert!(matches!(missing(&t.app, &repo, &[1, 2, 3]).await, Err(ApiError::Invalid(_))), "not a list of ids");
+    }
+}

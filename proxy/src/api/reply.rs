@@ -83,6 +83,7 @@ impl From<RouteError> for ApiError {
 }
 
 /// A successful answer: status, body, and the byte count for the audit event.
+#[derive(Debug)]
 pub struct Reply {
     pub status: StatusCode,
     pub body: Bytes,

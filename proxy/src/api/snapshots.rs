@@ -213,3 +213,60 @@ pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiErro
     out.sort_by_key(|s| (s.committed, s.id));
     Ok(Reply::json(StatusCode::OK, &out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit::{self, draft, staged};
+
+    #[tokio::test]
+    async fn a_commit_locks_what_it_needs_and_is_listed_once() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = staged(&t, &repo, 3).await;
+        let reply = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        assert_eq!(reply.status, StatusCode::CREATED);
+        let info: SnapshotInfo = serde_json::from_slice(&reply.body).unwrap();
+        let index = t.app.store.get(&layout::index(&repo, &req.snapshot)).await.unwrap().unwrap();
+        let index = IndexSegment::decode(&index).unwrap();
+        assert_eq!(index.chunks.iter().map(|e| e.id).collect::<Vec<_>>(), req.chunks);
+        assert_eq!(index.keys.as_ref().map(Vec::len), Some(1), "the one data key that sealed them");
+        for id in &req.chunks {
+            let meta = t.app.store.head(&layout::chunk(&repo, id)).await.unwrap().unwrap();
+            assert!(meta.retain_until.unwrap() >= info.retain_until - 1, "each chunk locked as long as the snapshot");
+        }
+        // The same commit again (a retry) is answered, not doubled.
+        let again = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        assert_eq!(again.status, StatusCode::OK);
+        let listed = list_snapshots(&t.app, &repo).await.unwrap();
+        let listed: Vec<SnapshotInfo> = serde_json::from_slice(&listed.body).unwrap();
+        assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![req.snapshot]);
+        // Another root under the same id is refused.
+        let mut other = req;
+        let last = other.root.len() - 1;
+        other.root[last] ^= 1;
+        let err = commit(&t.app, &mut draft("commit"), &repo, &other.encode()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(_)), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_commit_of_what_is_not_stored_or_with_lying_stats_commits_nothing() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let mut req = staged(&t, &repo, 2).await;
+        req.chunks.push(ChunkId::from_bytes([7; 32]));
+        let err = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
+        req.chunks.pop();
+        let twice = CommitRequest { chunks: vec![req.chunks[0], req.chunks[0]], ..req.clone() };
+        let err = commit(&t.app, &mut draft("commit"), &repo, &twice.encode()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("twice")), "{err}");
+        let lying = CommitRequest { stats: SnapshotStats { chunks_new: 50, ..req.stats }, ..req.clone() };
+        let err = commit(&t.app, &mut draft("commit"), &repo, &lying.encode()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("contradict")), "{err}");
+        assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Snapshots)).await.unwrap().is_empty());
+        assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Index)).await.unwrap().is_empty());
+        // And the honest commit of the same chunks still goes through.
+        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+    }
+}

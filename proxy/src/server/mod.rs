@@ -116,12 +116,13 @@ pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Builds the proxy from a validated config: opens the store (an S3
-/// bucket must have Object Lock and versioning), the audit log and the key
-/// checker, loads certificates. Errors name what to fix. `config_path` is
-/// read again on reload.
-pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
-    let live = Live::load(cfg)?;
+/// The shared state a config describes: the store, the key checker, the
+/// audit log (and its writer thread), alerts, the detector and the policy.
+/// Apart from the listener and TLS, this is the whole proxy, which is what
+/// the handlers' unit tests build.
+pub(crate) async fn build_app(
+    cfg: &ProxyConfig,
+) -> Result<(App, AuditWriter, tokio::sync::mpsc::Receiver<crate::app::ReloadReply>), String> {
     let metrics = Arc::new(crate::monitor::metrics::Metrics::default());
     let store = Arc::new(TimedStore { inner: crate::parts::open_store(cfg).await?, metrics: metrics.clone() });
     let checker = Arc::new(TimedChecker { inner: crate::parts::key_checker(cfg).await?, metrics: metrics.clone() });
@@ -155,6 +156,16 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         client_certs: crate::access::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
     });
     app.set_repo_policies(cfg.repo_policies()?);
+    Ok((app, writer, reload_rx))
+}
+
+/// Builds the proxy from a validated config: opens the store (an S3
+/// bucket must have Object Lock and versioning), the audit log and the key
+/// checker, loads certificates. Errors name what to fix. `config_path` is
+/// read again on reload.
+pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
+    let live = Live::load(cfg)?;
+    let (app, writer, reload_rx) = build_app(cfg).await?;
     let limits = ConnLimits {
         limiter: Arc::new(Limiter::new(cfg.limits)),
         slots: crate::server::conns::Slots::new(cfg.limits.connections_per_source, cfg.limits.connections_per_identity),

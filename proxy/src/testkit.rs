@@ -1,0 +1,121 @@
+//! For handler unit tests: the whole shared state of a dev proxy (its
+//! config, filesystem store, local master key, policy, audit log) built in
+//! a temporary folder, with no listener; and what an honest agent would
+//! upload.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use coffer_proto::envelope::{self, Compression, Kind};
+use coffer_proto::keys::{DataKey, EncryptionContext, IdKey, KeyRecord, LocalKek, Purpose, KEY_RECORD_VERSION};
+use coffer_proto::repo::{ChunkerParams, RepoConfig, CONFIG_VERSION};
+use coffer_proto::snapshot::{CommitRequest, SnapshotStats};
+use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId};
+
+use crate::access::identity::Identity;
+use crate::access::policy::Allowed;
+use crate::app::App;
+use crate::audit::{AuditWriter, Draft};
+
+pub(crate) struct TestApp {
+    pub app: Arc<App>,
+    pub kek: LocalKek,
+    pub dir: tempfile::TempDir,
+    _writer: AuditWriter,
+}
+
+/// A dev proxy's state, on a fresh folder.
+pub(crate) async fn app() -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let path = crate::dev::prepare(dir.path(), None).unwrap();
+    let cfg = crate::config::ProxyConfig::load(&path).unwrap();
+    let (app, writer, _reloads) = crate::server::build_app(&cfg).await.unwrap();
+    let master = std::fs::read_to_string(dir.path().join("master.key")).unwrap();
+    let kek = LocalKek::from_file_contents(&master).unwrap();
+    TestApp { app: Arc::new(app), kek, dir, _writer: writer }
+}
+
+impl TestApp {
+    /// A data key of `repo`, wrapped by the master key: what `coffer`
+    /// uploads before its first chunk.
+    pub fn data_key(&self, repo: &RepoName) -> (KeyId, DataKey, Bytes) {
+        let (key, record) = self.wrapped(repo, Purpose::Data);
+        (record.key_id, key, record.encode().into())
+    }
+
+    fn wrapped(&self, repo: &RepoName, purpose: Purpose) -> (DataKey, KeyRecord) {
+        let key_id = KeyId::random();
+        let context = EncryptionContext::new(repo, purpose, key_id);
+        let (key, wrapped) = self.kek.generate_data_key(&context);
+        let kek = self.kek.id().to_string();
+        (key, KeyRecord { version: KEY_RECORD_VERSION, key_id, purpose, kek, context, wrapped })
+    }
+
+    /// `coffer init`: the repository's config, with its chunk-id key.
+    pub async fn init(&self, repo: &RepoName) {
+        let (idk, id_key) = self.wrapped(repo, Purpose::ChunkId);
+        let mut config = RepoConfig {
+            version: CONFIG_VERSION,
+            repo: repo.clone(),
+            chunker: ChunkerParams::default(),
+            zstd_level: 3,
+            id_key,
+            created: crate::unix_now(),
+            mac: None,
+        };
+        config.authenticate(&IdKey::from_data_key(idk));
+        crate::api::repo::put_config(&self.app, &writer_grant(), repo, config.encode().into()).await.unwrap();
+    }
+
+    /// A chunk of `plain` sealed with `key`, under an id derived from it.
+    pub fn chunk(&self, repo: &RepoName, key_id: KeyId, key: &DataKey, plain: &[u8]) -> (ChunkId, Bytes) {
+        let id = ChunkId::from_bytes(*blake3::hash(plain).as_bytes());
+        (id, coffer_proto::chunk::seal(plain, key, key_id, repo, &id, 3).into())
+    }
+}
+
+/// What a writer of the dev policy is granted.
+pub(crate) fn writer_grant() -> Allowed {
+    Allowed { rule: "dev writer".into(), kms_keys: Vec::new(), mfa: false }
+}
+
+pub(crate) fn admin() -> Identity {
+    Identity::new(crate::dev::DOMAIN, "spiffe://coffer.dev/admin")
+}
+
+/// An audit event of `action` by the dev writer.
+pub(crate) fn draft(action: &'static str) -> Draft {
+    Draft {
+        identity: Some("spiffe://coffer.dev/writer".into()),
+        trust_domain: Some(crate::dev::DOMAIN.into()),
+        peer: "127.0.0.1:1".into(),
+        action,
+        ..Default::default()
+    }
+}
+
+/// A repository holding one data key and `n` chunks, and an honest
+/// commit of them.
+pub(crate) async fn staged(t: &TestApp, repo: &RepoName, n: u8) -> CommitRequest {
+    t.init(repo).await;
+    let (key_id, key, record) = t.data_key(repo);
+    crate::api::repo::put_key(&t.app, &writer_grant(), repo, key_id, record).await.unwrap();
+    let (mut chunks, mut stored) = (Vec::new(), 0);
+    for i in 0..n {
+        let (id, envelope) = t.chunk(repo, key_id, &key, &[i; 100]);
+        stored += envelope.len() as u64;
+        let digest = Some(blake3::hash(&envelope).to_hex().to_string());
+        crate::api::chunks::put_chunk(&t.app, repo, id, envelope, digest).await.unwrap();
+        chunks.push(id);
+    }
+    let snapshot = SnapshotId::random();
+    let root = envelope::seal(Kind::SnapshotRoot, Compression::None, key_id, &key, repo, snapshot.as_bytes(), b"{}");
+    let stats = SnapshotStats {
+        bytes_in: 100 * u64::from(n),
+        bytes_new: 100 * u64::from(n),
+        stored_new: stored,
+        chunks: u64::from(n),
+        chunks_new: u64::from(n),
+    };
+    CommitRequest { snapshot, root, stats, chunks }
+}
