@@ -140,44 +140,49 @@ impl JobConfig {
 /// Longest jitter: a day.
 const JITTER_MAX_SECS: u64 = 86_400;
 
-fn check_jobs(jobs: &[JobConfig]) -> Result<(), String> {
+fn check_jobs(jobs: &[JobConfig]) -> Result<(), ParseError> {
     let mut names = std::collections::HashSet::new();
     for job in jobs {
         let ok_name = !job.name.is_empty()
             && job.name.len() <= 64
             && job.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok_name {
-            return Err(format!("jobs: name {:?} must be 1 to 64 of [A-Za-z0-9._-]", job.name));
+            return Err(ParseError::Invalid(format!("jobs: name {:?} must be 1 to 64 of [A-Za-z0-9._-]", job.name)));
         }
         if !names.insert(job.name.as_str()) {
-            return Err(format!("jobs: two jobs are named {:?}", job.name));
+            return Err(ParseError::Invalid(format!("jobs: two jobs are named {:?}", job.name)));
         }
         match (job.command.is_empty(), &job.path) {
             (false, None) | (true, Some(_)) => {}
-            _ => return Err(format!("job {}: give exactly one of `command` or `path`", job.name)),
+            _ => return Err(ParseError::Invalid(format!("job {}: give exactly one of `command` or `path`", job.name))),
         }
         if job.path.as_ref().is_some_and(|p| !p.is_absolute()) {
-            return Err(format!("job {}: path must be absolute", job.name));
+            return Err(ParseError::Invalid(format!("job {}: path must be absolute", job.name)));
         }
-        crate::schedule::parse_schedule(&job.schedule).map_err(|e| format!("job {}: {e}", job.name))?;
+        crate::schedule::parse_schedule(&job.schedule)
+            .map_err(|e| ParseError::Invalid(format!("job {}: {e}", job.name)))?;
         if job.jitter_secs > JITTER_MAX_SECS {
-            return Err(format!("job {}: jitter_secs is at most {JITTER_MAX_SECS}", job.name));
+            return Err(ParseError::Invalid(format!("job {}: jitter_secs is at most {JITTER_MAX_SECS}", job.name)));
         }
     }
     Ok(())
 }
 
-fn check_daemon(d: &DaemonConfig) -> Result<(), String> {
+fn check_daemon(d: &DaemonConfig) -> Result<(), ParseError> {
     if let Some(addr) = d.health {
         if !addr.ip().is_loopback() {
-            return Err(format!("daemon.health = {addr}: the health endpoint listens on loopback only"));
+            return Err(ParseError::Invalid(format!(
+                "daemon.health = {addr}: the health endpoint listens on loopback only"
+            )));
         }
     }
     if d.socket.is_some() && d.socket_repos.is_empty() {
-        return Err("daemon.socket needs daemon.socket_repos: the repositories it may write".into());
+        return Err(ParseError::Invalid(
+            "daemon.socket needs daemon.socket_repos: the repositories it may write".into(),
+        ));
     }
     if d.socket_mode > 0o777 {
-        return Err(format!("daemon.socket_mode = {:o}: not a file mode", d.socket_mode));
+        return Err(ParseError::Invalid(format!("daemon.socket_mode = {:o}: not a file mode", d.socket_mode)));
     }
     Ok(())
 }
@@ -235,8 +240,8 @@ impl AgentConfig {
         if let Some(socket) = &mut cfg.daemon.socket {
             *socket = base.join(&*socket);
         }
-        check_daemon(&cfg.daemon).map_err(ParseError::Invalid)?;
-        check_jobs(&cfg.jobs).map_err(ParseError::Invalid)?;
+        check_daemon(&cfg.daemon)?;
+        check_jobs(&cfg.jobs)?;
         Ok(cfg)
     }
 }

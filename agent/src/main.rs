@@ -83,7 +83,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure(code, e)) => {
-            eprintln!("coffer: {}", describe(&e));
+            eprintln!("coffer: {}", describe(e.as_ref()));
             ExitCode::from(code)
         }
     }
@@ -141,9 +141,12 @@ async fn check_config(path: Option<PathBuf>) -> Result<(), Failure> {
         println!("  socket {} for {}", socket.display(), repos.join(", "));
     }
     for job in &config.jobs {
-        let next = coffer_agent::schedule::parse_schedule(&job.schedule)
-            .and_then(|c| c.find_next_occurrence(&chrono::Local::now(), false).map_err(|e| e.to_string()))
-            .map_or_else(|e| e, |t| t.to_rfc3339());
+        let next = match coffer_agent::schedule::parse_schedule(&job.schedule) {
+            Ok(cron) => cron
+                .find_next_occurrence(&chrono::Local::now(), false)
+                .map_or_else(|e| e.to_string(), |t| t.to_rfc3339()),
+            Err(e) => e.to_string(),
+        };
         println!("  job {} → {}: `{}`, next {next}", job.name, job.repo, job.argv().join(" "));
     }
     Ok(())

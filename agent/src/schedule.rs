@@ -7,12 +7,20 @@ use croner::Cron;
 
 /// Parses a job's schedule: a cron pattern of 5 fields (or 6, seconds
 /// first), or an alias such as `@daily`.
-pub fn parse_schedule(pattern: &str) -> Result<Cron, String> {
+pub fn parse_schedule(pattern: &str) -> Result<Cron, ScheduleError> {
     CronParser::builder()
         .seconds(Seconds::Optional)
         .build()
         .parse(pattern)
-        .map_err(|e| format!("schedule {pattern:?} is not a cron pattern: {e}"))
+        .map_err(|e| ScheduleError { pattern: pattern.to_string(), reason: e.to_string() })
+}
+
+/// A schedule that is not a cron pattern.
+#[derive(Debug, thiserror::Error)]
+#[error("schedule {pattern:?} is not a cron pattern: {reason}")]
+pub struct ScheduleError {
+    pub pattern: String,
+    pub reason: String,
 }
 
 /// Up to `max_secs` of random delay.
@@ -34,7 +42,7 @@ mod tests {
         assert!(parse_schedule("0 2 * * *").is_ok());
         assert!(parse_schedule("*/2 * * * * *").is_ok(), "seconds first");
         assert!(parse_schedule("@daily").is_ok());
-        assert!(parse_schedule("0 2 * *").unwrap_err().contains("not a cron pattern"));
+        assert!(parse_schedule("0 2 * *").unwrap_err().to_string().contains("not a cron pattern"));
         assert!(parse_schedule("61 * * * *").is_err());
     }
 

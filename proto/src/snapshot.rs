@@ -135,6 +135,11 @@ pub struct SnapshotStats {
     pub chunks_new: u64,
 }
 
+/// A commit's stats that cannot be true of what it references.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the commit's stats contradict what it references: {0}")]
+pub struct StatsError(String);
+
 impl SnapshotStats {
     /// Checks the agent's claims against what the proxy sees of the
     /// commit: `referenced` distinct chunks whose envelopes total
@@ -142,13 +147,13 @@ impl SnapshotStats {
     /// uploads include the manifest's own chunks, which the stream counts
     /// do not); a claim outside them is a lie or a bug, and is refused so it
     /// can neither overflow a sum nor skew the anomaly detector.
-    pub fn check(&self, referenced: u64, referenced_bytes: u64) -> Result<(), String> {
+    pub fn check(&self, referenced: u64, referenced_bytes: u64) -> Result<(), StatsError> {
         let chunk_max = u64::from(crate::CHUNK_MAX);
         let overhead = crate::envelope::OVERHEAD as u64;
         // A manifest entry takes at least an id, and a manifest chunk at
         // most CHUNK_MAX: so many stream chunks per referenced chunk, at most.
         let per_referenced = chunk_max / ChunkId::LEN as u64;
-        let fail = |what: String| Err(format!("the commit's stats contradict what it references: {what}"));
+        let fail = |what: String| Err(StatsError(what));
         if self.chunks_new > referenced {
             return fail(format!("{} new chunks, but {referenced} referenced", self.chunks_new));
         }
@@ -367,7 +372,7 @@ mod tests {
         ];
         for (what, s) in lies {
             let e = s.check(3, 1_600).unwrap_err();
-            assert!(e.contains("contradict"), "{what}: {e}");
+            assert!(e.to_string().contains("contradict"), "{what}: {e}");
         }
     }
 }

@@ -20,8 +20,22 @@ use crate::monitor::detect::Watch;
 use crate::monitor::metrics::Metrics;
 use crate::store::{ObjectStore, StoreError};
 
+/// Why a reload was refused; the running configuration is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Policy(#[from] crate::access::policy::PolicyError),
+    #[error(transparent)]
+    Trust(#[from] crate::access::trust::TrustError),
+    /// A signal may not loosen a repository policy.
+    #[error("{0}: loosening a repository policy needs `coffer-proxy admin reload` (admin + TOTP)")]
+    NeedsAdmin(String),
+}
+
 /// Where the server loop answers a reload: whether it did.
-pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), String>>;
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), ReloadError>>;
 /// Asks the server loop to reload the configuration file.
 pub type ReloadRequests = tokio::sync::mpsc::Sender<ReloadReply>;
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use coffer_proto::keys::LocalKek;
 use serde::Deserialize;
 
-use crate::access::policy::{GrantConfig, Policy, RuleConfig};
+use crate::access::policy::{GrantConfig, Policy, PolicyError, RuleConfig};
 pub use crate::access::trust::TrustDomainConfig;
 
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
@@ -124,15 +124,21 @@ pub struct AwsConfig {
     pub s3_gateway_endpoint: bool,
 }
 
+/// An endpoint that is not private, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct PublicEndpoint(String);
+
 /// Whether an endpoint URL is acceptable when public endpoints are refused.
-pub fn private_endpoint(url: Option<&str>, gateway_ok: bool) -> Result<(), String> {
-    let url = url.ok_or("no endpoint is configured, so the SDK would use the public one")?;
+pub fn private_endpoint(url: Option<&str>, gateway_ok: bool) -> Result<(), PublicEndpoint> {
+    let url =
+        url.ok_or_else(|| PublicEndpoint("no endpoint is configured, so the SDK would use the public one".into()))?;
     let host = url.split("://").nth(1).unwrap_or(url).split(['/', ':']).next().unwrap_or("");
     let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
     if !aws || host.ends_with(".vpce.amazonaws.com") || (gateway_ok && host.starts_with("s3.")) {
         Ok(())
     } else {
-        Err(format!("{url} is a public AWS endpoint"))
+        Err(PublicEndpoint(format!("{url} is a public AWS endpoint")))
     }
 }
 
@@ -278,24 +284,41 @@ impl Default for AdminConfig {
     }
 }
 
+/// Why a configuration file was refused.
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct ConfigError {
-    pub path: PathBuf,
-    pub message: String,
+pub enum ConfigError {
+    #[error("{}: cannot read: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{}: {problem}", path.display())]
+    Refused { path: PathBuf, problem: ConfigProblem },
+}
+
+/// What is wrong with a configuration's text.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigProblem {
+    /// Not TOML, an unknown key, or a value of the wrong type (the message
+    /// points at the line).
+    #[error("{0}")]
+    Syntax(String),
+    /// A value out of its range, or settings that contradict each other.
+    #[error("{0}")]
+    Invalid(String),
+    /// The rules, grants or repository policies.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
 }
 
 impl ProxyConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError { path: path.into(), message };
-        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        Self::parse(&text, path.parent().unwrap_or(Path::new("."))).map_err(err)
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        Self::parse(&text, path.parent().unwrap_or(Path::new(".")))
+            .map_err(|problem| ConfigError::Refused { path: path.into(), problem })
     }
 
     /// Parses and validates a config's text; relative paths are taken from
     /// `base`. Never panics, whatever the text (fuzzed).
-    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
-        let mut cfg: ProxyConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn parse(text: &str, base: &Path) -> Result<Self, ConfigProblem> {
+        let mut cfg: ProxyConfig = toml::from_str(text).map_err(|e| ConfigProblem::Syntax(e.to_string()))?;
         for p in [&mut cfg.tls.cert, &mut cfg.tls.key, &mut cfg.audit.path, &mut cfg.admin.totp_file] {
             *p = base.join(&*p);
         }
@@ -321,44 +344,45 @@ impl ProxyConfig {
         Ok(cfg)
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate(&self) -> Result<(), ConfigProblem> {
+        let invalid = |m: String| Err(ConfigProblem::Invalid(m));
         if self.proxy_id.is_empty()
             || !self.proxy_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         {
-            return Err(format!("proxy_id {:?}: use letters, digits, `-` and `_`", self.proxy_id));
+            return invalid(format!("proxy_id {:?}: use letters, digits, `-` and `_`", self.proxy_id));
         }
         if self.retention.days == 0 {
-            return Err("retention.days must be at least 1".into());
+            return invalid("retention.days must be at least 1".into());
         }
         let l = &self.limits;
         let positive_rate = l.identity_rate.is_finite() && l.identity_rate > 0.0;
         if l.identity_in_flight == 0 || !positive_rate || l.identity_burst < 1.0 {
-            return Err("limits: identity_in_flight, identity_rate and identity_burst must be positive".into());
+            return invalid("limits: identity_in_flight, identity_rate and identity_burst must be positive".into());
         }
         let largest = l.commit_max_bytes.max(coffer_proto::ENVELOPE_MAX);
         if l.identity_buffer_bytes < largest || l.buffer_bytes < l.identity_buffer_bytes {
-            return Err(format!(
+            return invalid(format!(
                 "limits: identity_buffer_bytes must hold the largest body ({largest} bytes), and buffer_bytes \
                  at least identity_buffer_bytes"
             ));
         }
         if l.buffer_bytes > u32::MAX as usize {
-            return Err("limits: buffer_bytes must be below 4 GiB".into());
+            return invalid("limits: buffer_bytes must be below 4 GiB".into());
         }
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
-            return Err("limits: the timeouts must be positive".into());
+            return invalid("limits: the timeouts must be positive".into());
         }
         if matches!(&self.store, StoreConfig::S3(s3) if s3.attempt_timeout_secs == 0) {
-            return Err("store.attempt_timeout_secs must be positive".into());
+            return invalid("store.attempt_timeout_secs must be positive".into());
         }
         if self.aws.require_private_endpoints {
             if let StoreConfig::S3(s3) = &self.store {
                 private_endpoint(s3.endpoint.as_deref(), self.aws.s3_gateway_endpoint)
-                    .map_err(|e| format!("store.endpoint: {e} (aws.require_private_endpoints is on)"))?;
+                    .or_else(|e| invalid(format!("store.endpoint: {e} (aws.require_private_endpoints is on)")))?;
             }
             if let KeysConfig::Kms(kms) = &self.keys {
                 private_endpoint(kms.endpoint.as_deref(), false)
-                    .map_err(|e| format!("keys.endpoint: {e} (aws.require_private_endpoints is on)"))?;
+                    .or_else(|e| invalid(format!("keys.endpoint: {e} (aws.require_private_endpoints is on)")))?;
             }
         }
         self.policy()?;
@@ -367,7 +391,7 @@ impl ProxyConfig {
     }
 
     /// The repository policies, knowing the bucket's region if configured.
-    pub fn repo_policies(&self) -> Result<crate::access::governance::RepoPolicies, String> {
+    pub fn repo_policies(&self) -> Result<crate::access::governance::RepoPolicies, PolicyError> {
         let (region, mode) = match &self.store {
             StoreConfig::S3(s3) => (s3.region.clone(), Some(s3.lock_mode)),
             StoreConfig::Fs { .. } => (None, None),
@@ -375,7 +399,7 @@ impl ProxyConfig {
         crate::access::governance::RepoPolicies::new(&self.repo_policies, region, mode)
     }
 
-    pub fn policy(&self) -> Result<Policy, String> {
+    pub fn policy(&self) -> Result<Policy, PolicyError> {
         Policy::new(&self.trust_domains, &self.rules, &self.grants)
     }
 
@@ -385,16 +409,27 @@ impl ProxyConfig {
     }
 }
 
+/// Why the local master key cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error("master key {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("master key {} must not be readable by group or others (chmod 600)", path.display())]
+    Exposed { path: PathBuf },
+    #[error("master key {}: {source}", path.display())]
+    Invalid { path: PathBuf, source: coffer_proto::FormatError },
+}
+
 /// Reads a local master-key file, refusing one readable by group or others.
-pub fn read_master_key(path: &Path) -> Result<LocalKek, String> {
+pub fn read_master_key(path: &Path) -> Result<LocalKek, MasterKeyError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let shown = path.display();
-    let meta = std::fs::metadata(path).map_err(|e| format!("master key {shown}: {e}"))?;
+    let read = |source| MasterKeyError::Read { path: path.into(), source };
+    let meta = std::fs::metadata(path).map_err(read)?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(format!("master key {shown} must not be readable by group or others (chmod 600)"));
+        return Err(MasterKeyError::Exposed { path: path.into() });
     }
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("master key {shown}: {e}"))?);
-    LocalKek::from_file_contents(&text).map_err(|e| format!("master key {shown}: {e}"))
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(read)?);
+    LocalKek::from_file_contents(&text).map_err(|source| MasterKeyError::Invalid { path: path.into(), source })
 }
 
 #[cfg(test)]

@@ -74,28 +74,39 @@ fn ca_params() -> Result<CertificateParams, rcgen::Error> {
     Ok(p)
 }
 
-fn err(e: rcgen::Error) -> String {
-    format!("dev certificates: {e}")
+/// Why a dev folder could not be prepared or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error("dev folder: {}: {source}", path.display())]
+    Io { path: std::path::PathBuf, source: std::io::Error },
+    #[error("dev certificates: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io_at(path: &Path) -> impl Fn(std::io::Error) -> DevError + Copy + '_ {
+    move |source| DevError::Io { path: path.to_path_buf(), source }
 }
 
 impl Ca {
-    fn create() -> Result<Self, String> {
-        let key = KeyPair::generate().map_err(err)?;
-        let cert = ca_params().map_err(err)?.self_signed(&key).map_err(err)?;
+    fn create() -> Result<Self, DevError> {
+        let key = KeyPair::generate()?;
+        let cert = ca_params()?.self_signed(&key)?;
         Ok(Self { key, cert })
     }
 
-    fn open(dir: &Path) -> Result<Self, String> {
-        let pem = std::fs::read_to_string(dir.join("ca.key")).map_err(|e| format!("{}/ca.key: {e}", dir.display()))?;
-        let key = KeyPair::from_pem(&pem).map_err(err)?;
-        let cert = ca_params().map_err(err)?.self_signed(&key).map_err(err)?;
+    fn open(dir: &Path) -> Result<Self, DevError> {
+        let pem = std::fs::read_to_string(dir.join("ca.key")).map_err(io_at(&dir.join("ca.key")))?;
+        let key = KeyPair::from_pem(&pem)?;
+        let cert = ca_params()?.self_signed(&key)?;
         Ok(Self { key, cert })
     }
 
     /// Issues a leaf certificate valid from an hour ago for `days` (negative
     /// days give an already expired one, for tests).
-    fn issue(&self, cn: &str, sans: Vec<SanType>, server: bool, days: i64) -> Result<(KeyPair, String), String> {
-        let mut p = CertificateParams::new(Vec::<String>::new()).map_err(err)?;
+    fn issue(&self, cn: &str, sans: Vec<SanType>, server: bool, days: i64) -> Result<(KeyPair, String), DevError> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
         p.distinguished_name.push(DnType::CommonName, cn);
         p.subject_alt_names = sans;
         p.serial_number = Some(random_serial());
@@ -105,13 +116,13 @@ impl Ca {
         let now = OffsetDateTime::now_utc();
         p.not_after = now + Duration::days(days);
         p.not_before = (now - Duration::hours(1)).min(p.not_after - Duration::days(1));
-        let key = KeyPair::generate().map_err(err)?;
-        let cert = p.signed_by(&key, &self.cert, &self.key).map_err(err)?;
+        let key = KeyPair::generate()?;
+        let cert = p.signed_by(&key, &self.cert, &self.key)?;
         Ok((key, cert.pem()))
     }
 
     /// A CRL listing `serials`.
-    fn crl(&self, serials: &[Vec<u8>]) -> Result<String, String> {
+    fn crl(&self, serials: &[Vec<u8>]) -> Result<String, DevError> {
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
             this_update: now - Duration::minutes(5),
@@ -129,22 +140,22 @@ impl Ca {
                 .collect(),
             key_identifier_method: KeyIdMethod::Sha256,
         };
-        params.signed_by(&self.cert, &self.key).and_then(|c| c.pem()).map_err(err)
+        params.signed_by(&self.cert, &self.key).and_then(|c| c.pem()).map_err(DevError::from)
     }
 }
 
-fn uri(s: &str) -> Result<SanType, String> {
-    Ok(SanType::URI(s.try_into().map_err(|_| format!("{s:?} is not an IA5 string"))?))
+fn uri(s: &str) -> Result<SanType, DevError> {
+    Ok(SanType::URI(s.try_into().map_err(|_| DevError::Invalid(format!("{s:?} is not an IA5 string")))?))
 }
 
-fn write_pair(dir: &Path, name: &str, key: &KeyPair, pem: &str) -> Result<(), String> {
-    let io = |e: std::io::Error| format!("writing certificates in {}: {e}", dir.display());
+fn write_pair(dir: &Path, name: &str, key: &KeyPair, pem: &str) -> Result<(), DevError> {
+    let io = io_at(dir);
     write_file(&dir.join(format!("{name}.key")), key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
     write_file(&dir.join(format!("{name}.pem")), pem.as_bytes(), 0o644).map_err(io)
 }
 
 /// Creates the CA and every certificate, unless `ca.pem` already exists.
-fn ensure_certificates(dir: &Path) -> Result<(), String> {
+fn ensure_certificates(dir: &Path) -> Result<(), DevError> {
     if dir.join("ca.pem").exists() {
         return Ok(());
     }
@@ -157,7 +168,7 @@ fn ensure_certificates(dir: &Path) -> Result<(), String> {
         let (key, pem) = ca.issue(&format!("coffer dev {name}"), vec![uri(identity)?], false, 3650)?;
         write_pair(dir, name, &key, &pem)?;
     }
-    let io = |e: std::io::Error| format!("writing the dev CA in {}: {e}", dir.display());
+    let io = io_at(dir);
     write_file(&dir.join("crl.pem"), ca.crl(&[])?.as_bytes(), 0o644).map_err(io)?;
     write_file(&dir.join("ca.key"), ca.key.serialize_pem().as_bytes(), 0o600).map_err(io)?;
     // Last, so that an interrupted first start is redone in full.
@@ -222,14 +233,10 @@ master_key = "master.key"
 }
 
 /// Prepares `dir` and returns the path of its `proxy.toml`.
-pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<std::path::PathBuf, String> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<std::path::PathBuf, DevError> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io_at(dir))?;
     ensure_certificates(dir)?;
-    let io = |e: std::io::Error| format!("dev folder {}: {e}", dir.display());
+    let io = io_at(dir);
     let (_, master) = coffer_proto::keys::LocalKek::generate();
     create_once(&dir.join("master.key"), master.as_bytes(), 0o600).map_err(io)?;
     let listen = listen.map_or(DEFAULT_LISTEN.to_string(), |a| a.to_string());
@@ -239,8 +246,8 @@ pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<std::path::Path
 
 /// Writes an agent config for every issued identity with the bound address,
 /// and prints how to use them.
-pub fn announce(dir: &Path, addr: SocketAddr) -> Result<(), String> {
-    let io = |e: std::io::Error| format!("dev folder {}: {e}", dir.display());
+pub fn announce(dir: &Path, addr: SocketAddr) -> Result<(), DevError> {
+    let io = io_at(dir);
     let addr = addr.to_string();
     write_file(&dir.join("agent.toml"), agent_toml(&addr, "writer").as_bytes(), 0o644).map_err(io)?;
     write_file(&dir.join("restore.toml"), agent_toml(&addr, "reader").as_bytes(), 0o644).map_err(io)?;
@@ -268,10 +275,12 @@ The local master key in {d}/master.key unwraps every data key: dev mode is for o
     Ok(())
 }
 
-fn check_name(name: &str) -> Result<(), String> {
+fn check_name(name: &str) -> Result<(), DevError> {
     let ok = !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if !ok || ["ca", "crl", "proxy", "agent", "restore", "master"].contains(&name) {
-        return Err(format!("certificate name {name:?}: use letters, digits, `-`, `_`, and not a reserved name"));
+        return Err(DevError::Invalid(format!(
+            "certificate name {name:?}: use letters, digits, `-`, `_`, and not a reserved name"
+        )));
     }
     Ok(())
 }
@@ -279,28 +288,29 @@ fn check_name(name: &str) -> Result<(), String> {
 /// `dev issue`: a client certificate for `identity` (a SAN URI) from the dev
 /// CA, written as `NAME.pem`, `NAME.key` and, once the proxy has an address,
 /// `NAME.toml`. The policy still decides what it may do.
-pub fn issue(dir: &Path, name: &str, identity: &str, days: i64, server_usage: bool) -> Result<(), String> {
+pub fn issue(dir: &Path, name: &str, identity: &str, days: i64, server_usage: bool) -> Result<(), DevError> {
     check_name(name)?;
     let ca = Ca::open(dir)?;
     let (key, pem) = ca.issue(&format!("coffer dev {name}"), vec![uri(identity)?], server_usage, days)?;
     write_pair(dir, name, &key, &pem)?;
     if let Ok(addr) = std::fs::read_to_string(dir.join("address")) {
         write_file(&dir.join(format!("{name}.toml")), agent_toml(addr.trim(), name).as_bytes(), 0o644)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
+            .map_err(io_at(dir))?;
     }
     println!("issued {name}.pem for {identity}, valid {days} days");
     Ok(())
 }
 
 /// `dev revoke`: adds the certificate `NAME.pem` to the dev CRL.
-pub fn revoke(dir: &Path, name: &str) -> Result<(), String> {
+pub fn revoke(dir: &Path, name: &str) -> Result<(), DevError> {
     check_name(name)?;
     let path = dir.join(format!("{name}.pem"));
-    let pem = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let pem = std::fs::read(&path).map_err(io_at(&path))?;
+    let unreadable = |e: &dyn std::fmt::Display| DevError::Invalid(format!("{}: {e}", path.display()));
     let der = rustls::pki_types::pem::PemObject::from_pem_slice(&pem)
         .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| unreadable(&e))?;
+    let (_, cert) = X509Certificate::from_der(&der).map_err(|e| unreadable(&e))?;
     let serial = cert.raw_serial().to_vec();
     let list_path = dir.join("revoked");
     let mut serials: Vec<Vec<u8>> = std::fs::read_to_string(&list_path)
@@ -312,7 +322,7 @@ pub fn revoke(dir: &Path, name: &str) -> Result<(), String> {
         serials.push(serial);
     }
     let ca = Ca::open(dir)?;
-    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let io = io_at(dir);
     let list: String = serials.iter().map(|s| hex::encode(s) + "\n").collect();
     write_file(&list_path, list.as_bytes(), 0o644).map_err(io)?;
     write_file(&dir.join("crl.pem"), ca.crl(&serials)?.as_bytes(), 0o644).map_err(io)?;

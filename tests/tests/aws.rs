@@ -384,7 +384,7 @@ async fn a_bucket_without_object_lock_stops_the_proxy_from_starting() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("does not have Object Lock enabled"), "{err}");
+    assert!(err.contains("Object Lock is not enabled"), "{err}");
     let lock = aws.s3.get_object_lock_configuration().bucket(BUCKET).send().await;
     assert!(lock
         .map(|l| l.object_lock_configuration().and_then(|c| c.object_lock_enabled().cloned())

@@ -152,6 +152,35 @@ fn no_import_circles_between_modules() {
     assert!(found.is_empty(), "import circles: {found:?}");
 }
 
+/// Library code returns typed errors (a `thiserror` enum or struct a
+/// caller can match on), never a bare `String`; binaries may print what
+/// they like.
+#[test]
+fn library_code_has_typed_errors() {
+    let mut found = Vec::new();
+    for krate in ["proto", "client", "agent", "proxy"] {
+        let src = workspace().join(krate).join("src");
+        let mut files = Vec::new();
+        sources(&src, &mut files);
+        for f in files {
+            let rel = f.strip_prefix(&src).unwrap().to_string_lossy().into_owned();
+            let binary = rel == "main.rs" || rel == "cli.rs" || rel.starts_with("cli/");
+            if binary || rel.ends_with("tests.rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&f).unwrap();
+            let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+            for (n, line) in code.lines().enumerate() {
+                let line = line.split("//").next().unwrap_or_default();
+                if line.contains("Result<") && line.contains(", String>") || line.contains("anyhow::") {
+                    found.push(format!("{krate}/src/{rel}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+    }
+    assert!(found.is_empty(), "untyped errors in library code: {found:#?}");
+}
+
 #[test]
 fn the_circle_finder_finds_circles() {
     let graph: BTreeMap<String, BTreeSet<String>> =

@@ -12,6 +12,7 @@
 //! The socket protocol (docs/SPEC.md, "Sidecar socket") frames the stream,
 //! so a sender that dies half way is told apart from one that finished.
 
+mod error;
 mod frames;
 mod health;
 mod send;
@@ -22,7 +23,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use coffer_client::ProxyClient;
 use coffer_proto::{RepoName, SnapshotId};
 use serde::Serialize;
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use error::{describe, DaemonError, SendError};
 pub use frames::{FrameReader, FrameWriter, Reply, SendHeader, FRAME_MAX};
 pub use send::{send, Sent};
 pub use sidecar::{SENDERS_WAITING_MAX, SEND_IDLE};
@@ -126,17 +127,17 @@ impl Daemon {
     /// A fresh connection to the proxy and the repository, for one backup.
     /// Unattended backups cannot answer a TOTP prompt, so a repository whose
     /// policy asks for one is refused here with a clear reason.
-    async fn open_repo(&self, repo: &RepoName) -> anyhow::Result<Arc<OpenRepo>> {
+    async fn open_repo(&self, repo: &RepoName) -> Result<Arc<OpenRepo>, DaemonError> {
         let client = ProxyClient::connect(&self.config.client).await?;
         if client.whoami().await?.mfa {
-            bail!("the proxy's policy asks this identity for a TOTP code, which unattended backups cannot give");
+            return Err(DaemonError::NeedsMfa);
         }
         let legacy_ok = self.config.backup.legacy_repos.contains(repo);
         Ok(Arc::new(OpenRepo::open(client, self.provider.clone(), repo.clone(), legacy_ok).await?))
     }
 
     /// Runs one job now (a scheduled start, or `coffer run NAME`).
-    pub async fn run_job(&self, job: &JobConfig) -> anyhow::Result<BackupReport> {
+    pub async fn run_job(&self, job: &JobConfig) -> Result<BackupReport, DaemonError> {
         self.job_status(&job.name, |s| {
             s.running = true;
             s.last_started = Some(crate::unix_now());
@@ -145,14 +146,16 @@ impl Daemon {
         let run = async {
             let repo = self.open_repo(&job.repo).await?;
             let in_flight = self.config.backup.uploads_in_flight;
-            anyhow::Ok(backup::run(repo, Source::Command(job.argv()), job.name.clone(), in_flight, false).await?)
+            Ok::<_, DaemonError>(
+                backup::run(repo, Source::Command(job.argv()), job.name.clone(), in_flight, false).await?,
+            )
         };
         let result = match job.max_run_secs {
             Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), run).await {
                 Ok(r) => r,
                 Err(_) => {
                     backup::kill_source_command(&job.argv());
-                    Err(anyhow::anyhow!("the run took longer than its max_run_secs ({secs} s) and was stopped"))
+                    Err(DaemonError::TooLong(secs))
                 }
             },
             None => run.await,
@@ -163,7 +166,7 @@ impl Daemon {
                 bytes_new = r.bytes_new, seconds = r.duration_secs, "backup committed"
             ),
             Err(e) => tracing::error!(
-                job = %job.name, repo = %job.repo, error = %describe(e), "backup failed; nothing was committed"
+                job = %job.name, repo = %job.repo, error = %describe(e as &dyn std::error::Error), "backup failed; nothing was committed"
             ),
         }
         self.job_status(&job.name, |s| {
@@ -177,7 +180,7 @@ impl Daemon {
                 }
                 Err(e) => {
                     s.failures += 1;
-                    s.last_error = Some(redact_arguments(&describe(e), &job.argv()));
+                    s.last_error = Some(redact_arguments(&describe(e as &dyn std::error::Error), &job.argv()));
                 }
             }
         });
@@ -218,16 +221,17 @@ impl Daemon {
     }
 
     /// Runs until SIGTERM or SIGINT, then stops as the module says.
-    pub async fn run(self: Arc<Self>) -> anyhow::Result<()> {
+    pub async fn run(self: Arc<Self>) -> Result<(), DaemonError> {
         let d = &self.config.daemon;
         if self.config.jobs.is_empty() && d.socket.is_none() {
-            bail!("nothing to do: the config has no [[jobs]] and no daemon.socket");
+            return Err(DaemonError::NothingToDo);
         }
         let stop = CancellationToken::new();
         let tracker = TaskTracker::new();
         if let Some(addr) = d.health {
-            let listener =
-                TcpListener::bind(addr).await.with_context(|| format!("binding the health endpoint on {addr}"))?;
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Io { what: format!("binding the health endpoint on {addr}"), source })?;
             tokio::spawn(health::serve_health(self.clone(), listener));
         }
         if let Some(path) = &d.socket {
@@ -254,12 +258,16 @@ impl Daemon {
     }
 }
 
-async fn stop_signal() -> anyhow::Result<()> {
+async fn stop_signal() -> Result<(), DaemonError> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let io = |what: &str| {
+        let what = what.to_string();
+        move |source| DaemonError::Io { what, source }
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(io("installing the SIGTERM handler"))?;
     tokio::select! {
         _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("installing the SIGINT handler")?,
+        r = tokio::signal::ctrl_c() => r.map_err(io("installing the SIGINT handler"))?,
     }
     Ok(())
 }
@@ -273,15 +281,4 @@ fn redact_arguments(message: &str, argv: &[String]) -> String {
         [program, _, ..] => message.replace(&argv.join(" "), &format!("{program} …")),
         _ => message.to_string(),
     }
-}
-
-pub fn describe(e: &anyhow::Error) -> String {
-    let mut msg = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !msg.contains(&c) {
-            msg = format!("{msg}: {c}");
-        }
-    }
-    msg
 }

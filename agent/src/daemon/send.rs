@@ -3,10 +3,9 @@
 use std::io::{self, Read, Write};
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
 use coffer_proto::SnapshotId;
 
-use super::describe;
+use super::error::{io, SendError};
 use super::frames::{write_line, FrameWriter, Reply, SendHeader, FRAME_MAX, LINE_MAX};
 use crate::backup::command::{run_command, CommandError};
 use crate::backup::Source;
@@ -22,39 +21,39 @@ pub struct Sent {
 /// `coffer send`: streams `source` to the daemon's socket and returns what
 /// it committed. If the source fails (a command exits non-zero, say), the
 /// end frame is never sent, so the daemon commits nothing.
-pub fn send(socket: &Path, header: &SendHeader, source: Source) -> anyhow::Result<Sent> {
+pub fn send(socket: &Path, header: &SendHeader, source: Source) -> Result<Sent, SendError> {
     let stream = std::os::unix::net::UnixStream::connect(socket)
-        .with_context(|| format!("connecting to the daemon's socket {}", socket.display()))?;
-    let mut replies = io::BufReader::new(stream.try_clone()?);
+        .map_err(io(format!("connecting to the daemon's socket {}", socket.display())))?;
+    let mut replies = io::BufReader::new(stream.try_clone().map_err(io("the socket"))?);
     if let Err(e) = write_line(&mut &stream, header) {
         // A daemon that refuses a sender at once (too many waiting, a user
         // it does not serve) answers and hangs up before the header: its
         // answer says why, the broken pipe does not.
         if let Ok(Reply::Failed { error }) = read_reply(&mut replies) {
-            bail!("the daemon refused the backup: {error}");
+            return Err(SendError::Refused(error));
         }
-        return Err(anyhow::Error::new(e).context("sending the header"));
+        return Err(io("sending the header")(e));
     }
     match read_reply(&mut replies)? {
         Reply::Ready => {}
-        Reply::Failed { error } => bail!("the daemon refused the backup: {error}"),
-        other => bail!("the daemon answered {other:?} before the stream"),
+        Reply::Failed { error } => return Err(SendError::Refused(error)),
+        other => return Err(SendError::Protocol(format!("the daemon answered {other:?} before the stream"))),
     }
     let mut frames = io::BufWriter::with_capacity(FRAME_MAX / 4, FrameWriter(&stream));
     let streamed = match source {
-        Source::Stdin => io::copy(&mut io::stdin().lock(), &mut frames).context("sending stdin").map(drop),
+        Source::Stdin => io::copy(&mut io::stdin().lock(), &mut frames).map_err(io("sending stdin")).map(drop),
         Source::File(path) => std::fs::File::open(&path)
-            .with_context(|| format!("opening {}", path.display()))
-            .and_then(|mut f| io::copy(&mut f, &mut frames).with_context(|| format!("sending {}", path.display())))
+            .map_err(io(format!("opening {}", path.display())))
+            .and_then(|mut f| io::copy(&mut f, &mut frames).map_err(io(format!("sending {}", path.display()))))
             .map(drop),
         Source::Command(argv) => send_command(&argv, &mut frames),
         Source::Reader { description, mut reader } => {
-            io::copy(&mut reader, &mut frames).with_context(|| format!("sending {description}")).map(drop)
+            io::copy(&mut reader, &mut frames).map_err(io(format!("sending {description}"))).map(drop)
         }
     };
     let ended = streamed.and_then(|()| {
-        let frames = frames.into_inner().map_err(|e| e.into_error()).context("sending the stream")?;
-        frames.finish().context("ending the stream")?;
+        let frames = frames.into_inner().map_err(|e| io("sending the stream")(e.into_error()))?;
+        frames.finish().map_err(io("ending the stream"))?;
         Ok(())
     });
     if let Err(e) = ended {
@@ -62,32 +61,33 @@ pub fn send(socket: &Path, header: &SendHeader, source: Source) -> anyhow::Resul
         // say more (why it stopped reading, say).
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let daemon = match read_reply(&mut replies) {
-            Ok(Reply::Failed { error }) => format!(" (the daemon: {error})"),
-            _ => String::new(),
+            Ok(Reply::Failed { error }) => Some(error),
+            _ => None,
         };
-        bail!("{}; nothing was committed{daemon}", describe(&e));
+        return Err(SendError::Incomplete { source: Box::new(e), daemon });
     }
     match read_reply(&mut replies)? {
         Reply::Committed { snapshot, bytes_in, bytes_new } => Ok(Sent { snapshot, bytes_in, bytes_new }),
-        Reply::Failed { error } => bail!("the daemon could not commit the backup: {error}"),
-        Reply::Ready => bail!("the daemon answered ready twice"),
+        Reply::Failed { error } => Err(SendError::Failed(error)),
+        Reply::Ready => Err(SendError::Protocol("the daemon answered ready twice".into())),
     }
 }
 
 /// Sends a command's stdout; an error unless it exits 0.
-fn send_command(argv: &[String], frames: &mut impl Write) -> anyhow::Result<()> {
+fn send_command(argv: &[String], frames: &mut impl Write) -> Result<(), SendError> {
     match run_command(argv, |mut stdout| io::copy(&mut stdout, frames)) {
         Ok(_) => Ok(()),
-        Err(CommandError::Read(e)) => Err(anyhow::Error::new(e).context("sending the stream")),
-        Err(e) => Err(e.into()),
+        Err(CommandError::Read(e)) => Err(io("sending the stream")(e)),
+        Err(e) => Err(SendError::Command(e)),
     }
 }
 
-fn read_reply(r: &mut impl io::BufRead) -> anyhow::Result<Reply> {
+fn read_reply(r: &mut impl io::BufRead) -> Result<Reply, SendError> {
     let mut line = String::new();
-    io::BufRead::read_line(&mut r.take(LINE_MAX), &mut line).context("reading the daemon's answer")?;
+    io::BufRead::read_line(&mut r.take(LINE_MAX), &mut line).map_err(io("reading the daemon's answer"))?;
     if line.is_empty() {
-        bail!("the daemon closed the connection without an answer");
+        return Err(SendError::Protocol("the daemon closed the connection without an answer".into()));
     }
-    serde_json::from_str(&line).with_context(|| format!("the daemon's answer is not understood: {line:?}"))
+    serde_json::from_str(&line)
+        .map_err(|e| SendError::Protocol(format!("the daemon's answer is not understood ({e}): {line:?}")))
 }

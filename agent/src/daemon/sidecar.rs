@@ -7,7 +7,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
 use coffer_proto::RepoName;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
@@ -16,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::frames::{write_line, FrameReader, Reply, SendHeader, LINE_MAX};
-use super::{describe, Daemon};
+use super::{describe, Daemon, DaemonError};
 use crate::backup::{self, Source};
 
 /// How long a sender may stay silent before its backup is abandoned.
@@ -48,18 +47,18 @@ impl Daemon {
             if !uids.is_empty() {
                 let uid = stream.peer_cred().map(|c| c.uid()).ok();
                 if !uid.is_some_and(|u| uids.contains(&u)) {
-                    let e = anyhow::anyhow!(
+                    let e = DaemonError::Refused(format!(
                         "the sender runs as user id {}, which daemon.socket_uids does not list",
                         uid.map_or("unknown".into(), |u| u.to_string())
-                    );
+                    ));
                     tracker.spawn(refuse(stream, None, e));
                     continue;
                 }
             }
             let Ok(place) = places.clone().try_acquire_owned() else {
-                let e = anyhow::anyhow!(
+                let e = DaemonError::Refused(format!(
                     "{SENDS_AT_ONCE} sends are being served and {SENDERS_WAITING_MAX} are waiting; try again later"
-                );
+                ));
                 tracker.spawn(refuse(stream, None, e));
                 continue;
             };
@@ -95,10 +94,10 @@ impl Daemon {
         };
         let repo_name = header.repo.clone();
         if !self.config.daemon.socket_repos.contains(&repo_name) {
-            let e = anyhow::anyhow!(
+            let e = DaemonError::Refused(format!(
                 "the socket may not write repository {repo_name} (daemon.socket_repos: {})",
                 self.config.daemon.socket_repos.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
-            );
+            ));
             return refuse(stream.into_inner(), Some(&repo_name), e).await;
         }
         let repo = match self.open_repo(&repo_name).await {
@@ -106,7 +105,7 @@ impl Daemon {
             Err(e) => return refuse(stream.into_inner(), Some(&repo_name), e).await,
         };
         if !stream.buffer().is_empty() {
-            let e = anyhow::anyhow!("the sender did not wait for the daemon to be ready");
+            let e = DaemonError::Refused("the sender did not wait for the daemon to be ready".into());
             return refuse(stream.into_inner(), Some(&repo_name), e).await;
         }
         let mut stream = stream.into_inner();
@@ -133,7 +132,7 @@ impl Daemon {
                 (Reply::Committed { snapshot: r.id, bytes_in: r.bytes_in, bytes_new: r.bytes_new }, true)
             }
             Err(e) => {
-                let error = describe(&e.into());
+                let error = describe(&DaemonError::from(e));
                 tracing::error!(repo = %repo_name, name = %header.name, error = %error,
                     "socket backup failed; nothing was committed");
                 (Reply::Failed { error }, false)
@@ -145,7 +144,7 @@ impl Daemon {
 }
 
 /// Answers a sender that will not be served, and logs why.
-async fn refuse(mut stream: UnixStream, repo: Option<&RepoName>, e: anyhow::Error) -> bool {
+async fn refuse(mut stream: UnixStream, repo: Option<&RepoName>, e: DaemonError) -> bool {
     let error = describe(&e);
     tracing::error!(repo = ?repo.map(ToString::to_string), error = %error, "socket backup refused");
     let _ = write_line_async(&mut stream, &Reply::Failed { error }).await;
@@ -153,17 +152,22 @@ async fn refuse(mut stream: UnixStream, repo: Option<&RepoName>, e: anyhow::Erro
 }
 
 /// The sender's header line (it must arrive within a minute).
-async fn read_header(stream: &mut tokio::io::BufReader<UnixStream>) -> anyhow::Result<SendHeader> {
+async fn read_header(stream: &mut tokio::io::BufReader<UnixStream>) -> Result<SendHeader, DaemonError> {
     let mut line = String::new();
     let mut limited = (&mut *stream).take(LINE_MAX);
     let read = limited.read_line(&mut line);
-    tokio::time::timeout(Duration::from_secs(60), read).await.context("no header line within a minute")??;
-    if !line.ends_with('\n') {
-        bail!("the header line is missing or longer than {LINE_MAX} bytes");
+    match tokio::time::timeout(Duration::from_secs(60), read).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(source)) => return Err(DaemonError::Io { what: "reading the header line".into(), source }),
+        Err(_) => return Err(DaemonError::Refused("no header line within a minute".into())),
     }
-    let header: SendHeader = serde_json::from_str(&line).context("the header line is not a valid send header")?;
+    if !line.ends_with('\n') {
+        return Err(DaemonError::Refused(format!("the header line is missing or longer than {LINE_MAX} bytes")));
+    }
+    let header: SendHeader = serde_json::from_str(&line)
+        .map_err(|e| DaemonError::Refused(format!("the header line is not a valid send header: {e}")))?;
     if header.name.is_empty() || header.name.len() > 256 {
-        bail!("the snapshot name must be 1 to 256 bytes");
+        return Err(DaemonError::Refused("the snapshot name must be 1 to 256 bytes".into()));
     }
     Ok(header)
 }
@@ -186,18 +190,24 @@ fn blocking_halves(stream: UnixStream) -> io::Result<(std::os::unix::net::UnixSt
 
 /// Binds the socket, replacing a stale socket file (a daemon that did not
 /// stop cleanly) but nothing else, and sets its mode.
-pub(super) fn bind_socket(path: &Path, mode: u32) -> anyhow::Result<UnixListener> {
+pub(super) fn bind_socket(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+    let io = |what: String| move |source| DaemonError::Io { what, source };
     use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
-            std::fs::remove_file(path).with_context(|| format!("removing the old socket {}", path.display()))?
+            std::fs::remove_file(path).map_err(io(format!("removing the old socket {}", path.display())))?
         }
-        Ok(_) => bail!("{} exists and is not a socket; refusing to replace it", path.display()),
+        Ok(_) => {
+            return Err(DaemonError::Refused(format!(
+                "{} exists and is not a socket; refusing to replace it",
+                path.display()
+            )))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e).with_context(|| format!("checking {}", path.display())),
+        Err(e) => return Err(io(format!("checking {}", path.display()))(e)),
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding the socket {}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(io(format!("binding the socket {}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
+        .map_err(io(format!("setting the mode of {}", path.display())))?;
     Ok(listener)
 }

@@ -62,11 +62,11 @@ impl ClientCerts {
 }
 
 /// Reads the sightings file; a missing file is an empty map.
-pub fn load(path: &Path) -> Result<Sightings, String> {
+pub fn load(path: &Path) -> Result<Sightings, std::io::Error> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| e.to_string()),
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Sightings::new()),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 

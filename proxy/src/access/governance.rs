@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use coffer_proto::RepoName;
 
-use crate::access::policy::RepoPattern;
+use crate::access::policy::{Denied, PolicyError, RepoPattern};
 use crate::keycheck::arn_region;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -59,11 +59,11 @@ impl RepoPolicies {
         configs: &[RepoPolicyConfig],
         bucket_region: Option<String>,
         bucket_mode: Option<crate::store::LockMode>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, PolicyError> {
         let list = configs
             .iter()
             .map(|c| Ok((RepoPattern::parse(&c.repos)?, c.clone())))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, PolicyError>>()?;
         Ok(Self { list, bucket_region, bucket_mode })
     }
 
@@ -77,48 +77,54 @@ impl RepoPolicies {
 
     /// The policy covering `repo`: `Ok(None)` when no policy is configured
     /// at all, an error when policies exist but none covers it.
-    pub fn for_repo(&self, repo: &RepoName) -> Result<Option<&RepoPolicyConfig>, String> {
+    pub fn for_repo(&self, repo: &RepoName) -> Result<Option<&RepoPolicyConfig>, Denied> {
         if self.list.is_empty() {
             return Ok(None);
         }
         let found = self.list.iter().find(|(p, _)| p.matches(repo)).map(|(_, c)| c);
-        let policy = found.ok_or_else(|| format!("no repository policy covers {repo}: it cannot be written"))?;
+        let policy =
+            found.ok_or_else(|| Denied(format!("no repository policy covers {repo}: it cannot be written")))?;
         if let (Some(region), false) = (&self.bucket_region, policy.regions.is_empty()) {
             if !policy.regions.contains(region) {
-                return Err(format!(
+                return Err(Denied(format!(
                     "the bucket is in {region}, outside the regions {:?} of the policy for {repo}",
                     policy.regions
-                ));
+                )));
             }
         }
         if let (Some(need), Some(have)) = (policy.lock_mode, self.bucket_mode) {
             if have < need {
-                return Err(format!("the bucket locks in {have:?} mode; the policy for {repo} requires {need:?}"));
+                return Err(Denied(format!(
+                    "the bucket locks in {have:?} mode; the policy for {repo} requires {need:?}"
+                )));
             }
         }
         Ok(Some(policy))
     }
 
     /// Checks a KEK against the policy of `repo`.
-    pub fn check_kek(&self, repo: &RepoName, kek: &str) -> Result<(), String> {
+    pub fn check_kek(&self, repo: &RepoName, kek: &str) -> Result<(), Denied> {
         let Some(policy) = self.for_repo(repo)? else { return Ok(()) };
         if !policy.keks.is_empty() && !policy.keks.iter().any(|k| k == kek) {
-            return Err(format!("KEK {kek} is not allowed by the policy for {} ({:?})", policy.repos, policy.keks));
+            return Err(Denied(format!(
+                "KEK {kek} is not allowed by the policy for {} ({:?})",
+                policy.repos, policy.keks
+            )));
         }
         if !policy.regions.is_empty() {
             match arn_region(kek) {
                 Some(r) if policy.regions.iter().any(|x| x == r) => {}
                 Some(r) => {
-                    return Err(format!(
+                    return Err(Denied(format!(
                         "KEK {kek} is in {r}, outside the regions {:?} of the policy for {}",
                         policy.regions, policy.repos
-                    ))
+                    )))
                 }
                 None => {
-                    return Err(format!(
+                    return Err(Denied(format!(
                         "KEK {kek} has no region, and the policy for {} requires one of {:?}",
                         policy.repos, policy.regions
-                    ))
+                    )))
                 }
             }
         }
@@ -193,7 +199,7 @@ mod tests {
         let open =
             RepoPolicies::new(&[pol("prod/**", Classification::Restricted, None, &["eu-west-1"], &[])], None, None)
                 .unwrap();
-        assert!(open.check_kek(&prod, "arn:aws:kms:us-east-1:1:key/a").unwrap_err().contains("us-east-1"));
+        assert!(open.check_kek(&prod, "arn:aws:kms:us-east-1:1:key/a").unwrap_err().0.contains("us-east-1"));
         assert!(open.check_kek(&prod, "local:abcd").is_err(), "a region is required");
         let bucket_elsewhere = RepoPolicies::new(
             &[pol("prod/**", Classification::Restricted, None, &["eu-west-1"], &[])],
@@ -201,7 +207,7 @@ mod tests {
             None,
         )
         .unwrap();
-        assert!(bucket_elsewhere.for_repo(&prod).unwrap_err().contains("bucket"));
+        assert!(bucket_elsewhere.for_repo(&prod).unwrap_err().0.contains("bucket"));
         assert_eq!(p.retention_days(&prod), Some(90));
         assert!(
             RepoPolicies::new(&[], None, None).unwrap().for_repo(&prod).unwrap().is_none(),
@@ -213,7 +219,7 @@ mod tests {
             ..pol("prod/**", Classification::Restricted, None, &[], &[])
         };
         let governance = RepoPolicies::new(std::slice::from_ref(&strict), None, Some(LockMode::Governance)).unwrap();
-        assert!(governance.for_repo(&prod).unwrap_err().contains("requires Compliance"));
+        assert!(governance.for_repo(&prod).unwrap_err().0.contains("requires Compliance"));
         assert!(RepoPolicies::new(std::slice::from_ref(&strict), None, Some(LockMode::Compliance))
             .unwrap()
             .for_repo(&prod)

@@ -83,14 +83,29 @@ pub enum MfaError {
     #[error("{failures} wrong TOTP codes in a row: codes for this identity are refused until {until} (unix seconds)")]
     LockedOut { until: u64, failures: usize, new: bool },
     #[error("TOTP file: {0}")]
-    File(String),
+    File(TotpFileError),
     /// The shared MFA state could not be read or written: refused, never
     /// accepted unchecked.
     #[error("TOTP state in the store: {0}")]
     Store(String),
 }
 
-fn totp(secret: Secret, account: &str) -> Result<Totp, String> {
+/// Why the TOTP file, or a secret in it, cannot be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TotpFileError {
+    #[error("{}: {problem}", path.display())]
+    File { path: PathBuf, problem: String },
+    #[error("a TOTP secret: {0}")]
+    Secret(String),
+    #[error("the system RNG failed")]
+    Rng,
+}
+
+fn file_problem(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> TotpFileError + '_ {
+    move |e| TotpFileError::File { path: path.to_path_buf(), problem: e.to_string() }
+}
+
+fn totp(secret: Secret, account: &str) -> Result<Totp, TotpFileError> {
     Builder::new()
         .with_algorithm(Algorithm::SHA1)
         .with_digits(6)
@@ -100,33 +115,35 @@ fn totp(secret: Secret, account: &str) -> Result<Totp, String> {
         .with_account_name(account.replace(':', ""))
         .with_issuer(Some(ISSUER))
         .build()
-        .map_err(|e| e.to_string())
+        .map_err(|e| TotpFileError::Secret(e.to_string()))
 }
 
-fn read(path: &Path) -> Result<TotpFile, String> {
+fn read(path: &Path) -> Result<TotpFile, TotpFileError> {
     use std::os::unix::fs::PermissionsExt as _;
     match std::fs::metadata(path) {
         Ok(m) if m.permissions().mode() & 0o077 != 0 => {
-            return Err(format!("{} must not be readable by group or others (chmod 600)", path.display()))
+            return Err(file_problem(path)(&"must not be readable by group or others (chmod 600)"))
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(TotpFile::default()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(file_problem(path)(&e)),
     }
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?);
-    toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| file_problem(path)(&e))?);
+    toml::from_str(&text).map_err(|e| file_problem(path)(&e))
 }
 
 /// Enrolls (or re-enrolls) an identity: a fresh secret in the TOTP file.
 /// Returns the `otpauth://` URI to load into an authenticator.
-pub fn enroll(path: &Path, domain: &str, identity: &str) -> Result<zeroize::Zeroizing<String>, String> {
+pub fn enroll(path: &Path, domain: &str, identity: &str) -> Result<zeroize::Zeroizing<String>, TotpFileError> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = read(path)?;
     let mut bytes = zeroize::Zeroizing::new([0u8; SECRET_LEN]);
-    aws_lc_rs::rand::fill(bytes.as_mut()).map_err(|_| "the system RNG failed".to_string())?;
+    aws_lc_rs::rand::fill(bytes.as_mut()).map_err(|_| TotpFileError::Rng)?;
     let secret = Secret::from(*bytes);
-    let uri = zeroize::Zeroizing::new(totp(secret.clone(), identity)?.to_url().map_err(|e| e.to_string())?);
+    let uri = zeroize::Zeroizing::new(
+        totp(secret.clone(), identity)?.to_url().map_err(|e| TotpFileError::Secret(e.to_string()))?,
+    );
     file.enrolled.retain(|e| !(e.trust_domain == domain && e.identity == identity));
     file.enrolled.push(Enrollment {
         trust_domain: domain.into(),
@@ -134,7 +151,7 @@ pub fn enroll(path: &Path, domain: &str, identity: &str) -> Result<zeroize::Zero
         secret: secret.to_base32(),
         enrolled: crate::unix_now(),
     });
-    let text = zeroize::Zeroizing::new(toml::to_string(&file).map_err(|e| e.to_string())?);
+    let text = zeroize::Zeroizing::new(toml::to_string(&file).map_err(|e| file_problem(path)(&e))?);
     let tmp = path.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -142,9 +159,9 @@ pub fn enroll(path: &Path, domain: &str, identity: &str) -> Result<zeroize::Zero
         .truncate(true)
         .mode(0o600)
         .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| file_problem(&tmp)(&e))?;
+    f.write_all(text.as_bytes()).and_then(|()| f.sync_all()).map_err(|e| file_problem(&tmp)(&e))?;
+    std::fs::rename(&tmp, path).map_err(|e| file_problem(path)(&e))?;
     Ok(uri)
 }
 
@@ -248,7 +265,8 @@ impl MfaVerifier {
             .iter()
             .find(|e| e.trust_domain == identity.domain() && e.identity == identity.name())
             .ok_or_else(|| MfaError::NotEnrolled(identity.to_string()))?;
-        let secret = Secret::try_from_base32(&entry.secret).map_err(|e| MfaError::File(e.to_string()))?;
+        let secret =
+            Secret::try_from_base32(&entry.secret).map_err(|e| MfaError::File(TotpFileError::Secret(e.to_string())))?;
         let Some(step) = totp(secret, identity.name()).map_err(MfaError::File)?.check(code, now) else {
             let now_ms = crate::unix_now_ms().max(now * 1000);
             let mut r = [0u8; 4];
@@ -276,8 +294,8 @@ impl MfaVerifier {
 }
 
 /// The current code for a base32 secret (for tests and the agent's helpers).
-pub fn code_at(secret_base32: &str, now: u64) -> Result<String, String> {
-    let secret = Secret::try_from_base32(secret_base32).map_err(|e| e.to_string())?;
+pub fn code_at(secret_base32: &str, now: u64) -> Result<String, TotpFileError> {
+    let secret = Secret::try_from_base32(secret_base32).map_err(|e| TotpFileError::Secret(e.to_string()))?;
     Ok(totp(secret, "x")?.generate(now).to_string())
 }
 

@@ -72,15 +72,15 @@ impl Role {
 pub struct RepoPattern(Vec<String>);
 
 impl RepoPattern {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, PolicyError> {
         let segs: Vec<String> = s.split('/').map(str::to_string).collect();
         for (i, seg) in segs.iter().enumerate() {
             match seg.as_str() {
                 "*" => {}
                 "**" if i == segs.len() - 1 => {}
-                "**" => return Err(format!("repo pattern {s:?}: `**` may only be the last segment")),
+                "**" => return Err(PolicyError(format!("repo pattern {s:?}: `**` may only be the last segment"))),
                 lit => {
-                    lit.parse::<RepoName>().map_err(|e| format!("repo pattern {s:?}: {e}"))?;
+                    lit.parse::<RepoName>().map_err(|e| PolicyError(format!("repo pattern {s:?}: {e}")))?;
                 }
             }
         }
@@ -224,6 +224,12 @@ pub struct Allowed {
     pub mfa: bool,
 }
 
+/// Why a policy (rules, grants, repository patterns) cannot be used as
+/// written; names the rule or pattern to fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PolicyError(pub String);
+
 /// Why a request was denied; safe to show the caller and to audit.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -233,22 +239,28 @@ pub struct Policy {
     rules: Vec<Rule>,
 }
 
-fn patterns(list: &[String]) -> Result<Vec<RepoPattern>, String> {
+fn patterns(list: &[String]) -> Result<Vec<RepoPattern>, PolicyError> {
     list.iter().map(|p| RepoPattern::parse(p)).collect()
 }
 
 impl Policy {
-    pub fn new(domains: &[TrustDomainConfig], rules: &[RuleConfig], grants: &[GrantConfig]) -> Result<Self, String> {
-        let namespace = |d: &str, what: &str| -> Result<Vec<RepoPattern>, String> {
-            let domain =
-                domains.iter().find(|c| c.name == d).ok_or_else(|| format!("{what}: unknown trust domain {d:?}"))?;
+    pub fn new(
+        domains: &[TrustDomainConfig],
+        rules: &[RuleConfig],
+        grants: &[GrantConfig],
+    ) -> Result<Self, PolicyError> {
+        let namespace = |d: &str, what: &str| -> Result<Vec<RepoPattern>, PolicyError> {
+            let domain = domains
+                .iter()
+                .find(|c| c.name == d)
+                .ok_or_else(|| PolicyError(format!("{what}: unknown trust domain {d:?}")))?;
             patterns(&domain.repos)
         };
         let mut out = Vec::new();
         for (i, r) in rules.iter().enumerate() {
             let name = r.name.clone().unwrap_or_else(|| format!("rules[{i}]"));
             if r.roles.is_empty() {
-                return Err(format!("{name}: grants no role"));
+                return Err(PolicyError(format!("{name}: grants no role")));
             }
             out.push(Rule {
                 namespace: namespace(&r.trust_domain, &name)?,
@@ -267,7 +279,7 @@ impl Policy {
             let name = g.name.clone().unwrap_or_else(|| format!("grants[{i}]"));
             namespace(&g.trust_domain, &name)?;
             if g.trust_domain == g.from_domain {
-                return Err(format!("{name}: a grant is between two different trust domains"));
+                return Err(PolicyError(format!("{name}: a grant is between two different trust domains")));
             }
             out.push(Rule {
                 namespace: namespace(&g.from_domain, &name)?,

@@ -32,22 +32,40 @@ pub struct TrustDomainConfig {
     pub repos: Vec<String>,
 }
 
-pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// Why the certificates, CRLs or trust domains cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TrustError {
+    /// A certificate or CRL file that cannot be read or parsed.
+    #[error("{}: {reason}", path.display())]
+    File { path: PathBuf, reason: String },
+    /// The trust domains as configured.
+    #[error("{0}")]
+    Domains(String),
+    /// rustls refused the result (a CA or key that does not fit).
+    #[error("{0}")]
+    Tls(String),
+}
+
+fn file_error(path: &Path) -> impl Fn(&dyn fmt::Display) -> TrustError + '_ {
+    move |e| TrustError::File { path: path.to_path_buf(), reason: e.to_string() }
+}
+
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TrustError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| file_error(path)(&e))?;
     if certs.is_empty() {
-        return Err(format!("{}: no certificate found", path.display()));
+        return Err(file_error(path)(&"no certificate found"));
     }
     Ok(certs)
 }
 
-fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("CRL {}: {e}", path.display()))?;
+fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TrustError> {
+    let bytes = std::fs::read(path).map_err(|e| file_error(path)(&format!("CRL: {e}")))?;
     if bytes.starts_with(b"-----BEGIN") {
         CertificateRevocationListDer::pem_slice_iter(&bytes)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("CRL {}: {e}", path.display()))
+            .map_err(|e| file_error(path)(&format!("CRL: {e}")))
     } else {
         Ok(vec![CertificateRevocationListDer::from(bytes)])
     }
@@ -72,20 +90,20 @@ impl fmt::Debug for TrustDomains {
 }
 
 impl TrustDomains {
-    pub fn load(configs: &[TrustDomainConfig]) -> Result<Self, String> {
+    pub fn load(configs: &[TrustDomainConfig]) -> Result<Self, TrustError> {
         if configs.is_empty() {
-            return Err("no [[trust_domains]]: no client could ever connect".into());
+            return Err(TrustError::Domains("no [[trust_domains]]: no client could ever connect".into()));
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut domains: Vec<Domain> = Vec::new();
         let mut hints = Vec::new();
         for c in configs {
             if domains.iter().any(|d| *d.name == *c.name) {
-                return Err(format!("trust domain {:?} is defined twice", c.name));
+                return Err(TrustError::Domains(format!("trust domain {:?} is defined twice", c.name)));
             }
             let mut roots = rustls::RootCertStore::empty();
             for ca in read_certs(&c.ca)? {
-                roots.add(ca).map_err(|e| format!("trust domain {}: CA {}: {e}", c.name, c.ca.display()))?;
+                roots.add(ca).map_err(|e| file_error(&c.ca)(&format!("CA of trust domain {}: {e}", c.name)))?;
             }
             hints.extend(roots.subjects());
             let mut crls = Vec::new();
@@ -102,7 +120,7 @@ impl TrustDomains {
                 .with_crls(crls)
                 .enforce_revocation_expiration()
                 .build()
-                .map_err(|e| format!("trust domain {}: {e}", c.name))?;
+                .map_err(|e| TrustError::Tls(format!("trust domain {}: {e}", c.name)))?;
             domains.push(Domain { name: c.name.as_str().into(), verifier });
         }
         Ok(Self { domains, hints })

@@ -40,7 +40,7 @@ pub(super) async fn admit<'a>(
     let allowed = policy.decide(&request)?;
     if route.action.mutating() && !route.action.admin() {
         if let Some(repo) = &route.repo {
-            app.repo_policies().for_repo(repo).map_err(Denied)?;
+            app.repo_policies().for_repo(repo)?;
         }
     }
     if app.lockdown.load(Ordering::Acquire) && !allowed_in_lockdown(route.action) {

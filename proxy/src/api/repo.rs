@@ -17,7 +17,7 @@ use crate::store::PutOutcome;
 /// Checks a key record against the identity's KEK allowlist and the
 /// deployment's key checker.
 async fn check_key(app: &App, allowed: &Allowed, record: &KeyRecord, repo: &RepoName) -> Result<(), ApiError> {
-    app.repo_policies().check_kek(repo, &record.kek).map_err(ApiError::KeyRefused)?;
+    app.repo_policies().check_kek(repo, &record.kek).map_err(|d| ApiError::KeyRefused(d.0))?;
     if !allowed.kms_keys.is_empty() && !allowed.kms_keys.contains(&record.kek) {
         return Err(ApiError::KeyRefused(format!(
             "key-encryption key {} is not allowed by rule {}",

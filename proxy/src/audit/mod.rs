@@ -99,9 +99,17 @@ pub struct Event {
     pub hash: String,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("audit log unavailable: {0}")]
-pub struct AuditError(String);
+/// Why an event could not be recorded (the request it belongs to is not
+/// acknowledged).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log unavailable: the writer stopped")]
+    WriterStopped,
+    /// Writing or syncing the log failed; the I/O error's text, as every
+    /// request of the batch is told.
+    #[error("audit log unavailable: {0}")]
+    Write(String),
+}
 
 /// Where and how the log is kept.
 #[derive(Debug, Clone)]
@@ -121,7 +129,7 @@ impl SpoolConfig {
 }
 
 /// Tells a waiting request whether its event is on disk.
-type Ack = oneshot::Sender<Result<(), String>>;
+type Ack = oneshot::Sender<Result<(), AuditError>>;
 
 enum Msg {
     Event {
@@ -175,11 +183,11 @@ impl AuditLog {
     /// Records an event. With `durable`, returns only once it is fsync'd.
     pub async fn record(&self, draft: Draft, durable: bool) -> Result<(), AuditError> {
         let (ack, done) = oneshot::channel();
-        self.tx.send(Msg::Event { draft, durable, ack }).await.map_err(|_| AuditError("writer stopped".into()))?;
+        self.tx.send(Msg::Event { draft, durable, ack }).await.map_err(|_| AuditError::WriterStopped)?;
         if !durable {
             return Ok(());
         }
-        done.await.map_err(|_| AuditError("writer stopped".into()))?.map_err(AuditError)
+        done.await.map_err(|_| AuditError::WriterStopped)?
     }
 
     /// Lets the writer seal the live file if it has grown old.
@@ -298,7 +306,7 @@ impl Spool {
     }
 
     /// Writes a batch; one fsync if any event in it must be durable.
-    fn append(&mut self, batch: &[(Draft, bool, Ack)]) -> Result<(), String> {
+    fn append(&mut self, batch: &[(Draft, bool, Ack)]) -> Result<(), AuditError> {
         let (seq0, prev0, first0, count0) = (self.seq, self.prev.clone(), self.live_first.clone(), self.live_count);
         let mut out = String::new();
         for (d, _, _) in batch {
@@ -332,9 +340,9 @@ impl Spool {
             .file
             .write_all(out.as_bytes())
             .and_then(|()| if durable { self.file.sync_data() } else { Ok(()) })
-            .map_err(|e| e.to_string());
+            .map_err(|e| AuditError::Write(e.to_string()));
         if let Err(e) = &result {
-            tracing::error!("audit log write failed: {e}");
+            tracing::error!("{e}");
             // Keep the chain whole: forget this batch on disk and in memory.
             if let Some(len) = len_before {
                 let _ = self.file.set_len(len);

@@ -43,6 +43,15 @@ pub fn parse_seals(text: &str) -> Vec<Shipped> {
         .collect()
 }
 
+/// Why shipping stopped (it is tried again later).
+#[derive(Debug, thiserror::Error)]
+pub enum ShipError {
+    #[error("{}: {source}", path.display())]
+    Local { path: std::path::PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// Uploads every local segment not shipped yet, oldest first, and marks
 /// each shipped (`.seg` → `.seg.shipped`) once the store holds it. Returns
 /// what was shipped; stops at the first failure (retried next time).
@@ -51,9 +60,12 @@ pub async fn ship_pending(
     store: &dyn ObjectStore,
     proxy_id: &str,
     retain_until: u64,
-) -> Result<Vec<Shipped>, String> {
+) -> Result<Vec<Shipped>, ShipError> {
+    fn at(path: &Path) -> impl Fn(std::io::Error) -> ShipError + '_ {
+        move |source| ShipError::Local { path: path.to_path_buf(), source }
+    }
     let mut pending: Vec<String> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(at(dir))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.ends_with(".seg"))
@@ -62,11 +74,11 @@ pub async fn ship_pending(
     let mut shipped = Vec::new();
     for name in pending {
         let path = dir.join(&name);
-        let body = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let body = std::fs::read(&path).map_err(at(&path))?;
         let key = format!("{}{}", store_prefix(proxy_id), name.trim_end_matches(".seg"));
         let blake3 = blake3::hash(&body).to_hex().to_string();
-        store.put_new(&key, Bytes::from(body), retain_until).await.map_err(|e| e.to_string())?;
-        std::fs::rename(&path, dir.join(format!("{name}.shipped"))).map_err(|e| format!("{}: {e}", path.display()))?;
+        store.put_new(&key, Bytes::from(body), retain_until).await?;
+        std::fs::rename(&path, dir.join(format!("{name}.shipped"))).map_err(at(&path))?;
         shipped.push(Shipped { key, blake3 });
     }
     Ok(shipped)

@@ -133,7 +133,7 @@ pub(crate) fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitC
             };
             let cfg = match ProxyConfig::load(&path) {
                 Ok(c) => c,
-                Err(e) => return fail(USAGE, &e.to_string()),
+                Err(e) => return fail(USAGE, e.to_string()),
             };
             return match coffer_proxy::access::mfa::enroll(&cfg.admin.totp_file, &trust_domain, &identity) {
                 Ok(uri) => {
@@ -166,7 +166,7 @@ pub(crate) fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitC
     };
     let client_config = match coffer_client::ClientConfig::load(&call.client_config) {
         Ok(c) => c,
-        Err(e) => return fail(USAGE, &e.to_string()),
+        Err(e) => return fail(USAGE, e.to_string()),
     };
     let code = match admin_code(call.totp) {
         Ok(code) => code,

@@ -74,11 +74,11 @@ pub(crate) fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitC
             if let Some(path) = seals {
                 let text = match std::fs::read_to_string(&path) {
                     Ok(t) => t,
-                    Err(e) => return fail(USAGE, &format!("{}: {e}", path.display())),
+                    Err(e) => return fail(USAGE, format!("{}: {e}", path.display())),
                 };
                 let expected = audit::ship::parse_seals(&text);
                 if expected.is_empty() {
-                    return fail(USAGE, &format!("{}: no audit-seal lines found", path.display()));
+                    return fail(USAGE, format!("{}: no audit-seal lines found", path.display()));
                 }
                 for seal in &expected {
                     let stored = segments.iter().find(|(k, _)| *k == seal.key);
@@ -136,7 +136,7 @@ pub(crate) fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitC
         AuditCmd::Query { identity, repo, action, since } => {
             let (segments, live) = match audit::local_trail(&spool) {
                 Ok(t) => t,
-                Err(e) => return fail(FAILURE, &e.to_string()),
+                Err(e) => return fail(FAILURE, e.to_string()),
             };
             let lines = segments.iter().flat_map(|(_, text)| text.lines()).chain(live.lines());
             for line in lines {

@@ -134,7 +134,7 @@ pub(crate) enum DevCmd {
     },
 }
 
-pub(crate) fn fail(code: u8, message: &str) -> ExitCode {
+pub(crate) fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     eprintln!("coffer-proxy: {message}");
     ExitCode::from(code)
 }
@@ -143,7 +143,7 @@ pub(crate) fn fail(code: u8, message: &str) -> ExitCode {
 /// loaded; a usage error (already printed) otherwise.
 /// A runtime for one command; exit 1 if it cannot start.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Runtime::new().map_err(|e| fail(FAILURE, &format!("cannot start the runtime: {e}")))
+    tokio::runtime::Runtime::new().map_err(|e| fail(FAILURE, format!("cannot start the runtime: {e}")))
 }
 
 /// Runs a one-shot command's async work; exit 1 with its error if it fails.
@@ -153,7 +153,7 @@ pub(crate) fn block_on<T, E: std::fmt::Display>(
 ) -> Result<T, ExitCode> {
     runtime()?.block_on(async {
         tokio::select! {
-            done = work => done.map_err(|e| fail(FAILURE, &e.to_string())),
+            done = work => done.map_err(|e| fail(FAILURE, e.to_string())),
             _ = tokio::signal::ctrl_c() => Err(fail(INTERRUPTED, "interrupted")),
         }
     })
@@ -163,5 +163,5 @@ pub(crate) fn load_config(config: Option<PathBuf>) -> Result<ProxyConfig, ExitCo
     let Some(path) = config else {
         return Err(fail(USAGE, "no configuration: pass --config FILE or set COFFER_PROXY_CONFIG"));
     };
-    ProxyConfig::load(&path).map_err(|e| fail(USAGE, &e.to_string()))
+    ProxyConfig::load(&path).map_err(|e| fail(USAGE, e.to_string()))
 }

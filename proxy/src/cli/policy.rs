@@ -40,11 +40,11 @@ pub(crate) fn policy_command(config: Option<PathBuf>, command: PolicyCmd) -> Exi
     };
     let PolicyCmd::Explain { trust_domain, identity, action, repo, from } = command;
     let Some(action) = Action::parse(&action) else {
-        return fail(USAGE, &format!("unknown action {action:?}"));
+        return fail(USAGE, format!("unknown action {action:?}"));
     };
     if action.on_repo() != repo.is_some() {
         let need = if action.on_repo() { "needs --repo" } else { "takes no --repo" };
-        return fail(USAGE, &format!("{} {need}", action.name()));
+        return fail(USAGE, format!("{} {need}", action.name()));
     }
     let identity = Identity::new(&trust_domain, &identity);
     let request = AccessRequest { identity: &identity, action, repo: repo.as_ref(), source: from };

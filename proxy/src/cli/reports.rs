@@ -80,7 +80,7 @@ pub(crate) fn compliance_report(
     since: Option<u64>,
 ) -> ExitCode {
     if !matches!(format, "json" | "html") {
-        return fail(USAGE, &format!("unknown --format {format:?}: json or html"));
+        return fail(USAGE, format!("unknown --format {format:?}: json or html"));
     }
     let cfg = match load_config(config) {
         Ok(c) => c,
@@ -99,7 +99,7 @@ pub(crate) fn compliance_report(
         None => print!("{text}"),
         Some(out) => {
             if let Err(e) = std::fs::write(&out, text) {
-                return fail(FAILURE, &format!("{}: {e}", out.display()));
+                return fail(FAILURE, format!("{}: {e}", out.display()));
             }
         }
     }

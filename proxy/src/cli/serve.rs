@@ -36,7 +36,7 @@ pub(crate) fn dev(dir: PathBuf, listen: Option<SocketAddr>, check_config: bool) 
 pub(crate) fn run(path: &Path, dev_dir: Option<&Path>, listen: Option<SocketAddr>, check_config: bool) -> ExitCode {
     let mut config = match ProxyConfig::load(path) {
         Ok(c) => c,
-        Err(e) => return fail(USAGE, &e.to_string()),
+        Err(e) => return fail(USAGE, e.to_string()),
     };
     if let Some(addr) = listen {
         config.listen = addr;
@@ -73,6 +73,6 @@ pub(crate) fn run(path: &Path, dev_dir: Option<&Path>, listen: Option<SocketAddr
     };
     match runtime.block_on(proxy.serve(ready, server::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(FAILURE, &format!("cannot listen on {}: {e}", config.listen)),
+        Err(e) => fail(FAILURE, format!("cannot listen on {}: {e}", config.listen)),
     }
 }

@@ -258,7 +258,7 @@ fn denies_plain_http(policy: &str, bucket: &str) -> bool {
 }
 
 /// Runs every check.
-pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, String> {
+pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, crate::parts::SetupError> {
     let now = crate::unix_now();
     let mut out = Vec::new();
 
@@ -328,7 +328,13 @@ pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, String> {
         for repo in &repos {
             if let Ok(name) = repo.parse() {
                 if let Err(e) = policies.for_repo(&name) {
-                    out.push(finding(Level::High, "repo-policy", repo, e, "add a [[repo_policies]] entry covering it"));
+                    out.push(finding(
+                        Level::High,
+                        "repo-policy",
+                        repo,
+                        e.0,
+                        "add a [[repo_policies]] entry covering it",
+                    ));
                 }
             }
         }
@@ -391,34 +397,6 @@ pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, String> {
     }
     out.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.check.cmp(b.check)));
     Ok(out)
-}
-
-/// Runs `assess` every `interval_secs` (the first after one interval) and
-/// raises an alert for each high finding not seen before.
-pub async fn assess_loop(app: std::sync::Arc<crate::app::App>, cfg: std::sync::Arc<ProxyConfig>, interval_secs: u64) {
-    if interval_secs == 0 {
-        return;
-    }
-    let every = Duration::from_secs(interval_secs);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    let mut seen = std::collections::HashSet::new();
-    loop {
-        tick.tick().await;
-        match assess(&cfg).await {
-            Ok(findings) => {
-                for f in findings.into_iter().filter(|f| f.severity == Level::High) {
-                    if seen.insert((f.check, f.subject.clone(), f.problem.clone())) {
-                        let msg = format!("{}: {} (fix: {})", f.subject, f.problem, f.fix);
-                        app.watch
-                            .alerts
-                            .raise("assess", crate::monitor::alerts::Severity::High, None, Some(f.subject), msg, None)
-                            .await;
-                    }
-                }
-            }
-            Err(e) => tracing::warn!("assessment failed: {e}"),
-        }
-    }
 }
 
 #[cfg(test)]

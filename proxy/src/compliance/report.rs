@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::ProxyConfig;
 use crate::keycheck::KekState;
+use crate::parts::SetupError;
 
 #[derive(Debug, Serialize)]
 pub struct KeysReport {
@@ -36,13 +37,14 @@ pub struct KeyEntry {
 }
 
 /// Builds the report from the store, the local audit trail and the key service.
-pub async fn keys_report(cfg: &ProxyConfig) -> Result<KeysReport, String> {
+pub async fn keys_report(cfg: &ProxyConfig) -> Result<KeysReport, SetupError> {
     let store = crate::parts::open_store_to_read(cfg).await?;
     let checker = crate::parts::key_checker(cfg).await?;
 
     // Who uploaded what, from the audit trail: (repo, key id or "config").
     let mut uploads: HashMap<(String, String), (String, u64)> = HashMap::new();
-    let (segments, live) = crate::audit::local_trail(&cfg.audit.spool()).map_err(|e| e.to_string())?;
+    let (segments, live) =
+        crate::audit::local_trail(&cfg.audit.spool()).map_err(|e| SetupError::path("audit log", &cfg.audit.path, e))?;
     for line in segments.iter().flat_map(|(_, t)| t.lines()).chain(live.lines()) {
         let Ok(e) = serde_json::from_str::<crate::audit::Event>(line) else { continue };
         if e.outcome != crate::audit::Outcome::Ok || !matches!(e.action.as_str(), "put-key" | "put-config") {
@@ -54,13 +56,13 @@ pub async fn keys_report(cfg: &ProxyConfig) -> Result<KeysReport, String> {
     }
 
     let mut by_kek: BTreeMap<String, Vec<KeyEntry>> = BTreeMap::new();
-    for key in store.list("").await.map_err(|e| e.to_string())? {
+    for key in store.list("").await? {
         let record = if let Some(repo) = key.strip_suffix("/config") {
-            let Some(bytes) = store.get(&key).await.map_err(|e| e.to_string())? else { continue };
+            let Some(bytes) = store.get(&key).await? else { continue };
             let Ok(cfg) = RepoConfig::decode(&bytes) else { continue };
             (repo.to_string(), "config".to_string(), cfg.id_key)
         } else if let Some((repo, id)) = key.split_once("/keys/") {
-            let Some(bytes) = store.get(&key).await.map_err(|e| e.to_string())? else { continue };
+            let Some(bytes) = store.get(&key).await? else { continue };
             let Ok(rec) = KeyRecord::decode(&bytes) else { continue };
             (repo.to_string(), id.to_string(), rec)
         } else {
@@ -164,7 +166,7 @@ pub struct AlertLine {
 
 /// Builds the compliance report from the store, the configuration, the key
 /// service and the local audit trail.
-pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<ComplianceReport, String> {
+pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<ComplianceReport, SetupError> {
     use crate::config::StoreConfig;
     let store = crate::parts::open_store_to_read(cfg).await?;
     let checker = crate::parts::key_checker(cfg).await?;
@@ -182,7 +184,8 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         },
     };
     let spool = cfg.audit.spool();
-    let (segments, live) = crate::audit::local_trail(&spool).map_err(|e| e.to_string())?;
+    let (segments, live) =
+        crate::audit::local_trail(&spool).map_err(|e| SetupError::path("audit log", &cfg.audit.path, e))?;
     let key = crate::audit::public_key(&spool).ok();
     let audit_chain = match crate::audit::verify(&segments, Some(&live), key.as_deref()) {
         Ok(_) => "ok".to_string(),
@@ -214,7 +217,7 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         .collect();
 
     let mut repos = Vec::new();
-    let all = store.list("").await.map_err(|e| e.to_string())?;
+    let all = store.list("").await?;
     for config_key in all.iter().filter(|k| k.ends_with("/config")) {
         let Ok(repo) = config_key.trim_end_matches("/config").parse::<coffer_proto::RepoName>() else { continue };
         let policy = policies.for_repo(&repo).ok().flatten();
@@ -224,15 +227,10 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         let mut holds = Vec::new();
         let mut history = Vec::new();
         for key in all.iter().filter(|k| k.starts_with(&prefix)) {
-            let Some(bytes) = store.get(key).await.map_err(|e| e.to_string())? else { continue };
+            let Some(bytes) = store.get(key).await? else { continue };
             let Ok(index) = coffer_proto::snapshot::IndexSegment::decode(&bytes) else { continue };
             // Only committed snapshots (with a root) count.
-            if store
-                .head(&coffer_proto::layout::snapshot(&repo, &index.snapshot))
-                .await
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
+            if store.head(&coffer_proto::layout::snapshot(&repo, &index.snapshot)).await?.is_none() {
                 continue;
             }
             snaps += 1;
@@ -252,15 +250,14 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
                 &*store,
                 &crate::access::switches::hold_prefix(&repo, &index.snapshot),
             )
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
             if held == Some(true) {
                 holds.push(index.snapshot.to_string());
             }
         }
         let mut kek_names: Vec<String> = Vec::new();
         for key in all.iter().filter(|k| k.starts_with(&format!("{repo}/keys/")) || *k == config_key) {
-            let Some(bytes) = store.get(key).await.map_err(|e| e.to_string())? else { continue };
+            let Some(bytes) = store.get(key).await? else { continue };
             let kek = if key == config_key {
                 RepoConfig::decode(&bytes).ok().map(|c| c.id_key.kek)
             } else {
@@ -279,10 +276,11 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             keks.push(KekEntry { kek: kek.clone(), state, state_error, keys: Vec::new() });
         }
         let residency = match policies.for_repo(&repo) {
-            Err(e) => e,
-            Ok(_) => {
-                kek_names.iter().find_map(|k| policies.check_kek(&repo, k).err()).unwrap_or_else(|| "ok".to_string())
-            }
+            Err(e) => e.0,
+            Ok(_) => kek_names
+                .iter()
+                .find_map(|k| policies.check_kek(&repo, k).err())
+                .map_or_else(|| "ok".to_string(), |d| d.0),
         };
         let rpo = rpo_rules.iter().find(|(p, _)| p.matches(&repo)).map(|(_, s)| *s);
         let retention_days = policy.and_then(|p| p.retention_days).map_or(u64::from(cfg.retention.days), u64::from);

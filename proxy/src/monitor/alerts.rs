@@ -172,9 +172,9 @@ fn spooled(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Posts one alert; Ok only for a 2xx answer.
-pub async fn post(hook: &WebhookConfig, alert: &Alert) -> Result<(), String> {
-    let uri: http::Uri = hook.url.parse().map_err(|e| format!("webhook URL: {e}"))?;
-    let host = uri.host().ok_or("webhook URL has no host")?.to_string();
+pub async fn post(hook: &WebhookConfig, alert: &Alert) -> Result<(), DeliveryError> {
+    let uri: http::Uri = hook.url.parse().map_err(|e| DeliveryError::Url(format!("{e}")))?;
+    let host = uri.host().ok_or_else(|| DeliveryError::Url("it has no host".into()))?.to_string();
     let https = uri.scheme_str() == Some("https");
     let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
     let body = Bytes::from(serde_json::to_vec(alert).expect("serialises"));
@@ -183,15 +183,15 @@ pub async fn post(hook: &WebhookConfig, alert: &Alert) -> Result<(), String> {
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, "coffer-proxy")
         .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| DeliveryError::Url(e.to_string()))?;
     let attempt = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("connect: {e}"))?;
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(DeliveryError::Connect)?;
         let status = if https {
             let mut roots = rustls::RootCertStore::empty();
             match &hook.ca {
                 Some(ca) => {
                     for c in crate::access::trust::read_certs(ca)? {
-                        roots.add(c).map_err(|e| e.to_string())?;
+                        roots.add(c).map_err(|e| DeliveryError::Tls(e.to_string()))?;
                     }
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -199,14 +199,15 @@ pub async fn post(hook: &WebhookConfig, alert: &Alert) -> Result<(), String> {
             let cfg =
                 rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
                     .with_safe_default_protocol_versions()
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| DeliveryError::Tls(e.to_string()))?
                     .with_root_certificates(roots)
                     .with_no_client_auth();
-            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            let name =
+                rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| DeliveryError::Url(e.to_string()))?;
             let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
                 .connect(name, tcp)
                 .await
-                .map_err(|e| format!("TLS: {e}"))?;
+                .map_err(|e| DeliveryError::Tls(e.to_string()))?;
             send(hyper_util::rt::TokioIo::new(tls), req).await?
         } else {
             send(hyper_util::rt::TokioIo::new(tcp), req).await?
@@ -214,19 +215,38 @@ pub async fn post(hook: &WebhookConfig, alert: &Alert) -> Result<(), String> {
         if status.is_success() {
             Ok(())
         } else {
-            Err(format!("webhook answered {status}"))
+            Err(DeliveryError::Refused(status))
         }
     };
-    tokio::time::timeout(DELIVERY_TIMEOUT, attempt).await.map_err(|_| "timed out".to_string())?
+    tokio::time::timeout(DELIVERY_TIMEOUT, attempt).await.map_err(|_| DeliveryError::TimedOut)?
 }
 
-async fn send<IO>(io: IO, req: http::Request<Full<Bytes>>) -> Result<http::StatusCode, String>
+/// Why the webhook did not take an alert.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("webhook URL: {0}")]
+    Url(String),
+    #[error("connect: {0}")]
+    Connect(std::io::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error(transparent)]
+    Ca(#[from] crate::access::trust::TrustError),
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    #[error("webhook answered {0}")]
+    Refused(http::StatusCode),
+    #[error("timed out")]
+    TimedOut,
+}
+
+async fn send<IO>(io: IO, req: http::Request<Full<Bytes>>) -> Result<http::StatusCode, DeliveryError>
 where
     IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(conn);
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await?;
     let status = resp.status();
     let _ = resp.into_body().collect().await;
     Ok(status)

@@ -10,7 +10,7 @@ use coffer_proto::snapshot::SnapshotStats;
 use coffer_proto::RepoName;
 use serde::Deserialize;
 
-use crate::access::policy::RepoPattern;
+use crate::access::policy::{PolicyError, RepoPattern};
 use crate::monitor::alerts::{Alerts, Burst, Severity, WebhookConfig};
 
 /// Snapshots of history needed before a repository has a baseline.
@@ -119,12 +119,12 @@ pub struct Watch {
 }
 
 impl Watch {
-    pub fn new(alerts: Arc<Alerts>, cfg: &AlertsConfig) -> Result<Self, String> {
+    pub fn new(alerts: Arc<Alerts>, cfg: &AlertsConfig) -> Result<Self, PolicyError> {
         let rpo = cfg
             .rpo
             .iter()
             .map(|r| Ok((RepoPattern::parse(&r.repos)?, r.secs.max(1))))
-            .collect::<Result<Vec<_>, String>>()?;
+            .collect::<Result<Vec<_>, PolicyError>>()?;
         Ok(Self {
             alerts,
             handshakes: Burst::new(60, cfg.handshake_burst.max(1)),

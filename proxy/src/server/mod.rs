@@ -18,12 +18,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::access::trust::TrustDomains;
-use crate::app::{App, AppParts};
+use crate::access::trust::{TrustDomains, TrustError};
+use crate::app::{App, AppParts, ReloadError};
 use crate::audit::{AuditLog, AuditWriter, Draft, Outcome};
 use crate::config::{ProxyConfig, StoreConfig};
 use crate::monitor::alerts::Severity;
 use crate::monitor::metrics::{TimedChecker, TimedStore};
+use crate::parts::SetupError;
 use crate::server::limit::Limiter;
 use crate::store::S3Store;
 
@@ -50,7 +51,7 @@ struct Live {
 }
 
 impl Live {
-    fn load(cfg: &ProxyConfig) -> Result<Self, String> {
+    fn load(cfg: &ProxyConfig) -> Result<Self, TrustError> {
         let domains = Arc::new(TrustDomains::load(&cfg.trust_domains)?);
         let tls = crate::server::tls::server_config(&cfg.tls, domains.clone())?;
         Ok(Self { acceptor: tls.into(), domains, allow: cfg.network.allow_cidrs.clone() })
@@ -82,7 +83,7 @@ enum Reloader {
 /// A proxy with everything opened and checked, not yet listening.
 pub struct Proxy {
     app: Arc<App>,
-    reloads: tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<Result<(), String>>>,
+    reloads: tokio::sync::mpsc::Receiver<crate::app::ReloadReply>,
     limits: ConnLimits,
     /// The trust domains, certificate and allowlist in force; replaced on
     /// reload, and watched by open connections, which close when their
@@ -104,7 +105,7 @@ pub struct Proxy {
 /// Checks what `build` would open, without creating or starting anything
 /// (an S3 bucket is checked for Object Lock and versioning): for
 /// `--check-config`.
-pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
+pub async fn check(cfg: &ProxyConfig) -> Result<(), SetupError> {
     Live::load(cfg)?;
     crate::parts::key_checker(cfg).await?;
     match &cfg.store {
@@ -122,16 +123,16 @@ pub async fn check(cfg: &ProxyConfig) -> Result<(), String> {
 /// the handlers' unit tests build.
 pub(crate) async fn build_app(
     cfg: &ProxyConfig,
-) -> Result<(App, AuditWriter, tokio::sync::mpsc::Receiver<crate::app::ReloadReply>), String> {
+) -> Result<(App, AuditWriter, tokio::sync::mpsc::Receiver<crate::app::ReloadReply>), SetupError> {
     let metrics = Arc::new(crate::monitor::metrics::Metrics::default());
     let store = Arc::new(TimedStore { inner: crate::parts::open_store(cfg).await?, metrics: metrics.clone() });
     let checker = Arc::new(TimedChecker { inner: crate::parts::key_checker(cfg).await?, metrics: metrics.clone() });
     let (audit, writer) = AuditLog::open(&cfg.audit.spool(), &cfg.proxy_id)
-        .map_err(|e| format!("audit log {}: {e}", cfg.audit.path.display()))?;
+        .map_err(|e| SetupError::path("audit log", &cfg.audit.path, e))?;
     let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
     let alerts = Arc::new(
         crate::monitor::alerts::Alerts::new(cfg.audit.alert_spool(), &cfg.proxy_id, audit.clone(), metrics.clone())
-            .map_err(|e| format!("alert spool {}: {e}", cfg.audit.alert_spool().display()))?,
+            .map_err(|e| SetupError::path("alert spool", &cfg.audit.alert_spool(), e))?,
     );
     // Repository policies' RPOs join the alert rules (they take effect on restart).
     let mut alerts_cfg = cfg.alerts.clone();
@@ -163,7 +164,7 @@ pub(crate) async fn build_app(
 /// bucket must have Object Lock and versioning), the audit log and the key
 /// checker, loads certificates. Errors name what to fix. `config_path` is
 /// read again on reload.
-pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, String> {
+pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, SetupError> {
     let live = Live::load(cfg)?;
     let (app, writer, reload_rx) = build_app(cfg).await?;
     let limits = ConnLimits {
@@ -186,7 +187,7 @@ pub async fn build(cfg: &ProxyConfig, config_path: &Path) -> Result<Proxy, Strin
         proxy_id: cfg.proxy_id.clone(),
         webhook: cfg.alerts.webhook.clone(),
         scrub: cfg.scrub,
-        config: Arc::new(ProxyConfig::load(config_path).map_err(|e| e.to_string())?),
+        config: Arc::new(ProxyConfig::load(config_path)?),
         ship_every: Duration::from_secs(cfg.audit.ship_secs.max(1)),
         metrics_listen: cfg.metrics.listen,
     })
@@ -235,11 +236,7 @@ impl Proxy {
                 self.app.audit.clone(),
                 self.scrub,
             )),
-            tokio::spawn(crate::compliance::assess::assess_loop(
-                self.app.clone(),
-                self.config.clone(),
-                self.config.assess.interval_secs,
-            )),
+            tokio::spawn(tasks::assess_loop(self.app.clone(), self.config.clone(), self.config.assess.interval_secs)),
         ];
         tasks::check_audit_chain(&self.app, &self.spool).await;
         let shipper = tokio::spawn(tasks::ship_audit(
@@ -323,14 +320,12 @@ impl Proxy {
     /// file keeps the old ones. Repository policies may only get stricter by
     /// a signal; loosening one needs the admin API (admin role + TOTP).
     /// Either way the outcome is an audit event.
-    async fn reload(&self, by: Reloader) -> Result<(), String> {
+    async fn reload(&self, by: Reloader) -> Result<(), ReloadError> {
         let old = self.app.repo_policies().configs();
-        let loaded = ProxyConfig::load(&self.config_path).map_err(|e| e.to_string()).and_then(|cfg| {
+        let loaded = ProxyConfig::load(&self.config_path).map_err(ReloadError::from).and_then(|cfg| {
             let looser = crate::access::governance::loosening(&old, &cfg.repo_policies);
             if let (Some(why), Reloader::Signal) = (&looser, by) {
-                return Err(format!(
-                    "{why}: loosening a repository policy needs `coffer-proxy admin reload` (admin + TOTP)"
-                ));
+                return Err(ReloadError::NeedsAdmin(why.clone()));
             }
             Ok((Live::load(&cfg)?, cfg.policy()?, cfg.repo_policies()?, looser))
         });
@@ -346,7 +341,7 @@ impl Proxy {
                 tracing::error!("reload refused, keeping the running configuration: {e}");
                 let reason = format!("reload refused, running configuration kept: {e}");
                 self.app.watch.alerts.raise("reload", Severity::High, None, None, reason.clone(), None).await;
-                (Outcome::Invalid, Some(reason.clone()), Err(reason))
+                (Outcome::Invalid, Some(reason), Err(e))
             }
         };
         let peer = match by {

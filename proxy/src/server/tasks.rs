@@ -121,3 +121,28 @@ pub(super) async fn flush_refusals(app: Arc<App>, throttle: Arc<crate::server::c
         }
     }
 }
+
+/// Runs `assess` every `interval_secs` (the first after one interval) and
+/// raises an alert for each high finding not seen before.
+pub(super) async fn assess_loop(app: Arc<App>, cfg: Arc<crate::config::ProxyConfig>, interval_secs: u64) {
+    if interval_secs == 0 {
+        return;
+    }
+    let every = Duration::from_secs(interval_secs);
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut seen = std::collections::HashSet::new();
+    loop {
+        tick.tick().await;
+        match crate::compliance::assess::assess(&cfg).await {
+            Ok(findings) => {
+                for f in findings.into_iter().filter(|f| f.severity == crate::compliance::assess::Level::High) {
+                    if seen.insert((f.check, f.subject.clone(), f.problem.clone())) {
+                        let msg = format!("{}: {} (fix: {})", f.subject, f.problem, f.fix);
+                        app.watch.alerts.raise("assess", Severity::High, None, Some(f.subject), msg, None).await;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("assessment failed: {e}"),
+        }
+    }
+}

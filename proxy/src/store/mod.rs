@@ -74,6 +74,10 @@ pub enum StoreError {
     /// An object store service refused or failed (after the SDK's own retries).
     #[error("object store, {key}: {message}")]
     Backend { key: String, message: String, retryable: bool },
+    /// The bucket cannot keep Coffer's promises (no Object Lock, no
+    /// versioning) or could not be checked: the proxy refuses to start.
+    #[error("bucket {bucket}: {problem}")]
+    Unfit { bucket: String, problem: String },
 }
 
 impl StoreError {
@@ -86,7 +90,7 @@ impl StoreError {
                 std::io::ErrorKind::Interrupted | std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
             ),
             StoreError::Backend { retryable, .. } => *retryable,
-            StoreError::Locked { .. } | StoreError::NotFound(_) => false,
+            StoreError::Locked { .. } | StoreError::NotFound(_) | StoreError::Unfit { .. } => false,
         }
     }
 }

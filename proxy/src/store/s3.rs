@@ -128,7 +128,7 @@ fn status_of<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Opti
 impl S3Store {
     /// Builds the client and checks the bucket: Object Lock and versioning
     /// must both be enabled, or the proxy refuses to start.
-    pub async fn connect(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, String> {
+    pub async fn connect(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, StoreError> {
         let store = Self::open(cfg, sdk).await?;
         store.probe().await?;
         Ok(store)
@@ -136,7 +136,7 @@ impl S3Store {
 
     /// Opens the bucket for reading (reports, verification): Object Lock
     /// is checked, nothing is written.
-    pub async fn open(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, String> {
+    pub async fn open(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, StoreError> {
         let mut b = aws_sdk_s3::config::Builder::from(sdk)
             .force_path_style(cfg.path_style)
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
@@ -154,20 +154,16 @@ impl S3Store {
         }
         let client = Client::from_conf(b.build());
         let bucket = &cfg.bucket;
+        let unfit = |problem: String| StoreError::Unfit { bucket: bucket.clone(), problem };
         let no_lock = || {
-            format!("bucket {bucket} does not have Object Lock enabled; Coffer refuses to write where objects could be deleted (create the bucket with Object Lock)")
+            unfit("Object Lock is not enabled; Coffer refuses to write where objects could be deleted (create the bucket with Object Lock)".into())
         };
         let enabled = match client.get_object_lock_configuration().bucket(bucket).send().await {
             Ok(lock) => lock.object_lock_configuration().and_then(|c| c.object_lock_enabled()).cloned(),
             Err(e) if e.as_service_error().and_then(|s| s.code()) == Some("ObjectLockConfigurationNotFoundError") => {
                 None
             }
-            Err(e) => {
-                return Err(format!(
-                    "bucket {bucket}: cannot read its Object Lock configuration: {}",
-                    classify(bucket, e)
-                ))
-            }
+            Err(e) => return Err(unfit(format!("cannot read its Object Lock configuration: {}", classify(bucket, e)))),
         };
         if enabled != Some(ObjectLockEnabled::Enabled) {
             return Err(no_lock());
@@ -186,12 +182,13 @@ impl S3Store {
     /// the ordinary put path must come back with a version id (versioning
     /// on) and a retain-until date (the lock was applied). This stands in for
     /// GetBucketVersioning, whose answer some S3 implementations get wrong.
-    async fn probe(&self) -> Result<(), String> {
+    async fn probe(&self) -> Result<(), StoreError> {
         let key = STORE_CHECK;
+        let unfit = |problem: String| StoreError::Unfit { bucket: self.bucket.clone(), problem };
         let bucket = &self.bucket;
         self.put_new(key, Bytes::from_static(b"coffer store check\n"), crate::unix_now() + 86_400)
             .await
-            .map_err(|e| format!("bucket {bucket}: the test write failed: {e}"))?;
+            .map_err(|e| unfit(format!("the test write failed: {e}")))?;
         let head = self
             .client
             .head_object()
@@ -199,12 +196,12 @@ impl S3Store {
             .key(self.full(key))
             .send()
             .await
-            .map_err(|e| format!("bucket {bucket}: reading back the test write: {}", classify(key, e)))?;
+            .map_err(|e| unfit(format!("reading back the test write: {}", classify(key, e))))?;
         if head.version_id().is_none_or(|v| v.is_empty() || v == "null") {
-            return Err(format!("bucket {bucket} does not have versioning enabled"));
+            return Err(unfit("versioning is not enabled".into()));
         }
         if head.object_lock_retain_until_date().is_none() {
-            return Err(format!("bucket {bucket} did not apply an Object Lock to a test write"));
+            return Err(unfit("it did not apply an Object Lock to a test write".into()));
         }
         Ok(())
     }

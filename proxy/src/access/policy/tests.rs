@@ -168,5 +168,5 @@ fn source_cidrs_restrict() {
 #[test]
 fn unknown_domain_in_a_rule_is_an_error() {
     let err = Policy::new(&[domain("prod", &["prod/**"])], &[rule("x", "nope", "w", &[Role::Writer], &["**"])], &[]);
-    assert!(err.err().unwrap().contains("unknown trust domain"));
+    assert!(err.err().unwrap().0.contains("unknown trust domain"));
 }
