@@ -384,6 +384,9 @@ async fn restore_to_file(
     Ok(())
 }
 
+/// Snapshot roots `coffer snapshots` fetches at once.
+const ROOTS_IN_FLIGHT: usize = 32;
+
 #[derive(Serialize)]
 struct Listed {
     id: SnapshotId,
@@ -399,10 +402,18 @@ struct Listed {
 /// missing or fails its checks does not hide the others: it is left out of
 /// the list and named in the second half of the answer.
 async fn list_snapshots(repo: &OpenRepo) -> Result<(Vec<Listed>, Vec<String>), Failure> {
+    use futures_util::StreamExt as _;
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
-    for info in repo.client.list_snapshots(&repo.name).await? {
-        let root = match restore::load_root(repo, info.id).await {
+    let infos = repo.client.list_snapshots(&repo.name).await?;
+    // Roots are fetched (and their keys unwrapped) several at a time, in order.
+    let mut roots = futures_util::stream::iter(infos.into_iter().map(|info| async move {
+        let root = restore::load_root(repo, info.id).await;
+        (info, root)
+    }))
+    .buffered(ROOTS_IN_FLIGHT);
+    while let Some((info, root)) = roots.next().await {
+        let root = match root {
             Ok(root) => root,
             Err(e @ restore::RestoreError::Snapshot { .. }) => {
                 unreadable.push(e.to_string());

@@ -44,7 +44,7 @@ pub struct OpenRepo {
     pub gear: Option<crate::cutter::GearTables>,
     /// Every chunk-id key of the repository, for restores.
     id_keys: HashMap<KeyId, Arc<IdKey>>,
-    data_keys: Mutex<HashMap<KeyId, Arc<DataKey>>>,
+    data_keys: Mutex<HashMap<KeyId, Arc<tokio::sync::OnceCell<Arc<DataKey>>>>>,
 }
 
 /// Starts a new chunk-id key epoch (`coffer key rotate`): later backups
@@ -150,18 +150,19 @@ impl OpenRepo {
         self.id_keys.get(&epoch.unwrap_or(self.config.id_key.key_id)).cloned()
     }
 
-    /// Fetches and unwraps a data key, once per key id.
+    /// Fetches and unwraps a data key, once per key id: callers asking for
+    /// the same key wait for one fetch (one KMS call), callers asking for
+    /// different keys do not wait for each other.
     pub async fn data_key(&self, key_id: KeyId) -> Result<Arc<DataKey>, RepoError> {
-        let mut keys = self.data_keys.lock().await;
-        if let Some(k) = keys.get(&key_id) {
-            return Ok(k.clone());
-        }
-        let bytes = self.client.get_key(&self.name, key_id).await?;
-        let record = KeyRecord::decode(&bytes)
-            .map_err(|e| RepoError::BadObject { repo: self.name.clone(), message: format!("key {key_id}: {e}") })?;
-        let key = Arc::new(open_record(&*self.provider, &record, &self.name, Purpose::Data, key_id).await?);
-        keys.insert(key_id, key.clone());
-        Ok(key)
+        let cell = self.data_keys.lock().await.entry(key_id).or_default().clone();
+        cell.get_or_try_init(|| async {
+            let bytes = self.client.get_key(&self.name, key_id).await?;
+            let record = KeyRecord::decode(&bytes)
+                .map_err(|e| RepoError::BadObject { repo: self.name.clone(), message: format!("key {key_id}: {e}") })?;
+            Ok(Arc::new(open_record(&*self.provider, &record, &self.name, Purpose::Data, key_id).await?))
+        })
+        .await
+        .cloned()
     }
 
     /// Makes a new data key and stores its wrapped record, which must be

@@ -7,6 +7,7 @@ pub mod data;
 pub mod limit;
 pub mod peers;
 pub mod procfs;
+pub mod relay;
 pub mod run;
 
 /// Parses a size such as `512MiB`, `2GiB`, `100MB` or `4096`.

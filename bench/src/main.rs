@@ -8,7 +8,7 @@
 mod cmd;
 
 use clap::{Parser, Subcommand};
-use cmd::{e2e, limit, stream, Bench, Common, Input};
+use cmd::{e2e, limit, s3, stream, Bench, Common, Input};
 
 #[derive(Parser)]
 #[command(name = "coffer-bench", version, about = "Coffer's benchmark harness")]
@@ -54,6 +54,29 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// The real proxy on its S3 store (the emulator, moto) behind a relay
+    /// that delays each request by `--latency-ms`: each phase at 0 ms and at
+    /// the latency, S3 requests by kind, and the round trips per chunk the
+    /// data path waits for one after another; then `snapshots` on a
+    /// repository of `--snapshots` snapshots.
+    S3 {
+        #[command(flatten)]
+        input: Input,
+        /// Delay per S3 request, as a regional endpoint adds.
+        #[arg(long, default_value_t = 20)]
+        latency_ms: u64,
+        /// The moto server (default: COFFER_MOTO, or .venv/bin/moto_server).
+        #[arg(long)]
+        moto: Option<std::path::PathBuf>,
+        /// Snapshots in the repository that is listed.
+        #[arg(long, default_value_t = 1000)]
+        snapshots: usize,
+        /// The proxy's `limits.store_fan_out` (default: its own default).
+        #[arg(long)]
+        fan_out: Option<usize>,
+        #[command(flatten)]
+        common: Common,
+    },
 }
 
 fn main() {
@@ -64,6 +87,9 @@ fn main() {
         Cmd::Limit { input, common } => Bench::new(&common)
             .and_then(|b| limit::limit(&b, input))
             .map(|r| cmd::emit(&r, common.json, limit::print_limit)),
+        Cmd::S3 { input, latency_ms, moto, snapshots, fan_out, common } => Bench::new(&common)
+            .and_then(|b| s3::s3(&b, input, s3::S3Options { latency_ms, moto, snapshots, fan_out }))
+            .map(|r| cmd::emit(&r, common.json, s3::print_s3)),
         Cmd::Stream { generate, rate, agents, common } => Bench::new(&common)
             .and_then(|b| stream::stream(&b, &generate, rate.as_deref(), agents.max(1)))
             .map(|r| cmd::emit(&r, common.json, stream::print_stream)),

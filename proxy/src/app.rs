@@ -5,8 +5,9 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
+use coffer_proto::api::SnapshotInfo;
 use coffer_proto::layout;
-use coffer_proto::{KeyId, RepoName};
+use coffer_proto::{KeyId, RepoName, SnapshotId};
 
 use crate::access::clientcerts::ClientCerts;
 use crate::access::governance::RepoPolicies;
@@ -39,6 +40,10 @@ pub type ReloadReply = tokio::sync::oneshot::Sender<Result<(), ReloadError>>;
 /// Asks the server loop to reload the configuration file.
 pub type ReloadRequests = tokio::sync::mpsc::Sender<ReloadReply>;
 
+/// Most snapshots' index summaries kept in memory, over all repositories
+/// (about 100 bytes each).
+pub const INFO_CACHE_MAX: usize = 200_000;
+
 /// A stored revocation record as read: trust domain, identity, revoked
 /// (false: reinstated).
 type RevocationRecord = (String, String, bool);
@@ -52,6 +57,8 @@ pub struct AppParts {
     /// (retention, slack) in seconds.
     pub retention: (u64, u64),
     pub commit_max_bytes: usize,
+    /// Store requests one API call keeps in flight (`limits.store_fan_out`).
+    pub fan_out: usize,
     pub mfa: MfaVerifier,
     pub reload: ReloadRequests,
     pub metrics: Arc<Metrics>,
@@ -69,6 +76,13 @@ pub struct App {
     /// (retention, slack) in seconds.
     pub retention: (u64, u64),
     pub commit_max_bytes: usize,
+    /// Store requests one API call keeps in flight.
+    pub fan_out: usize,
+    /// What committed snapshots' index segments say, by repository and
+    /// snapshot: they are written once, so a listing reads only the new
+    /// ones (an entry whose root is gone is dropped when a listing finds
+    /// it gone). Bounded: emptied when it reaches `INFO_CACHE_MAX`.
+    pub(crate) snapshot_infos: Mutex<HashMap<(RepoName, SnapshotId), SnapshotInfo>>,
     /// Key records known to exist, so chunk uploads need no HEAD for them.
     known_keys: Mutex<HashSet<(RepoName, KeyId)>>,
     pub mfa: MfaVerifier,
@@ -98,6 +112,7 @@ impl App {
             checker,
             retention,
             commit_max_bytes,
+            fan_out,
             mfa,
             reload,
             metrics,
@@ -111,6 +126,8 @@ impl App {
             checker,
             retention,
             commit_max_bytes,
+            fan_out,
+            snapshot_infos: Mutex::default(),
             known_keys: Mutex::default(),
             mfa,
             revoked: RwLock::default(),

@@ -16,6 +16,8 @@ pub const DEFAULT_SLACK_DAYS: u32 = 7;
 /// Largest commit body: the root plus 32 bytes per referenced chunk, so
 /// 64 MiB covers about two million chunks (~2 TB at 1 MiB average).
 pub const DEFAULT_COMMIT_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Store requests in flight per API call, unless configured.
+pub const DEFAULT_STORE_FAN_OUT: usize = 32;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +245,10 @@ pub struct LimitsConfig {
     pub identity_buffer_bytes: usize,
     /// The same, for all identities together.
     pub buffer_bytes: usize,
+    /// Store requests one API call (a dedup query, a commit, a listing)
+    /// keeps in flight at once: what the catalog does not answer goes to
+    /// the store concurrently, never one object after another.
+    pub store_fan_out: usize,
 }
 
 impl Default for LimitsConfig {
@@ -259,6 +265,7 @@ impl Default for LimitsConfig {
             handshake_timeout_secs: 10,
             // Many hosts behind one NAT share an address; an agent needs one
             // connection, a daemon one per job running.
+            store_fan_out: DEFAULT_STORE_FAN_OUT,
             connections_per_source: 256,
             connections_per_identity: 64,
             identity_buffer_bytes: 2 * DEFAULT_COMMIT_MAX_BYTES,
@@ -368,6 +375,9 @@ impl ProxyConfig {
         }
         if l.buffer_bytes > u32::MAX as usize {
             return invalid("limits: buffer_bytes must be below 4 GiB".into());
+        }
+        if !(1..=1024).contains(&l.store_fan_out) {
+            return invalid("limits.store_fan_out must be 1 to 1024".into());
         }
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
             return invalid("limits: the timeouts must be positive".into());

@@ -179,3 +179,33 @@ fn scrub_finds_a_corrupted_and_a_missing_object() {
     }
     assert!(p.audit_log().contains("\"action\":\"scrub\""));
 }
+
+/// The store operations of kind `op` the proxy has made so far.
+fn store_ops(port: u16, op: &str) -> f64 {
+    let text = http_get(port, "/metrics");
+    let needle = format!("coffer_store_seconds_count{{op=\"{op}\",ok=\"true\"}}");
+    text.lines().find(|l| l.starts_with(&needle)).map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn a_listing_reads_each_index_segment_once_and_commits_reuse_them() {
+    let port = free_port();
+    let p = reconfigured(DevProxy::start(), &format!("[metrics]\nlisten = \"127.0.0.1:{port}\""));
+    coffer(&p.writer(), &["init", "--repo", "dev/many"], None).ok();
+    for i in 0..6 {
+        coffer(&p.writer(), &["backup", "--repo", "dev/many", "-"], Some(format!("night {i}").as_bytes())).ok();
+    }
+    // Each listing fetches every root (and its data key) for the agent; the
+    // index segments, written once, the proxy reads only the first time.
+    let before = store_ops(port, "get");
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/many", "--json"], None).json();
+    assert_eq!(listed.as_array().unwrap().len(), 6);
+    let first = store_ops(port, "get") - before;
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/many", "--json"], None).json();
+    assert_eq!(listed.as_array().unwrap().len(), 6);
+    let second = store_ops(port, "get") - before - first;
+    // The commits already read them (for the anomaly detector's history),
+    // so neither listing reads an index segment: the config, 6 roots and 6
+    // data keys each (19 if the segments were read again).
+    assert_eq!((first, second), (13.0, 13.0), "store GETs of two listings");
+}

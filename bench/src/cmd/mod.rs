@@ -3,6 +3,7 @@
 
 pub(crate) mod e2e;
 pub(crate) mod limit;
+pub(crate) mod s3;
 pub(crate) mod stream;
 
 use std::io::{BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};

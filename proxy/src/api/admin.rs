@@ -301,6 +301,7 @@ mod tests {
             checker: t.app.checker.clone(),
             retention: t.app.retention,
             commit_max_bytes: t.app.commit_max_bytes,
+            fan_out: t.app.fan_out,
             mfa: crate::access::mfa::MfaVerifier::new(t.dir.path().join("totp.toml"), t.app.store.clone()),
             reload: tokio::sync::mpsc::channel(1).0,
             metrics: t.app.metrics.clone(),

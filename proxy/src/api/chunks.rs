@@ -12,16 +12,17 @@ use http::StatusCode;
 
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
-use crate::store::Recorded;
+use crate::store::{fan_out, Recorded};
 
+/// Which of the listed chunks the repository lacks, asked of the store
+/// concurrently.
 pub async fn missing(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
     let ids = decode_ids(body).map_err(invalid)?;
-    let mut absent = Vec::new();
-    for id in ids {
-        if app.store.head(&layout::chunk(repo, &id)).await?.is_none() {
-            absent.push(id);
-        }
-    }
+    let store = &app.store;
+    let stored =
+        fan_out(app.fan_out, ids.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
+            .await?;
+    let absent: Vec<ChunkId> = ids.iter().zip(stored).filter(|(_, meta)| meta.is_none()).map(|(id, _)| *id).collect();
     Ok(Reply::new(StatusCode::OK, encode_ids(&absent), "application/octet-stream"))
 }
 

@@ -14,7 +14,7 @@ use http::StatusCode;
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
 use crate::audit::{Draft, Outcome};
-use crate::store::{ObjectMeta, PutOutcome};
+use crate::store::{fan_out, ObjectMeta, PutOutcome, StoreError};
 
 /// How many missing chunk ids a refused commit names.
 const MISSING_SHOWN: usize = 5;
@@ -41,18 +41,16 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
 
     let now = crate::unix_now();
     let (required, until) = app.retention_for(repo);
-    let mut present = Vec::with_capacity(req.chunks.len());
-    let mut absent = Vec::new();
     let mut seen = HashSet::with_capacity(req.chunks.len());
-    for id in &req.chunks {
-        if !seen.insert(*id) {
-            return Err(invalid(format!("chunk {id} is listed twice")));
-        }
-        match app.store.head(&layout::chunk(repo, id)).await? {
-            Some(meta) => present.push((*id, meta)),
-            None => absent.push(*id),
-        }
+    if let Some(id) = req.chunks.iter().find(|id| !seen.insert(**id)) {
+        return Err(invalid(format!("chunk {id} is listed twice")));
     }
+    let store = &app.store;
+    let fan = app.fan_out;
+    let metas =
+        fan_out(fan, req.chunks.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
+            .await?;
+    let absent: Vec<&ChunkId> = req.chunks.iter().zip(&metas).filter(|(_, m)| m.is_none()).map(|(id, _)| id).collect();
     if !absent.is_empty() {
         let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
         return Err(ApiError::Conflict(format!(
@@ -61,46 +59,59 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
             shown.join(", ")
         )));
     }
+    let present: Vec<(ChunkId, ObjectMeta)> = req.chunks.iter().copied().zip(metas.into_iter().flatten()).collect();
     let referenced_bytes = present.iter().fold(0u64, |sum, (_, meta)| sum.saturating_add(meta.size));
     let referenced = present.len() as u64;
     req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
-    let mut entries = Vec::with_capacity(present.len());
-    let mut extended = 0u64;
+
+    // The data keys that sealed the chunks (recorded beside each; read from
+    // the envelope for chunks stored before that), and the locks that must
+    // grow to cover this snapshot (extended, never shortened).
+    let sealed_by = fan_out(fan, 0..present.len(), |i| sealing_key(app, repo, &present[i].0, &present[i].1)).await?;
     let mut needed_keys = BTreeSet::from([header.key_id]);
-    for (id, meta) in present {
-        needed_keys.insert(sealing_key(app, repo, &id, &meta).await?);
-        let mut retain_until = meta.retain_until.unwrap_or(u64::MAX);
-        if retain_until < required {
-            app.store.extend_retention(&layout::chunk(repo, &id), until).await?;
-            retain_until = until;
-            extended += 1;
-        }
-        entries.push(IndexEntry { id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until });
-    }
+    needed_keys.extend(sealed_by);
+    let short: Vec<ChunkId> =
+        present.iter().filter(|(_, m)| m.retain_until.unwrap_or(u64::MAX) < required).map(|(id, _)| *id).collect();
+    fan_out(
+        fan,
+        short.iter().copied(),
+        |id| async move { store.extend_retention(&layout::chunk(repo, &id), until).await },
+    )
+    .await?;
+    let mut extended = short.len() as u64;
+    let entries: Vec<IndexEntry> = present
+        .iter()
+        .map(|(id, meta)| {
+            let locked = meta.retain_until.unwrap_or(u64::MAX);
+            let retain_until = if locked < required { until } else { locked };
+            IndexEntry { id: *id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until }
+        })
+        .collect();
     // What the snapshot needs besides its chunks: the data keys that sealed
     // them and its root, which must still exist (expiry may have removed a
     // key no snapshot used), and the config and chunk-id key epochs, which
     // every snapshot of the repository may need.
-    for key_id in &needed_keys {
-        let key = layout::key(repo, key_id);
-        let meta = app.store.head(&key).await?.ok_or_else(|| {
+    let key_names: Vec<(KeyId, String)> = needed_keys.iter().map(|k| (*k, layout::key(repo, k))).collect();
+    let key_metas = fan_out(fan, 0..key_names.len(), |i| store.head(&key_names[i].1)).await?;
+    let mut to_extend = Vec::new();
+    for ((key_id, key), meta) in key_names.iter().zip(&key_metas) {
+        let meta = meta.as_ref().ok_or_else(|| {
             ApiError::Conflict(format!("key {key_id} is not stored in {repo}; nothing was committed"))
         })?;
         if meta.retain_until.is_some_and(|t| t < required) {
-            app.store.extend_retention(&key, until).await?;
-            extended += 1;
+            to_extend.push(key.clone());
         }
     }
     let mut dependencies = vec![layout::config(repo)];
     dependencies.extend(app.store.list(&layout::prefix(repo, layout::Kind::Epochs)).await?);
-    for key in dependencies {
-        if let Some(meta) = app.store.head(&key).await? {
-            if meta.retain_until.is_some_and(|t| t < required) {
-                app.store.extend_retention(&key, until).await?;
-                extended += 1;
-            }
+    let dependency_metas = fan_out(fan, 0..dependencies.len(), |i| store.head(&dependencies[i])).await?;
+    for (key, meta) in dependencies.iter().zip(&dependency_metas) {
+        if meta.as_ref().is_some_and(|m| m.retain_until.is_some_and(|t| t < required)) {
+            to_extend.push(key.clone());
         }
     }
+    fan_out(fan, 0..to_extend.len(), |i| store.extend_retention(&to_extend[i], until)).await?;
+    extended += to_extend.len() as u64;
 
     if extended > 0 {
         let event = Draft {
@@ -142,31 +153,25 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
 
 /// The data key that sealed a stored chunk: recorded beside it at upload,
 /// or, for a chunk stored before keys were recorded, read from its header.
-async fn sealing_key(app: &App, repo: &RepoName, id: &ChunkId, meta: &ObjectMeta) -> Result<KeyId, ApiError> {
+async fn sealing_key(app: &App, repo: &RepoName, id: &ChunkId, meta: &ObjectMeta) -> Result<KeyId, StoreError> {
     if let Some(k) = meta.sealed_by {
         return Ok(k);
     }
     let key = layout::chunk(repo, id);
-    let body = app.store.get(&key).await?.ok_or_else(|| ApiError::Conflict(format!("chunk {id} vanished")))?;
-    let header = envelope::parse_header(&body).map_err(|e| ApiError::Conflict(format!("chunk {id}: {e}")))?;
+    let body = app.store.get(&key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+    let header = envelope::parse_header(&body).map_err(|e| StoreError::Backend {
+        key,
+        message: format!("not a chunk envelope: {e}"),
+        retryable: false,
+    })?;
     Ok(header.key_id)
 }
 
 /// The stats of a repository's committed snapshots, oldest first, except
 /// `skip` (the one being judged).
 pub async fn repo_history(app: &App, repo: &RepoName, skip: SnapshotId) -> Result<Vec<SnapshotStats>, ApiError> {
-    let prefix = layout::prefix(repo, layout::Kind::Snapshots);
-    let mut out = Vec::new();
-    for key in app.store.list(&prefix).await? {
-        let Ok(id) = key[prefix.len()..].parse::<SnapshotId>() else { continue };
-        if id != skip {
-            if let Ok(info) = snapshot_info(app, repo, id).await {
-                out.push((info.committed, info.stats));
-            }
-        }
-    }
-    out.sort_by_key(|(t, _)| *t);
-    Ok(out.into_iter().map(|(_, s)| s).collect())
+    let (infos, _) = committed(app, repo).await?;
+    Ok(infos.into_iter().filter(|i| i.id != skip).map(|i| i.stats).collect())
 }
 
 pub async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<SnapshotInfo, ApiError> {
@@ -179,24 +184,69 @@ pub async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result
     Ok(SnapshotInfo { id, committed: index.committed, retain_until: index.retain_until, stats: index.stats })
 }
 
+/// Every committed snapshot of `repo` (a root in the store), oldest first,
+/// and why any was left out. One LIST, then only the index segments not
+/// read before, concurrently: they are written once, so what was read is
+/// kept (and forgotten once its root is gone).
+async fn committed(app: &App, repo: &RepoName) -> Result<(Vec<SnapshotInfo>, Vec<String>), ApiError> {
+    // Only direct children with a well-formed id are snapshots. The index
+    // segments are listed too, so one deleted behind the proxy's back is
+    // noticed at once, remembered or not.
+    let listed = |kind| async move {
+        let prefix = layout::prefix(repo, kind);
+        let keys = app.store.list(&prefix).await?;
+        Ok::<HashSet<SnapshotId>, StoreError>(keys.iter().filter_map(|key| key[prefix.len()..].parse().ok()).collect())
+    };
+    let (roots, indexes) = tokio::try_join!(listed(layout::Kind::Snapshots), listed(layout::Kind::Index))?;
+    let mut ids: Vec<SnapshotId> = roots.iter().copied().collect();
+    ids.sort();
+    let (mut out, unread) = {
+        let cache = app.snapshot_infos.lock().expect("not poisoned");
+        let mut known = Vec::new();
+        let mut unread = Vec::new();
+        for id in &ids {
+            match cache.get(&(repo.clone(), *id)) {
+                Some(info) if indexes.contains(id) => known.push(info.clone()),
+                _ => unread.push(*id),
+            }
+        }
+        (known, unread)
+    };
+    let read = fan_out(app.fan_out, unread.iter().copied(), |id| async move {
+        match snapshot_info(app, repo, id).await {
+            Ok(info) => Ok(Ok(info)),
+            Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => Ok(Err(e.to_string())),
+            Err(ApiError::Store(e)) => Err(e),
+            Err(e) => Ok(Err(e.to_string())),
+        }
+    })
+    .await?;
+    let mut damaged = Vec::new();
+    {
+        let mut cache = app.snapshot_infos.lock().expect("not poisoned");
+        if cache.len() + read.len() > crate::app::INFO_CACHE_MAX {
+            cache.clear();
+        }
+        cache.retain(|(r, id), _| r != repo || (roots.contains(id) && indexes.contains(id)));
+        for info in read {
+            match info {
+                Ok(info) => {
+                    cache.insert((repo.clone(), info.id), info.clone());
+                    out.push(info);
+                }
+                Err(why) => damaged.push(why),
+            }
+        }
+    }
+    out.sort_by_key(|s| (s.committed, s.id));
+    Ok((out, damaged))
+}
+
 /// Every committed snapshot's id and stats, oldest first. One whose index
 /// segment is missing or unreadable (damage in the store) is left out, not
 /// allowed to hide the rest, and raises an alert.
 pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
-    let prefix = layout::prefix(repo, layout::Kind::Snapshots);
-    let mut out = Vec::new();
-    let mut damaged = Vec::new();
-    for key in app.store.list(&prefix).await? {
-        // Only direct children with a well-formed id are snapshots.
-        let Ok(id) = key[prefix.len()..].parse::<SnapshotId>() else {
-            continue;
-        };
-        match snapshot_info(app, repo, id).await {
-            Ok(info) => out.push(info),
-            Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => damaged.push(e.to_string()),
-            Err(e) => return Err(e),
-        }
-    }
+    let (out, damaged) = committed(app, repo).await?;
     if !damaged.is_empty() {
         let msg = format!(
             "{} snapshots of {repo} have a root but no readable index segment, and are left out of listings: {}",
@@ -210,7 +260,6 @@ pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiErro
             .raise("damaged-snapshot", crate::monitor::alerts::Severity::High, Some(repo.to_string()), None, msg, dedup)
             .await;
     }
-    out.sort_by_key(|s| (s.committed, s.id));
     Ok(Reply::json(StatusCode::OK, &out))
 }
 

@@ -150,6 +150,7 @@ pub(crate) async fn build_app(
         checker,
         retention: cfg.retention_secs(),
         commit_max_bytes: cfg.limits.commit_max_bytes,
+        fan_out: cfg.limits.store_fan_out,
         mfa,
         reload: reload_tx,
         metrics: metrics.clone(),
