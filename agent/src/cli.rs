@@ -44,6 +44,7 @@ pub(crate) enum Cmd {
     Send {
         #[arg(long, env = "COFFER_SOCKET", default_value = "/run/coffer/coffer.sock")]
         socket: PathBuf,
+        /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
         /// A name for the snapshot (default: the source).
@@ -71,6 +72,7 @@ pub(crate) enum LogFormat {
 pub(crate) enum RepoCmd {
     /// Create a repository: its config and wrapped chunk-id key.
     Init {
+        /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
         /// zstd level for its chunks, 1 (fastest) to 19; fixed for the
@@ -84,6 +86,7 @@ pub(crate) enum RepoCmd {
     /// With a command, the snapshot is committed only if it exits 0.
     /// Prints the snapshot id as the last line of stdout.
     Backup {
+        /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
         /// A name for the snapshot (default: the source).
@@ -102,24 +105,33 @@ pub(crate) enum RepoCmd {
     /// Restore a snapshot to stdout, or to FILE with `-o` (written only if the
     /// whole snapshot checks out).
     Restore {
+        /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
+        /// The snapshot's id (32 hex digits), as `backup` printed it or
+        /// `snapshots` lists it.
         snapshot: SnapshotId,
-        #[arg(short, long)]
+        /// Write the stream to FILE (mode 0600; put in place only once the
+        /// whole snapshot checked out) instead of stdout.
+        #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
     },
     /// List a repository's snapshots.
     Snapshots {
+        /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
+        /// Print a JSON array (id, committed, name, host, source, bytes, stats).
         #[arg(long)]
         json: bool,
     },
     /// Fetch, decrypt, decompress and re-hash every chunk of one snapshot, or
     /// of all of them.
     Verify {
+        /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
+        /// One snapshot's id (default: every snapshot of the repository).
         snapshot: Option<SnapshotId>,
     },
     /// Show who the proxy thinks this agent is, and what it may do.
@@ -136,6 +148,7 @@ pub(crate) enum KeyCmd {
     /// Start a new chunk-id key epoch: later backups name chunks with a new
     /// key (deduplication starts over); older snapshots restore as before.
     Rotate {
+        /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
     },

@@ -219,7 +219,9 @@ async fn key_provider(config: &AgentConfig) -> Result<Arc<dyn KeyProvider>, Fail
 }
 
 async fn connect(path: Option<PathBuf>, mfa_code: Option<String>) -> Result<Ctx, Failure> {
-    let config = load_config(path)?;
+    let mut config = load_config(path)?;
+    // A person at a terminal is told what the command waits for.
+    config.client.announce_retries = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let provider = key_provider(&config).await?;
     let client = ProxyClient::connect(&config.client).await?;
     let mfa_code = match mfa_code {
@@ -271,6 +273,12 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
         }
         RepoCmd::Backup { repo, name, json, input, command } => {
             let (source, name) = source_and_name(input, command, name)?;
+            if matches!(source, Source::Stdin) && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                eprintln!(
+                    "coffer: backing up stdin; a producer that fails in a pipe still ends the stream cleanly, \
+                     so prefer `coffer backup --repo R -- CMD [ARGS...]`, which commits only if CMD exits 0"
+                );
+            }
             let (config, repo) = ctx.open(repo).await?;
             let report = backup::run(repo, source, name, config.backup.uploads_in_flight, !json).await?;
             if json {
@@ -405,7 +413,14 @@ async fn list_snapshots(repo: &OpenRepo) -> Result<(Vec<Listed>, Vec<String>), F
     use futures_util::StreamExt as _;
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
-    let infos = repo.client.list_snapshots(&repo.name).await?;
+    let infos = repo.client.list_snapshots(&repo.name).await.map_err(|e| {
+        let denied = e.status() == Some(http::StatusCode::FORBIDDEN);
+        let hint = "listing is for a reader or auditor identity: use the reader's config (--config or COFFER_CONFIG)";
+        match denied {
+            true => anyhow::anyhow!("{e}\n  {hint}"),
+            false => e.into(),
+        }
+    })?;
     // Roots are fetched (and their keys unwrapped) several at a time, in order.
     let mut roots = futures_util::stream::iter(infos.into_iter().map(|info| async move {
         let root = restore::load_root(repo, info.id).await;

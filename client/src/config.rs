@@ -39,6 +39,10 @@ pub struct ClientConfig {
     /// command, or a daemon's job, for ever.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_secs: u64,
+    /// Say on stderr, once, that the proxy does not answer and how long it
+    /// will be retried (an interactive command sets this; a daemon logs).
+    #[serde(skip)]
+    pub announce_retries: bool,
 }
 
 fn default_retry_deadline() -> u64 {

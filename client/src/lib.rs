@@ -52,6 +52,8 @@ struct Shared {
     retry: RetryPolicy,
     /// One attempt's deadline, before the allowance for its body.
     attempt: std::time::Duration,
+    /// Whether to tell a person, once, that the proxy is being waited for.
+    announce: std::sync::atomic::AtomicBool,
 }
 
 /// A client of the proxy: one HTTP/2 connection at a time, shared by every
@@ -74,7 +76,8 @@ impl ProxyClient {
         let endpoint = Endpoint::new(cfg)?;
         let retry = RetryPolicy::with_deadline(std::time::Duration::from_secs(cfg.retry_deadline_secs));
         let attempt = std::time::Duration::from_secs(cfg.request_timeout_secs);
-        let shared = Arc::new(Shared { endpoint, conn: tokio::sync::Mutex::new((0, None)), retry, attempt });
+        let announce = std::sync::atomic::AtomicBool::new(cfg.announce_retries);
+        let shared = Arc::new(Shared { endpoint, conn: tokio::sync::Mutex::new((0, None)), retry, attempt, announce });
         let client = Self { shared, totp: None };
         client
             .retrying(|| async {
@@ -145,6 +148,19 @@ impl ProxyClient {
                     aws_lc_rs::rand::fill(&mut j).expect("the system RNG failed");
                     let jitter = backoff.mul_f64(f64::from(u16::from_le_bytes(j)) / f64::from(u16::MAX) / 2.0);
                     tracing::warn!("retrying in {:?}: {e}", backoff + jitter);
+                    if self.shared.announce.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                        let hint = match e {
+                            ClientError::Connect { .. } | ClientError::Handshake { .. } => {
+                                "; is coffer-proxy running, and does `proxy` in the config name it?"
+                            }
+                            _ => "",
+                        };
+                        eprintln!(
+                            "coffer: waiting for the proxy at {} ({e}): retrying for up to {} s, Ctrl-C stops{hint}",
+                            self.shared.endpoint.addr,
+                            policy.deadline.as_secs()
+                        );
+                    }
                     tokio::time::sleep((backoff + jitter).min(policy.deadline.saturating_sub(start.elapsed()))).await;
                     backoff = (backoff * 2).min(policy.max_backoff);
                 }

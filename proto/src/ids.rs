@@ -54,7 +54,7 @@ macro_rules! hex_id {
                     reason: reason.to_string(),
                 };
                 if s.len() != 2 * $len {
-                    return Err(invalid(concat!("expected ", stringify!($len), " bytes of hex")));
+                    return Err(invalid(&format!("expected {} hex digits, got {}", 2 * $len, s.len())));
                 }
                 if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                     return Err(invalid("expected lowercase hex digits"));

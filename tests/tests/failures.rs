@@ -60,6 +60,10 @@ fn usage_and_config_errors_exit_64() {
     let p = DevProxy::start();
     assert_eq!(coffer(&p.writer(), &["backup"], None).code(), 64);
     assert_eq!(coffer(&p.writer(), &["restore", "--repo", "dev/x", "not-an-id"], None).code(), 64);
+    // An id of the wrong length says how long an id is, in digits.
+    let short = coffer(&p.writer(), &["restore", "--repo", "dev/x", "0123abcd"], None);
+    assert_eq!(short.code(), 64);
+    assert!(short.stderr.contains("expected 32 hex digits, got 8"), "{}", short.stderr);
     assert_eq!(coffer(&p.writer(), &["init", "--repo", "../etc"], None).code(), 64);
     assert_eq!(coffer(&p.writer(), &["backup", "--repo", "dev/x", "a", "--", "b"], None).code(), 64);
     let bad = p.dir.join("bad.toml");
@@ -150,4 +154,14 @@ fn sigint_and_sigpipe_stop_cleanly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The writer may not list; the refusal says whose config can.
+#[test]
+fn a_writer_asking_for_the_listing_is_pointed_at_the_readers_config() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/l"], None).ok();
+    let run = coffer(&p.writer(), &["snapshots", "--repo", "dev/l"], None);
+    assert_eq!(run.code(), 1);
+    assert!(run.stderr.contains("403") && run.stderr.contains("use the reader's config"), "{}", run.stderr);
 }

@@ -146,7 +146,8 @@ impl Daemon {
 /// Answers a sender that will not be served, and logs why.
 async fn refuse(mut stream: UnixStream, repo: Option<&RepoName>, e: DaemonError) -> bool {
     let error = describe(&e);
-    tracing::error!(repo = ?repo.map(ToString::to_string), error = %error, "socket backup refused");
+    let repo = repo.map_or_else(String::new, ToString::to_string);
+    tracing::error!(repo = %repo, error = %error, "socket backup refused");
     let _ = write_line_async(&mut stream, &Reply::Failed { error }).await;
     false
 }

@@ -68,19 +68,27 @@ pub(crate) enum AdminCmd {
 
 #[derive(Subcommand)]
 pub(crate) enum HoldAction {
+    /// Put a legal hold: nothing the snapshot needs can be deleted, even
+    /// after its retention ends, until the hold is cleared.
     Set {
         #[command(flatten)]
         call: AdminCall,
+        /// The repository.
         #[arg(long)]
         repo: RepoName,
+        /// One snapshot (default: every snapshot of the repository).
         #[arg(long)]
         snapshot: Option<coffer_proto::SnapshotId>,
     },
+    /// Lift a legal hold (refused during lockdown); what another held
+    /// snapshot needs keeps its hold.
     Clear {
         #[command(flatten)]
         call: AdminCall,
+        /// The repository.
         #[arg(long)]
         repo: RepoName,
+        /// One snapshot (default: every snapshot of the repository).
         #[arg(long)]
         snapshot: Option<coffer_proto::SnapshotId>,
     },

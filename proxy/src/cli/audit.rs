@@ -30,10 +30,13 @@ pub(crate) enum AuditCmd {
     },
     /// Print matching events as JSON lines (for investigations and SIEMs).
     Query {
+        /// Only events of this identity (as in the certificate, e.g. spiffe://…).
         #[arg(long)]
         identity: Option<String>,
+        /// Only events on this repository.
         #[arg(long)]
         repo: Option<String>,
+        /// Only events of this action (put-chunk, commit, admin-expire, alert…).
         #[arg(long)]
         action: Option<String>,
         /// Only events at or after this time (unix seconds).

@@ -34,6 +34,7 @@ pub(crate) enum Cmd {
     /// Run a self-contained dev proxy: CA, certificates, master key, policy
     /// and store in DIR, created on first start and reused after.
     Dev {
+        /// The dev folder: made on first start, reused after.
         #[arg(long)]
         dir: PathBuf,
         /// Address to listen on (default 127.0.0.1:7443 on first start,
