@@ -59,6 +59,10 @@ pub struct AppParts {
     pub commit_max_bytes: usize,
     /// Store requests one API call keeps in flight (`limits.store_fan_out`).
     pub fan_out: usize,
+    /// Chunks the catalogs hold at most, over all repositories.
+    pub catalog_chunks: usize,
+    /// Store requests in flight over all API calls (`limits.store_requests`).
+    pub store_requests: usize,
     pub mfa: MfaVerifier,
     pub reload: ReloadRequests,
     pub metrics: Arc<Metrics>,
@@ -83,6 +87,12 @@ pub struct App {
     /// ones (an entry whose root is gone is dropped when a listing finds
     /// it gone). Bounded: emptied when it reaches `INFO_CACHE_MAX`.
     pub(crate) snapshot_infos: Mutex<HashMap<(RepoName, SnapshotId), SnapshotInfo>>,
+    /// Store requests in flight over all API calls at once
+    /// (`limits.store_requests`): fan-out per call times calls in flight
+    /// must not open thousands of connections to the store.
+    store_permits: Arc<tokio::sync::Semaphore>,
+    /// What this proxy knows is stored, per repository (`catalog`).
+    pub catalogs: crate::catalog::Catalogs,
     /// Key records known to exist, so chunk uploads need no HEAD for them.
     known_keys: Mutex<HashSet<(RepoName, KeyId)>>,
     pub mfa: MfaVerifier,
@@ -113,6 +123,8 @@ impl App {
             retention,
             commit_max_bytes,
             fan_out,
+            catalog_chunks,
+            store_requests,
             mfa,
             reload,
             metrics,
@@ -128,6 +140,8 @@ impl App {
             commit_max_bytes,
             fan_out,
             snapshot_infos: Mutex::default(),
+            catalogs: crate::catalog::Catalogs::new(catalog_chunks),
+            store_permits: Arc::new(tokio::sync::Semaphore::new(store_requests)),
             known_keys: Mutex::default(),
             mfa,
             revoked: RwLock::default(),
@@ -257,6 +271,30 @@ impl App {
 }
 
 impl App {
+    /// Runs `op` on every item, at most `limit` at a time for this call and
+    /// within the proxy's bound on store requests over all calls; results
+    /// in the items' order, or the first error.
+    pub async fn fan_out<T, R, E, F, Fut>(
+        &self,
+        limit: usize,
+        items: impl IntoIterator<Item = T>,
+        mut op: F,
+    ) -> Result<Vec<R>, E>
+    where
+        F: FnMut(T) -> Fut,
+        Fut: std::future::Future<Output = Result<R, E>>,
+    {
+        let permits = &self.store_permits;
+        crate::store::fan_out(limit, items, |item| {
+            let work = op(item);
+            async move {
+                let _permit = permits.acquire().await.expect("the semaphore is never closed");
+                work.await
+            }
+        })
+        .await
+    }
+
     /// Restores the lockdown state from the store (at start, and when
     /// polled: another proxy may have switched it).
     pub async fn load_lockdown(&self) -> Result<bool, StoreError> {

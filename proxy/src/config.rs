@@ -249,6 +249,11 @@ pub struct LimitsConfig {
     /// keeps in flight at once: what the catalog does not answer goes to
     /// the store concurrently, never one object after another.
     pub store_fan_out: usize,
+    /// Chunks the proxy's catalogs (what it knows is stored) hold at most,
+    /// over all repositories; about 70 bytes each.
+    pub catalog_chunks: usize,
+    /// Store requests in flight over all API calls at once.
+    pub store_requests: usize,
 }
 
 impl Default for LimitsConfig {
@@ -266,6 +271,8 @@ impl Default for LimitsConfig {
             // Many hosts behind one NAT share an address; an agent needs one
             // connection, a daemon one per job running.
             store_fan_out: DEFAULT_STORE_FAN_OUT,
+            catalog_chunks: crate::catalog::DEFAULT_MAX_CHUNKS,
+            store_requests: 256,
             connections_per_source: 256,
             connections_per_identity: 64,
             identity_buffer_bytes: 2 * DEFAULT_COMMIT_MAX_BYTES,
@@ -376,8 +383,8 @@ impl ProxyConfig {
         if l.buffer_bytes > u32::MAX as usize {
             return invalid("limits: buffer_bytes must be below 4 GiB".into());
         }
-        if !(1..=1024).contains(&l.store_fan_out) {
-            return invalid("limits.store_fan_out must be 1 to 1024".into());
+        if !(1..=1024).contains(&l.store_fan_out) || !(1..=65_536).contains(&l.store_requests) {
+            return invalid("limits.store_fan_out must be 1 to 1024, limits.store_requests 1 to 65536".into());
         }
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
             return invalid("limits: the timeouts must be positive".into());

@@ -14,6 +14,7 @@ pub mod access;
 pub mod api;
 pub mod app;
 pub mod audit;
+pub mod catalog;
 pub mod compliance;
 pub mod config;
 pub mod dev;

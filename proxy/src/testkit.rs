@@ -35,6 +35,17 @@ pub(crate) async fn app() -> TestApp {
     TestApp { app: Arc::new(app), kek, dir, _writer: writer }
 }
 
+/// Another proxy on the same folder and store (its own, empty, memory).
+pub(crate) async fn app_on(t: &TestApp) -> Arc<App> {
+    let mut cfg = crate::config::ProxyConfig::load(&t.dir.path().join("proxy.toml")).unwrap();
+    // Its own audit log, as every proxy has.
+    cfg.audit.path = t.dir.path().join("audit-2/audit.jsonl");
+    let (app, writer, _reloads) = crate::server::build_app(&cfg).await.unwrap();
+    // The writer thread ends when the App's log handle is dropped.
+    drop(writer);
+    Arc::new(app)
+}
+
 impl TestApp {
     /// A data key of `repo`, wrapped by the master key: what `coffer`
     /// uploads before its first chunk.
@@ -118,4 +129,25 @@ pub(crate) async fn staged(t: &TestApp, repo: &RepoName, n: u8) -> CommitRequest
         chunks_new: u64::from(n),
     };
     CommitRequest { snapshot, root, stats, chunks }
+}
+
+/// A second snapshot of the same chunks as `req` (a re-backup of the same
+/// stream): a root of its own, sealed with a new data key, nothing new.
+pub(crate) async fn again(t: &TestApp, repo: &RepoName, req: &CommitRequest) -> CommitRequest {
+    let (key_id, key, record) = t.data_key(repo);
+    crate::api::repo::put_key(&t.app, &writer_grant(), repo, key_id, record).await.unwrap();
+    let snapshot = SnapshotId::random();
+    let root = envelope::seal(Kind::SnapshotRoot, Compression::None, key_id, &key, repo, snapshot.as_bytes(), b"{}");
+    let stats = SnapshotStats { bytes_new: 0, stored_new: 0, chunks_new: 0, ..req.stats };
+    CommitRequest { snapshot, root, stats, chunks: req.chunks.clone() }
+}
+
+/// The store operations of kind `op` (head, get, put…) the proxy made.
+pub(crate) fn store_ops(app: &App, op: &str) -> u64 {
+    let needle = format!("coffer_store_seconds_count{{op=\"{op}\",ok=\"true\"}}");
+    app.metrics
+        .encode()
+        .lines()
+        .find(|l| l.starts_with(&needle))
+        .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }

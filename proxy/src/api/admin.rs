@@ -237,6 +237,8 @@ pub async fn expire(
     audit_intent(app, draft, format!("expiring {} objects of {}", doomed.len(), req.repo)).await?;
     let (mut deleted, mut failed) = (Vec::new(), Vec::new());
     let key_prefix = layout::prefix(&req.repo, layout::Kind::Keys);
+    let chunk_prefix = layout::prefix(&req.repo, layout::Kind::Chunks);
+    let root_prefix = layout::prefix(&req.repo, layout::Kind::Snapshots);
     // In plan order: roots first, so snapshots disappear before anything
     // they need, and key records last.
     for d in doomed {
@@ -252,6 +254,14 @@ pub async fn expire(
             Ok(()) => {
                 if let Some(id) = key_id {
                     app.forget_key(&req.repo, id);
+                }
+                if let Some(id) = d.key.strip_prefix(&root_prefix).and_then(|n| n.parse::<SnapshotId>().ok()) {
+                    app.snapshot_infos.lock().expect("not poisoned").remove(&(req.repo.clone(), id));
+                }
+                if d.key.starts_with(&chunk_prefix) {
+                    if let Some(id) = layout::id_of::<coffer_proto::ChunkId>(&d.key) {
+                        app.catalogs.forget(&req.repo, &id).await;
+                    }
                 }
                 deleted.push(d);
             }
@@ -302,6 +312,8 @@ mod tests {
             retention: t.app.retention,
             commit_max_bytes: t.app.commit_max_bytes,
             fan_out: t.app.fan_out,
+            catalog_chunks: crate::catalog::DEFAULT_MAX_CHUNKS,
+            store_requests: 256,
             mfa: crate::access::mfa::MfaVerifier::new(t.dir.path().join("totp.toml"), t.app.store.clone()),
             reload: tokio::sync::mpsc::channel(1).0,
             metrics: t.app.metrics.clone(),

@@ -12,17 +12,35 @@ use http::StatusCode;
 
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
-use crate::store::{fan_out, Recorded};
+use crate::catalog::{Known, SealedBy};
+use crate::store::{PutOutcome, Recorded};
 
-/// Which of the listed chunks the repository lacks, asked of the store
-/// concurrently.
+/// Which of the listed chunks the repository lacks. The catalog answers
+/// for what it knows; the rest is asked of the store, concurrently.
 pub async fn missing(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
     let ids = decode_ids(body).map_err(invalid)?;
+    let now = crate::unix_now();
+    let catalog = app.catalogs.of(repo);
+    let unknown: Vec<ChunkId> = {
+        let mut cat = catalog.lock().await;
+        super::history::fill_catalog(app, repo, &mut cat).await?;
+        ids.iter().filter(|id| cat.present(id, now).is_none()).copied().collect()
+    };
     let store = &app.store;
-    let stored =
-        fan_out(app.fan_out, ids.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
-            .await?;
-    let absent: Vec<ChunkId> = ids.iter().zip(stored).filter(|(_, meta)| meta.is_none()).map(|(id, _)| *id).collect();
+    let stored = app
+        .fan_out(app.fan_out, unknown.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
+        .await?;
+    let mut absent = Vec::new();
+    {
+        let mut cat = catalog.lock().await;
+        for (id, meta) in unknown.iter().zip(&stored) {
+            match meta {
+                Some(meta) => cat.record_head(*id, meta),
+                None => absent.push(*id),
+            }
+        }
+    }
+    app.catalogs.trim();
     Ok(Reply::new(StatusCode::OK, encode_ids(&absent), "application/octet-stream"))
 }
 
@@ -47,7 +65,12 @@ pub async fn put_chunk(
     }
     let until = app.retention_for(repo).1;
     let recorded = Recorded { digest: *hash.as_bytes(), sealed_by: Some(header.key_id) };
+    let size = body.len() as u64;
     let outcome = app.store.put_object(&layout::chunk(repo, &id), body, until, recorded).await?;
+    if outcome == PutOutcome::Created {
+        let known = Known { size, retain_until: until, sealed_by: SealedBy::Key(header.key_id) };
+        app.catalogs.of(repo).lock().await.record(id, known);
+    }
     Ok(Reply::stored(outcome))
 }
 

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod body;
 pub mod chunks;
 mod gate;
+pub mod history;
 pub mod reply;
 pub mod repo;
 pub mod snapshots;
@@ -170,7 +171,7 @@ where
             Reply::object(app, layout::chunk(&repo, &obj.parse().map_err(reply::invalid)?)).await
         }
         (Action::Commit, Some(repo)) => snapshots::commit(app, draft, &repo, &body).await,
-        (Action::ListSnapshots, Some(repo)) => snapshots::list_snapshots(app, &repo).await,
+        (Action::ListSnapshots, Some(repo)) => history::list_snapshots(app, &repo).await,
         (Action::PutEpoch, Some(repo)) => {
             repo::put_epoch(app, allowed, &repo, obj.parse().map_err(reply::invalid)?, body).await
         }

@@ -1,23 +1,29 @@
 //! Snapshots: the commit, which checks everything a snapshot needs is
 //! stored and locked long enough before its root is written, and listings.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 use coffer_proto::api::SnapshotInfo;
 use coffer_proto::envelope::{self, Kind};
 use coffer_proto::layout;
-use coffer_proto::snapshot::{CommitRequest, IndexEntry, IndexSegment, SnapshotStats};
-use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId};
+use coffer_proto::snapshot::{CommitRequest, IndexEntry, IndexSegment};
+use coffer_proto::{ChunkId, KeyId, RepoName};
 use http::StatusCode;
 
+use super::history::{fill_catalog, repo_history, snapshot_info};
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
 use crate::audit::{Draft, Outcome};
-use crate::store::{fan_out, ObjectMeta, PutOutcome, StoreError};
+use crate::catalog::Known;
+use crate::store::{ObjectMeta, PutOutcome, StoreError};
 
 /// How many missing chunk ids a refused commit names.
 const MISSING_SHOWN: usize = 5;
+/// Whole objects read at once by one call (index segments, which hold 44
+/// bytes per chunk of a snapshot, and legacy chunks): a bound on memory,
+/// not on round trips.
+const BODIES_IN_FLIGHT: usize = 4;
 
 pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
     let req = CommitRequest::decode(body).map_err(invalid)?;
@@ -47,10 +53,26 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     }
     let store = &app.store;
     let fan = app.fan_out;
-    let metas =
-        fan_out(fan, req.chunks.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
-            .await?;
-    let absent: Vec<&ChunkId> = req.chunks.iter().zip(&metas).filter(|(_, m)| m.is_none()).map(|(id, _)| id).collect();
+    // What the catalog knows needs no store request; the rest is HEADed.
+    let catalog = app.catalogs.of(repo);
+    let (known, unknown): (Vec<_>, Vec<_>) = {
+        let mut cat = catalog.lock().await;
+        fill_catalog(app, repo, &mut cat).await?;
+        let (known, unknown): (Vec<_>, Vec<_>) =
+            req.chunks.iter().map(|id| (*id, cat.present(id, now))).partition(|(_, k)| k.is_some());
+        let known: Vec<(ChunkId, Known, Option<Vec<KeyId>>)> = known
+            .into_iter()
+            .map(|(id, k)| {
+                let k = k.expect("partitioned");
+                (id, k, cat.keys_of(&k))
+            })
+            .collect();
+        (known, unknown.into_iter().map(|(id, _)| id).collect::<Vec<ChunkId>>())
+    };
+    let metas = app
+        .fan_out(fan, unknown.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
+        .await?;
+    let absent: Vec<&ChunkId> = unknown.iter().zip(&metas).filter(|(_, m)| m.is_none()).map(|(id, _)| id).collect();
     if !absent.is_empty() {
         let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
         return Err(ApiError::Conflict(format!(
@@ -59,32 +81,65 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
             shown.join(", ")
         )));
     }
-    let present: Vec<(ChunkId, ObjectMeta)> = req.chunks.iter().copied().zip(metas.into_iter().flatten()).collect();
-    let referenced_bytes = present.iter().fold(0u64, |sum, (_, meta)| sum.saturating_add(meta.size));
+    let headed: Vec<(ChunkId, ObjectMeta)> = unknown.iter().copied().zip(metas.into_iter().flatten()).collect();
+    {
+        let mut cat = catalog.lock().await;
+        for (id, meta) in &headed {
+            cat.record_head(*id, meta);
+        }
+    }
+    // Each chunk's size and lock, in the order the commit lists them.
+    let mut facts: HashMap<ChunkId, (u64, u64)> =
+        known.iter().map(|(id, k, _)| (*id, (k.size, k.retain_until))).collect();
+    facts.extend(headed.iter().map(|(id, m)| (*id, (m.size, m.retain_until.unwrap_or(u64::MAX)))));
+    let present: Vec<(ChunkId, u64, u64)> = req
+        .chunks
+        .iter()
+        .map(|id| {
+            let (size, locked) = facts[id];
+            (*id, size, locked)
+        })
+        .collect();
+    let referenced_bytes = present.iter().fold(0u64, |sum, (_, size, _)| sum.saturating_add(*size));
     let referenced = present.len() as u64;
     req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
 
-    // The data keys that sealed the chunks (recorded beside each; read from
-    // the envelope for chunks stored before that), and the locks that must
-    // grow to cover this snapshot (extended, never shortened).
-    let sealed_by = fan_out(fan, 0..present.len(), |i| sealing_key(app, repo, &present[i].0, &present[i].1)).await?;
+    // The data keys that sealed the chunks (known to the catalog, recorded
+    // beside each, or read from the envelope of a chunk stored before
+    // keys were recorded), and the locks that must grow to cover this
+    // snapshot (extended, never shortened).
+    let sealed_by =
+        app.fan_out(BODIES_IN_FLIGHT, 0..headed.len(), |i| sealing_key(app, repo, &headed[i].0, &headed[i].1)).await?;
+    // Keys known exactly must be stored. A key the catalog only knows as
+    // "one of that snapshot's" may be gone (expiry keeps every key that
+    // sealed a surviving chunk, not the rest of the set): it is left out.
     let mut needed_keys = BTreeSet::from([header.key_id]);
     needed_keys.extend(sealed_by);
-    let short: Vec<ChunkId> =
-        present.iter().filter(|(_, m)| m.retain_until.unwrap_or(u64::MAX) < required).map(|(id, _)| *id).collect();
-    fan_out(
-        fan,
-        short.iter().copied(),
-        |id| async move { store.extend_retention(&layout::chunk(repo, &id), until).await },
-    )
-    .await?;
-    let mut extended = short.len() as u64;
+    let mut maybe_keys = BTreeSet::new();
+    let mut any_key = false;
+    for (_, _, keys) in &known {
+        match keys.as_deref() {
+            Some([exact]) => {
+                needed_keys.insert(*exact);
+            }
+            Some(set) => maybe_keys.extend(set.iter().copied()),
+            None => any_key = true,
+        }
+    }
+    if any_key {
+        // A chunk from a segment that did not record keys may need any.
+        let prefix = layout::prefix(repo, layout::Kind::Keys);
+        maybe_keys.extend(store.list(&prefix).await?.iter().filter_map(|k| k[prefix.len()..].parse::<KeyId>().ok()));
+    }
+    let maybe: Vec<KeyId> = maybe_keys.difference(&needed_keys).copied().collect();
+    let maybe_metas =
+        app.fan_out(fan, maybe.iter().copied(), |k| async move { store.head(&layout::key(repo, &k)).await }).await?;
+    needed_keys.extend(maybe.iter().zip(&maybe_metas).filter(|(_, m)| m.is_some()).map(|(k, _)| *k));
     let entries: Vec<IndexEntry> = present
         .iter()
-        .map(|(id, meta)| {
-            let locked = meta.retain_until.unwrap_or(u64::MAX);
-            let retain_until = if locked < required { until } else { locked };
-            IndexEntry { id: *id, size: meta.size.min(u64::from(u32::MAX)) as u32, retain_until }
+        .map(|(id, size, locked)| {
+            let retain_until = if *locked < required { until } else { *locked };
+            IndexEntry { id: *id, size: (*size).min(u64::from(u32::MAX)) as u32, retain_until }
         })
         .collect();
     // What the snapshot needs besides its chunks: the data keys that sealed
@@ -92,8 +147,9 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     // key no snapshot used), and the config and chunk-id key epochs, which
     // every snapshot of the repository may need.
     let key_names: Vec<(KeyId, String)> = needed_keys.iter().map(|k| (*k, layout::key(repo, k))).collect();
-    let key_metas = fan_out(fan, 0..key_names.len(), |i| store.head(&key_names[i].1)).await?;
-    let mut to_extend = Vec::new();
+    let key_metas = app.fan_out(fan, 0..key_names.len(), |i| store.head(&key_names[i].1)).await?;
+    let mut to_extend: Vec<String> =
+        present.iter().filter(|(_, _, locked)| *locked < required).map(|(id, _, _)| layout::chunk(repo, id)).collect();
     for ((key_id, key), meta) in key_names.iter().zip(&key_metas) {
         let meta = meta.as_ref().ok_or_else(|| {
             ApiError::Conflict(format!("key {key_id} is not stored in {repo}; nothing was committed"))
@@ -104,15 +160,22 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     }
     let mut dependencies = vec![layout::config(repo)];
     dependencies.extend(app.store.list(&layout::prefix(repo, layout::Kind::Epochs)).await?);
-    let dependency_metas = fan_out(fan, 0..dependencies.len(), |i| store.head(&dependencies[i])).await?;
+    let dependency_metas = app.fan_out(fan, 0..dependencies.len(), |i| store.head(&dependencies[i])).await?;
     for (key, meta) in dependencies.iter().zip(&dependency_metas) {
         if meta.as_ref().is_some_and(|m| m.retain_until.is_some_and(|t| t < required)) {
             to_extend.push(key.clone());
         }
     }
-    fan_out(fan, 0..to_extend.len(), |i| store.extend_retention(&to_extend[i], until)).await?;
-    extended += to_extend.len() as u64;
-
+    // Every extension is tried, and those made are audited even if one
+    // failed: a lock that grew is never left unrecorded.
+    let to_extend = &to_extend;
+    let tried = app
+        .fan_out(fan, 0..to_extend.len(), |i| async move {
+            Ok::<_, std::convert::Infallible>(store.extend_retention(&to_extend[i], until).await)
+        })
+        .await
+        .unwrap_or_else(|never| match never {});
+    let extended = tried.iter().filter(|r| r.is_ok()).count() as u64;
     if extended > 0 {
         let event = Draft {
             action: "extend-locks",
@@ -122,6 +185,9 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
             ..draft.clone()
         };
         app.audit.record(event, true).await.map_err(|_| ApiError::Audit)?;
+    }
+    if let Some(Err(e)) = tried.into_iter().find(|r| r.is_err()) {
+        return Err(e.into());
     }
     let index = IndexSegment {
         snapshot: req.snapshot,
@@ -133,11 +199,30 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     };
     // A crash between these two writes leaves an index without a root: no
     // snapshot. A retried commit of the same id finds the index and goes on.
-    app.store.put_new(&layout::index(repo, &req.snapshot), index.encode().into(), until).await?;
+    let index_key = layout::index(repo, &req.snapshot);
+    if app.store.put_new(&index_key, index.encode().into(), until).await? == PutOutcome::Exists {
+        // Left by an attempt that stopped before its root: it must describe
+        // these very chunks, or the root would be paired with another
+        // snapshot's locks and keys.
+        let stored = app.store.get(&index_key).await?.ok_or_else(|| StoreError::NotFound(index_key.clone()))?;
+        let stored =
+            IndexSegment::decode(&stored).map_err(|e| ApiError::Conflict(format!("index of {}: {e}", req.snapshot)))?;
+        let ids = |s: &IndexSegment| s.chunks.iter().map(|e| e.id).collect::<Vec<_>>();
+        if ids(&stored) != ids(&index) {
+            return Err(ApiError::Conflict(format!(
+                "snapshot {} has an index segment for other chunks; choose another id",
+                req.snapshot
+            )));
+        }
+    }
     match app.store.put_new(&root_key, Bytes::copy_from_slice(&req.root), until).await? {
         PutOutcome::Created => {}
         PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot))),
     }
+    catalog.lock().await.record_index(&index);
+    app.catalogs.trim();
+    let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
+    app.snapshot_infos.lock().expect("not poisoned").insert((repo.clone(), req.snapshot), info.clone());
     let m = &app.metrics;
     let label = |kind: &str| crate::monitor::metrics::KindLabel { kind: kind.to_string() };
     m.chunks.get_or_create(&label("new")).inc_by(req.stats.chunks_new);
@@ -147,7 +232,6 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     m.last_snapshot.get_or_create(&crate::monitor::metrics::RepoLabel { repo: repo.to_string() }).set(now as f64);
     let history = repo_history(app, repo, req.snapshot).await.unwrap_or_default();
     app.watch.committed(repo, &history, &req.stats, now).await;
-    let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
     Ok(Reply::json(StatusCode::CREATED, &info))
 }
 
@@ -167,105 +251,12 @@ async fn sealing_key(app: &App, repo: &RepoName, id: &ChunkId, meta: &ObjectMeta
     Ok(header.key_id)
 }
 
-/// The stats of a repository's committed snapshots, oldest first, except
-/// `skip` (the one being judged).
-pub async fn repo_history(app: &App, repo: &RepoName, skip: SnapshotId) -> Result<Vec<SnapshotStats>, ApiError> {
-    let (infos, _) = committed(app, repo).await?;
-    Ok(infos.into_iter().filter(|i| i.id != skip).map(|i| i.stats).collect())
-}
-
-pub async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<SnapshotInfo, ApiError> {
-    let bytes = app
-        .store
-        .get(&layout::index(repo, &id))
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("snapshot {id} has no index segment")))?;
-    let index = IndexSegment::decode(&bytes).map_err(|e| ApiError::Conflict(format!("index of {id}: {e}")))?;
-    Ok(SnapshotInfo { id, committed: index.committed, retain_until: index.retain_until, stats: index.stats })
-}
-
-/// Every committed snapshot of `repo` (a root in the store), oldest first,
-/// and why any was left out. One LIST, then only the index segments not
-/// read before, concurrently: they are written once, so what was read is
-/// kept (and forgotten once its root is gone).
-async fn committed(app: &App, repo: &RepoName) -> Result<(Vec<SnapshotInfo>, Vec<String>), ApiError> {
-    // Only direct children with a well-formed id are snapshots. The index
-    // segments are listed too, so one deleted behind the proxy's back is
-    // noticed at once, remembered or not.
-    let listed = |kind| async move {
-        let prefix = layout::prefix(repo, kind);
-        let keys = app.store.list(&prefix).await?;
-        Ok::<HashSet<SnapshotId>, StoreError>(keys.iter().filter_map(|key| key[prefix.len()..].parse().ok()).collect())
-    };
-    let (roots, indexes) = tokio::try_join!(listed(layout::Kind::Snapshots), listed(layout::Kind::Index))?;
-    let mut ids: Vec<SnapshotId> = roots.iter().copied().collect();
-    ids.sort();
-    let (mut out, unread) = {
-        let cache = app.snapshot_infos.lock().expect("not poisoned");
-        let mut known = Vec::new();
-        let mut unread = Vec::new();
-        for id in &ids {
-            match cache.get(&(repo.clone(), *id)) {
-                Some(info) if indexes.contains(id) => known.push(info.clone()),
-                _ => unread.push(*id),
-            }
-        }
-        (known, unread)
-    };
-    let read = fan_out(app.fan_out, unread.iter().copied(), |id| async move {
-        match snapshot_info(app, repo, id).await {
-            Ok(info) => Ok(Ok(info)),
-            Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => Ok(Err(e.to_string())),
-            Err(ApiError::Store(e)) => Err(e),
-            Err(e) => Ok(Err(e.to_string())),
-        }
-    })
-    .await?;
-    let mut damaged = Vec::new();
-    {
-        let mut cache = app.snapshot_infos.lock().expect("not poisoned");
-        if cache.len() + read.len() > crate::app::INFO_CACHE_MAX {
-            cache.clear();
-        }
-        cache.retain(|(r, id), _| r != repo || (roots.contains(id) && indexes.contains(id)));
-        for info in read {
-            match info {
-                Ok(info) => {
-                    cache.insert((repo.clone(), info.id), info.clone());
-                    out.push(info);
-                }
-                Err(why) => damaged.push(why),
-            }
-        }
-    }
-    out.sort_by_key(|s| (s.committed, s.id));
-    Ok((out, damaged))
-}
-
-/// Every committed snapshot's id and stats, oldest first. One whose index
-/// segment is missing or unreadable (damage in the store) is left out, not
-/// allowed to hide the rest, and raises an alert.
-pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
-    let (out, damaged) = committed(app, repo).await?;
-    if !damaged.is_empty() {
-        let msg = format!(
-            "{} snapshots of {repo} have a root but no readable index segment, and are left out of listings: {}",
-            damaged.len(),
-            damaged.join("; ")
-        );
-        tracing::error!("{msg}");
-        let dedup = Some((format!("damaged:{repo}"), crate::monitor::detect::QUIET_SECS));
-        app.watch
-            .alerts
-            .raise("damaged-snapshot", crate::monitor::alerts::Severity::High, Some(repo.to_string()), None, msg, dedup)
-            .await;
-    }
-    Ok(Reply::json(StatusCode::OK, &out))
-}
-
 #[cfg(test)]
 mod tests {
+    use coffer_proto::snapshot::SnapshotStats;
+
     use super::*;
+    use crate::api::history::list_snapshots;
     use crate::testkit::{self, draft, staged};
 
     #[tokio::test]
@@ -317,5 +308,78 @@ mod tests {
         assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Index)).await.unwrap().is_empty());
         // And the honest commit of the same chunks still goes through.
         commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+    }
+}
+
+#[cfg(test)]
+mod catalog_tests {
+    use coffer_proto::snapshot::{decode_ids, encode_ids, SnapshotStats};
+
+    use super::*;
+    use crate::testkit::{self, again, draft, staged, store_ops};
+
+    #[tokio::test]
+    async fn a_rebackup_asks_the_store_nothing_per_chunk_and_a_fresh_proxy_still_answers_right() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = staged(&t, &repo, 40).await;
+        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+
+        // The dedup query and the commit of the same chunks again.
+        let heads = store_ops(&t.app, "head");
+        let answer = crate::api::chunks::missing(&t.app, &repo, &encode_ids(&req.chunks)).await.unwrap();
+        assert!(decode_ids(&answer.body).unwrap().is_empty());
+        let second = again(&t, &repo, &req).await;
+        commit(&t.app, &mut draft("commit"), &repo, &second.encode()).await.unwrap();
+        let per_commit = store_ops(&t.app, "head") - heads;
+        assert!(per_commit < 10, "{per_commit} HEADs for 40 known chunks: the key records and config only");
+
+        // A proxy that starts with no catalog asks the store, and agrees.
+        let fresh = testkit::app_on(&t).await;
+        let unknown = ChunkId::from_bytes([0xee; 32]);
+        let mut ids = req.chunks.clone();
+        ids.push(unknown);
+        let answer = crate::api::chunks::missing(&fresh, &repo, &encode_ids(&ids)).await.unwrap();
+        assert_eq!(decode_ids(&answer.body).unwrap(), vec![unknown]);
+        let third = again(&t, &repo, &req).await;
+        commit(&fresh, &mut draft("commit"), &repo, &third.encode()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_leftover_index_for_other_chunks_is_not_paired_with_a_new_root() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = staged(&t, &repo, 3).await;
+        // An index under this snapshot's id, for only one of its chunks, as
+        // another writer could leave by stopping before its root.
+        let other = IndexSegment {
+            snapshot: req.snapshot,
+            committed: 1,
+            retain_until: crate::unix_now() + 86_400,
+            stats: SnapshotStats::default(),
+            keys: Some(Vec::new()),
+            chunks: vec![IndexEntry { id: req.chunks[0], size: 1, retain_until: crate::unix_now() + 86_400 }],
+        };
+        t.app
+            .store
+            .put_new(&layout::index(&repo, &req.snapshot), other.encode().into(), crate::unix_now() + 86_400)
+            .await
+            .unwrap();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("other chunks")), "{err}");
+        assert!(t.app.store.head(&layout::snapshot(&repo, &req.snapshot)).await.unwrap().is_none(), "no root");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_the_catalog_does_not_know_is_checked_in_the_store() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = staged(&t, &repo, 3).await;
+        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        // A commit naming a chunk nobody uploaded is refused, catalog or not.
+        let mut lying = again(&t, &repo, &req).await;
+        lying.chunks.push(ChunkId::from_bytes([0xab; 32]));
+        let err = commit(&t.app, &mut draft("commit"), &repo, &lying.encode()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
     }
 }

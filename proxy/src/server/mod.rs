@@ -151,6 +151,8 @@ pub(crate) async fn build_app(
         retention: cfg.retention_secs(),
         commit_max_bytes: cfg.limits.commit_max_bytes,
         fan_out: cfg.limits.store_fan_out,
+        catalog_chunks: cfg.limits.catalog_chunks,
+        store_requests: cfg.limits.store_requests,
         mfa,
         reload: reload_tx,
         metrics: metrics.clone(),

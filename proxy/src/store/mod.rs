@@ -140,14 +140,10 @@ pub trait ObjectStore: Send + Sync + 'static {
 /// Runs `op` on every item with at most `limit` in flight, and returns the
 /// results in the items' order (or the first error). How an API call sends
 /// the store what it must ask: concurrently, never one object at a time.
-pub async fn fan_out<T, R, F, Fut>(
-    limit: usize,
-    items: impl IntoIterator<Item = T>,
-    op: F,
-) -> Result<Vec<R>, StoreError>
+pub async fn fan_out<T, R, E, F, Fut>(limit: usize, items: impl IntoIterator<Item = T>, op: F) -> Result<Vec<R>, E>
 where
     F: FnMut(T) -> Fut,
-    Fut: std::future::Future<Output = Result<R, StoreError>>,
+    Fut: std::future::Future<Output = Result<R, E>>,
 {
     use futures_util::{StreamExt as _, TryStreamExt as _};
     futures_util::stream::iter(items.into_iter().map(op)).buffered(limit.max(1)).try_collect().await

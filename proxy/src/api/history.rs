@@ -1,0 +1,146 @@
+//! What is committed: listings, the anomaly detector's history, and the
+//! chunk catalog's filling, all from index segments read once per proxy.
+
+use std::collections::HashSet;
+
+use coffer_proto::api::SnapshotInfo;
+use coffer_proto::layout;
+use coffer_proto::snapshot::{IndexSegment, SnapshotStats};
+use coffer_proto::{RepoName, SnapshotId};
+use http::StatusCode;
+
+use super::reply::{ApiError, Reply};
+use crate::app::App;
+use crate::catalog::{RepoCatalog, LOAD_SEGMENTS, REFRESH_SECS};
+use crate::store::StoreError;
+
+/// Whole index segments read at once by one call (44 bytes per chunk of a
+/// snapshot): a bound on memory, not on round trips.
+const SEGMENTS_IN_FLIGHT: usize = 4;
+
+/// The stats of a repository's committed snapshots, oldest first, except
+/// `skip` (the one being judged).
+pub async fn repo_history(app: &App, repo: &RepoName, skip: SnapshotId) -> Result<Vec<SnapshotStats>, ApiError> {
+    let (infos, _) = committed(app, repo, true).await?;
+    Ok(infos.into_iter().filter(|i| i.id != skip).map(|i| i.stats).collect())
+}
+
+pub async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<SnapshotInfo, ApiError> {
+    let bytes = app
+        .store
+        .get(&layout::index(repo, &id))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("snapshot {id} has no index segment")))?;
+    let index = IndexSegment::decode(&bytes).map_err(|e| ApiError::Conflict(format!("index of {id}: {e}")))?;
+    Ok(SnapshotInfo { id, committed: index.committed, retain_until: index.retain_until, stats: index.stats })
+}
+
+/// Every committed snapshot of `repo` (a root in the store), oldest first,
+/// and why any was left out. One LIST, then only the index segments not
+/// read before, concurrently: they are written once, so what was read is
+/// kept (and forgotten once its root is gone).
+/// With `lenient`, a snapshot whose segment the store fails to give is
+/// left out rather than failing the whole answer (the detector's history
+/// is better with one snapshot missing than empty).
+async fn committed(app: &App, repo: &RepoName, lenient: bool) -> Result<(Vec<SnapshotInfo>, Vec<String>), ApiError> {
+    // Only direct children with a well-formed id are snapshots. The index
+    // segments are listed too, so one deleted behind the proxy's back is
+    // noticed at once, remembered or not.
+    let listed = |kind| async move {
+        let prefix = layout::prefix(repo, kind);
+        let keys = app.store.list(&prefix).await?;
+        Ok::<HashSet<SnapshotId>, StoreError>(keys.iter().filter_map(|key| key[prefix.len()..].parse().ok()).collect())
+    };
+    let (roots, indexes) = tokio::try_join!(listed(layout::Kind::Snapshots), listed(layout::Kind::Index))?;
+    let mut ids: Vec<SnapshotId> = roots.iter().copied().collect();
+    ids.sort();
+    let (mut out, unread) = {
+        let cache = app.snapshot_infos.lock().expect("not poisoned");
+        let mut known = Vec::new();
+        let mut unread = Vec::new();
+        for id in &ids {
+            match cache.get(&(repo.clone(), *id)) {
+                Some(info) if indexes.contains(id) => known.push(info.clone()),
+                _ => unread.push(*id),
+            }
+        }
+        (known, unread)
+    };
+    let read = app
+        .fan_out(SEGMENTS_IN_FLIGHT, unread.iter().copied(), |id| async move {
+            match snapshot_info(app, repo, id).await {
+                Ok(info) => Ok(Ok(info)),
+                Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => Ok(Err(e.to_string())),
+                Err(ApiError::Store(e)) if !lenient => Err(e),
+                Err(e) => Ok(Err(e.to_string())),
+            }
+        })
+        .await?;
+    let mut damaged = Vec::new();
+    {
+        let mut cache = app.snapshot_infos.lock().expect("not poisoned");
+        if cache.len() + read.len() > crate::app::INFO_CACHE_MAX {
+            cache.clear();
+        }
+        cache.retain(|(r, id), _| r != repo || (roots.contains(id) && indexes.contains(id)));
+        for info in read {
+            match info {
+                Ok(info) => {
+                    cache.insert((repo.clone(), info.id), info.clone());
+                    out.push(info);
+                }
+                Err(why) => damaged.push(why),
+            }
+        }
+    }
+    out.sort_by_key(|s| (s.committed, s.id));
+    Ok((out, damaged))
+}
+
+/// Fills `cat` from the newest committed snapshots' index segments: once,
+/// then every [`REFRESH_SECS`] with the segments this proxy has not merged
+/// yet (what other proxies committed).
+pub(crate) async fn fill_catalog(app: &App, repo: &RepoName, cat: &mut RepoCatalog) -> Result<(), ApiError> {
+    let now = crate::unix_now();
+    if cat.loaded && now < cat.refreshed.saturating_add(REFRESH_SECS) {
+        return Ok(());
+    }
+    let (infos, _) = committed(app, repo, true).await?;
+    let newest: Vec<SnapshotId> =
+        infos.iter().rev().filter(|i| !cat.merged(&i.id)).take(LOAD_SEGMENTS).map(|i| i.id).collect();
+    let store = &app.store;
+    let segments =
+        app.fan_out(SEGMENTS_IN_FLIGHT, newest.iter().copied(), |id| async move {
+            store.get(&layout::index(repo, &id)).await
+        })
+        .await?;
+    for bytes in segments.into_iter().flatten() {
+        if let Ok(index) = IndexSegment::decode(&bytes) {
+            cat.record_index(&index);
+        }
+    }
+    cat.loaded = true;
+    cat.refreshed = now;
+    Ok(())
+}
+
+/// Every committed snapshot's id and stats, oldest first. One whose index
+/// segment is missing or unreadable (damage in the store) is left out, not
+/// allowed to hide the rest, and raises an alert.
+pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
+    let (out, damaged) = committed(app, repo, false).await?;
+    if !damaged.is_empty() {
+        let msg = format!(
+            "{} snapshots of {repo} have a root but no readable index segment, and are left out of listings: {}",
+            damaged.len(),
+            damaged.join("; ")
+        );
+        tracing::error!("{msg}");
+        let dedup = Some((format!("damaged:{repo}"), crate::monitor::detect::QUIET_SECS));
+        app.watch
+            .alerts
+            .raise("damaged-snapshot", crate::monitor::alerts::Severity::High, Some(repo.to_string()), None, msg, dedup)
+            .await;
+    }
+    Ok(Reply::json(StatusCode::OK, &out))
+}
