@@ -129,8 +129,10 @@ async fn every_role_every_endpoint_own_repo_other_repo_other_domain() {
     ];
     let repos = ["dev/own", "prod/x", "dr/x", "dev/shared/x"];
     let mut denials = Vec::new();
+    let mut identities = std::collections::HashMap::new();
     for (who, config) in &configs {
         let client = coffer_tests::raw_client(config).await;
+        identities.insert(format!("{who:?}"), client.whoami().await.unwrap().identity);
         for action in ACTIONS {
             let global = action == "whoami" || action.starts_with("admin-");
             let targets: &[&str] = if global { &["-"] } else { &repos };
@@ -145,6 +147,9 @@ async fn every_role_every_endpoint_own_repo_other_repo_other_domain() {
                 };
                 let want = expected(*who, action, repo);
                 assert_eq!(status != 403, want, "{who:?} {action} on {repo}: got {status}");
+                // Allowed means answered on its merits: a 4xx for the junk
+                // body, never a dropped connection or a server error.
+                assert!(!want || (200..500).contains(&status), "{who:?} {action} on {repo}: got {status}");
                 if !want {
                     denials.push((*who, action, *repo));
                 }
@@ -155,10 +160,12 @@ async fn every_role_every_endpoint_own_repo_other_repo_other_domain() {
     let events = p.audit_events();
     for (who, action, repo) in denials {
         let domain = if matches!(who, Who::DrWriter | Who::DrReader) { "dr" } else { "dev" };
+        let identity = &identities[&format!("{who:?}")];
         let found = events.iter().any(|e| {
             e["action"] == action
                 && e["outcome"] == "denied"
                 && e["trust_domain"] == domain
+                && e["identity"] == identity.as_str()
                 && (e["repo"] == repo || e["repo"].is_null())
         });
         assert!(found, "no denied audit event for {who:?} {action} on {repo}");
@@ -177,8 +184,12 @@ fn cross_domain_read_works_and_cross_domain_write_fails() {
     let dr_reader = foreign_config(&p, dr.path(), "reader");
     let restored = coffer(&dr_reader, &["restore", "--repo", "dev/shared/db", &id], None);
     assert_eq!(restored.ok(), "ledger rows");
+    // A repository outside the grant, initialised, so only the policy can
+    // refuse it (an uninitialised one would fail with 404 whatever the grant).
+    coffer(&p.writer(), &["init", "--repo", "dev/db"], None).ok();
     let outside = coffer(&dr_reader, &["snapshots", "--repo", "dev/db"], None);
     assert_eq!(outside.code(), 1, "the grant covers dev/shared/** only");
+    assert!(outside.stderr.contains("403") && outside.stderr.contains("dev/db"), "{}", outside.stderr);
 
     let dr_writer = foreign_config(&p, dr.path(), "writer");
     let write = coffer(&dr_writer, &["backup", "--repo", "dev/shared/db", "-"], Some(b"overwrite"));

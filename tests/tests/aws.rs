@@ -215,7 +215,10 @@ async fn backup_and_restore_through_s3_and_kms_with_object_lock() {
     // ...nor by going around it, straight to the bucket's object version.
     let version = aws.head(&chunks[0]).await.version_id().unwrap().to_string();
     let raw = aws.s3.delete_object().bucket(BUCKET).key(&chunks[0]).version_id(version).send().await;
-    assert!(raw.is_err(), "the bucket itself must refuse to delete a locked version");
+    let refused = raw.expect_err("the bucket itself must refuse to delete a locked version");
+    let code = refused.as_service_error().and_then(|e| e.meta().code()).map(str::to_string);
+    assert_eq!(code.as_deref(), Some("AccessDenied"), "refused for the lock, not for something else: {refused:?}");
+    assert!(aws.head(&chunks[0]).await.version_id().is_some(), "and the version is still there");
     run(&aws, &reader, &["verify", "--repo", "dev/db"], None).ok();
 }
 
@@ -253,7 +256,8 @@ async fn dedup_commit_extends_old_locks_and_never_shortens() {
         .chain(aws.keys("dev/old/config").await.iter())
     {
         let until = aws.head(key).await.object_lock_retain_until_date().unwrap().secs() as u64;
-        assert!(until >= now() + 30 * DAY, "{key} must be locked at least as long as the new snapshot: {until}");
+        // 30 days of retention and 7 of slack, from about now.
+        assert!(until + 120 >= now() + 37 * DAY, "{key} must be locked for the new snapshot and its slack: {until}");
     }
     let first = aws.head(&chunks[0]).await.object_lock_retain_until_date().unwrap().secs() as u64;
     drop(p);
@@ -401,14 +405,17 @@ async fn two_proxies_on_one_bucket() {
     let base = proxy_config(certs.path(), &aws, "", (30, 7));
     let text = std::fs::read_to_string(&base).unwrap();
     let mut proxies = Vec::new();
+    let mut metrics = Vec::new();
     for name in ["east", "west"] {
         let path = certs.path().join(format!("{name}.toml"));
+        let port = coffer_tests::free_port();
         let cfg = text.replace("proxy_id = \"s3\"", &format!("proxy_id = \"{name}\"")).replace(
             "path = \"audit/audit.jsonl\"",
             &format!("path = \"audit-{name}/audit.jsonl\"\nsegment_events = 5\nship_secs = 1"),
-        );
+        ) + &format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n");
         std::fs::write(&path, cfg).unwrap();
         proxies.push((path.clone(), start_proxy(certs.path(), &path, &aws)));
+        metrics.push(port);
     }
     let (ea, we) =
         (agent_config(&proxies[0].1, &aws, "writer", &kek), agent_config(&proxies[1].1, &aws, "writer", &kek));
@@ -434,6 +441,30 @@ async fn two_proxies_on_one_bucket() {
         chunks <= a["chunks_new"].as_u64().unwrap().max(b["chunks_new"].as_u64().unwrap()) + 1,
         "dedup across proxies: {chunks} chunks"
     );
+
+    // What one proxy committed, the other dedups against (asking the
+    // bucket, as its catalog does not know it), and then knows: a third run
+    // HEADs no chunk.
+    let heads = |port: u16| -> f64 {
+        let text = coffer_tests::http_get(port, "/metrics");
+        let needle = "coffer_store_seconds_count{op=\"head\",ok=\"true\"}";
+        text.lines().find(|l| l.starts_with(needle)).map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
+    };
+    let more = random_bytes("east only", 16 << 20);
+    let east = run(&aws, &ea, &["backup", "--repo", "dev/shared", "--json", "-"], Some(&more)).json();
+    let west = run(&aws, &we, &["backup", "--repo", "dev/shared", "--json", "-"], Some(&more)).json();
+    assert_eq!(west["bytes_new"], 0, "west sees east's chunks: {west}");
+    let before = heads(metrics[1]);
+    let again = run(&aws, &we, &["backup", "--repo", "dev/shared", "--json", "-"], Some(&more)).json();
+    assert_eq!(again["bytes_new"], 0);
+    let per_run = heads(metrics[1]) - before;
+    assert!(
+        per_run < east["chunks"].as_f64().unwrap(),
+        "{per_run} HEADs for {} known chunks: the catalog answers for them",
+        east["chunks"]
+    );
+    let out = run(&aws, &reader, &["restore", "--repo", "dev/shared", again["id"].as_str().unwrap()], None);
+    assert!(out.stdout == more);
 
     // Each proxy's audit chain, as shipped to the bucket, verifies.
     std::thread::sleep(std::time::Duration::from_secs(3));
