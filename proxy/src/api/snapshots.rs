@@ -57,7 +57,7 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     let catalog = app.catalogs.of(repo);
     let (known, unknown): (Vec<_>, Vec<_>) = {
         let mut cat = catalog.lock().await;
-        fill_catalog(app, repo, &mut cat).await?;
+        fill_catalog(app, repo, &mut cat).await;
         let (known, unknown): (Vec<_>, Vec<_>) =
             req.chunks.iter().map(|id| (*id, cat.present(id, now))).partition(|(_, k)| k.is_some());
         let known: Vec<(ChunkId, Known, Option<Vec<KeyId>>)> = known
@@ -230,8 +230,30 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     m.chunks.get_or_create(&label("dedup")).inc_by(referenced.saturating_sub(req.stats.chunks_new));
     m.lock_extensions.inc_by(extended);
     m.last_snapshot.get_or_create(&crate::monitor::metrics::RepoLabel { repo: repo.to_string() }).set(now as f64);
-    let history = repo_history(app, repo, req.snapshot).await.unwrap_or_default();
-    app.watch.committed(repo, &history, &req.stats, now).await;
+    match repo_history(app, repo, req.snapshot).await {
+        Ok(history) => app.watch.committed(repo, &history, &req.stats, now).await,
+        // The snapshot is committed; but the detector cannot judge it, and
+        // a detector switched off without a word is what an attacker wants.
+        Err(e) => {
+            let msg = format!(
+                "snapshot {} was committed unjudged: its repository's history cannot be read: {e}",
+                req.snapshot
+            );
+            tracing::error!(%repo, "{msg}");
+            let dedup = Some((format!("history:{repo}"), crate::monitor::detect::QUIET_SECS));
+            app.watch
+                .alerts
+                .raise(
+                    "detector-blind",
+                    crate::monitor::alerts::Severity::High,
+                    Some(repo.to_string()),
+                    None,
+                    msg,
+                    dedup,
+                )
+                .await;
+        }
+    }
     Ok(Reply::json(StatusCode::CREATED, &info))
 }
 
