@@ -58,8 +58,25 @@ pub fn fuzz_ids(data: &[u8]) {
     }
 }
 
+/// The API's router and repository names on arbitrary text: a path that
+/// routes is exactly the path its action builds (so the proxy and the
+/// client cannot disagree), and a repository name that parses prints back
+/// as itself.
+pub fn fuzz_route(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (method, path) = text.split_once(' ').unwrap_or(("GET", &text));
+    if let Ok(r) = crate::endpoint::route(method, path) {
+        assert_eq!(r.action.method(), method);
+        assert_eq!(r.action.path(r.repo.as_ref(), r.object.as_deref()), path);
+    }
+    if let Ok(name) = text.parse::<crate::RepoName>() {
+        assert_eq!(name.to_string(), text);
+    }
+}
+
 /// Every decoder at once.
 pub fn fuzz_all(data: &[u8]) {
+    fuzz_route(data);
     fuzz_envelope(data);
     fuzz_key_record(data);
     fuzz_config(data);

@@ -126,11 +126,20 @@ impl DevProxy {
     }
 
     /// Every stored object's path under `objects()/<prefix>`.
+    /// Every stored object under `prefix` (none if nothing was ever stored
+    /// there). A store folder that is missing, or one that cannot be read,
+    /// fails the test: an "is empty" check must not pass because the
+    /// layout moved.
     pub fn stored(&self, prefix: &str) -> Vec<PathBuf> {
+        assert!(self.objects().is_dir(), "no store folder at {}", self.objects().display());
         let mut out = Vec::new();
         let mut stack = vec![self.objects().join(prefix)];
         while let Some(d) = stack.pop() {
-            let Ok(entries) = std::fs::read_dir(&d) else { continue };
+            let entries = match std::fs::read_dir(&d) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && out.is_empty() && stack.is_empty() => break,
+                Err(e) => panic!("reading {}: {e}", d.display()),
+            };
             for e in entries.flatten() {
                 if e.path().is_dir() {
                     stack.push(e.path());
@@ -143,8 +152,10 @@ impl DevProxy {
         out
     }
 
+    /// The live audit log; a missing or unreadable one fails the test.
     pub fn audit_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("audit/audit.jsonl")).unwrap_or_default()
+        let path = self.dir.join("audit/audit.jsonl");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
     }
 
     /// Stops the proxy and hands over its temporary folder (if it owns one),

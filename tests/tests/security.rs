@@ -183,12 +183,26 @@ fn key_material_never_reaches_logs_errors_or_audit_events() {
     let master_file = std::fs::read_to_string(p.dir.join("master.key")).unwrap();
     let master_hex = master_file.lines().nth(1).unwrap().to_string();
     let kek = LocalKek::from_file_contents(&master_file).unwrap();
-    let mut secrets = vec![master_hex];
+    let mut keys: Vec<Vec<u8>> = vec![hex::decode(&master_hex).unwrap()];
     for path in p.stored("dev/s/keys") {
         let record = KeyRecord::decode(&std::fs::read(path).unwrap()).unwrap();
-        secrets.push(hex::encode(kek.decrypt(&record.wrapped, &record.context).unwrap().expose_secret()));
+        keys.push(kek.decrypt(&record.wrapped, &record.context).unwrap().expose_secret().to_vec());
     }
-    assert!(secrets.len() >= 2, "expected the master key and at least one data key");
+    assert!(keys.len() >= 2, "expected the master key and at least one data key");
+    // Each key as it could be printed: hex (both cases), base64 (standard
+    // and URL-safe), a Rust Debug array, and the first 8 bytes of each (a
+    // truncated print leaks as much as it shows).
+    let mut secrets = Vec::new();
+    for k in &keys {
+        use base64::Engine as _;
+        for bytes in [&k[..], &k[..8]] {
+            secrets.push(hex::encode(bytes));
+            secrets.push(hex::encode_upper(bytes));
+            secrets.push(format!("{bytes:?}").trim_end_matches(']').to_string());
+        }
+        secrets.push(base64::engine::general_purpose::STANDARD.encode(k));
+        secrets.push(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k));
+    }
     let outputs = [
         ("audit log", p.audit_log()),
         ("proxy log", p.stderr()),
@@ -197,6 +211,7 @@ fn key_material_never_reaches_logs_errors_or_audit_events() {
         ("denied stderr", denied.stderr.clone()),
     ];
     assert!(outputs[1].1.len() > 100, "trace logging should have produced output");
+    assert!(outputs[0].1.lines().count() > 5, "the audit log should hold this test's events");
     for secret in &secrets {
         for (what, text) in &outputs {
             assert!(!text.contains(secret.as_str()), "key material found in the {what}");
