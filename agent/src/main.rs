@@ -304,10 +304,36 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                     let mut out = tokio::io::stdout();
                     restore::restore(repo, snapshot, &mut out, in_flight).await?;
                 }
-                Some(path) => restore_to_file(repo, snapshot, &path, in_flight).await?,
+                Some(path) => {
+                    let t0 = std::time::Instant::now();
+                    restore_to_file(repo, snapshot, &path, in_flight).await?;
+                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                    eprintln!(
+                        "restored snapshot {snapshot} to {} ({bytes} bytes, mode 0600, every chunk checked), {:.1}s",
+                        path.display(),
+                        t0.elapsed().as_secs_f64()
+                    );
+                }
             }
         }
         RepoCmd::Snapshots { repo, json } => {
+            // An identity that may list but not read (an auditor) gets what
+            // the proxy knows: ids, times and stats, never the roots.
+            let whoami = ctx.client.whoami().await?;
+            if !whoami.roles.iter().any(|r| r == "reader") {
+                let list = ctx.client.list_snapshots(&repo).await?;
+                if json {
+                    print_json(&list)?;
+                } else {
+                    for s in &list {
+                        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.committed);
+                        let when = humantime::format_rfc3339_seconds(when);
+                        println!("{}  {when}  {:>14} bytes", s.id, s.stats.bytes_in);
+                    }
+                }
+                eprintln!("coffer: metadata only: {} may list snapshots but not read their roots", whoami.identity);
+                return Ok(());
+            }
             let (_, repo) = ctx.open(repo).await?;
             let (list, unreadable) = list_snapshots(&repo).await?;
             if json {

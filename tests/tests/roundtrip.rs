@@ -21,8 +21,15 @@ fn round_trip(p: &DevProxy, repo: &str, data: &[u8]) -> serde_json::Value {
     assert!(out.stdout == data, "restore to stdout differs ({} vs {} bytes)", out.stdout.len(), data.len());
 
     let file = p.dir.join("restored.bin");
-    coffer(&p.reader(), &["restore", "--repo", repo, &id, "-o", file.to_str().unwrap()], None).ok();
+    let _ = std::fs::remove_file(&file);
+    let to_file = coffer(&p.reader(), &["restore", "--repo", repo, &id, "-o", file.to_str().unwrap()], None);
+    to_file.ok();
     assert!(std::fs::read(&file).unwrap() == data, "restore to file differs");
+    // It says what it wrote, and the file is the owner's alone.
+    let said = format!("restored snapshot {id} to {} ({} bytes, mode 0600", file.display(), data.len());
+    assert!(to_file.stderr.contains(&said), "{}", to_file.stderr);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
     report
 }
 
