@@ -151,7 +151,7 @@ fn lockdown_serves_reads_only_until_lifted_and_survives_restarts() {
     // The auditor lists (metadata only: it may not read roots) during lockdown.
     let listed = coffer(&p.config("auditor"), &["snapshots", "--repo", "dev/lock", "--json"], None);
     let ids: Vec<String> = listed.json().as_array().unwrap().iter().map(|s| s["id"].as_str().unwrap().into()).collect();
-    assert_eq!(ids, [id.clone()], "{}", listed.stderr);
+    assert_eq!(ids, std::slice::from_ref(&id), "{}", listed.stderr);
     assert!(listed.stderr.contains("metadata only"), "{}", listed.stderr);
     // Other admin calls are refused too (before their code is even checked).
     let (ok, out) = admin(&p, "admin", &code_at(&secret, t + 30).unwrap(), &["reload"]);
