@@ -366,9 +366,32 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
             if ids.is_empty() {
                 eprintln!("coffer: repository {} has no snapshots to verify", repo.name);
             }
+            // Every snapshot is checked, whatever an earlier one showed: a
+            // damaged one is named and the next one checked.
+            let mut damaged = Vec::new();
+            let total = ids.len();
             for id in ids {
-                let v = restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await?;
-                println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks);
+                match restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await {
+                    Ok(v) => println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks),
+                    Err(e @ (restore::RestoreError::Chunk { .. } | restore::RestoreError::Snapshot { .. })) => {
+                        eprintln!("coffer: {id}: DAMAGED: {e}");
+                        damaged.push(id);
+                    }
+                    Err(restore::RestoreError::Client(e)) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
+                        eprintln!("coffer: {id}: DAMAGED: an object it needs is missing: {e}");
+                        damaged.push(id);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if !damaged.is_empty() {
+                let names: Vec<String> = damaged.iter().map(ToString::to_string).collect();
+                return Err(anyhow::anyhow!(
+                    "{} of {total} snapshots are damaged: {}",
+                    damaged.len(),
+                    names.join(", ")
+                )
+                .into());
             }
         }
         RepoCmd::Whoami => print_json(&ctx.client.whoami().await?)?,

@@ -42,6 +42,16 @@ fn altered_chunk_fails_restore_and_verify_naming_snapshot_and_chunk() {
     let verify = coffer(&p.reader(), &["verify", "--repo", "dev/t", &id], None);
     assert_eq!(verify.code(), 1);
     assert!(verify.stderr.contains("integrity error") && verify.stderr.contains(chunk_id), "{}", verify.stderr);
+
+    // Verifying the whole repository checks every snapshot, the damaged one
+    // named, the sound one after it still checked.
+    let sound =
+        coffer(&p.writer(), &["backup", "--repo", "dev/t", "-"], Some(&random_bytes("sound", 1 << 20))).last_line();
+    let all = coffer(&p.reader(), &["verify", "--repo", "dev/t"], None);
+    assert_eq!(all.code(), 1);
+    assert!(String::from_utf8_lossy(&all.stdout).contains(&format!("{sound}: ok")), "{}", all.stderr);
+    assert!(all.stderr.contains(&format!("{id}: DAMAGED")), "{}", all.stderr);
+    assert!(all.stderr.contains("1 of 2 snapshots are damaged"), "{}", all.stderr);
 }
 
 #[test]
