@@ -335,7 +335,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                 return Ok(());
             }
             let (_, repo) = ctx.open(repo).await?;
-            let (list, unreadable) = list_snapshots(&repo).await?;
+            let (list, unreadable) = cli::listing::list_snapshots(&repo).await?;
             if json {
                 print_json(&list)?;
             } else {
@@ -439,65 +439,4 @@ async fn restore_to_file(
     written?;
     tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
-}
-
-/// Snapshot roots `coffer snapshots` fetches at once.
-const ROOTS_IN_FLIGHT: usize = 32;
-
-#[derive(Serialize)]
-struct Listed {
-    id: SnapshotId,
-    committed: u64,
-    name: String,
-    host: String,
-    source: String,
-    bytes: u64,
-    stats: coffer_proto::snapshot::SnapshotStats,
-}
-
-/// The repository's snapshots with what their roots say. A root that is
-/// missing or fails its checks does not hide the others: it is left out of
-/// the list and named in the second half of the answer.
-async fn list_snapshots(repo: &OpenRepo) -> Result<(Vec<Listed>, Vec<String>), Failure> {
-    use futures_util::StreamExt as _;
-    let mut out = Vec::new();
-    let mut unreadable = Vec::new();
-    let infos = repo.client.list_snapshots(&repo.name).await.map_err(|e| {
-        let denied = e.status() == Some(http::StatusCode::FORBIDDEN);
-        let hint = "listing is for a reader or auditor identity: use the reader's config (--config or COFFER_CONFIG)";
-        match denied {
-            true => anyhow::anyhow!("{e}\n  {hint}"),
-            false => e.into(),
-        }
-    })?;
-    // Roots are fetched (and their keys unwrapped) several at a time, in order.
-    let mut roots = futures_util::stream::iter(infos.into_iter().map(|info| async move {
-        let root = restore::load_root(repo, info.id).await;
-        (info, root)
-    }))
-    .buffered(ROOTS_IN_FLIGHT);
-    while let Some((info, root)) = roots.next().await {
-        let root = match root {
-            Ok(root) => root,
-            Err(e @ restore::RestoreError::Snapshot { .. }) => {
-                unreadable.push(e.to_string());
-                continue;
-            }
-            Err(restore::RestoreError::Client(e)) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
-                unreadable.push(format!("integrity error: snapshot {}: its root is missing", info.id));
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        out.push(Listed {
-            id: info.id,
-            committed: info.committed,
-            name: root.name,
-            host: root.host,
-            source: root.source,
-            bytes: root.bytes,
-            stats: info.stats,
-        });
-    }
-    Ok((out, unreadable))
 }

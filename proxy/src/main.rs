@@ -9,7 +9,7 @@ mod cli;
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use cli::{fail, AlertsCmd, Cli, Cmd, KeysCmd};
+use cli::{fail, AlertsCmd, Cli, Cmd, KeysCmd, LifecycleCmd};
 use coffer_client::exit::USAGE;
 
 /// jemalloc in every build, tuned in .cargo/config.toml: musl's allocator
@@ -42,6 +42,9 @@ fn main() -> ExitCode {
         Some(Cmd::Keys { command: KeysCmd::Report { json } }) => cli::reports::keys_report(config, json),
         Some(Cmd::Report { format, output, since }) => cli::reports::compliance_report(config, &format, output, since),
         Some(Cmd::Assess { json }) => cli::reports::assess(config, json),
+        Some(Cmd::Lifecycle { command: LifecycleCmd::Plan { repo, json } }) => {
+            cli::reports::lifecycle_plan(config, &repo, json)
+        }
         None => match config {
             Some(path) => cli::serve::run(&path, None, None, cli.check_config),
             None => fail(

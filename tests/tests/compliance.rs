@@ -837,3 +837,44 @@ fn a_revocation_from_before_switches_holds_and_can_be_lifted() {
     assert!(ok, "{out}");
     coffer(&p.writer(), &["whoami"], None).ok();
 }
+
+/// A schedule in a repo policy: `lifecycle plan` says which snapshots it
+/// keeps and why, and which it lets go, changing nothing.
+#[test]
+fn lifecycle_plan_shows_what_the_schedule_keeps() {
+    let p = DevProxy::start().restarted(|text| {
+        text + "\n[[repo_policies]]\nrepos = \"dev/**\"\nclassification = \"internal\"\nkeep = { last = 2, daily = 1 }\n"
+    });
+    coffer(&p.writer(), &["init", "--repo", "dev/lc"], None).ok();
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            std::thread::sleep(std::time::Duration::from_millis(1100)); // distinct commit seconds
+            coffer(&p.writer(), &["backup", "--repo", "dev/lc", "-"], Some(format!("day {i}").as_bytes())).last_line()
+        })
+        .collect();
+    let before = p.stored("dev/lc");
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["lifecycle", "plan", "--repo", "dev/lc", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kept: Vec<&str> = plan["keep"].as_array().unwrap().iter().map(|k| k["id"].as_str().unwrap()).collect();
+    assert_eq!(kept, [ids[2].as_str(), ids[1].as_str()], "the two newest: {plan}");
+    let reasons = &plan["keep"][0]["reasons"];
+    assert!(reasons[0] == "last 1" && reasons[1].as_str().unwrap().starts_with("daily "), "{reasons}");
+    assert_eq!(plan["let_go"][0]["id"], ids[0].as_str());
+    assert_eq!(plan["let_go"][0]["held"], false);
+    assert_eq!(p.stored("dev/lc"), before, "a plan changes nothing");
+
+    // A repository whose policy has no schedule is told so.
+    let none = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["lifecycle", "plan", "--repo", "prod/db"])
+        .output()
+        .unwrap();
+    assert_eq!(none.status.code(), Some(64));
+}

@@ -43,6 +43,10 @@ pub struct RepoPolicyConfig {
     /// weaker refuses their writes (`governance` < `compliance`).
     #[serde(default)]
     pub lock_mode: Option<crate::store::LockMode>,
+    /// A schedule (`keep = { daily = 7, monthly = 12 }`): which snapshots
+    /// the lifecycle keeps, and until when (docs/lifecycle.md).
+    #[serde(default)]
+    pub keep: Option<crate::keep::KeepConfig>,
 }
 
 pub struct RepoPolicies {
@@ -62,7 +66,12 @@ impl RepoPolicies {
     ) -> Result<Self, PolicyError> {
         let list = configs
             .iter()
-            .map(|c| Ok((RepoPattern::parse(&c.repos)?, c.clone())))
+            .map(|c| {
+                if let Some(keep) = &c.keep {
+                    keep.rules().map_err(|e| PolicyError(format!("repo policy {}: {e}", c.repos)))?;
+                }
+                Ok((RepoPattern::parse(&c.repos)?, c.clone()))
+            })
             .collect::<Result<Vec<_>, PolicyError>>()?;
         Ok(Self { list, bucket_region, bucket_mode })
     }
@@ -131,6 +140,12 @@ impl RepoPolicies {
         Ok(())
     }
 
+    /// The schedule of `repo`'s policy, if it has one (checked when loaded).
+    pub fn keep_rules(&self, repo: &RepoName) -> Option<crate::keep::KeepRules> {
+        let (_, c) = self.list.iter().find(|(p, _)| p.matches(repo))?;
+        c.keep.as_ref().and_then(|k| k.rules().ok())
+    }
+
     /// Retention days for `repo`, if its policy sets them.
     pub fn retention_days(&self, repo: &RepoName) -> Option<u32> {
         self.list.iter().find(|(p, _)| p.matches(repo)).and_then(|(_, c)| c.retention_days)
@@ -140,6 +155,20 @@ impl RepoPolicies {
 /// How `new` loosens `old`, if it does: a policy removed, a shorter
 /// retention, a lower classification, more regions or KEKs (or none, that
 /// is any), a longer RPO.
+/// Whether schedule `new` may keep fewer snapshots, or for less long, than
+/// `old`: any count lowered, a shorter `within`, or the schedule removed.
+fn keeps_less(old: Option<&crate::keep::KeepConfig>, new: Option<&crate::keep::KeepConfig>) -> bool {
+    let (Some(o), n) = (old.and_then(|k| k.rules().ok()), new.and_then(|k| k.rules().ok())) else { return false };
+    let Some(n) = n else { return true };
+    n.keep_last < o.keep_last
+        || n.keep_hourly < o.keep_hourly
+        || n.keep_daily < o.keep_daily
+        || n.keep_weekly < o.keep_weekly
+        || n.keep_monthly < o.keep_monthly
+        || n.keep_yearly < o.keep_yearly
+        || n.keep_within_secs < o.keep_within_secs
+}
+
 pub fn loosening(old: &[RepoPolicyConfig], new: &[RepoPolicyConfig]) -> Option<String> {
     for o in old {
         let Some(n) = new.iter().find(|n| n.repos == o.repos) else {
@@ -157,6 +186,8 @@ pub fn loosening(old: &[RepoPolicyConfig], new: &[RepoPolicyConfig]) -> Option<S
             Some("a longer RPO")
         } else if o.lock_mode.is_some() && n.lock_mode < o.lock_mode {
             Some("a weaker lock mode")
+        } else if keeps_less(o.keep.as_ref(), n.keep.as_ref()) {
+            Some("a schedule that keeps less")
         } else {
             None
         };
@@ -180,6 +211,7 @@ mod tests {
             keks: keks.iter().map(|s| s.to_string()).collect(),
             rpo_secs: Some(86_400),
             lock_mode: None,
+            keep: None,
         }
     }
 
@@ -245,5 +277,27 @@ mod tests {
         ] {
             assert!(loosening(&base, &looser).unwrap().contains(why), "{why}");
         }
+    }
+
+    #[test]
+    fn a_schedule_that_keeps_less_is_a_loosening() {
+        use crate::keep::KeepConfig;
+        let with = |keep: Option<KeepConfig>| {
+            vec![RepoPolicyConfig { keep, ..pol("prod/**", Classification::Confidential, Some(30), &[], &[]) }]
+        };
+        let base = with(Some(KeepConfig { daily: 7, monthly: 12, ..Default::default() }));
+        let more = with(Some(KeepConfig { daily: 14, monthly: 12, yearly: 1, ..Default::default() }));
+        assert_eq!(loosening(&base, &more), None, "keeping more is stricter");
+        for less in [
+            with(Some(KeepConfig { daily: 7, monthly: 6, ..Default::default() })),
+            with(Some(KeepConfig { daily: 7, ..Default::default() })),
+            with(None),
+        ] {
+            assert!(loosening(&base, &less).unwrap().contains("keeps less"), "{less:?}");
+        }
+        let bad = with(Some(KeepConfig { within: Some("soon".into()), ..Default::default() }));
+        assert!(RepoPolicies::new(&bad, None, None).err().unwrap().0.contains("keep.within"));
+        let empty = with(Some(KeepConfig::default()));
+        assert!(RepoPolicies::new(&empty, None, None).err().unwrap().0.contains("at least one"));
     }
 }

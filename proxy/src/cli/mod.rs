@@ -76,6 +76,13 @@ pub(crate) enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// A repository's schedule (`keep` in its repo policy): which snapshots
+    /// it keeps and why ("monthly 2026-10"), until when, and which it lets
+    /// go and when their locks end. Reads the store; changes nothing.
+    Lifecycle {
+        #[command(subcommand)]
+        command: LifecycleCmd,
+    },
     /// Keys: which KEKs wrapped which data keys, and each KEK's state.
     Keys {
         #[command(subcommand)]
@@ -91,6 +98,18 @@ pub(crate) enum Cmd {
     Admin {
         #[command(subcommand)]
         command: admin::AdminCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub(crate) enum LifecycleCmd {
+    /// Print the plan (JSON with --json).
+    Plan {
+        /// The repository.
+        #[arg(long)]
+        repo: coffer_proto::RepoName,
+        #[arg(long)]
+        json: bool,
     },
 }
 

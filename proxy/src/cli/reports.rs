@@ -129,3 +129,43 @@ pub(crate) fn assess(config: Option<PathBuf>, json: bool) -> ExitCode {
         ExitCode::SUCCESS
     }
 }
+
+/// `coffer-proxy lifecycle plan --repo R`.
+pub(crate) fn lifecycle_plan(config: Option<PathBuf>, repo: &coffer_proto::RepoName, json: bool) -> ExitCode {
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let policies = match cfg.repo_policies() {
+        Ok(p) => p,
+        Err(e) => return fail(USAGE, e),
+    };
+    let Some(rules) = policies.keep_rules(repo) else {
+        return fail(USAGE, format!("the repo policy of {repo} has no `keep` schedule (docs/lifecycle.md)"));
+    };
+    let plan = match block_on(async {
+        let store = coffer_proxy::parts::open_store_to_read(&cfg).await?;
+        Ok::<_, coffer_proxy::parts::SetupError>(coffer_proxy::lifecycle::plan::plan(&*store, repo, &rules).await?)
+    }) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&plan).expect("serialises"));
+        return ExitCode::SUCCESS;
+    }
+    let date = |secs: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
+    };
+    println!("{repo}: {} kept, {} let go", plan.keep.len(), plan.let_go.len());
+    for k in &plan.keep {
+        let until =
+            if k.keep_until == 0 { "while among the newest".into() } else { format!("until {}", date(k.keep_until)) };
+        println!("  keep    {}  {}  {until}  ({})", k.id, date(k.committed), k.reasons.join(", "));
+    }
+    for l in &plan.let_go {
+        let note = if l.held { "legal hold: kept" } else { "may go once its lock ends" };
+        println!("  let go  {}  {}  lock ends {}  ({note})", l.id, date(l.committed), date(l.retain_until));
+    }
+    ExitCode::SUCCESS
+}

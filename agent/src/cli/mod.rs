@@ -1,6 +1,8 @@
 //! The command line of `coffer`, as clap reads it. `--config` and
 //! `--mfa-code` are global, so they may come before or after the subcommand.
 
+pub(crate) mod listing;
+
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};

@@ -1,0 +1,57 @@
+//! `coffer-proxy lifecycle plan`: what a repository's schedule keeps, and
+//! until when, and what it lets go, read from the store, changing nothing.
+
+use coffer_proto::layout;
+use coffer_proto::snapshot::IndexSegment;
+use coffer_proto::{RepoName, SnapshotId};
+use serde::Serialize;
+
+use crate::access::switches::{hold_prefix, read_switch};
+use crate::keep::{select, KeepRules, Keeper};
+use crate::store::{fan_out, ObjectStore, StoreError};
+
+/// Index segments read at once (they hold 44 bytes per chunk).
+const SEGMENTS_IN_FLIGHT: usize = 4;
+
+/// A snapshot no rule keeps: its lock ends when it ends, and then it may go
+/// (unless a legal hold keeps it).
+#[derive(Clone, Debug, Serialize)]
+pub struct LetGo {
+    pub id: SnapshotId,
+    pub committed: u64,
+    pub retain_until: u64,
+    pub held: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub repo: String,
+    pub rules: KeepRules,
+    pub keep: Vec<Keeper>,
+    pub let_go: Vec<LetGo>,
+}
+
+/// The plan for `repo` under `rules`, from its committed snapshots.
+pub async fn plan(store: &dyn ObjectStore, repo: &RepoName, rules: &KeepRules) -> Result<Plan, StoreError> {
+    let prefix = layout::prefix(repo, layout::Kind::Snapshots);
+    let ids: Vec<SnapshotId> =
+        store.list(&prefix).await?.iter().filter_map(|k| k[prefix.len()..].parse().ok()).collect();
+    let segments = fan_out(SEGMENTS_IN_FLIGHT, ids.iter().copied(), |id| async move {
+        let bytes = store.get(&layout::index(repo, &id)).await?;
+        Ok::<_, StoreError>(bytes.and_then(|b| IndexSegment::decode(&b).ok()))
+    })
+    .await?;
+    let known: Vec<(SnapshotId, u64, u64)> =
+        segments.into_iter().flatten().map(|s| (s.snapshot, s.committed, s.retain_until)).collect();
+    let keep = select(&known.iter().map(|(id, t, _)| (*id, *t)).collect::<Vec<_>>(), rules);
+    let mut let_go = Vec::new();
+    for (id, committed, retain_until) in known {
+        if keep.iter().any(|k| k.id == id) {
+            continue;
+        }
+        let held = read_switch(store, &hold_prefix(repo, &id)).await? == Some(true);
+        let_go.push(LetGo { id, committed, retain_until, held });
+    }
+    let_go.sort_by_key(|l| (l.committed, l.id));
+    Ok(Plan { repo: repo.to_string(), rules: *rules, keep, let_go })
+}
