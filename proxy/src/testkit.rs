@@ -151,3 +151,93 @@ pub(crate) fn store_ops(app: &App, op: &str) -> u64 {
         .find(|l| l.starts_with(&needle))
         .map_or(0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }
+
+/// A store that fails on purpose: listings of keys ending in
+/// `list_fails_for`, and lock extensions of keys containing
+/// `extend_fails_for`.
+pub(crate) struct Faulty {
+    inner: Arc<dyn crate::store::ObjectStore>,
+    pub list_fails_for: std::sync::Mutex<Option<String>>,
+    pub extend_fails_for: std::sync::Mutex<Option<String>>,
+}
+
+impl Faulty {
+    pub fn new(inner: Arc<dyn crate::store::ObjectStore>) -> Self {
+        Self { inner, list_fails_for: Default::default(), extend_fails_for: Default::default() }
+    }
+}
+
+fn refused(key: &str) -> crate::store::StoreError {
+    crate::store::StoreError::Backend { key: key.into(), message: "refused on purpose".into(), retryable: false }
+}
+
+#[async_trait::async_trait]
+impl crate::store::ObjectStore for Faulty {
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        until: u64,
+        r: crate::store::Recorded,
+    ) -> Result<crate::store::PutOutcome, crate::store::StoreError> {
+        self.inner.put_object(key, body, until, r).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, crate::store::StoreError> {
+        self.inner.get(key).await
+    }
+    async fn head(&self, key: &str) -> Result<Option<crate::store::ObjectMeta>, crate::store::StoreError> {
+        self.inner.head(key).await
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::store::StoreError> {
+        if self.list_fails_for.lock().unwrap().as_deref().is_some_and(|s| prefix.ends_with(s)) {
+            return Err(refused(prefix));
+        }
+        self.inner.list(prefix).await
+    }
+    async fn extend_retention(&self, key: &str, until: u64) -> Result<(), crate::store::StoreError> {
+        if self.extend_fails_for.lock().unwrap().as_deref().is_some_and(|s| key.contains(s)) {
+            return Err(refused(key));
+        }
+        self.inner.extend_retention(key, until).await
+    }
+    async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), crate::store::StoreError> {
+        self.inner.set_legal_hold(key, on).await
+    }
+    async fn delete(&self, key: &str, now: u64) -> Result<(), crate::store::StoreError> {
+        self.inner.delete(key, now).await
+    }
+}
+
+/// The proxy of `t` on another store (its policy, audit log and detector).
+pub(crate) fn app_with_store(t: &TestApp, store: Arc<dyn crate::store::ObjectStore>) -> App {
+    App::new(crate::app::AppParts {
+        policy: crate::config::ProxyConfig::load(&t.dir.path().join("proxy.toml")).unwrap().policy().unwrap(),
+        store: store.clone(),
+        audit: t.app.audit.clone(),
+        checker: t.app.checker.clone(),
+        retention: t.app.retention,
+        commit_max_bytes: t.app.commit_max_bytes,
+        fan_out: t.app.fan_out,
+        catalog_chunks: crate::catalog::DEFAULT_MAX_CHUNKS,
+        store_requests: 256,
+        mfa: crate::access::mfa::MfaVerifier::new(t.dir.path().join("totp.toml"), store),
+        reload: tokio::sync::mpsc::channel(1).0,
+        metrics: t.app.metrics.clone(),
+        watch: t.app.watch.clone(),
+        client_certs: crate::access::clientcerts::ClientCerts::open(t.dir.path().join("certs.json")),
+    })
+}
+
+/// Waits (10 s at most) for an audit event whose line mentions `needle`.
+pub(crate) async fn wait_for_audit(t: &TestApp, needle: &str) -> String {
+    let log = t.dir.path().join("audit/audit.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no audit event with {needle:?}:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -157,87 +157,21 @@ pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiErro
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    use bytes::Bytes;
-
     use super::*;
-    use crate::app::{App, AppParts};
-    use crate::store::{ObjectMeta, ObjectStore, PutOutcome, Recorded};
-    use crate::testkit::{self, draft, staged};
-
-    /// A store whose listings of snapshot roots fail while `broken` is set.
-    struct RootsUnlistable {
-        inner: Arc<dyn ObjectStore>,
-        broken: AtomicBool,
-    }
-
-    #[async_trait::async_trait]
-    impl ObjectStore for RootsUnlistable {
-        async fn put_object(&self, key: &str, body: Bytes, until: u64, r: Recorded) -> Result<PutOutcome, StoreError> {
-            self.inner.put_object(key, body, until, r).await
-        }
-        async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-            self.inner.get(key).await
-        }
-        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
-            self.inner.head(key).await
-        }
-        async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-            if self.broken.load(Ordering::Relaxed) && prefix.ends_with("/snapshots/") {
-                return Err(StoreError::Backend {
-                    key: prefix.into(),
-                    message: "listing refused".into(),
-                    retryable: false,
-                });
-            }
-            self.inner.list(prefix).await
-        }
-        async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError> {
-            self.inner.extend_retention(key, until).await
-        }
-        async fn set_legal_hold(&self, key: &str, on: bool) -> Result<(), StoreError> {
-            self.inner.set_legal_hold(key, on).await
-        }
-        async fn delete(&self, key: &str, now: u64) -> Result<(), StoreError> {
-            self.inner.delete(key, now).await
-        }
-    }
+    use crate::testkit::{self, draft, staged, Faulty};
 
     #[tokio::test]
     async fn a_commit_whose_history_cannot_be_read_is_committed_and_alerted_not_silently_unjudged() {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 2).await;
-        let store = Arc::new(RootsUnlistable { inner: t.app.store.clone(), broken: AtomicBool::new(true) });
-        let app = App::new(AppParts {
-            policy: crate::config::ProxyConfig::load(&t.dir.path().join("proxy.toml")).unwrap().policy().unwrap(),
-            store: store.clone(),
-            audit: t.app.audit.clone(),
-            checker: t.app.checker.clone(),
-            retention: t.app.retention,
-            commit_max_bytes: t.app.commit_max_bytes,
-            fan_out: t.app.fan_out,
-            catalog_chunks: crate::catalog::DEFAULT_MAX_CHUNKS,
-            store_requests: 256,
-            mfa: crate::access::mfa::MfaVerifier::new(t.dir.path().join("totp.toml"), store.clone()),
-            reload: tokio::sync::mpsc::channel(1).0,
-            metrics: t.app.metrics.clone(),
-            watch: t.app.watch.clone(),
-            client_certs: crate::access::clientcerts::ClientCerts::open(t.dir.path().join("certs.json")),
-        });
+        let store = Arc::new(Faulty::new(t.app.store.clone()));
+        *store.list_fails_for.lock().unwrap() = Some("/snapshots/".into());
+        let app = testkit::app_with_store(&t, store);
         let reply = crate::api::snapshots::commit(&app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
         assert_eq!(reply.status, StatusCode::CREATED, "the snapshot itself is fine");
-        let log = t.dir.path().join("audit/audit.jsonl");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.lines().any(|l| l.contains("\"alert\"") && l.contains("detector-blind")) {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "no detector-blind alert in the audit log:\n{text}");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        testkit::wait_for_audit(&t, "detector-blind").await;
     }
 }

@@ -393,6 +393,26 @@ mod catalog_tests {
     }
 
     #[tokio::test]
+    async fn locks_extended_before_another_extension_failed_are_still_audited() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = staged(&t, &repo, 3).await;
+        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        // A longer retention now, so every object's lock must grow; the
+        // config's extension fails.
+        let store = std::sync::Arc::new(testkit::Faulty::new(t.app.store.clone()));
+        *store.extend_fails_for.lock().unwrap() = Some("/config".into());
+        let mut app = testkit::app_with_store(&t, store);
+        app.retention.0 += 86_400 * 30;
+        let second = again(&t, &repo, &req).await;
+        let err = commit(&app, &mut draft("commit"), &repo, &second.encode()).await.unwrap_err();
+        assert!(matches!(err, ApiError::Store(_)), "{err}");
+        let event = testkit::wait_for_audit(&t, "\"extend-locks\"").await;
+        assert!(event.contains("objects locked until"), "{event}");
+        assert!(t.app.store.head(&layout::snapshot(&repo, &second.snapshot)).await.unwrap().is_none(), "no root");
+    }
+
+    #[tokio::test]
     async fn a_chunk_the_catalog_does_not_know_is_checked_in_the_store() {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
