@@ -321,7 +321,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
             // the proxy knows: ids, times and stats, never the roots.
             let whoami = ctx.client.whoami().await?;
             if !whoami.roles.iter().any(|r| r == "reader") {
-                let list = ctx.client.list_snapshots(&repo).await?;
+                let list = ctx.client.list_snapshots(&repo).await.map_err(cli::listing::denied_hint)?;
                 if json {
                     print_json(&list)?;
                 } else {

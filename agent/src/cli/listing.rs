@@ -7,6 +7,15 @@ use serde::Serialize;
 
 use crate::Failure;
 
+/// A refused listing, with whose config can list.
+pub(crate) fn denied_hint(e: coffer_client::ClientError) -> anyhow::Error {
+    let hint = "listing is for a reader or auditor identity: use the reader's config (--config or COFFER_CONFIG)";
+    match e.status() == Some(http::StatusCode::FORBIDDEN) {
+        true => anyhow::anyhow!("{e}\n  {hint}"),
+        false => e.into(),
+    }
+}
+
 /// Snapshot roots `coffer snapshots` fetches at once.
 const ROOTS_IN_FLIGHT: usize = 32;
 
@@ -28,14 +37,7 @@ pub(crate) async fn list_snapshots(repo: &OpenRepo) -> Result<(Vec<Listed>, Vec<
     use futures_util::StreamExt as _;
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
-    let infos = repo.client.list_snapshots(&repo.name).await.map_err(|e| {
-        let denied = e.status() == Some(http::StatusCode::FORBIDDEN);
-        let hint = "listing is for a reader or auditor identity: use the reader's config (--config or COFFER_CONFIG)";
-        match denied {
-            true => anyhow::anyhow!("{e}\n  {hint}"),
-            false => e.into(),
-        }
-    })?;
+    let infos = repo.client.list_snapshots(&repo.name).await.map_err(denied_hint)?;
     // Roots are fetched (and their keys unwrapped) several at a time, in order.
     let mut roots = futures_util::stream::iter(infos.into_iter().map(|info| async move {
         let root = restore::load_root(repo, info.id).await;
