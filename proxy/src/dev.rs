@@ -244,6 +244,24 @@ pub fn prepare(dir: &Path, listen: Option<SocketAddr>) -> Result<std::path::Path
     Ok(dir.join("proxy.toml"))
 }
 
+/// `coffer-proxy keygen`: a new local master key at `path`, mode 0600,
+/// never over an existing file (that would orphan every key it wrapped).
+/// Returns its id (a fingerprint, not the key).
+pub fn keygen(path: &Path) -> Result<String, DevError> {
+    let (kek, file) = coffer_proto::keys::LocalKek::generate();
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(|e| match e
+        .kind()
+    {
+        std::io::ErrorKind::AlreadyExists => DevError::Invalid(format!(
+            "{} exists: a master key is never overwritten (every data key it wrapped would be lost)",
+            path.display()
+        )),
+        _ => DevError::Io { path: path.to_path_buf(), source: e },
+    })?;
+    f.write_all(file.as_bytes()).and_then(|()| f.sync_all()).map_err(io_at(path))?;
+    Ok(kek.id().to_string())
+}
+
 /// Writes an agent config for every issued identity with the bound address,
 /// and prints how to use them.
 pub fn announce(dir: &Path, addr: SocketAddr) -> Result<(), DevError> {

@@ -42,6 +42,13 @@ fn main() -> ExitCode {
         Some(Cmd::Keys { command: KeysCmd::Report { json } }) => cli::reports::keys_report(config, json),
         Some(Cmd::Report { format, output, since }) => cli::reports::compliance_report(config, &format, output, since),
         Some(Cmd::Assess { json }) => cli::reports::assess(config, json),
+        Some(Cmd::Keygen { out }) => match coffer_proxy::dev::keygen(&out) {
+            Ok(id) => {
+                println!("{}: new master key {id} (mode 0600); back it up apart from the store", out.display());
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => fail(coffer_client::exit::FAILURE, e),
+        },
         Some(Cmd::Lifecycle { command: LifecycleCmd::Plan { repo, json } }) => {
             cli::reports::lifecycle_plan(config, &repo, json)
         }

@@ -165,3 +165,24 @@ fn a_writer_asking_for_the_listing_is_pointed_at_the_readers_config() {
     assert_eq!(run.code(), 1);
     assert!(run.stderr.contains("403") && run.stderr.contains("use the reader's config"), "{}", run.stderr);
 }
+
+/// `coffer-proxy keygen`: a master key the proxy and agents can use, the
+/// owner's alone, and never written over an existing one.
+#[test]
+fn keygen_makes_a_private_master_key_and_never_overwrites_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let proxy = coffer_tests::bin("coffer-proxy");
+    let made = std::process::Command::new(&proxy).arg("keygen").arg("--out").arg(&path).output().unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = std::fs::read_to_string(&path).unwrap();
+    let kek = coffer_proto::keys::LocalKek::from_file_contents(&text).unwrap();
+    assert!(String::from_utf8_lossy(&made.stdout).contains(kek.id()), "it names the key by its id");
+    assert!(!String::from_utf8_lossy(&made.stdout).contains(text.lines().nth(1).unwrap()), "never the key");
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    let again = std::process::Command::new(&proxy).arg("keygen").arg("--out").arg(&path).output().unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the first key is untouched");
+}

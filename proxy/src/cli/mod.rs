@@ -83,6 +83,13 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: LifecycleCmd,
     },
+    /// Make a local master key (for `keys.provider = "local"`): mode 0600,
+    /// never over an existing file. Prints its id, not the key.
+    Keygen {
+        /// Where to write it.
+        #[arg(long, default_value = "/etc/coffer/master.key")]
+        out: PathBuf,
+    },
     /// Keys: which KEKs wrapped which data keys, and each KEK's state.
     Keys {
         #[command(subcommand)]
