@@ -120,19 +120,38 @@ fn sigint_and_sigpipe_stop_cleanly() {
     let p = DevProxy::start();
     coffer(&p.writer(), &["init", "--repo", "dev/sig"], None).ok();
 
-    // SIGINT while the source is still producing: exit 130, no snapshot.
+    // SIGINT while the source is still producing: exit 130, no snapshot,
+    // and the source command is gone (not left running without a reader).
+    let pid_file = p.dir.join("source.pid");
+    let script = format!("echo $$ > {}; head -c 3000000 /dev/urandom; exec sleep 30", pid_file.display());
     let child = std::process::Command::new(coffer_tests::bin("coffer"))
-        .args(["backup", "--repo", "dev/sig", "--", "sh", "-c", "head -c 3000000 /dev/urandom; exec sleep 30"])
+        .args(["backup", "--repo", "dev/sig", "--", "sh", "-c", &script])
         .env("COFFER_CONFIG", p.writer())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(700));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let source_pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file).ok().and_then(|t| t.trim().parse::<u32>().ok()) {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "the source never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(130));
     assert!(String::from_utf8_lossy(&out.stderr).contains("interrupted"));
     assert!(p.stored("dev/sig/snapshots").is_empty());
+    let alive = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.split(' ').nth(2).is_some_and(|st| st == "Z"))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while alive(source_pid) {
+        assert!(std::time::Instant::now() < deadline, "the source command {source_pid} outlived the agent");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 
     // A restore into a pipe closed early (`| head -c 100`): a clear error, exit 1.
     let data = coffer_tests::random_bytes("sigpipe", 4 << 20);
