@@ -145,7 +145,7 @@ fn sigint_and_sigpipe_stop_cleanly() {
     assert!(p.stored("dev/sig/snapshots").is_empty());
     let alive = |pid: u32| {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|s| !s.split(' ').nth(2).is_some_and(|st| st == "Z"))
+            .is_ok_and(|s| s.split(' ').nth(2).is_none_or(|st| st != "Z"))
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     while alive(source_pid) {
