@@ -19,13 +19,27 @@ impl Daemon {
     /// Starts a daemon with the writer's config plus `toml` (which may use
     /// `{health}` for the health address).
     fn start(p: &DevProxy, name: &str, toml: &str) -> Self {
+        Self::start_on(p, name, toml, None)
+    }
+
+    /// Started on the given CPUs only (`taskset -c`), so its blocking pool,
+    /// one thread per CPU it may use, is that small whatever the machine.
+    fn start_on(p: &DevProxy, name: &str, toml: &str, cpus: Option<&str>) -> Self {
         let health_port = free_port();
         let text = std::fs::read_to_string(p.writer()).unwrap();
         let toml = toml.replace("{health}", &format!("127.0.0.1:{health_port}"));
         let config = p.dir.join(format!("{name}.toml"));
         std::fs::write(&config, format!("{text}\n{toml}\n")).unwrap();
         let log = p.dir.join(format!("{name}.log"));
-        let child = Command::new(bin("coffer"))
+        let mut cmd = match cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(bin("coffer"));
+                c
+            }
+            None => Command::new(bin("coffer")),
+        };
+        let child = cmd
             .args(["daemon", "--log-format", "json", "--config"])
             .arg(&config)
             .env("COFFER_RETRY_DEADLINE_SECS", "2")
@@ -161,11 +175,15 @@ fn send(socket: &Path, repo: &str, args: &[&str], stdin: Option<&[u8]>) -> coffe
 
 /// A new repository `repo` and a daemon serving it on a sidecar socket.
 fn socket_daemon(p: &DevProxy, name: &str, repo: &str) -> (Daemon, PathBuf) {
+    socket_daemon_on(p, name, repo, None)
+}
+
+fn socket_daemon_on(p: &DevProxy, name: &str, repo: &str, cpus: Option<&str>) -> (Daemon, PathBuf) {
     coffer(&p.writer(), &["init", "--repo", repo], None).ok();
     let socket = p.dir.join(format!("{name}.sock"));
     let toml =
         format!("[daemon]\nhealth = \"{{health}}\"\nsocket = \"{}\"\nsocket_repos = [\"{repo}\"]", socket.display());
-    (Daemon::start(p, name, &toml), socket)
+    (Daemon::start_on(p, name, &toml, cpus), socket)
 }
 
 #[test]
@@ -213,11 +231,13 @@ fn the_sidecar_socket_takes_streams_from_senders_without_certificates() {
 /// than the backup pipeline's 16 MiB byte budget, all commit. A source
 /// that waits on the budget is waiting for chunks to be sealed, so sources
 /// read on tokio's blocking pool, where chunks are sealed, could take every
-/// thread of it and stop all four for good.
+/// thread of it and stop all four for good. The daemon runs on two CPUs,
+/// so its pool has two threads, fewer than the senders, on any machine: on
+/// a many-core host a larger pool would hide the bug.
 #[test]
 fn every_send_the_daemon_serves_at_once_commits() {
     let p = DevProxy::start();
-    let (d, socket) = socket_daemon(&p, "many", "dev/many");
+    let (d, socket) = socket_daemon_on(&p, "many", "dev/many", Some("0,1"));
     let (done, finished) = std::sync::mpsc::channel();
     for i in 0..4 {
         let (socket, done) = (socket.clone(), done.clone());
