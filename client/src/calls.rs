@@ -6,7 +6,7 @@ use coffer_proto::endpoint::Action;
 use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId, ENVELOPE_MAX};
 use http::Method;
 
-use crate::{ClientError, ProxyClient};
+use crate::{ClientError, Outgoing, ProxyClient};
 
 /// Largest response body read: a listing or an expiry report. Every other
 /// answer has a smaller limit of its own.
@@ -36,7 +36,8 @@ impl ProxyClient {
         limit: usize,
     ) -> Result<Bytes, ClientError> {
         let method = Method::from_bytes(action.method().as_bytes()).expect("the endpoint table's methods are valid");
-        self.call(method, action.path(repo, id.as_deref()), body, header, limit).await
+        let path = action.path(repo, id.as_deref());
+        self.call(Outgoing { method, path, media: action.body_type(), body, extra: header, limit }).await
     }
 
     pub async fn whoami(&self) -> Result<Whoami, ClientError> {
@@ -111,7 +112,9 @@ impl ProxyClient {
         }
         let body = serde_json::to_vec(body).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let deadline = self.shared.attempt.max(ADMIN_CALL_DEADLINE);
-        self.call_within(Method::POST, action.path(None, None), body.into(), None, LISTING_MAX, deadline).await
+        let (path, media) = (action.path(None, None), action.body_type());
+        let out = Outgoing { method: Method::POST, path, media, body: body.into(), extra: None, limit: LISTING_MAX };
+        self.call_within(out, deadline).await
     }
 
     /// A raw request, for tests that must send what the agent never would.
@@ -122,6 +125,11 @@ impl ProxyClient {
         body: Vec<u8>,
         header: Option<(&'static str, String)>,
     ) -> Result<Bytes, ClientError> {
-        self.call(method, path.to_string(), body.into(), header, LISTING_MAX).await
+        // Typed as the endpoint table says, if the path names an endpoint.
+        let route = coffer_proto::endpoint::route(method.as_str(), path);
+        let media = route.map_or("application/octet-stream", |r| r.action.body_type());
+        let out =
+            Outgoing { method, path: path.to_string(), media, body: body.into(), extra: header, limit: LISTING_MAX };
+        self.call(out).await
     }
 }

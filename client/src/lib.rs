@@ -23,6 +23,19 @@ use endpoint::{Conn, Endpoint};
 use error::printable;
 pub use error::ClientError;
 
+/// One request as the client sends it (cloned for each attempt: the body
+/// is shared, not copied).
+#[derive(Clone)]
+struct Outgoing {
+    method: Method,
+    path: String,
+    /// The body's media type, from the endpoint table.
+    media: &'static str,
+    body: Bytes,
+    extra: Option<(&'static str, String)>,
+    limit: usize,
+}
+
 /// Upload rate below which an attempt is abandoned: the request timeout
 /// grows by a second for every this many bytes of body.
 const MIN_UPLOAD_BYTES_PER_SEC: usize = 64 * 1024;
@@ -170,52 +183,31 @@ impl ProxyClient {
     }
 
     /// Sends a request until it gets an answer worth returning, reading at
-    /// most `limit` bytes of it. Each attempt has a deadline: one that
+    /// most `out.limit` bytes of it. Each attempt has a deadline: one that
     /// passes drops the connection (the proxy may hang) and is retried.
-    async fn call(
-        &self,
-        method: Method,
-        path: String,
-        body: Bytes,
-        extra: Option<(&'static str, String)>,
-        limit: usize,
-    ) -> Result<Bytes, ClientError> {
+    async fn call(&self, out: Outgoing) -> Result<Bytes, ClientError> {
         let deadline =
-            self.shared.attempt + std::time::Duration::from_secs((body.len() / MIN_UPLOAD_BYTES_PER_SEC) as u64);
-        self.call_within(method, path, body, extra, limit, deadline).await
+            self.shared.attempt + std::time::Duration::from_secs((out.body.len() / MIN_UPLOAD_BYTES_PER_SEC) as u64);
+        self.call_within(out, deadline).await
     }
 
     /// [`call`](Self::call) with each attempt's deadline given.
-    async fn call_within(
-        &self,
-        method: Method,
-        path: String,
-        body: Bytes,
-        extra: Option<(&'static str, String)>,
-        limit: usize,
-        deadline: std::time::Duration,
-    ) -> Result<Bytes, ClientError> {
+    async fn call_within(&self, out: Outgoing, deadline: std::time::Duration) -> Result<Bytes, ClientError> {
         self.retrying(|| async {
-            let attempt = self.call_once(method.clone(), path.clone(), body.clone(), extra.clone(), limit);
-            match tokio::time::timeout(deadline, attempt).await {
+            match tokio::time::timeout(deadline, self.call_once(out.clone())).await {
                 Ok(answer) => answer,
                 Err(_) => {
                     self.shared.conn.lock().await.1 = None;
-                    Err(ClientError::Timeout { method: method.clone(), path: path.clone(), secs: deadline.as_secs() })
+                    let (method, path) = (out.method.clone(), out.path.clone());
+                    Err(ClientError::Timeout { method, path, secs: deadline.as_secs() })
                 }
             }
         })
         .await
     }
 
-    async fn call_once(
-        &self,
-        method: Method,
-        path: String,
-        body: Bytes,
-        extra: Option<(&'static str, String)>,
-        limit: usize,
-    ) -> Result<Bytes, ClientError> {
+    async fn call_once(&self, out: Outgoing) -> Result<Bytes, ClientError> {
+        let Outgoing { method, path, media, body, extra, limit } = out;
         let conn = self.conn().await?;
         let mut req =
             Request::builder().method(method.clone()).uri(format!("https://{}{path}", self.shared.endpoint.authority));
@@ -223,8 +215,6 @@ impl ProxyClient {
         // binary formats otherwise; a caller's own Content-Type wins.
         let typed = extra.as_ref().is_some_and(|(name, _)| name.eq_ignore_ascii_case("content-type"));
         if method != Method::GET && !typed {
-            let route = coffer_proto::endpoint::route(method.as_str(), &path);
-            let media = route.map_or("application/octet-stream", |r| r.action.body_type());
             req = req.header(http::header::CONTENT_TYPE, media);
         }
         if let Some((name, value)) = extra {
