@@ -304,22 +304,7 @@ mod tests {
         assert!(matches!(err, ApiError::Denied(_)), "{err}");
         assert!(t.app.store.head(&layout::snapshot(&repo, &req.snapshot)).await.unwrap().unwrap().legal_hold);
         // Another proxy on the same store learns the lockdown from it.
-        let other = crate::app::App::new(crate::app::AppParts {
-            policy: crate::config::ProxyConfig::load(&t.dir.path().join("proxy.toml")).unwrap().policy().unwrap(),
-            store: t.app.store.clone(),
-            audit: t.app.audit.clone(),
-            checker: t.app.checker.clone(),
-            retention: t.app.retention,
-            commit_max_bytes: t.app.commit_max_bytes,
-            fan_out: t.app.fan_out,
-            catalog_chunks: crate::catalog::DEFAULT_MAX_CHUNKS,
-            store_requests: 256,
-            mfa: crate::access::mfa::MfaVerifier::new(t.dir.path().join("totp.toml"), t.app.store.clone()),
-            reload: tokio::sync::mpsc::channel(1).0,
-            metrics: t.app.metrics.clone(),
-            watch: t.app.watch.clone(),
-            client_certs: crate::access::clientcerts::ClientCerts::open(t.dir.path().join("certs.json")),
-        });
+        let other = testkit::app_with_store(&t, t.app.store.clone());
         assert!(other.load_lockdown().await.unwrap(), "the switch is in the store");
     }
 
