@@ -659,9 +659,11 @@ async fn a_client_that_never_reads_cannot_pin_the_proxys_memory() {
         )
     });
     coffer(&p.writer(), &["init", "--repo", "dev/pin"], None).ok();
-    // Incompressible, so its chunks are about 1 MiB each.
+    // Incompressible, so its chunks are about 1 MiB each; the cut points are
+    // keyed per repository, so the count varies from run to run: 40 MiB
+    // gives some 30 chunks, far from the 16 the test asks for.
     let id =
-        coffer(&p.writer(), &["backup", "--repo", "dev/pin", "-"], Some(&random_bytes("pin", 24 << 20))).last_line();
+        coffer(&p.writer(), &["backup", "--repo", "dev/pin", "-"], Some(&random_bytes("pin", 40 << 20))).last_line();
     let mut chunks: Vec<String> = p
         .stored("dev/pin/chunks")
         .iter()
