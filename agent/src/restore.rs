@@ -55,7 +55,9 @@ pub async fn load_root(repo: &OpenRepo, snapshot: SnapshotId) -> Result<Snapshot
     Ok(root)
 }
 
-/// Fetches one chunk and opens it off the reactor.
+/// Fetches one chunk and opens it off the reactor. When the id's first
+/// upload does not open to the id (another identity stored something else
+/// under it, SPEC §9 "Dedup scopes"), the copies beside it are tried.
 async fn fetch_chunk(
     repo: Arc<OpenRepo>,
     id_key: Arc<IdKey>,
@@ -64,20 +66,63 @@ async fn fetch_chunk(
     len: u32,
 ) -> Result<Vec<u8>, RestoreError> {
     let bad = |what| RestoreError::Chunk { snapshot, chunk: id, what };
-    let sealed = match repo.client.get_chunk(&repo.name, &id).await {
-        Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => return Err(bad("missing from the repository")),
-        other => other?,
+    let problem = match repo.client.get_chunk(&repo.name, &id).await {
+        Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => bad("missing from the repository"),
+        other => match open_chunk(&repo, &id_key, id, len, other?).await {
+            Ok(plain) => return Ok(plain),
+            Err(Unopened::Fatal(e)) => return Err(e),
+            Err(Unopened::Not(what)) => bad(what),
+            Err(Unopened::Key(e)) => e,
+        },
     };
-    let header = envelope::parse_header(&sealed).map_err(|_| bad("not a valid envelope"))?;
-    let key = repo.data_key(header.key_id).await?;
-    let plain = tokio::task::spawn_blocking(move || coffer_proto::chunk::open(&sealed, &key, &repo.name, &id, &id_key))
-        .await
-        .map_err(|e| RestoreError::Internal(e.to_string()))?
-        .map_err(|_| bad("failed authentication or does not match its id"))?;
-    if plain.len() != len as usize {
-        return Err(bad("has the wrong length"));
+    for scope in repo.client.list_copies(&repo.name, &id).await? {
+        let sealed = match repo.client.get_chunk_copy(&repo.name, &id, &scope).await {
+            Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => continue,
+            other => other?,
+        };
+        match open_chunk(&repo, &id_key, id, len, sealed).await {
+            Ok(plain) => {
+                tracing::warn!(repo = %repo.name, chunk = %id, %scope, "the chunk's first upload: {problem}; its copy opened");
+                return Ok(plain);
+            }
+            Err(Unopened::Fatal(e)) => return Err(e),
+            Err(Unopened::Not(_) | Unopened::Key(_)) => {}
+        }
     }
-    Ok(plain)
+    Err(problem)
+}
+
+/// Why a fetched envelope did not give the chunk.
+enum Unopened {
+    /// It is not this chunk's envelope.
+    Not(&'static str),
+    /// Its data key could not be had (gone, refused by the KMS, or the KMS
+    /// unreachable): reported as it is unless a copy opens.
+    Key(RestoreError),
+    /// Nothing else can be tried.
+    Fatal(RestoreError),
+}
+
+/// Opens a fetched envelope of chunk `id`.
+async fn open_chunk(
+    repo: &Arc<OpenRepo>,
+    id_key: &Arc<IdKey>,
+    id: ChunkId,
+    len: u32,
+    sealed: bytes::Bytes,
+) -> Result<Vec<u8>, Unopened> {
+    let header = envelope::parse_header(&sealed).map_err(|_| Unopened::Not("not a valid envelope"))?;
+    let key = repo.data_key(header.key_id).await.map_err(|e| Unopened::Key(e.into()))?;
+    let (repo, id_key) = (repo.clone(), id_key.clone());
+    let opened =
+        tokio::task::spawn_blocking(move || coffer_proto::chunk::open(&sealed, &key, &repo.name, &id, &id_key))
+            .await
+            .map_err(|e| Unopened::Fatal(RestoreError::Internal(e.to_string())))?;
+    match opened {
+        Err(_) => Err(Unopened::Not("failed authentication or does not match its id")),
+        Ok(plain) if plain.len() != len as usize => Err(Unopened::Not("has the wrong length")),
+        Ok(plain) => Ok(plain),
+    }
 }
 
 /// Fetches chunks in order, keeping up to `in_flight` requests running,

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use coffer_proto::api::{SnapshotInfo, Whoami, DIGEST_HEADER};
 use coffer_proto::endpoint::Action;
-use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId, ENVELOPE_MAX};
+use coffer_proto::{layout, ChunkId, KeyId, RepoName, Scope, SnapshotId, ENVELOPE_MAX};
 use http::Method;
 
 use crate::{ClientError, Outgoing, ProxyClient};
@@ -79,6 +79,22 @@ impl ProxyClient {
 
     pub async fn get_chunk(&self, repo: &RepoName, id: &ChunkId) -> Result<Bytes, ClientError> {
         self.on(Action::GetChunk, Some(repo), Some(id.to_string()), Bytes::new(), None, ENVELOPE_MAX).await
+    }
+
+    /// The upload scopes holding a copy of `id` beside its first upload
+    /// (SPEC §9 "Dedup scopes").
+    pub async fn list_copies(&self, repo: &RepoName, id: &ChunkId) -> Result<Vec<Scope>, ClientError> {
+        let body = self.on(Action::ListCopies, Some(repo), Some(id.to_string()), Bytes::new(), None, SMALL_MAX).await?;
+        if body.len() % Scope::LEN != 0 {
+            return Err(ClientError::Protocol(format!("a list of copies of {} bytes", body.len())));
+        }
+        Ok(body.chunks_exact(Scope::LEN).map(|c| Scope::from_bytes(c.try_into().expect("exact chunks"))).collect())
+    }
+
+    /// One scope's copy of chunk `id`.
+    pub async fn get_chunk_copy(&self, repo: &RepoName, id: &ChunkId, scope: &Scope) -> Result<Bytes, ClientError> {
+        self.on(Action::GetChunk, Some(repo), Some(layout::copy_name(id, scope)), Bytes::new(), None, ENVELOPE_MAX)
+            .await
     }
 
     pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {

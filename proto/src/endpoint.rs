@@ -23,6 +23,10 @@ pub enum Action {
     Missing,
     PutChunk,
     GetChunk,
+    /// The scopes that hold a copy of a chunk beside its first upload
+    /// (SPEC §9 "Dedup scopes"): where a reader looks when the first
+    /// upload does not match its id.
+    ListCopies,
     Commit,
     ListSnapshots,
     GetSnapshot,
@@ -57,7 +61,7 @@ const fn ep(action: Action, method: &'static str, path: &'static str) -> Endpoin
 /// Every endpoint. Order matters when routing: the first path that matches
 /// decides (so `chunks/missing` is never read as a chunk named "missing"),
 /// then the method picks among the endpoints sharing that path.
-const ENDPOINTS: [Endpoint; 18] = [
+const ENDPOINTS: [Endpoint; 19] = [
     ep(Action::Whoami, "GET", "whoami"),
     ep(Action::AdminRevoke, "POST", "admin/revoke"),
     ep(Action::AdminReload, "POST", "admin/reload"),
@@ -74,13 +78,14 @@ const ENDPOINTS: [Endpoint; 18] = [
     ep(Action::GetKey, "GET", "repos/{repo}/keys/{id}"),
     ep(Action::PutKey, "PUT", "repos/{repo}/keys/{id}"),
     ep(Action::GetChunk, "GET", "repos/{repo}/chunks/{id}"),
+    ep(Action::ListCopies, "GET", "repos/{repo}/chunks/{id}/copies"),
     ep(Action::PutChunk, "PUT", "repos/{repo}/chunks/{id}"),
     ep(Action::GetSnapshot, "GET", "repos/{repo}/snapshots/{id}"),
 ];
 
 impl Action {
     /// Every action, in the order listings show them.
-    pub const ALL: [Action; 18] = [
+    pub const ALL: [Action; 19] = [
         Action::Whoami,
         Action::PutConfig,
         Action::GetConfig,
@@ -89,6 +94,7 @@ impl Action {
         Action::Missing,
         Action::PutChunk,
         Action::GetChunk,
+        Action::ListCopies,
         Action::Commit,
         Action::ListSnapshots,
         Action::GetSnapshot,
@@ -115,6 +121,7 @@ impl Action {
             Action::Missing => "missing",
             Action::PutChunk => "put-chunk",
             Action::GetChunk => "get-chunk",
+            Action::ListCopies => "list-copies",
             Action::Commit => "commit",
             Action::ListSnapshots => "list-snapshots",
             Action::GetSnapshot => "get-snapshot",
@@ -264,6 +271,12 @@ mod tests {
         assert_eq!(route("POST", "/v1/repos/a/b/c/chunks/missing").unwrap().repo.unwrap().as_str(), "a/b/c");
         assert_eq!(route("POST", "/v1/repos/a/b/c/chunks/missing").unwrap().action, Action::Missing);
         assert_eq!(route("GET", "/v1/repos/x/chunks/missing"), Err(RouteError::Method), "never a chunk id");
+        let copies = route("GET", "/v1/repos/dev/db/chunks/abcd/copies").unwrap();
+        assert_eq!(
+            (copies.action, copies.repo.unwrap().as_str(), copies.object.unwrap().as_str()),
+            (Action::ListCopies, "dev/db", "abcd")
+        );
+        assert_eq!(route("GET", "/v1/repos/dev/chunks/ab.cd").unwrap().action, Action::GetChunk, "a copy's name");
         assert_eq!(route("GET", "/v1/repos/x/config").unwrap().action, Action::GetConfig);
         assert_eq!(route("POST", "/v1/repos/x/snapshots").unwrap().action, Action::Commit);
         assert_eq!(route("GET", "/v1/whoami").unwrap().action, Action::Whoami);

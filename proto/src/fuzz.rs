@@ -101,7 +101,8 @@ pub fn structured_seeds() -> Vec<Vec<u8>> {
             retain_until: 2,
             stats: SnapshotStats::default(),
             keys: Some(vec![KeyId::from_bytes([5; 16])]),
-            chunks: vec![IndexEntry { id, size: 3, retain_until: 4 }],
+            scope: Some(crate::Scope::from_bytes([6; 8])),
+            chunks: vec![IndexEntry { id, size: 3, retain_until: 4, copy: true }],
         }
         .encode(),
         encode_ids(&[id]),

@@ -98,6 +98,31 @@ hex_id!(
     16
 );
 
+hex_id!(
+    /// An upload scope: whose uploads of a chunk id a dedup answer may
+    /// count (SPEC §9 "Dedup scopes"). Derived from an identity's trust
+    /// domain and name (and how many times its uploads were quarantined),
+    /// so every proxy computes the same scope for the same caller.
+    Scope,
+    8
+);
+
+impl Scope {
+    /// The scope of the identity `name` in trust domain `domain`, in its
+    /// `generation` (0 until its uploads are first quarantined).
+    pub fn of(domain: &str, name: &str, generation: u32) -> Self {
+        let mut h = blake3::Hasher::new_derive_key("coffer 2026 upload scope v1");
+        h.update(&(domain.len() as u64).to_le_bytes());
+        h.update(domain.as_bytes());
+        h.update(&(name.len() as u64).to_le_bytes());
+        h.update(name.as_bytes());
+        h.update(&generation.to_le_bytes());
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&h.finalize().as_bytes()[..8]);
+        Self(out)
+    }
+}
+
 fn random_bytes<const N: usize>() -> [u8; N] {
     let mut out = [0u8; N];
     aws_lc_rs::rand::fill(&mut out).expect("the system RNG failed");

@@ -3,7 +3,7 @@
 //! name (those segments are reserved), so one repository's objects never
 //! fall under another's prefix.
 
-use crate::{ChunkId, KeyId, RepoName, SnapshotId};
+use crate::{ChunkId, KeyId, RepoName, Scope, SnapshotId};
 
 /// The kinds of object a repository holds, each under `<repo>/<kind>/`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +46,37 @@ pub fn chunk(repo: &RepoName, id: &ChunkId) -> String {
     format!("{repo}/chunks/{}/{hex}", &hex[..2])
 }
 
+/// A copy of chunk `id` uploaded in `scope`, beside the first upload of
+/// the id (which another scope made, or which was quarantined): the
+/// first upload is locked and can be neither replaced nor trusted.
+pub fn chunk_copy(repo: &RepoName, id: &ChunkId, scope: &Scope) -> String {
+    format!("{}.{scope}", chunk(repo, id))
+}
+
+/// The name of a scope's copy of `id`: the last segment of its key, and
+/// what a reader asks for in place of the id (`GET …/chunks/<name>`).
+pub fn copy_name(id: &ChunkId, scope: &Scope) -> String {
+    format!("{id}.{scope}")
+}
+
+/// The first upload of `id` (`None`) or a scope's copy of it.
+pub fn chunk_at(repo: &RepoName, id: &ChunkId, copy: Option<&Scope>) -> String {
+    match copy {
+        Some(scope) => chunk_copy(repo, id, scope),
+        None => chunk(repo, id),
+    }
+}
+
+/// The chunk id, and the scope of a copy, of a key listed under
+/// `prefix(repo, Kind::Chunks)`; `None` for anything else.
+pub fn chunk_of(key: &str) -> Option<(ChunkId, Option<Scope>)> {
+    let name = key.rsplit('/').next()?;
+    match name.split_once('.') {
+        Some((id, scope)) => Some((id.parse().ok()?, Some(scope.parse().ok()?))),
+        None => Some((name.parse().ok()?, None)),
+    }
+}
+
 pub fn snapshot(repo: &RepoName, id: &SnapshotId) -> String {
     format!("{repo}/snapshots/{id}")
 }
@@ -66,6 +97,16 @@ pub fn id_of<T: std::str::FromStr>(key: &str) -> Option<T> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn scopes_differ_by_domain_name_and_generation() {
+        let a = Scope::of("prod", "host-a", 0);
+        assert_eq!(a, Scope::of("prod", "host-a", 0), "every proxy computes the same scope");
+        assert_ne!(a, Scope::of("dev", "host-a", 0));
+        assert_ne!(a, Scope::of("prod", "host-b", 0));
+        assert_ne!(a, Scope::of("prod", "host-a", 1));
+        assert_ne!(Scope::of("ab", "c", 0), Scope::of("a", "bc", 0), "lengths are hashed");
+    }
+
     use super::*;
 
     #[test]
@@ -82,5 +123,16 @@ mod tests {
         assert!(index(&repo, &s).starts_with(&prefix(&repo, Kind::Index)));
         assert_eq!(id_of::<SnapshotId>(&index(&repo, &s)), Some(s));
         assert_eq!(id_of::<SnapshotId>("prod/db/index/not-an-id"), None);
+        let scope = Scope::of("prod", "spiffe://prod/host/a", 0);
+        let copy = chunk_copy(&repo, &c, &scope);
+        assert!(copy.starts_with(&prefix(&repo, Kind::Chunks)));
+        assert_eq!(copy, format!("{}.{scope}", chunk(&repo, &c)));
+        assert_eq!(chunk_of(&copy), Some((c, Some(scope))));
+        assert!(copy.ends_with(&format!("/{}", copy_name(&c, &scope))));
+        assert_eq!(chunk_of(&copy_name(&c, &scope)), Some((c, Some(scope))), "a name alone parses too");
+        assert_eq!(chunk_of(&chunk(&repo, &c)), Some((c, None)));
+        assert_eq!(chunk_at(&repo, &c, None), chunk(&repo, &c));
+        assert_eq!(chunk_of(&format!("{}.xyz", chunk(&repo, &c))), None, "not a scope");
+        assert_eq!(chunk_of("prod/db/chunks/ab/short"), None);
     }
 }

@@ -43,7 +43,7 @@ pub mod snapshot;
 mod wire;
 
 pub use error::{FormatError, IntegrityError};
-pub use ids::{ChunkId, KeyId, RepoName, SnapshotId, REPO_NAME_MAX, REPO_SEGMENTS_MAX};
+pub use ids::{ChunkId, KeyId, RepoName, Scope, SnapshotId, REPO_NAME_MAX, REPO_SEGMENTS_MAX};
 
 /// Smallest chunk the content-defined chunker emits (except a stream's last).
 pub const CHUNK_MIN: u32 = 512 * 1024;

@@ -16,13 +16,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::json_decode;
 use crate::wire::Reader;
-use crate::{ChunkId, FormatError, KeyId, SnapshotId, ENVELOPE_MAX};
+use crate::{ChunkId, FormatError, KeyId, Scope, SnapshotId, ENVELOPE_MAX};
 
 /// Current snapshot root format version.
 pub const ROOT_VERSION: u32 = 1;
 const MANIFEST_MAGIC: &[u8; 4] = b"CFM1";
 const COMMIT_MAGIC: &[u8; 4] = b"CFC1";
-const INDEX_MAGIC: &[u8; 4] = b"CFI2";
+const INDEX_MAGIC: &[u8; 4] = b"CFI3";
+const INDEX_V2_MAGIC: &[u8; 4] = b"CFI2";
 const INDEX_V1_MAGIC: &[u8; 4] = b"CFI1";
 /// A root envelope is small; anything larger is refused before allocation.
 pub const ROOT_MAX: usize = 1024 * 1024;
@@ -247,9 +248,14 @@ pub struct IndexEntry {
     pub size: u32,
     /// Unix seconds until which the chunk is locked.
     pub retain_until: u64,
+    /// Whether the snapshot uses its scope's copy of the chunk
+    /// (`layout::chunk_copy`) rather than the id's first upload. Always
+    /// false in a segment from before scopes (CFI2, CFI1).
+    pub copy: bool,
 }
 
-const INDEX_ENTRY_LEN: usize = ChunkId::LEN + 4 + 8;
+const INDEX_V2_ENTRY_LEN: usize = ChunkId::LEN + 4 + 8;
+const INDEX_ENTRY_LEN: usize = INDEX_V2_ENTRY_LEN + 1;
 
 /// The plaintext index segment the proxy writes at `index/<snapshot-id>`
 /// before the snapshot root: what the snapshot references and how long each
@@ -264,37 +270,61 @@ pub struct IndexSegment {
     /// its chunks'), sorted and distinct; `None` in a segment from before
     /// key ids were recorded (CFI1), which needs all of them.
     pub keys: Option<Vec<KeyId>>,
+    /// The upload scope of the identity that committed the snapshot: its
+    /// chunks are the first uploads of their ids or this scope's copies.
+    /// `None` in a segment from before scopes (CFI2, CFI1); a segment with
+    /// a scope also records `keys`.
+    pub scope: Option<Scope>,
     pub chunks: Vec<IndexEntry>,
 }
 
 impl IndexSegment {
+    /// Encodes as CFI3 when the segment has a scope, else as the version
+    /// its fields allow (CFI2 with keys, CFI1 without).
     pub fn encode(&self) -> Vec<u8> {
         let keys = self.keys.as_deref().unwrap_or_default();
-        let mut out = Vec::with_capacity(88 + keys.len() * KeyId::LEN + self.chunks.len() * INDEX_ENTRY_LEN);
-        out.extend_from_slice(if self.keys.is_some() { INDEX_MAGIC } else { INDEX_V1_MAGIC });
+        let mut out = Vec::with_capacity(96 + keys.len() * KeyId::LEN + self.chunks.len() * INDEX_ENTRY_LEN);
+        out.extend_from_slice(match (&self.scope, &self.keys) {
+            (Some(_), _) => INDEX_MAGIC,
+            (None, Some(_)) => INDEX_V2_MAGIC,
+            (None, None) => INDEX_V1_MAGIC,
+        });
         out.extend_from_slice(self.snapshot.as_bytes());
         out.extend_from_slice(&self.committed.to_le_bytes());
         out.extend_from_slice(&self.retain_until.to_le_bytes());
         self.stats.encode_into(&mut out);
-        if self.keys.is_some() {
+        if self.keys.is_some() || self.scope.is_some() {
             out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
             for k in keys {
                 out.extend_from_slice(k.as_bytes());
             }
+        }
+        if let Some(scope) = &self.scope {
+            out.extend_from_slice(scope.as_bytes());
         }
         out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
         for e in &self.chunks {
             out.extend_from_slice(e.id.as_bytes());
             out.extend_from_slice(&e.size.to_le_bytes());
             out.extend_from_slice(&e.retain_until.to_le_bytes());
+            if self.scope.is_some() {
+                out.push(u8::from(e.copy));
+            }
         }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new(bytes);
-        let v1 = bytes.starts_with(INDEX_V1_MAGIC);
-        r.magic(if v1 { INDEX_V1_MAGIC } else { INDEX_MAGIC }, "index segment (CFI2 or CFI1)")?;
+        let (version, magic) = if bytes.starts_with(INDEX_V1_MAGIC) {
+            (1, INDEX_V1_MAGIC)
+        } else if bytes.starts_with(INDEX_V2_MAGIC) {
+            (2, INDEX_V2_MAGIC)
+        } else {
+            (3, INDEX_MAGIC)
+        };
+        r.magic(magic, "index segment (CFI3, CFI2 or CFI1)")?;
+        let v1 = version == 1;
         let snapshot = SnapshotId::from_bytes(r.array()?);
         let committed = r.u64()?;
         let retain_until = r.u64()?;
@@ -316,13 +346,28 @@ impl IndexSegment {
             }
             Some(keys)
         };
-        let n = r.count(INDEX_ENTRY_LEN)?;
+        let scope = if version == 3 { Some(Scope::from_bytes(r.array()?)) } else { None };
+        let n = r.count(if scope.is_some() { INDEX_ENTRY_LEN } else { INDEX_V2_ENTRY_LEN })?;
         let mut chunks = Vec::with_capacity(n);
         for _ in 0..n {
-            chunks.push(IndexEntry { id: ChunkId::from_bytes(r.array()?), size: r.u32()?, retain_until: r.u64()? });
+            let (id, size, retain_until) = (ChunkId::from_bytes(r.array()?), r.u32()?, r.u64()?);
+            let copy = match scope {
+                None => false,
+                Some(_) => match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        return Err(FormatError::Invalid {
+                            what: "index segment",
+                            reason: "an entry's copy flag is neither 0 nor 1".into(),
+                        })
+                    }
+                },
+            };
+            chunks.push(IndexEntry { id, size, retain_until, copy });
         }
         r.finish()?;
-        Ok(Self { snapshot, committed, retain_until, stats, keys, chunks })
+        Ok(Self { snapshot, committed, retain_until, stats, keys, scope, chunks })
     }
 }
 

@@ -7,7 +7,7 @@ use coffer_proto::repo::{ChunkerParams, RepoConfig};
 use coffer_proto::snapshot::{
     decode_ids, encode_ids, CommitRequest, IndexEntry, IndexSegment, Manifest, ManifestEntry, SnapshotStats,
 };
-use coffer_proto::{chunk, ChunkId, FormatError, KeyId, RepoName, SnapshotId};
+use coffer_proto::{chunk, ChunkId, FormatError, KeyId, RepoName, Scope, SnapshotId};
 use proptest::prelude::*;
 
 fn chunk_id() -> impl Strategy<Value = ChunkId> {
@@ -41,15 +41,29 @@ fn index() -> impl Strategy<Value = IndexSegment> {
         any::<u64>(),
         stats(),
         prop::option::of(prop::collection::btree_set(any::<[u8; 16]>(), 0..5)),
-        prop::collection::vec((chunk_id(), any::<u32>(), any::<u64>()), 0..40),
+        prop::option::of(any::<[u8; 8]>()),
+        prop::collection::vec((chunk_id(), any::<u32>(), any::<u64>(), any::<bool>()), 0..40),
     )
-        .prop_map(|(s, committed, retain_until, stats, keys, entries)| IndexSegment {
-            snapshot: SnapshotId::from_bytes(s),
-            committed,
-            retain_until,
-            stats,
-            keys: keys.map(|set| set.into_iter().map(KeyId::from_bytes).collect()),
-            chunks: entries.into_iter().map(|(id, size, retain_until)| IndexEntry { id, size, retain_until }).collect(),
+        .prop_map(|(s, committed, retain_until, stats, keys, scope, entries)| {
+            // A scope (CFI3) comes with keys, and only CFI3 records copies.
+            let scope = scope.filter(|_| keys.is_some()).map(Scope::from_bytes);
+            IndexSegment {
+                snapshot: SnapshotId::from_bytes(s),
+                committed,
+                retain_until,
+                stats,
+                keys: keys.map(|set| set.into_iter().map(KeyId::from_bytes).collect()),
+                scope,
+                chunks: entries
+                    .into_iter()
+                    .map(|(id, size, retain_until, copy)| IndexEntry {
+                        id,
+                        size,
+                        retain_until,
+                        copy: copy && scope.is_some(),
+                    })
+                    .collect(),
+            }
         })
 }
 
@@ -90,6 +104,19 @@ proptest! {
         prop_assert!(IndexSegment::decode(&i.encode()).is_err(), "a repeated key decoded");
         i.keys = Some(vec![lo, hi]);
         prop_assert_eq!(IndexSegment::decode(&i.encode()).unwrap(), i);
+    }
+
+    #[test]
+    fn an_index_copy_flag_is_zero_or_one(mut i in index(), scope in any::<[u8; 8]>(), id in chunk_id(), flag in 2u8..) {
+        i.scope = Some(Scope::from_bytes(scope));
+        i.keys.get_or_insert_with(Vec::new);
+        i.chunks.push(IndexEntry { id, size: 1, retain_until: 2, copy: false });
+        let mut bytes = i.encode();
+        // The last byte is the last entry's copy flag.
+        *bytes.last_mut().unwrap() = flag;
+        prop_assert!(IndexSegment::decode(&bytes).is_err());
+        i.chunks.last_mut().unwrap().copy = true;
+        prop_assert_eq!(*i.encode().last().unwrap(), 1);
     }
 
     #[test]

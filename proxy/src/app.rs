@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use coffer_proto::api::SnapshotInfo;
 use coffer_proto::layout;
-use coffer_proto::{KeyId, RepoName, SnapshotId};
+use coffer_proto::{KeyId, RepoName, Scope, SnapshotId};
 
 use crate::access::clientcerts::ClientCerts;
 use crate::access::governance::RepoPolicies;
@@ -238,6 +238,12 @@ impl App {
 }
 
 impl App {
+    /// The upload scope of `identity` (SPEC §9 "Dedup scopes"): its
+    /// uploads answer its own dedup queries and commits, never another's.
+    pub fn scope_of(&self, identity: &Identity) -> Scope {
+        Scope::of(identity.domain(), identity.name(), 0)
+    }
+
     /// The retain-until of an object written now.
     pub fn new_retain_until(&self) -> u64 {
         crate::unix_now() + self.retention.0 + self.retention.1

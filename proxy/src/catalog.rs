@@ -3,7 +3,10 @@
 //!
 //! An entry says: chunk `id` is stored, `size` bytes, locked at least until
 //! `retain_until`, sealed by a known data key (or by one of a snapshot's
-//! keys). It comes from what this proxy wrote (an upload, a commit's index
+//! keys), uploaded in a scope (SPEC §9 "Dedup scopes"): it answers only
+//! for callers of that scope, or for every caller when the upload is from
+//! before scopes. The first upload of an id and the scopes' copies beside
+//! it are separate entries. It comes from what this proxy wrote (an upload, a commit's index
 //! segment), what it read (index segments, a HEAD). Every one of those is a
 //! lower bound of the truth: locks only grow, and a locked object cannot be
 //! deleted. So an entry is trusted only while its lock is at least
@@ -12,8 +15,8 @@
 //! (SPEC §9), so no proxy needs to hear of another's expiry, and a chunk
 //! another proxy uploaded is simply not known yet: the store is asked.
 //!
-//! Memory: one entry is about 70 bytes in the hash table (a 32-byte id, the
-//! size, the lock, the key); one million chunks about 70 MiB. The catalogs
+//! Memory: one entry is about 90 bytes in the hash table (a 32-byte id, the
+//! size, the lock, the key, the scope); one million chunks about 90 MiB. The catalogs
 //! hold at most `max_chunks` entries over all repositories; the least
 //! recently used repository's catalog is dropped first.
 
@@ -21,7 +24,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use coffer_proto::snapshot::IndexSegment;
-use coffer_proto::{ChunkId, KeyId, RepoName, SnapshotId};
+use coffer_proto::{ChunkId, KeyId, RepoName, Scope, SnapshotId};
 
 use crate::store::ObjectMeta;
 
@@ -47,18 +50,35 @@ pub enum SealedBy {
     Unknown,
 }
 
-/// What is known of one stored chunk.
+/// What is known of one stored chunk object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Known {
     pub size: u64,
     pub retain_until: u64,
     pub sealed_by: SealedBy,
+    /// The scope whose upload it is; `None`: from before scopes, which
+    /// answers for every scope.
+    pub owner: Option<Scope>,
+    /// Whether it is the owner's copy beside the id's first upload
+    /// (`layout::chunk_copy`), not the first upload itself.
+    pub copy: bool,
+}
+
+impl Known {
+    /// Where the object is stored.
+    pub fn key(&self, repo: &RepoName, id: &ChunkId) -> String {
+        coffer_proto::layout::chunk_at(repo, id, self.owner.as_ref().filter(|_| self.copy))
+    }
 }
 
 /// One repository's catalog.
 #[derive(Default)]
 pub struct RepoCatalog {
+    /// The first upload of each id.
     chunks: HashMap<ChunkId, Known>,
+    /// Copies beside a first upload, by id and scope: rare (several
+    /// writers of one repository, or a quarantine).
+    copies: HashMap<(ChunkId, Scope), Known>,
     key_sets: Vec<Box<[KeyId]>>,
     /// Index segments already merged.
     merged: HashSet<SnapshotId>,
@@ -70,9 +90,19 @@ pub struct RepoCatalog {
 }
 
 impl RepoCatalog {
-    /// The entry for `id`, if it can be trusted at `now`.
-    pub fn present(&self, id: &ChunkId, now: u64) -> Option<Known> {
-        self.chunks.get(id).copied().filter(|k| k.retain_until >= now.saturating_add(TRUST_MARGIN_SECS))
+    /// The object of `id` that a caller of `scope` may count on, if one
+    /// is known and can be trusted at `now`: the first upload when it is
+    /// the scope's own or from before scopes, else the scope's copy.
+    pub fn present(&self, id: &ChunkId, scope: &Scope, now: u64) -> Option<Known> {
+        let trusted = |k: &&Known| k.retain_until >= now.saturating_add(TRUST_MARGIN_SECS);
+        let first = self.chunks.get(id).filter(|k| k.owner.is_none_or(|o| o == *scope)).filter(trusted);
+        first.or_else(|| self.copies.get(&(*id, *scope)).filter(trusted)).copied()
+    }
+
+    /// Who uploaded the first upload of `id`, if known (`Some(None)`: an
+    /// upload from before scopes).
+    pub fn first_owner(&self, id: &ChunkId, now: u64) -> Option<Option<Scope>> {
+        self.chunks.get(id).filter(|k| k.retain_until >= now.saturating_add(TRUST_MARGIN_SECS)).map(|k| k.owner)
     }
 
     /// The keys `known` may have been sealed with (`None`: any of the
@@ -86,27 +116,41 @@ impl RepoCatalog {
     }
 
     pub fn len(&self) -> usize {
-        self.chunks.len()
+        self.chunks.len() + self.copies.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.chunks.is_empty()
+        self.chunks.is_empty() && self.copies.is_empty()
     }
 
-    /// Merges what is known of `id`: the later lock, the exact key.
+    /// Merges what is known of an object of `id`: the later lock, the
+    /// exact key. What a store recorded beside a first upload decides its
+    /// owner; an index segment only says whose scope used it, which is its
+    /// owner or, for an upload from before scopes, narrower.
     pub fn record(&mut self, id: ChunkId, known: Known) {
-        let entry = self.chunks.entry(id).or_insert(known);
+        let entry = match known.owner.filter(|_| known.copy) {
+            Some(scope) => self.copies.entry((id, scope)).or_insert(known),
+            None => self.chunks.entry(id).or_insert(known),
+        };
         entry.retain_until = entry.retain_until.max(known.retain_until);
         if !matches!(entry.sealed_by, SealedBy::Key(_)) {
             entry.sealed_by = known.sealed_by;
         }
+        if known.owner.is_none() {
+            entry.owner = None;
+        }
     }
 
-    /// What a HEAD of a chunk answered.
-    pub fn record_head(&mut self, id: ChunkId, meta: &ObjectMeta) {
+    /// What a HEAD answered: of the first upload of `id`, or (`copy`) of
+    /// that scope's copy.
+    pub fn record_head(&mut self, id: ChunkId, meta: &ObjectMeta, copy: Option<Scope>) {
         let Some(retain_until) = meta.retain_until else { return };
         let sealed_by = meta.sealed_by.map_or(SealedBy::Unknown, SealedBy::Key);
-        self.record(id, Known { size: meta.size, retain_until, sealed_by });
+        let (owner, copy) = match copy {
+            Some(scope) => (Some(scope), true),
+            None => (meta.scope, false),
+        };
+        self.record(id, Known { size: meta.size, retain_until, sealed_by, owner, copy });
     }
 
     /// Every chunk of a committed snapshot's index segment.
@@ -122,7 +166,8 @@ impl RepoCatalog {
             None => SealedBy::Unknown,
         };
         for e in &index.chunks {
-            self.record(e.id, Known { size: u64::from(e.size), retain_until: e.retain_until, sealed_by });
+            let (size, retain_until, owner, copy) = (u64::from(e.size), e.retain_until, index.scope, e.copy);
+            self.record(e.id, Known { size, retain_until, sealed_by, owner, copy });
         }
     }
 
@@ -130,9 +175,13 @@ impl RepoCatalog {
         self.merged.contains(snapshot)
     }
 
-    /// Forgets chunks expiry deleted.
-    pub fn forget(&mut self, id: &ChunkId) {
-        self.chunks.remove(id);
+    /// Forgets a chunk object expiry deleted: the first upload of `id`,
+    /// or a scope's copy.
+    pub fn forget(&mut self, id: &ChunkId, copy: Option<Scope>) {
+        match copy {
+            Some(scope) => self.copies.remove(&(*id, scope)),
+            None => self.chunks.remove(id),
+        };
     }
 }
 
@@ -175,11 +224,11 @@ impl Catalogs {
         repos.drain(..i);
     }
 
-    /// Forgets a chunk expiry deleted.
-    pub async fn forget(&self, repo: &RepoName, id: &ChunkId) {
+    /// Forgets a chunk object expiry deleted.
+    pub async fn forget(&self, repo: &RepoName, id: &ChunkId, copy: Option<Scope>) {
         let found = self.repos.lock().expect("not poisoned").iter().find(|(r, _)| r == repo).map(|(_, c)| c.clone());
         if let Some(c) = found {
-            c.lock().await.forget(id);
+            c.lock().await.forget(id, copy);
         }
     }
 }
@@ -196,49 +245,96 @@ mod tests {
         ChunkId::from_bytes([n; 32])
     }
 
-    #[test]
-    fn an_entry_is_trusted_only_while_its_lock_is_well_in_the_future() {
-        let mut c = RepoCatalog::default();
-        let key = KeyId::from_bytes([9; 16]);
-        c.record(id(1), Known { size: 10, retain_until: NOW + TRUST_MARGIN_SECS, sealed_by: SealedBy::Key(key) });
-        c.record(id(2), Known { size: 10, retain_until: NOW + 60, sealed_by: SealedBy::Key(key) });
-        assert!(c.present(&id(1), NOW).is_some());
-        assert!(c.present(&id(2), NOW).is_none(), "expiry may delete it soon: ask the store");
-        assert!(c.present(&id(1), NOW + 1).is_none(), "the margin passes with time");
-        assert!(c.present(&id(3), NOW).is_none(), "never seen");
-        // Locks only grow: a later, shorter record does not shorten it.
-        c.record(id(1), Known { size: 10, retain_until: NOW, sealed_by: SealedBy::Unknown });
-        assert_eq!(c.present(&id(1), NOW).unwrap().retain_until, NOW + TRUST_MARGIN_SECS);
-        assert_eq!(c.present(&id(1), NOW).unwrap().sealed_by, SealedBy::Key(key), "the exact key is kept");
-        c.forget(&id(1));
-        assert!(c.present(&id(1), NOW).is_none());
+    fn scope(n: u8) -> Scope {
+        Scope::from_bytes([n; 8])
+    }
+
+    fn known(retain_until: u64, sealed_by: SealedBy, owner: Option<Scope>, copy: bool) -> Known {
+        Known { size: 10, retain_until, sealed_by, owner, copy }
     }
 
     #[test]
-    fn an_index_segment_gives_each_chunk_its_snapshots_keys_once() {
+    fn an_entry_is_trusted_only_while_its_lock_is_well_in_the_future() {
+        let mut c = RepoCatalog::default();
+        let (key, a) = (KeyId::from_bytes([9; 16]), scope(1));
+        c.record(id(1), known(NOW + TRUST_MARGIN_SECS, SealedBy::Key(key), Some(a), false));
+        c.record(id(2), known(NOW + 60, SealedBy::Key(key), Some(a), false));
+        assert!(c.present(&id(1), &a, NOW).is_some());
+        assert!(c.present(&id(2), &a, NOW).is_none(), "expiry may delete it soon: ask the store");
+        assert!(c.present(&id(1), &a, NOW + 1).is_none(), "the margin passes with time");
+        assert!(c.present(&id(3), &a, NOW).is_none(), "never seen");
+        // Locks only grow: a later, shorter record does not shorten it.
+        c.record(id(1), known(NOW, SealedBy::Unknown, Some(a), false));
+        assert_eq!(c.present(&id(1), &a, NOW).unwrap().retain_until, NOW + TRUST_MARGIN_SECS);
+        assert_eq!(c.present(&id(1), &a, NOW).unwrap().sealed_by, SealedBy::Key(key), "the exact key is kept");
+        c.forget(&id(1), None);
+        assert!(c.present(&id(1), &a, NOW).is_none());
+    }
+
+    #[test]
+    fn an_upload_answers_only_for_its_own_scope_and_copies_stand_apart() {
+        let mut c = RepoCatalog::default();
+        let (a, b, later) = (scope(1), scope(2), NOW * 2);
+        c.record(id(1), known(later, SealedBy::Unknown, Some(a), false));
+        assert!(c.present(&id(1), &a, NOW).is_some());
+        assert!(c.present(&id(1), &b, NOW).is_none(), "a's upload never answers for b");
+        assert_eq!(c.first_owner(&id(1), NOW), Some(Some(a)));
+        // b's copy beside it answers for b, and is stored at b's copy.
+        c.record(id(1), known(later, SealedBy::Unknown, Some(b), true));
+        let found = c.present(&id(1), &b, NOW).unwrap();
+        let repo: RepoName = "dev/db".parse().unwrap();
+        assert_eq!(found.key(&repo, &id(1)), coffer_proto::layout::chunk_copy(&repo, &id(1), &b));
+        assert_eq!(c.present(&id(1), &a, NOW).unwrap().key(&repo, &id(1)), coffer_proto::layout::chunk(&repo, &id(1)));
+        assert_eq!(c.len(), 2);
+        c.forget(&id(1), Some(b));
+        assert!(c.present(&id(1), &b, NOW).is_none());
+        assert!(c.present(&id(1), &a, NOW).is_some(), "forgetting a copy keeps the first upload");
+        // An upload from before scopes answers for everyone; what the store
+        // recorded beside the object wins over what a segment implied.
+        c.record(id(2), known(later, SealedBy::Unknown, Some(a), false));
+        c.record(id(2), known(later, SealedBy::Unknown, None, false));
+        assert!(c.present(&id(2), &b, NOW).is_some());
+    }
+
+    #[test]
+    fn an_index_segment_gives_each_chunk_its_snapshots_keys_and_scope_once() {
         let mut c = RepoCatalog::default();
         let keys = vec![KeyId::from_bytes([1; 16]), KeyId::from_bytes([2; 16])];
+        let entry = |n, copy| IndexEntry { id: id(n), size: 5, retain_until: NOW + 86_400, copy };
         let index = IndexSegment {
             snapshot: SnapshotId::from_bytes([7; 16]),
             committed: NOW,
             retain_until: NOW + 86_400,
             stats: SnapshotStats::default(),
             keys: Some(keys.clone()),
-            chunks: vec![IndexEntry { id: id(1), size: 5, retain_until: NOW + 86_400 }],
+            scope: Some(scope(1)),
+            chunks: vec![entry(1, false), entry(2, true)],
         };
         c.record_index(&index);
         c.record_index(&index);
-        let known = c.present(&id(1), NOW).unwrap();
+        let known = c.present(&id(1), &scope(1), NOW).unwrap();
         assert_eq!(c.keys_of(&known), Some(keys));
         assert_eq!(c.key_sets.len(), 1, "a segment is merged once");
         assert!(c.merged(&index.snapshot));
+        assert!(c.present(&id(1), &scope(2), NOW).is_none(), "another scope's snapshot");
+        assert!(c.present(&id(2), &scope(1), NOW).unwrap().copy);
+        assert_eq!(c.first_owner(&id(2), NOW), None, "a copy says nothing of the first upload");
+        // A segment from before scopes: its uploads answer for everyone.
+        let old = IndexSegment {
+            snapshot: SnapshotId::from_bytes([8; 16]),
+            scope: None,
+            chunks: vec![entry(3, false)],
+            ..index
+        };
+        c.record_index(&old);
+        assert!(c.present(&id(3), &scope(2), NOW).is_some());
     }
 
     #[test]
     fn the_least_recently_used_catalogs_go_first() {
         let cats = Catalogs::new(2);
         let (a, b): (RepoName, RepoName) = ("dev/a".parse().unwrap(), "dev/b".parse().unwrap());
-        let k = Known { size: 1, retain_until: NOW * 2, sealed_by: SealedBy::Unknown };
+        let k = known(NOW * 2, SealedBy::Unknown, None, false);
         cats.of(&a).try_lock().unwrap().record(id(1), k);
         cats.of(&a).try_lock().unwrap().record(id(2), k);
         cats.of(&b).try_lock().unwrap().record(id(3), k);

@@ -180,6 +180,14 @@ async fn backup_and_restore_through_s3_and_kms_with_object_lock() {
         let until = head.object_lock_retain_until_date().unwrap().secs() as u64;
         assert!(until >= now() + 37 * DAY - 600 && until <= now() + 37 * DAY + 600, "{key}: {until}");
     }
+    // Each chunk records the upload scope of the identity that sent it,
+    // which the dedup answers are scoped by (SPEC §9 "Dedup scopes").
+    let scope = coffer_proto::Scope::of("dev", "spiffe://coffer.dev/writer", 0).to_string();
+    for key in &chunks {
+        let head = aws.head(key).await;
+        let recorded = head.metadata().and_then(|m| m.get(coffer_proxy::store::SCOPE_METADATA));
+        assert_eq!(recorded, Some(&scope), "{key}");
+    }
     // The key record names the KMS key, and the wrapped blob is KMS's.
     let record_key = &aws.keys("dev/db/keys/").await[0];
     let record = aws.s3.get_object().bucket(BUCKET).key(record_key).send().await.unwrap();

@@ -370,3 +370,55 @@ fn the_chunker_config_is_authenticated_and_the_cut_points_keyed() {
     replace(legacy_ok.to_string());
     coffer(&legacy, &["backup", "--repo", "dev/k1", "-"], Some(b"legacy")).ok();
 }
+
+/// The first review's poisoning attack: a stolen certificate of one host (a
+/// writer, which holds the chunk-id key by design) uploads a valid envelope
+/// of the wrong plaintext under the id of another host's next backup. That
+/// backup does not count the planted upload, stores its own copy beside the
+/// locked one, and restores and verifies bit-exact; and the dedup answer
+/// tells the thief nothing of what the other host stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stolen_host_certificate_cannot_poison_another_hosts_backups() {
+    use coffer_agent::keys::LocalProvider;
+    use coffer_agent::repo::OpenRepo;
+    let p = DevProxy::start();
+    p.dev(&["issue", "--name", "thief", "--identity", "spiffe://coffer.dev/thief"]);
+    p.append_config(
+        "\n[[rules]]\nname = \"second host\"\ntrust_domain = \"dev\"\nidentity = \"spiffe://coffer.dev/thief\"\n\
+         roles = [\"writer\"]\nrepos = [\"dev/**\"]\n",
+    );
+    assert!(p.reload());
+    coffer(&p.writer(), &["init", "--repo", "dev/pz"], None).ok();
+    // Below the smallest chunk: each stream is one chunk, whose id the
+    // thief can compute as the agent does.
+    let yesterday = random_bytes("yesterday", 3000);
+    coffer(&p.writer(), &["backup", "--repo", "dev/pz", "-"], Some(&yesterday)).ok();
+
+    let name: coffer_proto::RepoName = "dev/pz".parse().unwrap();
+    let provider = std::sync::Arc::new(LocalProvider::open(&p.dir.join("master.key")).unwrap());
+    let thief = coffer_tests::raw_client(&p.config("thief")).await;
+    let repo = OpenRepo::open(thief.clone(), provider, name.clone(), false).await.unwrap();
+    let tomorrow = random_bytes("tomorrow", 3000);
+    let planted = repo.id_key.chunk_id(&tomorrow);
+    let (key_id, key) = repo.new_data_key().await.unwrap();
+    let poison = coffer_proto::chunk::seal(b"pay up", &key, key_id, &name, &planted, 3);
+    thief.put_chunk(&name, &planted, poison.into()).await.unwrap();
+    let known = repo.id_key.chunk_id(&yesterday);
+    assert_eq!(thief.missing(&name, &[known, planted]).await.unwrap(), vec![known], "no oracle on the other host");
+
+    let run = coffer(&p.writer(), &["backup", "--repo", "dev/pz", "--json", "-"], Some(&tomorrow));
+    let run: serde_json::Value = serde_json::from_str(&run.ok()).unwrap();
+    assert_eq!(run["bytes_new"], 3000, "the planted upload did not count: {run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    let copies: Vec<String> = p
+        .stored("dev/pz/chunks")
+        .iter()
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("{planted}.")))
+        .collect();
+    assert_eq!(copies.len(), 1, "the host's copy beside the planted upload: {copies:?}");
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/pz", &id], None);
+    assert_eq!(restored.code(), 0, "{}", restored.stderr);
+    assert!(restored.stdout == tomorrow, "restored bytes differ");
+    coffer(&p.reader(), &["verify", "--repo", "dev/pz"], None).ok();
+}

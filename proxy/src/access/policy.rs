@@ -56,7 +56,10 @@ impl Role {
                 )
             }
             Role::Reader => {
-                matches!(action, Whoami | GetConfig | GetKey | GetChunk | ListSnapshots | GetSnapshot | ListEpochs)
+                matches!(
+                    action,
+                    Whoami | GetConfig | GetKey | GetChunk | ListCopies | ListSnapshots | GetSnapshot | ListEpochs
+                )
             }
             Role::Auditor => matches!(action, Whoami | ListSnapshots),
             Role::Admin => {

@@ -110,6 +110,7 @@ pub fn allowed_in_lockdown(action: Action) -> bool {
             | GetConfig
             | GetKey
             | GetChunk
+            | ListCopies
             | ListSnapshots
             | GetSnapshot
             | ListEpochs

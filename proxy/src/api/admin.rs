@@ -140,7 +140,9 @@ async fn objects_of(app: &App, repo: &RepoName, snapshot: SnapshotId) -> Result<
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no snapshot {snapshot} in {repo}")))?;
     let index = IndexSegment::decode(&index).map_err(|e| ApiError::Conflict(format!("index of {snapshot}: {e}")))?;
-    let mut out: BTreeSet<String> = index.chunks.iter().map(|e| layout::chunk(repo, &e.id)).collect();
+    let copy = |e: &coffer_proto::snapshot::IndexEntry| index.scope.filter(|_| e.copy);
+    let mut out: BTreeSet<String> =
+        index.chunks.iter().map(|e| layout::chunk_at(repo, &e.id, copy(e).as_ref())).collect();
     out.insert(layout::index(repo, &snapshot));
     out.insert(layout::snapshot(repo, &snapshot));
     out.insert(layout::config(repo));
@@ -259,8 +261,8 @@ pub async fn expire(
                     app.snapshot_infos.lock().expect("not poisoned").remove(&(req.repo.clone(), id));
                 }
                 if d.key.starts_with(&chunk_prefix) {
-                    if let Some(id) = layout::id_of::<coffer_proto::ChunkId>(&d.key) {
-                        app.catalogs.forget(&req.repo, &id).await;
+                    if let Some((id, copy)) = layout::chunk_of(&d.key) {
+                        app.catalogs.forget(&req.repo, &id, copy).await;
                     }
                 }
                 deleted.push(d);
@@ -285,7 +287,9 @@ mod tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 2).await;
-        crate::api::snapshots::commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        crate::api::snapshots::commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode())
+            .await
+            .unwrap();
 
         let body = serde_json::json!({ "repo": repo, "snapshot": req.snapshot, "on": true }).to_string();
         let held = hold(&t.app, &admin(), HERE, &draft("admin-hold"), body.as_bytes()).await.unwrap();

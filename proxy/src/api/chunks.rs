@@ -1,41 +1,46 @@
 //! Chunks: the dedup query and uploads. An upload is checked against its
 //! transit digest, must be a chunk envelope sealed with a stored data key,
 //! and is written once, locked.
+//!
+//! Both answer within the caller's upload scope (SPEC §9 "Dedup scopes"):
+//! a chunk counts as stored for a caller only if its own scope uploaded it
+//! (or it is from before scopes). Another identity's upload of the same id
+//! may be anything under that id, since the proxy cannot open envelopes:
+//! the caller's upload is stored as its copy beside it, and the dedup
+//! answer tells a caller nothing about what others stored.
 
 use bytes::Bytes;
 use coffer_proto::api::DIGEST_HEADER;
 use coffer_proto::envelope::{self, Kind};
 use coffer_proto::layout;
 use coffer_proto::snapshot::{decode_ids, encode_ids};
-use coffer_proto::{ChunkId, RepoName};
+use coffer_proto::{ChunkId, RepoName, Scope};
 use http::StatusCode;
 
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
 use crate::catalog::{Known, SealedBy};
-use crate::store::{PutOutcome, Recorded};
+use crate::store::{ObjectMeta, PutOutcome, Recorded, StoreError};
 
-/// Which of the listed chunks the repository lacks. The catalog answers
-/// for what it knows; the rest is asked of the store, concurrently.
-pub async fn missing(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
+/// Which of the listed chunks the repository lacks for a caller of
+/// `scope`. The catalog answers for what it knows; the rest is asked of
+/// the store, concurrently.
+pub async fn missing(app: &App, repo: &RepoName, scope: &Scope, body: &[u8]) -> Result<Reply, ApiError> {
     let ids = decode_ids(body).map_err(invalid)?;
     let now = crate::unix_now();
     let catalog = app.catalogs.of(repo);
     let unknown: Vec<ChunkId> = {
         let mut cat = catalog.lock().await;
         super::history::fill_catalog(app, repo, &mut cat).await;
-        ids.iter().filter(|id| cat.present(id, now).is_none()).copied().collect()
+        ids.iter().filter(|id| cat.present(id, scope, now).is_none()).copied().collect()
     };
-    let store = &app.store;
-    let stored = app
-        .fan_out(app.fan_out, unknown.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
-        .await?;
+    let stored = app.fan_out(app.fan_out, unknown.iter().copied(), |id| head_in_scope(app, repo, id, scope)).await?;
     let mut absent = Vec::new();
     {
         let mut cat = catalog.lock().await;
-        for (id, meta) in unknown.iter().zip(&stored) {
-            match meta {
-                Some(meta) => cat.record_head(*id, meta),
+        for (id, found) in unknown.iter().zip(&stored) {
+            match found {
+                Some((meta, copy)) => cat.record_head(*id, meta, *copy),
                 None => absent.push(*id),
             }
         }
@@ -44,9 +49,49 @@ pub async fn missing(app: &App, repo: &RepoName, body: &[u8]) -> Result<Reply, A
     Ok(Reply::new(StatusCode::OK, encode_ids(&absent), "application/octet-stream"))
 }
 
+/// The scopes holding a copy of `id` beside its first upload, as bare
+/// concatenated 8-byte scopes: where a reader looks when the first upload
+/// does not open to its id.
+pub async fn list_copies(app: &App, repo: &RepoName, id: ChunkId) -> Result<Reply, ApiError> {
+    let first = layout::chunk(repo, &id);
+    let folder = &first[..first.rfind('/').expect("a chunk key has folders") + 1];
+    let scopes: Vec<u8> = app
+        .store
+        .list(folder)
+        .await?
+        .iter()
+        .filter_map(|key| match layout::chunk_of(key) {
+            Some((found, Some(scope))) if found == id => Some(scope),
+            _ => None,
+        })
+        .flat_map(|s| *s.as_bytes())
+        .collect();
+    Ok(Reply::new(StatusCode::OK, scopes, "application/octet-stream"))
+}
+
+/// The object of `id` a caller of `scope` may count on, asked of the
+/// store: the first upload when it is the scope's own or from before
+/// scopes, else the scope's copy beside it (then also its scope).
+pub async fn head_in_scope(
+    app: &App,
+    repo: &RepoName,
+    id: ChunkId,
+    scope: &Scope,
+) -> Result<Option<(ObjectMeta, Option<Scope>)>, StoreError> {
+    match app.store.head(&layout::chunk(repo, &id)).await? {
+        None => Ok(None),
+        Some(first) if first.scope.is_none_or(|s| s == *scope) => Ok(Some((first, None))),
+        Some(_) => Ok(app.store.head(&layout::chunk_copy(repo, &id, scope)).await?.map(|m| (m, Some(*scope)))),
+    }
+}
+
+/// Stores an upload from a caller of `scope`: as the id's first upload, or,
+/// when another scope made that, as this scope's copy beside it. An upload
+/// the scope already has is a success that changes nothing.
 pub async fn put_chunk(
     app: &App,
     repo: &RepoName,
+    scope: &Scope,
     id: ChunkId,
     body: Bytes,
     digest: Option<String>,
@@ -64,12 +109,26 @@ pub async fn put_chunk(
         return Err(ApiError::Conflict(format!("key {} is not stored in {repo}: PUT it first", header.key_id)));
     }
     let until = app.retention_for(repo).1;
-    let recorded = Recorded { digest: *hash.as_bytes(), sealed_by: Some(header.key_id) };
+    let recorded = Recorded { digest: *hash.as_bytes(), sealed_by: Some(header.key_id), scope: Some(*scope) };
     let size = body.len() as u64;
-    let outcome = app.store.put_object(&layout::chunk(repo, &id), body, until, recorded).await?;
+    let catalog = app.catalogs.of(repo);
+    // The first upload is tried first unless the catalog knows whose it is.
+    let first_owner = catalog.lock().await.first_owner(&id, crate::unix_now());
+    let mut copy = first_owner.is_some_and(|owner| owner.is_some_and(|o| o != *scope));
+    let mut outcome = PutOutcome::Exists;
+    if !copy {
+        outcome = app.store.put_object(&layout::chunk(repo, &id), body.clone(), until, recorded).await?;
+        if outcome == PutOutcome::Exists && first_owner.is_none() {
+            let first = app.store.head(&layout::chunk(repo, &id)).await?;
+            copy = first.and_then(|m| m.scope).is_some_and(|s| s != *scope);
+        }
+    }
+    if copy {
+        outcome = app.store.put_object(&layout::chunk_copy(repo, &id, scope), body, until, recorded).await?;
+    }
     if outcome == PutOutcome::Created {
-        let known = Known { size, retain_until: until, sealed_by: SealedBy::Key(header.key_id) };
-        app.catalogs.of(repo).lock().await.record(id, known);
+        let sealed_by = SealedBy::Key(header.key_id);
+        catalog.lock().await.record(id, Known { size, retain_until: until, sealed_by, owner: Some(*scope), copy });
     }
     Ok(Reply::stored(outcome))
 }
@@ -94,28 +153,110 @@ mod tests {
         let (b, _) = t.chunk(&repo, key_id, &key, b"second");
 
         // A chunk sealed with a key the repository does not hold is refused.
-        let early = put_chunk(&t.app, &repo, a, envelope.clone(), digest(&envelope)).await.unwrap_err();
+        let early =
+            put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), digest(&envelope)).await.unwrap_err();
         assert!(matches!(early, ApiError::Conflict(ref m) if m.contains("PUT it first")), "{early}");
         crate::api::repo::put_key(&t.app, &writer_grant(), &repo, key_id, record).await.unwrap();
 
         // A body that does not match its digest, or comes without one.
         let mut bent = envelope.to_vec();
         *bent.last_mut().unwrap() ^= 1;
-        let bad = put_chunk(&t.app, &repo, a, bent.into(), digest(&envelope)).await.unwrap_err();
+        let bad = put_chunk(&t.app, &repo, &testkit::scope(), a, bent.into(), digest(&envelope)).await.unwrap_err();
         assert!(matches!(bad, ApiError::Invalid(ref m) if m.contains("digest")), "{bad}");
-        assert!(matches!(put_chunk(&t.app, &repo, a, envelope.clone(), None).await, Err(ApiError::Invalid(_))));
+        assert!(matches!(
+            put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), None).await,
+            Err(ApiError::Invalid(_))
+        ));
 
-        let stored = put_chunk(&t.app, &repo, a, envelope.clone(), digest(&envelope)).await.unwrap();
+        let stored = put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), digest(&envelope)).await.unwrap();
         assert_eq!(stored.status, StatusCode::CREATED);
-        let again = put_chunk(&t.app, &repo, a, envelope.clone(), digest(&envelope)).await.unwrap();
+        let again = put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), digest(&envelope)).await.unwrap();
         assert_eq!(again.status, StatusCode::OK, "a retried upload is a success, not a second object");
 
-        let answer = missing(&t.app, &repo, &encode_ids(&[a, b])).await.unwrap();
+        let answer = missing(&t.app, &repo, &testkit::scope(), &encode_ids(&[a, b])).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![b]);
         // Another repository holds nothing, whatever this one does.
         let other: RepoName = "dev/other".parse().unwrap();
-        let answer = missing(&t.app, &other, &encode_ids(&[a])).await.unwrap();
+        let answer = missing(&t.app, &other, &testkit::scope(), &encode_ids(&[a])).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![a]);
-        assert!(matches!(missing(&t.app, &repo, &[1, 2, 3]).await, Err(ApiError::Invalid(_))), "not a list of ids");
+        assert!(
+            matches!(missing(&t.app, &repo, &testkit::scope(), &[1, 2, 3]).await, Err(ApiError::Invalid(_))),
+            "not a list of ids"
+        );
+    }
+
+    /// A stolen host certificate uploads a wrong envelope under the id of
+    /// another host's future data. The other host's dedup query does not
+    /// count it, its upload is stored as its copy beside the locked one,
+    /// its commit records and locks that copy, and a reader can find it.
+    /// Neither host learns from the dedup answer what the other stored.
+    #[tokio::test]
+    async fn one_scopes_upload_never_answers_for_another() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = testkit::staged(&t, &repo, 1).await;
+        let (key_id, key, record) = t.data_key(&repo);
+        crate::api::repo::put_key(&t.app, &writer_grant(), &repo, key_id, record).await.unwrap();
+        let (victim, thief) = (testkit::scope(), Scope::of(crate::dev::DOMAIN, "spiffe://coffer.dev/stolen", 0));
+        let (future, good) = t.chunk(&repo, key_id, &key, b"tomorrow's rows");
+        let (_, poison) = t.chunk(&repo, key_id, &key, b"garbage");
+
+        let planted = put_chunk(&t.app, &repo, &thief, future, poison.clone(), digest(&poison)).await.unwrap();
+        assert_eq!(planted.status, StatusCode::CREATED);
+        let asked = |scope: Scope, ids: Vec<ChunkId>| {
+            let app = t.app.clone();
+            let repo = repo.clone();
+            async move { decode_ids(&missing(&app, &repo, &scope, &encode_ids(&ids)).await.unwrap().body).unwrap() }
+        };
+        assert_eq!(asked(victim, vec![future]).await, vec![future], "the thief's upload does not count for the victim");
+        assert_eq!(asked(thief, vec![future]).await, Vec::<ChunkId>::new());
+        // The oracle is closed: the thief cannot learn what the victim holds.
+        assert_eq!(asked(thief, req.chunks.clone()).await, req.chunks);
+
+        let stored = put_chunk(&t.app, &repo, &victim, future, good.clone(), digest(&good)).await.unwrap();
+        assert_eq!(stored.status, StatusCode::CREATED, "stored as the victim's copy");
+        let copy = layout::chunk_copy(&repo, &future, &victim);
+        assert_eq!(t.app.store.get(&copy).await.unwrap().unwrap(), good);
+        assert_eq!(t.app.store.get(&layout::chunk(&repo, &future)).await.unwrap().unwrap(), poison, "locked, kept");
+        let again = put_chunk(&t.app, &repo, &victim, future, good.clone(), digest(&good)).await.unwrap();
+        assert_eq!(again.status, StatusCode::OK);
+        assert_eq!(asked(victim, vec![future]).await, Vec::<ChunkId>::new());
+        let listed = list_copies(&t.app, &repo, future).await.unwrap();
+        assert_eq!(listed.body.as_ref(), victim.as_bytes(), "a reader finds the copy");
+
+        // A fresh proxy, which knows nothing yet, answers the same way.
+        let fresh = testkit::app_on(&t).await;
+        let fresh_missing = missing(&fresh, &repo, &victim, &encode_ids(&[future])).await.unwrap();
+        assert!(decode_ids(&fresh_missing.body).unwrap().is_empty());
+        let fresh_missing = missing(&fresh, &repo, &Scope::from_bytes([0; 8]), &encode_ids(&[future])).await.unwrap();
+        assert_eq!(decode_ids(&fresh_missing.body).unwrap(), vec![future]);
+
+        // The victim's commit uses its copy: recorded in the index segment,
+        // and locked (the commit's own check would refuse the thief's).
+        let mut commit = req.clone();
+        commit.snapshot = coffer_proto::SnapshotId::random();
+        commit.chunks.push(future);
+        commit.stats.chunks += 1;
+        commit.stats.chunks_new += 1;
+        commit.stats.bytes_in += 15;
+        commit.stats.bytes_new += 15;
+        commit.stats.stored_new += good.len() as u64;
+        crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &victim, &commit.encode())
+            .await
+            .unwrap();
+        let index = t.app.store.get(&layout::index(&repo, &commit.snapshot)).await.unwrap().unwrap();
+        let index = coffer_proto::snapshot::IndexSegment::decode(&index).unwrap();
+        assert_eq!(index.scope, Some(victim));
+        assert!(index.chunks.iter().any(|e| e.id == future && e.copy));
+        assert!(index.chunks.iter().filter(|e| e.id != future).all(|e| !e.copy));
+        let refused =
+            crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &Scope::from_bytes([0; 8]), &{
+                let mut other = commit.clone();
+                other.snapshot = coffer_proto::SnapshotId::random();
+                other.encode()
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(refused, ApiError::Conflict(ref m) if m.contains("not stored")), "{refused}");
     }
 }

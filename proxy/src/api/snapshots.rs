@@ -8,9 +8,10 @@ use coffer_proto::api::SnapshotInfo;
 use coffer_proto::envelope::{self, Kind};
 use coffer_proto::layout;
 use coffer_proto::snapshot::{CommitRequest, IndexEntry, IndexSegment};
-use coffer_proto::{ChunkId, KeyId, RepoName};
+use coffer_proto::{ChunkId, KeyId, RepoName, Scope};
 use http::StatusCode;
 
+use super::chunks::head_in_scope;
 use super::history::{fill_catalog, repo_history, snapshot_info};
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
@@ -25,7 +26,13 @@ const MISSING_SHOWN: usize = 5;
 /// not on round trips.
 const BODIES_IN_FLIGHT: usize = 4;
 
-pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) -> Result<Reply, ApiError> {
+pub async fn commit(
+    app: &App,
+    draft: &mut Draft,
+    repo: &RepoName,
+    scope: &Scope,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
     let req = CommitRequest::decode(body).map_err(invalid)?;
     // The snapshot is named in the body, not the path: its event names it,
     // whatever the outcome.
@@ -59,7 +66,7 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
         let mut cat = catalog.lock().await;
         fill_catalog(app, repo, &mut cat).await;
         let (known, unknown): (Vec<_>, Vec<_>) =
-            req.chunks.iter().map(|id| (*id, cat.present(id, now))).partition(|(_, k)| k.is_some());
+            req.chunks.iter().map(|id| (*id, cat.present(id, scope, now))).partition(|(_, k)| k.is_some());
         let known: Vec<(ChunkId, Known, Option<Vec<KeyId>>)> = known
             .into_iter()
             .map(|(id, k)| {
@@ -69,9 +76,9 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
             .collect();
         (known, unknown.into_iter().map(|(id, _)| id).collect::<Vec<ChunkId>>())
     };
-    let metas = app
-        .fan_out(fan, unknown.iter().copied(), |id| async move { store.head(&layout::chunk(repo, &id)).await })
-        .await?;
+    // Each must be in the committer's scope: its own upload (or its copy),
+    // or one from before scopes; never another identity's.
+    let metas = app.fan_out(fan, unknown.iter().copied(), |id| head_in_scope(app, repo, id, scope)).await?;
     let absent: Vec<&ChunkId> = unknown.iter().zip(&metas).filter(|(_, m)| m.is_none()).map(|(id, _)| id).collect();
     if !absent.is_empty() {
         let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
@@ -81,26 +88,29 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
             shown.join(", ")
         )));
     }
-    let headed: Vec<(ChunkId, ObjectMeta)> = unknown.iter().copied().zip(metas.into_iter().flatten()).collect();
+    let headed: Vec<(ChunkId, ObjectMeta, Option<Scope>)> =
+        unknown.iter().copied().zip(metas.into_iter().flatten()).map(|(id, (m, copy))| (id, m, copy)).collect();
     {
         let mut cat = catalog.lock().await;
-        for (id, meta) in &headed {
-            cat.record_head(*id, meta);
+        for (id, meta, copy) in &headed {
+            cat.record_head(*id, meta, *copy);
         }
     }
-    // Each chunk's size and lock, in the order the commit lists them.
-    let mut facts: HashMap<ChunkId, (u64, u64)> =
-        known.iter().map(|(id, k, _)| (*id, (k.size, k.retain_until))).collect();
-    facts.extend(headed.iter().map(|(id, m)| (*id, (m.size, m.retain_until.unwrap_or(u64::MAX)))));
-    let present: Vec<(ChunkId, u64, u64)> = req
+    // Each chunk's size, lock and place (the scope's copy or not), in the
+    // order the commit lists them.
+    let mut facts: HashMap<ChunkId, (u64, u64, bool)> =
+        known.iter().map(|(id, k, _)| (*id, (k.size, k.retain_until, k.copy))).collect();
+    facts
+        .extend(headed.iter().map(|(id, m, copy)| (*id, (m.size, m.retain_until.unwrap_or(u64::MAX), copy.is_some()))));
+    let present: Vec<(ChunkId, u64, u64, bool)> = req
         .chunks
         .iter()
         .map(|id| {
-            let (size, locked) = facts[id];
-            (*id, size, locked)
+            let (size, locked, copy) = facts[id];
+            (*id, size, locked, copy)
         })
         .collect();
-    let referenced_bytes = present.iter().fold(0u64, |sum, (_, size, _)| sum.saturating_add(*size));
+    let referenced_bytes = present.iter().fold(0u64, |sum, (_, size, _, _)| sum.saturating_add(*size));
     let referenced = present.len() as u64;
     req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
 
@@ -108,8 +118,12 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     // beside each, or read from the envelope of a chunk stored before
     // keys were recorded), and the locks that must grow to cover this
     // snapshot (extended, never shortened).
-    let sealed_by =
-        app.fan_out(BODIES_IN_FLIGHT, 0..headed.len(), |i| sealing_key(app, repo, &headed[i].0, &headed[i].1)).await?;
+    let sealed_by = app
+        .fan_out(BODIES_IN_FLIGHT, 0..headed.len(), |i| {
+            let (id, meta, copy) = &headed[i];
+            sealing_key(app, layout::chunk_at(repo, id, copy.as_ref()), meta)
+        })
+        .await?;
     // Keys known exactly must be stored. A key the catalog only knows as
     // "one of that snapshot's" may be gone (expiry keeps every key that
     // sealed a surviving chunk, not the rest of the set): it is left out.
@@ -137,9 +151,9 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     needed_keys.extend(maybe.iter().zip(&maybe_metas).filter(|(_, m)| m.is_some()).map(|(k, _)| *k));
     let entries: Vec<IndexEntry> = present
         .iter()
-        .map(|(id, size, locked)| {
+        .map(|(id, size, locked, copy)| {
             let retain_until = if *locked < required { until } else { *locked };
-            IndexEntry { id: *id, size: (*size).min(u64::from(u32::MAX)) as u32, retain_until }
+            IndexEntry { id: *id, size: (*size).min(u64::from(u32::MAX)) as u32, retain_until, copy: *copy }
         })
         .collect();
     // What the snapshot needs besides its chunks: the data keys that sealed
@@ -148,8 +162,11 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     // every snapshot of the repository may need.
     let key_names: Vec<(KeyId, String)> = needed_keys.iter().map(|k| (*k, layout::key(repo, k))).collect();
     let key_metas = app.fan_out(fan, 0..key_names.len(), |i| store.head(&key_names[i].1)).await?;
-    let mut to_extend: Vec<String> =
-        present.iter().filter(|(_, _, locked)| *locked < required).map(|(id, _, _)| layout::chunk(repo, id)).collect();
+    let mut to_extend: Vec<String> = present
+        .iter()
+        .filter(|(_, _, locked, _)| *locked < required)
+        .map(|(id, _, _, copy)| layout::chunk_at(repo, id, copy.then_some(scope)))
+        .collect();
     for ((key_id, key), meta) in key_names.iter().zip(&key_metas) {
         let meta = meta.as_ref().ok_or_else(|| {
             ApiError::Conflict(format!("key {key_id} is not stored in {repo}; nothing was committed"))
@@ -195,6 +212,7 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
         retain_until: until,
         stats: req.stats,
         keys: Some(needed_keys.into_iter().collect()),
+        scope: Some(*scope),
         chunks: entries,
     };
     // A crash between these two writes leaves an index without a root: no
@@ -207,7 +225,7 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
         let stored = app.store.get(&index_key).await?.ok_or_else(|| StoreError::NotFound(index_key.clone()))?;
         let stored =
             IndexSegment::decode(&stored).map_err(|e| ApiError::Conflict(format!("index of {}: {e}", req.snapshot)))?;
-        let ids = |s: &IndexSegment| s.chunks.iter().map(|e| e.id).collect::<Vec<_>>();
+        let ids = |s: &IndexSegment| (s.scope, s.chunks.iter().map(|e| (e.id, e.copy)).collect::<Vec<_>>());
         if ids(&stored) != ids(&index) {
             return Err(ApiError::Conflict(format!(
                 "snapshot {} has an index segment for other chunks; choose another id",
@@ -257,13 +275,13 @@ pub async fn commit(app: &App, draft: &mut Draft, repo: &RepoName, body: &[u8]) 
     Ok(Reply::json(StatusCode::CREATED, &info))
 }
 
-/// The data key that sealed a stored chunk: recorded beside it at upload,
-/// or, for a chunk stored before keys were recorded, read from its header.
-async fn sealing_key(app: &App, repo: &RepoName, id: &ChunkId, meta: &ObjectMeta) -> Result<KeyId, StoreError> {
+/// The data key that sealed the chunk stored at `key`: recorded beside it
+/// at upload, or, for a chunk stored before keys were recorded, read from
+/// its header.
+async fn sealing_key(app: &App, key: String, meta: &ObjectMeta) -> Result<KeyId, StoreError> {
     if let Some(k) = meta.sealed_by {
         return Ok(k);
     }
-    let key = layout::chunk(repo, id);
     let body = app.store.get(&key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
     let header = envelope::parse_header(&body).map_err(|e| StoreError::Backend {
         key,
@@ -286,7 +304,7 @@ mod tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        let reply = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        let reply = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
         assert_eq!(reply.status, StatusCode::CREATED);
         let info: SnapshotInfo = serde_json::from_slice(&reply.body).unwrap();
         let index = t.app.store.get(&layout::index(&repo, &req.snapshot)).await.unwrap().unwrap();
@@ -298,7 +316,7 @@ mod tests {
             assert!(meta.retain_until.unwrap() >= info.retain_until - 1, "each chunk locked as long as the snapshot");
         }
         // The same commit again (a retry) is answered, not doubled.
-        let again = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        let again = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
         assert_eq!(again.status, StatusCode::OK);
         let listed = list_snapshots(&t.app, &repo).await.unwrap();
         let listed: Vec<SnapshotInfo> = serde_json::from_slice(&listed.body).unwrap();
@@ -307,7 +325,7 @@ mod tests {
         let mut other = req;
         let last = other.root.len() - 1;
         other.root[last] ^= 1;
-        let err = commit(&t.app, &mut draft("commit"), &repo, &other.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &other.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(_)), "{err}");
     }
 
@@ -317,19 +335,19 @@ mod tests {
         let repo: RepoName = "dev/unit".parse().unwrap();
         let mut req = staged(&t, &repo, 2).await;
         req.chunks.push(ChunkId::from_bytes([7; 32]));
-        let err = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
         req.chunks.pop();
         let twice = CommitRequest { chunks: vec![req.chunks[0], req.chunks[0]], ..req.clone() };
-        let err = commit(&t.app, &mut draft("commit"), &repo, &twice.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &twice.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("twice")), "{err}");
         let lying = CommitRequest { stats: SnapshotStats { chunks_new: 50, ..req.stats }, ..req.clone() };
-        let err = commit(&t.app, &mut draft("commit"), &repo, &lying.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &lying.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("contradict")), "{err}");
         assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Snapshots)).await.unwrap().is_empty());
         assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Index)).await.unwrap().is_empty());
         // And the honest commit of the same chunks still goes through.
-        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
     }
 }
 
@@ -345,14 +363,15 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 40).await;
-        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
 
         // The dedup query and the commit of the same chunks again.
         let heads = store_ops(&t.app, "head");
-        let answer = crate::api::chunks::missing(&t.app, &repo, &encode_ids(&req.chunks)).await.unwrap();
+        let answer =
+            crate::api::chunks::missing(&t.app, &repo, &testkit::scope(), &encode_ids(&req.chunks)).await.unwrap();
         assert!(decode_ids(&answer.body).unwrap().is_empty());
         let second = again(&t, &repo, &req).await;
-        commit(&t.app, &mut draft("commit"), &repo, &second.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &second.encode()).await.unwrap();
         let per_commit = store_ops(&t.app, "head") - heads;
         assert!(per_commit < 10, "{per_commit} HEADs for 40 known chunks: the key records and config only");
 
@@ -361,10 +380,10 @@ mod catalog_tests {
         let unknown = ChunkId::from_bytes([0xee; 32]);
         let mut ids = req.chunks.clone();
         ids.push(unknown);
-        let answer = crate::api::chunks::missing(&fresh, &repo, &encode_ids(&ids)).await.unwrap();
+        let answer = crate::api::chunks::missing(&fresh, &repo, &testkit::scope(), &encode_ids(&ids)).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![unknown]);
         let third = again(&t, &repo, &req).await;
-        commit(&fresh, &mut draft("commit"), &repo, &third.encode()).await.unwrap();
+        commit(&fresh, &mut draft("commit"), &repo, &testkit::scope(), &third.encode()).await.unwrap();
     }
 
     #[tokio::test]
@@ -380,14 +399,20 @@ mod catalog_tests {
             retain_until: crate::unix_now() + 86_400,
             stats: SnapshotStats::default(),
             keys: Some(Vec::new()),
-            chunks: vec![IndexEntry { id: req.chunks[0], size: 1, retain_until: crate::unix_now() + 86_400 }],
+            scope: Some(testkit::scope()),
+            chunks: vec![IndexEntry {
+                id: req.chunks[0],
+                size: 1,
+                retain_until: crate::unix_now() + 86_400,
+                copy: false,
+            }],
         };
         t.app
             .store
             .put_new(&layout::index(&repo, &req.snapshot), other.encode().into(), crate::unix_now() + 86_400)
             .await
             .unwrap();
-        let err = commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("other chunks")), "{err}");
         assert!(t.app.store.head(&layout::snapshot(&repo, &req.snapshot)).await.unwrap().is_none(), "no root");
     }
@@ -397,7 +422,7 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
         // A longer retention now, so every object's lock must grow; the
         // config's extension fails.
         let store = std::sync::Arc::new(testkit::Faulty::new(t.app.store.clone()));
@@ -405,7 +430,7 @@ mod catalog_tests {
         let mut app = testkit::app_with_store(&t, store);
         app.retention.0 += 86_400 * 30;
         let second = again(&t, &repo, &req).await;
-        let err = commit(&app, &mut draft("commit"), &repo, &second.encode()).await.unwrap_err();
+        let err = commit(&app, &mut draft("commit"), &repo, &testkit::scope(), &second.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Store(_)), "{err}");
         let event = testkit::wait_for_audit(&t, "\"extend-locks\"").await;
         assert!(event.contains("objects locked until"), "{event}");
@@ -417,11 +442,11 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        commit(&t.app, &mut draft("commit"), &repo, &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
         // A commit naming a chunk nobody uploaded is refused, catalog or not.
         let mut lying = again(&t, &repo, &req).await;
         lying.chunks.push(ChunkId::from_bytes([0xab; 32]));
-        let err = commit(&t.app, &mut draft("commit"), &repo, &lying.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &lying.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
     }
 }

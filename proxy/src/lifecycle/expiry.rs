@@ -79,7 +79,9 @@ pub async fn expiry_plan(
         }
     }
     for key in store.list(&layout::prefix(repo, layout::Kind::Chunks)).await? {
-        let Some(id) = key.rsplit('/').next().and_then(|s| s.parse::<coffer_proto::ChunkId>().ok()) else { continue };
+        // The first upload of an id and every scope's copy beside it go
+        // together: all are kept while a snapshot references the id.
+        let Some((id, _)) = layout::chunk_of(&key) else { continue };
         if live.contains(&id) {
             continue;
         }
@@ -132,7 +134,7 @@ mod tests {
     }
 
     async fn put(store: &FsStore, key: &str, body: Vec<u8>, until: u64, sealed_by: Option<KeyId>) {
-        let recorded = Recorded { digest: *blake3::hash(&body).as_bytes(), sealed_by };
+        let recorded = Recorded { digest: *blake3::hash(&body).as_bytes(), sealed_by, scope: None };
         store.put_object(key, Bytes::from(body), until, recorded).await.unwrap();
     }
 
@@ -144,7 +146,8 @@ mod tests {
             retain_until: NOW + 10,
             stats: SnapshotStats::default(),
             keys,
-            chunks: vec![IndexEntry { id: chunk, size: 1, retain_until: NOW + 10 }],
+            scope: None,
+            chunks: vec![IndexEntry { id: chunk, size: 1, retain_until: NOW + 10, copy: false }],
         };
         put(store, &layout::index(repo, &id), index.encode(), NOW + 10, None).await;
         put(store, &layout::snapshot(repo, &id), vec![n], NOW + 10, None).await;

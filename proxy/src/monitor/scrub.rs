@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use coffer_proto::snapshot::IndexSegment;
-use coffer_proto::{ChunkId, RepoName, SnapshotId};
+use coffer_proto::{ChunkId, RepoName, Scope, SnapshotId};
 use serde::Deserialize;
 
 use crate::audit::AuditLog;
@@ -78,7 +78,9 @@ async fn referencing(store: &dyn ObjectStore, repo: &RepoName, id: &ChunkId) -> 
 /// checked and what was wrong.
 pub async fn run_once(store: &dyn ObjectStore, sample: usize) -> Result<(usize, Vec<Finding>), StoreError> {
     let mut segs = segments(store).await?;
-    let mut picked: BTreeSet<(RepoName, ChunkId)> = BTreeSet::new();
+    // The object each sampled entry's snapshot uses: the id's first upload
+    // or its committer's copy.
+    let mut picked: BTreeSet<(RepoName, ChunkId, Option<Scope>)> = BTreeSet::new();
     // Random segments, then random entries in each, until the sample is full.
     while picked.len() < sample && !segs.is_empty() {
         let (repo, key) = segs.swap_remove(random_below(segs.len()));
@@ -86,12 +88,12 @@ pub async fn run_once(store: &dyn ObjectStore, sample: usize) -> Result<(usize, 
         let mut entries = seg.chunks;
         while picked.len() < sample && !entries.is_empty() {
             let e = entries.swap_remove(random_below(entries.len()));
-            picked.insert((repo.clone(), e.id));
+            picked.insert((repo.clone(), e.id, seg.scope.filter(|_| e.copy)));
         }
     }
     let mut findings = Vec::new();
-    for (repo, id) in &picked {
-        let key = keys::chunk(repo, id);
+    for (repo, id, copy) in &picked {
+        let key = keys::chunk_at(repo, id, copy.as_ref());
         let problem = match store.head(&key).await? {
             None => Some("is missing"),
             Some(meta) => match (meta.digest, store.get(&key).await?) {
@@ -111,15 +113,14 @@ pub async fn run_once(store: &dyn ObjectStore, sample: usize) -> Result<(usize, 
     // top of the locked one, with a digest of the writer's choosing) or a
     // delete marker hiding it: the digest check above cannot see it, the
     // version history does. Checked for the repositories sampled.
-    let repos: BTreeSet<&RepoName> = picked.iter().map(|(r, _)| r).collect();
+    let repos: BTreeSet<&RepoName> = picked.iter().map(|(r, _, _)| r).collect();
     for repo in repos {
         for key in store.rewritten(&format!("{repo}/")).await? {
             let problem = "was written again or hidden by a delete marker after it was stored (the locked \
                            original is in the bucket's version history)";
-            let chunk =
-                key.rsplit('/').next().and_then(|n| n.parse::<ChunkId>().ok()).filter(|_| key.contains("/chunks/"));
+            let chunk = keys::chunk_of(&key).filter(|_| key.contains("/chunks/"));
             let snapshots = match chunk {
-                Some(id) => referencing(store, repo, &id).await?,
+                Some((id, _)) => referencing(store, repo, &id).await?,
                 None => Vec::new(),
             };
             findings.push(Finding { repo: repo.clone(), key, problem, snapshots });

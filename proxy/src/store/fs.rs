@@ -33,6 +33,9 @@ struct Lock {
     /// The key id that sealed the object, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     sealed_by: Option<String>,
+    /// The upload scope that wrote the object, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
 }
 
 impl Lock {
@@ -43,6 +46,7 @@ impl Lock {
             legal_hold,
             blake3: meta.digest.map(hex::encode),
             sealed_by: meta.sealed_by.map(|k| k.to_string()),
+            scope: meta.scope.map(|s| s.to_string()),
         }
     }
 }
@@ -133,6 +137,7 @@ impl FsStore {
                     legal_hold: lock.as_ref().is_some_and(|l| l.legal_hold),
                     digest: digest_of(lock.as_ref()),
                     sealed_by: lock.as_ref().and_then(|l| l.sealed_by.as_ref()?.parse().ok()),
+                    scope: lock.as_ref().and_then(|l| l.scope.as_ref()?.parse().ok()),
                 }))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -163,6 +168,7 @@ impl ObjectStore for FsStore {
                     legal_hold: false,
                     blake3: Some(hex::encode(recorded.digest)),
                     sealed_by: recorded.sealed_by.map(|k| k.to_string()),
+                    scope: recorded.scope.map(|s| s.to_string()),
                 };
                 s.write_lock(&key, &lock)?;
             }
@@ -266,7 +272,8 @@ mod tests {
         let s = FsStore::open(dir.path()).unwrap();
         let key = "dev/db/chunks/ab/abcd";
         let sealed_by = Some(coffer_proto::KeyId::from_bytes([9; 16]));
-        let recorded = Recorded { digest: *blake3::hash(b"one").as_bytes(), sealed_by };
+        let scope = Some(coffer_proto::Scope::from_bytes([3; 8]));
+        let recorded = Recorded { digest: *blake3::hash(b"one").as_bytes(), sealed_by, scope };
         assert_eq!(s.put_object(key, Bytes::from_static(b"one"), 100, recorded).await.unwrap(), PutOutcome::Created);
         assert_eq!(s.put_new(key, Bytes::from_static(b"two"), 1).await.unwrap(), PutOutcome::Exists);
         assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"one"));
@@ -279,6 +286,7 @@ mod tests {
                 legal_hold: false,
                 digest: Some(recorded.digest),
                 sealed_by,
+                scope,
             }
         );
 
@@ -292,7 +300,11 @@ mod tests {
         assert!(s.delete(key, 300).await.is_err(), "a held object outlives its lock");
         let held = s.head(key).await.unwrap().unwrap();
         assert_eq!(held.retain_until, Some(200), "a hold keeps the date");
-        assert_eq!((held.digest, held.sealed_by), (Some(recorded.digest), sealed_by), "and what was recorded");
+        assert_eq!(
+            (held.digest, held.sealed_by, held.scope),
+            (Some(recorded.digest), sealed_by, scope),
+            "and what was recorded"
+        );
         s.set_legal_hold(key, false).await.unwrap();
         s.delete(key, 200).await.unwrap();
         assert!(s.get(key).await.unwrap().is_none());

@@ -5,12 +5,12 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use coffer_proto::KeyId;
+use coffer_proto::{KeyId, Scope};
 
 mod fs;
 mod s3;
 pub use fs::FsStore;
-pub use s3::{LockMode, S3Config, S3Store};
+pub use s3::{LockMode, S3Config, S3Store, SCOPE_METADATA};
 
 /// How long records that must outlive every backup are locked (admin
 /// revocations and switches): a hundred years, S3's own longest default
@@ -38,6 +38,9 @@ pub struct ObjectMeta {
     /// The data key that sealed the object, as recorded when it was written
     /// (chunks; for expiry, which deletes key records nothing needs).
     pub sealed_by: Option<KeyId>,
+    /// The upload scope that wrote the object, as recorded when it was
+    /// written (chunks; `None` for uploads from before scopes).
+    pub scope: Option<Scope>,
 }
 
 /// What a store records beside an object when writing it.
@@ -47,6 +50,8 @@ pub struct Recorded {
     pub digest: [u8; 32],
     /// The data key that sealed them, where the caller knows it.
     pub sealed_by: Option<KeyId>,
+    /// The upload scope of the identity that sent them (chunks).
+    pub scope: Option<Scope>,
 }
 
 impl ObjectMeta {
@@ -112,7 +117,7 @@ pub trait ObjectStore: Send + Sync + 'static {
 
     /// [`put_object`](Self::put_object), hashing the body here.
     async fn put_new(&self, key: &str, body: Bytes, retain_until: u64) -> Result<PutOutcome, StoreError> {
-        let recorded = Recorded { digest: *blake3::hash(&body).as_bytes(), sealed_by: None };
+        let recorded = Recorded { digest: *blake3::hash(&body).as_bytes(), sealed_by: None, scope: None };
         self.put_object(key, body, retain_until, recorded).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;

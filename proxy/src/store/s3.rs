@@ -32,6 +32,8 @@ pub const MAX_ATTEMPTS: u32 = 5;
 pub const DIGEST_METADATA: &str = "coffer-blake3";
 /// User metadata carrying the id of the data key that sealed a chunk.
 pub const SEALED_BY_METADATA: &str = "coffer-key";
+/// User metadata carrying the upload scope that wrote a chunk.
+pub const SCOPE_METADATA: &str = "coffer-scope";
 /// The marker object the start-up probe writes (in the reserved `admin/` tree).
 pub const STORE_CHECK: &str = "admin/store-check";
 
@@ -243,6 +245,9 @@ impl ObjectStore for S3Store {
         if let Some(key_id) = recorded.sealed_by {
             put = put.metadata(SEALED_BY_METADATA, key_id.to_string());
         }
+        if let Some(scope) = recorded.scope {
+            put = put.metadata(SCOPE_METADATA, scope.to_string());
+        }
         if self.conditional_writes {
             put = put.if_none_match("*");
         }
@@ -280,6 +285,7 @@ impl ObjectStore for S3Store {
                     hex::decode_to_slice(h, &mut d).ok().map(|()| d)
                 }),
                 sealed_by: out.metadata().and_then(|m| m.get(SEALED_BY_METADATA)).and_then(|k| k.parse().ok()),
+                scope: out.metadata().and_then(|m| m.get(SCOPE_METADATA)).and_then(|s| s.parse().ok()),
             })),
             Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Ok(None),
             Err(e) => Err(classify(key, e)),

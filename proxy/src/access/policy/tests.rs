@@ -89,7 +89,7 @@ fn decide(p: &Policy, domain: &str, who: &str, action: Action, r: &str, from: &s
 /// The expected answer, written independently of the implementation.
 fn expected(role: Role, action: Action) -> bool {
     use Action::*;
-    let reads = [Whoami, GetConfig, GetKey, GetChunk, ListSnapshots, GetSnapshot, ListEpochs];
+    let reads = [Whoami, GetConfig, GetKey, GetChunk, ListCopies, ListSnapshots, GetSnapshot, ListEpochs];
     let writes = [Whoami, PutConfig, GetConfig, PutKey, Missing, PutChunk, Commit, PutEpoch, ListEpochs];
     match role {
         Role::Writer => writes.contains(&action),
