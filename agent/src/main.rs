@@ -357,14 +357,19 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                 .into());
             }
         }
-        RepoCmd::Verify { repo, snapshot } => {
+        RepoCmd::Verify { repo, snapshot, since } => {
             let (config, repo) = ctx.open(repo).await?;
             let ids = match snapshot {
                 Some(id) => vec![id],
-                None => repo.client.list_snapshots(&repo.name).await?.into_iter().map(|s| s.id).collect(),
+                None => {
+                    let after = since.map_or(0, |d| coffer_agent::unix_now().saturating_sub(d.as_secs()));
+                    let listed = repo.client.list_snapshots(&repo.name).await?;
+                    listed.into_iter().filter(|s| s.committed >= after).map(|s| s.id).collect()
+                }
             };
             if ids.is_empty() {
-                eprintln!("coffer: repository {} has no snapshots to verify", repo.name);
+                let lately = if since.is_some() { " committed in that time" } else { "" };
+                eprintln!("coffer: repository {} has no snapshots{lately} to verify", repo.name);
             }
             // Every snapshot is checked, whatever an earlier one showed: a
             // damaged one is named and the next one checked.

@@ -36,6 +36,9 @@ pub enum Action {
     ListEpochs,
     /// Admin: deny an identity from now on.
     AdminRevoke,
+    /// Admin: make an identity's uploads so far stop counting for dedup,
+    /// even its own (SPEC §9 "Dedup scopes").
+    AdminQuarantine,
     /// Admin: reload the configuration file.
     AdminReload,
     /// Admin: put or lift legal holds on snapshots.
@@ -61,9 +64,10 @@ const fn ep(action: Action, method: &'static str, path: &'static str) -> Endpoin
 /// Every endpoint. Order matters when routing: the first path that matches
 /// decides (so `chunks/missing` is never read as a chunk named "missing"),
 /// then the method picks among the endpoints sharing that path.
-const ENDPOINTS: [Endpoint; 19] = [
+const ENDPOINTS: [Endpoint; 20] = [
     ep(Action::Whoami, "GET", "whoami"),
     ep(Action::AdminRevoke, "POST", "admin/revoke"),
+    ep(Action::AdminQuarantine, "POST", "admin/quarantine"),
     ep(Action::AdminReload, "POST", "admin/reload"),
     ep(Action::AdminHold, "POST", "admin/hold"),
     ep(Action::AdminLockdown, "POST", "admin/lockdown"),
@@ -85,7 +89,7 @@ const ENDPOINTS: [Endpoint; 19] = [
 
 impl Action {
     /// Every action, in the order listings show them.
-    pub const ALL: [Action; 19] = [
+    pub const ALL: [Action; 20] = [
         Action::Whoami,
         Action::PutConfig,
         Action::GetConfig,
@@ -101,6 +105,7 @@ impl Action {
         Action::PutEpoch,
         Action::ListEpochs,
         Action::AdminRevoke,
+        Action::AdminQuarantine,
         Action::AdminReload,
         Action::AdminHold,
         Action::AdminLockdown,
@@ -128,6 +133,7 @@ impl Action {
             Action::PutEpoch => "put-epoch",
             Action::ListEpochs => "list-epochs",
             Action::AdminRevoke => "admin-revoke",
+            Action::AdminQuarantine => "admin-quarantine",
             Action::AdminReload => "admin-reload",
             Action::AdminHold => "admin-hold",
             Action::AdminLockdown => "admin-lockdown",

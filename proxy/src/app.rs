@@ -16,6 +16,7 @@ use crate::access::mfa::MfaVerifier;
 use crate::access::policy::Policy;
 use crate::access::switches;
 use crate::audit::AuditLog;
+use crate::catalog::Uploader;
 use crate::keycheck::KeyChecker;
 use crate::monitor::detect::Watch;
 use crate::monitor::metrics::Metrics;
@@ -44,9 +45,10 @@ pub type ReloadRequests = tokio::sync::mpsc::Sender<ReloadReply>;
 /// (about 100 bytes each).
 pub const INFO_CACHE_MAX: usize = 200_000;
 
-/// A stored revocation record as read: trust domain, identity, revoked
-/// (false: reinstated).
-type RevocationRecord = (String, String, bool);
+/// A stored record about an identity as read: trust domain, identity, and
+/// `Some(revoked)` (false: reinstated) for a revocation, `None` for a
+/// quarantine of its uploads.
+type IdentityRecord = (String, String, Option<bool>);
 
 /// What the server builds an [`App`] from.
 pub struct AppParts {
@@ -98,9 +100,12 @@ pub struct App {
     pub mfa: MfaVerifier,
     /// Identities an admin revoked (trust domain, name); loaded from the store.
     pub(crate) revoked: RwLock<HashSet<(String, String)>>,
-    /// Revocation objects already read (they are write-once), so polling
-    /// the store reads only new ones.
-    revocations_read: Mutex<HashMap<String, Option<RevocationRecord>>>,
+    /// Revocation and quarantine objects already read (they are
+    /// write-once), so polling the store reads only new ones.
+    revocations_read: Mutex<HashMap<String, Option<IdentityRecord>>>,
+    /// How many times each identity was revoked or quarantined: the
+    /// generation of its upload scope.
+    generations: RwLock<HashMap<(String, String), u32>>,
     /// Repository policies, swapped whole on reload.
     repo_policies: RwLock<Arc<RepoPolicies>>,
     /// Lockdown: only reads, and the admin calls that tighten.
@@ -146,6 +151,7 @@ impl App {
             mfa,
             revoked: RwLock::default(),
             revocations_read: Mutex::default(),
+            generations: RwLock::default(),
             lockdown: Default::default(),
             repo_policies: RwLock::new(Arc::new(RepoPolicies::new(&[], None, None).expect("empty"))),
             reload,
@@ -155,46 +161,68 @@ impl App {
         }
     }
 
-    /// Loads the revocations stored by admins (on any proxy), so they
-    /// survive restarts and reach every proxy; objects read before are not
-    /// read again.
+    /// Loads the revocations and quarantines stored by admins (on any
+    /// proxy), so they survive restarts and reach every proxy; objects read
+    /// before are not read again.
     pub async fn load_revocations(&self) -> Result<usize, StoreError> {
         let mut keys = self.store.list(switches::REVOCATIONS).await?;
         keys.extend(self.store.list(switches::IDENTITY_SWITCHES).await?);
+        keys.extend(self.store.list(switches::QUARANTINES).await?);
         let unread: Vec<String> = {
             let read = self.revocations_read.lock().expect("not poisoned");
             keys.iter().filter(|k| !read.contains_key(*k)).cloned().collect()
         };
         for key in unread {
             let Some(bytes) = self.store.get(&key).await? else { continue };
-            let parsed = match serde_json::from_slice::<switches::Revocation>(&bytes) {
-                Ok(r) => Some((r.trust_domain, r.identity, r.revoked)),
-                Err(e) => {
-                    tracing::error!("ignoring unreadable revocation {key}: {e}");
-                    None
-                }
+            let parsed = if key.starts_with(switches::QUARANTINES) {
+                serde_json::from_slice::<switches::Quarantine>(&bytes).map(|q| (q.trust_domain, q.identity, None))
+            } else {
+                serde_json::from_slice::<switches::Revocation>(&bytes)
+                    .map(|r| (r.trust_domain, r.identity, Some(r.revoked)))
             };
+            let parsed =
+                parsed.inspect_err(|e| tracing::error!("ignoring unreadable revocation or quarantine {key}: {e}")).ok();
             self.revocations_read.lock().expect("not poisoned").insert(key, parsed);
         }
-        // The newest record of each identity decides; names sort by time,
-        // and a record from before switches (no time in its name) is oldest.
-        let loaded: HashSet<(String, String)> = {
+        // The newest revocation record of each identity decides; names sort
+        // by time, and a record from before switches (no time in its name)
+        // is oldest. Every revocation and quarantine starts a generation.
+        let (loaded, generations) = {
             let read = self.revocations_read.lock().expect("not poisoned");
             let mut newest: HashMap<(String, String), (&str, bool)> = Default::default();
+            let mut generations: HashMap<(String, String), u32> = Default::default();
             for key in &keys {
-                let Some(Some((domain, name, revoked))) = read.get(key) else { continue };
+                let Some(Some((domain, name, says))) = read.get(key) else { continue };
+                let who = (domain.clone(), name.clone());
+                if says.unwrap_or(true) {
+                    let n = generations.entry(who.clone()).or_default();
+                    *n = n.saturating_add(1);
+                }
+                let Some(revoked) = *says else { continue };
                 let order = key
                     .strip_prefix(switches::IDENTITY_SWITCHES)
                     .and_then(|rest| rest.split_once('/'))
                     .map_or("", |(_, n)| n);
-                let slot = newest.entry((domain.clone(), name.clone())).or_insert((order, *revoked));
+                let slot = newest.entry(who).or_insert((order, revoked));
                 if order >= slot.0 {
-                    *slot = (order, *revoked);
+                    *slot = (order, revoked);
                 }
             }
-            newest.into_iter().filter(|(_, (_, revoked))| *revoked).map(|(who, _)| who).collect()
+            let loaded: HashSet<(String, String)> =
+                newest.into_iter().filter(|(_, (_, revoked))| *revoked).map(|(who, _)| who).collect();
+            (loaded, generations)
         };
         let n = loaded.len();
+        {
+            let mut known = self.generations.write().expect("not poisoned");
+            for ((domain, name), g) in &generations {
+                if known.get(&(domain.clone(), name.clone())) != Some(g) {
+                    tracing::warn!(trust_domain = %domain, identity = %name, generation = g,
+                        "revoked or quarantined by an administrator: its earlier uploads no longer count for its dedup");
+                }
+            }
+            *known = generations;
+        }
         let mut revoked = self.revoked.write().expect("not poisoned");
         for (domain, name) in loaded.difference(&revoked) {
             tracing::warn!(trust_domain = %domain, identity = %name, "revoked by an administrator: refused from now on");
@@ -238,10 +266,19 @@ impl App {
 }
 
 impl App {
-    /// The upload scope of `identity` (SPEC §9 "Dedup scopes"): its
-    /// uploads answer its own dedup queries and commits, never another's.
-    pub fn scope_of(&self, identity: &Identity) -> Scope {
-        Scope::of(identity.domain(), identity.name(), 0)
+    /// Whose uploads `identity` may count on (SPEC §9 "Dedup scopes"): its
+    /// scope in its current generation (raised by each revocation and
+    /// quarantine of it), and uploads from before scopes while it has never
+    /// been revoked or quarantined.
+    pub fn uploader(&self, identity: &Identity) -> Uploader {
+        let generation = self.generation(identity);
+        Uploader { scope: Scope::of(identity.domain(), identity.name(), generation), legacy: generation == 0 }
+    }
+
+    /// How many times `identity` was revoked or its uploads quarantined.
+    pub fn generation(&self, identity: &Identity) -> u32 {
+        let key = (identity.domain().to_string(), identity.name().to_string());
+        self.generations.read().expect("not poisoned").get(&key).copied().unwrap_or(0)
     }
 
     /// The retain-until of an object written now.

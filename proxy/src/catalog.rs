@@ -50,6 +50,22 @@ pub enum SealedBy {
     Unknown,
 }
 
+/// Whose uploads a caller may count on: its own scope's, and, until its
+/// uploads are first quarantined or it is revoked (its generation 0),
+/// uploads from before scopes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Uploader {
+    pub scope: Scope,
+    pub legacy: bool,
+}
+
+impl Uploader {
+    /// Whether an upload by `owner` (`None`: from before scopes) counts.
+    pub fn counts(&self, owner: Option<Scope>) -> bool {
+        owner.map_or(self.legacy, |o| o == self.scope)
+    }
+}
+
 /// What is known of one stored chunk object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Known {
@@ -90,13 +106,13 @@ pub struct RepoCatalog {
 }
 
 impl RepoCatalog {
-    /// The object of `id` that a caller of `scope` may count on, if one
-    /// is known and can be trusted at `now`: the first upload when it is
-    /// the scope's own or from before scopes, else the scope's copy.
-    pub fn present(&self, id: &ChunkId, scope: &Scope, now: u64) -> Option<Known> {
+    /// The object of `id` that `who` may count on, if one is known and can
+    /// be trusted at `now`: the first upload when it counts for `who`,
+    /// else the copy of `who`'s scope.
+    pub fn present(&self, id: &ChunkId, who: &Uploader, now: u64) -> Option<Known> {
         let trusted = |k: &&Known| k.retain_until >= now.saturating_add(TRUST_MARGIN_SECS);
-        let first = self.chunks.get(id).filter(|k| k.owner.is_none_or(|o| o == *scope)).filter(trusted);
-        first.or_else(|| self.copies.get(&(*id, *scope)).filter(trusted)).copied()
+        let first = self.chunks.get(id).filter(|k| who.counts(k.owner)).filter(trusted);
+        first.or_else(|| self.copies.get(&(*id, who.scope)).filter(trusted)).copied()
     }
 
     /// Who uploaded the first upload of `id`, if known (`Some(None)`: an
@@ -249,6 +265,10 @@ mod tests {
         Scope::from_bytes([n; 8])
     }
 
+    fn who(n: u8) -> Uploader {
+        Uploader { scope: scope(n), legacy: true }
+    }
+
     fn known(retain_until: u64, sealed_by: SealedBy, owner: Option<Scope>, copy: bool) -> Known {
         Known { size: 10, retain_until, sealed_by, owner, copy }
     }
@@ -259,16 +279,16 @@ mod tests {
         let (key, a) = (KeyId::from_bytes([9; 16]), scope(1));
         c.record(id(1), known(NOW + TRUST_MARGIN_SECS, SealedBy::Key(key), Some(a), false));
         c.record(id(2), known(NOW + 60, SealedBy::Key(key), Some(a), false));
-        assert!(c.present(&id(1), &a, NOW).is_some());
-        assert!(c.present(&id(2), &a, NOW).is_none(), "expiry may delete it soon: ask the store");
-        assert!(c.present(&id(1), &a, NOW + 1).is_none(), "the margin passes with time");
-        assert!(c.present(&id(3), &a, NOW).is_none(), "never seen");
+        assert!(c.present(&id(1), &who(1), NOW).is_some());
+        assert!(c.present(&id(2), &who(1), NOW).is_none(), "expiry may delete it soon: ask the store");
+        assert!(c.present(&id(1), &who(1), NOW + 1).is_none(), "the margin passes with time");
+        assert!(c.present(&id(3), &who(1), NOW).is_none(), "never seen");
         // Locks only grow: a later, shorter record does not shorten it.
         c.record(id(1), known(NOW, SealedBy::Unknown, Some(a), false));
-        assert_eq!(c.present(&id(1), &a, NOW).unwrap().retain_until, NOW + TRUST_MARGIN_SECS);
-        assert_eq!(c.present(&id(1), &a, NOW).unwrap().sealed_by, SealedBy::Key(key), "the exact key is kept");
+        assert_eq!(c.present(&id(1), &who(1), NOW).unwrap().retain_until, NOW + TRUST_MARGIN_SECS);
+        assert_eq!(c.present(&id(1), &who(1), NOW).unwrap().sealed_by, SealedBy::Key(key), "the exact key is kept");
         c.forget(&id(1), None);
-        assert!(c.present(&id(1), &a, NOW).is_none());
+        assert!(c.present(&id(1), &who(1), NOW).is_none());
     }
 
     #[test]
@@ -276,24 +296,27 @@ mod tests {
         let mut c = RepoCatalog::default();
         let (a, b, later) = (scope(1), scope(2), NOW * 2);
         c.record(id(1), known(later, SealedBy::Unknown, Some(a), false));
-        assert!(c.present(&id(1), &a, NOW).is_some());
-        assert!(c.present(&id(1), &b, NOW).is_none(), "a's upload never answers for b");
+        assert!(c.present(&id(1), &who(1), NOW).is_some());
+        assert!(c.present(&id(1), &who(2), NOW).is_none(), "a's upload never answers for b");
         assert_eq!(c.first_owner(&id(1), NOW), Some(Some(a)));
         // b's copy beside it answers for b, and is stored at b's copy.
         c.record(id(1), known(later, SealedBy::Unknown, Some(b), true));
-        let found = c.present(&id(1), &b, NOW).unwrap();
+        let found = c.present(&id(1), &who(2), NOW).unwrap();
         let repo: RepoName = "dev/db".parse().unwrap();
         assert_eq!(found.key(&repo, &id(1)), coffer_proto::layout::chunk_copy(&repo, &id(1), &b));
-        assert_eq!(c.present(&id(1), &a, NOW).unwrap().key(&repo, &id(1)), coffer_proto::layout::chunk(&repo, &id(1)));
+        assert_eq!(
+            c.present(&id(1), &who(1), NOW).unwrap().key(&repo, &id(1)),
+            coffer_proto::layout::chunk(&repo, &id(1))
+        );
         assert_eq!(c.len(), 2);
         c.forget(&id(1), Some(b));
-        assert!(c.present(&id(1), &b, NOW).is_none());
-        assert!(c.present(&id(1), &a, NOW).is_some(), "forgetting a copy keeps the first upload");
+        assert!(c.present(&id(1), &who(2), NOW).is_none());
+        assert!(c.present(&id(1), &who(1), NOW).is_some(), "forgetting a copy keeps the first upload");
         // An upload from before scopes answers for everyone; what the store
         // recorded beside the object wins over what a segment implied.
         c.record(id(2), known(later, SealedBy::Unknown, Some(a), false));
         c.record(id(2), known(later, SealedBy::Unknown, None, false));
-        assert!(c.present(&id(2), &b, NOW).is_some());
+        assert!(c.present(&id(2), &who(2), NOW).is_some());
     }
 
     #[test]
@@ -312,12 +335,12 @@ mod tests {
         };
         c.record_index(&index);
         c.record_index(&index);
-        let known = c.present(&id(1), &scope(1), NOW).unwrap();
+        let known = c.present(&id(1), &who(1), NOW).unwrap();
         assert_eq!(c.keys_of(&known), Some(keys));
         assert_eq!(c.key_sets.len(), 1, "a segment is merged once");
         assert!(c.merged(&index.snapshot));
-        assert!(c.present(&id(1), &scope(2), NOW).is_none(), "another scope's snapshot");
-        assert!(c.present(&id(2), &scope(1), NOW).unwrap().copy);
+        assert!(c.present(&id(1), &who(2), NOW).is_none(), "another scope's snapshot");
+        assert!(c.present(&id(2), &who(1), NOW).unwrap().copy);
         assert_eq!(c.first_owner(&id(2), NOW), None, "a copy says nothing of the first upload");
         // A segment from before scopes: its uploads answer for everyone.
         let old = IndexSegment {
@@ -327,7 +350,9 @@ mod tests {
             ..index
         };
         c.record_index(&old);
-        assert!(c.present(&id(3), &scope(2), NOW).is_some());
+        assert!(c.present(&id(3), &who(2), NOW).is_some());
+        // ... except for an identity whose uploads were quarantined.
+        assert!(c.present(&id(3), &Uploader { scope: scope(2), legacy: false }, NOW).is_none());
     }
 
     #[test]

@@ -95,10 +95,10 @@ pub(crate) fn writer() -> Identity {
     Identity::new(crate::dev::DOMAIN, "spiffe://coffer.dev/writer")
 }
 
-/// The dev writer's upload scope.
-pub(crate) fn scope() -> coffer_proto::Scope {
+/// Whose uploads the dev writer counts on, never revoked or quarantined.
+pub(crate) fn uploader() -> crate::catalog::Uploader {
     let w = writer();
-    coffer_proto::Scope::of(w.domain(), w.name(), 0)
+    crate::catalog::Uploader { scope: coffer_proto::Scope::of(w.domain(), w.name(), 0), legacy: true }
 }
 
 pub(crate) fn admin() -> Identity {
@@ -127,7 +127,7 @@ pub(crate) async fn staged(t: &TestApp, repo: &RepoName, n: u8) -> CommitRequest
         let (id, envelope) = t.chunk(repo, key_id, &key, &[i; 100]);
         stored += envelope.len() as u64;
         let digest = Some(blake3::hash(&envelope).to_hex().to_string());
-        crate::api::chunks::put_chunk(&t.app, repo, &scope(), id, envelope, digest).await.unwrap();
+        crate::api::chunks::put_chunk(&t.app, repo, &uploader(), id, envelope, digest).await.unwrap();
         chunks.push(id);
     }
     let snapshot = SnapshotId::random();

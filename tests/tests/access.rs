@@ -65,13 +65,13 @@ enum Who {
 /// What the policy must answer, written out by hand from the rules.
 fn expected(who: Who, action: &str, repo: &str) -> bool {
     let writes = ["whoami", "put-config", "get-config", "put-key", "missing", "put-chunk", "commit"];
-    let reads = ["whoami", "get-config", "get-key", "get-chunk", "list-snapshots", "get-snapshot"];
+    let reads = ["whoami", "get-config", "get-key", "get-chunk", "list-copies", "list-snapshots", "get-snapshot"];
     let dev_repo = repo.starts_with("dev/");
     match who {
         Who::DevWriter => writes.contains(&action) && (action == "whoami" || dev_repo),
         Who::DevReader => reads.contains(&action) && (action == "whoami" || dev_repo),
         Who::DevAuditor => ["whoami", "list-snapshots"].contains(&action) && (action == "whoami" || dev_repo),
-        Who::DevAdmin => ["whoami", "admin-revoke", "admin-reload"].contains(&action),
+        Who::DevAdmin => ["whoami", "admin-revoke", "admin-quarantine", "admin-reload"].contains(&action),
         Who::DrWriter => writes.contains(&action) && (action == "whoami" || repo.starts_with("dr/")),
         Who::DrReader => reads.contains(&action) && (action == "whoami" || repo.starts_with("dev/shared/")),
     }
@@ -89,16 +89,18 @@ fn request(action: &str, repo: &str) -> (Method, String) {
         "missing" => (Method::POST, format!("/v1/repos/{repo}/chunks/missing")),
         "put-chunk" => (Method::PUT, format!("/v1/repos/{repo}/chunks/{chunk}")),
         "get-chunk" => (Method::GET, format!("/v1/repos/{repo}/chunks/{chunk}")),
+        "list-copies" => (Method::GET, format!("/v1/repos/{repo}/chunks/{chunk}/copies")),
         "commit" => (Method::POST, format!("/v1/repos/{repo}/snapshots")),
         "list-snapshots" => (Method::GET, format!("/v1/repos/{repo}/snapshots")),
         "get-snapshot" => (Method::GET, format!("/v1/repos/{repo}/snapshots/{id16}")),
         "admin-revoke" => (Method::POST, "/v1/admin/revoke".into()),
         "admin-reload" => (Method::POST, "/v1/admin/reload".into()),
+        "admin-quarantine" => (Method::POST, "/v1/admin/quarantine".into()),
         other => panic!("unknown action {other}"),
     }
 }
 
-const ACTIONS: [&str; 13] = [
+const ACTIONS: [&str; 15] = [
     "whoami",
     "put-config",
     "get-config",
@@ -107,10 +109,12 @@ const ACTIONS: [&str; 13] = [
     "missing",
     "put-chunk",
     "get-chunk",
+    "list-copies",
     "commit",
     "list-snapshots",
     "get-snapshot",
     "admin-revoke",
+    "admin-quarantine",
     "admin-reload",
 ];
 

@@ -711,6 +711,13 @@ async fn every_admin_call_works_on_s3_and_survives_a_restart() {
     let plan = call(&p, "expire", serde_json::json!({ "repo": "dev/adm", "dry_run": true })).await;
     let plan: serde_json::Value = serde_json::from_slice(&plan).unwrap();
     assert_eq!(plan["deleted"], serde_json::json!([]), "nothing has expired yet: {plan}");
+    let writer_id = serde_json::json!({ "trust_domain": "dev", "identity": "spiffe://coffer.dev/writer" });
+    let quarantined = call(&p, "quarantine", writer_id).await;
+    let quarantined: serde_json::Value = serde_json::from_slice(&quarantined).unwrap();
+    assert_eq!(quarantined["generation"], 1, "{quarantined}");
+    let again = run(&aws, &writer, &["backup", "--repo", "dev/adm", "--json", "-"], Some(b"held")).ok();
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(again["bytes_new"], 4, "its earlier upload no longer counts: {again}");
     call(&p, "revoke", serde_json::json!({ "trust_domain": "dev", "identity": "spiffe://coffer.dev/writer" })).await;
     let denied = run(&aws, &writer, &["whoami"], None);
     assert!(denied.stderr.contains("revoked by an administrator"), "{}", denied.stderr);
@@ -721,7 +728,11 @@ async fn every_admin_call_works_on_s3_and_survives_a_restart() {
     let until = aws.head(&revocations[0]).await.object_lock_retain_until_date().unwrap().secs() as u64;
     assert!(until > now() + 99 * 365 * DAY && until < now() + 101 * 365 * DAY, "{until}");
     assert_eq!(aws.keys("admin/lockdown/").await.len(), 2);
-    assert_eq!(aws.keys("admin/mfa/").await.len(), 7, "one used-step record per call");
+    let quarantines = aws.keys("admin/quarantine/").await;
+    assert_eq!(quarantines.len(), 1, "{quarantines:?}");
+    let until = aws.head(&quarantines[0]).await.object_lock_retain_until_date().unwrap().secs() as u64;
+    assert!(until > now() + 99 * 365 * DAY, "{until}");
+    assert_eq!(aws.keys("admin/mfa/").await.len(), 8, "one used-step record per call");
 
     // ...and read back by a restarted proxy: the revocation holds, lockdown is off.
     drop(p);

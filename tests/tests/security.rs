@@ -422,3 +422,78 @@ async fn a_stolen_host_certificate_cannot_poison_another_hosts_backups() {
     assert!(restored.stdout == tomorrow, "restored bytes differ");
     coffer(&p.reader(), &["verify", "--repo", "dev/pz"], None).ok();
 }
+
+/// The same attack with the victim host's own certificate: the plant
+/// counts for that identity's next backup, which then does not restore,
+/// and a reader's `verify --since` finds it. The admin quarantines the
+/// identity's uploads; its next backup uploads its data again, beside the
+/// locked plant, and restores bit-exact; so does the poisoned snapshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantining_an_identitys_uploads_cures_its_own_poisoned_chunks() {
+    use coffer_agent::keys::LocalProvider;
+    use coffer_agent::repo::OpenRepo;
+    let p = DevProxy::start();
+    let secret = p.enroll("spiffe://coffer.dev/admin");
+    coffer(&p.writer(), &["init", "--repo", "dev/q"], None).ok();
+    let before = coffer(&p.writer(), &["backup", "--repo", "dev/q", "-"], Some(b"before the theft")).last_line();
+    // Commit times are in seconds: the next snapshots are later ones.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let name: coffer_proto::RepoName = "dev/q".parse().unwrap();
+    let provider = std::sync::Arc::new(LocalProvider::open(&p.dir.join("master.key")).unwrap());
+    let stolen = coffer_tests::raw_client(&p.writer()).await;
+    let repo = OpenRepo::open(stolen.clone(), provider, name.clone(), false).await.unwrap();
+    let tomorrow = random_bytes("tomorrow", 3000);
+    let planted = repo.id_key.chunk_id(&tomorrow);
+    let (key_id, key) = repo.new_data_key().await.unwrap();
+    let poison = coffer_proto::chunk::seal(b"pay up", &key, key_id, &name, &planted, 3);
+    stolen.put_chunk(&name, &planted, poison.into()).await.unwrap();
+
+    let backup = || {
+        let run = coffer(&p.writer(), &["backup", "--repo", "dev/q", "--json", "-"], Some(&tomorrow));
+        serde_json::from_str::<serde_json::Value>(&run.ok()).unwrap()
+    };
+    let poisoned = backup();
+    assert_eq!(poisoned["bytes_new"], 0, "the plant counted for its own identity: {poisoned}");
+    let broken = coffer(&p.reader(), &["restore", "--repo", "dev/q", poisoned["id"].as_str().unwrap()], None);
+    assert_ne!(broken.code(), 0);
+    assert!(broken.stderr.contains(&planted.to_string()), "{}", broken.stderr);
+
+    // A reader's daily `verify --since` finds it among the recent
+    // snapshots, and leaves the older ones alone.
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/q", "--json"], None).json();
+    let first = listed.as_array().unwrap().iter().find(|s| s["id"] == before.as_str()).unwrap()["committed"].clone();
+    let since = format!("{}s", coffer_proxy::unix_now() - first.as_u64().unwrap() - 1);
+    let recent = coffer(&p.reader(), &["verify", "--repo", "dev/q", "--since", &since], None);
+    assert_eq!(recent.code(), 1, "{}", recent.stderr);
+    assert!(recent.stderr.contains("1 of 1 snapshots are damaged"), "{}", recent.stderr);
+    assert!(recent.stderr.contains(poisoned["id"].as_str().unwrap()), "{}", recent.stderr);
+    let all = coffer(&p.reader(), &["verify", "--repo", "dev/q"], None);
+    assert!(all.stderr.contains("1 of 2 snapshots are damaged"), "{}", all.stderr);
+
+    let out = std::process::Command::new(coffer_tests::bin("coffer-proxy"))
+        .args(["admin", "quarantine", "--client-config"])
+        .arg(p.config("admin"))
+        .args(["--trust-domain", "dev", "--identity", "spiffe://coffer.dev/writer", "--totp"])
+        .arg(coffer_proxy::access::mfa::code_at(&secret, coffer_proxy::unix_now()).unwrap())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("\"generation\":1"), "{said}");
+
+    let cured = backup();
+    assert_eq!(cured["bytes_new"], 3000, "nothing it uploaded before counts now: {cured}");
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/q", cured["id"].as_str().unwrap()], None);
+    assert_eq!(restored.code(), 0, "{}", restored.stderr);
+    assert!(restored.stdout == tomorrow, "restored bytes differ");
+    let event = p.wait_for_event("the quarantine", |e| e["action"] == "admin-quarantine");
+    assert_eq!(event["identity"], "spiffe://coffer.dev/admin", "{event}");
+
+    // The poisoned snapshot heals too: its chunk's id now has a copy that
+    // opens to it, which the reader finds beside the plant.
+    let healed = coffer(&p.reader(), &["restore", "--repo", "dev/q", poisoned["id"].as_str().unwrap()], None);
+    assert_eq!(healed.code(), 0, "{}", healed.stderr);
+    assert!(healed.stdout == tomorrow, "restored bytes differ");
+    assert!(healed.stderr.contains("its copy opened"), "{}", healed.stderr);
+    coffer(&p.reader(), &["verify", "--repo", "dev/q"], None).ok();
+}

@@ -128,13 +128,19 @@ pub(crate) enum RepoCmd {
         json: bool,
     },
     /// Fetch, decrypt, decompress and re-hash every chunk of one snapshot, or
-    /// of all of them.
+    /// of all of them, or of those committed lately (`--since`).
     Verify {
         /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
         /// One snapshot's id (default: every snapshot of the repository).
+        #[arg(conflicts_with = "since")]
         snapshot: Option<SnapshotId>,
+        /// Only the snapshots committed within this long before now, e.g.
+        /// `26h` or `7days`: what a reader run daily on a timer checks, so a
+        /// damaged or poisoned snapshot is found the day it is made.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<std::time::Duration>,
     },
     /// Show who the proxy thinks this agent is, and what it may do.
     Whoami,

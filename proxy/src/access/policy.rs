@@ -63,7 +63,10 @@ impl Role {
             }
             Role::Auditor => matches!(action, Whoami | ListSnapshots),
             Role::Admin => {
-                matches!(action, Whoami | AdminRevoke | AdminReload | AdminHold | AdminLockdown | AdminExpire)
+                matches!(
+                    action,
+                    Whoami | AdminRevoke | AdminQuarantine | AdminReload | AdminHold | AdminLockdown | AdminExpire
+                )
             }
         }
     }

@@ -16,6 +16,9 @@ pub const REVOCATIONS: &str = "admin/revocations/";
 /// newest deciding. (Not under `REVOCATIONS`: on the filesystem store an
 /// old flat record there would block the folder of the same name.)
 pub const IDENTITY_SWITCHES: &str = "admin/identities/";
+/// Quarantines: `admin/quarantine/<hash>/<millis>-<random>`, one record
+/// per quarantine of an identity's uploads.
+pub const QUARANTINES: &str = "admin/quarantine/";
 /// Lockdown switches, one object each; the newest decides.
 pub const LOCKDOWN: &str = "admin/lockdown/";
 /// Legal hold switches per snapshot: `admin/holds/<repo>/<snapshot>/<time>`.
@@ -47,8 +50,33 @@ fn yes() -> bool {
 
 /// The folder of an identity's revocation records.
 pub fn revocation_folder(trust_domain: &str, identity: &str) -> String {
-    let name = blake3::hash(format!("{trust_domain}\0{identity}").as_bytes()).to_hex();
-    format!("{IDENTITY_SWITCHES}{name}")
+    format!("{IDENTITY_SWITCHES}{}", identity_hash(trust_domain, identity))
+}
+
+/// The folder of an identity's quarantine records.
+pub fn quarantine_folder(trust_domain: &str, identity: &str) -> String {
+    format!("{QUARANTINES}{}", identity_hash(trust_domain, identity))
+}
+
+fn identity_hash(trust_domain: &str, identity: &str) -> blake3::Hash {
+    blake3::hash(format!("{trust_domain}\0{identity}").as_bytes())
+}
+
+/// A quarantine of an identity's uploads, as stored and as sent to
+/// `POST /v1/admin/quarantine`: every record of an identity (and every
+/// revocation of it) starts a new generation of its upload scope, so what
+/// it uploaded before no longer counts for its dedup queries and commits
+/// (SPEC §9 "Dedup scopes").
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Quarantine {
+    pub trust_domain: String,
+    pub identity: String,
+    /// Who quarantined it, when (set by the proxy).
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default)]
+    pub time: Option<u64>,
 }
 
 /// A switch (lockdown, or a snapshot's hold), as stored.
@@ -116,6 +144,7 @@ pub fn allowed_in_lockdown(action: Action) -> bool {
             | ListEpochs
             | AdminLockdown
             | AdminRevoke
+            | AdminQuarantine
             | AdminHold
     )
 }

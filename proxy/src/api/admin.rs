@@ -41,20 +41,27 @@ async fn audit_intent(app: &App, draft: &Draft, what: String) -> Result<(), ApiE
     app.audit.record(intent, true).await.map_err(|_| ApiError::Audit)
 }
 
-/// Revokes an identity of the admin's own trust domain, or (`revoked:
-/// false`) reinstates it; reinstating loosens, so lockdown refuses it.
-pub async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
-    let mut r: Revocation = serde_json::from_slice(body).map_err(invalid)?;
-    if r.trust_domain.is_empty() || r.identity.is_empty() {
+/// Refuses a call about an identity outside the admin's own trust domain.
+fn own_domain(admin: &Identity, verb: &str, trust_domain: &str, identity: &str) -> Result<(), ApiError> {
+    if trust_domain.is_empty() || identity.is_empty() {
         return Err(invalid("trust_domain and identity are required"));
     }
-    if r.trust_domain != admin.domain() {
+    if trust_domain != admin.domain() {
         return Err(ApiError::Denied(crate::access::policy::Denied(format!(
-            "{admin} may revoke identities of its own trust domain {} only, not of {}",
+            "{admin} may {verb} identities of its own trust domain {} only, not of {trust_domain}",
             admin.domain(),
-            r.trust_domain
         ))));
     }
+    Ok(())
+}
+
+/// Revokes an identity of the admin's own trust domain, or (`revoked:
+/// false`) reinstates it; reinstating loosens, so lockdown refuses it.
+/// A revocation also starts a new generation of the identity's upload
+/// scope, as a quarantine does.
+pub async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let mut r: Revocation = serde_json::from_slice(body).map_err(invalid)?;
+    own_domain(admin, "revoke", &r.trust_domain, &r.identity)?;
     if !r.revoked {
         refuse_loosening_in_lockdown(app, admin, Action::AdminRevoke, "reinstating an identity", "revoking one")
             .await?;
@@ -69,6 +76,36 @@ pub async fn revoke(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> 
     app.store.put_new(&switches::switch_name(&format!("{folder}/")), body.into(), until).await?;
     app.load_revocations().await?;
     Ok(Reply::json(StatusCode::CREATED, &r))
+}
+
+/// Quarantines the uploads of an identity of the admin's own trust domain:
+/// from now on, on every proxy of the store, nothing it uploaded before
+/// counts for its dedup queries and commits (nor did it ever for anyone
+/// else's), so its next backup uploads everything again, as copies beside
+/// the locked objects (SPEC §9 "Dedup scopes"). Only tightens, so lockdown
+/// serves it.
+pub async fn quarantine(app: &App, admin: &Identity, draft: &Draft, body: &[u8]) -> Result<Reply, ApiError> {
+    let mut q: switches::Quarantine = serde_json::from_slice(body).map_err(invalid)?;
+    own_domain(admin, "quarantine", &q.trust_domain, &q.identity)?;
+    audit_intent(app, draft, format!("quarantining the uploads of {} in trust domain {}", q.identity, q.trust_domain))
+        .await?;
+    q.by = Some(by(admin));
+    q.time = Some(crate::unix_now());
+    let body = serde_json::to_vec(&q).expect("serialises");
+    let until = crate::unix_now() + crate::store::LONGEST_LOCK_SECS;
+    let folder = switches::quarantine_folder(&q.trust_domain, &q.identity);
+    app.store.put_new(&switches::switch_name(&format!("{folder}/")), body.into(), until).await?;
+    app.load_revocations().await?;
+    let generation = app.generation(&Identity::new(&q.trust_domain, &q.identity));
+    let msg = format!("the uploads of {} ({}) were quarantined by {admin}", q.identity, q.trust_domain);
+    app.watch
+        .alerts
+        .raise("quarantine", crate::monitor::alerts::Severity::High, None, Some(q.identity.clone()), msg, None)
+        .await;
+    Ok(Reply::json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "trust_domain": q.trust_domain, "identity": q.identity, "generation": generation }),
+    ))
 }
 
 pub async fn reload(app: &App, draft: &Draft) -> Result<Reply, ApiError> {
@@ -287,7 +324,7 @@ mod tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 2).await;
-        crate::api::snapshots::commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode())
+        crate::api::snapshots::commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode())
             .await
             .unwrap();
 
@@ -329,5 +366,63 @@ mod tests {
         revoke(&t.app, &admin(), &draft("admin-revoke"), writer).await.unwrap();
         assert!(t.app.is_revoked(&crate::access::identity::Identity::new("dev", "spiffe://coffer.dev/writer")));
         assert_eq!(t.app.store.list(switches::IDENTITY_SWITCHES).await.unwrap().len(), 1);
+    }
+
+    /// A quarantine starts a new generation of the identity's upload scope
+    /// on every proxy: its earlier uploads (and those from before scopes)
+    /// stop counting for it, and its next upload goes beside them. A
+    /// revocation does the same; another domain's admin cannot do either.
+    #[tokio::test]
+    async fn a_quarantine_makes_an_identitys_uploads_stop_counting_everywhere() {
+        use coffer_proto::snapshot::{decode_ids, encode_ids};
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = staged(&t, &repo, 2).await;
+        let writer = testkit::writer();
+        let other = testkit::app_on(&t).await;
+        let missing = |app: std::sync::Arc<App>| {
+            let (repo, ids) = (repo.clone(), req.chunks.clone());
+            async move {
+                let who = app.uploader(&testkit::writer());
+                decode_ids(&crate::api::chunks::missing(&app, &repo, &who, &encode_ids(&ids)).await.unwrap().body)
+                    .unwrap()
+            }
+        };
+        assert!(missing(t.app.clone()).await.is_empty());
+
+        let outside = br#"{"trust_domain": "prod", "identity": "spiffe://prod/writer"}"#;
+        let err = quarantine(&t.app, &admin(), &draft("admin-quarantine"), outside).await.unwrap_err();
+        assert!(matches!(err, ApiError::Denied(_)), "{err}");
+        let body = br#"{"trust_domain": "dev", "identity": "spiffe://coffer.dev/writer"}"#;
+        let reply = quarantine(&t.app, &admin(), &draft("admin-quarantine"), body).await.unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&reply.body).unwrap()["generation"], 1);
+        assert_eq!(
+            t.app.uploader(&writer),
+            crate::catalog::Uploader { scope: coffer_proto::Scope::of("dev", writer.name(), 1), legacy: false }
+        );
+        assert!(!t.app.is_revoked(&writer), "a quarantine is not a revocation");
+        assert_eq!(missing(t.app.clone()).await, req.chunks, "its earlier uploads no longer count");
+        // The other proxy learns it at its next poll.
+        assert!(missing(other.clone()).await.is_empty(), "before the poll");
+        other.load_revocations().await.unwrap();
+        assert_eq!(missing(other.clone()).await, req.chunks, "after the poll");
+
+        // Its upload now goes beside the locked one.
+        let (key_id, key, record) = t.data_key(&repo);
+        crate::api::repo::put_key(&t.app, &testkit::writer_grant(), &repo, key_id, record).await.unwrap();
+        let (id, envelope) = t.chunk(&repo, key_id, &key, &[0; 100]);
+        assert_eq!(id, req.chunks[0]);
+        let digest = Some(blake3::hash(&envelope).to_hex().to_string());
+        let who = t.app.uploader(&writer);
+        crate::api::chunks::put_chunk(&t.app, &repo, &who, id, envelope, digest).await.unwrap();
+        assert!(t.app.store.head(&layout::chunk_copy(&repo, &id, &who.scope)).await.unwrap().is_some());
+
+        // A revocation starts a generation too.
+        let revoked = br#"{"trust_domain": "dev", "identity": "spiffe://coffer.dev/writer"}"#;
+        revoke(&t.app, &admin(), &draft("admin-revoke"), revoked).await.unwrap();
+        assert_eq!(t.app.generation(&writer), 2);
+        let lifted = br#"{"trust_domain": "dev", "identity": "spiffe://coffer.dev/writer", "revoked": false}"#;
+        revoke(&t.app, &admin(), &draft("admin-revoke"), lifted).await.unwrap();
+        assert_eq!(t.app.generation(&writer), 2, "reinstating starts none");
     }
 }

@@ -19,22 +19,21 @@ use http::StatusCode;
 
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
-use crate::catalog::{Known, SealedBy};
+use crate::catalog::{Known, SealedBy, Uploader};
 use crate::store::{ObjectMeta, PutOutcome, Recorded, StoreError};
 
-/// Which of the listed chunks the repository lacks for a caller of
-/// `scope`. The catalog answers for what it knows; the rest is asked of
+/// Which of the listed chunks the repository lacks for `who`. The catalog answers for what it knows; the rest is asked of
 /// the store, concurrently.
-pub async fn missing(app: &App, repo: &RepoName, scope: &Scope, body: &[u8]) -> Result<Reply, ApiError> {
+pub async fn missing(app: &App, repo: &RepoName, who: &Uploader, body: &[u8]) -> Result<Reply, ApiError> {
     let ids = decode_ids(body).map_err(invalid)?;
     let now = crate::unix_now();
     let catalog = app.catalogs.of(repo);
     let unknown: Vec<ChunkId> = {
         let mut cat = catalog.lock().await;
         super::history::fill_catalog(app, repo, &mut cat).await;
-        ids.iter().filter(|id| cat.present(id, scope, now).is_none()).copied().collect()
+        ids.iter().filter(|id| cat.present(id, who, now).is_none()).copied().collect()
     };
-    let stored = app.fan_out(app.fan_out, unknown.iter().copied(), |id| head_in_scope(app, repo, id, scope)).await?;
+    let stored = app.fan_out(app.fan_out, unknown.iter().copied(), |id| head_in_scope(app, repo, id, who)).await?;
     let mut absent = Vec::new();
     {
         let mut cat = catalog.lock().await;
@@ -69,29 +68,30 @@ pub async fn list_copies(app: &App, repo: &RepoName, id: ChunkId) -> Result<Repl
     Ok(Reply::new(StatusCode::OK, scopes, "application/octet-stream"))
 }
 
-/// The object of `id` a caller of `scope` may count on, asked of the
-/// store: the first upload when it is the scope's own or from before
-/// scopes, else the scope's copy beside it (then also its scope).
+/// The object of `id` that `who` may count on, asked of the store: the
+/// first upload when it counts for `who`, else the copy of `who`'s scope
+/// beside it (then also that scope).
 pub async fn head_in_scope(
     app: &App,
     repo: &RepoName,
     id: ChunkId,
-    scope: &Scope,
+    who: &Uploader,
 ) -> Result<Option<(ObjectMeta, Option<Scope>)>, StoreError> {
+    let scope = &who.scope;
     match app.store.head(&layout::chunk(repo, &id)).await? {
         None => Ok(None),
-        Some(first) if first.scope.is_none_or(|s| s == *scope) => Ok(Some((first, None))),
+        Some(first) if who.counts(first.scope) => Ok(Some((first, None))),
         Some(_) => Ok(app.store.head(&layout::chunk_copy(repo, &id, scope)).await?.map(|m| (m, Some(*scope)))),
     }
 }
 
-/// Stores an upload from a caller of `scope`: as the id's first upload, or,
-/// when another scope made that, as this scope's copy beside it. An upload
-/// the scope already has is a success that changes nothing.
+/// Stores an upload from `who`: as the id's first upload, or, when that
+/// does not count for `who`, as its scope's copy beside it. An upload the
+/// scope already has is a success that changes nothing.
 pub async fn put_chunk(
     app: &App,
     repo: &RepoName,
-    scope: &Scope,
+    who: &Uploader,
     id: ChunkId,
     body: Bytes,
     digest: Option<String>,
@@ -109,18 +109,19 @@ pub async fn put_chunk(
         return Err(ApiError::Conflict(format!("key {} is not stored in {repo}: PUT it first", header.key_id)));
     }
     let until = app.retention_for(repo).1;
+    let scope = &who.scope;
     let recorded = Recorded { digest: *hash.as_bytes(), sealed_by: Some(header.key_id), scope: Some(*scope) };
     let size = body.len() as u64;
     let catalog = app.catalogs.of(repo);
     // The first upload is tried first unless the catalog knows whose it is.
     let first_owner = catalog.lock().await.first_owner(&id, crate::unix_now());
-    let mut copy = first_owner.is_some_and(|owner| owner.is_some_and(|o| o != *scope));
+    let mut copy = first_owner.is_some_and(|owner| !who.counts(owner));
     let mut outcome = PutOutcome::Exists;
     if !copy {
         outcome = app.store.put_object(&layout::chunk(repo, &id), body.clone(), until, recorded).await?;
         if outcome == PutOutcome::Exists && first_owner.is_none() {
             let first = app.store.head(&layout::chunk(repo, &id)).await?;
-            copy = first.and_then(|m| m.scope).is_some_and(|s| s != *scope);
+            copy = first.is_some_and(|m| !who.counts(m.scope));
         }
     }
     if copy {
@@ -154,33 +155,35 @@ mod tests {
 
         // A chunk sealed with a key the repository does not hold is refused.
         let early =
-            put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), digest(&envelope)).await.unwrap_err();
+            put_chunk(&t.app, &repo, &testkit::uploader(), a, envelope.clone(), digest(&envelope)).await.unwrap_err();
         assert!(matches!(early, ApiError::Conflict(ref m) if m.contains("PUT it first")), "{early}");
         crate::api::repo::put_key(&t.app, &writer_grant(), &repo, key_id, record).await.unwrap();
 
         // A body that does not match its digest, or comes without one.
         let mut bent = envelope.to_vec();
         *bent.last_mut().unwrap() ^= 1;
-        let bad = put_chunk(&t.app, &repo, &testkit::scope(), a, bent.into(), digest(&envelope)).await.unwrap_err();
+        let bad = put_chunk(&t.app, &repo, &testkit::uploader(), a, bent.into(), digest(&envelope)).await.unwrap_err();
         assert!(matches!(bad, ApiError::Invalid(ref m) if m.contains("digest")), "{bad}");
         assert!(matches!(
-            put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), None).await,
+            put_chunk(&t.app, &repo, &testkit::uploader(), a, envelope.clone(), None).await,
             Err(ApiError::Invalid(_))
         ));
 
-        let stored = put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), digest(&envelope)).await.unwrap();
+        let stored =
+            put_chunk(&t.app, &repo, &testkit::uploader(), a, envelope.clone(), digest(&envelope)).await.unwrap();
         assert_eq!(stored.status, StatusCode::CREATED);
-        let again = put_chunk(&t.app, &repo, &testkit::scope(), a, envelope.clone(), digest(&envelope)).await.unwrap();
+        let again =
+            put_chunk(&t.app, &repo, &testkit::uploader(), a, envelope.clone(), digest(&envelope)).await.unwrap();
         assert_eq!(again.status, StatusCode::OK, "a retried upload is a success, not a second object");
 
-        let answer = missing(&t.app, &repo, &testkit::scope(), &encode_ids(&[a, b])).await.unwrap();
+        let answer = missing(&t.app, &repo, &testkit::uploader(), &encode_ids(&[a, b])).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![b]);
         // Another repository holds nothing, whatever this one does.
         let other: RepoName = "dev/other".parse().unwrap();
-        let answer = missing(&t.app, &other, &testkit::scope(), &encode_ids(&[a])).await.unwrap();
+        let answer = missing(&t.app, &other, &testkit::uploader(), &encode_ids(&[a])).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![a]);
         assert!(
-            matches!(missing(&t.app, &repo, &testkit::scope(), &[1, 2, 3]).await, Err(ApiError::Invalid(_))),
+            matches!(missing(&t.app, &repo, &testkit::uploader(), &[1, 2, 3]).await, Err(ApiError::Invalid(_))),
             "not a list of ids"
         );
     }
@@ -197,16 +200,17 @@ mod tests {
         let req = testkit::staged(&t, &repo, 1).await;
         let (key_id, key, record) = t.data_key(&repo);
         crate::api::repo::put_key(&t.app, &writer_grant(), &repo, key_id, record).await.unwrap();
-        let (victim, thief) = (testkit::scope(), Scope::of(crate::dev::DOMAIN, "spiffe://coffer.dev/stolen", 0));
+        let victim = testkit::uploader();
+        let thief = Uploader { scope: Scope::of(crate::dev::DOMAIN, "spiffe://coffer.dev/stolen", 0), legacy: true };
         let (future, good) = t.chunk(&repo, key_id, &key, b"tomorrow's rows");
         let (_, poison) = t.chunk(&repo, key_id, &key, b"garbage");
 
         let planted = put_chunk(&t.app, &repo, &thief, future, poison.clone(), digest(&poison)).await.unwrap();
         assert_eq!(planted.status, StatusCode::CREATED);
-        let asked = |scope: Scope, ids: Vec<ChunkId>| {
+        let asked = |who: Uploader, ids: Vec<ChunkId>| {
             let app = t.app.clone();
             let repo = repo.clone();
-            async move { decode_ids(&missing(&app, &repo, &scope, &encode_ids(&ids)).await.unwrap().body).unwrap() }
+            async move { decode_ids(&missing(&app, &repo, &who, &encode_ids(&ids)).await.unwrap().body).unwrap() }
         };
         assert_eq!(asked(victim, vec![future]).await, vec![future], "the thief's upload does not count for the victim");
         assert_eq!(asked(thief, vec![future]).await, Vec::<ChunkId>::new());
@@ -215,20 +219,21 @@ mod tests {
 
         let stored = put_chunk(&t.app, &repo, &victim, future, good.clone(), digest(&good)).await.unwrap();
         assert_eq!(stored.status, StatusCode::CREATED, "stored as the victim's copy");
-        let copy = layout::chunk_copy(&repo, &future, &victim);
+        let copy = layout::chunk_copy(&repo, &future, &victim.scope);
         assert_eq!(t.app.store.get(&copy).await.unwrap().unwrap(), good);
         assert_eq!(t.app.store.get(&layout::chunk(&repo, &future)).await.unwrap().unwrap(), poison, "locked, kept");
         let again = put_chunk(&t.app, &repo, &victim, future, good.clone(), digest(&good)).await.unwrap();
         assert_eq!(again.status, StatusCode::OK);
         assert_eq!(asked(victim, vec![future]).await, Vec::<ChunkId>::new());
         let listed = list_copies(&t.app, &repo, future).await.unwrap();
-        assert_eq!(listed.body.as_ref(), victim.as_bytes(), "a reader finds the copy");
+        assert_eq!(listed.body.as_ref(), victim.scope.as_bytes(), "a reader finds the copy");
 
         // A fresh proxy, which knows nothing yet, answers the same way.
         let fresh = testkit::app_on(&t).await;
         let fresh_missing = missing(&fresh, &repo, &victim, &encode_ids(&[future])).await.unwrap();
         assert!(decode_ids(&fresh_missing.body).unwrap().is_empty());
-        let fresh_missing = missing(&fresh, &repo, &Scope::from_bytes([0; 8]), &encode_ids(&[future])).await.unwrap();
+        let nobody = Uploader { scope: Scope::from_bytes([0; 8]), legacy: true };
+        let fresh_missing = missing(&fresh, &repo, &nobody, &encode_ids(&[future])).await.unwrap();
         assert_eq!(decode_ids(&fresh_missing.body).unwrap(), vec![future]);
 
         // The victim's commit uses its copy: recorded in the index segment,
@@ -246,17 +251,16 @@ mod tests {
             .unwrap();
         let index = t.app.store.get(&layout::index(&repo, &commit.snapshot)).await.unwrap().unwrap();
         let index = coffer_proto::snapshot::IndexSegment::decode(&index).unwrap();
-        assert_eq!(index.scope, Some(victim));
+        assert_eq!(index.scope, Some(victim.scope));
         assert!(index.chunks.iter().any(|e| e.id == future && e.copy));
         assert!(index.chunks.iter().filter(|e| e.id != future).all(|e| !e.copy));
-        let refused =
-            crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &Scope::from_bytes([0; 8]), &{
-                let mut other = commit.clone();
-                other.snapshot = coffer_proto::SnapshotId::random();
-                other.encode()
-            })
-            .await
-            .unwrap_err();
+        let refused = crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &nobody, &{
+            let mut other = commit.clone();
+            other.snapshot = coffer_proto::SnapshotId::random();
+            other.encode()
+        })
+        .await
+        .unwrap_err();
         assert!(matches!(refused, ApiError::Conflict(ref m) if m.contains("not stored")), "{refused}");
     }
 }

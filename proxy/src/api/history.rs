@@ -170,9 +170,10 @@ mod tests {
         let store = Arc::new(Faulty::new(t.app.store.clone()));
         *store.list_fails_for.lock().unwrap() = Some("/snapshots/".into());
         let app = testkit::app_with_store(&t, store);
-        let reply = crate::api::snapshots::commit(&app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode())
-            .await
-            .unwrap();
+        let reply =
+            crate::api::snapshots::commit(&app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode())
+                .await
+                .unwrap();
         assert_eq!(reply.status, StatusCode::CREATED, "the snapshot itself is fine");
         testkit::wait_for_audit(&t, "detector-blind").await;
     }

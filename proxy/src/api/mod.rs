@@ -163,17 +163,17 @@ where
         (Action::GetKey, Some(repo)) => {
             Reply::object(app, layout::key(&repo, &obj.parse().map_err(reply::invalid)?)).await
         }
-        (Action::Missing, Some(repo)) => chunks::missing(app, &repo, &app.scope_of(identity), &body).await,
+        (Action::Missing, Some(repo)) => chunks::missing(app, &repo, &app.uploader(identity), &body).await,
         (Action::PutChunk, Some(repo)) => {
             let id = obj.parse().map_err(reply::invalid)?;
-            chunks::put_chunk(app, &repo, &app.scope_of(identity), id, body, digest).await
+            chunks::put_chunk(app, &repo, &app.uploader(identity), id, body, digest).await
         }
         (Action::GetChunk, Some(repo)) => {
             let (id, copy) = layout::chunk_of(obj).ok_or_else(|| reply::invalid(format!("not a chunk name: {obj}")))?;
             Reply::object(app, layout::chunk_at(&repo, &id, copy.as_ref())).await
         }
         (Action::ListCopies, Some(repo)) => chunks::list_copies(app, &repo, obj.parse().map_err(reply::invalid)?).await,
-        (Action::Commit, Some(repo)) => snapshots::commit(app, draft, &repo, &app.scope_of(identity), &body).await,
+        (Action::Commit, Some(repo)) => snapshots::commit(app, draft, &repo, &app.uploader(identity), &body).await,
         (Action::ListSnapshots, Some(repo)) => history::list_snapshots(app, &repo).await,
         (Action::PutEpoch, Some(repo)) => {
             repo::put_epoch(app, allowed, &repo, obj.parse().map_err(reply::invalid)?, body).await
@@ -183,6 +183,7 @@ where
             Reply::object(app, layout::snapshot(&repo, &obj.parse().map_err(reply::invalid)?)).await
         }
         (Action::AdminRevoke, _) => admin::revoke(app, identity, draft, &body).await,
+        (Action::AdminQuarantine, _) => admin::quarantine(app, identity, draft, &body).await,
         (Action::AdminReload, _) => admin::reload(app, draft).await,
         (Action::AdminHold, _) => admin::hold(app, identity, source, draft, &body).await,
         (Action::AdminLockdown, _) => admin::lockdown(app, identity, draft, &body).await,

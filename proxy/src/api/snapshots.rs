@@ -16,7 +16,7 @@ use super::history::{fill_catalog, repo_history, snapshot_info};
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
 use crate::audit::{Draft, Outcome};
-use crate::catalog::Known;
+use crate::catalog::{Known, Uploader};
 use crate::store::{ObjectMeta, PutOutcome, StoreError};
 
 /// How many missing chunk ids a refused commit names.
@@ -30,9 +30,10 @@ pub async fn commit(
     app: &App,
     draft: &mut Draft,
     repo: &RepoName,
-    scope: &Scope,
+    who: &Uploader,
     body: &[u8],
 ) -> Result<Reply, ApiError> {
+    let scope = &who.scope;
     let req = CommitRequest::decode(body).map_err(invalid)?;
     // The snapshot is named in the body, not the path: its event names it,
     // whatever the outcome.
@@ -66,7 +67,7 @@ pub async fn commit(
         let mut cat = catalog.lock().await;
         fill_catalog(app, repo, &mut cat).await;
         let (known, unknown): (Vec<_>, Vec<_>) =
-            req.chunks.iter().map(|id| (*id, cat.present(id, scope, now))).partition(|(_, k)| k.is_some());
+            req.chunks.iter().map(|id| (*id, cat.present(id, who, now))).partition(|(_, k)| k.is_some());
         let known: Vec<(ChunkId, Known, Option<Vec<KeyId>>)> = known
             .into_iter()
             .map(|(id, k)| {
@@ -78,7 +79,7 @@ pub async fn commit(
     };
     // Each must be in the committer's scope: its own upload (or its copy),
     // or one from before scopes; never another identity's.
-    let metas = app.fan_out(fan, unknown.iter().copied(), |id| head_in_scope(app, repo, id, scope)).await?;
+    let metas = app.fan_out(fan, unknown.iter().copied(), |id| head_in_scope(app, repo, id, who)).await?;
     let absent: Vec<&ChunkId> = unknown.iter().zip(&metas).filter(|(_, m)| m.is_none()).map(|(id, _)| id).collect();
     if !absent.is_empty() {
         let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
@@ -304,7 +305,7 @@ mod tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        let reply = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
+        let reply = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
         assert_eq!(reply.status, StatusCode::CREATED);
         let info: SnapshotInfo = serde_json::from_slice(&reply.body).unwrap();
         let index = t.app.store.get(&layout::index(&repo, &req.snapshot)).await.unwrap().unwrap();
@@ -316,7 +317,7 @@ mod tests {
             assert!(meta.retain_until.unwrap() >= info.retain_until - 1, "each chunk locked as long as the snapshot");
         }
         // The same commit again (a retry) is answered, not doubled.
-        let again = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
+        let again = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
         assert_eq!(again.status, StatusCode::OK);
         let listed = list_snapshots(&t.app, &repo).await.unwrap();
         let listed: Vec<SnapshotInfo> = serde_json::from_slice(&listed.body).unwrap();
@@ -325,7 +326,7 @@ mod tests {
         let mut other = req;
         let last = other.root.len() - 1;
         other.root[last] ^= 1;
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &other.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &other.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(_)), "{err}");
     }
 
@@ -335,19 +336,19 @@ mod tests {
         let repo: RepoName = "dev/unit".parse().unwrap();
         let mut req = staged(&t, &repo, 2).await;
         req.chunks.push(ChunkId::from_bytes([7; 32]));
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
         req.chunks.pop();
         let twice = CommitRequest { chunks: vec![req.chunks[0], req.chunks[0]], ..req.clone() };
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &twice.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &twice.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("twice")), "{err}");
         let lying = CommitRequest { stats: SnapshotStats { chunks_new: 50, ..req.stats }, ..req.clone() };
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &lying.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &lying.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("contradict")), "{err}");
         assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Snapshots)).await.unwrap().is_empty());
         assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Index)).await.unwrap().is_empty());
         // And the honest commit of the same chunks still goes through.
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
     }
 }
 
@@ -363,15 +364,15 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 40).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
 
         // The dedup query and the commit of the same chunks again.
         let heads = store_ops(&t.app, "head");
         let answer =
-            crate::api::chunks::missing(&t.app, &repo, &testkit::scope(), &encode_ids(&req.chunks)).await.unwrap();
+            crate::api::chunks::missing(&t.app, &repo, &testkit::uploader(), &encode_ids(&req.chunks)).await.unwrap();
         assert!(decode_ids(&answer.body).unwrap().is_empty());
         let second = again(&t, &repo, &req).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &second.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &second.encode()).await.unwrap();
         let per_commit = store_ops(&t.app, "head") - heads;
         assert!(per_commit < 10, "{per_commit} HEADs for 40 known chunks: the key records and config only");
 
@@ -380,10 +381,10 @@ mod catalog_tests {
         let unknown = ChunkId::from_bytes([0xee; 32]);
         let mut ids = req.chunks.clone();
         ids.push(unknown);
-        let answer = crate::api::chunks::missing(&fresh, &repo, &testkit::scope(), &encode_ids(&ids)).await.unwrap();
+        let answer = crate::api::chunks::missing(&fresh, &repo, &testkit::uploader(), &encode_ids(&ids)).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![unknown]);
         let third = again(&t, &repo, &req).await;
-        commit(&fresh, &mut draft("commit"), &repo, &testkit::scope(), &third.encode()).await.unwrap();
+        commit(&fresh, &mut draft("commit"), &repo, &testkit::uploader(), &third.encode()).await.unwrap();
     }
 
     #[tokio::test]
@@ -399,7 +400,7 @@ mod catalog_tests {
             retain_until: crate::unix_now() + 86_400,
             stats: SnapshotStats::default(),
             keys: Some(Vec::new()),
-            scope: Some(testkit::scope()),
+            scope: Some(testkit::uploader().scope),
             chunks: vec![IndexEntry {
                 id: req.chunks[0],
                 size: 1,
@@ -412,7 +413,7 @@ mod catalog_tests {
             .put_new(&layout::index(&repo, &req.snapshot), other.encode().into(), crate::unix_now() + 86_400)
             .await
             .unwrap();
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("other chunks")), "{err}");
         assert!(t.app.store.head(&layout::snapshot(&repo, &req.snapshot)).await.unwrap().is_none(), "no root");
     }
@@ -422,7 +423,7 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
         // A longer retention now, so every object's lock must grow; the
         // config's extension fails.
         let store = std::sync::Arc::new(testkit::Faulty::new(t.app.store.clone()));
@@ -430,7 +431,7 @@ mod catalog_tests {
         let mut app = testkit::app_with_store(&t, store);
         app.retention.0 += 86_400 * 30;
         let second = again(&t, &repo, &req).await;
-        let err = commit(&app, &mut draft("commit"), &repo, &testkit::scope(), &second.encode()).await.unwrap_err();
+        let err = commit(&app, &mut draft("commit"), &repo, &testkit::uploader(), &second.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Store(_)), "{err}");
         let event = testkit::wait_for_audit(&t, "\"extend-locks\"").await;
         assert!(event.contains("objects locked until"), "{event}");
@@ -442,11 +443,11 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
         // A commit naming a chunk nobody uploaded is refused, catalog or not.
         let mut lying = again(&t, &repo, &req).await;
         lying.chunks.push(ChunkId::from_bytes([0xab; 32]));
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::scope(), &lying.encode()).await.unwrap_err();
+        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &lying.encode()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
     }
 }

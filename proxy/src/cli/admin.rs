@@ -35,6 +35,18 @@ pub(crate) enum AdminCmd {
         #[arg(long)]
         lift: bool,
     },
+    /// Make everything an identity of your own trust domain uploaded so far
+    /// stop counting for its dedup, on every proxy of the store: its next
+    /// backup uploads all its data again (after a host compromise, so no
+    /// chunk it may have planted is used). Allowed during lockdown.
+    Quarantine {
+        #[command(flatten)]
+        call: AdminCall,
+        #[arg(long)]
+        trust_domain: String,
+        #[arg(long)]
+        identity: String,
+    },
     /// Make the proxy reload its configuration file.
     Reload {
         #[command(flatten)]
@@ -159,6 +171,9 @@ pub(crate) fn admin_command(config: Option<PathBuf>, command: AdminCmd) -> ExitC
             Action::AdminRevoke,
             serde_json::json!({"trust_domain": trust_domain, "identity": identity, "revoked": !lift}),
         ),
+        AdminCmd::Quarantine { call, trust_domain, identity } => {
+            (call, Action::AdminQuarantine, serde_json::json!({"trust_domain": trust_domain, "identity": identity}))
+        }
         AdminCmd::Reload { call } => (call, Action::AdminReload, serde_json::json!({})),
         AdminCmd::Lockdown { call, lift } => (call, Action::AdminLockdown, serde_json::json!({ "on": !lift })),
         AdminCmd::Expire { call, repo, dry_run } => {

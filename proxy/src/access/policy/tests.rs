@@ -95,7 +95,9 @@ fn expected(role: Role, action: Action) -> bool {
         Role::Writer => writes.contains(&action),
         Role::Reader => reads.contains(&action),
         Role::Auditor => [Whoami, ListSnapshots].contains(&action),
-        Role::Admin => [Whoami, AdminRevoke, AdminReload, AdminHold, AdminLockdown, AdminExpire].contains(&action),
+        Role::Admin => {
+            [Whoami, AdminRevoke, AdminQuarantine, AdminReload, AdminHold, AdminLockdown, AdminExpire].contains(&action)
+        }
     }
 }
 
