@@ -108,6 +108,10 @@ hex_id!(
 );
 
 impl Scope {
+    /// The owner of an upload with no scope recorded that the store wrote
+    /// after scopes began: it counts for no one.
+    pub const UNSCOPED: Scope = Scope([0xff; 8]);
+
     /// The scope of the identity `name` in trust domain `domain`, in its
     /// `generation` (0 until its uploads are first quarantined).
     pub fn of(domain: &str, name: &str, generation: u32) -> Self {

@@ -104,8 +104,13 @@ pub struct App {
     /// write-once), so polling the store reads only new ones.
     revocations_read: Mutex<HashMap<String, Option<IdentityRecord>>>,
     /// How many times each identity was revoked or quarantined: the
-    /// generation of its upload scope.
+    /// generation of its upload scope. Never goes down.
     generations: RwLock<HashMap<(String, String), u32>>,
+    /// When scopes began in this store (`admin/scopes-since`): an upload
+    /// with no scope recorded counts as one from before scopes only if the
+    /// store wrote it before then (later ones are an old proxy's, during an
+    /// upgrade that should not have overlapped).
+    scopes_since: std::sync::atomic::AtomicU64,
     /// Repository policies, swapped whole on reload.
     repo_policies: RwLock<Arc<RepoPolicies>>,
     /// Lockdown: only reads, and the admin calls that tighten.
@@ -152,6 +157,7 @@ impl App {
             revoked: RwLock::default(),
             revocations_read: Mutex::default(),
             generations: RwLock::default(),
+            scopes_since: std::sync::atomic::AtomicU64::new(0),
             lockdown: Default::default(),
             repo_policies: RwLock::new(Arc::new(RepoPolicies::new(&[], None, None).expect("empty"))),
             reload,
@@ -191,14 +197,30 @@ impl App {
             let read = self.revocations_read.lock().expect("not poisoned");
             let mut newest: HashMap<(String, String), (&str, bool)> = Default::default();
             let mut generations: HashMap<(String, String), u32> = Default::default();
-            for key in &keys {
-                let Some(Some((domain, name, says))) = read.get(key) else { continue };
+            // Every record this proxy ever read counts for generations
+            // (one deleted since still started one); the records stored
+            // now decide revocation.
+            let listed: HashSet<&String> = keys.iter().collect();
+            for (key, record) in read.iter() {
+                let Some((domain, name, says)) = record else { continue };
+                // A record counts only in its own identity's folder.
+                let folder = match says {
+                    None => switches::quarantine_folder(domain, name),
+                    Some(_) => switches::revocation_folder(domain, name),
+                };
+                if !key.starts_with(&format!("{folder}/")) && !key.starts_with(switches::REVOCATIONS) {
+                    tracing::error!("ignoring {key}: it names {name} ({domain}), whose records are elsewhere");
+                    continue;
+                }
                 let who = (domain.clone(), name.clone());
                 if says.unwrap_or(true) {
                     let n = generations.entry(who.clone()).or_default();
                     *n = n.saturating_add(1);
                 }
                 let Some(revoked) = *says else { continue };
+                if !listed.contains(key) {
+                    continue;
+                }
                 let order = key
                     .strip_prefix(switches::IDENTITY_SWITCHES)
                     .and_then(|rest| rest.split_once('/'))
@@ -214,14 +236,21 @@ impl App {
         };
         let n = loaded.len();
         {
+            // Generations only grow: a record that vanished or no longer
+            // reads (deleted behind the proxy's back, an unreadable newer
+            // format) must not bring an identity's old uploads back.
             let mut known = self.generations.write().expect("not poisoned");
-            for ((domain, name), g) in &generations {
-                if known.get(&(domain.clone(), name.clone())) != Some(g) {
+            for ((domain, name), g) in generations {
+                let slot = known.entry((domain.clone(), name.clone())).or_default();
+                if g > *slot {
                     tracing::warn!(trust_domain = %domain, identity = %name, generation = g,
                         "revoked or quarantined by an administrator: its earlier uploads no longer count for its dedup");
+                    *slot = g;
+                } else if g < *slot {
+                    tracing::error!(trust_domain = %domain, identity = %name, "fewer revocation and quarantine \
+                        records than before ({g} < {slot}): some were deleted or cannot be read; kept {slot}");
                 }
             }
-            *known = generations;
         }
         let mut revoked = self.revoked.write().expect("not poisoned");
         for (domain, name) in loaded.difference(&revoked) {
@@ -273,6 +302,49 @@ impl App {
     pub fn uploader(&self, identity: &Identity) -> Uploader {
         let generation = self.generation(identity);
         Uploader { scope: Scope::of(identity.domain(), identity.name(), generation), legacy: generation == 0 }
+    }
+
+    /// Records (once per store, the first proxy with scopes wins) and reads
+    /// when scopes began.
+    pub async fn load_scopes_since(&self) -> Result<u64, StoreError> {
+        let now = crate::unix_now();
+        let body = serde_json::to_vec(&serde_json::json!({ "time": now })).expect("serialises");
+        let until = now + crate::store::LONGEST_LOCK_SECS;
+        self.store.put_new(switches::SCOPES_SINCE, body.into(), until).await?;
+        let stored = self.store.get(switches::SCOPES_SINCE).await?.unwrap_or_default();
+        let since = serde_json::from_slice::<serde_json::Value>(&stored)
+            .ok()
+            .and_then(|v| v["time"].as_u64())
+            .ok_or_else(|| StoreError::Backend {
+                key: switches::SCOPES_SINCE.into(),
+                message: "unreadable".into(),
+                retryable: false,
+            })?;
+        self.scopes_since.store(since, std::sync::atomic::Ordering::Release);
+        Ok(since)
+    }
+
+    /// Whose upload a first upload counts as: the scope the store recorded
+    /// beside it; with none, one from before scopes (`None`) if the store
+    /// wrote it before scopes began, else [`Scope::UNSCOPED`], which counts
+    /// for no one (an old proxy's upload, made after the upgrade).
+    pub fn owner_of(&self, meta: &crate::store::ObjectMeta) -> Option<Scope> {
+        let since = self.scopes_since.load(std::sync::atomic::Ordering::Acquire);
+        match (meta.scope, meta.modified) {
+            (Some(scope), _) => Some(scope),
+            (None, Some(t)) if t < since => None,
+            (None, _) => Some(Scope::UNSCOPED),
+        }
+    }
+
+    /// When scopes began in this store (unix seconds).
+    pub fn scopes_since(&self) -> u64 {
+        self.scopes_since.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn set_scopes_since(&self, t: u64) {
+        self.scopes_since.store(t, std::sync::atomic::Ordering::Release);
     }
 
     /// How many times `identity` was revoked or its uploads quarantined.

@@ -157,20 +157,34 @@ impl RepoCatalog {
         }
     }
 
+    /// What the store itself says of an object of `id` (a HEAD's answer,
+    /// or an upload this proxy just created): it replaces whatever the
+    /// catalog held, which may describe an object expiry deleted since (on
+    /// another proxy) and another identity uploaded again.
+    pub fn observe(&mut self, id: ChunkId, known: Known) {
+        match known.owner.filter(|_| known.copy) {
+            Some(scope) => self.copies.insert((id, scope), known),
+            None => self.chunks.insert(id, known),
+        };
+    }
+
     /// What a HEAD answered: of the first upload of `id`, or (`copy`) of
-    /// that scope's copy.
-    pub fn record_head(&mut self, id: ChunkId, meta: &ObjectMeta, copy: Option<Scope>) {
+    /// that scope's copy. `owner` is whose the first upload counts as
+    /// (what the store recorded beside it, judged by `App::owner_of`).
+    pub fn record_head(&mut self, id: ChunkId, meta: &ObjectMeta, copy: Option<Scope>, owner: Option<Scope>) {
         let Some(retain_until) = meta.retain_until else { return };
         let sealed_by = meta.sealed_by.map_or(SealedBy::Unknown, SealedBy::Key);
         let (owner, copy) = match copy {
             Some(scope) => (Some(scope), true),
-            None => (meta.scope, false),
+            None => (owner, false),
         };
-        self.record(id, Known { size: meta.size, retain_until, sealed_by, owner, copy });
+        self.observe(id, Known { size: meta.size, retain_until, sealed_by, owner, copy });
     }
 
-    /// Every chunk of a committed snapshot's index segment.
-    pub fn record_index(&mut self, index: &IndexSegment) {
+    /// Every chunk of a committed snapshot's index segment. A segment from
+    /// before scopes (no scope) committed after `scopes_since` is an old
+    /// proxy's: its chunks count for no one until a HEAD says whose they are.
+    pub fn record_index(&mut self, index: &IndexSegment, scopes_since: u64) {
         if !self.merged.insert(index.snapshot) {
             return;
         }
@@ -181,8 +195,12 @@ impl RepoCatalog {
             }
             None => SealedBy::Unknown,
         };
+        let owner = match index.scope {
+            None if index.committed >= scopes_since => Some(Scope::UNSCOPED),
+            scope => scope,
+        };
         for e in &index.chunks {
-            let (size, retain_until, owner, copy) = (u64::from(e.size), e.retain_until, index.scope, e.copy);
+            let (size, retain_until, copy) = (u64::from(e.size), e.retain_until, e.copy);
             self.record(e.id, Known { size, retain_until, sealed_by, owner, copy });
         }
     }
@@ -333,8 +351,8 @@ mod tests {
             scope: Some(scope(1)),
             chunks: vec![entry(1, false), entry(2, true)],
         };
-        c.record_index(&index);
-        c.record_index(&index);
+        c.record_index(&index, u64::MAX);
+        c.record_index(&index, u64::MAX);
         let known = c.present(&id(1), &who(1), NOW).unwrap();
         assert_eq!(c.keys_of(&known), Some(keys));
         assert_eq!(c.key_sets.len(), 1, "a segment is merged once");
@@ -349,10 +367,15 @@ mod tests {
             chunks: vec![entry(3, false)],
             ..index
         };
-        c.record_index(&old);
+        c.record_index(&old, NOW + 1);
         assert!(c.present(&id(3), &who(2), NOW).is_some());
         // ... except for an identity whose uploads were quarantined.
         assert!(c.present(&id(3), &Uploader { scope: scope(2), legacy: false }, NOW).is_none());
+        // One an old proxy wrote after scopes began counts for no one.
+        let late = IndexSegment { snapshot: SnapshotId::from_bytes([9; 16]), chunks: vec![entry(4, false)], ..old };
+        c.record_index(&late, NOW);
+        assert!(c.present(&id(4), &who(2), NOW).is_none());
+        assert!(c.present(&id(4), &Uploader { scope: Scope::UNSCOPED, legacy: true }, NOW).is_some(), "recorded");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct ProxyConfig {
     #[serde(default)]
     pub scrub: crate::monitor::scrub::ScrubConfig,
     #[serde(default)]
+    pub lifecycle: LifecycleConfig,
+    #[serde(default)]
     pub assess: AssessConfig,
     #[serde(default)]
     pub rules: Vec<RuleConfig>,
@@ -56,6 +58,24 @@ pub struct ProxyConfig {
     pub grants: Vec<GrantConfig>,
     #[serde(default)]
     pub repo_policies: Vec<crate::access::governance::RepoPolicyConfig>,
+}
+
+/// `[lifecycle]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LifecycleConfig {
+    /// Seconds between passes; 0 turns the pass off (`admin expire` still
+    /// works).
+    pub interval_secs: u64,
+    /// Up to this many seconds of random delay before each pass, so the
+    /// proxies of a fleet do not all ask the store at the same moment.
+    pub jitter_secs: u64,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        Self { interval_secs: 3600, jitter_secs: 300 }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -450,46 +470,4 @@ pub fn read_master_key(path: &Path) -> Result<LocalKek, MasterKeyError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::{private_endpoint, ProxyConfig};
-    use proptest::prelude::*;
-
-    const DEV: &str = include_str!("../tests/data/proxy.toml");
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(1000))]
-        /// Config and policy parsing never panics: random text, and a real
-        /// config with bytes flipped, cut or repeated.
-        #[test]
-        fn parsing_never_panics(noise in ".{0,200}", at in any::<prop::sample::Index>(), byte in any::<u8>(), cut in any::<prop::sample::Index>()) {
-            let _ = ProxyConfig::parse(&noise, std::path::Path::new("/x"));
-            let mut bytes = DEV.as_bytes().to_vec();
-            let i = at.index(bytes.len());
-            bytes[i] ^= byte;
-            let text = String::from_utf8_lossy(&bytes).into_owned();
-            let _ = ProxyConfig::parse(&text, std::path::Path::new("/x"));
-            let _ = ProxyConfig::parse(&text[..text.floor_char_boundary(cut.index(text.len() + 1))], std::path::Path::new("/x"));
-            let doubled = format!("{DEV}\n{}", &DEV[..DEV.floor_char_boundary(cut.index(DEV.len() + 1))]);
-            let _ = ProxyConfig::parse(&doubled, std::path::Path::new("/x"));
-        }
-    }
-
-    #[test]
-    fn the_fuzzing_seed_is_a_valid_config() {
-        let cfg = ProxyConfig::parse(DEV, std::path::Path::new("/x")).unwrap();
-        assert_eq!(cfg.rules.len(), 4);
-        assert!(cfg.policy().is_ok());
-    }
-
-    #[test]
-    fn private_endpoints() {
-        assert!(private_endpoint(None, false).is_err());
-        assert!(private_endpoint(Some("https://s3.eu-west-1.amazonaws.com"), false).is_err());
-        assert!(private_endpoint(Some("https://s3.eu-west-1.amazonaws.com"), true).is_ok());
-        assert!(private_endpoint(Some("https://kms.eu-west-1.amazonaws.com"), true).is_err());
-        assert!(private_endpoint(Some("https://bucket.vpce-0a1b.s3.eu-west-1.vpce.amazonaws.com"), false).is_ok());
-        assert!(private_endpoint(Some("https://vpce-0a1b.kms.eu-west-1.vpce.amazonaws.com"), false).is_ok());
-        assert!(private_endpoint(Some("http://127.0.0.1:5000"), false).is_ok());
-        assert!(private_endpoint(Some("https://minio.internal:9000/x"), false).is_ok());
-    }
-}
+mod tests;

@@ -152,6 +152,13 @@ impl DevProxy {
         out
     }
 
+    /// Every stored object that is not the proxy's own (its `admin/` tree:
+    /// switches, leases, when scopes began): what clients made it store.
+    pub fn stored_for_clients(&self) -> Vec<PathBuf> {
+        let admin = self.objects().join("admin");
+        self.stored("").into_iter().filter(|p| !p.starts_with(&admin)).collect()
+    }
+
     /// The live audit log; a missing or unreadable one fails the test.
     pub fn audit_log(&self) -> String {
         let path = self.dir.join("audit/audit.jsonl");

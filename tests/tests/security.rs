@@ -159,7 +159,7 @@ async fn path_tricks_never_reach_the_store() {
         let err = client.raw(Method::PUT, path, b"{}".to_vec(), None).await.unwrap_err();
         assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{path}: {err}");
     }
-    assert!(p.stored("").is_empty());
+    assert!(p.stored_for_clients().is_empty());
 }
 
 #[test]

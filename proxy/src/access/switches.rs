@@ -19,6 +19,8 @@ pub const IDENTITY_SWITCHES: &str = "admin/identities/";
 /// Quarantines: `admin/quarantine/<hash>/<millis>-<random>`, one record
 /// per quarantine of an identity's uploads.
 pub const QUARANTINES: &str = "admin/quarantine/";
+/// When upload scopes began in this store (`App::owner_of`).
+pub const SCOPES_SINCE: &str = "admin/scopes-since";
 /// Lockdown switches, one object each; the newest decides.
 pub const LOCKDOWN: &str = "admin/lockdown/";
 /// Legal hold switches per snapshot: `admin/holds/<repo>/<snapshot>/<time>`.

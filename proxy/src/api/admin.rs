@@ -8,8 +8,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use coffer_proto::layout;
-use coffer_proto::snapshot::IndexSegment;
-use coffer_proto::{KeyId, RepoName, SnapshotId};
+use coffer_proto::{RepoName, SnapshotId};
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +18,7 @@ use crate::access::policy::Action;
 use crate::access::switches::{self, hold_prefix, read_switch, write_switch, Revocation, LOCKDOWN};
 use crate::app::App;
 use crate::audit::{Draft, Outcome};
-use crate::lifecycle::{expiry_plan, Doomed};
+use crate::lifecycle::{delete_doomed, expiry_plan, Deleted, Doomed};
 
 /// Refuses an admin call on `repo` that the admin's own rules do not
 /// reach: an admin's rights stop at its trust domain's namespace and its
@@ -167,28 +166,11 @@ struct HoldRequest {
     on: bool,
 }
 
-/// Every object a snapshot needs: its root and index, its chunks, the data
-/// keys that sealed them (all of the repository's for a segment from before
-/// key ids were recorded), the config and the chunk-id key epochs.
+/// Every object a snapshot needs (`lifecycle::objects_of`).
 async fn objects_of(app: &App, repo: &RepoName, snapshot: SnapshotId) -> Result<BTreeSet<String>, ApiError> {
-    let index = app
-        .store
-        .get(&layout::index(repo, &snapshot))
+    crate::lifecycle::objects_of(&*app.store, repo, snapshot)
         .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no snapshot {snapshot} in {repo}")))?;
-    let index = IndexSegment::decode(&index).map_err(|e| ApiError::Conflict(format!("index of {snapshot}: {e}")))?;
-    let copy = |e: &coffer_proto::snapshot::IndexEntry| index.scope.filter(|_| e.copy);
-    let mut out: BTreeSet<String> =
-        index.chunks.iter().map(|e| layout::chunk_at(repo, &e.id, copy(e).as_ref())).collect();
-    out.insert(layout::index(repo, &snapshot));
-    out.insert(layout::snapshot(repo, &snapshot));
-    out.insert(layout::config(repo));
-    out.extend(app.store.list(&layout::prefix(repo, layout::Kind::Epochs)).await?);
-    match &index.keys {
-        Some(ids) => out.extend(ids.iter().map(|k| layout::key(repo, k))),
-        None => out.extend(app.store.list(&layout::prefix(repo, layout::Kind::Keys)).await?),
-    }
-    Ok(out)
+        .ok_or_else(|| ApiError::NotFound(format!("no snapshot {snapshot} in {repo}")))
 }
 
 async fn snapshots_of(app: &App, repo: &RepoName) -> Result<Vec<SnapshotId>, ApiError> {
@@ -266,7 +248,8 @@ pub async fn expire(
     let req: ExpireRequest = serde_json::from_slice(body).map_err(invalid)?;
     scope(app, admin, Action::AdminExpire, &req.repo, source)?;
     let now = crate::unix_now();
-    let (doomed, held) = expiry_plan(&*app.store, &req.repo, now).await?;
+    let spare = crate::lifecycle::pass::keepers(app, &req.repo).await?;
+    let (doomed, held) = expiry_plan(&*app.store, &req.repo, now, &spare).await?;
     if req.dry_run {
         return Ok(Reply::json(
             StatusCode::OK,
@@ -274,39 +257,7 @@ pub async fn expire(
         ));
     }
     audit_intent(app, draft, format!("expiring {} objects of {}", doomed.len(), req.repo)).await?;
-    let (mut deleted, mut failed) = (Vec::new(), Vec::new());
-    let key_prefix = layout::prefix(&req.repo, layout::Kind::Keys);
-    let chunk_prefix = layout::prefix(&req.repo, layout::Kind::Chunks);
-    let root_prefix = layout::prefix(&req.repo, layout::Kind::Snapshots);
-    // In plan order: roots first, so snapshots disappear before anything
-    // they need, and key records last.
-    for d in doomed {
-        let key_id = d.key.strip_prefix(&key_prefix).and_then(|k| k.parse::<KeyId>().ok());
-        if key_id.is_some() && !failed.is_empty() {
-            // A chunk that stays may have been sealed with this key: keep
-            // it, so the chunk stays readable, until a run deletes both.
-            let reason = "kept: other objects could not be deleted; run expire again".to_string();
-            failed.push(Doomed { key: d.key, reason });
-            continue;
-        }
-        match app.store.delete(&d.key, now).await {
-            Ok(()) => {
-                if let Some(id) = key_id {
-                    app.forget_key(&req.repo, id);
-                }
-                if let Some(id) = d.key.strip_prefix(&root_prefix).and_then(|n| n.parse::<SnapshotId>().ok()) {
-                    app.snapshot_infos.lock().expect("not poisoned").remove(&(req.repo.clone(), id));
-                }
-                if d.key.starts_with(&chunk_prefix) {
-                    if let Some((id, copy)) = layout::chunk_of(&d.key) {
-                        app.catalogs.forget(&req.repo, &id, copy).await;
-                    }
-                }
-                deleted.push(d);
-            }
-            Err(e) => failed.push(Doomed { key: d.key, reason: e.to_string() }),
-        }
-    }
+    let Deleted { deleted, failed } = delete_doomed(app, &req.repo, doomed, now).await;
     Ok(Reply::json(StatusCode::OK, &ExpireReport { dry_run: false, deleted, held, failed }))
 }
 
@@ -416,6 +367,13 @@ mod tests {
         let who = t.app.uploader(&writer);
         crate::api::chunks::put_chunk(&t.app, &repo, &who, id, envelope, digest).await.unwrap();
         assert!(t.app.store.head(&layout::chunk_copy(&repo, &id, &who.scope)).await.unwrap().is_some());
+
+        // A record deleted behind the proxies' backs does not bring the
+        // old uploads back.
+        let record = t.app.store.list(switches::QUARANTINES).await.unwrap();
+        t.app.store.delete(&record[0], u64::MAX).await.unwrap();
+        t.app.load_revocations().await.unwrap();
+        assert_eq!(t.app.generation(&writer), 1, "generations never go down");
 
         // A revocation starts a generation too.
         let revoked = br#"{"trust_domain": "dev", "identity": "spiffe://coffer.dev/writer"}"#;

@@ -39,7 +39,7 @@ pub async fn missing(app: &App, repo: &RepoName, who: &Uploader, body: &[u8]) ->
         let mut cat = catalog.lock().await;
         for (id, found) in unknown.iter().zip(&stored) {
             match found {
-                Some((meta, copy)) => cat.record_head(*id, meta, *copy),
+                Some(f) => cat.record_head(*id, &f.meta, f.copy, f.owner),
                 None => absent.push(*id),
             }
         }
@@ -48,40 +48,59 @@ pub async fn missing(app: &App, repo: &RepoName, who: &Uploader, body: &[u8]) ->
     Ok(Reply::new(StatusCode::OK, encode_ids(&absent), "application/octet-stream"))
 }
 
+/// Most copies of one id a reader is told of: far more identities than
+/// write one repository.
+const COPIES_MAX: usize = 256;
+
 /// The scopes holding a copy of `id` beside its first upload, as bare
 /// concatenated 8-byte scopes: where a reader looks when the first upload
 /// does not open to its id.
 pub async fn list_copies(app: &App, repo: &RepoName, id: ChunkId) -> Result<Reply, ApiError> {
     let first = layout::chunk(repo, &id);
-    let folder = &first[..first.rfind('/').expect("a chunk key has folders") + 1];
     let scopes: Vec<u8> = app
         .store
-        .list(folder)
+        .list(&format!("{first}."))
         .await?
         .iter()
         .filter_map(|key| match layout::chunk_of(key) {
             Some((found, Some(scope))) if found == id => Some(scope),
             _ => None,
         })
+        .take(COPIES_MAX)
         .flat_map(|s| *s.as_bytes())
         .collect();
     Ok(Reply::new(StatusCode::OK, scopes, "application/octet-stream"))
 }
 
-/// The object of `id` that `who` may count on, asked of the store: the
-/// first upload when it counts for `who`, else the copy of `who`'s scope
-/// beside it (then also that scope).
+/// What the store says of `id` for `who`: the first upload's metadata
+/// and whose it counts as, when that counts for `who`; else the copy of
+/// `who`'s scope beside it (then also that scope). Both are asked at once,
+/// so how long the answer takes does not tell whether another identity
+/// stored the id.
+pub struct Found {
+    pub meta: ObjectMeta,
+    /// `Some(scope)`: the scope's copy.
+    pub copy: Option<Scope>,
+    /// Whose the object counts as.
+    pub owner: Option<Scope>,
+}
+
 pub async fn head_in_scope(
     app: &App,
     repo: &RepoName,
     id: ChunkId,
     who: &Uploader,
-) -> Result<Option<(ObjectMeta, Option<Scope>)>, StoreError> {
+) -> Result<Option<Found>, StoreError> {
     let scope = &who.scope;
-    match app.store.head(&layout::chunk(repo, &id)).await? {
+    let (first_key, copy_key) = (layout::chunk(repo, &id), layout::chunk_copy(repo, &id, scope));
+    let (first, copy) = tokio::try_join!(app.store.head(&first_key), app.store.head(&copy_key))?;
+    match first {
         None => Ok(None),
-        Some(first) if who.counts(first.scope) => Ok(Some((first, None))),
-        Some(_) => Ok(app.store.head(&layout::chunk_copy(repo, &id, scope)).await?.map(|m| (m, Some(*scope)))),
+        Some(meta) if who.counts(app.owner_of(&meta)) => {
+            let owner = app.owner_of(&meta);
+            Ok(Some(Found { meta, copy: None, owner }))
+        }
+        Some(_) => Ok(copy.map(|meta| Found { meta, copy: Some(*scope), owner: Some(*scope) })),
     }
 }
 
@@ -121,7 +140,7 @@ pub async fn put_chunk(
         outcome = app.store.put_object(&layout::chunk(repo, &id), body.clone(), until, recorded).await?;
         if outcome == PutOutcome::Exists && first_owner.is_none() {
             let first = app.store.head(&layout::chunk(repo, &id)).await?;
-            copy = first.is_some_and(|m| !who.counts(m.scope));
+            copy = first.is_some_and(|m| !who.counts(app.owner_of(&m)));
         }
     }
     if copy {
@@ -129,7 +148,7 @@ pub async fn put_chunk(
     }
     if outcome == PutOutcome::Created {
         let sealed_by = SealedBy::Key(header.key_id);
-        catalog.lock().await.record(id, Known { size, retain_until: until, sealed_by, owner: Some(*scope), copy });
+        catalog.lock().await.observe(id, Known { size, retain_until: until, sealed_by, owner: Some(*scope), copy });
     }
     Ok(Reply::stored(outcome))
 }
@@ -262,5 +281,64 @@ mod tests {
         .await
         .unwrap_err();
         assert!(matches!(refused, ApiError::Conflict(ref m) if m.contains("not stored")), "{refused}");
+    }
+
+    /// Expiry on another proxy deleted an id this proxy still knows as the
+    /// victim's upload; a thief uploads the id again through this proxy. It
+    /// is the thief's now, and never counts for the victim.
+    #[tokio::test]
+    async fn an_id_uploaded_again_after_expiry_belongs_to_its_new_uploader() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let req = testkit::staged(&t, &repo, 1).await;
+        let (victim, id) = (testkit::uploader(), req.chunks[0]);
+        let thief = Uploader { scope: Scope::of(crate::dev::DOMAIN, "spiffe://coffer.dev/stolen", 0), legacy: true };
+        let asked = |who: Uploader| {
+            let app = t.app.clone();
+            let repo = repo.clone();
+            async move { decode_ids(&missing(&app, &repo, &who, &encode_ids(&[id])).await.unwrap().body).unwrap() }
+        };
+        // This proxy knew it as the victim's until its lock, about to end;
+        // then expiry on another proxy deleted it.
+        let known = Known {
+            size: 1,
+            retain_until: crate::unix_now() + 60,
+            sealed_by: SealedBy::Unknown,
+            owner: Some(victim.scope),
+            copy: false,
+        };
+        t.app.catalogs.of(&repo).lock().await.observe(id, known);
+        t.app.store.delete(&layout::chunk(&repo, &id), u64::MAX).await.unwrap();
+        let (key_id, key, record) = t.data_key(&repo);
+        crate::api::repo::put_key(&t.app, &writer_grant(), &repo, key_id, record).await.unwrap();
+        let (_, poison) = t.chunk(&repo, key_id, &key, b"garbage");
+        let planted = put_chunk(&t.app, &repo, &thief, id, poison.clone(), digest(&poison)).await.unwrap();
+        assert_eq!(planted.status, StatusCode::CREATED);
+        assert_eq!(asked(victim).await, vec![id], "the plant does not count for the victim");
+        let (_, good) = t.chunk(&repo, key_id, &key, &[0; 100]);
+        put_chunk(&t.app, &repo, &victim, id, good.clone(), digest(&good)).await.unwrap();
+        assert!(t.app.store.head(&layout::chunk_copy(&repo, &id, &victim.scope)).await.unwrap().is_some());
+    }
+
+    /// An upload with no scope recorded counts as one from before scopes
+    /// only if the store wrote it before scopes began in this store; a later
+    /// one (an old proxy's, during an upgrade) counts for no one.
+    #[tokio::test]
+    async fn a_scopeless_upload_made_after_scopes_began_counts_for_no_one() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        let (late, early) = (ChunkId::from_bytes([1; 32]), ChunkId::from_bytes([2; 32]));
+        let until = crate::unix_now() + 86_400;
+        t.app.store.put_new(&layout::chunk(&repo, &late), Bytes::from_static(b"old proxy"), until).await.unwrap();
+        let who = testkit::uploader();
+        let answer = missing(&t.app, &repo, &who, &encode_ids(&[late])).await.unwrap();
+        assert_eq!(decode_ids(&answer.body).unwrap(), vec![late]);
+        t.app.store.put_new(&layout::chunk(&repo, &early), Bytes::from_static(b"before"), until).await.unwrap();
+        t.app.set_scopes_since(crate::unix_now() + 100);
+        let answer = missing(&t.app, &repo, &who, &encode_ids(&[early])).await.unwrap();
+        assert!(decode_ids(&answer.body).unwrap().is_empty(), "from before scopes: counts in generation 0");
+        let quarantined = Uploader { legacy: false, ..who };
+        let answer = missing(&t.app, &repo, &quarantined, &encode_ids(&[early])).await.unwrap();
+        assert_eq!(decode_ids(&answer.body).unwrap(), vec![early], "but not after a quarantine");
     }
 }

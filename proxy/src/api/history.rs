@@ -128,7 +128,7 @@ async fn read_newest_segments(app: &App, repo: &RepoName, cat: &mut RepoCatalog)
         .await?;
     for bytes in segments.into_iter().flatten() {
         if let Ok(index) = IndexSegment::decode(&bytes) {
-            cat.record_index(&index);
+            cat.record_index(&index, app.scopes_since());
         }
     }
     Ok(())

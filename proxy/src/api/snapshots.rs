@@ -90,11 +90,12 @@ pub async fn commit(
         )));
     }
     let headed: Vec<(ChunkId, ObjectMeta, Option<Scope>)> =
-        unknown.iter().copied().zip(metas.into_iter().flatten()).map(|(id, (m, copy))| (id, m, copy)).collect();
+        unknown.iter().copied().zip(metas.into_iter().flatten()).map(|(id, f)| (id, f.meta, f.copy)).collect();
     {
         let mut cat = catalog.lock().await;
         for (id, meta, copy) in &headed {
-            cat.record_head(*id, meta, *copy);
+            let owner = if copy.is_some() { *copy } else { app.owner_of(meta) };
+            cat.record_head(*id, meta, *copy, owner);
         }
     }
     // Each chunk's size, lock and place (the scope's copy or not), in the
@@ -238,7 +239,7 @@ pub async fn commit(
         PutOutcome::Created => {}
         PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot))),
     }
-    catalog.lock().await.record_index(&index);
+    catalog.lock().await.record_index(&index, app.scopes_since());
     app.catalogs.trim();
     let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
     app.snapshot_infos.lock().expect("not poisoned").insert((repo.clone(), req.snapshot), info.clone());

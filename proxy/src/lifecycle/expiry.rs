@@ -1,7 +1,7 @@
 //! Deleting what retention no longer protects.
 //!
 //! [`expiry_plan`] decides, from the store alone, what may go; the admin
-//! call `expire` deletes it.
+//! call `expire` and the lifecycle pass delete it with [`delete_doomed`].
 
 use std::collections::BTreeSet;
 
@@ -11,6 +11,7 @@ use coffer_proto::{KeyId, RepoName, SnapshotId};
 use serde::Serialize;
 
 use crate::access::switches::{hold_prefix, read_switch};
+use crate::app::App;
 use crate::store::{ObjectStore, StoreError};
 
 /// One object expiry deletes (or, in a dry run, would), and why.
@@ -21,8 +22,10 @@ pub struct Doomed {
 }
 
 /// What expiry would delete in `repo` at `now`, in the order to delete it:
-/// roots and indexes of snapshots whose retention ended and that are not
-/// held, index segments left by commits that never completed, then chunks
+/// roots and indexes of snapshots whose root's lock ended (a schedule may
+/// have extended it past the commit's date) and that are neither held nor
+/// in `spare` (a schedule's keepers), index segments left by commits that
+/// never completed, then chunks
 /// no remaining snapshot references whose own lock has ended and that are
 /// not held, then data key records that neither a remaining snapshot nor a
 /// remaining chunk was sealed with, whose lock has ended and that are not
@@ -31,6 +34,7 @@ pub async fn expiry_plan(
     store: &dyn ObjectStore,
     repo: &RepoName,
     now: u64,
+    spare: &BTreeSet<SnapshotId>,
 ) -> Result<(Vec<Doomed>, Vec<String>), StoreError> {
     let mut doomed = Vec::new();
     let mut held = Vec::new();
@@ -53,18 +57,23 @@ pub async fn expiry_plan(
             });
         };
         let root = layout::snapshot(repo, &id);
-        let has_root = roots.contains(&root);
-        let ended = index.retain_until <= now;
+        let root_meta = if roots.contains(&root) { store.head(&root).await? } else { None };
+        let has_root = root_meta.is_some();
+        let locked_until = match &root_meta {
+            Some(m) => m.retain_until.unwrap_or(u64::MAX),
+            None => index.retain_until,
+        };
+        let ended = locked_until <= now && !spare.contains(&id);
         let switch_on = read_switch(store, &hold_prefix(repo, &id)).await? == Some(true);
-        let root_held = has_root && store.head(&root).await?.is_some_and(|m| m.legal_hold);
+        let root_held = root_meta.is_some_and(|m| m.legal_hold);
         if ended && (switch_on || root_held) {
             held.push(id.to_string());
         }
         if ended && !switch_on && !root_held {
             let why = if has_root {
-                format!("snapshot {id}: retention ended at {}", index.retain_until)
+                format!("snapshot {id}: retention ended at {locked_until}")
             } else {
-                format!("index of a commit that never completed, retention ended at {}", index.retain_until)
+                format!("index of a commit that never completed, retention ended at {locked_until}")
             };
             if has_root {
                 doomed.push(Doomed { key: root, reason: why.clone() });
@@ -78,11 +87,25 @@ pub async fn expiry_plan(
             }
         }
     }
-    for key in store.list(&layout::prefix(repo, layout::Kind::Chunks)).await? {
+    let chunk_keys = store.list(&layout::prefix(repo, layout::Kind::Chunks)).await?;
+    // Ids stored more than once (a first upload and copies beside it).
+    let copied: BTreeSet<coffer_proto::ChunkId> =
+        chunk_keys.iter().filter_map(|k| layout::chunk_of(k)).filter(|(_, c)| c.is_some()).map(|(id, _)| id).collect();
+    for key in chunk_keys {
         // The first upload of an id and every scope's copy beside it go
-        // together: all are kept while a snapshot references the id.
+        // together: all are kept while a snapshot references the id. A
+        // reader may need any of them (the one its snapshot names may be a
+        // plant that only a copy replaces), so the key of each stays too.
         let Some((id, _)) = layout::chunk_of(&key) else { continue };
         if live.contains(&id) {
+            if copied.contains(&id) {
+                match store.head(&key).await?.and_then(|m| m.sealed_by) {
+                    Some(k) => {
+                        live_keys.insert(k);
+                    }
+                    None => keep_all_keys = Some(format!("{key} is from before key ids were recorded")),
+                }
+            }
             continue;
         }
         let Some(meta) = store.head(&key).await? else { continue };
@@ -116,6 +139,99 @@ pub async fn expiry_plan(
         }
     }
     Ok((doomed, held))
+}
+
+/// What deleting a plan's objects did.
+#[derive(Debug, Default, Serialize)]
+pub struct Deleted {
+    pub deleted: Vec<Doomed>,
+    /// Objects that could not be deleted (they stay; expiry can run again).
+    pub failed: Vec<Doomed>,
+}
+
+/// Deletes `doomed` in plan order (roots first, so snapshots disappear
+/// before anything they need; key records last, and none once anything
+/// failed), forgetting what this proxy remembered of each.
+pub async fn delete_doomed(app: &App, repo: &RepoName, doomed: Vec<Doomed>, now: u64) -> Deleted {
+    let mut out = Deleted::default();
+    let key_prefix = layout::prefix(repo, layout::Kind::Keys);
+    let chunk_prefix = layout::prefix(repo, layout::Kind::Chunks);
+    let root_prefix = layout::prefix(repo, layout::Kind::Snapshots);
+    for d in doomed {
+        let key_id = d.key.strip_prefix(&key_prefix).and_then(|k| k.parse::<KeyId>().ok());
+        if key_id.is_some() && !out.failed.is_empty() {
+            // A chunk that stays may have been sealed with this key: keep
+            // it, so the chunk stays readable, until a run deletes both.
+            let reason = "kept: other objects could not be deleted; run expire again".to_string();
+            out.failed.push(Doomed { key: d.key, reason });
+            continue;
+        }
+        match app.store.delete(&d.key, now).await {
+            Ok(()) => {
+                if let Some(id) = key_id {
+                    app.forget_key(repo, id);
+                }
+                if let Some(id) = d.key.strip_prefix(&root_prefix).and_then(|n| n.parse::<SnapshotId>().ok()) {
+                    app.snapshot_infos.lock().expect("not poisoned").remove(&(repo.clone(), id));
+                }
+                if d.key.starts_with(&chunk_prefix) {
+                    if let Some((id, copy)) = layout::chunk_of(&d.key) {
+                        app.catalogs.forget(repo, &id, copy).await;
+                    }
+                }
+                out.deleted.push(d);
+            }
+            Err(e) => out.failed.push(Doomed { key: d.key, reason: e.to_string() }),
+        }
+    }
+    out
+}
+
+/// Every object a snapshot needs: its root and index, its chunks (the
+/// objects it names, and every other object of the same ids: first
+/// uploads and copies), the data keys that sealed them (all of the
+/// repository's for a segment from before key ids were recorded), the
+/// config and the chunk-id key epochs. `None` when it has no index segment.
+pub async fn objects_of(
+    store: &dyn ObjectStore,
+    repo: &RepoName,
+    snapshot: SnapshotId,
+) -> Result<Option<BTreeSet<String>>, StoreError> {
+    let index_key = layout::index(repo, &snapshot);
+    let Some(index) = store.get(&index_key).await? else { return Ok(None) };
+    let index = IndexSegment::decode(&index).map_err(|e| StoreError::Backend {
+        key: index_key.clone(),
+        message: format!("unreadable index segment: {e}"),
+        retryable: false,
+    })?;
+    let copy = |e: &coffer_proto::snapshot::IndexEntry| index.scope.filter(|_| e.copy);
+    let mut out: BTreeSet<String> =
+        index.chunks.iter().map(|e| layout::chunk_at(repo, &e.id, copy(e).as_ref())).collect();
+    // Every other object of its ids too: the first uploads and the copies
+    // beside them, one of which may be what a reader of it needs.
+    let ids: BTreeSet<coffer_proto::ChunkId> = index.chunks.iter().map(|e| e.id).collect();
+    let mut others = BTreeSet::new();
+    for key in store.list(&layout::prefix(repo, layout::Kind::Chunks)).await? {
+        if let Some((id, Some(_))) = layout::chunk_of(&key).filter(|(id, _)| ids.contains(id)) {
+            others.insert(layout::chunk(repo, &id));
+            others.insert(key);
+        }
+    }
+    for key in &others {
+        if let Some(k) = store.head(key).await?.and_then(|m| m.sealed_by) {
+            out.insert(layout::key(repo, &k));
+        }
+    }
+    out.extend(others);
+    out.insert(index_key);
+    out.insert(layout::snapshot(repo, &snapshot));
+    out.insert(layout::config(repo));
+    out.extend(store.list(&layout::prefix(repo, layout::Kind::Epochs)).await?);
+    match &index.keys {
+        Some(ids) => out.extend(ids.iter().map(|k| layout::key(repo, k))),
+        None => out.extend(store.list(&layout::prefix(repo, layout::Kind::Keys)).await?),
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]
@@ -174,12 +290,12 @@ mod tests {
         }
         segment(&store, &repo, 1, Some(vec![key_id(1)]), live).await;
 
-        let (doomed, _) = expiry_plan(&store, &repo, NOW).await.unwrap();
+        let (doomed, _) = expiry_plan(&store, &repo, NOW, &BTreeSet::new()).await.unwrap();
         assert_eq!(doomed_keys(&doomed), [layout::key(&repo, &key_id(3))]);
 
         // A segment from before key ids were recorded may need any key.
         segment(&store, &repo, 2, None, live).await;
-        let (doomed, _) = expiry_plan(&store, &repo, NOW).await.unwrap();
+        let (doomed, _) = expiry_plan(&store, &repo, NOW, &BTreeSet::new()).await.unwrap();
         assert!(doomed_keys(&doomed).is_empty(), "{doomed:?}");
     }
 
@@ -190,7 +306,28 @@ mod tests {
         let repo: RepoName = "dev/r".parse().unwrap();
         put(&store, &layout::chunk(&repo, &ChunkId::from_bytes([2; 32])), vec![2], NOW + 10, None).await;
         put(&store, &layout::key(&repo, &key_id(3)), vec![3], NOW - 10, None).await;
-        let (doomed, _) = expiry_plan(&store, &repo, NOW).await.unwrap();
+        let (doomed, _) = expiry_plan(&store, &repo, NOW, &BTreeSet::new()).await.unwrap();
         assert!(doomed_keys(&doomed).is_empty(), "{doomed:?}");
+    }
+
+    /// A live snapshot names an id whose first upload is a plant and whose
+    /// good content is a copy beside it, sealed with a key only a snapshot
+    /// that expired used: the copy and its key stay, so the live snapshot
+    /// keeps restoring.
+    #[tokio::test]
+    async fn the_keys_of_every_copy_of_a_live_id_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsStore::open(dir.path()).unwrap();
+        let repo: RepoName = "dev/r".parse().unwrap();
+        let id = ChunkId::from_bytes([5; 32]);
+        let scope = coffer_proto::Scope::from_bytes([6; 8]);
+        put(&store, &layout::chunk(&repo, &id), vec![1], NOW + 10, Some(key_id(1))).await;
+        put(&store, &layout::chunk_copy(&repo, &id, &scope), vec![2], NOW - 10, Some(key_id(2))).await;
+        for n in 1..=2 {
+            put(&store, &layout::key(&repo, &key_id(n)), vec![n], NOW - 10, None).await;
+        }
+        segment(&store, &repo, 1, Some(vec![key_id(1)]), id).await;
+        let (doomed, _) = expiry_plan(&store, &repo, NOW, &BTreeSet::new()).await.unwrap();
+        assert!(doomed.is_empty(), "{doomed:?}");
     }
 }

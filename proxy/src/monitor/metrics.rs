@@ -65,6 +65,13 @@ pub struct Metrics {
     pub last_snapshot: Family<RepoLabel, Gauge<f64, AtomicU64>>,
     pub lock_extensions: Counter,
     pub alerts: Family<KindLabel, Counter>,
+    /// Lifecycle passes by outcome (ok, failed, skipped: another proxy's
+    /// interval or a clock that looks wrong).
+    pub lifecycle_passes: Family<KindLabel, Counter>,
+    pub lifecycle_last_pass: Gauge<f64, AtomicU64>,
+    /// Objects the lifecycle pass deleted, and objects whose lock it
+    /// extended for a keeper.
+    pub lifecycle_objects: Family<KindLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -82,6 +89,9 @@ impl Default for Metrics {
             last_snapshot: Family::default(),
             lock_extensions: Counter::default(),
             alerts: Family::default(),
+            lifecycle_passes: Family::default(),
+            lifecycle_last_pass: Gauge::default(),
+            lifecycle_objects: Family::default(),
             registry: Registry::default(),
         };
         r.register("requests", "API requests by action, outcome and trust domain", m.requests.clone());
@@ -99,6 +109,17 @@ impl Default for Metrics {
         r.register("last_snapshot_timestamp_seconds", "When each repository last committed", m.last_snapshot.clone());
         r.register("lock_extensions", "Objects whose lock a commit extended", m.lock_extensions.clone());
         r.register("alerts", "Alerts raised, by kind", m.alerts.clone());
+        r.register("lifecycle_passes", "Lifecycle passes by outcome: ok, failed, skipped", m.lifecycle_passes.clone());
+        r.register(
+            "lifecycle_last_pass_timestamp_seconds",
+            "When this proxy last ran a lifecycle pass",
+            m.lifecycle_last_pass.clone(),
+        );
+        r.register(
+            "lifecycle_objects",
+            "Objects the lifecycle pass deleted or extended the lock of, by kind",
+            m.lifecycle_objects.clone(),
+        );
         Self { registry: r, ..m }
     }
 }

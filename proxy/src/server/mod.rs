@@ -160,6 +160,7 @@ pub(crate) async fn build_app(
         client_certs: crate::access::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
     });
     app.set_repo_policies(cfg.repo_policies()?);
+    app.load_scopes_since().await?;
     Ok((app, writer, reload_rx))
 }
 
@@ -240,6 +241,7 @@ impl Proxy {
                 self.scrub,
             )),
             tokio::spawn(tasks::assess_loop(self.app.clone(), self.config.clone(), self.config.assess.interval_secs)),
+            tokio::spawn(tasks::lifecycle_loop(self.app.clone(), self.config.lifecycle)),
         ];
         tasks::check_audit_chain(&self.app, &self.spool).await;
         let shipper = tokio::spawn(tasks::ship_audit(

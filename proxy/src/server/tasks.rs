@@ -75,6 +75,100 @@ pub(super) async fn watch_admin_state(app: Arc<App>, every: Duration) {
     }
 }
 
+/// Runs the lifecycle pass every interval, after a random delay of up to
+/// `jitter_secs`, when this proxy takes the interval's lease (aborted at
+/// shutdown; a pass cut off half way is finished by the next one).
+pub(super) async fn lifecycle_loop(app: Arc<App>, cfg: crate::config::LifecycleConfig) {
+    if cfg.interval_secs == 0 {
+        return;
+    }
+    loop {
+        let now = crate::unix_now();
+        let next = (now / cfg.interval_secs + 1) * cfg.interval_secs;
+        let jitter = random_below(cfg.jitter_secs.min(cfg.interval_secs.saturating_sub(1)) + 1);
+        tokio::time::sleep(Duration::from_secs(next - now + jitter)).await;
+        lifecycle_once(&app, cfg.interval_secs, crate::unix_now()).await;
+    }
+}
+
+fn random_below(n: u64) -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b).expect("the system RNG failed");
+    u64::from_le_bytes(b) % n.max(1)
+}
+
+/// One interval's pass, if this proxy takes its lease: audited (one event
+/// per repository that changed or failed), counted, and alerted on failure.
+pub(crate) async fn lifecycle_once(app: &App, interval_secs: u64, now: u64) {
+    use crate::lifecycle::pass::{pass, take_lease, Lease};
+    let label = |kind: &str| crate::monitor::metrics::KindLabel { kind: kind.to_string() };
+    let m = &app.metrics;
+    let failed = |msg: String| async move {
+        tracing::error!("{msg}");
+        m.lifecycle_passes.get_or_create(&label("failed")).inc();
+        app.watch.alerts.raise("lifecycle", Severity::High, None, None, msg, None).await;
+    };
+    match take_lease(&*app.store, interval_secs, now).await {
+        Ok(Lease::Taken) => return,
+        Ok(Lease::ClockOff { store }) => {
+            m.lifecycle_passes.get_or_create(&label("skipped")).inc();
+            let msg = format!(
+                "lifecycle pass not run: this proxy's clock says {now}, the store's {store}; nothing is \
+                 deleted while they disagree by more than {} s",
+                crate::lifecycle::pass::CLOCK_TOLERANCE_SECS
+            );
+            app.watch.alerts.raise("lifecycle", Severity::High, None, None, msg, None).await;
+            return;
+        }
+        Ok(Lease::Ours) => {}
+        Err(e) => return failed(format!("lifecycle pass not run: taking its lease failed: {e}")).await,
+    }
+    let repos = match pass(app, now).await {
+        Ok(r) => r,
+        Err(e) => return failed(format!("lifecycle pass failed: {e}")).await,
+    };
+    m.lifecycle_last_pass.set(now as f64);
+    let mut problems = Vec::new();
+    for r in &repos {
+        let extended: u64 = r.promoted.iter().map(|p| p.objects).sum();
+        m.lifecycle_objects.get_or_create(&label("extended")).inc_by(extended);
+        m.lifecycle_objects.get_or_create(&label("deleted")).inc_by(r.deleted.len() as u64);
+        let trouble = r
+            .error
+            .clone()
+            .or_else(|| r.skipped.clone())
+            .or_else(|| (!r.failed.is_empty()).then(|| format!("{} objects could not be deleted", r.failed.len())));
+        if r.promoted.is_empty() && r.deleted.is_empty() && trouble.is_none() {
+            continue;
+        }
+        let promoted: Vec<String> = r.promoted.iter().map(|p| format!("{} until {}", p.snapshot, p.until)).collect();
+        let reason = format!(
+            "kept [{}]; {extended} locks extended; {} objects deleted{}",
+            promoted.join(", "),
+            r.deleted.len(),
+            trouble.as_ref().map(|t| format!("; {t}")).unwrap_or_default()
+        );
+        let draft = Draft {
+            peer: "proxy".into(),
+            action: "lifecycle",
+            repo: Some(r.repo.clone()),
+            bytes: r.deleted.len() as u64,
+            outcome: Some(if trouble.is_some() { Outcome::Error } else { Outcome::Ok }),
+            reason: Some(reason),
+            ..Default::default()
+        };
+        let _ = app.audit.record(draft, true).await;
+        if let Some(t) = trouble {
+            problems.push(format!("{}: {t}", r.repo));
+        }
+    }
+    if problems.is_empty() {
+        m.lifecycle_passes.get_or_create(&label("ok")).inc();
+    } else {
+        failed(format!("lifecycle pass: {}", problems.join("; "))).await;
+    }
+}
+
 /// Seals by age and ships sealed segments, forever (aborted at shutdown).
 pub(super) async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String, every: Duration) {
     let mut tick = tokio::time::interval(every);

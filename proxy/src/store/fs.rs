@@ -138,6 +138,11 @@ impl FsStore {
                     digest: digest_of(lock.as_ref()),
                     sealed_by: lock.as_ref().and_then(|l| l.sealed_by.as_ref()?.parse().ok()),
                     scope: lock.as_ref().and_then(|l| l.scope.as_ref()?.parse().ok()),
+                    modified: m
+                        .modified()
+                        .ok()
+                        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                        .map(|d| d.as_secs()),
                 }))
             }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -192,12 +197,35 @@ impl ObjectStore for FsStore {
         blocking(move || s.head_sync(&key)).await
     }
 
+    async fn folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let (s, prefix) = (self.clone(), prefix.to_string());
+        blocking(move || {
+            let entries = match std::fs::read_dir(s.root.join("objects").join(&prefix)) {
+                Ok(e) => e,
+                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(io(&prefix)(e)),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                let entry = entry.map_err(io(&prefix))?;
+                if entry.file_type().map_err(io(&prefix))?.is_dir() {
+                    out.push(format!("{prefix}{}/", entry.file_name().to_string_lossy()));
+                }
+            }
+            out.sort();
+            Ok(out)
+        })
+        .await
+    }
+
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
         let (s, prefix) = (self.clone(), prefix.to_string());
         blocking(move || {
             let base = s.root.join("objects");
+            // A prefix that does not end a folder: its folder, filtered.
+            let folder = &prefix[..prefix.rfind('/').map_or(0, |i| i + 1)];
             let mut out = Vec::new();
-            let mut stack = vec![base.join(&prefix)];
+            let mut stack = vec![base.join(folder)];
             while let Some(dir) = stack.pop() {
                 let entries = match std::fs::read_dir(&dir) {
                     Ok(e) => e,
@@ -211,10 +239,14 @@ impl ObjectStore for FsStore {
                         continue;
                     }
                     let path = entry.path();
+                    let Ok(rel) = path.strip_prefix(&base) else { continue };
+                    let rel = rel.to_string_lossy().into_owned();
                     if entry.file_type().map_err(io(&prefix))?.is_dir() {
-                        stack.push(path);
-                    } else if let Ok(rel) = path.strip_prefix(&base) {
-                        out.push(rel.to_string_lossy().into_owned());
+                        if format!("{rel}/").starts_with(&prefix) || prefix.starts_with(&format!("{rel}/")) {
+                            stack.push(path);
+                        }
+                    } else if rel.starts_with(&prefix) {
+                        out.push(rel);
                     }
                 }
             }
@@ -278,8 +310,10 @@ mod tests {
         assert_eq!(s.put_new(key, Bytes::from_static(b"two"), 1).await.unwrap(), PutOutcome::Exists);
         assert_eq!(s.get(key).await.unwrap().unwrap(), Bytes::from_static(b"one"));
         // The second put must not have touched the lock either.
+        let head = s.head(key).await.unwrap().unwrap();
+        assert!(head.modified.is_some_and(|t| t.abs_diff(crate::unix_now()) < 60), "{head:?}");
         assert_eq!(
-            s.head(key).await.unwrap().unwrap(),
+            head,
             ObjectMeta {
                 size: 3,
                 retain_until: Some(100),
@@ -287,6 +321,7 @@ mod tests {
                 digest: Some(recorded.digest),
                 sealed_by,
                 scope,
+                modified: head.modified,
             }
         );
 
@@ -310,6 +345,18 @@ mod tests {
         assert!(s.get(key).await.unwrap().is_none());
 
         assert_eq!(s.list("dev/").await.unwrap(), Vec::<String>::new());
+        for key in ["dev/db/chunks/ab/abcd", "dev/db/chunks/ab/abcd.01", "dev/db/chunks/ab/abce"] {
+            s.put_new(key, Bytes::from_static(b"c"), 1).await.unwrap();
+        }
+        assert_eq!(
+            s.list("dev/db/chunks/ab/abcd").await.unwrap(),
+            ["dev/db/chunks/ab/abcd", "dev/db/chunks/ab/abcd.01"],
+            "a prefix within a folder's names"
+        );
+        assert_eq!(s.list("dev/db/chunks/").await.unwrap().len(), 3);
+        for key in ["dev/db/chunks/ab/abcd", "dev/db/chunks/ab/abcd.01", "dev/db/chunks/ab/abce"] {
+            s.delete(key, 2).await.unwrap();
+        }
         s.put_new("dev/db/config", Bytes::from_static(b"c"), 1).await.unwrap();
         assert_eq!(s.list("dev/db/").await.unwrap(), vec!["dev/db/config".to_string()]);
     }

@@ -41,6 +41,9 @@ pub struct ObjectMeta {
     /// The upload scope that wrote the object, as recorded when it was
     /// written (chunks; `None` for uploads from before scopes).
     pub scope: Option<Scope>,
+    /// When the store wrote it, in unix seconds by the store's own clock
+    /// (S3's `Last-Modified`, the file's mtime), where known.
+    pub modified: Option<u64>,
 }
 
 /// What a store records beside an object when writing it.
@@ -122,8 +125,23 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
-    /// Keys directly or indirectly under `prefix` (which ends with `/`).
+    /// Keys that start with `prefix`: everything under a folder when it
+    /// ends with `/`, else the keys of its last folder whose names start
+    /// with the rest.
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
+    /// The folders directly under `prefix` (`""` or ending with `/`), each
+    /// as a prefix ending with `/`: how repositories are found without
+    /// listing their chunks. The default lists everything under `prefix`.
+    async fn folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut out: Vec<String> = self
+            .list(prefix)
+            .await?
+            .iter()
+            .filter_map(|k| k[prefix.len()..].split_once('/').map(|(folder, _)| format!("{prefix}{folder}/")))
+            .collect();
+        out.dedup();
+        Ok(out)
+    }
     /// Moves the lock to `until` if that is later; never shortens it.
     async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError>;
     /// Puts or lifts a legal hold: a held object cannot be deleted whatever

@@ -286,6 +286,7 @@ impl ObjectStore for S3Store {
                 }),
                 sealed_by: out.metadata().and_then(|m| m.get(SEALED_BY_METADATA)).and_then(|k| k.parse().ok()),
                 scope: out.metadata().and_then(|m| m.get(SCOPE_METADATA)).and_then(|s| s.parse().ok()),
+                modified: out.last_modified().map(from_datetime),
             })),
             Err(SdkError::ServiceError(s)) if s.err().is_not_found() => Ok(None),
             Err(e) => Err(classify(key, e)),
@@ -305,6 +306,27 @@ impl ObjectStore for S3Store {
             }
         }
         out.sort();
+        Ok(out)
+    }
+
+    async fn folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(self.full(prefix))
+            .delimiter("/")
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| classify(prefix, e))?;
+            for p in page.common_prefixes() {
+                if let Some(k) = p.prefix().and_then(|k| k.strip_prefix(&self.prefix)) {
+                    out.push(k.to_string());
+                }
+            }
+        }
         Ok(out)
     }
 
