@@ -878,3 +878,37 @@ fn lifecycle_plan_shows_what_the_schedule_keeps() {
         .unwrap();
     assert_eq!(none.status.code(), Some(64));
 }
+
+/// The lifecycle pass runs by itself: with a one-second interval, the
+/// newest snapshot, this month's keeper under `monthly = 12`, has its root
+/// and chunks locked to the end of its twelfth month, one audit event says
+/// so, the interval's lease is in the store, and the snapshot restores.
+#[test]
+fn the_lifecycle_pass_runs_by_itself_and_locks_keepers_to_their_periods_end() {
+    let p = DevProxy::start().restarted(|text| {
+        text + "\n[lifecycle]\ninterval_secs = 1\njitter_secs = 0\n\n[[repo_policies]]\nrepos = \"dev/**\"\n\
+                classification = \"internal\"\nkeep = { daily = 7, monthly = 12 }\n"
+    });
+    coffer(&p.writer(), &["init", "--repo", "dev/life"], None).ok();
+    let data = random_bytes("kept for a year", 3 << 20);
+    let id = coffer(&p.writer(), &["backup", "--repo", "dev/life", "-"], Some(&data)).last_line();
+    let event = p.wait_for_event("the pass", |e| e["action"] == "lifecycle" && e["repo"] == "dev/life");
+    assert_eq!(event["outcome"], "ok", "{event}");
+    let reason = event["reason"].as_str().unwrap();
+    assert!(reason.contains(&id) && reason.contains("0 objects deleted"), "{event}");
+    // The twelfth month from this one starts at least 334 days from now.
+    let lock = |key: &str| {
+        let path = p.dir.join("store/locks").join(key);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str::<serde_json::Value>(&text).unwrap()["retain_until"].as_u64().unwrap()
+    };
+    let year = now() + 334 * 86_400;
+    assert!(lock(&format!("dev/life/snapshots/{id}")) >= year, "the root");
+    for chunk in p.stored("dev/life/chunks") {
+        let rel = chunk.strip_prefix(p.objects()).unwrap().to_string_lossy().into_owned();
+        assert!(lock(&rel) >= year, "{rel}");
+    }
+    assert!(!p.stored("admin/lifecycle").is_empty(), "the interval's lease");
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/life", &id], None);
+    assert!(restored.stdout == data, "restored bytes differ");
+}

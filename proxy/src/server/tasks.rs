@@ -240,3 +240,32 @@ pub(super) async fn assess_loop(app: Arc<App>, cfg: Arc<crate::config::ProxyConf
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testkit;
+
+    /// Two proxies on one store trying the same interval's pass at once:
+    /// exactly one runs it; the next interval runs again.
+    #[tokio::test]
+    async fn two_proxies_run_one_pass_per_interval() {
+        let t = testkit::app().await;
+        let other = testkit::app_on(&t).await;
+        let now = crate::unix_now();
+        tokio::join!(lifecycle_once(&t.app, 1, now), lifecycle_once(&other, 1, now));
+        let ran = |app: &App| {
+            let label = crate::monitor::metrics::KindLabel { kind: "ok".into() };
+            app.metrics.lifecycle_passes.get_or_create(&label).get()
+        };
+        assert_eq!(ran(&t.app) + ran(&other), 1, "one pass for the interval");
+        // The next interval (one second on: the store's clock must agree).
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        lifecycle_once(&other, 1, crate::unix_now()).await;
+        assert_eq!(ran(&t.app) + ran(&other), 2, "and one for the next");
+        // A proxy whose clock is a day ahead of the store's runs none.
+        lifecycle_once(&other, 1, crate::unix_now() + 86_400).await;
+        let skipped = crate::monitor::metrics::KindLabel { kind: "skipped".into() };
+        assert_eq!(other.metrics.lifecycle_passes.get_or_create(&skipped).get(), 1);
+    }
+}
