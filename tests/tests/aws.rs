@@ -865,3 +865,45 @@ async fn scrub_finds_a_chunk_written_again_in_the_bucket() {
     });
     assert!(alert["reason"].as_str().unwrap().contains(&id), "{alert}");
 }
+
+/// Deletes go through their own credentials (`store.delete_profile`, the
+/// shipped template's delete-only role): with a profile that has none,
+/// every delete fails, saying so, while writes and reads work; with the
+/// proxy's own, an object whose lock ended is deleted, version and all, and
+/// the folder walk that finds repositories sees it gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn deletes_use_their_own_credentials() {
+    use coffer_proxy::store::ObjectStore as _;
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let config = |extra: &str| -> coffer_proxy::store::S3Config {
+        toml::from_str(&format!(
+            "bucket = \"{BUCKET}\"\nendpoint = \"{}\"\npath_style = true\nregion = \"us-east-1\"\n{extra}",
+            aws.moto.endpoint
+        ))
+        .unwrap()
+    };
+    let sdk = aws.moto.sdk().await;
+    let own = coffer_proxy::store::S3Store::connect(&config(""), &sdk).await.unwrap();
+    let apart = coffer_proxy::store::S3Store::connect(&config("delete_profile = \"coffer-no-such-profile\""), &sdk)
+        .await
+        .unwrap();
+    let until = now() + 2;
+    for key in ["dev/a/config", "dev/b/c/config", "dev/a/chunks/ab/x"] {
+        apart.put_new(key, bytes::Bytes::from_static(b"x"), until).await.unwrap();
+    }
+    assert_eq!(apart.folders("dev/").await.unwrap(), ["dev/a/", "dev/b/"]);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let key = "dev/a/chunks/ab/x";
+    let refused = apart.delete(key, now()).await.unwrap_err();
+    assert!(
+        refused.to_string().contains(key) && refused.to_string().contains("no usable AWS credentials"),
+        "{refused}"
+    );
+    assert!(!refused.retryable(), "an operator must mend it");
+    assert!(apart.head(key).await.unwrap().is_some(), "still there");
+    own.delete(key, now()).await.unwrap();
+    assert!(own.head(key).await.unwrap().is_none());
+    let versions = aws.s3.list_object_versions().bucket(BUCKET).prefix(key).send().await.unwrap();
+    assert!(versions.versions().is_empty() && versions.delete_markers().is_empty(), "{versions:?}");
+}

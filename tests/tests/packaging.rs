@@ -53,6 +53,11 @@ fn the_cloudformation_user_data_writes_a_valid_s3_and_kms_proxy_config() {
     let config = ProxyConfig::parse(&text, Path::new("/etc/coffer")).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(matches!(config.store, StoreConfig::S3(_)), "{text}");
     assert!(text.contains("require_private_endpoints = true"));
+    match &config.store {
+        StoreConfig::S3(s3) => assert_eq!(s3.delete_profile.as_deref(), Some("coffer-lifecycle"), "deletes apart"),
+        _ => unreachable!(),
+    }
+    assert!(template.contains("[profile coffer-lifecycle]\n              role_arn = ${LifecycleRole.Arn}"));
 }
 
 /// Each unit's ExecStart, with `--help` added, is accepted by the binary.

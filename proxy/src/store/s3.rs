@@ -74,6 +74,12 @@ pub struct S3Config {
     /// answers holds it until the proxy's request timeout.
     #[serde(default = "default_attempt_timeout")]
     pub attempt_timeout_secs: u64,
+    /// The AWS profile (in the shared config files) whose credentials
+    /// delete what expiry and the lifecycle pass may delete; the proxy's
+    /// own role may not (`packaging/aws/coffer.yaml`: a separate role that
+    /// can only delete). Default: the proxy's own credentials.
+    #[serde(default)]
+    pub delete_profile: Option<String>,
 }
 
 fn default_attempt_timeout() -> u64 {
@@ -87,6 +93,8 @@ fn yes() -> bool {
 #[derive(Clone)]
 pub struct S3Store {
     client: Client,
+    /// Deletes only (`delete_profile`); the same as `client` by default.
+    deleter: Client,
     bucket: String,
     prefix: String,
     mode: LockMode,
@@ -110,6 +118,11 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
 ) -> StoreError {
     let (message, retryable) = match &e {
         SdkError::TimeoutError(_) => ("timed out".to_string(), true),
+        // The credentials provider fails inside the dispatch: say so, and
+        // do not retry what only an operator can mend.
+        SdkError::DispatchFailure(d) if format!("{d:?}").contains("ProviderError") => {
+            (format!("no usable AWS credentials for this call (check its profile or role): {d:?}"), false)
+        }
         SdkError::DispatchFailure(d) => (format!("connection failed: {d:?}"), true),
         SdkError::ResponseError(_) => ("unreadable response".to_string(), true),
         SdkError::ServiceError(s) => {
@@ -139,22 +152,15 @@ impl S3Store {
     /// Opens the bucket for reading (reports, verification): Object Lock
     /// is checked, nothing is written.
     pub async fn open(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Result<Self, StoreError> {
-        let mut b = aws_sdk_s3::config::Builder::from(sdk)
-            .force_path_style(cfg.path_style)
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(Duration::from_secs(cfg.attempt_timeout_secs))
-                    .build(),
-            );
-        if let Some(region) = &cfg.region {
-            b = b.region(aws_config::Region::new(region.clone()));
-        }
-        if let Some(endpoint) = &cfg.endpoint {
-            b = b.endpoint_url(endpoint);
-        }
-        let client = Client::from_conf(b.build());
+        let client = Self::client(cfg, sdk);
+        let deleter = match &cfg.delete_profile {
+            None => client.clone(),
+            Some(profile) => {
+                let sdk =
+                    aws_config::defaults(aws_config::BehaviorVersion::latest()).profile_name(profile).load().await;
+                Self::client(cfg, &sdk)
+            }
+        };
         let bucket = &cfg.bucket;
         let unfit = |problem: String| StoreError::Unfit { bucket: bucket.clone(), problem };
         let no_lock = || {
@@ -172,12 +178,33 @@ impl S3Store {
         }
         let store = Self {
             client,
+            deleter,
             bucket: bucket.clone(),
             prefix: cfg.prefix.clone(),
             mode: cfg.lock_mode,
             conditional_writes: cfg.conditional_writes,
         };
         Ok(store)
+    }
+
+    /// An S3 client for `cfg` with the credentials and region of `sdk`.
+    fn client(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Client {
+        let mut b = aws_sdk_s3::config::Builder::from(sdk)
+            .force_path_style(cfg.path_style)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(MAX_ATTEMPTS))
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(cfg.attempt_timeout_secs))
+                    .build(),
+            );
+        if let Some(region) = &cfg.region {
+            b = b.region(aws_config::Region::new(region.clone()));
+        }
+        if let Some(endpoint) = &cfg.endpoint {
+            b = b.endpoint_url(endpoint);
+        }
+        Client::from_conf(b.build())
     }
 
     /// Proves the bucket keeps what Coffer writes: a marker written through
@@ -420,7 +447,7 @@ impl ObjectStore for S3Store {
             .map_err(|e| classify(key, e))?
             .version_id()
             .map(str::to_string);
-        self.client
+        self.deleter
             .delete_object()
             .bucket(&self.bucket)
             .key(self.full(key))
