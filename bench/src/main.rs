@@ -8,7 +8,7 @@
 mod cmd;
 
 use clap::{Parser, Subcommand};
-use cmd::{e2e, limit, s3, stream, Bench, Common, Input};
+use cmd::{catalog, e2e, limit, s3, stream, Bench, Common, Input};
 
 #[derive(Parser)]
 #[command(name = "coffer-bench", version, about = "Coffer's benchmark harness")]
@@ -77,6 +77,15 @@ enum Cmd {
         #[command(flatten)]
         common: Common,
     },
+    /// The proxy's chunk catalog at a size: memory per chunk and lookups
+    /// per second for one repository of `--chunks` chunks.
+    Catalog {
+        #[arg(long, default_value_t = 1_000_000)]
+        chunks: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() {
@@ -90,6 +99,7 @@ fn main() {
         Cmd::S3 { input, latency_ms, moto, snapshots, fan_out, common } => Bench::new(&common)
             .and_then(|b| s3::s3(&b, input, s3::S3Options { latency_ms, moto, snapshots, fan_out }))
             .map(|r| cmd::emit(&r, common.json, s3::print_s3)),
+        Cmd::Catalog { chunks, json } => catalog::catalog(chunks).map(|r| cmd::emit(&r, json, catalog::print_catalog)),
         Cmd::Stream { generate, rate, agents, common } => Bench::new(&common)
             .and_then(|b| stream::stream(&b, &generate, rate.as_deref(), agents.max(1)))
             .map(|r| cmd::emit(&r, common.json, stream::print_stream)),

@@ -15,8 +15,10 @@
 //! (SPEC §9), so no proxy needs to hear of another's expiry, and a chunk
 //! another proxy uploaded is simply not known yet: the store is asked.
 //!
-//! Memory: one entry is about 90 bytes in the hash table (a 32-byte id, the
-//! size, the lock, the key, the scope); one million chunks about 90 MiB. The catalogs
+//! Memory: an entry is a 32-byte table slot (the id's first 16 bytes, the
+//! size, the lock, and indexes of its data key and owner, which are kept
+//! once each); the table grows by doubling and stays at most 7/8 full, so
+//! a million chunks take 36 to 72 MiB (`coffer-bench catalog`). The catalogs
 //! hold at most `max_chunks` entries over all repositories; the least
 //! recently used repository's catalog is dropped first.
 
@@ -87,14 +89,47 @@ impl Known {
     }
 }
 
+/// An id as the catalog keys it: its first 16 bytes. Ids are keyed BLAKE3
+/// hashes, so two ids of one repository share them with odds of n²/2¹²⁹
+/// (one in 10²⁶ at a million chunks), and making an id share them with
+/// another's on purpose is a 2¹²⁸ search, even for a writer holding the key.
+type Prefix = [u8; 16];
+
+fn prefix(id: &ChunkId) -> Prefix {
+    id.as_bytes()[..16].try_into().expect("ids are 32 bytes")
+}
+
+/// One entry as stored: 15 bytes, so with its 16-byte key a table slot
+/// is 32 bytes.
+#[derive(Clone, Copy)]
+struct Entry {
+    size: u32,
+    /// Unix seconds, clamped to u32 (past 2106 means "far").
+    until: u32,
+    /// Two tag bits (0 unknown, 1 a key, 2 a snapshot's key set) and an
+    /// index into the catalog's keys or key sets.
+    sealed: u32,
+    /// An index into the catalog's owners (0: from before scopes).
+    owner: u16,
+    copy: bool,
+}
+
+const SEALED_KEY: u32 = 1 << 30;
+const SEALED_SET: u32 = 2 << 30;
+const SEALED_INDEX: u32 = (1 << 30) - 1;
+
 /// One repository's catalog.
-#[derive(Default)]
 pub struct RepoCatalog {
     /// The first upload of each id.
-    chunks: HashMap<ChunkId, Known>,
-    /// Copies beside a first upload, by id and scope: rare (several
+    chunks: HashMap<Prefix, Entry>,
+    /// Copies beside a first upload, by id and owner: rare (several
     /// writers of one repository, or a quarantine).
-    copies: HashMap<(ChunkId, Scope), Known>,
+    copies: HashMap<(Prefix, u16), Entry>,
+    /// Data keys and owners, each stored once and named by index.
+    keys: Vec<KeyId>,
+    key_index: HashMap<KeyId, u32>,
+    owners: Vec<Option<Scope>>,
+    owner_index: HashMap<Option<Scope>, u16>,
     key_sets: Vec<Box<[KeyId]>>,
     /// Index segments already merged.
     merged: HashSet<SnapshotId>,
@@ -105,20 +140,101 @@ pub struct RepoCatalog {
     pub refreshed: u64,
 }
 
+impl Default for RepoCatalog {
+    fn default() -> Self {
+        Self {
+            chunks: HashMap::new(),
+            copies: HashMap::new(),
+            keys: Vec::new(),
+            key_index: HashMap::new(),
+            owners: vec![None],
+            owner_index: HashMap::from([(None, 0)]),
+            key_sets: Vec::new(),
+            merged: HashSet::new(),
+            loaded: false,
+            refreshed: 0,
+        }
+    }
+}
+
 impl RepoCatalog {
+    /// The index of `owner`, added if new; `None` when the table is full
+    /// (then nothing of that owner is recorded: the store is asked).
+    fn owner_ix(&mut self, owner: Option<Scope>) -> Option<u16> {
+        if let Some(&i) = self.owner_index.get(&owner) {
+            return Some(i);
+        }
+        let i = u16::try_from(self.owners.len()).ok()?;
+        self.owners.push(owner);
+        self.owner_index.insert(owner, i);
+        Some(i)
+    }
+
+    fn owner_lookup(&self, owner: &Option<Scope>) -> Option<u16> {
+        self.owner_index.get(owner).copied()
+    }
+
+    fn pack(&mut self, known: &Known) -> Option<Entry> {
+        let sealed = match known.sealed_by {
+            SealedBy::Unknown => 0,
+            SealedBy::OneOf(i) if i <= SEALED_INDEX => SEALED_SET | i,
+            SealedBy::OneOf(_) => 0,
+            SealedBy::Key(k) => {
+                let next = self.keys.len() as u32;
+                let i = *self.key_index.entry(k).or_insert(next);
+                if i == next {
+                    self.keys.push(k);
+                }
+                if i <= SEALED_INDEX {
+                    SEALED_KEY | i
+                } else {
+                    0
+                }
+            }
+        };
+        Some(Entry {
+            size: known.size.min(u64::from(u32::MAX)) as u32,
+            until: known.retain_until.min(u64::from(u32::MAX)) as u32,
+            sealed,
+            owner: self.owner_ix(known.owner)?,
+            copy: known.copy,
+        })
+    }
+
+    fn unpack(&self, e: &Entry) -> Known {
+        let index = e.sealed & SEALED_INDEX;
+        let sealed_by = match e.sealed & !SEALED_INDEX {
+            SEALED_KEY => SealedBy::Key(self.keys[index as usize]),
+            SEALED_SET => SealedBy::OneOf(index),
+            _ => SealedBy::Unknown,
+        };
+        Known {
+            size: u64::from(e.size),
+            retain_until: u64::from(e.until),
+            sealed_by,
+            owner: self.owners[usize::from(e.owner)],
+            copy: e.copy,
+        }
+    }
+
     /// The object of `id` that `who` may count on, if one is known and can
     /// be trusted at `now`: the first upload when it counts for `who`,
     /// else the copy of `who`'s scope.
     pub fn present(&self, id: &ChunkId, who: &Uploader, now: u64) -> Option<Known> {
-        let trusted = |k: &&Known| k.retain_until >= now.saturating_add(TRUST_MARGIN_SECS);
-        let first = self.chunks.get(id).filter(|k| who.counts(k.owner)).filter(trusted);
-        first.or_else(|| self.copies.get(&(*id, who.scope)).filter(trusted)).copied()
+        let p = prefix(id);
+        let trusted = |k: &Known| k.retain_until >= now.saturating_add(TRUST_MARGIN_SECS);
+        let first = self.chunks.get(&p).map(|e| self.unpack(e)).filter(|k| who.counts(k.owner) && trusted(k));
+        first.or_else(|| {
+            let owner = self.owner_lookup(&Some(who.scope))?;
+            self.copies.get(&(p, owner)).map(|e| self.unpack(e)).filter(trusted)
+        })
     }
 
     /// Who uploaded the first upload of `id`, if known (`Some(None)`: an
     /// upload from before scopes).
     pub fn first_owner(&self, id: &ChunkId, now: u64) -> Option<Option<Scope>> {
-        self.chunks.get(id).filter(|k| k.retain_until >= now.saturating_add(TRUST_MARGIN_SECS)).map(|k| k.owner)
+        let known = self.chunks.get(&prefix(id)).map(|e| self.unpack(e))?;
+        (known.retain_until >= now.saturating_add(TRUST_MARGIN_SECS)).then_some(known.owner)
     }
 
     /// The keys `known` may have been sealed with (`None`: any of the
@@ -140,20 +256,22 @@ impl RepoCatalog {
     }
 
     /// Merges what is known of an object of `id`: the later lock, the
-    /// exact key. What a store recorded beside a first upload decides its
-    /// owner; an index segment only says whose scope used it, which is its
-    /// owner or, for an upload from before scopes, narrower.
+    /// exact key. An index segment only says whose scope used it, which is
+    /// its owner or, for an upload from before scopes, narrower; so an
+    /// owner from before scopes wins.
     pub fn record(&mut self, id: ChunkId, known: Known) {
-        let entry = match known.owner.filter(|_| known.copy) {
-            Some(scope) => self.copies.entry((id, scope)).or_insert(known),
-            None => self.chunks.entry(id).or_insert(known),
+        let Some(new) = self.pack(&known) else { return };
+        let p = prefix(&id);
+        let entry = match known.copy {
+            true => self.copies.entry((p, new.owner)).or_insert(new),
+            false => self.chunks.entry(p).or_insert(new),
         };
-        entry.retain_until = entry.retain_until.max(known.retain_until);
-        if !matches!(entry.sealed_by, SealedBy::Key(_)) {
-            entry.sealed_by = known.sealed_by;
+        entry.until = entry.until.max(new.until);
+        if entry.sealed & !SEALED_INDEX != SEALED_KEY {
+            entry.sealed = new.sealed;
         }
-        if known.owner.is_none() {
-            entry.owner = None;
+        if new.owner == 0 {
+            entry.owner = 0;
         }
     }
 
@@ -162,9 +280,11 @@ impl RepoCatalog {
     /// catalog held, which may describe an object expiry deleted since (on
     /// another proxy) and another identity uploaded again.
     pub fn observe(&mut self, id: ChunkId, known: Known) {
-        match known.owner.filter(|_| known.copy) {
-            Some(scope) => self.copies.insert((id, scope), known),
-            None => self.chunks.insert(id, known),
+        let Some(new) = self.pack(&known) else { return };
+        let p = prefix(&id);
+        match known.copy {
+            true => self.copies.insert((p, new.owner), new),
+            false => self.chunks.insert(p, new),
         };
     }
 
@@ -212,10 +332,17 @@ impl RepoCatalog {
     /// Forgets a chunk object expiry deleted: the first upload of `id`,
     /// or a scope's copy.
     pub fn forget(&mut self, id: &ChunkId, copy: Option<Scope>) {
+        let p = prefix(id);
         match copy {
-            Some(scope) => self.copies.remove(&(*id, scope)),
-            None => self.chunks.remove(id),
-        };
+            Some(scope) => {
+                if let Some(owner) = self.owner_lookup(&Some(scope)) {
+                    self.copies.remove(&(p, owner));
+                }
+            }
+            None => {
+                self.chunks.remove(&p);
+            }
+        }
     }
 }
 
@@ -268,126 +395,4 @@ impl Catalogs {
 }
 
 #[cfg(test)]
-mod tests {
-    use coffer_proto::snapshot::{IndexEntry, SnapshotStats};
-
-    use super::*;
-
-    const NOW: u64 = 1_000_000_000;
-
-    fn id(n: u8) -> ChunkId {
-        ChunkId::from_bytes([n; 32])
-    }
-
-    fn scope(n: u8) -> Scope {
-        Scope::from_bytes([n; 8])
-    }
-
-    fn who(n: u8) -> Uploader {
-        Uploader { scope: scope(n), legacy: true }
-    }
-
-    fn known(retain_until: u64, sealed_by: SealedBy, owner: Option<Scope>, copy: bool) -> Known {
-        Known { size: 10, retain_until, sealed_by, owner, copy }
-    }
-
-    #[test]
-    fn an_entry_is_trusted_only_while_its_lock_is_well_in_the_future() {
-        let mut c = RepoCatalog::default();
-        let (key, a) = (KeyId::from_bytes([9; 16]), scope(1));
-        c.record(id(1), known(NOW + TRUST_MARGIN_SECS, SealedBy::Key(key), Some(a), false));
-        c.record(id(2), known(NOW + 60, SealedBy::Key(key), Some(a), false));
-        assert!(c.present(&id(1), &who(1), NOW).is_some());
-        assert!(c.present(&id(2), &who(1), NOW).is_none(), "expiry may delete it soon: ask the store");
-        assert!(c.present(&id(1), &who(1), NOW + 1).is_none(), "the margin passes with time");
-        assert!(c.present(&id(3), &who(1), NOW).is_none(), "never seen");
-        // Locks only grow: a later, shorter record does not shorten it.
-        c.record(id(1), known(NOW, SealedBy::Unknown, Some(a), false));
-        assert_eq!(c.present(&id(1), &who(1), NOW).unwrap().retain_until, NOW + TRUST_MARGIN_SECS);
-        assert_eq!(c.present(&id(1), &who(1), NOW).unwrap().sealed_by, SealedBy::Key(key), "the exact key is kept");
-        c.forget(&id(1), None);
-        assert!(c.present(&id(1), &who(1), NOW).is_none());
-    }
-
-    #[test]
-    fn an_upload_answers_only_for_its_own_scope_and_copies_stand_apart() {
-        let mut c = RepoCatalog::default();
-        let (a, b, later) = (scope(1), scope(2), NOW * 2);
-        c.record(id(1), known(later, SealedBy::Unknown, Some(a), false));
-        assert!(c.present(&id(1), &who(1), NOW).is_some());
-        assert!(c.present(&id(1), &who(2), NOW).is_none(), "a's upload never answers for b");
-        assert_eq!(c.first_owner(&id(1), NOW), Some(Some(a)));
-        // b's copy beside it answers for b, and is stored at b's copy.
-        c.record(id(1), known(later, SealedBy::Unknown, Some(b), true));
-        let found = c.present(&id(1), &who(2), NOW).unwrap();
-        let repo: RepoName = "dev/db".parse().unwrap();
-        assert_eq!(found.key(&repo, &id(1)), coffer_proto::layout::chunk_copy(&repo, &id(1), &b));
-        assert_eq!(
-            c.present(&id(1), &who(1), NOW).unwrap().key(&repo, &id(1)),
-            coffer_proto::layout::chunk(&repo, &id(1))
-        );
-        assert_eq!(c.len(), 2);
-        c.forget(&id(1), Some(b));
-        assert!(c.present(&id(1), &who(2), NOW).is_none());
-        assert!(c.present(&id(1), &who(1), NOW).is_some(), "forgetting a copy keeps the first upload");
-        // An upload from before scopes answers for everyone; what the store
-        // recorded beside the object wins over what a segment implied.
-        c.record(id(2), known(later, SealedBy::Unknown, Some(a), false));
-        c.record(id(2), known(later, SealedBy::Unknown, None, false));
-        assert!(c.present(&id(2), &who(2), NOW).is_some());
-    }
-
-    #[test]
-    fn an_index_segment_gives_each_chunk_its_snapshots_keys_and_scope_once() {
-        let mut c = RepoCatalog::default();
-        let keys = vec![KeyId::from_bytes([1; 16]), KeyId::from_bytes([2; 16])];
-        let entry = |n, copy| IndexEntry { id: id(n), size: 5, retain_until: NOW + 86_400, copy };
-        let index = IndexSegment {
-            snapshot: SnapshotId::from_bytes([7; 16]),
-            committed: NOW,
-            retain_until: NOW + 86_400,
-            stats: SnapshotStats::default(),
-            keys: Some(keys.clone()),
-            scope: Some(scope(1)),
-            chunks: vec![entry(1, false), entry(2, true)],
-        };
-        c.record_index(&index, u64::MAX);
-        c.record_index(&index, u64::MAX);
-        let known = c.present(&id(1), &who(1), NOW).unwrap();
-        assert_eq!(c.keys_of(&known), Some(keys));
-        assert_eq!(c.key_sets.len(), 1, "a segment is merged once");
-        assert!(c.merged(&index.snapshot));
-        assert!(c.present(&id(1), &who(2), NOW).is_none(), "another scope's snapshot");
-        assert!(c.present(&id(2), &who(1), NOW).unwrap().copy);
-        assert_eq!(c.first_owner(&id(2), NOW), None, "a copy says nothing of the first upload");
-        // A segment from before scopes: its uploads answer for everyone.
-        let old = IndexSegment {
-            snapshot: SnapshotId::from_bytes([8; 16]),
-            scope: None,
-            chunks: vec![entry(3, false)],
-            ..index
-        };
-        c.record_index(&old, NOW + 1);
-        assert!(c.present(&id(3), &who(2), NOW).is_some());
-        // ... except for an identity whose uploads were quarantined.
-        assert!(c.present(&id(3), &Uploader { scope: scope(2), legacy: false }, NOW).is_none());
-        // One an old proxy wrote after scopes began counts for no one.
-        let late = IndexSegment { snapshot: SnapshotId::from_bytes([9; 16]), chunks: vec![entry(4, false)], ..old };
-        c.record_index(&late, NOW);
-        assert!(c.present(&id(4), &who(2), NOW).is_none());
-        assert!(c.present(&id(4), &Uploader { scope: Scope::UNSCOPED, legacy: true }, NOW).is_some(), "recorded");
-    }
-
-    #[test]
-    fn the_least_recently_used_catalogs_go_first() {
-        let cats = Catalogs::new(2);
-        let (a, b): (RepoName, RepoName) = ("dev/a".parse().unwrap(), "dev/b".parse().unwrap());
-        let k = known(NOW * 2, SealedBy::Unknown, None, false);
-        cats.of(&a).try_lock().unwrap().record(id(1), k);
-        cats.of(&a).try_lock().unwrap().record(id(2), k);
-        cats.of(&b).try_lock().unwrap().record(id(3), k);
-        cats.trim();
-        assert!(cats.of(&a).try_lock().unwrap().is_empty(), "a was used least recently and went");
-        assert_eq!(cats.of(&b).try_lock().unwrap().len(), 1);
-    }
-}
+mod tests;

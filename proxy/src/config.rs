@@ -107,8 +107,15 @@ pub enum StoreConfig {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "provider", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum KeysConfig {
-    /// Key records must be wrapped by this local master key.
-    Local { master_key: PathBuf },
+    /// Key records must be wrapped by this local master key. It unwraps
+    /// every data key, so root on this host reads every backup: refused
+    /// when the proxy listens beyond loopback (it serves other hosts)
+    /// unless `single_host = true` says the operator accepts that.
+    Local {
+        master_key: PathBuf,
+        #[serde(default)]
+        single_host: bool,
+    },
     /// Key records must be wrapped by AWS KMS keys that pass the checks.
     Kms(crate::keycheck::KmsCheckConfig),
 }
@@ -270,7 +277,7 @@ pub struct LimitsConfig {
     /// the store concurrently, never one object after another.
     pub store_fan_out: usize,
     /// Chunks the proxy's catalogs (what it knows is stored) hold at most,
-    /// over all repositories; about 70 bytes each.
+    /// over all repositories; 39 to 70 bytes each (`coffer-bench catalog`).
     pub catalog_chunks: usize,
     /// Store requests in flight over all API calls at once.
     pub store_requests: usize,
@@ -371,7 +378,7 @@ impl ProxyConfig {
         if let StoreConfig::Fs { path } = &mut cfg.store {
             *path = base.join(&*path);
         }
-        if let KeysConfig::Local { master_key } = &mut cfg.keys {
+        if let KeysConfig::Local { master_key, .. } = &mut cfg.keys {
             *master_key = base.join(&*master_key);
         }
         cfg.validate()?;
@@ -408,6 +415,15 @@ impl ProxyConfig {
         }
         if l.request_timeout_secs == 0 || l.idle_timeout_secs == 0 || l.handshake_timeout_secs == 0 {
             return invalid("limits: the timeouts must be positive".into());
+        }
+        if matches!(self.keys, KeysConfig::Local { single_host: false, .. }) && !self.listen.ip().is_loopback() {
+            return invalid(format!(
+                "keys.provider = \"local\" with listen = \"{}\": the master key on this host unwraps every \
+                 data key, so whoever has root here reads every backup of every host it serves (SPEC §12). Use \
+                 KMS (provider = \"kms\", docs/aws.md), or listen on loopback (127.0.0.1) for one host, or set \
+                 keys.single_host = true to accept it",
+                self.listen
+            ));
         }
         if matches!(&self.store, StoreConfig::S3(s3) if s3.attempt_timeout_secs == 0) {
             return invalid("store.attempt_timeout_secs must be positive".into());

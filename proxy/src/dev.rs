@@ -203,9 +203,11 @@ repos = ["{DEV_REPOS}"]
 kind = "fs"
 path = "store"
 
+# Dev mode: one host holds the store, the master key and every identity.
 [keys]
 provider = "local"
 master_key = "master.key"
+single_host = true
 
 [audit]
 path = "audit/audit.jsonl"

@@ -78,7 +78,9 @@ pub async fn open_store_to_read(cfg: &ProxyConfig) -> Result<Arc<dyn ObjectStore
 
 pub async fn key_checker(cfg: &ProxyConfig) -> Result<Arc<dyn KeyChecker>, SetupError> {
     Ok(match &cfg.keys {
-        KeysConfig::Local { master_key } => Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?)),
+        KeysConfig::Local { master_key, .. } => {
+            Arc::new(LocalKeyChecker::new(crate::config::read_master_key(master_key)?))
+        }
         KeysConfig::Kms(kms) => Arc::new(KmsKeyChecker::new(kms.clone(), &aws_sdk_config().await)),
     })
 }

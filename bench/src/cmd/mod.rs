@@ -1,6 +1,7 @@
 //! The benchmarks, one file each, and what they share: the binaries, a
 //! work folder, a dev proxy, and the report printer.
 
+pub(crate) mod catalog;
 pub(crate) mod e2e;
 pub(crate) mod limit;
 pub(crate) mod s3;

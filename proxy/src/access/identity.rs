@@ -67,3 +67,44 @@ impl fmt::Debug for Identity {
         write!(f, "Identity({}, {})", self.domain, self.name)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn certificate(san: &str) -> Vec<u8> {
+        let p = rcgen::CertificateParams::new(vec![san.into()]).unwrap();
+        p.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_name_is_the_first_san() {
+        let id = Identity::from_certificate("dev".into(), &certificate("db-01.example")).unwrap();
+        assert_eq!((id.domain(), id.name()), ("dev", "db-01.example"));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        /// What a handshake hands over is read without panicking: random
+        /// bytes, and a real certificate with bytes flipped or cut.
+        #[test]
+        fn any_certificate_bytes_are_read_without_panicking(
+            noise in prop::collection::vec(any::<u8>(), 0..600),
+            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let _ = Identity::from_certificate("d".into(), &noise);
+            let mut der = certificate("spiffe-less.example");
+            for (at, byte) in flips {
+                let i = at.index(der.len());
+                der[i] ^= byte;
+            }
+            if let Some(id) = Identity::from_certificate("d".into(), &der) {
+                prop_assert!(!id.name().is_empty() && id.name().len() <= NAME_MAX);
+            }
+            let _ = Identity::from_certificate("d".into(), &der[..cut.index(der.len() + 1)]);
+        }
+    }
+}

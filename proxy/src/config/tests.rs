@@ -39,3 +39,22 @@ fn private_endpoints() {
     assert!(private_endpoint(Some("http://127.0.0.1:5000"), false).is_ok());
     assert!(private_endpoint(Some("https://minio.internal:9000/x"), false).is_ok());
 }
+
+/// The local master key unwraps every data key: a proxy holding it that
+/// listens beyond loopback (it serves other hosts) is refused, unless the
+/// operator says it is one host on purpose.
+#[test]
+fn a_local_master_key_is_refused_beyond_loopback_unless_single_host() {
+    let parse = |listen: &str, extra: &str| {
+        let text = DEV
+            .replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{listen}\""))
+            .replace("provider = \"local\"", &format!("provider = \"local\"\n{extra}"));
+        ProxyConfig::parse(&text, std::path::Path::new("/x"))
+    };
+    assert!(parse("127.0.0.1:7443", "").is_ok());
+    assert!(parse("[::1]:7443", "").is_ok());
+    let refused = parse("0.0.0.0:7443", "").unwrap_err().to_string();
+    assert!(refused.contains("single_host") && refused.contains("KMS"), "{refused}");
+    assert!(parse("10.0.0.5:7443", "").is_err());
+    assert!(parse("0.0.0.0:7443", "single_host = true").is_ok());
+}

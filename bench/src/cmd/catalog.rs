@@ -1,0 +1,69 @@
+//! `coffer-bench catalog`: what the proxy's chunk catalog (SPEC §9) costs
+//! at the sizes users have. One repository's catalog filled with N chunks,
+//! as a repository of N chunks fills it, in this process: resident memory
+//! before and after, the time to fill it, and dedup lookups per second.
+
+use std::time::Instant;
+
+use coffer_proto::{ChunkId, KeyId, Scope};
+use coffer_proxy::catalog::{Known, RepoCatalog, SealedBy, Uploader};
+use serde::Serialize;
+
+#[derive(Serialize)]
+pub(crate) struct CatalogReport {
+    pub chunks: usize,
+    /// Resident memory the filled catalog added, bytes.
+    pub bytes: u64,
+    pub bytes_per_chunk: f64,
+    pub fill_secs: f64,
+    pub lookups_per_sec: f64,
+}
+
+fn rss() -> Result<u64, String> {
+    coffer_bench::procfs::sample(std::process::id()).map(|s| s.rss).ok_or_else(|| "cannot read /proc/self".into())
+}
+
+fn id(i: usize) -> ChunkId {
+    ChunkId::from_bytes(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes())
+}
+
+pub(crate) fn catalog(chunks: usize) -> Result<CatalogReport, String> {
+    let now = 1_800_000_000;
+    let owner = Scope::from_bytes([1; 8]);
+    let who = Uploader { scope: owner, legacy: false };
+    let before = rss()?;
+    let start = Instant::now();
+    let mut cat = RepoCatalog::default();
+    for i in 0..chunks {
+        let sealed_by = SealedBy::Key(KeyId::from_bytes([(i % 7) as u8; 16]));
+        let known =
+            Known { size: 1 << 20, retain_until: now + 86_400 * 37, sealed_by, owner: Some(owner), copy: false };
+        cat.record(id(i), known);
+    }
+    let fill_secs = start.elapsed().as_secs_f64();
+    let bytes = rss()?.saturating_sub(before);
+    let start = Instant::now();
+    let found = (0..chunks).filter(|&i| cat.present(&id(i), &who, now).is_some()).count();
+    let lookups_per_sec = chunks as f64 / start.elapsed().as_secs_f64();
+    if found != chunks || cat.len() != chunks {
+        return Err(format!("the catalog lost entries: {found} of {chunks} found"));
+    }
+    Ok(CatalogReport {
+        chunks,
+        bytes,
+        bytes_per_chunk: bytes as f64 / chunks.max(1) as f64,
+        fill_secs,
+        lookups_per_sec,
+    })
+}
+
+pub(crate) fn print_catalog(r: &CatalogReport) {
+    println!(
+        "catalog of {} chunks: {:.1} MiB resident ({:.0} bytes per chunk), filled in {:.2} s, {:.2} M lookups/s",
+        r.chunks,
+        r.bytes as f64 / (1 << 20) as f64,
+        r.bytes_per_chunk,
+        r.fill_secs,
+        r.lookups_per_sec / 1e6
+    );
+}
