@@ -868,6 +868,20 @@ fn lifecycle_plan_shows_what_the_schedule_keeps() {
     assert_eq!(plan["let_go"][0]["id"], ids[0].as_str());
     assert_eq!(plan["let_go"][0]["held"], false);
     assert_eq!(p.stored("dev/lc"), before, "a plan changes nothing");
+    // The compliance report shows the schedule and when the next snapshot
+    // it lets go may be deleted.
+    let out = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["report", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let repo = report["repos"].as_array().unwrap().iter().find(|r| r["repo"] == "dev/lc").unwrap();
+    assert_eq!(repo["schedule"]["keep_last"], 2, "{repo}");
+    assert_eq!(repo["kept"], 2);
+    assert_eq!(repo["next_expiry"], plan["let_go"][0]["retain_until"], "{repo}");
 
     // A repository whose policy has no schedule is told so.
     let none = Command::new(bin("coffer-proxy"))

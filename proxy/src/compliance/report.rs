@@ -139,6 +139,13 @@ pub struct RepoReport {
     /// `ok`, or why the repository's data or keys are outside its regions.
     pub residency: String,
     pub legal_holds: Vec<String>,
+    /// The repository policy's schedule (`keep`), if it has one.
+    pub schedule: Option<crate::keep::KeepRules>,
+    /// How many snapshots the schedule keeps now.
+    pub kept: Option<usize>,
+    /// When the next snapshot no rule keeps may be deleted (its lock ends;
+    /// a held one waits for its hold), unix seconds.
+    pub next_expiry: Option<u64>,
     /// Snapshots the audit trail says were committed, still within their
     /// retention, whose root is not in the store: deleted or rolled back
     /// behind the proxy's back.
@@ -297,6 +304,13 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             .map(|(id, _)| id)
             .collect();
         missing_snapshots.sort();
+        let schedule = policies.keep_rules(&repo);
+        let plan = match &schedule {
+            Some(rules) => Some(crate::lifecycle::plan::plan(&*store, &repo, rules).await?),
+            None => None,
+        };
+        let kept = plan.as_ref().map(|p| p.keep.len());
+        let next_expiry = plan.as_ref().and_then(|p| p.let_go.iter().filter(|l| !l.held).map(|l| l.retain_until).min());
         repos.push(RepoReport {
             repo: repo.to_string(),
             classification: policy.map(|p| p.classification),
@@ -313,6 +327,9 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
             keks,
             residency,
             legal_holds: holds,
+            schedule,
+            kept,
+            next_expiry,
             missing_snapshots,
             alerts: alerts.remove(repo.as_str()).unwrap_or_default(),
             history: {

@@ -116,6 +116,7 @@ pub fn render(report: &ComplianceReport) -> String {
              <tr><th>Deduplicated</th><td>{:.0}%</td><th>Stored per new byte</th><td>{:.2}</td></tr>\
              <tr><th>Residency</th><td colspan=\"3\">{}</td></tr>\
              <tr><th>Legal holds</th><td colspan=\"3\">{}</td></tr>\
+             <tr><th>Schedule</th><td colspan=\"3\">{}</td></tr>\
              <tr><th>Committed, now missing</th><td colspan=\"3\">{}</td></tr></table>",
             esc(&r.repo),
             r.retention_days,
@@ -126,6 +127,7 @@ pub fn render(report: &ComplianceReport) -> String {
             r.compression_ratio,
             badge(r.residency == "ok", "within its regions", &esc(&r.residency)),
             if r.legal_holds.is_empty() { "none".into() } else { esc(&r.legal_holds.join(", ")) },
+            schedule(r),
             badge(
                 r.missing_snapshots.is_empty(),
                 "none: every snapshot the audit trail committed is stored",
@@ -174,3 +176,24 @@ table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.3em .6e
 .ok{color:#176f2c;font-weight:bold}.bad{color:#b00020;font-weight:bold}.chart{width:100%;height:auto;background:#fafafa}\
 .dedup{fill:#9db8d9}.new{fill:#1f4e8c}.ok-bar{fill:#7cbf8e}.bad-bar{fill:#d9534f}.rpo{stroke:#b00020;stroke-dasharray:4 3}\
 .key{display:inline-block;width:.8em;height:.8em;margin:0 .3em}.key.new{background:#1f4e8c}.key.dedup{background:#9db8d9}";
+
+/// A repository's schedule in a line: its rules, how many snapshots they
+/// keep, and when the next one they let go may be deleted.
+fn schedule(r: &super::report::RepoReport) -> String {
+    let Some(rules) = &r.schedule else { return "none: retention only".into() };
+    let parts: Vec<String> = [
+        ("last", rules.keep_last),
+        ("hourly", rules.keep_hourly),
+        ("daily", rules.keep_daily),
+        ("weekly", rules.keep_weekly),
+        ("monthly", rules.keep_monthly),
+        ("yearly", rules.keep_yearly),
+    ]
+    .iter()
+    .filter(|(_, n)| *n > 0)
+    .map(|(name, n)| format!("{name} {n}"))
+    .chain((rules.keep_within_secs > 0).then(|| format!("within {} days", rules.keep_within_secs / 86_400)))
+    .collect();
+    let next = r.next_expiry.map_or("nothing to let go".into(), |t| format!("next expiry {}", when(t)));
+    format!("{}; keeps {}; {next}", esc(&parts.join(", ")), r.kept.unwrap_or(0))
+}
