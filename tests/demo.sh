@@ -25,7 +25,7 @@ head -1 "$work/proxy.out"
 
 coffer() { "$bin/coffer" "$@"; }
 source_stream() { tar -C /usr/share -cf - doc 2>/dev/null; }
-export COFFER_CONFIG="$work/dev/agent.toml"
+export COFFER_CONFIG="$work/dev/writer.toml"
 
 coffer init --repo dev/demo
 id=$(source_stream | coffer backup --repo dev/demo --name usr-share-doc -)
@@ -34,9 +34,9 @@ again=$(source_stream | coffer backup --repo dev/demo --name usr-share-doc --jso
 echo "second backup of the same stream: $(echo "$again" | tr -d ' \n')"
 
 expected=$(source_stream | sha256sum | cut -d' ' -f1)
-restored=$(COFFER_CONFIG="$work/dev/restore.toml" coffer restore --repo dev/demo "$id" | sha256sum | cut -d' ' -f1)
-COFFER_CONFIG="$work/dev/restore.toml" coffer verify --repo dev/demo
-COFFER_CONFIG="$work/dev/restore.toml" coffer snapshots --repo dev/demo
+restored=$(COFFER_CONFIG="$work/dev/reader.toml" coffer restore --repo dev/demo "$id" | sha256sum | cut -d' ' -f1)
+COFFER_CONFIG="$work/dev/reader.toml" coffer verify --repo dev/demo
+COFFER_CONFIG="$work/dev/reader.toml" coffer snapshots --repo dev/demo
 if [ "$expected" != "$restored" ]; then
     echo "FAILED: restored stream differs ($restored != $expected)" >&2
     exit 1

@@ -69,9 +69,9 @@ podman run -d --pod "$pod" -v "$work/state:/state" --entrypoint /usr/bin/coffer-
     dev --dir /state --listen 127.0.0.1:7443 >/dev/null
 for _ in $(seq 100); do [ -f "$work/state/address" ] && break; sleep 0.1; done
 [ -f "$work/state/address" ] || fail "the dev proxy did not start"
-run_in_pod --config /state/agent.toml init --repo dev/pod >/dev/null
+run_in_pod --config /state/writer.toml init --repo dev/pod >/dev/null
 {
-    cat "$work/state/agent.toml"
+    cat "$work/state/writer.toml"
     printf '\n[daemon]\nsocket = "/run/coffer/coffer.sock"\nsocket_repos = ["dev/pod"]\n'
 } >"$work/state/daemon.toml"
 podman run -d --pod "$pod" -v "$work/state:/state" -v "$work/socket:/run/coffer" "$IMAGE" \
@@ -83,6 +83,6 @@ head -c 3000000 /dev/urandom >"$work/data"
 id=$(podman run --rm -i --network=none -v "$work/socket:/run/coffer" "$IMAGE" send --repo dev/pod - <"$work/data" \
     | tail -n 1)
 [ -n "$id" ] || fail "coffer send printed no snapshot id"
-run_in_pod --config /state/restore.toml restore --repo dev/pod "$id" >"$work/restored"
+run_in_pod --config /state/reader.toml restore --repo dev/pod "$id" >"$work/restored"
 cmp -s "$work/data" "$work/restored" || fail "the restore differs from what was sent"
 say "container ok: $IMAGE ($((size / 1000000)) MB), snapshot $id"

@@ -4,8 +4,9 @@
 //! `dev/**`), an empty CRL, certificates for the proxy and for a writer, a
 //! reader, an auditor and an admin identity, a local master key, a
 //! `proxy.toml` with a policy for them, and a store folder. Every start
-//! reuses what is there (same CA, keys, store), and rewrites `agent.toml`
-//! (writer) and `restore.toml` (reader) with the address it listens on.
+//! reuses what is there (same CA, keys, store), and rewrites each
+//! identity's config (`writer.toml`, `reader.toml`, …) with the address it
+//! listens on.
 //! `dev issue` and `dev revoke` manage more certificates with the same CA.
 
 use std::io::Write as _;
@@ -269,8 +270,16 @@ pub fn keygen(path: &Path) -> Result<String, DevError> {
 pub fn announce(dir: &Path, addr: SocketAddr) -> Result<(), DevError> {
     let io = io_at(dir);
     let addr = addr.to_string();
-    write_file(&dir.join("agent.toml"), agent_toml(&addr, "writer").as_bytes(), 0o644).map_err(io)?;
-    write_file(&dir.join("restore.toml"), agent_toml(&addr, "reader").as_bytes(), 0o644).map_err(io)?;
+    // One config per identity, named after it. Earlier versions also wrote
+    // copies named agent.toml and restore.toml: gone, so that no stale one
+    // names an old address.
+    for old in ["agent.toml", "restore.toml"] {
+        let path = dir.join(old);
+        let ours = std::fs::read_to_string(&path).is_ok_and(|t| t.starts_with("# Written by `coffer-proxy dev`"));
+        if ours {
+            std::fs::remove_file(&path).map_err(io_at(&path))?;
+        }
+    }
     write_file(&dir.join("address"), addr.as_bytes(), 0o644).map_err(io)?;
     for entry in std::fs::read_dir(dir).map_err(io)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -281,13 +290,13 @@ pub fn announce(dir: &Path, addr: SocketAddr) -> Result<(), DevError> {
     let d = dir.display();
     println!(
         "coffer-proxy dev: listening on {addr}
-  writer config: {d}/agent.toml     reader config: {d}/restore.toml
+  writer config: {d}/writer.toml     reader config: {d}/reader.toml
   store: {d}/store    audit log: {d}/audit/audit.jsonl
 
-  export COFFER_CONFIG={d}/agent.toml
+  export COFFER_CONFIG={d}/writer.toml
   coffer init --repo dev/db
   coffer backup --repo dev/db -- pg_dump -Fc mydb
-  COFFER_CONFIG={d}/restore.toml coffer restore --repo dev/db <snapshot-id> | pg_restore -d newdb
+  COFFER_CONFIG={d}/reader.toml coffer restore --repo dev/db <snapshot-id> | pg_restore -d newdb
 
 The local master key in {d}/master.key unwraps every data key: dev mode is for one host."
     );
@@ -348,4 +357,26 @@ pub fn revoke(dir: &Path, name: &str) -> Result<(), DevError> {
     write_file(&dir.join("crl.pem"), ca.crl(&serials)?.as_bytes(), 0o644).map_err(io)?;
     println!("revoked {name}.pem; send SIGHUP to the proxy (or restart it) to apply the new CRL");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One config per identity, and none of the old copies left to name a
+    /// stale address; a file of the same name the user wrote stays.
+    #[test]
+    fn each_identity_gets_one_config_and_old_copies_go() {
+        let dir = tempfile::tempdir().unwrap();
+        prepare(dir.path(), None).unwrap();
+        std::fs::write(dir.path().join("agent.toml"), agent_toml("127.0.0.1:1", "writer")).unwrap();
+        std::fs::write(dir.path().join("restore.toml"), "# mine\n").unwrap();
+        announce(dir.path(), "127.0.0.1:7443".parse().unwrap()).unwrap();
+        assert!(!dir.path().join("agent.toml").exists(), "the old copy is gone");
+        assert_eq!(std::fs::read_to_string(dir.path().join("restore.toml")).unwrap(), "# mine\n");
+        for who in ["writer", "reader", "auditor", "admin"] {
+            let text = std::fs::read_to_string(dir.path().join(format!("{who}.toml"))).unwrap();
+            assert!(text.contains("https://127.0.0.1:7443") && text.contains(&format!("{who}.pem")), "{text}");
+        }
+    }
 }

@@ -112,12 +112,12 @@ impl DevProxy {
 
     /// The writer identity's config.
     pub fn writer(&self) -> PathBuf {
-        self.dir.join("agent.toml")
+        self.dir.join("writer.toml")
     }
 
     /// The reader identity's config.
     pub fn reader(&self) -> PathBuf {
-        self.dir.join("restore.toml")
+        self.dir.join("reader.toml")
     }
 
     /// Where the filesystem store keeps objects.

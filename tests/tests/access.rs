@@ -124,8 +124,8 @@ async fn every_role_every_endpoint_own_repo_other_repo_other_domain() {
     let dr = other_domain();
     with_dr_domain(&p, dr.path());
     let configs = [
-        (Who::DevWriter, p.config("agent")),
-        (Who::DevReader, p.config("restore")),
+        (Who::DevWriter, p.config("writer")),
+        (Who::DevReader, p.config("reader")),
         (Who::DevAuditor, p.config("auditor")),
         (Who::DevAdmin, p.config("admin")),
         (Who::DrWriter, foreign_config(&p, dr.path(), "writer")),

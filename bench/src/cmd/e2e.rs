@@ -79,12 +79,12 @@ pub(crate) fn e2e(bench: &Bench, input: Input, with_peers: bool) -> Result<Repor
         let run = if phase == "restore" {
             let mut h = blake3::Hasher::new();
             let t =
-                timed(bench.coffer("restore.toml").args(["restore", "--repo", REPO, &first_id]), None, Some(&mut h))?;
+                timed(bench.coffer("reader.toml").args(["restore", "--repo", REPO, &first_id]), None, Some(&mut h))?;
             check("coffer", h)?;
             t
         } else {
             let t =
-                timed(bench.coffer("agent.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(input), None)?;
+                timed(bench.coffer("writer.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(input), None)?;
             if n == 0 {
                 let report: serde_json::Value =
                     serde_json::from_slice(&t.stdout).map_err(|e| format!("{phase}: {e}"))?;

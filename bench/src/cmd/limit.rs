@@ -23,7 +23,7 @@ pub(crate) fn limit(bench: &Bench, input: Input) -> Result<LimitReport, String> 
     let level = bench.zstd_level;
     let limits = coffer_bench::limit::measure_stages(&source, level, &bench.proxy_dir(), &bench.work)?;
     bench.init(REPO)?;
-    let run = timed(bench.coffer("agent.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(&source), None)?;
+    let run = timed(bench.coffer("writer.toml").args(["backup", "--repo", REPO, "--json", "-"]), Some(&source), None)?;
     let first_backup_mb_per_sec = limits.bytes as f64 / 1e6 / run.secs.max(1e-9);
     let fraction_of_ceiling = first_backup_mb_per_sec / limits.ceiling;
     Ok(LimitReport { data: label, limits, first_backup_mb_per_sec, fraction_of_ceiling })

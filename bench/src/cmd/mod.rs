@@ -125,7 +125,7 @@ impl Bench {
     /// Creates a repository at the chosen zstd level.
     pub(crate) fn init(&self, repo: &str) -> Result<Timed, String> {
         let level = self.zstd_level.to_string();
-        timed(self.coffer("agent.toml").args(["init", "--repo", repo, "--zstd-level", &level]), None, None)
+        timed(self.coffer("writer.toml").args(["init", "--repo", repo, "--zstd-level", &level]), None, None)
     }
 }
 

@@ -42,7 +42,7 @@ pub(crate) fn stream(bench: &Bench, spec: &str, rate: Option<&str>, agents: usiz
         .iter()
         .map(|repo| {
             Streaming::start(
-                bench.coffer("agent.toml").args(["backup", "--repo", repo, "--json", "-"]),
+                bench.coffer("writer.toml").args(["backup", "--repo", repo, "--json", "-"]),
                 kind,
                 size,
                 rate,
