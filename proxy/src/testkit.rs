@@ -164,17 +164,23 @@ pub(crate) fn store_ops(app: &App, op: &str) -> u64 {
 }
 
 /// A store that fails on purpose: listings of keys ending in
-/// `list_fails_for`, and lock extensions of keys containing
-/// `extend_fails_for`.
+/// `list_fails_for`, and lock extensions and deletions of keys containing
+/// `extend_fails_for` and `delete_fails_for`.
 pub(crate) struct Faulty {
     inner: Arc<dyn crate::store::ObjectStore>,
     pub list_fails_for: std::sync::Mutex<Option<String>>,
     pub extend_fails_for: std::sync::Mutex<Option<String>>,
+    pub delete_fails_for: std::sync::Mutex<Option<String>>,
 }
 
 impl Faulty {
     pub fn new(inner: Arc<dyn crate::store::ObjectStore>) -> Self {
-        Self { inner, list_fails_for: Default::default(), extend_fails_for: Default::default() }
+        Self {
+            inner,
+            list_fails_for: Default::default(),
+            extend_fails_for: Default::default(),
+            delete_fails_for: Default::default(),
+        }
     }
 }
 
@@ -215,6 +221,9 @@ impl crate::store::ObjectStore for Faulty {
         self.inner.set_legal_hold(key, on).await
     }
     async fn delete(&self, key: &str, now: u64) -> Result<(), crate::store::StoreError> {
+        if self.delete_fails_for.lock().unwrap().as_deref().is_some_and(|s| key.contains(s)) {
+            return Err(refused(key));
+        }
         self.inner.delete(key, now).await
     }
 }

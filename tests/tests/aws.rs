@@ -907,3 +907,63 @@ async fn deletes_use_their_own_credentials() {
     let versions = aws.s3.list_object_versions().bucket(BUCKET).prefix(key).send().await.unwrap();
     assert!(versions.versions().is_empty() && versions.delete_markers().is_empty(), "{versions:?}");
 }
+
+/// The lifecycle pass on S3, two proxies on one bucket, each trying a pass
+/// every second: this month's keeper under `monthly = 12` is locked to the
+/// end of its twelfth month, as S3 itself reports it (HeadObject), and each
+/// interval has one lease, so one pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_lifecycle_pass_extends_keepers_locks_in_the_bucket() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let base = proxy_config(certs.path(), &aws, "", (30, 7));
+    let text = std::fs::read_to_string(&base).unwrap()
+        + "\n[lifecycle]\ninterval_secs = 1\njitter_secs = 0\n\n[[repo_policies]]\nrepos = \"dev/**\"\n\
+           classification = \"internal\"\nkeep = { daily = 7, monthly = 12 }\n";
+    let mut proxies = Vec::new();
+    for name in ["east", "west"] {
+        let path = certs.path().join(format!("{name}.toml"));
+        let cfg = text
+            .replace("proxy_id = \"s3\"", &format!("proxy_id = \"{name}\""))
+            .replace("path = \"audit/audit.jsonl\"", &format!("path = \"audit-{name}/audit.jsonl\""));
+        std::fs::write(&path, cfg).unwrap();
+        proxies.push(start_proxy(certs.path(), &path, &aws));
+    }
+    let writer = agent_config(&proxies[0], &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/life"], None).ok();
+    let id =
+        run(&aws, &writer, &["backup", "--repo", "dev/life", "-"], Some(&random_bytes("kept", 2 << 20))).last_line();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let events = || -> Vec<serde_json::Value> {
+        ["east", "west"]
+            .iter()
+            .flat_map(|name| {
+                let log = certs.path().join(format!("audit-{name}/audit.jsonl"));
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect::<Vec<serde_json::Value>>()
+            })
+            .collect()
+    };
+    let promoted = loop {
+        if let Some(e) = events().into_iter().find(|e| e["action"] == "lifecycle" && e["repo"] == "dev/life") {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "no lifecycle pass recorded a promotion: {:?}", events());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(promoted["reason"].as_str().unwrap().contains(&id), "{promoted}");
+    let year = now() + 334 * DAY;
+    let keys: Vec<String> =
+        aws.keys("dev/life/chunks/").await.into_iter().chain([format!("dev/life/snapshots/{id}")]).collect();
+    for key in keys {
+        let until = aws.head(&key).await.object_lock_retain_until_date().unwrap().secs() as u64;
+        assert!(until >= year, "{key}: locked until {until}, not to the twelfth month");
+    }
+    // One lease per interval: names are distinct interval numbers, never
+    // two for one interval.
+    let leases = aws.keys("admin/lifecycle/").await;
+    let distinct: std::collections::BTreeSet<&String> = leases.iter().collect();
+    assert!(!leases.is_empty() && distinct.len() == leases.len(), "{leases:?}");
+}

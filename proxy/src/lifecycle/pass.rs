@@ -344,4 +344,75 @@ mod tests {
         let found: Vec<String> = repositories(&*t.app.store).await.unwrap().iter().map(ToString::to_string).collect();
         assert_eq!(found, ["dev/a", "dev/b/c", "prod/x/y/z"]);
     }
+
+    /// A pass cut off half way (its chunk deletions fail, as when the
+    /// proxy dies after deleting the roots) leaves no remaining snapshot
+    /// that needs a deleted object, and the next pass finishes the work. A
+    /// held snapshot is never deleted, whatever its lock says; a keeper
+    /// whose lock extension failed is extended by the next pass.
+    #[tokio::test]
+    async fn a_pass_cut_off_half_way_leaves_every_survivor_whole_and_the_next_finishes() {
+        let t = testkit::app().await;
+        let faulty = std::sync::Arc::new(testkit::Faulty::new(t.app.store.clone()));
+        let app = testkit::app_with_store(&t, faulty.clone());
+        app.set_repo_policies(schedule("{ daily = 3, monthly = 6 }"));
+        let repo: RepoName = "dev/cut".parse().unwrap();
+        put(&app, &layout::config(&repo), b"{}".to_vec(), START).await;
+        let (shared, key) = (ChunkId::from_bytes([7; 32]), KeyId::from_bytes([8; 16]));
+        put(&app, &layout::chunk(&repo, &shared), vec![3], START).await;
+        put(&app, &layout::key(&repo, &key), vec![4], START).await;
+        let mut ids = Vec::new();
+        for day in 0..90 {
+            ids.push(snapshot(&app, &repo, day, shared, key).await.0);
+        }
+        let held = ids[10];
+        crate::access::switches::write_switch(
+            &*app.store,
+            &crate::access::switches::hold_prefix(&repo, &held),
+            true,
+            "t".into(),
+        )
+        .await
+        .unwrap();
+        let now = START + 200 * DAY;
+        // Whatever is left restores: every object each remaining root needs.
+        let whole = |app: &App| {
+            let repo = repo.clone();
+            let store = app.store.clone();
+            async move {
+                let prefix = layout::prefix(&repo, layout::Kind::Snapshots);
+                for root in store.list(&prefix).await.unwrap() {
+                    let id: SnapshotId = root[prefix.len()..].parse().unwrap();
+                    for key in objects_of(&*store, &repo, id).await.unwrap().unwrap() {
+                        assert!(store.head(&key).await.unwrap().is_some(), "{id} needs {key}, which is gone");
+                    }
+                }
+            }
+        };
+        // A keeper's extension fails: the pass stops before deleting.
+        *faulty.extend_fails_for.lock().unwrap() = Some("/snapshots/".into());
+        let first = &pass(&app, now).await.unwrap()[0];
+        assert!(first.error.is_some() && first.deleted.is_empty(), "{first:?}");
+        // Then the chunk deletions fail, after the roots went.
+        *faulty.extend_fails_for.lock().unwrap() = None;
+        *faulty.delete_fails_for.lock().unwrap() = Some("/chunks/".into());
+        let second = &pass(&app, now).await.unwrap()[0];
+        assert!(!second.promoted.is_empty(), "the keepers the first pass could not extend");
+        assert!(
+            !second.failed.is_empty() && second.deleted.iter().any(|d| d.key.contains("/snapshots/")),
+            "{second:?}"
+        );
+        assert!(!second.deleted.iter().any(|d| d.key.contains("/keys/")), "no key record while a chunk stays");
+        whole(&app).await;
+        assert!(app.store.head(&layout::snapshot(&repo, &held)).await.unwrap().is_some(), "held");
+        *faulty.delete_fails_for.lock().unwrap() = None;
+        let third = &pass(&app, now).await.unwrap()[0];
+        assert!(third.failed.is_empty() && third.error.is_none(), "{third:?}");
+        assert!(third.deleted.iter().any(|d| d.key.contains("/chunks/")), "the next pass finishes: {third:?}");
+        whole(&app).await;
+        let left = plan(&*app.store, &repo, &app.repo_policies().keep_rules(&repo).unwrap()).await.unwrap();
+        let let_go: Vec<SnapshotId> = left.let_go.iter().map(|l| l.id).collect();
+        assert_eq!(let_go, [held], "only the held snapshot outlives the schedule");
+        assert!(pass(&app, now).await.unwrap()[0].deleted.is_empty(), "nothing left to do");
+    }
 }
