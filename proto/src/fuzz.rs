@@ -47,8 +47,14 @@ pub fn fuzz_manifest(data: &[u8]) {
 }
 
 pub fn fuzz_index(data: &[u8]) {
+    let header = crate::snapshot::IndexHeader::decode(data);
     if let Ok(i) = IndexSegment::decode(data) {
         assert_eq!(i.encode(), data);
+        let h = header.expect("a whole segment has a header");
+        assert_eq!(
+            (h.snapshot, h.committed, h.retain_until, h.stats),
+            (i.snapshot, i.committed, i.retain_until, i.stats)
+        );
     }
 }
 

@@ -371,6 +371,38 @@ impl IndexSegment {
     }
 }
 
+/// The start of every index segment version: what a listing needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndexHeader {
+    pub snapshot: SnapshotId,
+    pub committed: u64,
+    pub retain_until: u64,
+    pub stats: SnapshotStats,
+}
+
+impl IndexHeader {
+    /// Bytes of a segment the header takes: magic, snapshot id, committed,
+    /// retain-until and the five stats.
+    pub const LEN: usize = 4 + SnapshotId::LEN + 8 + 8 + 5 * 8;
+
+    /// Reads the header from the first [`Self::LEN`] bytes of a segment of
+    /// any version (what follows is not looked at).
+    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let head = bytes.get(..Self::LEN).ok_or(FormatError::Truncated { needed: Self::LEN - bytes.len() })?;
+        let mut r = Reader::new(head);
+        let magic = [INDEX_V1_MAGIC, INDEX_V2_MAGIC, INDEX_MAGIC].into_iter().find(|m| head.starts_with(*m));
+        r.magic(magic.unwrap_or(INDEX_MAGIC), "index segment (CFI3, CFI2 or CFI1)")?;
+        let header = Self {
+            snapshot: SnapshotId::from_bytes(r.array()?),
+            committed: r.u64()?,
+            retain_until: r.u64()?,
+            stats: SnapshotStats::decode_from(&mut r)?,
+        };
+        r.finish()?;
+        Ok(header)
+    }
+}
+
 /// The chunk ids of a `POST .../chunks/missing` body or answer: bare
 /// concatenated 32-byte ids.
 pub fn encode_ids(ids: &[ChunkId]) -> Vec<u8> {

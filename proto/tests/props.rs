@@ -122,6 +122,9 @@ proptest! {
     #[test]
     fn index_round_trip(i in index()) {
         let bytes = i.encode();
+        let header = coffer_proto::snapshot::IndexHeader::decode(&bytes[..coffer_proto::snapshot::IndexHeader::LEN]).unwrap();
+        prop_assert_eq!((header.snapshot, header.committed, header.retain_until, header.stats), (i.snapshot, i.committed, i.retain_until, i.stats));
+        prop_assert!(coffer_proto::snapshot::IndexHeader::decode(&bytes[..coffer_proto::snapshot::IndexHeader::LEN - 1]).is_err());
         prop_assert_eq!(IndexSegment::decode(&bytes).unwrap(), i);
         refuses_truncation_and_trailing(&bytes, IndexSegment::decode);
     }

@@ -893,6 +893,9 @@ async fn deletes_use_their_own_credentials() {
         apart.put_new(key, bytes::Bytes::from_static(b"x"), until).await.unwrap();
     }
     assert_eq!(apart.folders("dev/").await.unwrap(), ["dev/a/", "dev/b/"]);
+    let head = apart.get_head("dev/a/config", 1).await.unwrap().unwrap();
+    assert_eq!(head.as_ref(), b"x", "a ranged read");
+    assert!(apart.get_head("dev/a/nothing", 4).await.unwrap().is_none());
     std::thread::sleep(std::time::Duration::from_millis(2500));
     let key = "dev/a/chunks/ab/x";
     let refused = apart.delete(key, now()).await.unwrap_err();

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use coffer_proto::api::SnapshotInfo;
 use coffer_proto::layout;
-use coffer_proto::snapshot::{IndexSegment, SnapshotStats};
+use coffer_proto::snapshot::{IndexHeader, IndexSegment, SnapshotStats};
 use coffer_proto::{RepoName, SnapshotId};
 use http::StatusCode;
 
@@ -25,14 +25,19 @@ pub async fn repo_history(app: &App, repo: &RepoName, skip: SnapshotId) -> Resul
     Ok(infos.into_iter().filter(|i| i.id != skip).map(|i| i.stats).collect())
 }
 
+/// A snapshot's listing entry, from the header of its index segment only
+/// (a ranged read: a segment holds 45 bytes per chunk, its header 76).
 pub async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result<SnapshotInfo, ApiError> {
     let bytes = app
         .store
-        .get(&layout::index(repo, &id))
+        .get_head(&layout::index(repo, &id), IndexHeader::LEN)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("snapshot {id} has no index segment")))?;
-    let index = IndexSegment::decode(&bytes).map_err(|e| ApiError::Conflict(format!("index of {id}: {e}")))?;
-    Ok(SnapshotInfo { id, committed: index.committed, retain_until: index.retain_until, stats: index.stats })
+    let h = IndexHeader::decode(&bytes).map_err(|e| ApiError::Conflict(format!("index of {id}: {e}")))?;
+    if h.snapshot != id {
+        return Err(ApiError::Conflict(format!("index of {id}: it names snapshot {}", h.snapshot)));
+    }
+    Ok(SnapshotInfo { id, committed: h.committed, retain_until: h.retain_until, stats: h.stats })
 }
 
 /// Every committed snapshot of `repo` (a root in the store), oldest first,
@@ -67,7 +72,7 @@ async fn committed(app: &App, repo: &RepoName, lenient: bool) -> Result<(Vec<Sna
         (known, unread)
     };
     let read = app
-        .fan_out(SEGMENTS_IN_FLIGHT, unread.iter().copied(), |id| async move {
+        .fan_out(app.fan_out, unread.iter().copied(), |id| async move {
             match snapshot_info(app, repo, id).await {
                 Ok(info) => Ok(Ok(info)),
                 Err(e @ (ApiError::NotFound(_) | ApiError::Conflict(_))) => Ok(Err(e.to_string())),

@@ -2,7 +2,7 @@
 //! until when, and what it lets go, read from the store, changing nothing.
 
 use coffer_proto::layout;
-use coffer_proto::snapshot::IndexSegment;
+use coffer_proto::snapshot::IndexHeader;
 use coffer_proto::{RepoName, SnapshotId};
 use serde::Serialize;
 
@@ -10,8 +10,8 @@ use crate::access::switches::{hold_prefix, read_switch};
 use crate::keep::{select, KeepRules, Keeper};
 use crate::store::{fan_out, ObjectStore, StoreError};
 
-/// Index segments read at once (they hold 44 bytes per chunk).
-const SEGMENTS_IN_FLIGHT: usize = 4;
+/// Index segment headers read at once (ranged reads of 76 bytes).
+const HEADERS_IN_FLIGHT: usize = 32;
 
 /// A snapshot no rule keeps: its lock ends when it ends, and then it may go
 /// (unless a legal hold keeps it).
@@ -36,13 +36,13 @@ pub async fn plan(store: &dyn ObjectStore, repo: &RepoName, rules: &KeepRules) -
     let prefix = layout::prefix(repo, layout::Kind::Snapshots);
     let ids: Vec<SnapshotId> =
         store.list(&prefix).await?.iter().filter_map(|k| k[prefix.len()..].parse().ok()).collect();
-    let segments = fan_out(SEGMENTS_IN_FLIGHT, ids.iter().copied(), |id| async move {
-        let bytes = store.get(&layout::index(repo, &id)).await?;
-        Ok::<_, StoreError>(bytes.and_then(|b| IndexSegment::decode(&b).ok()))
+    let headers = fan_out(HEADERS_IN_FLIGHT, ids.iter().copied(), |id| async move {
+        let bytes = store.get_head(&layout::index(repo, &id), IndexHeader::LEN).await?;
+        Ok::<_, StoreError>(bytes.and_then(|b| IndexHeader::decode(&b).ok()).filter(|h| h.snapshot == id))
     })
     .await?;
     let known: Vec<(SnapshotId, u64, u64)> =
-        segments.into_iter().flatten().map(|s| (s.snapshot, s.committed, s.retain_until)).collect();
+        headers.into_iter().flatten().map(|h| (h.snapshot, h.committed, h.retain_until)).collect();
     let keep = select(&known.iter().map(|(id, t, _)| (*id, *t)).collect::<Vec<_>>(), rules);
     let mut let_go = Vec::new();
     for (id, committed, retain_until) in known {

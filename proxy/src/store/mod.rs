@@ -124,6 +124,11 @@ pub trait ObjectStore: Send + Sync + 'static {
         self.put_object(key, body, retain_until, recorded).await
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
+    /// The first `len` bytes of the object at `key` (all of it if shorter):
+    /// a ranged read, for the header of a large object.
+    async fn get_head(&self, key: &str, len: usize) -> Result<Option<Bytes>, StoreError> {
+        Ok(self.get(key).await?.map(|b| b.slice(..len.min(b.len()))))
+    }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// Keys that start with `prefix`: everything under a folder when it
     /// ends with `/`, else the keys of its last folder whose names start

@@ -301,6 +301,27 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn get_head(&self, key: &str, len: usize) -> Result<Option<Bytes>, StoreError> {
+        if len == 0 {
+            return Ok(self.head(key).await?.map(|_| Bytes::new()));
+        }
+        let range = format!("bytes=0-{}", len - 1);
+        match self.client.get_object().bucket(&self.bucket).key(self.full(key)).range(range).send().await {
+            Ok(out) => {
+                let data = out.body.collect().await.map_err(|e| StoreError::Backend {
+                    key: key.to_string(),
+                    message: format!("reading the body: {e}"),
+                    retryable: true,
+                })?;
+                let data = data.into_bytes();
+                // A store that ignores the range sends it all.
+                Ok(Some(data.slice(..len.min(data.len()))))
+            }
+            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
+            Err(e) => Err(classify(key, e)),
+        }
+    }
+
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         match self.client.head_object().bucket(&self.bucket).key(self.full(key)).send().await {
             Ok(out) => Ok(Some(ObjectMeta {
