@@ -388,7 +388,7 @@ impl IndexHeader {
     /// Reads the header from the first [`Self::LEN`] bytes of a segment of
     /// any version (what follows is not looked at).
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let head = bytes.get(..Self::LEN).ok_or(FormatError::Truncated { needed: Self::LEN - bytes.len() })?;
+        let head = bytes.get(..Self::LEN).ok_or_else(|| FormatError::Truncated { needed: Self::LEN - bytes.len() })?;
         let mut r = Reader::new(head);
         let magic = [INDEX_V1_MAGIC, INDEX_V2_MAGIC, INDEX_MAGIC].into_iter().find(|m| head.starts_with(*m));
         r.magic(magic.unwrap_or(INDEX_MAGIC), "index segment (CFI3, CFI2 or CFI1)")?;

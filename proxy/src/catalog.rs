@@ -15,10 +15,10 @@
 //! (SPEC §9), so no proxy needs to hear of another's expiry, and a chunk
 //! another proxy uploaded is simply not known yet: the store is asked.
 //!
-//! Memory: an entry is a 32-byte table slot (the id's first 16 bytes, the
-//! size, the lock, and indexes of its data key and owner, which are kept
-//! once each); the table grows by doubling and stays at most 7/8 full, so
-//! a million chunks take 36 to 72 MiB (`coffer-bench catalog`). The catalogs
+//! Memory: an entry is a 48-byte table slot (the id, the size, the lock,
+//! and indexes of its data key and owner, which are kept once each); the
+//! table grows by doubling and stays at most 7/8 full, so a million chunks
+//! take 55 to 100 MiB (`coffer-bench catalog`). The catalogs
 //! hold at most `max_chunks` entries over all repositories; the least
 //! recently used repository's catalog is dropped first.
 
@@ -89,18 +89,18 @@ impl Known {
     }
 }
 
-/// An id as the catalog keys it: its first 16 bytes. Ids are keyed BLAKE3
-/// hashes, so two ids of one repository share them with odds of n²/2¹²⁹
-/// (one in 10²⁶ at a million chunks), and making an id share them with
-/// another's on purpose is a 2¹²⁸ search, even for a writer holding the key.
-type Prefix = [u8; 16];
+/// The catalog keys on the whole id. (A 16-byte prefix would halve the
+/// table, but the proxy never checks an upload against its id, so a writer
+/// can upload under an id that shares a prefix with another's on purpose,
+/// and its entry would then answer for the other's chunk.)
+type Prefix = ChunkId;
 
 fn prefix(id: &ChunkId) -> Prefix {
-    id.as_bytes()[..16].try_into().expect("ids are 32 bytes")
+    *id
 }
 
-/// One entry as stored: 15 bytes, so with its 16-byte key a table slot
-/// is 32 bytes.
+/// One entry as stored: 15 bytes, so with its 32-byte key a table slot
+/// is 48 bytes.
 #[derive(Clone, Copy)]
 struct Entry {
     size: u32,
@@ -266,6 +266,13 @@ impl RepoCatalog {
             true => self.copies.entry((p, new.owner)).or_insert(new),
             false => self.chunks.entry(p).or_insert(new),
         };
+        // Two different owners, neither from before scopes: the object was
+        // deleted (expiry, on another proxy) and uploaded again by the new
+        // one. What was known of the old one says nothing of it.
+        if entry.owner != new.owner && entry.owner != 0 && new.owner != 0 {
+            *entry = new;
+            return;
+        }
         entry.until = entry.until.max(new.until);
         if entry.sealed & !SEALED_INDEX != SEALED_KEY {
             entry.sealed = new.sealed;

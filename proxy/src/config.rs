@@ -277,7 +277,7 @@ pub struct LimitsConfig {
     /// the store concurrently, never one object after another.
     pub store_fan_out: usize,
     /// Chunks the proxy's catalogs (what it knows is stored) hold at most,
-    /// over all repositories; 39 to 70 bytes each (`coffer-bench catalog`).
+    /// over all repositories; 55 to 103 bytes each (`coffer-bench catalog`).
     pub catalog_chunks: usize,
     /// Store requests in flight over all API calls at once.
     pub store_requests: usize,
@@ -424,6 +424,9 @@ impl ProxyConfig {
                  keys.single_host = true to accept it",
                 self.listen
             ));
+        }
+        if matches!(&self.store, StoreConfig::S3(s3) if !s3.prefix.is_empty() && !s3.prefix.ends_with('/')) {
+            return invalid("store.prefix must end with `/` (a folder, e.g. \"coffer/\"), or be empty".into());
         }
         if matches!(&self.store, StoreConfig::S3(s3) if s3.attempt_timeout_secs == 0) {
             return invalid("store.attempt_timeout_secs must be positive".into());

@@ -127,7 +127,9 @@ fn no_import_circles_between_modules() {
             let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
             for f in &files {
                 let module = module_of(&src, f);
-                if module.is_empty() {
+                // The crate root, and test modules in their own files
+                // (`#[cfg(test)] mod tests;`): a test may reach anywhere.
+                if module.is_empty() || module.last().is_some_and(|m| m == "tests") {
                     continue;
                 }
                 let mut me = module.clone();

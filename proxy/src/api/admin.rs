@@ -211,7 +211,11 @@ pub async fn hold(app: &App, admin: &Identity, source: IpAddr, draft: &Draft, bo
     for s in &targets {
         write_switch(&*app.store, &hold_prefix(repo, s), req.on, by(admin)).await?;
     }
-    for key in &objects {
+    // Roots first: a pass deleting what the hold is meant to keep deletes
+    // roots first too, and checks each root's hold just before.
+    let root_prefix = layout::prefix(repo, layout::Kind::Snapshots);
+    let (roots, rest): (Vec<&String>, Vec<&String>) = objects.iter().partition(|k| k.starts_with(&root_prefix));
+    for key in roots.into_iter().chain(rest) {
         app.store.set_legal_hold(key, req.on).await?;
     }
     Ok(Reply::json(

@@ -112,3 +112,15 @@ fn the_least_recently_used_catalogs_go_first() {
     assert!(cats.of(&a).try_lock().unwrap().is_empty(), "a was used least recently and went");
     assert_eq!(cats.of(&b).try_lock().unwrap().len(), 1);
 }
+
+/// A segment that says another scope used an id's first upload means the
+/// object was uploaded again (expiry deleted the old one, on another
+/// proxy): the old owner's entry, and its lock, are not carried over.
+#[test]
+fn a_new_owner_replaces_a_stale_entry_instead_of_refreshing_it() {
+    let mut c = RepoCatalog::default();
+    c.record(id(1), known(NOW + 60, SealedBy::Unknown, Some(scope(1)), false));
+    c.record(id(1), known(NOW * 2, SealedBy::Unknown, Some(scope(2)), false));
+    assert!(c.present(&id(1), &who(1), NOW).is_none(), "the old owner's entry is not revived");
+    assert!(c.present(&id(1), &who(2), NOW).is_some());
+}

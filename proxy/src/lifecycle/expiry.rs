@@ -157,12 +157,29 @@ pub async fn delete_doomed(app: &App, repo: &RepoName, doomed: Vec<Doomed>, now:
     let key_prefix = layout::prefix(repo, layout::Kind::Keys);
     let chunk_prefix = layout::prefix(repo, layout::Kind::Chunks);
     let root_prefix = layout::prefix(repo, layout::Kind::Snapshots);
+    // Snapshots whose root stays (held since the plan, or its delete
+    // failed): their index segment stays with it, and no chunk is deleted
+    // in this run, since the plan counted them as going.
+    let mut kept_roots: Vec<SnapshotId> = Vec::new();
     for d in doomed {
+        let root = d.key.strip_prefix(&root_prefix).and_then(|n| n.parse::<SnapshotId>().ok());
+        let index = layout::id_of::<SnapshotId>(&d.key).filter(|_| d.key.contains("/index/"));
         let key_id = d.key.strip_prefix(&key_prefix).and_then(|k| k.parse::<KeyId>().ok());
-        if key_id.is_some() && !out.failed.is_empty() {
+        let skip = if index.is_some_and(|id| kept_roots.contains(&id)) {
+            Some("kept: its snapshot's root stays".to_string())
+        } else if (d.key.starts_with(&chunk_prefix) || key_id.is_some()) && !kept_roots.is_empty() {
+            Some("kept: a snapshot could not be deleted; run expire again".to_string())
+        } else if key_id.is_some() && !out.failed.is_empty() {
             // A chunk that stays may have been sealed with this key: keep
             // it, so the chunk stays readable, until a run deletes both.
-            let reason = "kept: other objects could not be deleted; run expire again".to_string();
+            Some("kept: other objects could not be deleted; run expire again".to_string())
+        } else if let Some(id) = root {
+            held_since(app, repo, &id, &d.key).await
+        } else {
+            None
+        };
+        if let Some(reason) = skip {
+            kept_roots.extend(root);
             out.failed.push(Doomed { key: d.key, reason });
             continue;
         }
@@ -171,7 +188,7 @@ pub async fn delete_doomed(app: &App, repo: &RepoName, doomed: Vec<Doomed>, now:
                 if let Some(id) = key_id {
                     app.forget_key(repo, id);
                 }
-                if let Some(id) = d.key.strip_prefix(&root_prefix).and_then(|n| n.parse::<SnapshotId>().ok()) {
+                if let Some(id) = root {
                     app.snapshot_infos.lock().expect("not poisoned").remove(&(repo.clone(), id));
                 }
                 if d.key.starts_with(&chunk_prefix) {
@@ -181,10 +198,25 @@ pub async fn delete_doomed(app: &App, repo: &RepoName, doomed: Vec<Doomed>, now:
                 }
                 out.deleted.push(d);
             }
-            Err(e) => out.failed.push(Doomed { key: d.key, reason: e.to_string() }),
+            Err(e) => {
+                kept_roots.extend(root);
+                out.failed.push(Doomed { key: d.key, reason: e.to_string() });
+            }
         }
     }
     out
+}
+
+/// Why a root must stay after all: a legal hold put on its snapshot since
+/// the plan was made (its switch, or the hold on the root itself).
+async fn held_since(app: &App, repo: &RepoName, id: &SnapshotId, root: &str) -> Option<String> {
+    let switch = read_switch(&*app.store, &hold_prefix(repo, id)).await;
+    let on_root = app.store.head(root).await.map(|m| m.is_some_and(|m| m.legal_hold));
+    match (switch, on_root) {
+        (Ok(Some(true)), _) | (_, Ok(true)) => Some("kept: a legal hold was put on it".into()),
+        (Err(e), _) | (_, Err(e)) => Some(format!("kept: its hold could not be read: {e}")),
+        _ => None,
+    }
 }
 
 /// Every object a snapshot needs: its root and index, its chunks (the
@@ -210,13 +242,16 @@ pub async fn objects_of(
     // Every other object of its ids too: the first uploads and the copies
     // beside them, one of which may be what a reader of it needs.
     let ids: BTreeSet<coffer_proto::ChunkId> = index.chunks.iter().map(|e| e.id).collect();
-    let mut others = BTreeSet::new();
-    for key in store.list(&layout::prefix(repo, layout::Kind::Chunks)).await? {
-        if let Some((id, Some(_))) = layout::chunk_of(&key).filter(|(id, _)| ids.contains(id)) {
-            others.insert(layout::chunk(repo, &id));
-            others.insert(key);
-        }
-    }
+    // Only what is listed: a copy may outlive its id's first upload.
+    let listed = store.list(&layout::prefix(repo, layout::Kind::Chunks)).await?;
+    let copied: BTreeSet<coffer_proto::ChunkId> = listed
+        .iter()
+        .filter_map(|k| layout::chunk_of(k))
+        .filter(|(id, copy)| copy.is_some() && ids.contains(id))
+        .map(|(id, _)| id)
+        .collect();
+    let others: BTreeSet<String> =
+        listed.into_iter().filter(|k| layout::chunk_of(k).is_some_and(|(id, _)| copied.contains(&id))).collect();
     for key in &others {
         if let Some(k) = store.head(key).await?.and_then(|m| m.sealed_by) {
             out.insert(layout::key(repo, &k));

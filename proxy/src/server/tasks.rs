@@ -82,12 +82,24 @@ pub(super) async fn lifecycle_loop(app: Arc<App>, cfg: crate::config::LifecycleC
     if cfg.interval_secs == 0 {
         return;
     }
+    // The wall clock and the monotonic one at the last pass: a wall clock
+    // that ran ahead of the monotonic one jumped (by hand, a bad time
+    // source), and a pass after a jump deletes nothing. S3 judges locks by
+    // its own clock; the filesystem store by this one.
+    let mut last: Option<(u64, std::time::Instant)> = None;
     loop {
         let now = crate::unix_now();
         let next = (now / cfg.interval_secs + 1) * cfg.interval_secs;
         let jitter = random_below(cfg.jitter_secs.min(cfg.interval_secs.saturating_sub(1)) + 1);
         tokio::time::sleep(Duration::from_secs(next - now + jitter)).await;
-        lifecycle_once(&app, cfg.interval_secs, crate::unix_now()).await;
+        let now = crate::unix_now();
+        let jumped = last.and_then(|(wall, mono)| {
+            let ahead = now.saturating_sub(wall).saturating_sub(mono.elapsed().as_secs());
+            (ahead > crate::lifecycle::pass::CLOCK_TOLERANCE_SECS)
+                .then(|| format!("the clock jumped {ahead} s ahead since the last pass"))
+        });
+        lifecycle_once(&app, cfg.interval_secs, now, jumped.as_deref()).await;
+        last = Some((now, std::time::Instant::now()));
     }
 }
 
@@ -99,7 +111,7 @@ fn random_below(n: u64) -> u64 {
 
 /// One interval's pass, if this proxy takes its lease: audited (one event
 /// per repository that changed or failed), counted, and alerted on failure.
-pub(crate) async fn lifecycle_once(app: &App, interval_secs: u64, now: u64) {
+pub(crate) async fn lifecycle_once(app: &App, interval_secs: u64, now: u64, hold_deletions: Option<&str>) {
     use crate::lifecycle::pass::{pass, take_lease, Lease};
     let label = |kind: &str| crate::monitor::metrics::KindLabel { kind: kind.to_string() };
     let m = &app.metrics;
@@ -123,7 +135,7 @@ pub(crate) async fn lifecycle_once(app: &App, interval_secs: u64, now: u64) {
         Ok(Lease::Ours) => {}
         Err(e) => return failed(format!("lifecycle pass not run: taking its lease failed: {e}")).await,
     }
-    let repos = match pass(app, now).await {
+    let repos = match pass(app, now, hold_deletions).await {
         Ok(r) => r,
         Err(e) => return failed(format!("lifecycle pass failed: {e}")).await,
     };
@@ -253,7 +265,7 @@ mod tests {
         let t = testkit::app().await;
         let other = testkit::app_on(&t).await;
         let now = crate::unix_now();
-        tokio::join!(lifecycle_once(&t.app, 1, now), lifecycle_once(&other, 1, now));
+        tokio::join!(lifecycle_once(&t.app, 1, now, None), lifecycle_once(&other, 1, now, None));
         let ran = |app: &App| {
             let label = crate::monitor::metrics::KindLabel { kind: "ok".into() };
             app.metrics.lifecycle_passes.get_or_create(&label).get()
@@ -261,10 +273,10 @@ mod tests {
         assert_eq!(ran(&t.app) + ran(&other), 1, "one pass for the interval");
         // The next interval (one second on: the store's clock must agree).
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-        lifecycle_once(&other, 1, crate::unix_now()).await;
+        lifecycle_once(&other, 1, crate::unix_now(), None).await;
         assert_eq!(ran(&t.app) + ran(&other), 2, "and one for the next");
         // A proxy whose clock is a day ahead of the store's runs none.
-        lifecycle_once(&other, 1, crate::unix_now() + 86_400).await;
+        lifecycle_once(&other, 1, crate::unix_now() + 86_400, None).await;
         let skipped = crate::monitor::metrics::KindLabel { kind: "skipped".into() };
         assert_eq!(other.metrics.lifecycle_passes.get_or_create(&skipped).get(), 1);
     }

@@ -467,12 +467,18 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| classify(key, e))?
             .version_id()
-            .map(str::to_string);
+            .map(str::to_string)
+            .filter(|v| !v.is_empty() && v != "null")
+            .ok_or_else(|| StoreError::Backend {
+                key: key.to_string(),
+                message: "no version id: a delete without one would only add a delete marker".into(),
+                retryable: false,
+            })?;
         self.deleter
             .delete_object()
             .bucket(&self.bucket)
             .key(self.full(key))
-            .set_version_id(version)
+            .version_id(version)
             .send()
             .await
             .map_err(|e| classify(key, e))?;
@@ -481,20 +487,4 @@ impl ObjectStore for S3Store {
 }
 
 #[cfg(test)]
-mod tests {
-    use aws_sdk_s3::primitives::DateTimeFormat as Format;
-
-    use super::*;
-
-    #[test]
-    fn every_retain_until_can_be_sent() {
-        // The SDK writes the header as an ISO date: past year 9999 it
-        // cannot, and the request fails before it is sent.
-        for secs in [0, 1_800_000_000, super::super::LATEST_RETAIN_UNTIL, u64::MAX] {
-            let text = to_datetime(secs).fmt(Format::DateTime).unwrap_or_else(|e| panic!("{secs}: {e}"));
-            assert!(text.len() <= 20, "{text}");
-        }
-        assert_eq!(to_datetime(u64::MAX).fmt(Format::DateTime).unwrap(), "9999-12-31T23:59:59Z");
-        assert_eq!(from_datetime(&to_datetime(1_800_000_000)), 1_800_000_000);
-    }
-}
+mod tests;
