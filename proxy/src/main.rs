@@ -50,7 +50,7 @@ fn main() -> ExitCode {
             Err(e) => fail(coffer_client::exit::FAILURE, e),
         },
         Some(Cmd::Lifecycle { command: LifecycleCmd::Plan { repo, json } }) => {
-            cli::reports::lifecycle_plan(config, &repo, json)
+            cli::reports::lifecycle_plan(config, repo.as_ref(), json)
         }
         None => match config {
             Some(path) => cli::serve::run(&path, None, None, cli.check_config),

@@ -867,6 +867,16 @@ fn lifecycle_plan_shows_what_the_schedule_keeps() {
     assert!(reasons[0] == "last 1" && reasons[1].as_str().unwrap().starts_with("daily "), "{reasons}");
     assert_eq!(plan["let_go"][0]["id"], ids[0].as_str());
     assert_eq!(plan["let_go"][0]["held"], false);
+    assert_eq!(plan["due_now"]["objects"], 0, "every lock is still running: {plan}");
+    let all = Command::new(bin("coffer-proxy"))
+        .arg("--config")
+        .arg(p.dir.join("proxy.toml"))
+        .args(["lifecycle", "plan", "--json"])
+        .output()
+        .unwrap();
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    let repos: Vec<&serde_json::Value> = all.as_array().unwrap().iter().map(|p| &p["repo"]).collect();
+    assert_eq!(repos, ["dev/lc"], "every repository with a schedule: {all}");
     assert_eq!(p.stored("dev/lc"), before, "a plan changes nothing");
     // The compliance report shows the schedule and when the next snapshot
     // it lets go may be deleted.

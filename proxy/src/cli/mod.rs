@@ -110,11 +110,12 @@ pub(crate) enum Cmd {
 
 #[derive(Subcommand)]
 pub(crate) enum LifecycleCmd {
-    /// Print the plan (JSON with --json).
+    /// Print the plan (JSON with --json): what each schedule keeps and
+    /// until when, what it lets go, and what could be deleted now.
     Plan {
-        /// The repository.
+        /// One repository (default: every repository with a schedule).
         #[arg(long)]
-        repo: coffer_proto::RepoName,
+        repo: Option<coffer_proto::RepoName>,
         #[arg(long)]
         json: bool,
     },

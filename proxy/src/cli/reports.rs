@@ -130,8 +130,17 @@ pub(crate) fn assess(config: Option<PathBuf>, json: bool) -> ExitCode {
     }
 }
 
-/// `coffer-proxy lifecycle plan --repo R`.
-pub(crate) fn lifecycle_plan(config: Option<PathBuf>, repo: &coffer_proto::RepoName, json: bool) -> ExitCode {
+/// A repository's plan, and what could be deleted now.
+#[derive(serde::Serialize)]
+struct PlanReport {
+    #[serde(flatten)]
+    plan: coffer_proxy::lifecycle::plan::Plan,
+    due_now: coffer_proxy::lifecycle::plan::Due,
+}
+
+/// `coffer-proxy lifecycle plan [--repo R]`.
+pub(crate) fn lifecycle_plan(config: Option<PathBuf>, repo: Option<&coffer_proto::RepoName>, json: bool) -> ExitCode {
+    use coffer_proxy::lifecycle::{pass, plan};
     let cfg = match load_config(config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -140,32 +149,63 @@ pub(crate) fn lifecycle_plan(config: Option<PathBuf>, repo: &coffer_proto::RepoN
         Ok(p) => p,
         Err(e) => return fail(USAGE, e),
     };
-    let Some(rules) = policies.keep_rules(repo) else {
+    if let Some(repo) = repo.filter(|r| policies.keep_rules(r).is_none()) {
         return fail(USAGE, format!("the repo policy of {repo} has no `keep` schedule (docs/lifecycle.md)"));
-    };
-    let plan = match block_on(async {
+    }
+    let reports = match block_on(async {
         let store = coffer_proxy::parts::open_store_to_read(&cfg).await?;
-        Ok::<_, coffer_proxy::parts::SetupError>(coffer_proxy::lifecycle::plan::plan(&*store, repo, &rules).await?)
+        let repos = match repo {
+            Some(r) => vec![r.clone()],
+            None => pass::repositories(&*store).await?,
+        };
+        let now = coffer_proxy::unix_now();
+        let mut out = Vec::new();
+        for repo in repos {
+            let Some(rules) = policies.keep_rules(&repo) else { continue };
+            let plan = plan::plan(&*store, &repo, &rules).await?;
+            let due_now = plan::due(&*store, &repo, &plan, now).await?;
+            out.push(PlanReport { plan, due_now });
+        }
+        Ok::<_, coffer_proxy::parts::SetupError>(out)
     }) {
         Ok(p) => p,
         Err(code) => return code,
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&plan).expect("serialises"));
+        let text = match (repo, reports.first()) {
+            (Some(_), Some(one)) => serde_json::to_string_pretty(one),
+            _ => serde_json::to_string_pretty(&reports),
+        };
+        println!("{}", text.expect("serialises"));
         return ExitCode::SUCCESS;
     }
     let date = |secs: u64| {
         humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)).to_string()
     };
-    println!("{repo}: {} kept, {} let go", plan.keep.len(), plan.let_go.len());
-    for k in &plan.keep {
-        let until =
-            if k.keep_until == 0 { "while among the newest".into() } else { format!("until {}", date(k.keep_until)) };
-        println!("  keep    {}  {}  {until}  ({})", k.id, date(k.committed), k.reasons.join(", "));
+    if reports.is_empty() {
+        println!("no repository has a `keep` schedule (docs/lifecycle.md)");
     }
-    for l in &plan.let_go {
-        let note = if l.held { "legal hold: kept" } else { "may go once its lock ends" };
-        println!("  let go  {}  {}  lock ends {}  ({note})", l.id, date(l.committed), date(l.retain_until));
+    for PlanReport { plan, due_now } in &reports {
+        println!(
+            "{}: {} kept, {} let go; deletable now: {} objects, {} bytes",
+            plan.repo,
+            plan.keep.len(),
+            plan.let_go.len(),
+            due_now.objects,
+            due_now.bytes
+        );
+        for k in &plan.keep {
+            let until = if k.keep_until == 0 {
+                "while among the newest".into()
+            } else {
+                format!("until {}", date(k.keep_until))
+            };
+            println!("  keep    {}  {}  {until}  ({})", k.id, date(k.committed), k.reasons.join(", "));
+        }
+        for l in &plan.let_go {
+            let note = if l.held { "legal hold: kept" } else { "may go once its lock ends" };
+            println!("  let go  {}  {}  lock ends {}  ({note})", l.id, date(l.committed), date(l.retain_until));
+        }
     }
     ExitCode::SUCCESS
 }

@@ -84,7 +84,7 @@ pub async fn repositories(store: &dyn ObjectStore) -> Result<Vec<RepoName>, Stor
 
 /// The snapshots of a plan that expiry must spare: every keeper, and the
 /// newest snapshot whatever the rules say.
-fn spared(plan: &Plan) -> BTreeSet<SnapshotId> {
+pub fn spared(plan: &Plan) -> BTreeSet<SnapshotId> {
     let mut out: BTreeSet<SnapshotId> = plan.keep.iter().map(|k| k.id).collect();
     let newest = plan.keep.iter().map(|k| (k.committed, k.id)).chain(plan.let_go.iter().map(|l| (l.committed, l.id)));
     out.extend(newest.max().map(|(_, id)| id));

@@ -55,3 +55,22 @@ pub async fn plan(store: &dyn ObjectStore, repo: &RepoName, rules: &KeepRules) -
     let_go.sort_by_key(|l| (l.committed, l.id));
     Ok(Plan { repo: repo.to_string(), rules: *rules, keep, let_go })
 }
+
+/// What expiry may delete in a repository right now, under its plan.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Due {
+    pub objects: usize,
+    /// Their stored size (what deleting them frees).
+    pub bytes: u64,
+}
+
+/// What the pass would delete in `repo` at `now`, and the bytes it frees.
+pub async fn due(store: &dyn ObjectStore, repo: &RepoName, plan: &Plan, now: u64) -> Result<Due, StoreError> {
+    let spare = crate::lifecycle::pass::spared(plan);
+    let (doomed, _) = crate::lifecycle::expiry_plan(store, repo, now, &spare).await?;
+    let sizes = fan_out(HEADERS_IN_FLIGHT, doomed.iter(), |d| async move {
+        Ok::<_, StoreError>(store.head(&d.key).await?.map_or(0, |m| m.size))
+    })
+    .await?;
+    Ok(Due { objects: doomed.len(), bytes: sizes.iter().sum() })
+}

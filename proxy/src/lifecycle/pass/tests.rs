@@ -77,6 +77,7 @@ async fn a_pass_keeps_exactly_the_schedules_keepers_and_locks_them_to_their_peri
     assert_eq!(before.keep.len(), 20, "the worked example of docs/lifecycle.md");
     let due: BTreeSet<SnapshotId> = before.let_go.iter().filter(|l| l.retain_until <= now).map(|l| l.id).collect();
 
+    let due_now = crate::lifecycle::plan::due(&*app.store, &repo, &before, now).await.unwrap();
     let report = pass(app, now, None).await.unwrap();
     assert_eq!(report.len(), 1, "the one repository with a schedule");
     let r = &report[0];
@@ -84,6 +85,8 @@ async fn a_pass_keeps_exactly_the_schedules_keepers_and_locks_them_to_their_peri
     let deleted_roots: BTreeSet<SnapshotId> =
         r.deleted.iter().filter_map(|d| layout::id_of(&d.key).filter(|_| d.key.contains("/snapshots/"))).collect();
     assert_eq!(deleted_roots, due, "the pass did what the plan said");
+    assert_eq!(r.deleted.len(), due_now.objects, "and deleted what the plan counted");
+    assert!(due_now.bytes > 0);
     for (id, (committed, chunk)) in &own {
         let root = app.store.head(&layout::snapshot(&repo, id)).await.unwrap();
         let chunk = app.store.head(&layout::chunk(&repo, chunk)).await.unwrap();
