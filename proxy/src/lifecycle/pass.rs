@@ -16,7 +16,7 @@ use coffer_proto::{layout, RepoName, SnapshotId, REPO_SEGMENTS_MAX};
 use serde::Serialize;
 
 use super::expiry::{delete_doomed, expiry_plan, objects_of, Doomed};
-use super::plan::{plan, Plan};
+use super::plan::{plan, spared};
 use crate::app::App;
 use crate::keep::KeepRules;
 use crate::store::{ObjectStore, PutOutcome, StoreError};
@@ -80,15 +80,6 @@ pub async fn repositories(store: &dyn ObjectStore) -> Result<Vec<RepoName>, Stor
     }
     out.sort();
     Ok(out)
-}
-
-/// The snapshots of a plan that expiry must spare: every keeper, and the
-/// newest snapshot whatever the rules say.
-pub fn spared(plan: &Plan) -> BTreeSet<SnapshotId> {
-    let mut out: BTreeSet<SnapshotId> = plan.keep.iter().map(|k| k.id).collect();
-    let newest = plan.keep.iter().map(|k| (k.committed, k.id)).chain(plan.let_go.iter().map(|l| (l.committed, l.id)));
-    out.extend(newest.max().map(|(_, id)| id));
-    out
 }
 
 /// What expiry spares in `repo` now: nothing without a schedule; with one,

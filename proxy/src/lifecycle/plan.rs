@@ -1,6 +1,8 @@
 //! `coffer-proxy lifecycle plan`: what a repository's schedule keeps, and
 //! until when, and what it lets go, read from the store, changing nothing.
 
+use std::collections::BTreeSet;
+
 use coffer_proto::layout;
 use coffer_proto::snapshot::IndexHeader;
 use coffer_proto::{RepoName, SnapshotId};
@@ -66,11 +68,20 @@ pub struct Due {
 
 /// What the pass would delete in `repo` at `now`, and the bytes it frees.
 pub async fn due(store: &dyn ObjectStore, repo: &RepoName, plan: &Plan, now: u64) -> Result<Due, StoreError> {
-    let spare = crate::lifecycle::pass::spared(plan);
+    let spare = spared(plan);
     let (doomed, _) = crate::lifecycle::expiry_plan(store, repo, now, &spare).await?;
     let sizes = fan_out(HEADERS_IN_FLIGHT, doomed.iter(), |d| async move {
         Ok::<_, StoreError>(store.head(&d.key).await?.map_or(0, |m| m.size))
     })
     .await?;
     Ok(Due { objects: doomed.len(), bytes: sizes.iter().sum() })
+}
+
+/// The snapshots of a plan that expiry must spare: every keeper, and the
+/// newest snapshot whatever the rules say.
+pub fn spared(plan: &Plan) -> BTreeSet<SnapshotId> {
+    let mut out: BTreeSet<SnapshotId> = plan.keep.iter().map(|k| k.id).collect();
+    let newest = plan.keep.iter().map(|k| (k.committed, k.id)).chain(plan.let_go.iter().map(|l| (l.committed, l.id)));
+    out.extend(newest.max().map(|(_, id)| id));
+    out
 }
