@@ -110,6 +110,17 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         return Err(usage(anyhow::anyhow!("no command: see `coffer --help`")));
     };
     match command {
+        Cmd::Completions { shell } => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "coffer", &mut std::io::stdout());
+            Ok(())
+        }
+        Cmd::Man => {
+            use clap::CommandFactory as _;
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut std::io::stdout())
+                .map_err(|e| Failure(FAILURE, anyhow::anyhow!("writing the manual page: {e}")))
+        }
         // The daemon handles SIGTERM and SIGINT itself: it stops gracefully.
         Cmd::Daemon { .. } => Ok(daemon(cli.config).await?.run().await?),
         Cmd::Run { job } => interruptible(run_job(cli.config, job)).await,

@@ -33,6 +33,18 @@ fn main() -> ExitCode {
         .init();
     let config = cli.config;
     match cli.command {
+        Some(Cmd::Completions { shell }) => {
+            use clap::CommandFactory as _;
+            clap_complete::generate(shell, &mut Cli::command(), "coffer-proxy", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Some(Cmd::Man) => {
+            use clap::CommandFactory as _;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(coffer_client::exit::FAILURE, format!("writing the manual page: {e}")),
+            }
+        }
         Some(Cmd::Dev { dir, action: Some(action), .. }) => cli::serve::dev_action(&dir, action),
         Some(Cmd::Dev { dir, listen, action: None }) => cli::serve::dev(dir, listen, cli.check_config),
         Some(Cmd::Policy { command }) => cli::policy::policy_command(config, command),

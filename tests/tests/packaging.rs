@@ -93,3 +93,27 @@ fn the_kubernetes_example_configures_a_valid_sidecar() {
     assert_eq!(config.daemon.socket_repos.len(), 1);
     assert!(manifest.contains("coffer send --repo prod/app-db"), "the example streams into the socket's repository");
 }
+
+/// Both binaries print shell completions and a manual page that know their
+/// commands (what an operator installs beside the packages).
+#[test]
+fn completions_and_manual_pages_name_the_commands() {
+    for (name, command) in [("coffer", "backup"), ("coffer-proxy", "lifecycle")] {
+        let run = |args: &[&str]| {
+            let out = Command::new(bin(name)).args(args).output().unwrap();
+            assert!(out.status.success(), "{name} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let bash = run(&["completions", "bash"]);
+        assert!(
+            bash.contains(&format!("complete -F _{}", name.replace('-', "__"))) && bash.contains(command),
+            "{name}"
+        );
+        let zsh = run(&["completions", "zsh"]);
+        assert!(zsh.starts_with(&format!("#compdef {name}")), "{name}: {}", &zsh[..zsh.len().min(80)]);
+        let man = run(&["man"]);
+        assert!(man.contains(".TH") && man.contains(command), "{name}");
+        let refused = Command::new(bin(name)).args(["completions", "tcsh"]).output().unwrap();
+        assert_eq!(refused.status.code(), Some(64), "an unknown shell is a usage error");
+    }
+}

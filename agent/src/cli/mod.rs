@@ -29,6 +29,14 @@ pub(crate) struct Cli {
 pub(crate) enum Cmd {
     #[command(flatten)]
     Repo(RepoCmd),
+    /// Print shell completions, e.g. `coffer completions bash >
+    /// /etc/bash_completion.d/coffer`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `coffer man > coffer.1`.
+    Man,
     /// Run the config's [[jobs]] on their schedules, and the sidecar socket
     /// if configured, until SIGTERM or SIGINT.
     Daemon {

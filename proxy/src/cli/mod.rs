@@ -83,6 +83,14 @@ pub(crate) enum Cmd {
         #[command(subcommand)]
         command: LifecycleCmd,
     },
+    /// Print shell completions, e.g. `coffer-proxy completions bash >
+    /// /etc/bash_completion.d/coffer-proxy`.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `coffer-proxy man > coffer-proxy.1`.
+    Man,
     /// Make a local master key (for `keys.provider = "local"`): mode 0600,
     /// never over an existing file. Prints its id, not the key.
     Keygen {
