@@ -425,9 +425,6 @@ impl ProxyConfig {
                 self.listen
             ));
         }
-        if matches!(&self.store, StoreConfig::S3(s3) if !s3.prefix.is_empty() && !s3.prefix.ends_with('/')) {
-            return invalid("store.prefix must end with `/` (a folder, e.g. \"coffer/\"), or be empty".into());
-        }
         if matches!(&self.store, StoreConfig::S3(s3) if s3.attempt_timeout_secs == 0) {
             return invalid("store.attempt_timeout_secs must be positive".into());
         }

@@ -205,6 +205,12 @@ impl crate::store::ObjectStore for Faulty {
     async fn head(&self, key: &str) -> Result<Option<crate::store::ObjectMeta>, crate::store::StoreError> {
         self.inner.head(key).await
     }
+    async fn get_head(&self, key: &str, len: usize) -> Result<Option<Bytes>, crate::store::StoreError> {
+        self.inner.get_head(key, len).await
+    }
+    async fn folders(&self, prefix: &str) -> Result<Vec<String>, crate::store::StoreError> {
+        self.inner.folders(prefix).await
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<String>, crate::store::StoreError> {
         if self.list_fails_for.lock().unwrap().as_deref().is_some_and(|s| prefix.ends_with(s)) {
             return Err(refused(prefix));

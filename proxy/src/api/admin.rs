@@ -194,6 +194,11 @@ pub async fn hold(app: &App, admin: &Identity, source: IpAddr, draft: &Draft, bo
     };
     let verb = if req.on { "putting" } else { "lifting" };
     audit_intent(app, draft, format!("{verb} a legal hold on {} snapshot(s) of {repo}", targets.len())).await?;
+    // The switch first: a lifecycle pass reads it just before deleting a
+    // root, so from here on no pass deletes what this call will hold.
+    for s in &targets {
+        write_switch(&*app.store, &hold_prefix(repo, s), req.on, by(admin)).await?;
+    }
     let mut objects = BTreeSet::new();
     for s in &targets {
         objects.extend(objects_of(app, repo, *s).await?);
@@ -208,15 +213,17 @@ pub async fn hold(app: &App, admin: &Identity, source: IpAddr, draft: &Draft, bo
             }
         }
     }
-    for s in &targets {
-        write_switch(&*app.store, &hold_prefix(repo, s), req.on, by(admin)).await?;
-    }
     // Roots first: a pass deleting what the hold is meant to keep deletes
     // roots first too, and checks each root's hold just before.
     let root_prefix = layout::prefix(repo, layout::Kind::Snapshots);
     let (roots, rest): (Vec<&String>, Vec<&String>) = objects.iter().partition(|k| k.starts_with(&root_prefix));
     for key in roots.into_iter().chain(rest) {
-        app.store.set_legal_hold(key, req.on).await?;
+        // Gone since it was listed: deleted by a pass that ran before the
+        // switch was written, when the snapshot was deletable.
+        match app.store.set_legal_hold(key, req.on).await {
+            Err(crate::store::StoreError::NotFound(_)) => {}
+            other => other?,
+        }
     }
     Ok(Reply::json(
         StatusCode::OK,

@@ -58,20 +58,3 @@ fn a_local_master_key_is_refused_beyond_loopback_unless_single_host() {
     assert!(parse("10.0.0.5:7443", "").is_err());
     assert!(parse("0.0.0.0:7443", "single_host = true").is_ok());
 }
-
-/// An S3 prefix is a folder: without its `/`, `coffer` would also take in
-/// `coffer2/…` and glue itself to each key.
-#[test]
-fn an_s3_prefix_ends_with_a_slash() {
-    let s3 = |prefix: &str| {
-        let text = DEV.replace(
-            "[store]\nkind = \"fs\"\npath = \"store\"",
-            &format!("[store]\nkind = \"s3\"\nbucket = \"b\"\nprefix = \"{prefix}\""),
-        );
-        assert_ne!(text, DEV, "the seed's store section moved");
-        ProxyConfig::parse(&text, std::path::Path::new("/x"))
-    };
-    assert!(s3("").is_ok());
-    assert!(s3("coffer/").is_ok());
-    assert!(s3("coffer").unwrap_err().to_string().contains("store.prefix"));
-}

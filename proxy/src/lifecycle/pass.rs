@@ -6,9 +6,10 @@
 //! (extended, never shortened), then deletes what expiry may: snapshots no
 //! rule keeps once their locks have ended and they are not held, and what
 //! no remaining snapshot references. It never deletes a repository's newest
-//! snapshot, and does nothing when the proxy's clock and the store's
-//! disagree, or the newest snapshot lies in the pass's future: a clock far
-//! off must not expire everything.
+//! snapshot, and deletes nothing when the proxy's clock and the store's
+//! disagree (then it runs no pass at all), after the wall clock jumped, or
+//! in a repository whose newest snapshot lies in the pass's future: a
+//! clock far off must not expire everything.
 
 use std::collections::BTreeSet;
 

@@ -170,6 +170,18 @@ impl ObjectStore for TimedStore {
         self.observe("get", t, &r);
         r
     }
+    async fn get_head(&self, key: &str, len: usize) -> Result<Option<Bytes>, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.get_head(key, len).await;
+        self.observe("get", t, &r);
+        r
+    }
+    async fn folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let t = Instant::now();
+        let r = self.inner.folders(prefix).await;
+        self.observe("list", t, &r);
+        r
+    }
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
         let t = Instant::now();
         let r = self.inner.head(key).await;

@@ -98,8 +98,10 @@ pub(super) async fn lifecycle_loop(app: Arc<App>, cfg: crate::config::LifecycleC
             (ahead > crate::lifecycle::pass::CLOCK_TOLERANCE_SECS)
                 .then(|| format!("the clock jumped {ahead} s ahead since the last pass"))
         });
+        // Both clocks read at once, before the pass: its own length is no jump.
+        let mark = (now, std::time::Instant::now());
         lifecycle_once(&app, cfg.interval_secs, now, jumped.as_deref()).await;
-        last = Some((now, std::time::Instant::now()));
+        last = Some(mark);
     }
 }
 

@@ -125,10 +125,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError>;
     /// The first `len` bytes of the object at `key` (all of it if shorter):
-    /// a ranged read, for the header of a large object.
-    async fn get_head(&self, key: &str, len: usize) -> Result<Option<Bytes>, StoreError> {
-        Ok(self.get(key).await?.map(|b| b.slice(..len.min(b.len()))))
-    }
+    /// a ranged read, for the header of a large object. Required of every
+    /// store, wrappers included: a default that read the whole object
+    /// would quietly undo the bound on memory it exists for.
+    async fn get_head(&self, key: &str, len: usize) -> Result<Option<Bytes>, StoreError>;
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
     /// Keys that start with `prefix`: everything under a folder when it
     /// ends with `/`, else the keys of its last folder whose names start
@@ -136,17 +136,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn list(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// The folders directly under `prefix` (`""` or ending with `/`), each
     /// as a prefix ending with `/`: how repositories are found without
-    /// listing their chunks. The default lists everything under `prefix`.
-    async fn folders(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        let mut out: Vec<String> = self
-            .list(prefix)
-            .await?
-            .iter()
-            .filter_map(|k| k[prefix.len()..].split_once('/').map(|(folder, _)| format!("{prefix}{folder}/")))
-            .collect();
-        out.dedup();
-        Ok(out)
-    }
+    /// listing their chunks. Required of every store, wrappers included.
+    async fn folders(&self, prefix: &str) -> Result<Vec<String>, StoreError>;
     /// Moves the lock to `until` if that is later; never shortens it.
     async fn extend_retention(&self, key: &str, until: u64) -> Result<(), StoreError>;
     /// Puts or lifts a legal hold: a held object cannot be deleted whatever

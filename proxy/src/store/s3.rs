@@ -176,6 +176,13 @@ impl S3Store {
         if enabled != Some(ObjectLockEnabled::Enabled) {
             return Err(no_lock());
         }
+        if !cfg.prefix.is_empty() && !cfg.prefix.ends_with('/') {
+            tracing::warn!(
+                prefix = %cfg.prefix,
+                "store.prefix does not end with `/`: keys are glued to it, and listings also take in keys of \
+                 any sibling that starts with it (docs/configuration.md)"
+            );
+        }
         let store = Self {
             client,
             deleter,
@@ -318,6 +325,8 @@ impl ObjectStore for S3Store {
                 Ok(Some(data.slice(..len.min(data.len()))))
             }
             Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
+            // 416: a range past the end, which S3 answers for an empty object.
+            Err(e) if status_of(&e) == Some(416) => Ok(self.head(key).await?.map(|_| Bytes::new())),
             Err(e) => Err(classify(key, e)),
         }
     }
