@@ -61,11 +61,14 @@ fn a_ransomware_run_raises_the_alert_and_normal_nights_do_not() {
         &format!("[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{}/coffer\" }}", hook.port),
     );
     coffer(&p.writer(), &["init", "--repo", "dev/pg"], None).ok();
-    let mut dump = text_bytes(7, 8 << 20);
+    // 32 MiB: a night's edit changes a chunk or two (keyed cut points make
+    // them up to a few MiB), a small share of the dump whatever the key;
+    // at 8 MiB two unlucky nights could look half new and hide the attack.
+    let mut dump = text_bytes(7, 32 << 20);
     coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&dump)).ok();
     for night in 0..3 {
         // A nightly change: some rows differ.
-        let at = (1 + night) * (2 << 20);
+        let at = (1 + night) * (8 << 20);
         dump[at..at + 3000].copy_from_slice(&text_bytes(1000 + night as u64, 3000));
         coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&dump)).ok();
     }
