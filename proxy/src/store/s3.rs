@@ -194,6 +194,25 @@ impl S3Store {
         Ok(store)
     }
 
+    /// GetObject, of a byte range or of all of it; `None` when there is no
+    /// such object.
+    async fn fetch(&self, key: &str, range: Option<String>) -> Result<Option<Bytes>, StoreError> {
+        match self.client.get_object().bucket(&self.bucket).key(self.full(key)).set_range(range).send().await {
+            Ok(out) => {
+                let data = out.body.collect().await.map_err(|e| StoreError::Backend {
+                    key: key.to_string(),
+                    message: format!("reading the body: {e}"),
+                    retryable: true,
+                })?;
+                Ok(Some(data.into_bytes()))
+            }
+            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
+            // 416: a range past the end, which S3 answers for an empty object.
+            Err(e) if status_of(&e) == Some(416) => Ok(self.head(key).await?.map(|_| Bytes::new())),
+            Err(e) => Err(classify(key, e)),
+        }
+    }
+
     /// An S3 client for `cfg` with the credentials and region of `sdk`.
     fn client(cfg: &S3Config, sdk: &aws_config::SdkConfig) -> Client {
         let mut b = aws_sdk_s3::config::Builder::from(sdk)
@@ -294,41 +313,16 @@ impl ObjectStore for S3Store {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
-        match self.client.get_object().bucket(&self.bucket).key(self.full(key)).send().await {
-            Ok(out) => {
-                let data = out.body.collect().await.map_err(|e| StoreError::Backend {
-                    key: key.to_string(),
-                    message: format!("reading the body: {e}"),
-                    retryable: true,
-                })?;
-                Ok(Some(data.into_bytes()))
-            }
-            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
-            Err(e) => Err(classify(key, e)),
-        }
+        self.fetch(key, None).await
     }
 
     async fn get_head(&self, key: &str, len: usize) -> Result<Option<Bytes>, StoreError> {
         if len == 0 {
             return Ok(self.head(key).await?.map(|_| Bytes::new()));
         }
-        let range = format!("bytes=0-{}", len - 1);
-        match self.client.get_object().bucket(&self.bucket).key(self.full(key)).range(range).send().await {
-            Ok(out) => {
-                let data = out.body.collect().await.map_err(|e| StoreError::Backend {
-                    key: key.to_string(),
-                    message: format!("reading the body: {e}"),
-                    retryable: true,
-                })?;
-                let data = data.into_bytes();
-                // A store that ignores the range sends it all.
-                Ok(Some(data.slice(..len.min(data.len()))))
-            }
-            Err(SdkError::ServiceError(s)) if s.err().is_no_such_key() => Ok(None),
-            // 416: a range past the end, which S3 answers for an empty object.
-            Err(e) if status_of(&e) == Some(416) => Ok(self.head(key).await?.map(|_| Bytes::new())),
-            Err(e) => Err(classify(key, e)),
-        }
+        let data = self.fetch(key, Some(format!("bytes=0-{}", len - 1))).await?;
+        // A store that ignores the range sends it all.
+        Ok(data.map(|d| d.slice(..len.min(d.len()))))
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
