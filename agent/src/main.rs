@@ -278,7 +278,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
     let ctx = connect(config, mfa_code).await?;
     match command {
         RepoCmd::Init { repo, zstd_level } => {
-            let kek = ctx.provider.describe_key().await?.kek;
+            let kek = ctx.provider.describe_key(coffer_proto::keys::Purpose::ChunkId).await?.kek;
             repo::init(&ctx.client, &*ctx.provider, &repo, zstd_level).await?;
             println!("initialised repository {repo} (chunk-id key wrapped by {kek}, zstd level {zstd_level})");
         }

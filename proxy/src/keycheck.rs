@@ -26,6 +26,11 @@ pub trait KeyChecker: Send + Sync {
     async fn check(&self, record: &KeyRecord, repo: &RepoName) -> Result<(), KeyCheckError>;
     /// What the key service says about a KEK now (for reports).
     async fn describe(&self, kek: &str) -> Result<KekState, KeyCheckError>;
+    /// The KEK's key policy (JSON), where the key service has one: what
+    /// `assess` reads for who may use and manage the key.
+    async fn key_policy(&self, _kek: &str) -> Result<Option<String>, KeyCheckError> {
+        Ok(None)
+    }
 }
 
 /// A KEK's state, as a report shows it.
@@ -102,8 +107,9 @@ struct KeyFacts {
 }
 
 /// The AWS KMS checker. It needs only `kms:DescribeKey`,
-/// `kms:GetKeyRotationStatus` and `kms:ReEncryptFrom`/`ReEncryptTo` on the
-/// allowed KEKs: it proves a record genuine without ever seeing a key.
+/// `kms:GetKeyRotationStatus` and `kms:ReEncryptFrom`/`ReEncryptTo` (on the
+/// same key) on the allowed KEKs: it proves a record genuine without ever
+/// seeing a key. `assess` also reads key policies (`kms:GetKeyPolicy`).
 pub struct KmsKeyChecker {
     client: aws_sdk_kms::Client,
     cfg: KmsCheckConfig,
@@ -223,6 +229,14 @@ impl KeyChecker for KmsKeyChecker {
             return Err(KeyCheckError::NotGenuine(record.kek.clone()));
         }
         Ok(())
+    }
+
+    async fn key_policy(&self, kek: &str) -> Result<Option<String>, KeyCheckError> {
+        let facts = self.facts(kek).await?;
+        let out = self.client.get_key_policy().key_id(&facts.arn).policy_name("default").send().await.map_err(|e| {
+            KeyCheckError::Unavailable(format!("KMS GetKeyPolicy: {}", aws_sdk_kms::error::DisplayErrorContext(e)))
+        })?;
+        Ok(out.policy().map(str::to_string))
     }
 
     async fn describe(&self, kek: &str) -> Result<KekState, KeyCheckError> {

@@ -153,11 +153,16 @@ fn start_proxy(certs: &Path, config: &Path, aws: &Aws) -> DevProxy {
 async fn backup_and_restore_through_s3_and_kms_with_object_lock() {
     let aws = Aws::start().await;
     aws.bucket(BUCKET, true).await;
-    let kek = aws.key(true).await;
+    // Chunk-id keys under a KEK of their own (docs/aws.md, "KMS keys").
+    let (kek, id_kek) = (aws.key(true).await, aws.key(true).await);
     let certs = certificates();
-    let config = proxy_config(certs.path(), &aws, &format!("allowed_keys = [\"{kek}\"]"), (30, 7));
+    let config = proxy_config(certs.path(), &aws, &format!("allowed_keys = [\"{kek}\", \"{id_kek}\"]"), (30, 7));
     let p = start_proxy(certs.path(), &config, &aws);
     let (writer, reader) = (agent_config(&p, &aws, "writer", &kek), agent_config(&p, &aws, "reader", &kek));
+    for config in [&writer, &reader] {
+        let text = std::fs::read_to_string(config).unwrap();
+        std::fs::write(config, format!("{text}chunk_id_key_id = \"{id_kek}\"\n")).unwrap();
+    }
 
     run(&aws, &writer, &["init", "--repo", "dev/db"], None).ok();
     let mut data = random_bytes("s3", 3 << 20);
@@ -188,11 +193,18 @@ async fn backup_and_restore_through_s3_and_kms_with_object_lock() {
         let recorded = head.metadata().and_then(|m| m.get(coffer_proxy::store::SCOPE_METADATA));
         assert_eq!(recorded, Some(&scope), "{key}");
     }
-    // The key record names the KMS key, and the wrapped blob is KMS's.
-    let record_key = &aws.keys("dev/db/keys/").await[0];
-    let record = aws.s3.get_object().bucket(BUCKET).key(record_key).send().await.unwrap();
-    let record = record.body.collect().await.unwrap().into_bytes();
-    assert!(String::from_utf8_lossy(&record).contains(&kek));
+    // The key record names the data-key KEK, and the repository's chunk-id
+    // key the chunk-id KEK; each wrapped blob is KMS's.
+    let s3 = &aws.s3;
+    let read = |key: String| async move {
+        let object = s3.get_object().bucket(BUCKET).key(&key).send().await.unwrap();
+        String::from_utf8_lossy(&object.body.collect().await.unwrap().into_bytes()).to_string()
+    };
+    let record_key = aws.keys("dev/db/keys/").await[0].clone();
+    let record = read(record_key.clone()).await;
+    assert!(record.contains(&kek) && !record.contains(&id_kek), "{record}");
+    let repo_config = read("dev/db/config".to_string()).await;
+    assert!(repo_config.contains(&id_kek) && !repo_config.contains(&kek), "{repo_config}");
 
     // A locked object cannot be deleted: not through Coffer's store...
     let store = coffer_proxy::store::S3Store::connect(
@@ -617,6 +629,11 @@ async fn assess_checks_the_bucket_and_the_keys() {
     for needle in ["default Object Lock retention", "public access block", "without TLS", "rotation is off"] {
         assert!(before.iter().any(|f| f.contains(needle)), "{needle} not found in {before:?}");
     }
+    // The emulator's default key policy lets the account do anything with
+    // the key: every separation-of-duty rule is broken.
+    for needle in ["for any repository", "re-encrypt to or from other keys", "kms:ScheduleKeyDeletion to all but"] {
+        assert!(before.iter().any(|f| f.starts_with("kms-policy") && f.contains(needle)), "{needle}: {before:?}");
+    }
 
     // Fix the bucket and the key: those findings go away. (moto refuses a
     // default retention on a bucket that has objects, so that one stays.)
@@ -636,9 +653,35 @@ async fn assess_checks_the_bucket_and_the_keys() {
     );
     aws.s3.put_bucket_policy().bucket(BUCKET).policy(part).send().await.unwrap();
     aws.kms.enable_key_rotation().key_id(no_rotation.rsplit('/').next().unwrap()).send().await.unwrap();
+    // The template's shape of a chunk-id KEK's policy (packaging/aws/coffer.yaml).
+    let role = |name: &str| format!("arn:aws:iam::123456789012:role/{name}");
+    let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "Admins", "Effect": "Allow", "Principal": {"AWS": role("admin")},
+         "Action": ["kms:Describe*", "kms:Get*", "kms:List*"], "Resource": "*"},
+        {"Sid": "BreakGlass", "Effect": "Allow", "Principal": {"AWS": role("glass")}, "Resource": "*",
+         "Action": ["kms:Describe*", "kms:Create*", "kms:Put*", "kms:Disable*", "kms:Delete*",
+                    "kms:ScheduleKeyDeletion", "kms:UpdatePrimaryRegion"]},
+        {"Sid": "NobodyElse", "Effect": "Deny", "Principal": "*", "Resource": "*",
+         "Action": coffer_proxy::compliance::keypolicy::BREAK_GLASS_ACTIONS,
+         "Condition": {"ArnNotEquals": {"aws:PrincipalArn": role("glass")}}},
+        {"Sid": "Writers", "Effect": "Allow", "Principal": {"AWS": role("writer")},
+         "Action": ["kms:GenerateDataKey", "kms:Decrypt"], "Resource": "*",
+         "Condition": {"StringLike": {"kms:EncryptionContext:coffer:repo": "dev/*"},
+                       "StringEquals": {"kms:EncryptionContext:coffer:purpose": "chunk-id"}}},
+        {"Sid": "Proxy", "Effect": "Allow", "Principal": {"AWS": role("proxy")},
+         "Action": ["kms:DescribeKey", "kms:GetKeyRotationStatus", "kms:GetKeyPolicy", "kms:ReEncrypt*"],
+         "Resource": "*", "Condition": {"Bool": {"kms:ReEncryptOnSameKey": "true"}}}]});
+    aws.kms
+        .put_key_policy()
+        .key_id(no_rotation.rsplit('/').next().unwrap())
+        .policy_name("default")
+        .policy(policy.to_string())
+        .send()
+        .await
+        .unwrap();
     let after = assess();
     assert!(after.iter().any(|f| f.contains("without TLS")), "{after:?}");
-    for needle in ["public access block", "rotation is off"] {
+    for needle in ["public access block", "rotation is off", "kms-policy"] {
         assert!(!after.iter().any(|f| f.contains(needle)), "{needle} still reported: {after:?}");
     }
 }
@@ -829,6 +872,21 @@ async fn the_agent_unwraps_only_with_its_own_or_allowed_keks() {
     let text = std::fs::read_to_string(&under_b).unwrap();
     std::fs::write(&under_b, format!("{text}allowed_keys = [\"{a}\"]\n")).unwrap();
     run(&aws, &under_b, &["backup", "--repo", "dev/pin", "-"], Some(b"two")).ok();
+
+    // A repository made before chunk-id keys had a KEK of their own keeps
+    // its chunk-id key under the data-key KEK: an agent that now names a
+    // chunk-id KEK still opens it, and a third key is still refused.
+    let c = aws.key(true).await;
+    let split = agent_config(&p, &aws, "writer", &a);
+    let text = std::fs::read_to_string(&split).unwrap();
+    std::fs::write(&split, format!("{text}chunk_id_key_id = \"{c}\"\n")).unwrap();
+    run(&aws, &split, &["backup", "--repo", "dev/pin", "-"], Some(b"three")).ok();
+    let other = agent_config(&p, &aws, "writer", &b);
+    let text = std::fs::read_to_string(&other).unwrap();
+    std::fs::write(&other, format!("{text}chunk_id_key_id = \"{c}\"\n")).unwrap();
+    let refused = run(&aws, &other, &["backup", "--repo", "dev/pin", "-"], Some(b"four"));
+    assert_eq!(refused.code(), 1, "{}", refused.stderr);
+    assert!(refused.stderr.contains(&format!("was wrapped by {a}")), "{}", refused.stderr);
 }
 
 /// Someone with the proxy's write access puts over a stored chunk (a new

@@ -9,6 +9,7 @@ use std::process::Command;
 use coffer_agent::config::AgentConfig;
 use coffer_proxy::config::{ProxyConfig, StoreConfig};
 use coffer_tests::bin;
+use serde::Deserialize as _;
 
 fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
@@ -47,8 +48,11 @@ fn the_cloudformation_user_data_writes_a_valid_s3_and_kms_proxy_config() {
         .replace("${AWS::URLSuffix}", "amazonaws.com")
         .replace("${KmsHost}", "vpce-0abc-1234.kms.eu-west-1.vpce.amazonaws.com")
         .replace("${InternalKey.Arn}", "arn:aws:kms:eu-west-1:111122223333:key/a")
+        .replace("${InternalChunkIdKey.Arn}", "arn:aws:kms:eu-west-1:111122223333:key/a2")
         .replace("${ConfidentialKey.Arn}", "arn:aws:kms:eu-west-1:111122223333:key/b")
-        .replace("${RestrictedKey.Arn}", "arn:aws:kms:eu-west-1:111122223333:key/c");
+        .replace("${ConfidentialChunkIdKey.Arn}", "arn:aws:kms:eu-west-1:111122223333:key/b2")
+        .replace("${RestrictedKey.Arn}", "arn:aws:kms:eu-west-1:111122223333:key/c")
+        .replace("${RestrictedChunkIdKey.Arn}", "arn:aws:kms:eu-west-1:111122223333:key/c2");
     assert!(!text.contains("${"), "an unsubstituted placeholder: {text}");
     let config = ProxyConfig::parse(&text, Path::new("/etc/coffer")).unwrap_or_else(|e| panic!("{e}\n{text}"));
     assert!(matches!(config.store, StoreConfig::S3(_)), "{text}");
@@ -58,6 +62,119 @@ fn the_cloudformation_user_data_writes_a_valid_s3_and_kms_proxy_config() {
         _ => unreachable!(),
     }
     assert!(template.contains("[profile coffer-lifecycle]\n              role_arn = ${LifecycleRole.Arn}"));
+}
+
+/// CloudFormation's short forms as plain JSON: `!Ref X` becomes "ref:X",
+/// `!GetAtt X.Y` "getatt:X.Y", `!Sub S` the string S with its `${…}` kept.
+fn cfn_json(v: serde_yaml::Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    use serde_yaml::Value as Y;
+    match v {
+        Y::Null => J::Null,
+        Y::Bool(b) => J::Bool(b),
+        Y::Number(n) => serde_json::to_value(n).unwrap(),
+        Y::String(s) => J::String(s),
+        Y::Sequence(items) => J::Array(items.into_iter().map(cfn_json).collect()),
+        Y::Mapping(m) => {
+            J::Object(m.into_iter().map(|(k, v)| (k.as_str().expect("string keys").to_string(), cfn_json(v))).collect())
+        }
+        Y::Tagged(t) => match (t.tag.to_string().as_str(), cfn_json(t.value)) {
+            ("!Ref", J::String(s)) => J::String(format!("ref:{s}")),
+            ("!GetAtt", J::String(s)) => J::String(format!("getatt:{s}")),
+            ("!Sub", J::String(s)) => J::String(s),
+            (tag, value) => serde_json::json!({ tag: value }),
+        },
+    }
+}
+
+/// The template's key policies, each read by the same checks `assess`
+/// runs on a live key (`coffer_proxy::compliance::keypolicy`), and then
+/// principal by principal: what each role may and may not do.
+#[test]
+fn the_templates_key_policies_separate_every_duty() {
+    use coffer_proxy::compliance::keypolicy::{covers, findings, BREAK_GLASS_ACTIONS};
+    let template: serde_yaml::Value = serde_yaml::from_str(&read("packaging/aws/coffer.yaml")).unwrap();
+    let template = cfn_json(template);
+    let resources = template["Resources"].as_object().unwrap();
+    let keys: Vec<(&String, &serde_json::Value)> =
+        resources.iter().filter(|(_, r)| r["Type"] == "AWS::KMS::Key").collect();
+    assert_eq!(keys.len(), 6, "a data-key and a chunk-id KEK per classification");
+
+    let principal = |s: &serde_json::Value| s["Principal"]["AWS"].as_str().unwrap_or("*").to_string();
+    for (name, key) in &keys {
+        let policy = &key["Properties"]["KeyPolicy"];
+        let problems = findings(&policy.to_string());
+        assert!(problems.is_empty(), "{name}: {problems:#?}");
+        let statements = policy["Statement"].as_array().unwrap();
+        let allowed = |who: &str, action: &str| {
+            statements
+                .iter()
+                .filter(|s| s["Effect"] == "Allow" && principal(s) == who && covers(s, action))
+                .collect::<Vec<_>>()
+        };
+        let chunk_id_key = name.contains("ChunkId");
+        let purpose = if chunk_id_key { "chunk-id" } else { "data" };
+
+        // Writers wrap only for their own repositories and purpose, and
+        // unwrap nothing but chunk-id keys under the chunk-id KEK.
+        let writer = "ref:WriterRoleArn";
+        for s in allowed(writer, "kms:GenerateDataKey") {
+            assert_eq!(s["Condition"]["StringEquals"]["kms:EncryptionContext:coffer:purpose"], purpose, "{name}");
+            assert_eq!(s["Condition"]["StringLike"]["kms:EncryptionContext:coffer:repo"], "${WriterRepoPrefix}*");
+        }
+        let writer_decrypts = allowed(writer, "kms:Decrypt");
+        if chunk_id_key {
+            assert_eq!(writer_decrypts.len(), 1, "{name}");
+            assert_eq!(
+                writer_decrypts[0]["Condition"]["StringEquals"]["kms:EncryptionContext:coffer:purpose"],
+                "chunk-id"
+            );
+        } else {
+            assert!(writer_decrypts.is_empty(), "{name}: writers must never unwrap data keys");
+        }
+        // The proxy proves records on the same key and never unwraps,
+        // wraps, or changes the key.
+        let proxy = "getatt:ProxyRole.Arn";
+        for action in ["kms:Decrypt", "kms:Encrypt", "kms:GenerateDataKey", "kms:CreateGrant", "kms:PutKeyPolicy"] {
+            assert!(allowed(proxy, action).is_empty(), "{name}: the proxy may {action}");
+        }
+        for s in allowed(proxy, "kms:ReEncryptTo") {
+            assert_eq!(s["Condition"]["Bool"]["kms:ReEncryptOnSameKey"], "true", "{name}");
+            assert_eq!(s["Condition"]["StringEquals"]["kms:EncryptionContext:coffer:purpose"], purpose, "{name}");
+        }
+        // Administrators manage but never use, delete, disable or re-grant.
+        let admin = "ref:KeyAdminRoleArn";
+        for action in BREAK_GLASS_ACTIONS.iter().chain(&["kms:Decrypt", "kms:GenerateDataKey", "kms:ReEncryptTo"]) {
+            assert!(allowed(admin, action).is_empty(), "{name}: administrators may {action}");
+        }
+        assert!(!allowed(admin, "kms:DescribeKey").is_empty(), "{name}");
+        // Restorers unwrap and never wrap; only the break-glass role may
+        // do the irreversible things.
+        assert!(allowed("ref:RestoreRoleArn", "kms:GenerateDataKey").is_empty(), "{name}");
+        assert!(!allowed("ref:RestoreRoleArn", "kms:Decrypt").is_empty(), "{name}");
+        for action in BREAK_GLASS_ACTIONS {
+            assert!(!allowed("ref:BreakGlassRoleArn", action).is_empty(), "{name}: nobody may {action}");
+        }
+    }
+
+    // Every break-glass action on every key raises the alarm.
+    let alarm = &resources["KeyChangeAlarm"]["Properties"]["EventPattern"]["detail"];
+    for action in BREAK_GLASS_ACTIONS {
+        let event = action.strip_prefix("kms:").unwrap();
+        assert!(alarm["eventName"].as_array().unwrap().iter().any(|e| e == event), "{event} raises no alarm");
+    }
+    for (name, _) in &keys {
+        let arn = format!("getatt:{name}.Arn");
+        assert!(alarm["resources"]["ARN"].as_array().unwrap().iter().any(|a| *a == arn), "{name} has no alarm");
+    }
+    // The proxy's own IAM policy also re-encrypts only on the same key.
+    let proxy_keys = &resources["ProxyKeyPolicy"]["Properties"]["PolicyDocument"]["Statement"];
+    for s in proxy_keys.as_array().unwrap() {
+        if covers(s, "kms:ReEncryptFrom") {
+            assert_eq!(s["Condition"]["Bool"]["kms:ReEncryptOnSameKey"], "true");
+        }
+        assert!(!covers(s, "kms:Decrypt") && !covers(s, "kms:GenerateDataKey"));
+    }
 }
 
 /// Each unit's ExecStart, with `--help` added, is accepted by the binary.
@@ -92,6 +209,27 @@ fn the_kubernetes_example_configures_a_valid_sidecar() {
     assert_eq!(config.daemon.socket.as_deref(), Some(Path::new("/run/coffer/coffer.sock")));
     assert_eq!(config.daemon.socket_repos.len(), 1);
     assert!(manifest.contains("coffer send --repo prod/app-db"), "the example streams into the socket's repository");
+    assert!(matches!(&config.keys, coffer_agent::config::KeysConfig::Kms(k) if k.chunk_id_key_id.is_some()));
+
+    // Cloud credentials reach the agent's container and no other: its own
+    // service account, no API token, and the role's token skipped for every
+    // other container.
+    let docs: Vec<serde_json::Value> = serde_yaml::Deserializer::from_str(&manifest)
+        .map(|d| serde_json::to_value(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
+        .collect();
+    let account = docs.iter().find(|d| d["kind"] == "ServiceAccount").expect("a service account of its own");
+    assert!(account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].is_string());
+    assert_eq!(account["automountServiceAccountToken"], false);
+    let set = docs.iter().find(|d| d["kind"] == "StatefulSet").unwrap();
+    let pod = &set["spec"]["template"];
+    assert_eq!(pod["spec"]["serviceAccountName"], account["metadata"]["name"]);
+    assert_eq!(pod["spec"]["automountServiceAccountToken"], false);
+    let skipped = pod["metadata"]["annotations"]["eks.amazonaws.com/skip-containers"].as_str().unwrap_or("");
+    let skipped: Vec<&str> = skipped.split(',').collect();
+    for c in pod["spec"]["containers"].as_array().unwrap() {
+        let name = c["name"].as_str().unwrap();
+        assert_eq!(skipped.contains(&name), name != "coffer", "{name}: only the agent holds cloud credentials");
+    }
 }
 
 /// Both binaries print shell completions and a manual page that know their

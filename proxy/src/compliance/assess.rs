@@ -1,6 +1,7 @@
 //! `coffer-proxy assess`: checks the deployment as an auditor's tool would
 //! and says what to fix: the bucket's lock default, public access block and
-//! TLS-only policy; KEKs unusable or not rotating; certificates close to
+//! TLS-only policy; KEKs unusable or not rotating, and key policies that
+//! break the separation of duties; certificates close to
 //! expiry; rules broader than needed; repositories without a policy; the
 //! audit trail's signing key, chain and shipping.
 
@@ -301,6 +302,25 @@ pub async fn assess(cfg: &ProxyConfig) -> Result<Vec<Finding>, crate::parts::Set
                 "check the proxy's kms:DescribeKey rights",
             )),
             _ => {}
+        }
+    }
+    // Who may use and manage each KEK in use (docs/aws.md, "KMS keys").
+    let checker = crate::parts::key_checker(cfg).await?;
+    for k in &report.keks {
+        match checker.key_policy(&k.kek).await {
+            Ok(Some(policy)) => out.extend(
+                crate::compliance::keypolicy::findings(&policy)
+                    .into_iter()
+                    .map(|p| finding(Level::High, "kms-policy", &k.kek, p.problem, p.fix)),
+            ),
+            Ok(None) => {}
+            Err(e) => out.push(finding(
+                Level::Medium,
+                "kms-policy",
+                &k.kek,
+                format!("its key policy cannot be read: {e}"),
+                "grant the proxy kms:GetKeyPolicy on the KEKs (packaging/aws/coffer.yaml does)",
+            )),
         }
     }
     if matches!(cfg.keys, KeysConfig::Local { .. }) {

@@ -2,5 +2,6 @@
 //! compliance report (JSON and HTML).
 
 pub mod assess;
+pub mod keypolicy;
 pub mod report;
 pub mod report_html;
