@@ -19,15 +19,25 @@ pub struct Problem {
 pub const REPO_CONTEXT: &str = "kms:EncryptionContext:coffer:repo";
 /// The condition key that says what a wrapped key is for.
 pub const PURPOSE_CONTEXT: &str = "kms:EncryptionContext:coffer:purpose";
-/// Only the break-glass role may do these; everyone else is denied.
-pub const BREAK_GLASS_ACTIONS: [&str; 6] = [
+/// Only the break-glass role may do these; everyone else is denied. Each
+/// either destroys every backup under the key, lets the caller give itself
+/// `Decrypt` (a policy, a grant, a replica with a policy of its choosing),
+/// or moves an alias the agents name to another key.
+pub const BREAK_GLASS_ACTIONS: [&str; 9] = [
     "kms:ScheduleKeyDeletion",
     "kms:DisableKey",
     "kms:PutKeyPolicy",
     "kms:CreateGrant",
+    "kms:ReplicateKey",
     "kms:DeleteImportedKeyMaterial",
     "kms:UpdatePrimaryRegion",
+    "kms:UpdateAlias",
+    "kms:DeleteAlias",
 ];
+
+/// The actions that make a wrapped key for a repository: each must be
+/// bound to the caller's repositories.
+const WRAPPING_ACTIONS: [&str; 3] = ["kms:GenerateDataKey", "kms:GenerateDataKeyWithoutPlaintext", "kms:Encrypt"];
 
 /// One statement of a policy, with the lists normalised.
 struct Statement<'a> {
@@ -105,23 +115,44 @@ impl<'a> Statement<'a> {
         ops.values().filter_map(Value::as_object).flat_map(|b| b.keys().cloned()).collect()
     }
 
-    /// Whether a positive string condition limits `key` to values none of
-    /// which is a bare wildcard.
+    /// Whether a positive string condition limits `key` to values each of
+    /// which names something: not empty, and not made of wildcards and
+    /// slashes only (`*`, `**`, `*/*`, `?*`).
     fn limits(&self, key: &str) -> bool {
         self.condition(key).iter().any(|(op, values)| {
             let positive = matches!(op.as_str(), "StringEquals" | "StringLike" | "StringEqualsIgnoreCase");
-            positive && !values.is_empty() && values.iter().all(|v| !v.is_empty() && v != "*")
+            let names = |v: &String| v.chars().any(|c| !matches!(c, '*' | '?' | '/'));
+            positive && !values.is_empty() && values.iter().all(names)
         })
     }
 
     /// The purposes a condition allows, or `None` when any purpose goes.
     fn purposes(&self) -> Option<Vec<String>> {
-        self.condition(PURPOSE_CONTEXT).into_iter().find(|(op, _)| op == "StringEquals").map(|(_, values)| values)
+        self.condition(PURPOSE_CONTEXT)
+            .into_iter()
+            .find(|(op, _)| matches!(op.as_str(), "StringEquals" | "StringLike"))
+            .map(|(_, values)| values)
     }
 
     fn everyone(&self) -> bool {
         let p = &self.raw["Principal"];
         *p == "*" || strings(&p["AWS"]).contains(&"*")
+    }
+
+    /// Principals that let others in: everyone, an account (whose IAM
+    /// policies may then grant the right to anyone in it), or everyone
+    /// but a few (`NotPrincipal`).
+    fn opens_to_others(&self) -> Option<String> {
+        if self.raw.get("NotPrincipal").is_some() {
+            return Some("every principal but those it names (NotPrincipal)".into());
+        }
+        if self.everyone() {
+            return Some("every principal".into());
+        }
+        strings(&self.raw["Principal"]["AWS"])
+            .into_iter()
+            .find(|p| p.ends_with(":root") || (p.len() == 12 && p.bytes().all(|b| b.is_ascii_digit())))
+            .map(|p| format!("the account {p}, so any IAM policy in it may grant it,"))
     }
 }
 
@@ -134,7 +165,18 @@ pub fn findings(policy: &str) -> Vec<Problem> {
     let allows: Vec<&Statement> = statements.iter().filter(|s| s.allow).collect();
     let mut out = Vec::new();
 
-    for s in allows.iter().filter(|s| s.covers("kms:GenerateDataKey")) {
+    // Unwrapping: never open to everyone, to an account at large, or to
+    // all but a few; an Allow by NotAction is read as the actions it lets.
+    for s in allows.iter().filter(|s| s.covers("kms:Decrypt")) {
+        if let Some(who) = s.opens_to_others() {
+            out.push(finding(
+                format!("statement {} lets {who} decrypt", s.sid),
+                "name the restore role (and, with a chunk-id condition, the writer roles) as principals; \
+                 never `*`, an account root, or NotPrincipal",
+            ));
+        }
+    }
+    for s in allows.iter().filter(|s| WRAPPING_ACTIONS.iter().any(|a| s.covers(a))) {
         if !s.limits(REPO_CONTEXT) {
             out.push(finding(
                 format!(
@@ -147,10 +189,9 @@ pub fn findings(policy: &str) -> Vec<Problem> {
         }
     }
     for s in allows.iter().filter(|s| s.covers("kms:ReEncryptFrom") || s.covers("kms:ReEncryptTo")) {
-        let same_key = s
-            .condition("kms:ReEncryptOnSameKey")
-            .iter()
-            .any(|(op, values)| op == "Bool" && values.iter().all(|v| v.eq_ignore_ascii_case("true")));
+        let same_key = s.condition("kms:ReEncryptOnSameKey").iter().any(|(op, values)| {
+            op == "Bool" && !values.is_empty() && values.iter().all(|v| v.eq_ignore_ascii_case("true"))
+        });
         if !same_key {
             out.push(finding(
                 format!(
@@ -165,12 +206,12 @@ pub fn findings(policy: &str) -> Vec<Problem> {
     // A KEK that writers may decrypt (chunk-id keys only) must wrap nothing
     // else: a principal allowed to re-encrypt under it (the proxy) could
     // relabel a data key as a chunk-id key, whatever conditions say.
-    let writers_decrypt = allows
-        .iter()
-        .find(|s| s.covers("kms:Decrypt") && s.purposes().is_some_and(|p| p.iter().all(|v| v == "chunk-id")));
+    let writers_decrypt = allows.iter().find(|s| {
+        s.covers("kms:Decrypt") && s.purposes().is_some_and(|p| !p.is_empty() && p.iter().all(|v| v == "chunk-id"))
+    });
     if let Some(w) = writers_decrypt {
         let wraps_data = allows.iter().any(|s| {
-            (s.covers("kms:GenerateDataKey") || s.covers("kms:Encrypt"))
+            WRAPPING_ACTIONS.iter().any(|a| s.covers(a))
                 && s.purposes().is_none_or(|p| p.iter().any(|v| v != "chunk-id"))
         });
         if wraps_data {
@@ -184,14 +225,21 @@ pub fn findings(policy: &str) -> Vec<Problem> {
             ));
         }
     }
-    // The break-glass actions: denied to everyone but (at most) one role.
+    // The break-glass actions: denied, on the key itself, to every
+    // principal but at most one role named exactly (no wildcard).
     for action in BREAK_GLASS_ACTIONS {
         let denied = statements.iter().any(|s| {
+            let exempt = s.condition("aws:PrincipalArn");
             !s.allow
                 && s.everyone()
                 && s.covers(action)
+                && strings(&s.raw["Resource"]) == ["*"]
                 && s.condition_keys().iter().all(|k| k.eq_ignore_ascii_case("aws:PrincipalArn"))
-                && s.condition("aws:PrincipalArn").iter().all(|(op, _)| op.starts_with("ArnNot"))
+                && exempt.iter().all(|(op, values)| {
+                    matches!(op.as_str(), "ArnNotEquals" | "ArnNotLike")
+                        && values.len() == 1
+                        && !values[0].contains(['*', '?'])
+                })
         });
         if !denied {
             out.push(finding(
@@ -251,7 +299,8 @@ mod tests {
           {"Sid":"Check","Effect":"Allow","Principal":{"AWS":"p"},"Action":"kms:ReEncrypt*","Resource":"*",
            "Condition":{"Bool":{"kms:ReEncryptOnSameKey":"true"}}},
           {"Sid":"BreakGlass","Effect":"Deny","Principal":"*","Action":["kms:ScheduleKeyDeletion","kms:Disable*",
-           "kms:PutKeyPolicy","kms:CreateGrant","kms:DeleteImportedKeyMaterial","kms:UpdatePrimaryRegion"],"Resource":"*",
+           "kms:PutKeyPolicy","kms:CreateGrant","kms:ReplicateKey","kms:DeleteImportedKeyMaterial",
+           "kms:UpdatePrimaryRegion","kms:UpdateAlias","kms:DeleteAlias"],"Resource":"*",
            "Condition":{"ArnNotEquals":{"aws:PrincipalArn":"arn:aws:iam::1:role/glass"}}}]}"#;
         assert_eq!(problems(fixed), Vec::<String>::new());
 
@@ -276,6 +325,32 @@ mod tests {
         let some_principals =
             fixed.replace(r#""Effect":"Deny","Principal":"*""#, r#""Effect":"Deny","Principal":{"AWS":"a"}"#);
         assert!(problems(&some_principals).iter().any(|f| f.contains("kms:PutKeyPolicy")));
+        // An exemption by wildcard denies nobody who matters.
+        let wild = fixed.replace("arn:aws:iam::1:role/glass", "arn:aws:iam::*:role/*");
+        assert!(problems(&wild).iter().any(|f| f.contains("kms:CreateGrant")), "{wild}");
+        // Repository wildcards that name nothing, and an empty same-key condition.
+        for any in [r#""**""#, r#""*/*""#, r#""?*""#] {
+            let loose = fixed.replace(r#""prod/*""#, any);
+            assert!(problems(&loose).iter().any(|f| f.contains("any repository")), "{any}");
+        }
+        let empty = fixed.replace(r#""kms:ReEncryptOnSameKey":"true""#, r#""kms:ReEncryptOnSameKey":[]"#);
+        assert!(problems(&empty).iter().any(|f| f.contains("re-encrypt to or from")));
+        // Decrypt opened to everyone, to an account, or by NotPrincipal.
+        let read = r#""Sid":"Read","Effect":"Allow","Principal":{"AWS":"w"}"#;
+        for to in [
+            r#""Sid":"Read","Effect":"Allow","Principal":"*""#,
+            r#""Sid":"Read","Effect":"Allow","Principal":{"AWS":"arn:aws:iam::111122223333:root"}"#,
+            r#""Sid":"Read","Effect":"Allow","NotPrincipal":{"AWS":"w"}"#,
+        ] {
+            let open = fixed.replace(read, to);
+            assert!(problems(&open).iter().any(|f| f.contains("Read lets") && f.contains("decrypt")), "{to}");
+        }
+        // A wrap by Encrypt is bound to repositories like GenerateDataKey.
+        let encrypt = fixed.replace(
+            r#""Principal":{"AWS":"w"},"Action":"kms:Decrypt""#,
+            r#""Principal":{"AWS":"w"},"Action":["kms:Decrypt","kms:Encrypt"]"#,
+        );
+        assert!(problems(&encrypt).iter().any(|f| f.contains("Read lets its principals make data keys")));
     }
 
     #[test]
