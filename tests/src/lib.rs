@@ -52,6 +52,11 @@ impl Run {
         self.ok().lines().last().unwrap_or_default().to_string()
     }
 
+    /// How many times the agent retried a request (its `retrying in` lines).
+    pub fn retries(&self) -> usize {
+        self.stderr.matches("retrying in").count()
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.ok()))
     }
@@ -60,6 +65,17 @@ impl Run {
 /// Runs `coffer` with `config` and `args`, feeding `stdin` (or nothing).
 pub fn coffer(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
     coffer_with_env(config, args, stdin, &[])
+}
+
+/// Passed in a run's environment by a test that expects the agent to retry
+/// (a proxy down, a fault injected). Without it, a run whose agent retried
+/// fails the test: a stray 5xx, 429 or dropped connection must not be
+/// retried away unseen.
+pub const EXPECT_RETRIES: (&str, &str) = ("COFFER_TEST_EXPECT_RETRIES", "1");
+
+/// Like [`coffer`], for a test that expects retries (see [`EXPECT_RETRIES`]).
+pub fn coffer_retrying(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
+    coffer_with_env(config, args, stdin, &[EXPECT_RETRIES])
 }
 
 /// Like [`coffer`], with extra environment variables.
@@ -87,7 +103,16 @@ pub fn coffer_with_env(config: &Path, args: &[&str], stdin: Option<&[u8]>, env: 
     if let Some(w) = writer {
         w.join().expect("stdin writer");
     }
-    Run { status: out.status, stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
+    let run = Run { status: out.status, stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() };
+    if run.retries() > 0 && !env.iter().any(|(k, _)| *k == EXPECT_RETRIES.0) {
+        panic!(
+            "coffer {args:?} retried {} times, and this test expects no retry (a stray 5xx, 429 or dropped \
+             connection):\n{}",
+            run.retries(),
+            run.stderr
+        );
+    }
+    run
 }
 
 /// An in-process client that does not retry: it reports exactly what the

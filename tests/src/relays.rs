@@ -169,6 +169,11 @@ impl TcpRelay {
         Self { addr, cut_before, freeze_before, next, stop }
     }
 
+    /// How many connections the relay has accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.next.load(std::sync::atomic::Ordering::SeqCst) - 1
+    }
+
     /// Cuts every connection open now.
     pub fn cut(&self) {
         let now = self.next.load(std::sync::atomic::Ordering::SeqCst);

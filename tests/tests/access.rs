@@ -286,8 +286,11 @@ fn source_addresses_are_checked_before_tls_and_per_rule() {
     // Globally: nobody from loopback even gets a handshake.
     std::fs::write(&path, format!("{good}\n[network]\nallow_cidrs = [\"10.0.0.0/8\"]\n")).unwrap();
     assert!(p.reload());
-    let run = coffer(&p.writer(), &["whoami"], None);
+    // The agent cannot tell a refused handshake from a proxy starting up,
+    // so it retries until its deadline.
+    let run = coffer_tests::coffer_retrying(&p.writer(), &["whoami"], None);
     assert_eq!(run.code(), 1);
+    assert!(run.retries() > 0 && run.stderr.contains("TLS handshake"), "{}", run.stderr);
     p.wait_for_event("connect refusal", |e| e["action"] == "connect" && e["outcome"] == "denied");
 }
 

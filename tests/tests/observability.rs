@@ -66,17 +66,31 @@ fn a_ransomware_run_raises_the_alert_and_normal_nights_do_not() {
     // at 8 MiB two unlucky nights could look half new and hide the attack.
     let mut dump = text_bytes(7, 32 << 20);
     coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&dump)).ok();
-    for night in 0..3 {
-        // A nightly change: some rows differ.
-        let at = (1 + night) * (8 << 20);
-        dump[at..at + 3000].copy_from_slice(&text_bytes(1000 + night as u64, 3000));
+    // Normal nights of several kinds, each judged once the detector has its
+    // baseline of three snapshots: rows edited, rows appended, rows deleted
+    // (everything after them shifts), rows inserted, and no change at all.
+    type Change = fn(&mut Vec<u8>, u64);
+    let nights: [(&str, Change); 7] = [
+        ("edit", |d, n| d[(8 << 20)..(8 << 20) + 3000].copy_from_slice(&text_bytes(1000 + n, 3000))),
+        ("edit", |d, n| d[(16 << 20)..(16 << 20) + 3000].copy_from_slice(&text_bytes(1000 + n, 3000))),
+        ("append", |d, n| d.extend_from_slice(&text_bytes(2000 + n, 1 << 20))),
+        ("delete", |d, _| drop(d.drain((12 << 20)..(12 << 20) + (512 << 10)))),
+        ("unchanged", |_, _| {}),
+        ("insert", |d, n| {
+            let at = 20 << 20;
+            d.splice(at..at, text_bytes(3000 + n, 200 << 10));
+        }),
+        ("edit", |d, n| d[(24 << 20)..(24 << 20) + 3000].copy_from_slice(&text_bytes(1000 + n, 3000))),
+    ];
+    for (n, (kind, change)) in nights.iter().enumerate() {
+        change(&mut dump, n as u64);
         coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&dump)).ok();
+        assert!(
+            alert_events(&p, "ransomware").is_empty() && alert_events(&p, "anomalous-snapshot").is_empty(),
+            "night {n} ({kind}) raised an alert:\n{}",
+            p.audit_log()
+        );
     }
-    assert!(
-        alert_events(&p, "ransomware").is_empty() && alert_events(&p, "anomalous-snapshot").is_empty(),
-        "{}",
-        p.audit_log()
-    );
 
     // Then the same size of random bytes: the database was encrypted.
     coffer(&p.writer(), &["backup", "--repo", "dev/pg", "-"], Some(&random_bytes("ransom", dump.len()))).ok();

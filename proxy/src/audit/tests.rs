@@ -41,6 +41,31 @@ fn chain_seals_and_survives_restarts() {
     assert_eq!(std::fs::read_to_string(&cfg.path).unwrap().lines().count(), 1, "event 7 is still live");
 }
 
+/// A crash after a segment was sealed and before the live file was cut:
+/// on reopening, the live file still holds the sealed events (and a torn
+/// half line). They must be dropped, not chained a second time.
+#[test]
+fn a_crash_between_sealing_and_truncating_is_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = spool(dir.path(), 3);
+    record_all(&cfg, &["a", "b", "c"]);
+    assert_eq!(std::fs::read_to_string(&cfg.path).unwrap(), "", "sealed at three events");
+    let sealed = segment::read_local(&cfg.sealed_dir()).unwrap();
+    assert_eq!(sealed.len(), 1);
+    // The live file as it was just before the cut, plus a torn line.
+    let before_cut = segment::parse(&sealed[0].1).unwrap().events_text.to_string();
+    assert_eq!(before_cut.lines().count(), 3);
+    std::fs::write(&cfg.path, format!("{before_cut}{{\"seq\":4,\"ti")).unwrap();
+
+    record_all(&cfg, &["d"]);
+    let live = std::fs::read_to_string(&cfg.path).unwrap();
+    assert_eq!(live.lines().count(), 1, "only event 4 is live: {live}");
+    let report = check(&cfg).unwrap();
+    assert_eq!((report.events, report.segments, report.last_seq), (4, 1, 4));
+    let fourth: Event = serde_json::from_str(live.lines().next().unwrap()).unwrap();
+    assert_eq!((fourth.seq, fourth.action.as_str()), (4, "d"), "chained after the sealed events");
+}
+
 #[test]
 fn edits_deletions_reorders_and_truncation_are_named_by_seq() {
     let dir = tempfile::tempdir().unwrap();

@@ -269,3 +269,60 @@ async fn a_hold_put_after_the_plan_keeps_the_snapshot_whole() {
     }
     assert!(done.failed.iter().any(|d| d.reason.contains("legal hold")), "{:?}", done.failed);
 }
+
+/// A key record is never deleted in a run where another deletion failed
+/// (a chunk that stays may need it), and once the next run has deleted
+/// everything, exactly what the remaining snapshots name is left: every
+/// chunk and key record of the store is named by a remaining index segment.
+#[tokio::test]
+async fn no_key_record_goes_in_a_run_where_a_deletion_failed_and_nothing_unreferenced_is_left() {
+    let t = testkit::app().await;
+    let faulty = std::sync::Arc::new(testkit::Faulty::new(t.app.store.clone()));
+    let app = testkit::app_with_store(&t, faulty.clone());
+    app.set_repo_policies(schedule("{ last = 1 }"));
+    let repo: RepoName = "dev/sealed".parse().unwrap();
+    put(&app, &layout::config(&repo), b"{}".to_vec(), START).await;
+    let (shared, old_key, key) = (ChunkId::from_bytes([7; 32]), KeyId::from_bytes([9; 16]), KeyId::from_bytes([8; 16]));
+    put(&app, &layout::chunk(&repo, &shared), vec![3], START).await;
+    for k in [old_key, key] {
+        put(&app, &layout::key(&repo, &k), vec![4], START).await;
+    }
+    // The first snapshot alone used the old key; the others the new one.
+    snapshot(&app, &repo, 0, shared, old_key).await;
+    for day in 1..4 {
+        snapshot(&app, &repo, day, shared, key).await;
+    }
+    let now = START + 100 * DAY;
+    let old_record = layout::key(&repo, &old_key);
+
+    *faulty.delete_fails_for.lock().unwrap() = Some("/chunks/".into());
+    let first = &pass(&app, now, None).await.unwrap()[0];
+    assert!(first.deleted.iter().any(|d| d.key.contains("/snapshots/")), "{first:?}");
+    let kept = first.failed.iter().find(|d| d.key == old_record).expect("the old key is kept");
+    assert!(kept.reason.contains("other objects could not be deleted"), "{kept:?}");
+    assert!(app.store.head(&old_record).await.unwrap().is_some());
+
+    *faulty.delete_fails_for.lock().unwrap() = None;
+    let second = &pass(&app, now, None).await.unwrap()[0];
+    assert!(second.failed.is_empty() && second.error.is_none(), "{second:?}");
+    assert!(second.deleted.iter().any(|d| d.key == old_record), "{second:?}");
+
+    // Completeness: the store holds exactly what the remaining snapshots name.
+    let store = &app.store;
+    let mut named_chunks = BTreeSet::new();
+    let mut named_keys = BTreeSet::new();
+    let index_prefix = layout::prefix(&repo, layout::Kind::Index);
+    let segments = store.list(&index_prefix).await.unwrap();
+    assert_eq!(segments.len(), 1, "only the newest snapshot is left: {segments:?}");
+    for name in segments {
+        let segment = IndexSegment::decode(&store.get(&name).await.unwrap().unwrap()).unwrap();
+        named_chunks.extend(segment.chunks.iter().map(|e| layout::chunk(&repo, &e.id)));
+        named_keys.extend(segment.keys.unwrap().iter().map(|k| layout::key(&repo, k)));
+    }
+    let stored_chunks: BTreeSet<String> =
+        store.list(&layout::prefix(&repo, layout::Kind::Chunks)).await.unwrap().into_iter().collect();
+    let stored_keys: BTreeSet<String> =
+        store.list(&layout::prefix(&repo, layout::Kind::Keys)).await.unwrap().into_iter().collect();
+    assert_eq!(stored_chunks, named_chunks, "a chunk no snapshot names was left, or a named one deleted");
+    assert_eq!(stored_keys, named_keys, "a key record no snapshot names was left, or a named one deleted");
+}
