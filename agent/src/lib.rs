@@ -14,6 +14,7 @@ pub mod backup;
 pub mod config;
 mod cutter;
 pub mod daemon;
+pub mod fuzz;
 pub mod keys;
 mod progress;
 pub mod repo;

@@ -149,12 +149,55 @@ pub fn fuzz_all(data: &[u8]) {
     fuzz_ids(data);
 }
 
-/// One well-formed object of each binary kind (manifest, commit body, index
-/// segment), for seed corpora beside the test vectors' envelopes.
+/// One well-formed object of each kind (manifest, commit body, index
+/// segment, and the JSON objects: key record, repository config, epoch,
+/// snapshot root), for seed corpora beside the test vectors' envelopes.
 pub fn structured_seeds() -> Vec<Vec<u8>> {
     let id = ChunkId::from_bytes([7; 32]);
     let snapshot = SnapshotId::from_bytes([1; 16]);
+    let repo: crate::RepoName = "fuzz/epoch".parse().expect("a valid name");
+    let (kek, _) = crate::keys::LocalKek::generate();
+    let record = |purpose, key_id| {
+        let context = crate::keys::EncryptionContext::new(&repo, purpose, key_id);
+        let (_, wrapped) = kek.generate_data_key(&context);
+        KeyRecord {
+            version: crate::keys::KEY_RECORD_VERSION,
+            key_id,
+            purpose,
+            kek: kek.id().to_string(),
+            context,
+            wrapped,
+        }
+    };
+    let id_key = record(crate::keys::Purpose::ChunkId, KeyId::from_bytes([3; 16]));
+    let config = RepoConfig {
+        version: 1,
+        repo: repo.clone(),
+        chunker: Default::default(),
+        zstd_level: 3,
+        id_key: id_key.clone(),
+        created: 1_800_000_000,
+        mac: Some("00".repeat(32)),
+    };
+    let epoch = crate::repo::Epoch { version: 1, created: 1_800_000_000_000, key: id_key };
+    let root = SnapshotRoot {
+        version: 1,
+        id: snapshot,
+        name: "pg_dump".into(),
+        host: "db-01".into(),
+        source: "command:pg_dump app".into(),
+        started: 1_800_000_000,
+        finished: 1_800_000_060,
+        bytes: 9,
+        blake3: "00".repeat(32),
+        manifest: vec![crate::snapshot::ManifestRef { id, len: 9 }],
+        id_key: Some(KeyId::from_bytes([3; 16])),
+    };
     vec![
+        record(crate::keys::Purpose::Data, KeyId::from_bytes([4; 16])).encode(),
+        config.encode(),
+        epoch.encode(),
+        root.encode(),
         Manifest(vec![ManifestEntry { id, len: 9 }]).encode(),
         CommitRequest { snapshot, root: vec![2; 60], stats: SnapshotStats::default(), chunks: vec![id] }.encode(),
         IndexSegment {
@@ -169,4 +212,24 @@ pub fn structured_seeds() -> Vec<Vec<u8>> {
         .encode(),
         encode_ids(&[id]),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The JSON seeds are well formed, so mutations start from objects the
+    /// decoders accept, not from their first error.
+    #[test]
+    fn the_json_seeds_decode() {
+        let seeds = structured_seeds();
+        let repo: crate::RepoName = "fuzz/epoch".parse().unwrap();
+        assert!(KeyRecord::decode(&seeds[0]).is_ok());
+        assert!(RepoConfig::decode(&seeds[1]).is_ok());
+        assert!(crate::repo::Epoch::decode(&seeds[2], &repo).is_ok());
+        assert!(SnapshotRoot::decode(&seeds[3]).is_ok());
+        for seed in &seeds {
+            fuzz_all(seed);
+        }
+    }
 }

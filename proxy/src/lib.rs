@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod compliance;
 pub mod config;
 pub mod dev;
+pub mod fuzz;
 pub mod keep;
 pub mod keycheck;
 pub mod lifecycle;

@@ -9,6 +9,9 @@ pub struct FaultRelay {
     pub endpoint: String,
     /// Requests answered with a fault so far.
     pub faults: Arc<std::sync::atomic::AtomicUsize>,
+    /// The path of each faulted request, in order: a path faulted twice was
+    /// tried again.
+    pub faulted: Arc<std::sync::Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,20 +44,24 @@ impl FaultRelay {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let upstream: std::net::SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
         let faults = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let faulted: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+        let paths = faulted.clone();
         let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let fault = Arc::new(fault);
         let counter = faults.clone();
         let task = tokio::spawn(async move {
             loop {
                 let Ok((tcp, _)) = listener.accept().await else { continue };
-                let (fault, counter, seen) = (fault.clone(), counter.clone(), seen.clone());
+                let (fault, counter, seen, paths) = (fault.clone(), counter.clone(), seen.clone(), paths.clone());
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (fault, counter, seen) = (fault.clone(), counter.clone(), seen.clone());
+                        let (fault, counter, seen, paths) =
+                            (fault.clone(), counter.clone(), seen.clone(), paths.clone());
                         async move {
                             let n = seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             if fault(req.method(), req.uri().path(), n) {
                                 counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                paths.lock().unwrap().push(req.uri().path().to_string());
                                 if stall {
                                     std::future::pending::<()>().await;
                                 }
@@ -87,7 +94,7 @@ impl FaultRelay {
                 });
             }
         });
-        Self { endpoint, faults, task }
+        Self { endpoint, faults, faulted, task }
     }
 }
 

@@ -16,7 +16,7 @@ mod error;
 mod frames;
 mod health;
 mod send;
-mod sidecar;
+pub(crate) mod sidecar;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -162,10 +162,15 @@ async fn read_header(stream: &mut tokio::io::BufReader<UnixStream>) -> Result<Se
         Ok(Err(source)) => return Err(DaemonError::Io { what: "reading the header line".into(), source }),
         Err(_) => return Err(DaemonError::Refused("no header line within a minute".into())),
     }
+    parse_header(&line)
+}
+
+/// A sender's header line, newline included, checked.
+pub(crate) fn parse_header(line: &str) -> Result<SendHeader, DaemonError> {
     if !line.ends_with('\n') {
         return Err(DaemonError::Refused(format!("the header line is missing or longer than {LINE_MAX} bytes")));
     }
-    let header: SendHeader = serde_json::from_str(&line)
+    let header: SendHeader = serde_json::from_str(line)
         .map_err(|e| DaemonError::Refused(format!("the header line is not a valid send header: {e}")))?;
     if header.name.is_empty() || header.name.len() > 256 {
         return Err(DaemonError::Refused("the snapshot name must be 1 to 256 bytes".into()));

@@ -61,10 +61,15 @@ impl ClientCerts {
     }
 }
 
+/// The sightings file's contents.
+pub fn decode(bytes: &[u8]) -> Result<Sightings, std::io::Error> {
+    serde_json::from_slice(bytes).map_err(std::io::Error::other)
+}
+
 /// Reads the sightings file; a missing file is an empty map.
 pub fn load(path: &Path) -> Result<Sightings, std::io::Error> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+        Ok(bytes) => decode(&bytes),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Sightings::new()),
         Err(e) => Err(e),
     }

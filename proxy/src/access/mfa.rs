@@ -132,6 +132,19 @@ fn read(path: &Path) -> Result<TotpFile, TotpFileError> {
     toml::from_str(&text).map_err(|e| file_problem(path)(&e))
 }
 
+/// For fuzzers: reads a TOTP file's text as the proxy does, and checks a
+/// code against each enrolled secret that decodes.
+pub(crate) fn fuzz_file(text: &str) {
+    let Ok(file) = toml::from_str::<TotpFile>(text) else { return };
+    for entry in &file.enrolled {
+        if let Ok(secret) = Secret::try_from_base32(&entry.secret) {
+            if let Ok(t) = totp(secret, &entry.identity) {
+                let _ = t.check("000000", entry.enrolled);
+            }
+        }
+    }
+}
+
 /// Enrolls (or re-enrolls) an identity: a fresh secret in the TOTP file.
 /// Returns the `otpauth://` URI to load into an authenticator.
 pub fn enroll(path: &Path, domain: &str, identity: &str) -> Result<zeroize::Zeroizing<String>, TotpFileError> {

@@ -252,6 +252,11 @@ where
     Ok(status)
 }
 
+/// A spooled alert file's contents.
+pub fn decode_spooled(bytes: &[u8]) -> Result<Alert, serde_json::Error> {
+    serde_json::from_slice::<Alert>(bytes)
+}
+
 /// Delivers spooled alerts forever (aborted at shutdown): oldest first,
 /// each retried with backoff until the webhook takes it.
 pub async fn deliver(alerts: Arc<Alerts>, hook: Option<WebhookConfig>) {
@@ -261,7 +266,7 @@ pub async fn deliver(alerts: Arc<Alerts>, hook: Option<WebhookConfig>) {
         for path in spooled(&alerts.spool) {
             let Ok(alert) = std::fs::read(&path)
                 .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice::<Alert>(&b).map_err(|e| e.to_string()))
+                .and_then(|b| decode_spooled(&b).map_err(|e| e.to_string()))
             else {
                 tracing::error!("dropping unreadable spooled alert {}", path.display());
                 let _ = std::fs::remove_file(&path);

@@ -1,10 +1,23 @@
 //! Writes the seed corpus every target starts from: the test vectors'
-//! envelopes and one well-formed object of each binary kind, into
+//! envelopes and one well-formed object of each kind (binary and JSON), into
 //! `corpus/<target>/` (run from proto/fuzz: `cargo run --bin seed`).
 
 use std::path::Path;
 
-const TARGETS: [&str; 8] = ["envelope", "key_record", "config", "snapshot_root", "commit", "manifest", "index", "ids"];
+const TARGETS: [&str; 12] = [
+    "envelope",
+    "key_record",
+    "config",
+    "snapshot_root",
+    "commit",
+    "manifest",
+    "index",
+    "ids",
+    "route",
+    "open",
+    "epoch",
+    "chunk_name",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));

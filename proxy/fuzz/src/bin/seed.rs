@@ -1,6 +1,8 @@
 //! Writes the seed corpus the targets start from, into `corpus/<target>/`
 //! (run from proxy/fuzz: `cargo run --bin seed`): the shipped and test
-//! configs, and a real audit trail of one sealed segment and a live log.
+//! configs, each entry point's own seeds (`coffer_proxy::fuzz::seeds`,
+//! `coffer_agent::fuzz::seeds`), and a real audit trail of one sealed
+//! segment and a live log.
 
 use std::path::Path;
 
@@ -19,7 +21,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     };
     copy("proxy_config", &["packaging/config/proxy.toml", "proxy/tests/data/proxy.toml"])?;
-    copy("agent_config", &["packaging/config/agent.toml"])?;
+    // One well-formed input per target, as the stable fuzz tests use them.
+    let seeds = coffer_proxy::fuzz::seeds().into_iter().chain(coffer_agent::fuzz::seeds());
+    for (i, (target, bytes)) in seeds.enumerate() {
+        let dir = corpus.join(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("built-{i}")), bytes)?;
+    }
 
     // Five events with three to a segment: one sealed segment, two live.
     let work = std::env::temp_dir().join(format!("coffer-fuzz-seed-{}", std::process::id()));
