@@ -228,7 +228,10 @@ impl DevProxy {
 
     /// Audit events, parsed.
     pub fn audit_events(&self) -> Vec<serde_json::Value> {
-        self.audit_log().lines().map(|l| serde_json::from_str(l).expect("audit lines are JSON")).collect()
+        // Only whole lines: the proxy may be appending one as this reads.
+        let log = self.audit_log();
+        let whole = &log[..log.rfind('\n').map_or(0, |i| i + 1)];
+        whole.lines().map(|l| serde_json::from_str(l).expect("audit lines are JSON")).collect()
     }
 
     /// Waits until an audit event satisfies `pred` (events of refused

@@ -85,6 +85,8 @@ pub fn coffer_with_env(config: &Path, args: &[&str], stdin: Option<&[u8]>, env: 
         // Tests that expect a failure should not wait out the default
         // five-minute retry deadline; tests of retries set their own.
         .env("COFFER_RETRY_DEADLINE_SECS", "2")
+        // Retries are logged at warn: the check below depends on seeing them.
+        .env("COFFER_LOG", "warn")
         .envs(env.iter().copied())
         .env("COFFER_CONFIG", config)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
