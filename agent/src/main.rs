@@ -124,9 +124,9 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // The daemon handles SIGTERM and SIGINT itself: it stops gracefully.
         Cmd::Daemon { .. } => Ok(daemon(cli.config).await?.run().await?),
         Cmd::Run { job } => interruptible(run_job(cli.config, job)).await,
-        Cmd::Send { socket, repo, name, input, command } => {
+        Cmd::Send { socket, repo, name, input, command, json } => {
             let (source, name) = source_and_name(input, command, name)?;
-            interruptible(send(socket, SendHeader { repo, name }, source)).await
+            interruptible(send(socket, SendHeader { repo, name }, source, json)).await
         }
         Cmd::Repo(command) => interruptible(run_repo(cli.config, cli.mfa_code, command)).await,
     }
@@ -186,9 +186,16 @@ fn source_and_name(
 }
 
 /// `coffer send`: the stream to the daemon's socket, then the snapshot id.
-async fn send(socket: PathBuf, header: SendHeader, source: Source) -> Result<(), Failure> {
+async fn send(socket: PathBuf, header: SendHeader, source: Source, json: bool) -> Result<(), Failure> {
     let sent = tokio::task::spawn_blocking(move || coffer_agent::daemon::send(&socket, &header, source));
     let sent = sent.await.map_err(|e| anyhow::anyhow!("the sending thread failed: {e}"))??;
+    if json {
+        return print_json(&cli::output::Sent {
+            id: sent.snapshot,
+            bytes_in: sent.bytes_in,
+            bytes_new: sent.bytes_new,
+        });
+    }
     eprintln!("sent {} bytes ({} new)", sent.bytes_in, sent.bytes_new);
     println!("{}", sent.snapshot);
     Ok(())
@@ -277,10 +284,14 @@ fn print_json(v: &impl Serialize) -> Result<(), Failure> {
 async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: RepoCmd) -> Result<(), Failure> {
     let ctx = connect(config, mfa_code).await?;
     match command {
-        RepoCmd::Init { repo, zstd_level } => {
+        RepoCmd::Init { repo, zstd_level, json } => {
             let kek = ctx.provider.describe_key(coffer_proto::keys::Purpose::ChunkId).await?.kek;
             repo::init(&ctx.client, &*ctx.provider, &repo, zstd_level).await?;
-            println!("initialised repository {repo} (chunk-id key wrapped by {kek}, zstd level {zstd_level})");
+            if json {
+                print_json(&cli::output::Initialised { repo, chunk_id_kek: kek, zstd_level })?;
+            } else {
+                println!("initialised repository {repo} (chunk-id key wrapped by {kek}, zstd level {zstd_level})");
+            }
         }
         RepoCmd::Backup { repo, name, json, input, command } => {
             let (source, name) = source_and_name(input, command, name)?;
@@ -307,7 +318,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                 println!("{}", report.id);
             }
         }
-        RepoCmd::Restore { repo, snapshot, output } => {
+        RepoCmd::Restore { repo, snapshot, output, json } => {
             let (config, repo) = ctx.open(repo).await?;
             let in_flight = config.backup.uploads_in_flight;
             match output {
@@ -319,11 +330,15 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                     let t0 = std::time::Instant::now();
                     restore_to_file(repo, snapshot, &path, in_flight).await?;
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    eprintln!(
-                        "restored snapshot {snapshot} to {} ({bytes} bytes, mode 0600, every chunk checked), {:.1}s",
-                        path.display(),
-                        t0.elapsed().as_secs_f64()
-                    );
+                    let seconds = t0.elapsed().as_secs_f64();
+                    if json {
+                        print_json(&cli::output::Restored { id: snapshot, file: path, bytes, mode: "0600", seconds })?;
+                    } else {
+                        eprintln!(
+                            "restored snapshot {snapshot} to {} ({bytes} bytes, mode 0600, every chunk checked), {seconds:.1}s",
+                            path.display(),
+                        );
+                    }
                 }
             }
         }
@@ -368,7 +383,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                 .into());
             }
         }
-        RepoCmd::Verify { repo, snapshot, since } => {
+        RepoCmd::Verify { repo, snapshot, since, json } => {
             let (config, repo) = ctx.open(repo).await?;
             let ids = match snapshot {
                 Some(id) => vec![id],
@@ -385,20 +400,31 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
             // Every snapshot is checked, whatever an earlier one showed: a
             // damaged one is named and the next one checked.
             let mut damaged = Vec::new();
+            let mut checked = Vec::new();
             let total = ids.len();
             for id in ids {
-                match restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await {
-                    Ok(v) => println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks),
+                let problem = match restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await {
+                    Ok(v) => {
+                        if !json {
+                            println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks);
+                        }
+                        checked.push(cli::output::Verified::ok(v.id, v.bytes, v.chunks as u64));
+                        continue;
+                    }
                     Err(e @ (restore::RestoreError::Chunk { .. } | restore::RestoreError::Snapshot { .. })) => {
-                        eprintln!("coffer: {id}: DAMAGED: {e}");
-                        damaged.push(id);
+                        e.to_string()
                     }
                     Err(restore::RestoreError::Client(e)) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
-                        eprintln!("coffer: {id}: DAMAGED: an object it needs is missing: {e}");
-                        damaged.push(id);
+                        format!("an object it needs is missing: {e}")
                     }
                     Err(e) => return Err(e.into()),
-                }
+                };
+                eprintln!("coffer: {id}: DAMAGED: {problem}");
+                checked.push(cli::output::Verified::damaged(id, problem));
+                damaged.push(id);
+            }
+            if json {
+                print_json(&cli::output::Verification { repo: repo.name.clone(), snapshots: checked })?;
             }
             if !damaged.is_empty() {
                 let names: Vec<String> = damaged.iter().map(ToString::to_string).collect();
@@ -411,9 +437,15 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
             }
         }
         RepoCmd::Whoami => print_json(&ctx.client.whoami().await?)?,
-        RepoCmd::Key { command: KeyCmd::Rotate { repo } } => {
+        RepoCmd::Key { command: KeyCmd::Rotate { repo, json } } => {
             let id = repo::rotate(&ctx.client, &*ctx.provider, &repo).await?;
-            println!("repository {repo}: new chunk-id key epoch {id}; deduplication starts over from the next backup");
+            if json {
+                print_json(&cli::output::Rotated { repo, epoch: id })?;
+            } else {
+                println!(
+                    "repository {repo}: new chunk-id key epoch {id}; deduplication starts over from the next backup"
+                );
+            }
         }
     }
     Ok(())

@@ -225,6 +225,12 @@ fn the_sidecar_socket_takes_streams_from_senders_without_certificates() {
     assert_eq!(h["socket"]["committed"], 1, "{h}");
     assert_eq!(snapshots(&p, "dev/side"), [id], "only the complete stream was committed");
     assert!(d.log().contains("the sender stopped before the end of its stream"), "{}", d.log());
+
+    // The result as one JSON object: the id, and the stream's bytes.
+    let again = send(&socket, "dev/side", &["--name", "pg_dump", "--json", "-"], Some(b"tonight")).json();
+    assert_eq!(again["bytes_in"], 7);
+    assert_eq!(again["bytes_new"], 7);
+    assert!(snapshots(&p, "dev/side").contains(&again["id"].as_str().unwrap().to_string()), "{again}");
 }
 
 /// As many `coffer send`s at once as the daemon serves (4), each longer

@@ -225,3 +225,58 @@ fn the_limit_benchmark_measures_every_stage() {
     }
     assert!(r["first_backup_mb_per_sec"].as_f64().unwrap() > 0.0 && r["fraction_of_ceiling"].as_f64().unwrap() > 0.0);
 }
+
+/// Every command that prints a result has `--json`, one object with the
+/// fields docs/operations.md ("JSON output") documents; verify's lists
+/// every snapshot, damaged ones included, before it exits 1.
+#[test]
+fn every_result_has_a_json_form() {
+    let p = DevProxy::start();
+    let init = coffer(&p.writer(), &["init", "--repo", "dev/js", "--json"], None).json();
+    assert_eq!(init["repo"], "dev/js");
+    assert_eq!(init["zstd_level"], coffer_proto::repo::DEFAULT_ZSTD_LEVEL);
+    assert!(init["chunk_id_kek"].as_str().is_some_and(|k| !k.is_empty()), "{init}");
+
+    let (a, b) = (random_bytes("json a", 3 << 20), random_bytes("json b", 3 << 20));
+    let first = coffer(&p.writer(), &["backup", "--repo", "dev/js", "--json", "-"], Some(&a)).json();
+    let second = coffer(&p.writer(), &["backup", "--repo", "dev/js", "--json", "-"], Some(&b)).json();
+    let (first, second) = (first["id"].as_str().unwrap().to_string(), second["id"].as_str().unwrap().to_string());
+
+    let file = p.dir.join("js.bin");
+    let restored =
+        coffer(&p.reader(), &["restore", "--repo", "dev/js", &first, "-o", file.to_str().unwrap(), "--json"], None)
+            .json();
+    assert_eq!(restored["id"], first.as_str());
+    assert_eq!(restored["file"], file.to_str().unwrap());
+    assert_eq!(restored["bytes"], a.len() as u64);
+    assert_eq!(restored["mode"], "0600");
+    // Without -o, stdout is the stream: --json is refused as a usage error.
+    let refused = coffer(&p.reader(), &["restore", "--repo", "dev/js", &first, "--json"], None);
+    assert_eq!(refused.code(), 64, "{}", refused.stderr);
+
+    let verified = coffer(&p.reader(), &["verify", "--repo", "dev/js", "--json"], None).json();
+    assert_eq!(verified["repo"], "dev/js");
+    let all = verified["snapshots"].as_array().unwrap();
+    assert_eq!(all.len(), 2, "{verified}");
+    assert!(all.iter().all(|s| s["ok"] == true && s["bytes"].as_u64().unwrap() == (3 << 20)), "{verified}");
+
+    // Damage one chunk only the second snapshot has: both are listed, the
+    // second with its problem, and the exit status says so.
+    let shared: Vec<std::path::PathBuf> = p.stored("dev/js/chunks");
+    let victim = shared.iter().max_by_key(|c| std::fs::metadata(c).unwrap().modified().unwrap()).unwrap();
+    let mut bytes = std::fs::read(victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(victim, bytes).unwrap();
+    let run = coffer(&p.reader(), &["verify", "--repo", "dev/js", "--json"], None);
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    let verified: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let by_id = |id: &str| verified["snapshots"].as_array().unwrap().iter().find(|s| s["id"] == id).cloned().unwrap();
+    assert_eq!(by_id(&first)["ok"], true, "{verified}");
+    assert_eq!(by_id(&second)["ok"], false, "{verified}");
+    assert!(by_id(&second)["problem"].as_str().is_some_and(|p| !p.is_empty()), "{verified}");
+
+    let rotated = coffer(&p.writer(), &["key", "rotate", "--repo", "dev/js", "--json"], None).json();
+    assert_eq!(rotated["repo"], "dev/js");
+    assert_eq!(rotated["epoch"].as_str().map(str::len), Some(32), "{rotated}");
+}

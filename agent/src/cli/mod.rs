@@ -2,6 +2,7 @@
 //! `--mfa-code` are global, so they may come before or after the subcommand.
 
 pub(crate) mod listing;
+pub(crate) mod output;
 
 use std::path::PathBuf;
 
@@ -67,6 +68,9 @@ pub(crate) enum Cmd {
         /// committed only if it exits 0.
         #[arg(last = true, num_args = 1..)]
         command: Vec<String>,
+        /// Print the result as one JSON object (docs/operations.md, "JSON output").
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -90,6 +94,9 @@ pub(crate) enum RepoCmd {
         #[arg(long, default_value_t = coffer_proto::repo::DEFAULT_ZSTD_LEVEL,
               value_parser = clap::value_parser!(i32).range(1..=19))]
         zstd_level: i32,
+        /// Print the result as one JSON object (docs/operations.md, "JSON output").
+        #[arg(long)]
+        json: bool,
     },
     /// Back up a stream: `-` for stdin, a PATH, or `-- CMD [ARGS...]`.
     ///
@@ -125,6 +132,10 @@ pub(crate) enum RepoCmd {
         /// whole snapshot checked out) instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Print what was written as one JSON object (with `-o` only: without
+        /// it, stdout is the stream; docs/operations.md, "JSON output").
+        #[arg(long, requires = "output")]
+        json: bool,
     },
     /// List a repository's snapshots.
     Snapshots {
@@ -149,6 +160,9 @@ pub(crate) enum RepoCmd {
         /// damaged or poisoned snapshot is found the day it is made.
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
+        /// Print the result as one JSON object (docs/operations.md, "JSON output").
+        #[arg(long)]
+        json: bool,
     },
     /// Show who the proxy thinks this agent is, and what it may do.
     Whoami,
@@ -167,5 +181,8 @@ pub(crate) enum KeyCmd {
         /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
         #[arg(long)]
         repo: RepoName,
+        /// Print the result as one JSON object (docs/operations.md, "JSON output").
+        #[arg(long)]
+        json: bool,
     },
 }
