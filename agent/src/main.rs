@@ -383,7 +383,7 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
                 .into());
             }
         }
-        RepoCmd::Verify { repo, snapshot, since, json } => {
+        RepoCmd::Verify { repo, snapshot, since, json, read_data_subset } => {
             let (config, repo) = ctx.open(repo).await?;
             let ids = match snapshot {
                 Some(id) => vec![id],
@@ -403,10 +403,17 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
             let mut checked = Vec::new();
             let total = ids.len();
             for id in ids {
-                let problem = match restore::verify(repo.clone(), id, config.backup.uploads_in_flight).await {
+                let in_flight = config.backup.uploads_in_flight;
+                let checked_one = match read_data_subset {
+                    None => restore::verify(repo.clone(), id, in_flight).await,
+                    Some(subset) => restore::verify_subset(repo.clone(), id, in_flight, subset).await,
+                };
+                let problem = match checked_one {
                     Ok(v) => {
                         if !json {
-                            println!("{}: ok ({} bytes, {} chunks)", v.id, v.bytes, v.chunks);
+                            let what =
+                                if read_data_subset.is_some() { "data chunks of the subset read" } else { "chunks" };
+                            println!("{}: ok ({} bytes, {} {what})", v.id, v.bytes, v.chunks);
                         }
                         checked.push(cli::output::Verified::ok(v.id, v.bytes, v.chunks as u64));
                         continue;

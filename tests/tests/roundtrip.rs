@@ -280,3 +280,54 @@ fn every_result_has_a_json_form() {
     assert_eq!(rotated["repo"], "dev/js");
     assert_eq!(rotated["epoch"].as_str().map(str::len), Some(32), "{rotated}");
 }
+
+/// `verify --read-data-subset N/M` reads one group of chunk ids: the M
+/// groups together read every data chunk once, and exactly the group that
+/// holds a damaged chunk fails. `100%` reads everything; nonsense is a
+/// usage error.
+#[test]
+fn verify_reads_a_subset_and_the_groups_together_read_everything() {
+    let p = DevProxy::start();
+    init(&p, "dev/sub");
+    let data = random_bytes("subset", 8 << 20);
+    let id = coffer(&p.writer(), &["backup", "--repo", "dev/sub", "-"], Some(&data)).last_line();
+    let full = coffer(&p.reader(), &["verify", "--repo", "dev/sub", "--json"], None).json();
+    let data_chunks = full["snapshots"][0]["chunks"].as_u64().unwrap();
+    assert!(data_chunks >= 3, "{full}");
+
+    let group = |n: u64, expect_ok: bool| {
+        let subset = format!("{n}/3");
+        let run = coffer(&p.reader(), &["verify", "--repo", "dev/sub", "--read-data-subset", &subset, "--json"], None);
+        assert_eq!(run.code(), if expect_ok { 0 } else { 1 }, "{subset}: {}", run.stderr);
+        let v: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+        v["snapshots"][0].clone()
+    };
+    let read: u64 = (1..=3).map(|n| group(n, true)["chunks"].as_u64().unwrap()).sum();
+    assert_eq!(read, data_chunks, "the three groups read each data chunk once");
+
+    // Damage the largest chunk (a data chunk; the manifest is small).
+    let victim = p.stored("dev/sub/chunks").into_iter().max_by_key(|c| std::fs::metadata(c).unwrap().len()).unwrap();
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 1;
+    std::fs::write(&victim, bytes).unwrap();
+    let name = victim.file_name().unwrap().to_string_lossy().into_owned();
+    let results: Vec<serde_json::Value> = (1..=3)
+        .map(|n| {
+            let subset = format!("{n}/3");
+            let run =
+                coffer(&p.reader(), &["verify", "--repo", "dev/sub", "--read-data-subset", &subset, "--json"], None);
+            serde_json::from_slice::<serde_json::Value>(&run.stdout).unwrap()["snapshots"][0].clone()
+        })
+        .collect();
+    let failed: Vec<&serde_json::Value> = results.iter().filter(|r| r["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "exactly one group holds the damaged chunk: {results:?}");
+    assert!(failed[0]["problem"].as_str().unwrap().contains(&name), "{failed:?}");
+    let all = coffer(&p.reader(), &["verify", "--repo", "dev/sub", &id, "--read-data-subset", "100%"], None);
+    assert_eq!(all.code(), 1, "{}", all.stderr);
+
+    for nonsense in ["0/3", "4/3", "1/0", "0%", "101%", "half"] {
+        let run = coffer(&p.reader(), &["verify", "--repo", "dev/sub", "--read-data-subset", nonsense], None);
+        assert_eq!(run.code(), 64, "{nonsense}: {}", run.stderr);
+    }
+}

@@ -160,6 +160,12 @@ pub(crate) enum RepoCmd {
         /// damaged or poisoned snapshot is found the day it is made.
         #[arg(long, value_parser = humantime::parse_duration)]
         since: Option<std::time::Duration>,
+        /// Read only part of the data: `N/M` (the N-th of M groups of chunk
+        /// ids, the same each time: run 1/M to M/M on M days) or `P%` (a new
+        /// random sample each run). Roots and manifests are always read in
+        /// full; the whole-stream hash is checked only without this.
+        #[arg(long, value_name = "N/M|P%")]
+        read_data_subset: Option<coffer_agent::restore::Subset>,
         /// Print the result as one JSON object (docs/operations.md, "JSON output").
         #[arg(long)]
         json: bool,
