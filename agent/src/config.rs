@@ -117,6 +117,9 @@ pub struct JobConfig {
     /// take a day.
     #[serde(default)]
     pub max_run_secs: Option<u64>,
+    /// This job's upload limit in KiB/s (default: `backup.limit_upload_kib`).
+    #[serde(default)]
+    pub limit_upload_kib: Option<u64>,
 }
 
 impl JobConfig {
@@ -200,6 +203,11 @@ pub enum KeysConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BackupConfig {
     pub uploads_in_flight: usize,
+    /// Upload limit in KiB/s for every backup (none by default); a job's
+    /// `limit_upload_kib` or `--limit-upload` overrides it.
+    pub limit_upload_kib: Option<u64>,
+    /// Download limit in KiB/s for restores and verifies (none by default).
+    pub limit_download_kib: Option<u64>,
     /// Repositories made before configs were authenticated, whose config
     /// this agent accepts without a MAC (with chunker sizes above the
     /// floors, and FastCDC's public cut points). Any other repository's
@@ -209,7 +217,12 @@ pub struct BackupConfig {
 
 impl Default for BackupConfig {
     fn default() -> Self {
-        Self { uploads_in_flight: DEFAULT_UPLOADS_IN_FLIGHT, legacy_repos: Vec::new() }
+        Self {
+            uploads_in_flight: DEFAULT_UPLOADS_IN_FLIGHT,
+            limit_upload_kib: None,
+            limit_download_kib: None,
+            legacy_repos: Vec::new(),
+        }
     }
 }
 

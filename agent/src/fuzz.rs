@@ -66,6 +66,7 @@ schedule = "@hourly"
 jitter_secs = 300
 path = "/etc"
 max_run_secs = 3600
+limit_upload_kib = 1024
 "#;
 
 #[cfg(test)]
@@ -83,6 +84,7 @@ mod tests {
         let cfg = crate::config::AgentConfig::parse(&String::from_utf8_lossy(&seeds[1]), std::path::Path::new("/x"))
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(cfg.jobs.len(), 2, "the jobs seed parses, schedules included");
+        assert_eq!(cfg.jobs[1].limit_upload_kib, Some(1024));
         let line = std::str::from_utf8(&seeds[2][..seeds[2].iter().position(|&b| b == b'\n').unwrap() + 1]).unwrap();
         assert_eq!(crate::daemon::sidecar::parse_header(line).unwrap().name, "pg_dump");
         for seed in &seeds {

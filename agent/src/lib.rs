@@ -16,6 +16,7 @@ mod cutter;
 pub mod daemon;
 pub mod fuzz;
 pub mod keys;
+pub mod limit;
 mod progress;
 pub mod repo;
 pub mod restore;

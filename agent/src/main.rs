@@ -128,7 +128,10 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             let (source, name) = source_and_name(input, command, name)?;
             interruptible(send(socket, SendHeader { repo, name }, source, json)).await
         }
-        Cmd::Repo(command) => interruptible(run_repo(cli.config, cli.mfa_code, command)).await,
+        Cmd::Repo(command) => {
+            let limits = (cli.limit_upload, cli.limit_download);
+            interruptible(run_repo(cli.config, cli.mfa_code, limits, command)).await
+        }
     }
 }
 
@@ -271,8 +274,11 @@ fn prompt_totp() -> Result<String, Failure> {
 
 impl Ctx {
     async fn open(self, name: RepoName) -> Result<(AgentConfig, Arc<OpenRepo>), Failure> {
-        let legacy_ok = self.config.backup.legacy_repos.contains(&name);
-        Ok((self.config, Arc::new(OpenRepo::open(self.client, self.provider, name, legacy_ok).await?)))
+        let b = &self.config.backup;
+        let legacy_ok = b.legacy_repos.contains(&name);
+        let limits = coffer_agent::limit::Limits::new(b.limit_upload_kib, b.limit_download_kib);
+        let repo = OpenRepo::open(self.client, self.provider, name, legacy_ok).await?.with_limits(limits);
+        Ok((self.config, Arc::new(repo)))
     }
 }
 
@@ -281,8 +287,16 @@ fn print_json(v: &impl Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: RepoCmd) -> Result<(), Failure> {
-    let ctx = connect(config, mfa_code).await?;
+async fn run_repo(
+    config: Option<PathBuf>,
+    mfa_code: Option<String>,
+    (limit_upload, limit_download): (Option<u64>, Option<u64>),
+    command: RepoCmd,
+) -> Result<(), Failure> {
+    let mut ctx = connect(config, mfa_code).await?;
+    let limits = &mut ctx.config.backup;
+    limits.limit_upload_kib = limit_upload.or(limits.limit_upload_kib);
+    limits.limit_download_kib = limit_download.or(limits.limit_download_kib);
     match command {
         RepoCmd::Init { repo, zstd_level, json } => {
             let kek = ctx.provider.describe_key(coffer_proto::keys::Purpose::ChunkId).await?.kek;
@@ -385,63 +399,8 @@ async fn run_repo(config: Option<PathBuf>, mfa_code: Option<String>, command: Re
         }
         RepoCmd::Verify { repo, snapshot, since, json, read_data_subset } => {
             let (config, repo) = ctx.open(repo).await?;
-            let ids = match snapshot {
-                Some(id) => vec![id],
-                None => {
-                    let after = since.map_or(0, |d| coffer_agent::unix_now().saturating_sub(d.as_secs()));
-                    let listed = repo.client.list_snapshots(&repo.name).await?;
-                    listed.into_iter().filter(|s| s.committed >= after).map(|s| s.id).collect()
-                }
-            };
-            if ids.is_empty() {
-                let lately = if since.is_some() { " committed in that time" } else { "" };
-                eprintln!("coffer: repository {} has no snapshots{lately} to verify", repo.name);
-            }
-            // Every snapshot is checked, whatever an earlier one showed: a
-            // damaged one is named and the next one checked.
-            let mut damaged = Vec::new();
-            let mut checked = Vec::new();
-            let total = ids.len();
-            for id in ids {
-                let in_flight = config.backup.uploads_in_flight;
-                let checked_one = match read_data_subset {
-                    None => restore::verify(repo.clone(), id, in_flight).await,
-                    Some(subset) => restore::verify_subset(repo.clone(), id, in_flight, subset).await,
-                };
-                let problem = match checked_one {
-                    Ok(v) => {
-                        if !json {
-                            let what =
-                                if read_data_subset.is_some() { "data chunks of the subset read" } else { "chunks" };
-                            println!("{}: ok ({} bytes, {} {what})", v.id, v.bytes, v.chunks);
-                        }
-                        checked.push(cli::output::Verified::ok(v.id, v.bytes, v.chunks as u64));
-                        continue;
-                    }
-                    Err(e @ (restore::RestoreError::Chunk { .. } | restore::RestoreError::Snapshot { .. })) => {
-                        e.to_string()
-                    }
-                    Err(restore::RestoreError::Client(e)) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
-                        format!("an object it needs is missing: {e}")
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                eprintln!("coffer: {id}: DAMAGED: {problem}");
-                checked.push(cli::output::Verified::damaged(id, problem));
-                damaged.push(id);
-            }
-            if json {
-                print_json(&cli::output::Verification { repo: repo.name.clone(), snapshots: checked })?;
-            }
-            if !damaged.is_empty() {
-                let names: Vec<String> = damaged.iter().map(ToString::to_string).collect();
-                return Err(anyhow::anyhow!(
-                    "{} of {total} snapshots are damaged: {}",
-                    damaged.len(),
-                    names.join(", ")
-                )
-                .into());
-            }
+            let which = cli::verify::Which { snapshot, since, subset: read_data_subset };
+            cli::verify::run(&repo, config.backup.uploads_in_flight, which, json).await?;
         }
         RepoCmd::Whoami => print_json(&ctx.client.whoami().await?)?,
         RepoCmd::Key { command: KeyCmd::Rotate { repo, json } } => {

@@ -45,6 +45,8 @@ pub struct OpenRepo {
     /// Every chunk-id key of the repository, for restores.
     id_keys: HashMap<KeyId, Arc<IdKey>>,
     data_keys: Mutex<HashMap<KeyId, Arc<tokio::sync::OnceCell<Arc<DataKey>>>>>,
+    /// Bandwidth limits this run observes (none by default).
+    pub limits: crate::limit::Limits,
 }
 
 /// Starts a new chunk-id key epoch (`coffer key rotate`): later backups
@@ -142,7 +144,14 @@ impl OpenRepo {
             gear,
             id_keys,
             data_keys: Mutex::new(HashMap::new()),
+            limits: Default::default(),
         })
+    }
+
+    /// The same, observing `limits`.
+    pub fn with_limits(mut self, limits: crate::limit::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The chunk-id key a snapshot was made with (None: the config's).

@@ -66,6 +66,10 @@ async fn fetch_chunk(
     len: u32,
 ) -> Result<Vec<u8>, RestoreError> {
     let bad = |what| RestoreError::Chunk { snapshot, chunk: id, what };
+    if let Some(limit) = &repo.limits.download {
+        // The envelope is about the chunk's length (before compression).
+        limit.take(len as usize).await;
+    }
     let problem = match repo.client.get_chunk(&repo.name, &id).await {
         Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => bad("missing from the repository"),
         other => match open_chunk(&repo, &id_key, id, len, other?).await {

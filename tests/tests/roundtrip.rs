@@ -331,3 +331,40 @@ fn verify_reads_a_subset_and_the_groups_together_read_everything() {
         assert_eq!(run.code(), 64, "{nonsense}: {}", run.stderr);
     }
 }
+
+/// `--limit-upload` and `--limit-download` hold a backup and a restore to
+/// the set rate: each chunk waits its turn on a timeline at that rate, so
+/// the run takes at least the time of all but its last chunk at the limit
+/// (within 20%), and not much more than all of it.
+#[test]
+fn bandwidth_limits_hold_backup_and_restore_to_their_rate() {
+    let p = DevProxy::start();
+    init(&p, "dev/slow");
+    let data = random_bytes("limited", 12 << 20);
+    let rate = 2048.0 * 1024.0; // --limit-* 2048 KiB/s
+    let t0 = std::time::Instant::now();
+    let report =
+        coffer(&p.writer(), &["--limit-upload", "2048", "backup", "--repo", "dev/slow", "--json", "-"], Some(&data))
+            .json();
+    let up = t0.elapsed().as_secs_f64();
+    let stored = report["stored_new"].as_u64().unwrap() as f64;
+    let largest = p.stored("dev/slow/chunks").iter().map(|c| std::fs::metadata(c).unwrap().len()).max().unwrap() as f64;
+    let (least, most) = ((stored - largest) / rate, stored / rate);
+    assert!(up >= 0.8 * least, "uploaded {stored} bytes in {up:.2} s, faster than 2048 KiB/s allows ({least:.2} s)");
+    assert!(up <= 1.2 * most + 1.0, "uploaded {stored} bytes in {up:.2} s at a 2048 KiB/s limit (~{most:.2} s)");
+
+    let id = report["id"].as_str().unwrap();
+    let t0 = std::time::Instant::now();
+    let restored = coffer(&p.reader(), &["--limit-download", "2048", "restore", "--repo", "dev/slow", id], None);
+    let down = t0.elapsed().as_secs_f64();
+    assert!(restored.stdout == data);
+    let (least, most) = ((data.len() as f64 - largest) / rate, data.len() as f64 / rate);
+    assert!(down >= 0.8 * least, "restored in {down:.2} s, faster than 2048 KiB/s allows ({least:.2} s)");
+    assert!(down <= 1.2 * most + 1.0, "restored in {down:.2} s at a 2048 KiB/s limit (~{most:.2} s)");
+
+    // Without a limit the same backup is much faster (so the limit, not
+    // the machine, set the pace above).
+    let t0 = std::time::Instant::now();
+    coffer(&p.writer(), &["backup", "--repo", "dev/slow", "-"], Some(&random_bytes("unlimited", 12 << 20))).ok();
+    assert!(t0.elapsed().as_secs_f64() < 0.8 * least, "an unlimited backup took {:?}", t0.elapsed());
+}

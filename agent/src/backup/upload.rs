@@ -77,6 +77,9 @@ impl Uploader {
             .await
             .map_err(|e| BackupError::Internal(e.to_string()))?;
             let stored = envelope.len() as u64;
+            if let Some(limit) = &repo.limits.upload {
+                limit.take(envelope.len()).await;
+            }
             repo.client.put_chunk(&repo.name, &id, Bytes::from(envelope)).await?;
             Ok((plain, stored))
         });

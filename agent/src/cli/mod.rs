@@ -3,6 +3,7 @@
 
 pub(crate) mod listing;
 pub(crate) mod output;
+pub(crate) mod verify;
 
 use std::path::PathBuf;
 
@@ -22,6 +23,13 @@ pub(crate) struct Cli {
     /// provider, the jobs' schedules) without connecting, and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Upload at most this many KiB/s (default: `backup.limit_upload_kib`).
+    #[arg(long, global = true, value_name = "KIB_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_upload: Option<u64>,
+    /// Download (restore, verify) at most this many KiB/s (default:
+    /// `backup.limit_download_kib`).
+    #[arg(long, global = true, value_name = "KIB_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
+    pub limit_download: Option<u64>,
     #[command(subcommand)]
     pub command: Option<Cmd>,
 }

@@ -127,13 +127,13 @@ impl Daemon {
     /// A fresh connection to the proxy and the repository, for one backup.
     /// Unattended backups cannot answer a TOTP prompt, so a repository whose
     /// policy asks for one is refused here with a clear reason.
-    async fn open_repo(&self, repo: &RepoName) -> Result<Arc<OpenRepo>, DaemonError> {
+    async fn open_repo(&self, repo: &RepoName, limits: crate::limit::Limits) -> Result<Arc<OpenRepo>, DaemonError> {
         let client = ProxyClient::connect(&self.config.client).await?;
         if client.whoami().await?.mfa {
             return Err(DaemonError::NeedsMfa);
         }
         let legacy_ok = self.config.backup.legacy_repos.contains(repo);
-        Ok(Arc::new(OpenRepo::open(client, self.provider.clone(), repo.clone(), legacy_ok).await?))
+        Ok(Arc::new(OpenRepo::open(client, self.provider.clone(), repo.clone(), legacy_ok).await?.with_limits(limits)))
     }
 
     /// Runs one job now (a scheduled start, or `coffer run NAME`).
@@ -144,7 +144,8 @@ impl Daemon {
         });
         tracing::info!(job = %job.name, repo = %job.repo, "backup started");
         let run = async {
-            let repo = self.open_repo(&job.repo).await?;
+            let upload = job.limit_upload_kib.or(self.config.backup.limit_upload_kib);
+            let repo = self.open_repo(&job.repo, crate::limit::Limits::new(upload, None)).await?;
             let in_flight = self.config.backup.uploads_in_flight;
             Ok::<_, DaemonError>(
                 backup::run(repo, Source::Command(job.argv()), job.name.clone(), in_flight, false).await?,

@@ -100,7 +100,8 @@ impl Daemon {
             ));
             return refuse(stream.into_inner(), Some(&repo_name), e).await;
         }
-        let repo = match self.open_repo(&repo_name).await {
+        let limits = crate::limit::Limits::new(self.config.backup.limit_upload_kib, None);
+        let repo = match self.open_repo(&repo_name, limits).await {
             Ok(r) => r,
             Err(e) => return refuse(stream.into_inner(), Some(&repo_name), e).await,
         };
