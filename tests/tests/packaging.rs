@@ -23,6 +23,9 @@ fn read(path: &str) -> String {
 fn the_default_configs_parse() {
     let agent = AgentConfig::parse(&read("packaging/config/agent.toml"), Path::new("/etc/coffer"))
         .unwrap_or_else(|e| panic!("agent.toml: {e:?}"));
+    // The shipped template's key policies let writers unwrap only under the
+    // chunk-id KEK, so the shipped agent config names one.
+    assert!(matches!(&agent.keys, coffer_agent::config::KeysConfig::Kms(k) if k.chunk_id_key_id.is_some()));
     assert!(agent.daemon.health.is_some_and(|a| a.ip().is_loopback()));
     let proxy = ProxyConfig::parse(&read("packaging/config/proxy.toml"), Path::new("/etc/coffer")).unwrap();
     assert!(proxy.audit.path.starts_with("/var/lib/coffer-proxy"), "state lives in the unit's StateDirectory");
