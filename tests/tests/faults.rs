@@ -73,6 +73,9 @@ fn proxy_killed_mid_backup_the_agent_resumes_and_completes() {
     let twice: Vec<_> = puts.iter().filter(|(_, n)| **n > 1).collect();
     for chunk in p.stored("dev/k/chunks") {
         let name = chunk.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") {
+            continue; // a write the SIGKILL cut short: never linked in, so no object
+        }
         assert!(puts.contains_key(name.split('.').next().unwrap()), "{name} is stored with no PUT audited");
     }
     assert!(puts.len() >= 8, "{} chunks uploaded", puts.len());
