@@ -82,7 +82,8 @@ repos = ["dev/**"]
 EOF
     sed -i -e "s|^proxy = .*|proxy = \"https://127.0.0.1:7443\"|" \
         -e "s|^provider = \"kms\"|provider = \"local\"|" \
-        -e "s|^key_id = .*|master_key = \"/etc/coffer/agent-master.key\"|" /etc/coffer/agent.toml
+        -e "s|^key_id = .*|master_key = \"/etc/coffer/agent-master.key\"|" \
+        -e "/^chunk_id_key_id = /d" /etc/coffer/agent.toml
     cat >>/etc/coffer/agent.toml <<EOF
 
 [[jobs]]
