@@ -33,6 +33,18 @@ for b in coffer coffer-proxy; do
     file -L "$target_dir/$TARGET/$PROFILE/$b" | grep -q "static.*stripped" || fail "$b is not static and stripped"
 done
 
+say "manual pages and shell completions, generated from the CLI definitions"
+gen="$target_dir/$TARGET/$PROFILE/generated"
+rm -rf "$gen" && mkdir -p "$gen"
+for b in coffer coffer-proxy; do
+    bin="$target_dir/$TARGET/$PROFILE/$b"
+    "$bin" man >"$gen/$b.1"
+    gzip -9n <"$gen/$b.1" >"$gen/$b.1.gz"
+    "$bin" completions bash >"$gen/$b.bash"
+    "$bin" completions zsh >"$gen/_$b"
+    "$bin" completions fish >"$gen/$b.fish"
+done
+
 say "packages: two versions of each, for the upgrade"
 rm -rf "$out" && mkdir -p "$out"
 for pkg in coffer-agent coffer-proxy; do
@@ -50,13 +62,11 @@ say "lintian"
 # Allowed, and why:
 #  no-changelog: built from the source tree, not a Debian source package;
 #    the history is the git log;
-#  no-manual-page: the commands document themselves (--help) and the docs
-#    ship in /usr/share/doc;
 #  shared-library-lacks-prerequisites: lintian reads a static-pie binary
 #    (on purpose: one binary for any distribution) as a shared library;
 #  maintainer-script-calls-systemctl: prerm stops template instances
 #    (coffer-backup@*.timer) by glob, which deb-systemd-invoke cannot.
-allowed=no-changelog,no-manual-page,shared-library-lacks-prerequisites,maintainer-script-calls-systemctl
+allowed=no-changelog,shared-library-lacks-prerequisites,maintainer-script-calls-systemctl
 for pkg in coffer-agent coffer-proxy; do
     lintian --fail-on error,warning --suppress-tags "$allowed" "$out/${pkg}_0.1.0-2.deb" 2>&1 \
         | grep -v "running with root privileges" || true
@@ -78,6 +88,15 @@ dpkg -i "$out/coffer-agent_0.1.0-1.deb" "$out/coffer-proxy_0.1.0-1.deb" >/dev/nu
 coffer --version | grep -q "^coffer " || fail "coffer --version"
 coffer-proxy --version | grep -q "^coffer-proxy " || fail "coffer-proxy --version"
 getent passwd coffer >/dev/null && getent passwd coffer-proxy >/dev/null || fail "no service users"
+for b in coffer coffer-proxy; do
+    zcat "/usr/share/man/man1/$b.1.gz" | grep -q "^\.TH $b 1" || fail "no manual page for $b"
+    # Each completion names a subcommand only its own binary has.
+    sub=$([ "$b" = coffer ] && echo snapshots || echo keygen)
+    for f in "/usr/share/bash-completion/completions/$b" "/usr/share/zsh/vendor-completions/_$b" \
+        "/usr/share/fish/vendor_completions.d/$b.fish"; do
+        grep -q "$sub" "$f" || fail "$f does not complete $b's commands"
+    done
+done
 [ "$(stat -c '%U:%G %a' /etc/coffer/agent.toml)" = "root:coffer 640" ] || fail "agent.toml: $(stat -c '%U:%G %a' /etc/coffer/agent.toml)"
 [ "$(stat -c '%U:%G %a' /etc/coffer/proxy.toml)" = "root:coffer-proxy 640" ] || fail "proxy.toml mode"
 [ "$(stat -c '%U %a' /var/lib/coffer-proxy)" = "coffer-proxy 750" ] || fail "/var/lib/coffer-proxy"
@@ -163,12 +182,17 @@ grep -q '^coffer:' "$root/etc/passwd" && grep -q '^coffer-proxy:' "$root/etc/pas
 [ -d "$root/var/lib/coffer-proxy" ] || fail "rpm %post made no state folder"
 chroot "$root" /usr/bin/coffer --version | grep -q "^coffer " || fail "coffer --version in the scratch root"
 in_root -V --nodeps coffer-agent coffer-proxy || fail "rpm -V after install"
+for f in usr/share/man/man1/coffer.1.gz usr/share/man/man1/coffer-proxy.1.gz \
+    usr/share/bash-completion/completions/coffer usr/share/zsh/site-functions/_coffer-proxy; do
+    [ -s "$root/$f" ] || fail "rpm: no /$f"
+done
 echo '# edited by the admin' >>"$root/etc/coffer/agent.toml"
 in_root -U --nodeps "$out/coffer-agent-0.1.0-2.x86_64.rpm" "$out/coffer-proxy-0.1.0-2.x86_64.rpm"
 [ "$(in_root -q --qf '%{RELEASE}' coffer-agent)" = 2 ] || fail "rpm upgrade"
 grep -q '^# edited by the admin$' "$root/etc/coffer/agent.toml" || fail "rpm upgrade replaced the edited config"
 in_root -e coffer-agent coffer-proxy
-left=$(cd "$root" && ls -d etc/coffer/* var/lib/coffer var/lib/coffer-proxy usr/bin/coffer* usr/lib/systemd/system/coffer* 2>/dev/null || true)
+left=$(cd "$root" && ls -d etc/coffer/* var/lib/coffer var/lib/coffer-proxy usr/bin/coffer* usr/lib/systemd/system/coffer* \
+    usr/share/man/man1/coffer* usr/share/bash-completion/completions/coffer* 2>/dev/null || true)
 # rpm keeps an edited config as .rpmsave, as it does for every package.
 [ "$left" = "etc/coffer/agent.toml.rpmsave" ] || fail "left after rpm -e: $left"
 ! grep -q '^coffer' "$root/etc/passwd" || fail "rpm %postun left the users"
