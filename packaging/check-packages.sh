@@ -88,6 +88,9 @@ dpkg -i "$out/coffer-agent_0.1.0-1.deb" "$out/coffer-proxy_0.1.0-1.deb" >/dev/nu
 coffer --version | grep -q "^coffer " || fail "coffer --version"
 coffer-proxy --version | grep -q "^coffer-proxy " || fail "coffer-proxy --version"
 getent passwd coffer >/dev/null && getent passwd coffer-proxy >/dev/null || fail "no service users"
+for f in coffer-rules.yml grafana-dashboard.json; do
+    cmp -s "/usr/share/coffer-proxy/monitoring/$f" "packaging/monitoring/$f" || fail "coffer-proxy ships no $f"
+done
 for b in coffer coffer-proxy; do
     zcat "/usr/share/man/man1/$b.1.gz" | grep -q "^\.TH $b 1" || fail "no manual page for $b"
     # Each completion names a subcommand only its own binary has.

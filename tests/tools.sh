@@ -78,6 +78,26 @@ need_cargo_tools() {
     fi
 }
 
+# promtool, for the Prometheus rules in packaging/monitoring: the one binary,
+# unpacked from Debian's prometheus package (installing the package would
+# also start a Prometheus server).
+need_promtool() {
+    "$COFFER_VENV/bin/promtool" --version >/dev/null 2>&1 && return 0
+    need_debs dpkg-deb:dpkg || return 1
+    if [ -z "$_apt_updated" ] && [ "$(id -u)" = 0 ]; then
+        apt-get update -qq
+        _apt_updated=1
+    fi
+    local tmp
+    tmp=$(mktemp -d)
+    echo "tools: unpacking promtool from Debian's prometheus package into $COFFER_VENV/bin"
+    (cd "$tmp" && apt-get download -qq prometheus 2>/dev/null && dpkg-deb -x prometheus_*.deb unpacked) \
+        || { rm -rf "$tmp"; echo "tools: could not download Debian's prometheus package" >&2; return 1; }
+    mkdir -p "$COFFER_VENV/bin"
+    install -m 0755 "$tmp/unpacked/usr/bin/promtool" "$COFFER_VENV/bin/promtool"
+    rm -rf "$tmp"
+}
+
 # Rootful podman with runc and file limits that fit a small machine.
 need_podman() {
     need_debs podman:podman runc:runc debootstrap:debootstrap
@@ -95,6 +115,7 @@ tools_install() {
     need_cargo_tools
     need_moto
     need_linters
+    need_promtool
 }
 
 tools_versions() {
@@ -116,6 +137,7 @@ tools_versions() {
     _v python3 python3 --version
     _v moto sh -c "'$COFFER_VENV/bin/pip' show moto | grep '^Version'"
     _v cfn-lint "$COFFER_VENV/bin/cfn-lint" --version
+    _v promtool "$COFFER_VENV/bin/promtool" --version
     _v chromium chromium --version
     _v musl-gcc sh -c 'command -v musl-gcc'
     _v lintian lintian --version

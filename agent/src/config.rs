@@ -120,6 +120,32 @@ pub struct JobConfig {
     /// This job's upload limit in KiB/s (default: `backup.limit_upload_kib`).
     #[serde(default)]
     pub limit_upload_kib: Option<u64>,
+    /// Commands run around each backup of the job (`[jobs.hooks]`).
+    #[serde(default)]
+    pub hooks: HooksConfig,
+}
+
+/// A job's hooks: each an argv (no shell; use `["sh", "-c", "…"]` for one),
+/// run with the job's result in `COFFER_*` variables (docs/operations.md,
+/// "Hooks"). An empty list runs nothing.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Before the backup; if it fails, the backup does not run and the
+    /// run counts as failed.
+    pub before: Vec<String>,
+    /// After a backup that committed.
+    pub after: Vec<String>,
+    /// After a run that failed, whatever the cause (`before` included).
+    pub on_failure: Vec<String>,
+    /// Each hook is killed after this many seconds and counts as failed.
+    pub timeout_secs: u64,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        Self { before: Vec::new(), after: Vec::new(), on_failure: Vec::new(), timeout_secs: 300 }
+    }
 }
 
 impl JobConfig {

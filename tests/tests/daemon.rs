@@ -390,3 +390,112 @@ fn the_sidecar_socket_bounds_waiting_senders_and_can_check_the_peer() {
     assert_eq!(refused.code(), 1);
     assert!(refused.stderr.contains("socket_uids does not list"), "{}", refused.stderr);
 }
+
+/// `KEY=VALUE` lines a hook wrote with `env`, as a map.
+fn hook_env(path: &Path) -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn hooks_run_around_a_job_with_its_result_and_a_failing_before_hook_stops_it() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/hooked"], None).ok();
+    let dir = &p.dir;
+    let (marker, after, failed) = (dir.join("quiesced"), dir.join("after.env"), dir.join("failed.env"));
+    let config = p.writer().with_file_name("hooked.toml");
+    let write = |before: &str| {
+        let text = std::fs::read_to_string(p.writer()).unwrap();
+        let job = format!(
+            r#"
+[[jobs]]
+name = "db"
+repo = "dev/hooked"
+schedule = "@daily"
+# The stream is what the before hook wrote: it ran first.
+command = ["cat", "{marker}"]
+[jobs.hooks]
+before = ["sh", "-c", "{before}"]
+after = ["sh", "-c", "env > {after}"]
+on_failure = ["sh", "-c", "env > {failed}"]
+"#,
+            marker = marker.display(),
+            after = after.display(),
+            failed = failed.display(),
+        );
+        std::fs::write(&config, format!("{text}\n{job}")).unwrap();
+    };
+    write(&format!("echo quiesced at $COFFER_HOOK > {}", marker.display()));
+    let id = coffer(&config, &["run", "db"], None).last_line();
+    let env = hook_env(&after);
+    assert_eq!(env["COFFER_HOOK"], "after");
+    assert_eq!(env["COFFER_RESULT"], "ok");
+    assert_eq!(env["COFFER_JOB"], "db");
+    assert_eq!(env["COFFER_REPO"], "dev/hooked");
+    assert_eq!(env["COFFER_SNAPSHOT"], id, "the after hook names the snapshot committed");
+    assert_eq!(env["COFFER_BYTES_IN"], "19", "{env:?}");
+    assert!(!failed.exists(), "on_failure ran after a success");
+    let restored = coffer(&p.reader(), &["restore", "--repo", "dev/hooked", &id], None);
+    assert_eq!(restored.stdout, b"quiesced at before\n", "the before hook ran before the backup");
+
+    // A before hook that fails: no backup, and on_failure hears why.
+    std::fs::remove_file(&after).unwrap();
+    write("exit 7");
+    let run = coffer(&config, &["run", "db"], None);
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    assert!(run.stderr.contains("hook `before` (sh) exited with status 7"), "{}", run.stderr);
+    let env = hook_env(&failed);
+    assert_eq!(env["COFFER_HOOK"], "on_failure");
+    assert_eq!(env["COFFER_RESULT"], "failed");
+    assert!(env["COFFER_ERROR"].contains("hook `before` (sh) exited with status 7"), "{env:?}");
+    assert!(!after.exists(), "the after hook ran after a failure");
+    assert_eq!(snapshots(&p, "dev/hooked"), vec![id], "a failed before hook commits nothing");
+}
+
+#[test]
+fn the_health_listener_serves_each_jobs_state_to_prometheus() {
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/metered"], None).ok();
+    let d = Daemon::start(
+        &p,
+        "metered",
+        r#"
+[daemon]
+health = "{health}"
+[[jobs]]
+name = "ok"
+repo = "dev/metered"
+schedule = "* * * * * *"
+command = ["echo", "a small stream"]
+[[jobs]]
+name = "broken"
+repo = "dev/metered"
+schedule = "* * * * * *"
+command = ["false"]
+[jobs.hooks]
+on_failure = ["false"]
+"#,
+    );
+    d.wait_for("a run of each job", |h| {
+        h["jobs"]["ok"]["last_success"].as_u64().is_some() && h["jobs"]["broken"]["hook_failures"].as_u64() >= Some(1)
+    });
+    let response = http_get(d.health_port, "/metrics");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("text/plain; version=0.0.4"), "{response}");
+    let value = |series: &str| -> f64 {
+        let line =
+            response.lines().find(|l| l.starts_with(series)).unwrap_or_else(|| panic!("no {series} in:\n{response}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let ok = r#"{job_name="ok",repo="dev/metered"}"#;
+    let broken = r#"{job_name="broken",repo="dev/metered"}"#;
+    assert!(value(&format!("coffer_agent_job_runs_total{ok}")) >= 1.0);
+    assert_eq!(value(&format!("coffer_agent_job_failing{ok}")), 0.0);
+    assert_eq!(value(&format!("coffer_agent_job_failing{broken}")), 1.0);
+    assert!(value(&format!("coffer_agent_job_failures_total{broken}")) >= 1.0);
+    assert!(value(&format!("coffer_agent_job_hook_failures_total{broken}")) >= 1.0);
+    assert_eq!(value(&format!("coffer_agent_job_last_bytes_in{ok}")), 15.0);
+    assert!(value(&format!("coffer_agent_job_last_success_timestamp_seconds{ok}")) > 1.7e9);
+    let never = format!("coffer_agent_job_last_success_timestamp_seconds{broken}");
+    assert!(!response.contains(&never), "a job that never succeeded has no success time:\n{response}");
+}

@@ -39,6 +39,7 @@ fn prometheus_metrics_count_what_happened() {
     assert_eq!(value("coffer_chunks_total{kind=\"dedup\"}"), uploads, "the second backup deduplicated");
     assert!(value("coffer_bytes_in_total") >= data.len() as f64 * 0.99);
     assert!(value("coffer_last_snapshot_timestamp_seconds{repo=\"dev/m\"}") > 1.7e9);
+    assert_eq!(value("coffer_snapshots_committed_total{repo=\"dev/m\"}"), 2.0);
     assert!(value("coffer_store_seconds_count{op=\"put\",ok=\"true\"}") >= 3.0);
     assert!(text.contains("coffer_audit_backlog"), "{text}");
     assert!(http_get(port, "/other").starts_with("HTTP/1.1 404"));

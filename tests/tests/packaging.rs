@@ -258,3 +258,46 @@ fn completions_and_manual_pages_name_the_commands() {
         assert_eq!(refused.status.code(), Some(64), "an unknown shell is a usage error");
     }
 }
+
+/// The series names a text exposition can carry: each `# TYPE` line's family
+/// with the suffixes its type adds.
+fn exported_series(exposition: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for line in exposition.lines() {
+        let Some(rest) = line.strip_prefix("# TYPE ") else { continue };
+        let (family, kind) = rest.split_once(' ').unwrap();
+        let suffixes: &[&str] = match kind {
+            "counter" => &["_total"],
+            "histogram" => &["_bucket", "_count", "_sum"],
+            _ => &[""],
+        };
+        names.extend(suffixes.iter().map(|s| format!("{family}{s}")));
+    }
+    names
+}
+
+#[test]
+fn every_metric_the_shipped_rules_and_dashboard_query_is_exported() {
+    let mut exported = exported_series(&coffer_proxy::monitor::metrics::every_family());
+    exported.extend(exported_series(&coffer_agent::daemon::metrics::every_family()));
+    for name in ["coffer_requests_total", "coffer_store_seconds_bucket", "coffer_agent_socket_sends_total"] {
+        assert!(exported.contains(name), "{name} in {exported:?}");
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/monitoring");
+    for file in ["coffer-rules.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(root.join(file)).unwrap();
+        let mut queried = std::collections::BTreeSet::new();
+        for (at, _) in text.match_indices("coffer_") {
+            if text[..at].ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                continue;
+            }
+            let name: String = text[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            assert!(
+                exported.contains(&name),
+                "{file} queries {name}, which neither coffer-proxy nor the daemon exports"
+            );
+            queried.insert(name);
+        }
+        assert!(queried.len() >= 15, "{file} queries only {queried:?}");
+    }
+}

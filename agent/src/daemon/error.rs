@@ -19,6 +19,8 @@ pub enum DaemonError {
     Backup(#[from] BackupError),
     #[error("the proxy's policy asks this identity for a TOTP code, which unattended backups cannot give")]
     NeedsMfa,
+    #[error(transparent)]
+    Hook(#[from] super::hooks::HookError),
     #[error("the run took longer than its max_run_secs ({0} s) and was stopped")]
     TooLong(u64),
     #[error("nothing to do: the config has no [[jobs]] and no daemon.socket")]

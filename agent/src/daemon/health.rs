@@ -1,5 +1,5 @@
 //! `GET /health` on a loopback address: each job's state and the socket's
-//! counters, as JSON.
+//! counters, as JSON; `GET /metrics`, the same for Prometheus.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,17 +27,23 @@ pub(super) async fn serve_health(daemon: Arc<Daemon>, listener: TcpListener) {
             let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let d = d.clone();
                 async move {
-                    let (status, body) = if req.method() == hyper::Method::GET && req.uri().path() == "/health" {
-                        (hyper::StatusCode::OK, serde_json::to_vec(&d.health()).unwrap_or_default())
-                    } else {
-                        (hyper::StatusCode::NOT_FOUND, b"{\"error\":\"GET /health\"}".to_vec())
+                    const JSON: &str = "application/json";
+                    let get = req.method() == hyper::Method::GET;
+                    let (status, body, media) = match req.uri().path() {
+                        "/health" if get => {
+                            (hyper::StatusCode::OK, serde_json::to_vec(&d.health()).unwrap_or_default(), JSON)
+                        }
+                        "/metrics" if get => (
+                            hyper::StatusCode::OK,
+                            super::metrics::encode(&d.health()).into_bytes(),
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        ),
+                        _ => (hyper::StatusCode::NOT_FOUND, b"{\"error\":\"GET /health or /metrics\"}".to_vec(), JSON),
                     };
                     let mut resp = hyper::Response::new(Full::new(Bytes::from(body)));
                     *resp.status_mut() = status;
-                    resp.headers_mut().insert(
-                        hyper::header::CONTENT_TYPE,
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
+                    resp.headers_mut()
+                        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(media));
                     Ok::<_, Infallible>(resp)
                 }
             });

@@ -15,6 +15,8 @@
 mod error;
 mod frames;
 mod health;
+pub mod hooks;
+pub mod metrics;
 mod send;
 pub(crate) mod sidecar;
 
@@ -40,6 +42,7 @@ use crate::config::{AgentConfig, JobConfig};
 use crate::keys::KeyProvider;
 use crate::repo::OpenRepo;
 use crate::schedule::{jitter, parse_schedule};
+use hooks::{Hook, Outcome};
 
 /// One job's state, as `GET /health` shows it.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -56,6 +59,12 @@ pub struct JobStatus {
     pub last_snapshot: Option<SnapshotId>,
     /// Why the last run failed; cleared by a success.
     pub last_error: Option<String>,
+    /// The last committed run's stream bytes, new bytes and seconds.
+    pub last_bytes_in: Option<u64>,
+    pub last_bytes_new: Option<u64>,
+    pub last_duration_secs: Option<f64>,
+    /// Hooks that failed (a failing `before` also fails its run).
+    pub hook_failures: u64,
 }
 
 /// The socket's counters, as `GET /health` shows them.
@@ -143,23 +152,12 @@ impl Daemon {
             s.last_started = Some(crate::unix_now());
         });
         tracing::info!(job = %job.name, repo = %job.repo, "backup started");
-        let run = async {
-            let upload = job.limit_upload_kib.or(self.config.backup.limit_upload_kib);
-            let repo = self.open_repo(&job.repo, crate::limit::Limits::new(upload, None)).await?;
-            let in_flight = self.config.backup.uploads_in_flight;
-            Ok::<_, DaemonError>(
-                backup::run(repo, Source::Command(job.argv()), job.name.clone(), in_flight, false).await?,
-            )
-        };
-        let result = match job.max_run_secs {
-            Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), run).await {
-                Ok(r) => r,
-                Err(_) => {
-                    backup::kill_source_command(&job.argv());
-                    Err(DaemonError::TooLong(secs))
-                }
-            },
-            None => run.await,
+        let result = match hooks::run(job, Hook::Before, None).await {
+            Ok(()) => self.backup(job).await,
+            Err(e) => {
+                self.job_status(&job.name, |s| s.hook_failures += 1);
+                Err(DaemonError::Hook(e))
+            }
         };
         match &result {
             Ok(r) => tracing::info!(
@@ -170,6 +168,8 @@ impl Daemon {
                 job = %job.name, repo = %job.repo, error = %describe(e as &dyn std::error::Error), "backup failed; nothing was committed"
             ),
         }
+        let error =
+            result.as_ref().err().map(|e| redact_arguments(&describe(e as &dyn std::error::Error), &job.argv()));
         self.job_status(&job.name, |s| {
             s.running = false;
             s.runs += 1;
@@ -178,14 +178,49 @@ impl Daemon {
                     s.last_success = Some(crate::unix_now());
                     s.last_snapshot = Some(r.id);
                     s.last_error = None;
+                    s.last_bytes_in = Some(r.bytes_in);
+                    s.last_bytes_new = Some(r.bytes_new);
+                    s.last_duration_secs = Some(r.duration_secs);
                 }
-                Err(e) => {
+                Err(_) => {
                     s.failures += 1;
-                    s.last_error = Some(redact_arguments(&describe(e as &dyn std::error::Error), &job.argv()));
+                    s.last_error = error.clone();
                 }
             }
         });
+        // The run's result stands whatever its after-hook does: a failing
+        // notification is logged and counted, never a backup undone.
+        let (hook, outcome) = match (&result, &error) {
+            (Ok(r), _) => (Hook::After, Outcome::Committed(r)),
+            (Err(_), e) => (Hook::OnFailure, Outcome::Failed(e.as_deref().unwrap_or_default())),
+        };
+        if let Err(e) = hooks::run(job, hook, Some(&outcome)).await {
+            tracing::error!(job = %job.name, repo = %job.repo, error = %e, "hook failed");
+            self.job_status(&job.name, |s| s.hook_failures += 1);
+        }
         result
+    }
+
+    /// One backup of `job`, within its `max_run_secs`.
+    async fn backup(&self, job: &JobConfig) -> Result<BackupReport, DaemonError> {
+        let run = async {
+            let upload = job.limit_upload_kib.or(self.config.backup.limit_upload_kib);
+            let repo = self.open_repo(&job.repo, crate::limit::Limits::new(upload, None)).await?;
+            let in_flight = self.config.backup.uploads_in_flight;
+            Ok::<_, DaemonError>(
+                backup::run(repo, Source::Command(job.argv()), job.name.clone(), in_flight, false).await?,
+            )
+        };
+        match job.max_run_secs {
+            Some(secs) => match tokio::time::timeout(std::time::Duration::from_secs(secs), run).await {
+                Ok(r) => r,
+                Err(_) => {
+                    backup::kill_source_command(&job.argv());
+                    Err(DaemonError::TooLong(secs))
+                }
+            },
+            None => run.await,
+        }
     }
 
     /// Sleeps until each scheduled time (plus jitter) and runs the job,

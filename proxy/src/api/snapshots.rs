@@ -249,7 +249,9 @@ pub async fn commit(
     // Distinct chunks the snapshot references that it did not upload.
     m.chunks.get_or_create(&label("dedup")).inc_by(referenced.saturating_sub(req.stats.chunks_new));
     m.lock_extensions.inc_by(extended);
-    m.last_snapshot.get_or_create(&crate::monitor::metrics::RepoLabel { repo: repo.to_string() }).set(now as f64);
+    let repo_label = crate::monitor::metrics::RepoLabel { repo: repo.to_string() };
+    m.last_snapshot.get_or_create(&repo_label).set(now as f64);
+    m.snapshots.get_or_create(&repo_label).inc();
     match repo_history(app, repo, req.snapshot).await {
         Ok(history) => app.watch.committed(repo, &history, &req.stats, now).await,
         // The snapshot is committed; but the detector cannot judge it, and

@@ -63,6 +63,7 @@ pub struct Metrics {
     pub audit_backlog: Gauge,
     pub audit_unshipped: Gauge,
     pub last_snapshot: Family<RepoLabel, Gauge<f64, AtomicU64>>,
+    pub snapshots: Family<RepoLabel, Counter>,
     pub lock_extensions: Counter,
     pub alerts: Family<KindLabel, Counter>,
     /// Lifecycle passes by outcome (ok, failed, skipped: another proxy's
@@ -87,6 +88,7 @@ impl Default for Metrics {
             audit_backlog: Gauge::default(),
             audit_unshipped: Gauge::default(),
             last_snapshot: Family::default(),
+            snapshots: Family::default(),
             lock_extensions: Counter::default(),
             alerts: Family::default(),
             lifecycle_passes: Family::default(),
@@ -107,6 +109,7 @@ impl Default for Metrics {
         r.register("audit_backlog", "Audit events queued, not yet written", m.audit_backlog.clone());
         r.register("audit_unshipped", "Sealed audit segments not yet in the store", m.audit_unshipped.clone());
         r.register("last_snapshot_timestamp_seconds", "When each repository last committed", m.last_snapshot.clone());
+        r.register("snapshots_committed", "Snapshots committed, by repository", m.snapshots.clone());
         r.register("lock_extensions", "Objects whose lock a commit extended", m.lock_extensions.clone());
         r.register("alerts", "Alerts raised, by kind", m.alerts.clone());
         r.register("lifecycle_passes", "Lifecycle passes by outcome: ok, failed, skipped", m.lifecycle_passes.clone());
@@ -122,6 +125,24 @@ impl Default for Metrics {
         );
         Self { registry: r, ..m }
     }
+}
+
+/// The exposition with one series in every family (an empty family prints
+/// nothing): the names the shipped alerting rules and dashboard may query
+/// (tests/packaging.rs checks them).
+pub fn every_family() -> String {
+    let m = Metrics::default();
+    let (any, kind) = (String::new, || KindLabel { kind: String::new() });
+    let _ = m.requests.get_or_create(&RequestLabels { action: any(), outcome: any(), trust_domain: any() });
+    let op = OpLabel { op: any(), ok: any() };
+    let _ = m.store_seconds.get_or_create(&op);
+    let _ = m.key_check_seconds.get_or_create(&op);
+    for family in [&m.chunks, &m.refusals, &m.alerts, &m.lifecycle_passes, &m.lifecycle_objects] {
+        let _ = family.get_or_create(&kind());
+    }
+    let _ = m.last_snapshot.get_or_create(&RepoLabel { repo: any() });
+    let _ = m.snapshots.get_or_create(&RepoLabel { repo: any() });
+    m.encode()
 }
 
 impl Metrics {
