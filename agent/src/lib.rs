@@ -17,7 +17,7 @@ pub mod daemon;
 pub mod fuzz;
 pub mod keys;
 pub mod limit;
-mod progress;
+pub mod progress;
 pub mod repo;
 pub mod restore;
 pub mod schedule;

@@ -17,6 +17,7 @@ use coffer_agent::backup::{self, Source};
 use coffer_agent::config::{AgentConfig, KeysConfig};
 use coffer_agent::daemon::{describe, Daemon, SendHeader};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
+use coffer_agent::progress::{Action, Progress, ProgressMode};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_agent::restore;
 use coffer_client::exit::{FAILURE, INTERRUPTED, USAGE};
@@ -129,8 +130,8 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             interruptible(send(socket, SendHeader { repo, name }, source, json)).await
         }
         Cmd::Repo(command) => {
-            let limits = (cli.limit_upload, cli.limit_download);
-            interruptible(run_repo(cli.config, cli.mfa_code, limits, command)).await
+            let flags = Flags { limits: (cli.limit_upload, cli.limit_download), progress: cli.progress };
+            interruptible(run_repo(cli.config, cli.mfa_code, flags, command)).await
         }
     }
 }
@@ -287,12 +288,35 @@ fn print_json(v: &impl Serialize) -> Result<(), Failure> {
     Ok(())
 }
 
+/// The global flags the repository commands take.
+struct Flags {
+    /// `--limit-upload`, `--limit-download`.
+    limits: (Option<u64>, Option<u64>),
+    progress: ProgressMode,
+}
+
+impl Flags {
+    /// `--progress`, where `auto` shows nothing beside `--json`.
+    fn mode(&self, json: bool) -> ProgressMode {
+        if json && self.progress == ProgressMode::Auto {
+            ProgressMode::None
+        } else {
+            self.progress
+        }
+    }
+
+    fn progress(&self, action: Action, json: bool) -> Progress {
+        Progress::new(self.mode(json), action)
+    }
+}
+
 async fn run_repo(
     config: Option<PathBuf>,
     mfa_code: Option<String>,
-    (limit_upload, limit_download): (Option<u64>, Option<u64>),
+    flags: Flags,
     command: RepoCmd,
 ) -> Result<(), Failure> {
+    let (limit_upload, limit_download) = flags.limits;
     let mut ctx = connect(config, mfa_code).await?;
     let limits = &mut ctx.config.backup;
     limits.limit_upload_kib = limit_upload.or(limits.limit_upload_kib);
@@ -316,7 +340,7 @@ async fn run_repo(
                 );
             }
             let (config, repo) = ctx.open(repo).await?;
-            let report = backup::run(repo, source, name, config.backup.uploads_in_flight, !json).await?;
+            let report = backup::run(repo, source, name, config.backup.uploads_in_flight, flags.mode(json)).await?;
             if json {
                 print_json(&report)?;
             } else {
@@ -335,14 +359,18 @@ async fn run_repo(
         RepoCmd::Restore { repo, snapshot, output, json } => {
             let (config, repo) = ctx.open(repo).await?;
             let in_flight = config.backup.uploads_in_flight;
+            let mut progress = flags.progress(Action::Restore, json);
+            progress.snapshot(&snapshot.to_string(), None);
             match output {
                 None => {
                     let mut out = tokio::io::stdout();
-                    restore::restore(repo, snapshot, &mut out, in_flight).await?;
+                    restore::restore(repo, snapshot, &mut out, in_flight, &mut progress).await?;
+                    progress.finish();
                 }
                 Some(path) => {
                     let t0 = std::time::Instant::now();
-                    restore_to_file(repo, snapshot, &path, in_flight).await?;
+                    restore_to_file(repo, snapshot, &path, in_flight, &mut progress).await?;
+                    progress.finish();
                     let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
                     let seconds = t0.elapsed().as_secs_f64();
                     if json {
@@ -400,7 +428,8 @@ async fn run_repo(
         RepoCmd::Verify { repo, snapshot, since, json, read_data_subset } => {
             let (config, repo) = ctx.open(repo).await?;
             let which = cli::verify::Which { snapshot, since, subset: read_data_subset };
-            cli::verify::run(&repo, config.backup.uploads_in_flight, which, json).await?;
+            let mut progress = flags.progress(Action::Verify, json);
+            cli::verify::run(&repo, config.backup.uploads_in_flight, which, json, &mut progress).await?;
         }
         RepoCmd::Whoami => print_json(&ctx.client.whoami().await?)?,
         RepoCmd::Key { command: KeyCmd::Rotate { repo, json } } => {
@@ -427,6 +456,7 @@ async fn restore_to_file(
     snapshot: SnapshotId,
     path: &std::path::Path,
     in_flight: usize,
+    progress: &mut Progress,
 ) -> Result<(), Failure> {
     let name = path.file_name().context("the output path has no file name")?.to_string_lossy().into_owned();
     let dir = match path.parent() {
@@ -442,7 +472,7 @@ async fn restore_to_file(
     let (file, tmp_path) = tmp.into_parts();
     let mut f = tokio::fs::File::from_std(file);
     let written = async {
-        restore::restore(repo, snapshot, &mut f, in_flight).await?;
+        restore::restore(repo, snapshot, &mut f, in_flight, progress).await?;
         f.sync_all().await?;
         f.shutdown().await?;
         anyhow::Ok(())

@@ -12,6 +12,7 @@ use coffer_proto::{ChunkId, SnapshotId};
 use tokio::io::{AsyncWrite, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 
+use crate::progress::Progress;
 use crate::repo::{OpenRepo, RepoError};
 use coffer_client::ClientError;
 
@@ -159,21 +160,22 @@ async fn for_each_chunk(
     result
 }
 
-/// Restores `snapshot` into `out`, checking every chunk and, at the end,
-/// the BLAKE3 of the whole stream.
-pub async fn restore(
-    repo: Arc<OpenRepo>,
-    snapshot: SnapshotId,
-    out: &mut (impl AsyncWrite + Unpin),
-    in_flight: usize,
-) -> Result<Verified, RestoreError> {
-    let root = load_root(&repo, snapshot).await?;
-    let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
+/// A snapshot's root, the chunk-id key its chunks are named with, and its
+/// manifest, each checked against the others.
+struct Loaded {
+    root: SnapshotRoot,
+    id_key: Arc<IdKey>,
+    manifest: Manifest,
+}
 
+/// Fetches and checks the root of `snapshot` and the manifest it points to.
+async fn load_manifest(repo: &Arc<OpenRepo>, snapshot: SnapshotId, in_flight: usize) -> Result<Loaded, RestoreError> {
+    let root = load_root(repo, snapshot).await?;
+    let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
     let id_key = repo.id_key_for(root.id_key).ok_or_else(|| bad("its chunk-id key epoch is not in the repository"))?;
     let mut encoded = Vec::new();
     let refs = root.manifest.iter().map(|r| (r.id, r.len));
-    for_each_chunk(&repo, &id_key, snapshot, refs, in_flight, async |data| {
+    for_each_chunk(repo, &id_key, snapshot, refs, in_flight, async |data| {
         encoded.extend_from_slice(&data);
         Ok(())
     })
@@ -182,24 +184,45 @@ pub async fn restore(
     if manifest.stream_len() != root.bytes {
         return Err(bad("the manifest's length disagrees with the root"));
     }
+    Ok(Loaded { root, id_key, manifest })
+}
 
+/// Restores `snapshot` into `out`, checking every chunk and, at the end,
+/// the BLAKE3 of the whole stream.
+pub async fn restore(
+    repo: Arc<OpenRepo>,
+    snapshot: SnapshotId,
+    out: &mut (impl AsyncWrite + Unpin),
+    in_flight: usize,
+    progress: &mut Progress,
+) -> Result<Verified, RestoreError> {
+    let Loaded { root, id_key, manifest } = load_manifest(&repo, snapshot, in_flight).await?;
+    progress.total(root.bytes);
     let mut hasher = blake3::Hasher::new();
     let entries = manifest.0.iter().map(|e| (e.id, e.len));
     for_each_chunk(&repo, &id_key, snapshot, entries, in_flight, async |data| {
         hasher.update(&data);
+        progress.add(data.len() as u64);
         out.write_all(&data).await.map_err(RestoreError::Write)
     })
     .await?;
     out.flush().await.map_err(RestoreError::Write)?;
     if hasher.finalize().to_hex().as_str() != root.blake3 {
-        return Err(bad("the restored stream's BLAKE3 does not match the root"));
+        let bad =
+            RestoreError::Snapshot { snapshot, what: "the restored stream's BLAKE3 does not match the root".into() };
+        return Err(bad);
     }
     Ok(Verified { id: snapshot, bytes: root.bytes, chunks: manifest.0.len() })
 }
 
 /// Verifies a snapshot: a full restore into nowhere.
-pub async fn verify(repo: Arc<OpenRepo>, snapshot: SnapshotId, in_flight: usize) -> Result<Verified, RestoreError> {
-    restore(repo, snapshot, &mut tokio::io::sink(), in_flight).await
+pub async fn verify(
+    repo: Arc<OpenRepo>,
+    snapshot: SnapshotId,
+    in_flight: usize,
+    progress: &mut Progress,
+) -> Result<Verified, RestoreError> {
+    restore(repo, snapshot, &mut tokio::io::sink(), in_flight, progress).await
 }
 
 /// Which of a snapshot's data chunks `verify --read-data-subset` reads, as
@@ -278,25 +301,18 @@ pub async fn verify_subset(
     snapshot: SnapshotId,
     in_flight: usize,
     subset: Subset,
+    progress: &mut Progress,
 ) -> Result<Verified, RestoreError> {
-    let root = load_root(&repo, snapshot).await?;
-    let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
-    let id_key = repo.id_key_for(root.id_key).ok_or_else(|| bad("its chunk-id key epoch is not in the repository"))?;
-    let mut encoded = Vec::new();
-    let refs = root.manifest.iter().map(|r| (r.id, r.len));
-    for_each_chunk(&repo, &id_key, snapshot, refs, in_flight, async |data| {
-        encoded.extend_from_slice(&data);
-        Ok(())
-    })
-    .await?;
-    let manifest = Manifest::decode(&encoded).map_err(|e| bad(&format!("manifest: {e}")))?;
-    if manifest.stream_len() != root.bytes {
-        return Err(bad("the manifest's length disagrees with the root"));
-    }
+    let Loaded { root, id_key, manifest } = load_manifest(&repo, snapshot, in_flight).await?;
     let mut seen = std::collections::HashSet::new();
     let picked: Vec<(ChunkId, u32)> =
         manifest.0.iter().filter(|e| subset.contains(&e.id) && seen.insert(e.id)).map(|e| (e.id, e.len)).collect();
     let read = picked.len();
-    for_each_chunk(&repo, &id_key, snapshot, picked, in_flight, async |_| Ok(())).await?;
+    progress.total(picked.iter().map(|&(_, len)| u64::from(len)).sum());
+    for_each_chunk(&repo, &id_key, snapshot, picked, in_flight, async |data| {
+        progress.add(data.len() as u64);
+        Ok(())
+    })
+    .await?;
     Ok(Verified { id: snapshot, bytes: root.bytes, chunks: read })
 }

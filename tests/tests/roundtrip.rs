@@ -147,6 +147,94 @@ fn progress_line_on_a_terminal_only() {
     let screen = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{screen}");
     assert!(screen.contains("MiB read") && screen.contains("MiB deduplicated"), "{screen}");
+
+    // Restore and verify draw theirs too, to the whole snapshot's size.
+    let id = piped.last_line();
+    let restored = p.dir.join("restored.bin");
+    let reader = p.reader();
+    let bin = coffer_tests::bin("coffer");
+    for (args, expected) in [
+        (format!("restore --repo dev/tty {id} -o {}", restored.display()), "2.0 of 2.0 MiB restored (100%)"),
+        (format!("verify --repo dev/tty {id}"), "snapshot 1 of 1: 2.0 of 2.0 MiB checked (100%)"),
+    ] {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &format!("{} {args}", bin.display()), "/dev/null"])
+            .env("COFFER_CONFIG", &reader)
+            .output()
+            .unwrap();
+        let screen = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && screen.contains(expected), "{args}: {screen}");
+    }
+    let piped = coffer(&reader, &["verify", "--repo", "dev/tty", &id], None);
+    assert!(!piped.ok().is_empty() && !piped.stderr.contains("MiB checked"), "{}", piped.stderr);
+}
+
+/// The `--progress json` lines of a run's stderr.
+fn status_lines(stderr: &str) -> Vec<serde_json::Value> {
+    stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["message_type"] == "status")
+        .collect()
+}
+
+#[test]
+fn progress_json_lines_for_scripts_count_to_the_end() {
+    let p = DevProxy::start();
+    init(&p, "dev/prog");
+    let data = coffer_tests::random_bytes("progress", 3 << 20);
+    let backup =
+        coffer(&p.writer(), &["--progress", "json", "backup", "--repo", "dev/prog", "--json", "-"], Some(&data));
+    let report = backup.json();
+    let last = status_lines(&backup.stderr).pop().unwrap_or_else(|| panic!("no status line: {}", backup.stderr));
+    assert_eq!(last["action"], "backup");
+    assert_eq!(last["bytes_done"], report["bytes_in"], "{last}");
+    assert_eq!(last["bytes_new"], report["bytes_new"], "{last}");
+    let first = report["id"].as_str().unwrap().to_string();
+    let second = coffer(&p.writer(), &["backup", "--repo", "dev/prog", "-"], Some(&data[..1 << 20])).last_line();
+
+    let file = p.dir.join("out.bin");
+    let restore = coffer(
+        &p.reader(),
+        &["restore", "--repo", "dev/prog", &first, "-o", file.to_str().unwrap(), "--progress", "json"],
+        None,
+    );
+    restore.ok();
+    let lines = status_lines(&restore.stderr);
+    let last = lines.last().unwrap_or_else(|| panic!("no status line: {}", restore.stderr));
+    assert_eq!(last["action"], "restore");
+    assert_eq!(last["snapshot"], first.as_str());
+    assert_eq!(last["total_bytes"], data.len());
+    assert_eq!(last["bytes_done"], data.len());
+    assert_eq!(last["percent_done"], 1.0);
+    assert!(lines.iter().all(|l| l["bytes_done"].as_u64() <= l["total_bytes"].as_u64()), "{lines:?}");
+
+    // Verify counts each snapshot and says which of how many it is on.
+    let verify = coffer(&p.reader(), &["--progress", "json", "verify", "--repo", "dev/prog", "--json"], None);
+    let result = verify.json();
+    assert_eq!(result["snapshots"].as_array().unwrap().len(), 2, "stdout stays one object: {result}");
+    let lines = status_lines(&verify.stderr);
+    let ends: Vec<(String, u64, u64)> = lines
+        .iter()
+        .filter(|l| l["percent_done"] == 1.0)
+        .map(|l| {
+            (
+                l["snapshot"].as_str().unwrap().to_string(),
+                l["snapshots_done"].as_u64().unwrap(),
+                l["bytes_done"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(
+        ends.contains(&(first.clone(), 0, data.len() as u64)) || ends.contains(&(first.clone(), 1, data.len() as u64)),
+        "{ends:?}"
+    );
+    assert!(ends.iter().any(|(id, _, bytes)| *id == second && *bytes == 1 << 20), "{ends:?}");
+    assert!(lines.iter().all(|l| l["action"] == "verify" && l["snapshots_total"] == 2), "{lines:?}");
+
+    // Without the flag, nothing of it where no terminal is.
+    let quiet = coffer(&p.reader(), &["verify", "--repo", "dev/prog", &second], None);
+    assert!(status_lines(&quiet.stderr).is_empty() && !quiet.ok().is_empty(), "{}", quiet.stderr);
 }
 
 /// The benchmark harness drives the real binaries through every phase and

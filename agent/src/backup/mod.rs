@@ -39,7 +39,7 @@ pub use command::{describe_status, kill_source_command, kill_sources, CommandErr
 pub use source::Source;
 
 use crate::cutter::Pieces;
-use crate::progress::Progress;
+use crate::progress::{Action, Progress, ProgressMode};
 use crate::repo::{OpenRepo, RepoError};
 use stream::Chunk;
 use upload::{Batch, References, Uploader};
@@ -91,7 +91,7 @@ pub async fn run(
     source: Source,
     name: String,
     in_flight: usize,
-    progress: bool,
+    progress: ProgressMode,
 ) -> Result<BackupReport, BackupError> {
     let t0 = Instant::now();
     let started = crate::unix_now();
@@ -110,7 +110,7 @@ pub async fn run(
         })
         .map_err(|e| BackupError::Internal(format!("cannot start the reading thread: {e}")))?;
 
-    let mut progress = Progress::new(progress);
+    let mut progress = Progress::new(progress, Action::Backup);
     let mut manifest = Manifest::default();
     let mut refs = References::default();
     let mut batch = Batch::default();
@@ -131,7 +131,7 @@ pub async fn run(
             manifest.0.push(ManifestEntry { id: chunk.id, len: chunk.data.len() as u32 });
             up.stats.chunks += 1;
             up.stats.bytes_in += chunk.data.len() as u64;
-            progress.update(up.stats.bytes_in, up.stats.bytes_new);
+            progress.update_backup(up.stats.bytes_in, up.stats.bytes_new);
             if refs.add(chunk.id) {
                 batch.push(chunk);
                 if batch.full() {
@@ -165,7 +165,7 @@ pub async fn run(
     }
     batch.flush(&mut up).await?;
     up.finish().await?;
-    progress.finish(up.stats.bytes_in, up.stats.bytes_new);
+    progress.finish_backup(up.stats.bytes_in, up.stats.bytes_new);
 
     let id = SnapshotId::random();
     let root = SnapshotRoot {

@@ -8,6 +8,7 @@ pub(crate) mod verify;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use coffer_agent::progress::ProgressMode;
 use coffer_proto::{RepoName, SnapshotId};
 
 #[derive(Parser)]
@@ -30,6 +31,11 @@ pub(crate) struct Cli {
     /// `backup.limit_download_kib`).
     #[arg(long, global = true, value_name = "KIB_PER_SEC", value_parser = clap::value_parser!(u64).range(1..))]
     pub limit_download: Option<u64>,
+    /// Progress of backup, restore and verify on stderr: `auto`, a line
+    /// on a terminal (not with `--json`); `json`, one JSON object a second,
+    /// terminal or not; `none`.
+    #[arg(long, global = true, value_enum, default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
     #[command(subcommand)]
     pub command: Option<Cmd>,
 }

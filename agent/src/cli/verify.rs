@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use coffer_agent::progress::Progress;
 use coffer_agent::repo::OpenRepo;
 use coffer_agent::restore;
 use coffer_proto::SnapshotId;
@@ -17,7 +18,13 @@ pub(crate) struct Which {
     pub subset: Option<restore::Subset>,
 }
 
-pub(crate) async fn run(repo: &Arc<OpenRepo>, in_flight: usize, which: Which, json: bool) -> Result<(), Failure> {
+pub(crate) async fn run(
+    repo: &Arc<OpenRepo>,
+    in_flight: usize,
+    which: Which,
+    json: bool,
+    progress: &mut Progress,
+) -> Result<(), Failure> {
     let ids = match which.snapshot {
         Some(id) => vec![id],
         None => {
@@ -35,11 +42,13 @@ pub(crate) async fn run(repo: &Arc<OpenRepo>, in_flight: usize, which: Which, js
     let mut damaged = Vec::new();
     let mut checked = Vec::new();
     let total = ids.len();
-    for id in ids {
+    for (done, id) in ids.into_iter().enumerate() {
+        progress.snapshot(&id.to_string(), Some((done, total)));
         let checked_one = match which.subset {
-            None => restore::verify(repo.clone(), id, in_flight).await,
-            Some(subset) => restore::verify_subset(repo.clone(), id, in_flight, subset).await,
+            None => restore::verify(repo.clone(), id, in_flight, progress).await,
+            Some(subset) => restore::verify_subset(repo.clone(), id, in_flight, subset, progress).await,
         };
+        progress.finish();
         let problem = match checked_one {
             Ok(v) => {
                 if !json {

@@ -208,7 +208,14 @@ impl Daemon {
             let repo = self.open_repo(&job.repo, crate::limit::Limits::new(upload, None)).await?;
             let in_flight = self.config.backup.uploads_in_flight;
             Ok::<_, DaemonError>(
-                backup::run(repo, Source::Command(job.argv()), job.name.clone(), in_flight, false).await?,
+                backup::run(
+                    repo,
+                    Source::Command(job.argv()),
+                    job.name.clone(),
+                    in_flight,
+                    crate::progress::ProgressMode::None,
+                )
+                .await?,
             )
         };
         match job.max_run_secs {

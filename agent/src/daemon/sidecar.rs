@@ -126,7 +126,15 @@ impl Daemon {
             reader: Box::new(FrameReader::new(frames)),
         };
         let in_flight = self.config.backup.uploads_in_flight;
-        let (reply, committed) = match backup::run(repo, source, header.name.clone(), in_flight, false).await {
+        let (reply, committed) = match backup::run(
+            repo,
+            source,
+            header.name.clone(),
+            in_flight,
+            crate::progress::ProgressMode::None,
+        )
+        .await
+        {
             Ok(r) => {
                 tracing::info!(repo = %repo_name, name = %header.name, snapshot = %r.id, bytes_in = r.bytes_in,
                     bytes_new = r.bytes_new, "socket backup committed");
