@@ -100,18 +100,12 @@ mod tests {
         #[test]
         fn mutated_seeds_never_panic(
             seed in 0usize..3,
-            flips in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
-            cut in any::<prop::sample::Index>(),
+            flips in prop::collection::vec((any::<usize>(), any::<u8>()), 0..8),
+            cut in any::<usize>(),
         ) {
-            let mut data = seeds()[seed].clone();
-            for (at, byte) in flips {
-                let i = at.index(data.len());
-                data[i] ^= byte;
-            }
-            let cut = cut.index(data.len() + 1);
-            for d in [&data[..], &data[..cut]] {
-                fuzz_agent_config(d);
-                fuzz_sidecar(d);
+            for d in coffer_proto::fuzz::flipped_and_cut(&seeds()[seed], &flips, cut) {
+                fuzz_agent_config(&d);
+                fuzz_sidecar(&d);
             }
         }
 

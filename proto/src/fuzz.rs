@@ -149,6 +149,22 @@ pub fn fuzz_all(data: &[u8]) {
     fuzz_ids(data);
 }
 
+/// The two inputs a seed-mutation property feeds its fuzz entry points:
+/// `seed` with bytes flipped (each `(at, mask)` XORs the byte at `at`, modulo
+/// the length, with `mask`), and that cut to its first `cut` bytes (modulo
+/// the length plus one).
+pub fn flipped_and_cut(seed: &[u8], flips: &[(usize, u8)], cut: usize) -> [Vec<u8>; 2] {
+    let mut data = seed.to_vec();
+    if !data.is_empty() {
+        for &(at, mask) in flips {
+            let i = at % data.len();
+            data[i] ^= mask;
+        }
+    }
+    let cut = data[..cut % (data.len() + 1)].to_vec();
+    [data, cut]
+}
+
 /// One well-formed object of each kind (manifest, commit body, index
 /// segment, and the JSON objects: key record, repository config, epoch,
 /// snapshot root), for seed corpora beside the test vectors' envelopes.
@@ -231,5 +247,13 @@ mod tests {
         for seed in &seeds {
             fuzz_all(seed);
         }
+    }
+
+    #[test]
+    fn flipping_and_cutting_wraps_around() {
+        let [flipped, cut] = flipped_and_cut(b"abcd", &[(0, 0x20), (6, 0x20)], 7);
+        assert_eq!(flipped, b"AbCd");
+        assert_eq!(cut, b"Ab");
+        assert_eq!(flipped_and_cut(b"", &[(3, 1)], 9), [Vec::<u8>::new(), Vec::new()]);
     }
 }
