@@ -10,7 +10,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use clap::Parser as _;
 use cli::{Cli, Cmd, KeyCmd, LogFormat, RepoCmd};
 use coffer_agent::backup::{self, Source};
@@ -19,12 +18,10 @@ use coffer_agent::daemon::{describe, Daemon, SendHeader};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
 use coffer_agent::progress::{Action, Progress, ProgressMode};
 use coffer_agent::repo::{self, OpenRepo};
-use coffer_agent::restore;
 use coffer_client::exit::{FAILURE, INTERRUPTED, USAGE};
 use coffer_client::ProxyClient;
-use coffer_proto::{RepoName, SnapshotId};
+use coffer_proto::RepoName;
 use serde::Serialize;
-use tokio::io::AsyncWriteExt as _;
 
 /// jemalloc in every build, tuned in .cargo/config.toml: musl's allocator
 /// is slow with many threads, and glibc's keeps 20 to 30 MiB of freed chunk
@@ -125,7 +122,7 @@ async fn run(cli: Cli) -> Result<(), Failure> {
         // The daemon handles SIGTERM and SIGINT itself: it stops gracefully.
         Cmd::Daemon { .. } => Ok(daemon(cli.config).await?.run().await?),
         Cmd::Run { job } => interruptible(run_job(cli.config, job)).await,
-        Cmd::Send { socket, repo, name, input, command, json } => {
+        Cmd::Send { socket, repo, name, input, command, json, .. } => {
             let (source, name) = source_and_name(input, command, name)?;
             interruptible(send(socket, SendHeader { repo, name }, source, json)).await
         }
@@ -356,33 +353,11 @@ async fn run_repo(
                 println!("{}", report.id);
             }
         }
-        RepoCmd::Restore { repo, snapshot, output, json } => {
+        RepoCmd::Restore { repo, snapshot, output, mode, json } => {
             let (config, repo) = ctx.open(repo).await?;
-            let in_flight = config.backup.uploads_in_flight;
             let mut progress = flags.progress(Action::Restore, json);
-            progress.snapshot(&snapshot.to_string(), None);
-            match output {
-                None => {
-                    let mut out = tokio::io::stdout();
-                    restore::restore(repo, snapshot, &mut out, in_flight, &mut progress).await?;
-                    progress.finish();
-                }
-                Some(path) => {
-                    let t0 = std::time::Instant::now();
-                    restore_to_file(repo, snapshot, &path, in_flight, &mut progress).await?;
-                    progress.finish();
-                    let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                    let seconds = t0.elapsed().as_secs_f64();
-                    if json {
-                        print_json(&cli::output::Restored { id: snapshot, file: path, bytes, mode: "0600", seconds })?;
-                    } else {
-                        eprintln!(
-                            "restored snapshot {snapshot} to {} ({bytes} bytes, mode 0600, every chunk checked), {seconds:.1}s",
-                            path.display(),
-                        );
-                    }
-                }
-            }
+            let to = cli::restore::To { output, mode, json };
+            cli::restore::run(repo, snapshot, to, config.backup.uploads_in_flight, &mut progress).await?;
         }
         RepoCmd::Snapshots { repo, json } => {
             // An identity that may list but not read (an auditor) gets what
@@ -443,44 +418,5 @@ async fn run_repo(
             }
         }
     }
-    Ok(())
-}
-
-/// Writes into a temporary file beside `path` and renames it into place
-/// only when the whole snapshot has been checked: no partial restores. The
-/// temporary file has a random name and is created new (`O_EXCL`, so a
-/// planted name or symlink is never followed) with mode 0600: a restore
-/// may hold anything, and who else may read it is the caller's decision.
-async fn restore_to_file(
-    repo: Arc<OpenRepo>,
-    snapshot: SnapshotId,
-    path: &std::path::Path,
-    in_flight: usize,
-    progress: &mut Progress,
-) -> Result<(), Failure> {
-    let name = path.file_name().context("the output path has no file name")?.to_string_lossy().into_owned();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => std::path::PathBuf::from("."),
-    };
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".coffer-partial")
-        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .tempfile_in(&dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-    let (file, tmp_path) = tmp.into_parts();
-    let mut f = tokio::fs::File::from_std(file);
-    let written = async {
-        restore::restore(repo, snapshot, &mut f, in_flight, progress).await?;
-        f.sync_all().await?;
-        f.shutdown().await?;
-        anyhow::Ok(())
-    }
-    .await;
-    drop(f);
-    // On failure the temporary path is dropped, which removes the file.
-    written?;
-    tmp_path.persist(path).map_err(|e| anyhow::anyhow!("renaming into {}: {}", path.display(), e.error))?;
     Ok(())
 }

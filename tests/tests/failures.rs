@@ -205,3 +205,52 @@ fn keygen_makes_a_private_master_key_and_never_overwrites_one() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
     assert_eq!(std::fs::read_to_string(&path).unwrap(), text, "the first key is untouched");
 }
+
+/// The subcommands a `-h` page lists, and its options without a description.
+fn help_page(program: &str, words: &[&str]) -> (Vec<String>, Vec<String>) {
+    let out = std::process::Command::new(coffer_tests::bin(program)).args(words).arg("-h").output().unwrap();
+    assert!(out.status.success(), "{program} {words:?} -h");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut section = "";
+    let (mut commands, mut bare) = (Vec::new(), Vec::new());
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            section = line;
+            continue;
+        }
+        let line = line.trim();
+        let (name, description) = line.split_once("  ").map_or((line, ""), |(n, d)| (n, d.trim()));
+        match section {
+            "Commands:" if name != "help" => commands.push(name.to_string()),
+            "Options:" | "Arguments:" if description.is_empty() && !line.is_empty() => bare.push(line.to_string()),
+            _ => {}
+        }
+    }
+    (commands, bare)
+}
+
+#[test]
+fn every_command_and_option_says_what_it_is_for() {
+    let mut undescribed = Vec::new();
+    for program in ["coffer", "coffer-proxy"] {
+        let mut pages = vec![vec![]];
+        let mut checked = 0;
+        while let Some(words) = pages.pop() {
+            let words: Vec<String> = words;
+            let args: Vec<&str> = words.iter().map(String::as_str).collect();
+            let (commands, bare) = help_page(program, &args);
+            undescribed.extend(bare.into_iter().map(|o| format!("{program} {}: {o}", args.join(" "))));
+            pages.extend(commands.into_iter().map(|c| [words.clone(), vec![c]].concat()));
+            checked += 1;
+        }
+        assert!(checked > 10, "{program}: only {checked} help pages");
+    }
+    assert!(undescribed.is_empty(), "listed without a description:\n{}", undescribed.join("\n"));
+    // `send` talks to the daemon's socket: it offers none of the flags that
+    // reach the proxy, though it still accepts them.
+    let send = std::process::Command::new(coffer_tests::bin("coffer")).args(["send", "--help"]).output().unwrap();
+    let text = String::from_utf8_lossy(&send.stdout);
+    for flag in ["--config", "--mfa-code", "--limit-upload", "--progress"] {
+        assert!(!text.contains(flag), "send --help offers {flag}:\n{text}");
+    }
+}

@@ -310,6 +310,16 @@ fn restore_to_a_file_follows_no_planted_link_and_is_private() {
     assert_eq!(std::fs::read(&out).unwrap(), b"secret payroll");
     let mode = std::fs::metadata(&out).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "a restore is private to its owner: {mode:o}");
+    // Unless the caller says who else may read it: the mode is set as
+    // asked, whatever the umask, and never with setuid bits.
+    let shared = dir.join("shared");
+    let args = ["restore", "--repo", "dev/link", &id, "-o", shared.to_str().unwrap(), "--mode", "0664", "--json"];
+    let said = coffer(&p.reader(), &args, None).json();
+    assert_eq!(said["mode"], "0664", "{said}");
+    assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o664);
+    let setuid = coffer(&p.reader(), &["restore", "--repo", "dev/link", &id, "-o", "x", "--mode", "4755"], None);
+    assert_eq!(setuid.code(), 64, "{}", setuid.stderr);
+    assert!(setuid.stderr.contains("at most 0777"), "{}", setuid.stderr);
 
     // A link at the target itself is replaced, not written through.
     let target = dir.join("linked");

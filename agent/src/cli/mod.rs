@@ -3,6 +3,7 @@
 
 pub(crate) mod listing;
 pub(crate) mod output;
+pub(crate) mod restore;
 pub(crate) mod verify;
 
 use std::path::PathBuf;
@@ -67,6 +68,7 @@ pub(crate) enum Cmd {
     /// Stream a backup to a daemon's socket (sidecar mode): needs no config,
     /// certificate or key, only access to the socket. Prints the snapshot id.
     Send {
+        /// The daemon's socket (its `daemon.socket`).
         #[arg(long, env = "COFFER_SOCKET", default_value = "/run/coffer/coffer.sock")]
         socket: PathBuf,
         /// The repository, e.g. `prod/db` (lowercase segments, up to 4).
@@ -85,6 +87,20 @@ pub(crate) enum Cmd {
         /// Print the result as one JSON object (docs/operations.md, "JSON output").
         #[arg(long)]
         json: bool,
+        // `send` talks to the daemon, which holds the config: these stand in
+        // for the global flags of the same name, so its help does not offer
+        // them (nor the upload limits and progress, which are the daemon's).
+        // Accepted, as before, and ignored.
+        #[arg(long, hide = true)]
+        config: Option<PathBuf>,
+        #[arg(long, hide = true)]
+        mfa_code: Option<String>,
+        #[arg(long, hide = true)]
+        limit_upload: Option<u64>,
+        #[arg(long, hide = true)]
+        limit_download: Option<u64>,
+        #[arg(long, hide = true, value_enum)]
+        progress: Option<ProgressMode>,
     },
 }
 
@@ -146,6 +162,9 @@ pub(crate) enum RepoCmd {
         /// whole snapshot checked out) instead of stdout.
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// The file's mode once complete, in octal (it is 0600 while written).
+        #[arg(long, requires = "output", default_value = "0600", value_parser = restore::parse_mode)]
+        mode: u32,
         /// Print what was written as one JSON object (with `-o` only: without
         /// it, stdout is the stream; docs/operations.md, "JSON output").
         #[arg(long, requires = "output")]

@@ -22,7 +22,8 @@ pub(crate) struct Restored {
     pub id: SnapshotId,
     pub file: PathBuf,
     pub bytes: u64,
-    pub mode: &'static str,
+    /// In octal, e.g. "0600".
+    pub mode: String,
     pub seconds: f64,
 }
 

@@ -17,8 +17,10 @@ pub(crate) enum AdminCmd {
     /// Give an identity a TOTP secret (in admin.totp_file of --config) and
     /// print the otpauth:// URI for an authenticator app.
     Enroll {
+        /// The identity's trust domain (a name in the config's [[trust_domains]]).
         #[arg(long)]
         trust_domain: String,
+        /// The identity, as its certificate's SAN URI (e.g. spiffe://prod/db-1).
         #[arg(long)]
         identity: String,
     },
@@ -27,8 +29,10 @@ pub(crate) enum AdminCmd {
     Revoke {
         #[command(flatten)]
         call: AdminCall,
+        /// The identity's trust domain (a name in the config's [[trust_domains]]).
         #[arg(long)]
         trust_domain: String,
+        /// The identity, as its certificate's SAN URI (e.g. spiffe://prod/db-1).
         #[arg(long)]
         identity: String,
         /// Reinstate the identity (refused during lockdown).
@@ -42,8 +46,10 @@ pub(crate) enum AdminCmd {
     Quarantine {
         #[command(flatten)]
         call: AdminCall,
+        /// The identity's trust domain (a name in the config's [[trust_domains]]).
         #[arg(long)]
         trust_domain: String,
+        /// The identity, as its certificate's SAN URI (e.g. spiffe://prod/db-1).
         #[arg(long)]
         identity: String,
     },
@@ -64,8 +70,10 @@ pub(crate) enum AdminCmd {
     Expire {
         #[command(flatten)]
         call: AdminCall,
+        /// The repository to expire.
         #[arg(long)]
         repo: RepoName,
+        /// List what would be deleted and why; delete nothing.
         #[arg(long)]
         dry_run: bool,
     },
@@ -73,6 +81,7 @@ pub(crate) enum AdminCmd {
     Lockdown {
         #[command(flatten)]
         call: AdminCall,
+        /// End the lockdown: serve writes again.
         #[arg(long)]
         lift: bool,
     },

@@ -124,6 +124,7 @@ pub(crate) enum LifecycleCmd {
         /// One repository (default: every repository with a schedule).
         #[arg(long)]
         repo: Option<coffer_proto::RepoName>,
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -133,6 +134,7 @@ pub(crate) enum LifecycleCmd {
 pub(crate) enum KeysCmd {
     /// Print the report (JSON with --json).
     Report {
+        /// Print JSON.
         #[arg(long)]
         json: bool,
     },
@@ -165,6 +167,7 @@ pub(crate) enum DevCmd {
     },
     /// Revoke NAME.pem through the dev CRL (applied on SIGHUP or restart).
     Revoke {
+        /// The certificate's file name, without .pem (as `dev issue --name`).
         #[arg(long)]
         name: String,
     },

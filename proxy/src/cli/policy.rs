@@ -17,16 +17,20 @@ pub(crate) enum PolicyCmd {
     /// Answer "may this identity do this action on this repository from this
     /// address?" with the rule that decided. Exits 0 for allow, 1 for deny.
     Explain {
+        /// The identity's trust domain (a name in the config's [[trust_domains]]).
         #[arg(long)]
         trust_domain: String,
+        /// The identity, as its certificate's SAN URI (e.g. spiffe://prod/db-1).
         #[arg(long)]
         identity: String,
         /// An action name: whoami, put-config, get-config, put-key, get-key,
         /// missing, put-chunk, get-chunk, commit, list-snapshots, get-snapshot.
         #[arg(long)]
         action: String,
+        /// The repository (none for whoami).
         #[arg(long)]
         repo: Option<RepoName>,
+        /// The client's address, for rules with `from`.
         #[arg(long, default_value = "127.0.0.1")]
         from: IpAddr,
     },
