@@ -11,7 +11,7 @@ use serde::de::IgnoredAny;
 use serde::Deserialize;
 
 /// Upload requests in flight at once, unless the config says otherwise.
-pub const DEFAULT_UPLOADS_IN_FLIGHT: usize = 8;
+pub const DEFAULT_UPLOADS_IN_FLIGHT: usize = 32;
 
 /// The agent's config: how to reach the proxy ([`ClientConfig`], whose keys
 /// sit at the top of the file) and everything else.

@@ -130,8 +130,16 @@ async fn open_chunk(
     }
 }
 
-/// Fetches chunks in order, keeping up to `in_flight` requests running,
-/// and hands each plaintext to `sink` in stream order.
+/// Most plaintext bytes of chunks being fetched or waiting their turn to be
+/// written: with `in_flight` alone, 32 fetches of 8 MiB chunks would hold
+/// 256 MiB.
+pub const FETCH_BYTES_IN_FLIGHT: u64 = 16 * 1024 * 1024;
+
+type Fetch = JoinHandle<Result<Vec<u8>, RestoreError>>;
+
+/// Fetches chunks in order, keeping up to `in_flight` requests running
+/// (within [`FETCH_BYTES_IN_FLIGHT`]), and hands each plaintext to `sink` in
+/// stream order.
 async fn for_each_chunk(
     repo: &Arc<OpenRepo>,
     id_key: &Arc<IdKey>,
@@ -140,21 +148,31 @@ async fn for_each_chunk(
     in_flight: usize,
     mut sink: impl AsyncFnMut(Vec<u8>) -> Result<(), RestoreError>,
 ) -> Result<(), RestoreError> {
-    let mut pending: VecDeque<JoinHandle<Result<Vec<u8>, RestoreError>>> = VecDeque::new();
-    let mut chunks = chunks.into_iter();
+    // Each fetch with its chunk's length.
+    let mut pending: VecDeque<(Fetch, u64)> = VecDeque::new();
+    let mut pending_bytes = 0;
+    let mut chunks = chunks.into_iter().peekable();
     let result = async {
         loop {
             while pending.len() < in_flight {
-                let Some((id, len)) = chunks.next() else { break };
-                pending.push_back(tokio::spawn(fetch_chunk(repo.clone(), id_key.clone(), snapshot, id, len)));
+                let Some(&(id, len)) = chunks.peek() else { break };
+                // The first is always fetched, so no chunk is too large.
+                if !pending.is_empty() && pending_bytes + u64::from(len) > FETCH_BYTES_IN_FLIGHT {
+                    break;
+                }
+                chunks.next();
+                pending_bytes += u64::from(len);
+                let task = tokio::spawn(fetch_chunk(repo.clone(), id_key.clone(), snapshot, id, len));
+                pending.push_back((task, u64::from(len)));
             }
-            let Some(next) = pending.pop_front() else { return Ok(()) };
+            let Some((next, len)) = pending.pop_front() else { return Ok(()) };
             let data = next.await.map_err(|e| RestoreError::Internal(e.to_string()))??;
+            pending_bytes -= len;
             sink(data).await?;
         }
     }
     .await;
-    for task in pending {
+    for (task, _) in pending {
         task.abort();
     }
     result

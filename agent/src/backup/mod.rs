@@ -45,7 +45,7 @@ use stream::Chunk;
 use upload::{Batch, References, Uploader};
 
 /// Most plaintext bytes cut and not yet found stored or uploaded.
-pub const PIPELINE_BYTES: usize = 16 * 1024 * 1024;
+pub const PIPELINE_BYTES: usize = 32 * 1024 * 1024;
 /// Chunks between the reader's cutting and hashing threads.
 pub const CUT_QUEUE: usize = 2;
 /// Chunks between the hashing thread and the batcher.
@@ -54,6 +54,9 @@ pub const CHUNK_QUEUE: usize = 4;
 pub const DEDUP_BATCH_MAX: usize = 64;
 /// Most plaintext bytes held in one dedup batch.
 pub const DEDUP_BATCH_BYTES: usize = 8 * 1024 * 1024;
+/// Dedup queries out at once. Their chunks hold bytes of
+/// [`PIPELINE_BYTES`], which bounds the memory whatever this is.
+pub const DEDUP_QUERIES_IN_FLIGHT: usize = 4;
 /// How long a partial batch waits for more chunks before it is sent, so a
 /// slow producer still makes steady progress.
 pub const DEDUP_BATCH_LINGER: Duration = Duration::from_millis(50);
@@ -83,6 +86,15 @@ pub struct BackupReport {
     pub chunks: u64,
     pub chunks_new: u64,
     pub duration_secs: f64,
+}
+
+/// How long the batcher waits for the next chunk before sending `batch`.
+fn linger(batch: &Batch) -> Duration {
+    if batch.chunks.is_empty() {
+        Duration::MAX
+    } else {
+        DEDUP_BATCH_LINGER
+    }
 }
 
 /// Runs one backup of `source` into `repo` and commits it.
@@ -116,16 +128,23 @@ pub async fn run(
     let mut batch = Batch::default();
     let streamed: Result<(), BackupError> = async {
         loop {
-            let next = if batch.chunks.is_empty() {
-                rx.recv().await
-            } else {
-                match tokio::time::timeout(DEDUP_BATCH_LINGER, rx.recv()).await {
+            let next = tokio::select! {
+                // An answer first: its chunks hold the budget the cutter
+                // may be waiting for.
+                biased;
+                Some(answered) = up.queries.join_next(), if !up.queries.is_empty() => {
+                    up.answered(answered).await?;
+                    continue;
+                }
+                // A partial batch waits DEDUP_BATCH_LINGER for more, an
+                // empty one for ever.
+                next = tokio::time::timeout(linger(&batch), rx.recv()) => match next {
                     Ok(next) => next,
                     Err(_) => {
                         batch.flush(&mut up).await?;
                         continue;
                     }
-                }
+                },
             };
             let Some(chunk) = next else { break };
             manifest.0.push(ManifestEntry { id: chunk.id, len: chunk.data.len() as u32 });

@@ -1,6 +1,7 @@
-//! Asking which chunks the repository lacks (in batches) and uploading
-//! those: sealed on the blocking pool, several in flight on one connection,
-//! the data key rolled after [`CHUNKS_PER_DATA_KEY`] envelopes.
+//! Asking which chunks the repository lacks (in batches, several queries
+//! out at once) and uploading those: sealed on the blocking pool, several in
+//! flight on one connection, the data key rolled after
+//! [`CHUNKS_PER_DATA_KEY`] envelopes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::stream::Chunk;
-use super::{BackupError, DEDUP_BATCH_BYTES, DEDUP_BATCH_MAX};
+use super::{BackupError, DEDUP_BATCH_BYTES, DEDUP_BATCH_MAX, DEDUP_QUERIES_IN_FLIGHT};
 use crate::repo::OpenRepo;
 
 /// Seals and uploads chunks with at most `in_flight` at once, rolling the
@@ -25,8 +26,16 @@ pub(super) struct Uploader {
     pub(super) sealed_with_key: u64,
     pub(super) permits: Arc<Semaphore>,
     pub(super) tasks: JoinSet<Result<(u64, u64), BackupError>>,
+    /// Dedup queries sent and not yet acted on: the stream goes on while
+    /// they are out, so one batch's round trip (the proxy's, and the
+    /// store's for chunks its catalog does not know) overlaps the next
+    /// batch's cutting and the uploads in flight.
+    pub(super) queries: JoinSet<Result<Answer, BackupError>>,
     pub(super) stats: SnapshotStats,
 }
+
+/// A dedup query's batch and the ids the repository lacks.
+pub(super) type Answer = (Vec<Chunk>, HashSet<ChunkId>);
 
 impl Uploader {
     pub(super) async fn new(repo: Arc<OpenRepo>, in_flight: usize) -> Result<Self, BackupError> {
@@ -38,6 +47,7 @@ impl Uploader {
             sealed_with_key: 0,
             permits: Arc::new(Semaphore::new(in_flight)),
             tasks: JoinSet::new(),
+            queries: JoinSet::new(),
             stats: SnapshotStats::default(),
         })
     }
@@ -86,7 +96,27 @@ impl Uploader {
         Ok(())
     }
 
+    /// Uploads what an answered dedup query found missing.
+    pub(super) async fn answered(
+        &mut self,
+        joined: Result<Result<Answer, BackupError>, tokio::task::JoinError>,
+    ) -> Result<(), BackupError> {
+        let (chunks, missing) = joined.map_err(|e| BackupError::Internal(e.to_string()))??;
+        for chunk in chunks {
+            // A chunk found stored is dropped here, returning its bytes to
+            // the pipeline's budget.
+            if missing.contains(&chunk.id) {
+                self.upload(chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for every dedup query and every upload.
     pub(super) async fn finish(&mut self) -> Result<(), BackupError> {
+        while let Some(answered) = self.queries.join_next().await {
+            self.answered(answered).await?;
+        }
         while let Some(done) = self.tasks.join_next().await {
             self.account(done)?;
         }
@@ -111,19 +141,25 @@ impl Batch {
         self.chunks.len() >= DEDUP_BATCH_MAX || self.bytes >= DEDUP_BATCH_BYTES
     }
 
-    /// Asks which chunks the repository lacks and uploads those.
+    /// Sends the batch's dedup query; its answer is acted on when it comes
+    /// (`Uploader::answered`). With [`DEDUP_QUERIES_IN_FLIGHT`] already
+    /// out, waits for one of them first.
     pub(super) async fn flush(&mut self, up: &mut Uploader) -> Result<(), BackupError> {
         if self.chunks.is_empty() {
             return Ok(());
         }
-        let ids: Vec<ChunkId> = self.chunks.iter().map(|c| c.id).collect();
-        let missing: HashSet<ChunkId> = up.repo.client.missing(&up.repo.name, &ids).await?.into_iter().collect();
-        self.bytes = 0;
-        for chunk in self.chunks.drain(..) {
-            if missing.contains(&chunk.id) {
-                up.upload(chunk).await?;
-            }
+        while up.queries.len() >= DEDUP_QUERIES_IN_FLIGHT {
+            let Some(answered) = up.queries.join_next().await else { break };
+            up.answered(answered).await?;
         }
+        let chunks = std::mem::take(&mut self.chunks);
+        self.bytes = 0;
+        let repo = up.repo.clone();
+        up.queries.spawn(async move {
+            let ids: Vec<ChunkId> = chunks.iter().map(|c| c.id).collect();
+            let missing = repo.client.missing(&repo.name, &ids).await?.into_iter().collect();
+            Ok((chunks, missing))
+        });
         Ok(())
     }
 }
