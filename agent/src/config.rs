@@ -193,6 +193,9 @@ fn check_jobs(jobs: &[JobConfig]) -> Result<(), ParseError> {
         if job.jitter_secs > JITTER_MAX_SECS {
             return Err(ParseError::Invalid(format!("job {}: jitter_secs is at most {JITTER_MAX_SECS}", job.name)));
         }
+        if job.hooks.timeout_secs == 0 {
+            return Err(ParseError::Invalid(format!("job {}: hooks.timeout_secs must be at least 1", job.name)));
+        }
     }
     Ok(())
 }

@@ -213,7 +213,12 @@ async fn daemon(path: Option<PathBuf>) -> Result<Arc<Daemon>, Failure> {
 async fn run_job(path: Option<PathBuf>, name: String) -> Result<(), Failure> {
     let daemon = daemon(path).await?;
     let job = daemon.job(&name).ok_or_else(|| usage(anyhow::anyhow!("no job named {name:?} in the config")))?;
-    let report = daemon.run_job(job).await?;
+    // Said with the command's arguments cut off, as the daemon logs it: a
+    // timer's stderr is the journal, and the arguments may hold a password.
+    let report = daemon.run_job(job).await.map_err(|e| {
+        let said = coffer_agent::daemon::redact_arguments(&describe(&e as &dyn std::error::Error), &job.argv());
+        Failure(FAILURE, anyhow::anyhow!(said))
+    })?;
     println!("{}", report.id);
     Ok(())
 }

@@ -167,8 +167,8 @@ async fn for_each_chunk(
             }
             let Some((next, len)) = pending.pop_front() else { return Ok(()) };
             let data = next.await.map_err(|e| RestoreError::Internal(e.to_string()))??;
-            pending_bytes -= len;
             sink(data).await?;
+            pending_bytes -= len;
         }
     }
     .await;

@@ -416,7 +416,8 @@ schedule = "@daily"
 command = ["cat", "{marker}"]
 [jobs.hooks]
 before = ["sh", "-c", "{before}"]
-after = ["sh", "-c", "env > {after}"]
+# Its stdout goes to stderr, never into `coffer run`'s stdout.
+after = ["sh", "-c", "env > {after}; echo hook-output"]
 on_failure = ["sh", "-c", "env > {failed}"]
 "#,
             marker = marker.display(),
@@ -426,7 +427,10 @@ on_failure = ["sh", "-c", "env > {failed}"]
         std::fs::write(&config, format!("{text}\n{job}")).unwrap();
     };
     write(&format!("echo quiesced at $COFFER_HOOK > {}", marker.display()));
-    let id = coffer(&config, &["run", "db"], None).last_line();
+    let run = coffer(&config, &["run", "db"], None);
+    let id = run.last_line();
+    assert_eq!(run.ok().trim(), id, "stdout is the id alone");
+    assert!(run.stderr.contains("hook-output"), "{}", run.stderr);
     let env = hook_env(&after);
     assert_eq!(env["COFFER_HOOK"], "after");
     assert_eq!(env["COFFER_RESULT"], "ok");
@@ -450,6 +454,24 @@ on_failure = ["sh", "-c", "env > {failed}"]
     assert!(env["COFFER_ERROR"].contains("hook `before` (sh) exited with status 7"), "{env:?}");
     assert!(!after.exists(), "the after hook ran after a failure");
     assert_eq!(snapshots(&p, "dev/hooked"), vec![id], "a failed before hook commits nothing");
+
+    // A failing job: on_failure hears why, with the command's arguments
+    // (which may hold a password) cut off, as in the log.
+    std::fs::remove_file(&failed).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let secret = text
+        .replace(
+            &format!("command = [\"cat\", \"{}\"]", marker.display()),
+            "command = [\"sh\", \"-c\", \"exit 4\", \"hunter2\"]",
+        )
+        .replace("before = [\"sh\", \"-c\", \"exit 7\"]", "before = []");
+    assert_ne!(secret, text);
+    std::fs::write(&config, secret).unwrap();
+    let run = coffer(&config, &["run", "db"], None);
+    assert_eq!(run.code(), 1, "{}", run.stderr);
+    let env = std::fs::read_to_string(&failed).unwrap();
+    assert!(env.contains("COFFER_ERROR=") && env.contains("exited with status 4"), "{env}");
+    assert!(!env.contains("hunter2") && !run.stderr.contains("hunter2"), "{env}\n{}", run.stderr);
 }
 
 #[test]

@@ -276,10 +276,26 @@ fn exported_series(exposition: &str) -> std::collections::BTreeSet<String> {
     names
 }
 
+/// Each sample's series name and the names of its labels.
+fn series_labels(exposition: &str) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let mut labels = std::collections::BTreeMap::<String, std::collections::BTreeSet<String>>::new();
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name, rest)) = line.split_once('{') else { continue };
+        let set = labels.entry(name.to_string()).or_default();
+        let inside = &rest[..rest.rfind('}').unwrap()];
+        set.extend(inside.split(',').filter_map(|pair| pair.split_once('=')).map(|(k, _)| k.to_string()));
+    }
+    labels
+}
+
 #[test]
 fn every_metric_the_shipped_rules_and_dashboard_query_is_exported() {
-    let mut exported = exported_series(&coffer_proxy::monitor::metrics::every_family());
-    exported.extend(exported_series(&coffer_agent::daemon::metrics::every_family()));
+    let (proxy, agent) =
+        (coffer_proxy::monitor::metrics::every_family(), coffer_agent::daemon::metrics::every_family());
+    let mut exported = exported_series(&proxy);
+    exported.extend(exported_series(&agent));
+    let mut labels = series_labels(&proxy);
+    labels.extend(series_labels(&agent));
     for name in ["coffer_requests_total", "coffer_store_seconds_bucket", "coffer_agent_socket_sends_total"] {
         assert!(exported.contains(name), "{name} in {exported:?}");
     }
@@ -296,8 +312,61 @@ fn every_metric_the_shipped_rules_and_dashboard_query_is_exported() {
                 exported.contains(&name),
                 "{file} queries {name}, which neither coffer-proxy nor the daemon exports"
             );
+            // The labels a selector names are the series' own.
+            if let Some(selector) = text[at + name.len()..].strip_prefix('{') {
+                let selector = &selector[..selector.find('}').unwrap()];
+                for label in selector.split(',').map(|m| m.split(['=', '!']).next().unwrap().trim()) {
+                    let known = labels.get(&name).is_some_and(|l| l.contains(label));
+                    assert!(known, "{file}: {name} has no label {label:?} (it has {:?})", labels.get(&name));
+                }
+            }
             queried.insert(name);
         }
         assert!(queried.len() >= 15, "{file} queries only {queried:?}");
+    }
+}
+
+/// Every alert kind the proxy raises, as a string literal in its source.
+fn raised_alert_kinds() -> std::collections::BTreeSet<String> {
+    let mut kinds = std::collections::BTreeSet::new();
+    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy/src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for (at, _) in text.match_indices(".raise(") {
+                let rest = text[at + 7..].trim_start();
+                if let Some(literal) = rest.strip_prefix('"') {
+                    kinds.insert(literal[..literal.find('"').unwrap()].to_string());
+                }
+            }
+        }
+    }
+    kinds
+}
+
+#[test]
+fn every_alert_kind_is_exported_at_zero_from_the_start() {
+    let raised = raised_alert_kinds();
+    assert!(raised.len() >= 15 && raised.contains("scrub"), "{raised:?}");
+    // The detector's kinds are chosen at run time, from its own table.
+    let mut expected = raised.clone();
+    expected.extend(["ransomware".to_string(), "anomalous-snapshot".to_string()]);
+    let listed: std::collections::BTreeSet<String> =
+        coffer_proxy::monitor::metrics::ALERT_KINDS.iter().map(|k| k.to_string()).collect();
+    assert_eq!(listed, expected, "ALERT_KINDS and the kinds the proxy raises");
+    let text = coffer_proxy::monitor::metrics::Metrics::default().encode();
+    for kind in &listed {
+        let zero = format!("coffer_alerts_total{{kind=\"{kind}\"}} 0");
+        assert!(text.lines().any(|l| l == zero), "{zero} in:\n{text}");
+    }
+    assert!(text.contains("coffer_lifecycle_passes_total{kind=\"failed\"} 0"), "{text}");
+    let docs = read("docs/configuration.md");
+    for kind in &listed {
+        assert!(docs.contains(&format!("`{kind}`")), "docs/configuration.md names no alert kind {kind}");
     }
 }

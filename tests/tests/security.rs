@@ -313,8 +313,15 @@ fn restore_to_a_file_follows_no_planted_link_and_is_private() {
     // Unless the caller says who else may read it: the mode is set as
     // asked, whatever the umask, and never with setuid bits.
     let shared = dir.join("shared");
-    let args = ["restore", "--repo", "dev/link", &id, "-o", shared.to_str().unwrap(), "--mode", "0664", "--json"];
-    let said = coffer(&p.reader(), &args, None).json();
+    let restore = format!(
+        "umask 077; exec {} --config {} restore --repo dev/link {id} -o {} --mode 0664 --json",
+        coffer_tests::bin("coffer").display(),
+        p.reader().display(),
+        shared.display()
+    );
+    let out = std::process::Command::new("sh").args(["-c", &restore]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(said["mode"], "0664", "{said}");
     assert_eq!(std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777, 0o664);
     let setuid = coffer(&p.reader(), &["restore", "--repo", "dev/link", &id, "-o", "x", "--mode", "4755"], None);

@@ -4,9 +4,9 @@
 //! notification without a webhook server (docs/operations.md, "Hooks").
 //!
 //! A hook's output goes to the agent's stderr (the journal, under systemd),
-//! never to its stdout, which may carry `--json`. Its stdin is empty. A hook
-//! still running at `hooks.timeout_secs` is killed (the process the argv
-//! started: a script should `exec` what it waits on).
+//! never to its stdout, which may carry `--json`. Its stdin is empty. Each
+//! hook runs in a process group of its own, and one still running at
+//! `hooks.timeout_secs` is killed with everything it started.
 
 use std::os::fd::AsFd as _;
 use std::process::Stdio;
@@ -77,11 +77,31 @@ fn environment(job: &JobConfig, hook: Hook, outcome: Option<&Outcome>) -> Vec<(&
             ("COFFER_DURATION_SECS", format!("{:.3}", r.duration_secs)),
         ]),
         Some(Outcome::Failed(error)) => {
-            vars.extend([("COFFER_RESULT", "failed".to_string()), ("COFFER_ERROR", error.to_string())])
+            vars.extend([("COFFER_RESULT", "failed".to_string()), ("COFFER_ERROR", printable(error))])
         }
         None => {}
     }
     vars
+}
+
+/// Longest `COFFER_ERROR`, in characters.
+const ERROR_MAX: usize = 4096;
+
+/// `error` as a hook may safely be given it: control characters (a NUL
+/// would keep the hook from starting; a newline or an escape sequence would
+/// reach whatever the hook logs to) as spaces, cut at [`ERROR_MAX`]. The
+/// text may quote the proxy.
+fn printable(error: &str) -> String {
+    error.chars().take(ERROR_MAX).map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+/// Kills the process group `leader` started (the hook and everything it
+/// started that stayed in the group).
+fn kill_group(leader: Option<u32>) {
+    let group = leader.and_then(|id| i32::try_from(id).ok()).and_then(rustix::process::Pid::from_raw);
+    if let Some(group) = group {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+    }
 }
 
 /// Runs `hook` of `job`, if it has one, and waits for it.
@@ -97,12 +117,14 @@ pub async fn run(job: &JobConfig, hook: Hook, outcome: Option<&Outcome<'_>>) -> 
         .envs(environment(job, hook, outcome))
         .stdin(Stdio::null())
         .stdout(Stdio::from(stdout))
+        .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(spawn_error)?;
     let secs = job.hooks.timeout_secs;
     match tokio::time::timeout(Duration::from_secs(secs), child.wait()).await {
         Err(_) => {
+            kill_group(child.id());
             let _ = child.kill().await;
             Err(HookError::Timeout { hook: name, program: prog, secs })
         }
@@ -135,16 +157,33 @@ mod tests {
             assert!(env.lines().any(|l| l == line), "{line} in {env}");
         }
         assert!(env.contains("COFFER_ERROR=the proxy said no"), "{env}");
+        assert_eq!(printable("a\nb\u{1b}[2Jc\0"), "a b [2Jc ");
+        assert_eq!(printable(&"x".repeat(10_000)).len(), ERROR_MAX);
         assert!(!env.contains("COFFER_SNAPSHOT"), "{env}");
         // A job without that hook runs nothing.
         run(&j, Hook::Before, None).await.unwrap();
     }
 
     #[tokio::test]
-    async fn a_hung_hook_is_killed_at_its_timeout() {
-        let j = job("before = [\"sleep\", \"30\"]");
+    async fn a_hung_hook_is_killed_at_its_timeout_with_what_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid = dir.path().join("pid");
+        // The shell starts a sleep in the background and waits for it.
+        let j = job(&format!("before = [\"sh\", \"-c\", \"sleep 30 & echo $! > {}; wait\"]", pid.display()));
         let err = run(&j, Hook::Before, None).await.unwrap_err();
         assert!(matches!(err, HookError::Timeout { secs: 2, .. }), "{err}");
+        let sleeper = std::fs::read_to_string(&pid).unwrap().trim().to_string();
+        // Gone, or a zombie waiting for init: not sleeping on. A signal
+        // takes a moment to land on a busy machine.
+        let state = || {
+            let stat = std::fs::read_to_string(format!("/proc/{sleeper}/stat")).unwrap_or_default();
+            stat.rsplit(')').next().unwrap_or("").split_whitespace().next().unwrap_or("gone").to_string()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !matches!(state().as_str(), "gone" | "Z") && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(matches!(state().as_str(), "gone" | "Z"), "the hook's child {sleeper} still runs: {}", state());
         let missing = job("after = [\"/nonexistent/notify\"]");
         let err = run(&missing, Hook::After, None).await.unwrap_err();
         assert!(err.to_string().starts_with("hook `after` (/nonexistent/notify) could not start"), "{err}");

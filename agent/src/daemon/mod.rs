@@ -159,17 +159,20 @@ impl Daemon {
                 Err(DaemonError::Hook(e))
             }
         };
-        match &result {
-            Ok(r) => tracing::info!(
+        // The command's arguments may hold a secret: the log, /health and
+        // the hooks name its program only.
+        let error =
+            result.as_ref().err().map(|e| redact_arguments(&describe(e as &dyn std::error::Error), &job.argv()));
+        match (&result, &error) {
+            (Ok(r), _) => tracing::info!(
                 job = %job.name, repo = %job.repo, snapshot = %r.id, bytes_in = r.bytes_in,
                 bytes_new = r.bytes_new, seconds = r.duration_secs, "backup committed"
             ),
-            Err(e) => tracing::error!(
-                job = %job.name, repo = %job.repo, error = %describe(e as &dyn std::error::Error), "backup failed; nothing was committed"
+            (Err(_), e) => tracing::error!(
+                job = %job.name, repo = %job.repo, error = e.as_deref().unwrap_or_default(),
+                "backup failed; nothing was committed"
             ),
         }
-        let error =
-            result.as_ref().err().map(|e| redact_arguments(&describe(e as &dyn std::error::Error), &job.argv()));
         self.job_status(&job.name, |s| {
             s.running = false;
             s.runs += 1;
@@ -319,7 +322,7 @@ async fn stop_signal() -> Result<(), DaemonError> {
 /// `message` with the job's command line cut to its program: `/health` is
 /// open to every local user, and arguments may hold a password or a
 /// connection string.
-fn redact_arguments(message: &str, argv: &[String]) -> String {
+pub fn redact_arguments(message: &str, argv: &[String]) -> String {
     match argv {
         [program, _, ..] => message.replace(&argv.join(" "), &format!("{program} …")),
         _ => message.to_string(),

@@ -123,9 +123,41 @@ impl Default for Metrics {
             "Objects the lifecycle pass deleted or extended the lock of, by kind",
             m.lifecycle_objects.clone(),
         );
+        // Counters an alerting rule takes `increase()` of exist at 0 from
+        // the start: a series that first appears at 1 would hide its first
+        // event, the one that matters (packaging/monitoring).
+        for kind in ALERT_KINDS {
+            let _ = m.alerts.get_or_create(&KindLabel { kind: kind.to_string() });
+        }
+        for outcome in ["ok", "failed", "skipped"] {
+            let _ = m.lifecycle_passes.get_or_create(&KindLabel { kind: outcome.to_string() });
+        }
         Self { registry: r, ..m }
     }
 }
+
+/// Every kind of alert the proxy raises (docs/configuration.md, "Alert
+/// kinds"; tests/packaging.rs checks the list against the code).
+pub const ALERT_KINDS: [&str; 18] = [
+    "ransomware",
+    "anomalous-snapshot",
+    "overdue",
+    "handshake-burst",
+    "denial-burst",
+    "mfa-lockout",
+    "store-error",
+    "kek",
+    "reload",
+    "audit-chain",
+    "audit-seal",
+    "scrub",
+    "damaged-snapshot",
+    "detector-blind",
+    "lifecycle",
+    "lockdown",
+    "quarantine",
+    "assess",
+];
 
 /// The exposition with one series in every family (an empty family prints
 /// nothing): the names the shipped alerting rules and dashboard may query
