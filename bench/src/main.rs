@@ -82,6 +82,12 @@ enum Cmd {
     Catalog {
         #[arg(long, default_value_t = 1_000_000)]
         chunks: usize,
+        /// Instead, time a commit referencing `--chunks` chunks the catalog
+        /// knows (warm), then the same through a fresh proxy on the same
+        /// store (cold: its catalog filled from the first commit's index),
+        /// with the process's peak resident memory.
+        #[arg(long)]
+        commit: bool,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -99,7 +105,12 @@ fn main() {
         Cmd::S3 { input, latency_ms, moto, snapshots, fan_out, common } => Bench::new(&common)
             .and_then(|b| s3::s3(&b, input, s3::S3Options { latency_ms, moto, snapshots, fan_out }))
             .map(|r| cmd::emit(&r, common.json, s3::print_s3)),
-        Cmd::Catalog { chunks, json } => catalog::catalog(chunks).map(|r| cmd::emit(&r, json, catalog::print_catalog)),
+        Cmd::Catalog { chunks, json, commit: false } => {
+            catalog::catalog(chunks).map(|r| cmd::emit(&r, json, catalog::print_catalog))
+        }
+        Cmd::Catalog { chunks, json, commit: true } => {
+            catalog::commit(chunks).map(|r| cmd::emit(&r, json, catalog::print_commit))
+        }
         Cmd::Stream { generate, rate, agents, common } => Bench::new(&common)
             .and_then(|b| stream::stream(&b, &generate, rate.as_deref(), agents.max(1)))
             .map(|r| cmd::emit(&r, common.json, stream::print_stream)),

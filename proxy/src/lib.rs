@@ -14,6 +14,9 @@ pub mod access;
 pub mod api;
 pub mod app;
 pub mod audit;
+#[cfg(feature = "bench")]
+#[doc(hidden)]
+pub mod bench;
 pub mod catalog;
 pub mod compliance;
 pub mod config;
@@ -26,7 +29,9 @@ pub mod monitor;
 pub mod parts;
 pub mod server;
 pub mod store;
-#[cfg(test)]
+// Handler tests' state, and coffer-bench's (where most of it is unused).
+#[cfg(any(test, feature = "bench"))]
+#[cfg_attr(not(test), allow(dead_code))]
 mod testkit;
 
 /// Seconds since the Unix epoch.

@@ -67,3 +67,39 @@ pub(crate) fn print_catalog(r: &CatalogReport) {
         r.lookups_per_sec / 1e6
     );
 }
+
+#[derive(Serialize)]
+pub(crate) struct CommitReport {
+    #[serde(flatten)]
+    pub scale: coffer_proxy::bench::CommitScale,
+    /// The process's peak resident memory: both proxies' state, the
+    /// catalogs and the commit bodies.
+    pub peak_rss: u64,
+}
+
+pub(crate) fn commit(chunks: usize) -> Result<CommitReport, String> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let scale = runtime.block_on(coffer_proxy::bench::commit_scale(chunks))?;
+    let peak_rss =
+        coffer_bench::procfs::sample(std::process::id()).map(|s| s.peak_rss).ok_or("cannot read /proc/self")?;
+    Ok(CommitReport { scale, peak_rss })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+pub(crate) fn print_commit(r: &CommitReport) {
+    println!(
+        "commit of {} chunks: warm catalog {:.2} s (resident {:.0} MiB before, peak {:.0} MiB), \
+         cold (fresh proxy, catalog from the {:.1} MiB index) {:.2} s (peak {:.0} MiB); process peak {:.0} MiB",
+        r.scale.chunks,
+        r.scale.warm_commit_secs,
+        mib(r.scale.rss_before),
+        mib(r.scale.warm_peak_rss),
+        r.scale.index_bytes as f64 / (1 << 20) as f64,
+        r.scale.cold_commit_secs,
+        mib(r.scale.cold_peak_rss),
+        mib(r.peak_rss)
+    );
+}

@@ -1,7 +1,7 @@
 //! Snapshots: the commit, which checks everything a snapshot needs is
 //! stored and locked long enough before its root is written, and listings.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 
 use bytes::Bytes;
 use coffer_proto::api::SnapshotInfo;
@@ -16,7 +16,7 @@ use super::history::{fill_catalog, repo_history, snapshot_info};
 use super::reply::{invalid, ApiError, Reply};
 use crate::app::App;
 use crate::audit::{Draft, Outcome};
-use crate::catalog::{Known, Uploader};
+use crate::catalog::Uploader;
 use crate::store::{ObjectMeta, PutOutcome, StoreError};
 
 /// How many missing chunk ids a refused commit names.
@@ -62,20 +62,34 @@ pub async fn commit(
     let store = &app.store;
     let fan = app.fan_out;
     // What the catalog knows needs no store request; the rest is HEADed.
+    // Per chunk only what the index needs is kept (a commit may name
+    // millions); the keys that sealed the known ones are summed up at once.
     let catalog = app.catalogs.of(repo);
-    let (known, unknown): (Vec<_>, Vec<_>) = {
+    let mut needed_keys = BTreeSet::from([header.key_id]);
+    let mut maybe_keys = BTreeSet::new();
+    let mut any_key = false;
+    let (known, unknown, is_known) = {
         let mut cat = catalog.lock().await;
         fill_catalog(app, repo, &mut cat).await;
-        let (known, unknown): (Vec<_>, Vec<_>) =
-            req.chunks.iter().map(|id| (*id, cat.present(id, who, now))).partition(|(_, k)| k.is_some());
-        let known: Vec<(ChunkId, Known, Option<Vec<KeyId>>)> = known
-            .into_iter()
-            .map(|(id, k)| {
-                let k = k.expect("partitioned");
-                (id, k, cat.keys_of(&k))
-            })
-            .collect();
-        (known, unknown.into_iter().map(|(id, _)| id).collect::<Vec<ChunkId>>())
+        let (mut known, mut unknown) = (Vec::new(), Vec::new());
+        let mut is_known = Vec::with_capacity(req.chunks.len());
+        for id in &req.chunks {
+            let Some(k) = cat.present(id, who, now) else {
+                unknown.push(*id);
+                is_known.push(false);
+                continue;
+            };
+            match cat.keys_of(&k).as_deref() {
+                Some([exact]) => {
+                    needed_keys.insert(*exact);
+                }
+                Some(set) => maybe_keys.extend(set.iter().copied()),
+                None => any_key = true,
+            }
+            known.push((k.size, k.retain_until, k.copy));
+            is_known.push(true);
+        }
+        (known, unknown, is_known)
     };
     // Each must be in the committer's scope: its own upload (or its copy),
     // or one from before scopes; never another identity's.
@@ -99,19 +113,24 @@ pub async fn commit(
         }
     }
     // Each chunk's size, lock and place (the scope's copy or not), in the
-    // order the commit lists them.
-    let mut facts: HashMap<ChunkId, (u64, u64, bool)> =
-        known.iter().map(|(id, k, _)| (*id, (k.size, k.retain_until, k.copy))).collect();
-    facts
-        .extend(headed.iter().map(|(id, m, copy)| (*id, (m.size, m.retain_until.unwrap_or(u64::MAX), copy.is_some()))));
+    // order the commit lists them: the known and the HEADed ones are each
+    // in that order already.
+    let (mut from_catalog, mut from_store) = (known.into_iter(), headed.iter());
     let present: Vec<(ChunkId, u64, u64, bool)> = req
         .chunks
         .iter()
-        .map(|id| {
-            let (size, locked, copy) = facts[id];
+        .zip(&is_known)
+        .map(|(id, known)| {
+            let (size, locked, copy) = if *known {
+                from_catalog.next().expect("one per known chunk")
+            } else {
+                let (_, m, copy) = from_store.next().expect("one per HEADed chunk");
+                (m.size, m.retain_until.unwrap_or(u64::MAX), copy.is_some())
+            };
             (*id, size, locked, copy)
         })
         .collect();
+    drop(is_known);
     let referenced_bytes = present.iter().fold(0u64, |sum, (_, size, _, _)| sum.saturating_add(*size));
     let referenced = present.len() as u64;
     req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
@@ -129,19 +148,7 @@ pub async fn commit(
     // Keys known exactly must be stored. A key the catalog only knows as
     // "one of that snapshot's" may be gone (expiry keeps every key that
     // sealed a surviving chunk, not the rest of the set): it is left out.
-    let mut needed_keys = BTreeSet::from([header.key_id]);
     needed_keys.extend(sealed_by);
-    let mut maybe_keys = BTreeSet::new();
-    let mut any_key = false;
-    for (_, _, keys) in &known {
-        match keys.as_deref() {
-            Some([exact]) => {
-                needed_keys.insert(*exact);
-            }
-            Some(set) => maybe_keys.extend(set.iter().copied()),
-            None => any_key = true,
-        }
-    }
     if any_key {
         // A chunk from a segment that did not record keys may need any.
         let prefix = layout::prefix(repo, layout::Kind::Keys);
