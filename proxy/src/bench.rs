@@ -31,6 +31,15 @@ pub struct CommitScale {
     pub index_bytes: u64,
 }
 
+/// Why a measured commit did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("the commit failed: {0:?}")]
+    Commit(crate::api::ApiError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 fn id(i: usize) -> ChunkId {
     ChunkId::from_bytes(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes())
 }
@@ -58,18 +67,18 @@ fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-async fn commit(app: &crate::app::App, repo: &RepoName, body: &[u8]) -> Result<f64, String> {
+async fn commit(app: &crate::app::App, repo: &RepoName, body: &[u8]) -> Result<f64, BenchError> {
     reset_peak();
     let start = Instant::now();
     let mut draft = testkit::draft("commit");
     crate::api::snapshots::commit(app, &mut draft, repo, &testkit::uploader(), body)
         .await
-        .map_err(|e| format!("the commit failed: {e:?}"))?;
+        .map_err(BenchError::Commit)?;
     Ok(start.elapsed().as_secs_f64())
 }
 
 /// Runs both commits of `chunks` chunks.
-pub async fn commit_scale(chunks: usize) -> Result<CommitScale, String> {
+pub async fn commit_scale(chunks: usize) -> Result<CommitScale, BenchError> {
     let t = testkit::app().await;
     let repo: RepoName = "bench/commit".parse().expect("a valid name");
     t.init(&repo).await;
@@ -93,7 +102,7 @@ pub async fn commit_scale(chunks: usize) -> Result<CommitScale, String> {
     let warm_commit_secs = commit(&t.app, &repo, &body).await?;
     let warm_peak_rss = status_bytes("VmHWM:");
     let index = coffer_proto::layout::index(&repo, &first);
-    let index_bytes = t.app.store.head(&index).await.map_err(|e| e.to_string())?.map_or(0, |m| m.size);
+    let index_bytes = t.app.store.head(&index).await?.map_or(0, |m| m.size);
     let cold = testkit::app_on(&t).await;
     let (_, body) = request(&t, &cold, &repo, &ids).await;
     let cold_commit_secs = commit(&cold, &repo, &body).await?;

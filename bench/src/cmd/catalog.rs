@@ -79,7 +79,7 @@ pub(crate) struct CommitReport {
 
 pub(crate) fn commit(chunks: usize) -> Result<CommitReport, String> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| e.to_string())?;
-    let scale = runtime.block_on(coffer_proxy::bench::commit_scale(chunks))?;
+    let scale = runtime.block_on(coffer_proxy::bench::commit_scale(chunks)).map_err(|e| e.to_string())?;
     let peak_rss =
         coffer_bench::procfs::sample(std::process::id()).map(|s| s.peak_rss).ok_or("cannot read /proc/self")?;
     Ok(CommitReport { scale, peak_rss })
