@@ -1,7 +1,7 @@
 //! Snapshots: the commit, which checks everything a snapshot needs is
 //! stored and locked long enough before its root is written, and listings.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use bytes::Bytes;
 use coffer_proto::api::SnapshotInfo;
@@ -34,7 +34,7 @@ pub async fn commit(
     body: &[u8],
 ) -> Result<Reply, ApiError> {
     let scope = &who.scope;
-    let req = CommitRequest::decode(body).map_err(invalid)?;
+    let mut req = CommitRequest::decode(body).map_err(invalid)?;
     // The snapshot is named in the body, not the path: its event names it,
     // whatever the outcome.
     draft.object = Some(req.snapshot.to_string());
@@ -55,10 +55,14 @@ pub async fn commit(
 
     let now = crate::unix_now();
     let (required, until) = app.retention_for(repo);
-    let mut seen = HashSet::with_capacity(req.chunks.len());
-    if let Some(id) = req.chunks.iter().find(|id| !seen.insert(**id)) {
-        return Err(invalid(format!("chunk {id} is listed twice")));
+    // A sorted copy finds a chunk listed twice in half a hash set's memory
+    // (a commit may name millions), and goes at once.
+    let mut sorted = req.chunks.clone();
+    sorted.sort_unstable();
+    if let Some(twice) = sorted.windows(2).find(|w| w[0] == w[1]) {
+        return Err(invalid(format!("chunk {} is listed twice", twice[0])));
     }
+    drop(sorted);
     let store = &app.store;
     let fan = app.fan_out;
     // What the catalog knows needs no store request; the rest is HEADed.
@@ -112,11 +116,13 @@ pub async fn commit(
             cat.record_head(*id, meta, *copy, owner);
         }
     }
-    // Each chunk's size, lock and place (the scope's copy or not), in the
-    // order the commit lists them: the known and the HEADed ones are each
-    // in that order already.
+    // Each chunk's index entry, in the order the commit lists them (the
+    // known and the HEADed ones are each in that order already), with its
+    // lock grown to cover this snapshot; the chunks whose lock must grow.
     let (mut from_catalog, mut from_store) = (known.into_iter(), headed.iter());
-    let present: Vec<(ChunkId, u64, u64, bool)> = req
+    let mut referenced_bytes = 0u64;
+    let mut to_extend: Vec<String> = Vec::new();
+    let entries: Vec<IndexEntry> = req
         .chunks
         .iter()
         .zip(&is_known)
@@ -127,12 +133,18 @@ pub async fn commit(
                 let (_, m, copy) = from_store.next().expect("one per HEADed chunk");
                 (m.size, m.retain_until.unwrap_or(u64::MAX), copy.is_some())
             };
-            (*id, size, locked, copy)
+            referenced_bytes = referenced_bytes.saturating_add(size);
+            if locked < required {
+                to_extend.push(layout::chunk_at(repo, id, copy.then_some(scope)));
+            }
+            let retain_until = if locked < required { until } else { locked };
+            IndexEntry { id: *id, size: size.min(u64::from(u32::MAX)) as u32, retain_until, copy }
         })
         .collect();
-    drop(is_known);
-    let referenced_bytes = present.iter().fold(0u64, |sum, (_, size, _, _)| sum.saturating_add(*size));
-    let referenced = present.len() as u64;
+    drop((from_catalog, is_known));
+    // The entries hold the ids now.
+    req.chunks = Vec::new();
+    let referenced = entries.len() as u64;
     req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
 
     // The data keys that sealed the chunks (known to the catalog, recorded
@@ -158,24 +170,12 @@ pub async fn commit(
     let maybe_metas =
         app.fan_out(fan, maybe.iter().copied(), |k| async move { store.head(&layout::key(repo, &k)).await }).await?;
     needed_keys.extend(maybe.iter().zip(&maybe_metas).filter(|(_, m)| m.is_some()).map(|(k, _)| *k));
-    let entries: Vec<IndexEntry> = present
-        .iter()
-        .map(|(id, size, locked, copy)| {
-            let retain_until = if *locked < required { until } else { *locked };
-            IndexEntry { id: *id, size: (*size).min(u64::from(u32::MAX)) as u32, retain_until, copy: *copy }
-        })
-        .collect();
     // What the snapshot needs besides its chunks: the data keys that sealed
     // them and its root, which must still exist (expiry may have removed a
     // key no snapshot used), and the config and chunk-id key epochs, which
     // every snapshot of the repository may need.
     let key_names: Vec<(KeyId, String)> = needed_keys.iter().map(|k| (*k, layout::key(repo, k))).collect();
     let key_metas = app.fan_out(fan, 0..key_names.len(), |i| store.head(&key_names[i].1)).await?;
-    let mut to_extend: Vec<String> = present
-        .iter()
-        .filter(|(_, _, locked, _)| *locked < required)
-        .map(|(id, _, _, copy)| layout::chunk_at(repo, id, copy.then_some(scope)))
-        .collect();
     for ((key_id, key), meta) in key_names.iter().zip(&key_metas) {
         let meta = meta.as_ref().ok_or_else(|| {
             ApiError::Conflict(format!("key {key_id} is not stored in {repo}; nothing was committed"))
