@@ -99,11 +99,6 @@ impl Progress {
         }
     }
 
-    /// Shows nothing (the daemon, tests).
-    pub fn off() -> Self {
-        Self::new(ProgressMode::None, Action::Backup)
-    }
-
     /// Names the snapshot worked on; for verify, `of` is how many are done
     /// and how many are to be checked.
     pub fn snapshot(&mut self, id: &str, of: Option<(usize, usize)>) {

@@ -40,7 +40,8 @@ pub enum BenchError {
     Store(#[from] crate::store::StoreError),
 }
 
-fn id(i: usize) -> ChunkId {
+/// The `i`-th of a benchmark's chunk ids (distinct, spread as real ids are).
+pub fn id(i: usize) -> ChunkId {
     ChunkId::from_bytes(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes())
 }
 

@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use coffer_proto::{ChunkId, KeyId, Scope};
+use coffer_proto::{KeyId, Scope};
+use coffer_proxy::bench::id;
 use coffer_proxy::catalog::{Known, RepoCatalog, SealedBy, Uploader};
 use serde::Serialize;
 
@@ -21,10 +22,6 @@ pub(crate) struct CatalogReport {
 
 fn rss() -> Result<u64, String> {
     coffer_bench::procfs::sample(std::process::id()).map(|s| s.rss).ok_or_else(|| "cannot read /proc/self".into())
-}
-
-fn id(i: usize) -> ChunkId {
-    ChunkId::from_bytes(*blake3::hash(&(i as u64).to_le_bytes()).as_bytes())
 }
 
 pub(crate) fn catalog(chunks: usize) -> Result<CatalogReport, String> {
