@@ -10,6 +10,11 @@ mod cmd;
 use clap::{Parser, Subcommand};
 use cmd::{catalog, e2e, limit, s3, stream, Bench, Common, Input};
 
+/// The proxy's allocator and its tuning (.cargo/config.toml): `catalog`
+/// measures the proxy's structures in this process, as the proxy holds them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(name = "coffer-bench", version, about = "Coffer's benchmark harness")]
 struct Cli {

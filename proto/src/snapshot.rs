@@ -16,15 +16,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::wire::json_decode;
 use crate::wire::Reader;
-use crate::{ChunkId, FormatError, KeyId, Scope, SnapshotId, ENVELOPE_MAX};
+use crate::{ChunkId, FormatError, SnapshotId, ENVELOPE_MAX};
+
+mod index;
+pub use index::{IndexEntry, IndexHeader, IndexRecords, IndexSegment, IndexView};
 
 /// Current snapshot root format version.
 pub const ROOT_VERSION: u32 = 1;
 const MANIFEST_MAGIC: &[u8; 4] = b"CFM1";
 const COMMIT_MAGIC: &[u8; 4] = b"CFC1";
-const INDEX_MAGIC: &[u8; 4] = b"CFI3";
-const INDEX_V2_MAGIC: &[u8; 4] = b"CFI2";
-const INDEX_V1_MAGIC: &[u8; 4] = b"CFI1";
 /// A root envelope is small; anything larger is refused before allocation.
 pub const ROOT_MAX: usize = 1024 * 1024;
 
@@ -178,13 +178,13 @@ impl SnapshotStats {
         Ok(())
     }
 
-    fn encode_into(&self, out: &mut Vec<u8>) {
+    pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
         for v in [self.bytes_in, self.bytes_new, self.stored_new, self.chunks, self.chunks_new] {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
 
-    fn decode_from(r: &mut Reader<'_>) -> Result<Self, FormatError> {
+    pub(crate) fn decode_from(r: &mut Reader<'_>) -> Result<Self, FormatError> {
         Ok(Self {
             bytes_in: r.u64()?,
             bytes_new: r.u64()?,
@@ -221,6 +221,26 @@ impl CommitRequest {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
+        let view = CommitView::decode(bytes)?;
+        let chunks = view.chunks().collect();
+        Ok(Self { snapshot: view.snapshot, root: view.root.to_vec(), stats: view.stats, chunks })
+    }
+}
+
+/// A commit body read in place: the root and the chunk ids stay in the
+/// body's bytes (a commit may name millions), read one at a time.
+#[derive(Clone, Copy, Debug)]
+pub struct CommitView<'a> {
+    pub snapshot: SnapshotId,
+    pub root: &'a [u8],
+    pub stats: SnapshotStats,
+    ids: &'a [u8],
+}
+
+impl<'a> CommitView<'a> {
+    /// Checks the whole body, as [`CommitRequest::decode`] does, without
+    /// copying the ids out of it.
+    pub fn decode(bytes: &'a [u8]) -> Result<Self, FormatError> {
         let mut r = Reader::new(bytes);
         r.magic(COMMIT_MAGIC, "commit (CFC1)")?;
         let snapshot = SnapshotId::from_bytes(r.array()?);
@@ -228,178 +248,22 @@ impl CommitRequest {
         if root_len > ROOT_MAX.min(ENVELOPE_MAX) {
             return Err(FormatError::TooLarge { what: "snapshot root", len: root_len as u64, max: ROOT_MAX as u64 });
         }
-        let root = r.take(root_len)?.to_vec();
+        let root = r.take(root_len)?;
         let stats = SnapshotStats::decode_from(&mut r)?;
         let n = r.count(ChunkId::LEN)?;
-        let mut chunks = Vec::with_capacity(n);
-        for _ in 0..n {
-            chunks.push(ChunkId::from_bytes(r.array()?));
-        }
+        let ids = r.take(n * ChunkId::LEN)?;
         r.finish()?;
-        Ok(Self { snapshot, root, stats, chunks })
-    }
-}
-
-/// One chunk as recorded in an index segment.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexEntry {
-    pub id: ChunkId,
-    /// Stored (envelope) size.
-    pub size: u32,
-    /// Unix seconds until which the chunk is locked.
-    pub retain_until: u64,
-    /// Whether the snapshot uses its scope's copy of the chunk
-    /// (`layout::chunk_copy`) rather than the id's first upload. Always
-    /// false in a segment from before scopes (CFI2, CFI1).
-    pub copy: bool,
-}
-
-const INDEX_V2_ENTRY_LEN: usize = ChunkId::LEN + 4 + 8;
-const INDEX_ENTRY_LEN: usize = INDEX_V2_ENTRY_LEN + 1;
-
-/// The plaintext index segment the proxy writes at `index/<snapshot-id>`
-/// before the snapshot root: what the snapshot references and how long each
-/// object is locked, so retention decisions need no per-chunk HEAD.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IndexSegment {
-    pub snapshot: SnapshotId,
-    pub committed: u64,
-    pub retain_until: u64,
-    pub stats: SnapshotStats,
-    /// Every data key the snapshot needs (its root's, its manifest's and
-    /// its chunks'), sorted and distinct; `None` in a segment from before
-    /// key ids were recorded (CFI1), which needs all of them.
-    pub keys: Option<Vec<KeyId>>,
-    /// The upload scope of the identity that committed the snapshot: its
-    /// chunks are the first uploads of their ids or this scope's copies.
-    /// `None` in a segment from before scopes (CFI2, CFI1); a segment with
-    /// a scope also records `keys`.
-    pub scope: Option<Scope>,
-    pub chunks: Vec<IndexEntry>,
-}
-
-impl IndexSegment {
-    /// Encodes as CFI3 when the segment has a scope, else as the version
-    /// its fields allow (CFI2 with keys, CFI1 without).
-    pub fn encode(&self) -> Vec<u8> {
-        let keys = self.keys.as_deref().unwrap_or_default();
-        let mut out = Vec::with_capacity(96 + keys.len() * KeyId::LEN + self.chunks.len() * INDEX_ENTRY_LEN);
-        out.extend_from_slice(match (&self.scope, &self.keys) {
-            (Some(_), _) => INDEX_MAGIC,
-            (None, Some(_)) => INDEX_V2_MAGIC,
-            (None, None) => INDEX_V1_MAGIC,
-        });
-        out.extend_from_slice(self.snapshot.as_bytes());
-        out.extend_from_slice(&self.committed.to_le_bytes());
-        out.extend_from_slice(&self.retain_until.to_le_bytes());
-        self.stats.encode_into(&mut out);
-        if self.keys.is_some() || self.scope.is_some() {
-            out.extend_from_slice(&(keys.len() as u64).to_le_bytes());
-            for k in keys {
-                out.extend_from_slice(k.as_bytes());
-            }
-        }
-        if let Some(scope) = &self.scope {
-            out.extend_from_slice(scope.as_bytes());
-        }
-        out.extend_from_slice(&(self.chunks.len() as u64).to_le_bytes());
-        for e in &self.chunks {
-            out.extend_from_slice(e.id.as_bytes());
-            out.extend_from_slice(&e.size.to_le_bytes());
-            out.extend_from_slice(&e.retain_until.to_le_bytes());
-            if self.scope.is_some() {
-                out.push(u8::from(e.copy));
-            }
-        }
-        out
+        Ok(Self { snapshot, root, stats, ids })
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let mut r = Reader::new(bytes);
-        let (version, magic) = if bytes.starts_with(INDEX_V1_MAGIC) {
-            (1, INDEX_V1_MAGIC)
-        } else if bytes.starts_with(INDEX_V2_MAGIC) {
-            (2, INDEX_V2_MAGIC)
-        } else {
-            (3, INDEX_MAGIC)
-        };
-        r.magic(magic, "index segment (CFI3, CFI2 or CFI1)")?;
-        let v1 = version == 1;
-        let snapshot = SnapshotId::from_bytes(r.array()?);
-        let committed = r.u64()?;
-        let retain_until = r.u64()?;
-        let stats = SnapshotStats::decode_from(&mut r)?;
-        let keys = if v1 {
-            None
-        } else {
-            let n = r.count(KeyId::LEN)?;
-            let mut keys = Vec::with_capacity(n);
-            for _ in 0..n {
-                let k = KeyId::from_bytes(r.array()?);
-                if keys.last().is_some_and(|last| *last >= k) {
-                    return Err(FormatError::Invalid {
-                        what: "index segment",
-                        reason: "key ids are not sorted and distinct".into(),
-                    });
-                }
-                keys.push(k);
-            }
-            Some(keys)
-        };
-        let scope = if version == 3 { Some(Scope::from_bytes(r.array()?)) } else { None };
-        let n = r.count(if scope.is_some() { INDEX_ENTRY_LEN } else { INDEX_V2_ENTRY_LEN })?;
-        let mut chunks = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (id, size, retain_until) = (ChunkId::from_bytes(r.array()?), r.u32()?, r.u64()?);
-            let copy = match scope {
-                None => false,
-                Some(_) => match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    _ => {
-                        return Err(FormatError::Invalid {
-                            what: "index segment",
-                            reason: "an entry's copy flag is neither 0 nor 1".into(),
-                        })
-                    }
-                },
-            };
-            chunks.push(IndexEntry { id, size, retain_until, copy });
-        }
-        r.finish()?;
-        Ok(Self { snapshot, committed, retain_until, stats, keys, scope, chunks })
+    /// How many chunk ids the commit lists.
+    pub fn chunk_count(&self) -> usize {
+        self.ids.len() / ChunkId::LEN
     }
-}
 
-/// The start of every index segment version: what a listing needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct IndexHeader {
-    pub snapshot: SnapshotId,
-    pub committed: u64,
-    pub retain_until: u64,
-    pub stats: SnapshotStats,
-}
-
-impl IndexHeader {
-    /// Bytes of a segment the header takes: magic, snapshot id, committed,
-    /// retain-until and the five stats.
-    pub const LEN: usize = 4 + SnapshotId::LEN + 8 + 8 + 5 * 8;
-
-    /// Reads the header from the first [`Self::LEN`] bytes of a segment of
-    /// any version (what follows is not looked at).
-    pub fn decode(bytes: &[u8]) -> Result<Self, FormatError> {
-        let head = bytes.get(..Self::LEN).ok_or_else(|| FormatError::Truncated { needed: Self::LEN - bytes.len() })?;
-        let mut r = Reader::new(head);
-        let magic = [INDEX_V1_MAGIC, INDEX_V2_MAGIC, INDEX_MAGIC].into_iter().find(|m| head.starts_with(*m));
-        r.magic(magic.unwrap_or(INDEX_MAGIC), "index segment (CFI3, CFI2 or CFI1)")?;
-        let header = Self {
-            snapshot: SnapshotId::from_bytes(r.array()?),
-            committed: r.u64()?,
-            retain_until: r.u64()?,
-            stats: SnapshotStats::decode_from(&mut r)?,
-        };
-        r.finish()?;
-        Ok(header)
+    /// The chunk ids, in the order the body lists them.
+    pub fn chunks(&self) -> impl ExactSizeIterator<Item = ChunkId> + 'a {
+        self.ids.chunks_exact(ChunkId::LEN).map(|c| ChunkId::from_bytes(c.try_into().expect("exact chunks")))
     }
 }
 

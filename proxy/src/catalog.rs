@@ -25,7 +25,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use coffer_proto::snapshot::IndexSegment;
+use coffer_proto::snapshot::IndexView;
 use coffer_proto::{ChunkId, KeyId, RepoName, Scope, SnapshotId};
 
 use crate::store::ObjectMeta;
@@ -311,7 +311,7 @@ impl RepoCatalog {
     /// Every chunk of a committed snapshot's index segment. A segment from
     /// before scopes (no scope) committed after `scopes_since` is an old
     /// proxy's: its chunks count for no one until a HEAD says whose they are.
-    pub fn record_index(&mut self, index: &IndexSegment, scopes_since: u64) {
+    pub fn record_index(&mut self, index: &IndexView<'_>, scopes_since: u64) {
         if !self.merged.insert(index.snapshot) {
             return;
         }
@@ -326,7 +326,7 @@ impl RepoCatalog {
             None if index.committed >= scopes_since => Some(Scope::UNSCOPED),
             scope => scope,
         };
-        for e in &index.chunks {
+        for e in index.entries() {
             let (size, retain_until, copy) = (u64::from(e.size), e.retain_until, e.copy);
             self.record(e.id, Known { size, retain_until, sealed_by, owner, copy });
         }

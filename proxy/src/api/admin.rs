@@ -286,7 +286,7 @@ mod tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 2).await;
-        crate::api::snapshots::commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode())
+        crate::api::snapshots::commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into())
             .await
             .unwrap();
 

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use coffer_proto::endpoint::{MISSING_BODY_MAX, SMALL_BODY_MAX};
 use coffer_proto::ENVELOPE_MAX;
 use http::Request;
@@ -34,6 +34,14 @@ pub(super) struct Body {
     _held: Option<Buffered>,
 }
 
+impl Body {
+    /// The bytes, and the share of the budget to keep while they are
+    /// handled (a handler may let the bytes go earlier).
+    pub(super) fn into_parts(self) -> (Bytes, Option<Buffered>) {
+        (self.bytes, self._held)
+    }
+}
+
 /// Reads the body of `req`, which asks for `action`.
 pub(super) async fn read<B>(app: &App, action: Action, req: Request<B>) -> Result<Body, ApiError>
 where
@@ -61,15 +69,20 @@ where
         Some(budget) if declared > SMALL_BODY_MAX => Some(budget.take(declared).ok_or(ApiError::Buffered)?),
         _ => None,
     };
-    let bytes = Limited::new(req.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
+    // Read into one buffer of the declared length (counted above), not
+    // frames gathered and then copied: a 64 MiB commit would be held twice.
+    let mut body = std::pin::pin!(Limited::new(req.into_body(), limit));
+    let mut bytes = BytesMut::with_capacity(declared.min(limit));
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
             Some(_) => ApiError::TooLarge(limit),
             None => invalid(format!("reading the request body: {e}")),
-        })?
-        .to_bytes();
-    Ok(Body { bytes, _held: held })
+        })?;
+        if let Ok(data) = frame.into_data() {
+            bytes.extend_from_slice(&data);
+        }
+    }
+    Ok(Body { bytes: bytes.freeze(), _held: held })
 }
 
 /// The buffer budgets a request's bodies are counted against (its

@@ -265,7 +265,7 @@ mod tests {
         commit.stats.bytes_in += 15;
         commit.stats.bytes_new += 15;
         commit.stats.stored_new += good.len() as u64;
-        crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &victim, &commit.encode())
+        crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &victim, commit.encode().into())
             .await
             .unwrap();
         let index = t.app.store.get(&layout::index(&repo, &commit.snapshot)).await.unwrap().unwrap();
@@ -273,10 +273,10 @@ mod tests {
         assert_eq!(index.scope, Some(victim.scope));
         assert!(index.chunks.iter().any(|e| e.id == future && e.copy));
         assert!(index.chunks.iter().filter(|e| e.id != future).all(|e| !e.copy));
-        let refused = crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &nobody, &{
+        let refused = crate::api::snapshots::commit(&t.app, &mut testkit::draft("commit"), &repo, &nobody, {
             let mut other = commit.clone();
             other.snapshot = coffer_proto::SnapshotId::random();
-            other.encode()
+            other.encode().into()
         })
         .await
         .unwrap_err();

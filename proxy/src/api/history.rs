@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use coffer_proto::api::SnapshotInfo;
 use coffer_proto::layout;
-use coffer_proto::snapshot::{IndexHeader, IndexSegment, SnapshotStats};
+use coffer_proto::snapshot::{IndexHeader, IndexView, SnapshotStats};
 use coffer_proto::{RepoName, SnapshotId};
 use http::StatusCode;
 
@@ -132,7 +132,7 @@ async fn read_newest_segments(app: &App, repo: &RepoName, cat: &mut RepoCatalog)
         })
         .await?;
     for bytes in segments.into_iter().flatten() {
-        if let Ok(index) = IndexSegment::decode(&bytes) {
+        if let Ok(index) = IndexView::decode(&bytes) {
             cat.record_index(&index, app.scopes_since());
         }
     }
@@ -176,7 +176,7 @@ mod tests {
         *store.list_fails_for.lock().unwrap() = Some("/snapshots/".into());
         let app = testkit::app_with_store(&t, store);
         let reply =
-            crate::api::snapshots::commit(&app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode())
+            crate::api::snapshots::commit(&app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into())
                 .await
                 .unwrap();
         assert_eq!(reply.status, StatusCode::CREATED, "the snapshot itself is fine");

@@ -146,9 +146,8 @@ where
     let digest = req.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
     // The body is read whole before it is handled: its bytes count against
     // the identity's buffer (and everyone's) until the handler is done.
-    let body = body::read(app, route.action, req).await?;
-    draft.bytes = body.bytes.len() as u64;
-    let body = body.bytes.clone();
+    let (body, _held) = body::read(app, route.action, req).await?.into_parts();
+    draft.bytes = body.len() as u64;
 
     let repo = route.repo;
     let obj = route.object.as_deref().unwrap_or_default();
@@ -173,7 +172,7 @@ where
             Reply::object(app, layout::chunk_at(&repo, &id, copy.as_ref())).await
         }
         (Action::ListCopies, Some(repo)) => chunks::list_copies(app, &repo, obj.parse().map_err(reply::invalid)?).await,
-        (Action::Commit, Some(repo)) => snapshots::commit(app, draft, &repo, &app.uploader(identity), &body).await,
+        (Action::Commit, Some(repo)) => snapshots::commit(app, draft, &repo, &app.uploader(identity), body).await,
         (Action::ListSnapshots, Some(repo)) => history::list_snapshots(app, &repo).await,
         (Action::PutEpoch, Some(repo)) => {
             repo::put_epoch(app, allowed, &repo, obj.parse().map_err(reply::invalid)?, body).await

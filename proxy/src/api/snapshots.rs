@@ -7,7 +7,7 @@ use bytes::Bytes;
 use coffer_proto::api::SnapshotInfo;
 use coffer_proto::envelope::{self, Kind};
 use coffer_proto::layout;
-use coffer_proto::snapshot::{CommitRequest, IndexEntry, IndexSegment};
+use coffer_proto::snapshot::{CommitView, IndexEntry, IndexRecords, IndexSegment, IndexView};
 use coffer_proto::{ChunkId, KeyId, RepoName, Scope};
 use http::StatusCode;
 
@@ -31,56 +31,57 @@ pub async fn commit(
     draft: &mut Draft,
     repo: &RepoName,
     who: &Uploader,
-    body: &[u8],
+    body: Bytes,
 ) -> Result<Reply, ApiError> {
     let scope = &who.scope;
-    let mut req = CommitRequest::decode(body).map_err(invalid)?;
+    let req = CommitView::decode(&body).map_err(invalid)?;
+    let (snapshot, stats) = (req.snapshot, req.stats);
     // The snapshot is named in the body, not the path: its event names it,
     // whatever the outcome.
-    draft.object = Some(req.snapshot.to_string());
-    let header = envelope::parse_header(&req.root).map_err(invalid)?;
+    draft.object = Some(snapshot.to_string());
+    let header = envelope::parse_header(req.root).map_err(invalid)?;
     if header.kind != Kind::SnapshotRoot {
         return Err(invalid("the root is not a snapshot root envelope"));
+    }
+    let root = Bytes::copy_from_slice(req.root);
+    // Each chunk's index entry, encoded, in id order: a chunk listed
+    // twice is next to its twin, the body (a commit may name millions) can
+    // go at once, and the entries become the segment in place. Size and
+    // lock are filled in below.
+    let mut entries = IndexRecords::from_ids(req.chunks());
+    drop(body);
+    if let Err(twice) = entries.sort() {
+        return Err(invalid(format!("chunk {twice} is listed twice")));
     }
     if !app.key_exists(repo, header.key_id).await? {
         return Err(ApiError::Conflict(format!("key {} is not stored in {repo}", header.key_id)));
     }
-    let root_key = layout::snapshot(repo, &req.snapshot);
+    let root_key = layout::snapshot(repo, &snapshot);
     if let Some(existing) = app.store.get(&root_key).await? {
-        if existing.as_ref() == req.root.as_slice() {
-            return snapshot_info(app, repo, req.snapshot).await.map(|i| Reply::json(StatusCode::OK, &i));
+        if existing == root {
+            return snapshot_info(app, repo, snapshot).await.map(|i| Reply::json(StatusCode::OK, &i));
         }
-        return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot)));
+        return Err(ApiError::Conflict(format!("snapshot {snapshot} already exists")));
     }
 
     let now = crate::unix_now();
     let (required, until) = app.retention_for(repo);
-    // A sorted copy finds a chunk listed twice in half a hash set's memory
-    // (a commit may name millions), and goes at once.
-    let mut sorted = req.chunks.clone();
-    sorted.sort_unstable();
-    if let Some(twice) = sorted.windows(2).find(|w| w[0] == w[1]) {
-        return Err(invalid(format!("chunk {} is listed twice", twice[0])));
-    }
-    drop(sorted);
     let store = &app.store;
     let fan = app.fan_out;
     // What the catalog knows needs no store request; the rest is HEADed.
-    // Per chunk only what the index needs is kept (a commit may name
-    // millions); the keys that sealed the known ones are summed up at once.
+    // The keys that sealed the known ones are summed up at once.
     let catalog = app.catalogs.of(repo);
     let mut needed_keys = BTreeSet::from([header.key_id]);
     let mut maybe_keys = BTreeSet::new();
     let mut any_key = false;
-    let (known, unknown, is_known) = {
+    let mut unknown: Vec<usize> = Vec::new();
+    {
         let mut cat = catalog.lock().await;
         fill_catalog(app, repo, &mut cat).await;
-        let (mut known, mut unknown) = (Vec::new(), Vec::new());
-        let mut is_known = Vec::with_capacity(req.chunks.len());
-        for id in &req.chunks {
-            let Some(k) = cat.present(id, who, now) else {
-                unknown.push(*id);
-                is_known.push(false);
+        for i in 0..entries.len() {
+            let e = entries.get(i);
+            let Some(k) = cat.present(&e.id, who, now) else {
+                unknown.push(i);
                 continue;
             };
             match cat.keys_of(&k).as_deref() {
@@ -90,15 +91,17 @@ pub async fn commit(
                 Some(set) => maybe_keys.extend(set.iter().copied()),
                 None => any_key = true,
             }
-            known.push((k.size, k.retain_until, k.copy));
-            is_known.push(true);
+            let size = k.size.min(u64::from(u32::MAX)) as u32;
+            entries.set(i, &IndexEntry { size, retain_until: k.retain_until, copy: k.copy, ..e });
         }
-        (known, unknown, is_known)
-    };
+    }
     // Each must be in the committer's scope: its own upload (or its copy),
     // or one from before scopes; never another identity's.
-    let metas = app.fan_out(fan, unknown.iter().copied(), |id| head_in_scope(app, repo, id, who)).await?;
-    let absent: Vec<&ChunkId> = unknown.iter().zip(&metas).filter(|(_, m)| m.is_none()).map(|(id, _)| id).collect();
+    let entries_ref = &entries;
+    let metas =
+        app.fan_out(fan, unknown.iter().copied(), |i| head_in_scope(app, repo, entries_ref.get(i).id, who)).await?;
+    let absent: Vec<ChunkId> =
+        unknown.iter().zip(&metas).filter(|(_, m)| m.is_none()).map(|(i, _)| entries.get(*i).id).collect();
     if !absent.is_empty() {
         let shown: Vec<String> = absent.iter().take(MISSING_SHOWN).map(ToString::to_string).collect();
         return Err(ApiError::Conflict(format!(
@@ -107,45 +110,41 @@ pub async fn commit(
             shown.join(", ")
         )));
     }
-    let headed: Vec<(ChunkId, ObjectMeta, Option<Scope>)> =
-        unknown.iter().copied().zip(metas.into_iter().flatten()).map(|(id, f)| (id, f.meta, f.copy)).collect();
+    // What the store said of the rest, by entry.
+    let headed: Vec<(usize, ObjectMeta, Option<Scope>)> =
+        unknown.into_iter().zip(metas.into_iter().flatten()).map(|(i, f)| (i, f.meta, f.copy)).collect();
     {
         let mut cat = catalog.lock().await;
-        for (id, meta, copy) in &headed {
+        for (i, meta, copy) in &headed {
             let owner = if copy.is_some() { *copy } else { app.owner_of(meta) };
-            cat.record_head(*id, meta, *copy, owner);
+            cat.record_head(entries.get(*i).id, meta, *copy, owner);
         }
     }
-    // Each chunk's index entry, in the order the commit lists them (the
-    // known and the HEADed ones are each in that order already), with its
-    // lock grown to cover this snapshot; the chunks whose lock must grow.
-    let (mut from_catalog, mut from_store) = (known.into_iter(), headed.iter());
+    for (i, meta, copy) in &headed {
+        let size = meta.size.min(u64::from(u32::MAX)) as u32;
+        let e = IndexEntry {
+            size,
+            retain_until: meta.retain_until.unwrap_or(u64::MAX),
+            copy: copy.is_some(),
+            ..entries.get(*i)
+        };
+        entries.set(*i, &e);
+    }
+    // The chunks whose lock must grow to cover this snapshot (by entry:
+    // their names are made as they are extended), and their entries
+    // recording the grown lock.
     let mut referenced_bytes = 0u64;
-    let mut to_extend: Vec<String> = Vec::new();
-    let entries: Vec<IndexEntry> = req
-        .chunks
-        .iter()
-        .zip(&is_known)
-        .map(|(id, known)| {
-            let (size, locked, copy) = if *known {
-                from_catalog.next().expect("one per known chunk")
-            } else {
-                let (_, m, copy) = from_store.next().expect("one per HEADed chunk");
-                (m.size, m.retain_until.unwrap_or(u64::MAX), copy.is_some())
-            };
-            referenced_bytes = referenced_bytes.saturating_add(size);
-            if locked < required {
-                to_extend.push(layout::chunk_at(repo, id, copy.then_some(scope)));
-            }
-            let retain_until = if locked < required { until } else { locked };
-            IndexEntry { id: *id, size: size.min(u64::from(u32::MAX)) as u32, retain_until, copy }
-        })
-        .collect();
-    drop((from_catalog, is_known));
-    // The entries hold the ids now.
-    req.chunks = Vec::new();
-    let referenced = entries.len() as u64;
-    req.stats.check(referenced, referenced_bytes).map_err(invalid)?;
+    let mut chunks_to_extend: Vec<usize> = Vec::new();
+    for i in 0..entries.len() {
+        let e = entries.get(i);
+        referenced_bytes = referenced_bytes.saturating_add(u64::from(e.size));
+        if e.retain_until < required {
+            chunks_to_extend.push(i);
+            entries.set(i, &IndexEntry { retain_until: until, ..e });
+        }
+    }
+    stats.check(entries.len() as u64, referenced_bytes).map_err(invalid)?;
+    let entries_ref = &entries;
 
     // The data keys that sealed the chunks (known to the catalog, recorded
     // beside each, or read from the envelope of a chunk stored before
@@ -153,8 +152,8 @@ pub async fn commit(
     // snapshot (extended, never shortened).
     let sealed_by = app
         .fan_out(BODIES_IN_FLIGHT, 0..headed.len(), |i| {
-            let (id, meta, copy) = &headed[i];
-            sealing_key(app, layout::chunk_at(repo, id, copy.as_ref()), meta)
+            let (e, meta, copy) = &headed[i];
+            sealing_key(app, layout::chunk_at(repo, &entries_ref.get(*e).id, copy.as_ref()), meta)
         })
         .await?;
     // Keys known exactly must be stored. A key the catalog only knows as
@@ -174,6 +173,7 @@ pub async fn commit(
     // them and its root, which must still exist (expiry may have removed a
     // key no snapshot used), and the config and chunk-id key epochs, which
     // every snapshot of the repository may need.
+    let mut others_to_extend: Vec<String> = Vec::new();
     let key_names: Vec<(KeyId, String)> = needed_keys.iter().map(|k| (*k, layout::key(repo, k))).collect();
     let key_metas = app.fan_out(fan, 0..key_names.len(), |i| store.head(&key_names[i].1)).await?;
     for ((key_id, key), meta) in key_names.iter().zip(&key_metas) {
@@ -181,7 +181,7 @@ pub async fn commit(
             ApiError::Conflict(format!("key {key_id} is not stored in {repo}; nothing was committed"))
         })?;
         if meta.retain_until.is_some_and(|t| t < required) {
-            to_extend.push(key.clone());
+            others_to_extend.push(key.clone());
         }
     }
     let mut dependencies = vec![layout::config(repo)];
@@ -189,15 +189,22 @@ pub async fn commit(
     let dependency_metas = app.fan_out(fan, 0..dependencies.len(), |i| store.head(&dependencies[i])).await?;
     for (key, meta) in dependencies.iter().zip(&dependency_metas) {
         if meta.as_ref().is_some_and(|m| m.retain_until.is_some_and(|t| t < required)) {
-            to_extend.push(key.clone());
+            others_to_extend.push(key.clone());
         }
     }
     // Every extension is tried, and those made are audited even if one
     // failed: a lock that grew is never left unrecorded.
-    let to_extend = &to_extend;
+    let (chunks_to_extend, others_to_extend) = (&chunks_to_extend, &others_to_extend);
     let tried = app
-        .fan_out(fan, 0..to_extend.len(), |i| async move {
-            Ok::<_, std::convert::Infallible>(store.extend_retention(&to_extend[i], until).await)
+        .fan_out(fan, 0..chunks_to_extend.len() + others_to_extend.len(), |i| async move {
+            let key = match chunks_to_extend.get(i) {
+                Some(e) => {
+                    let e = entries_ref.get(*e);
+                    layout::chunk_at(repo, &e.id, e.copy.then_some(scope))
+                }
+                None => others_to_extend[i - chunks_to_extend.len()].clone(),
+            };
+            Ok::<_, std::convert::Infallible>(store.extend_retention(&key, until).await)
         })
         .await
         .unwrap_or_else(|never| match never {});
@@ -215,59 +222,58 @@ pub async fn commit(
     if let Some(Err(e)) = tried.into_iter().find(|r| r.is_err()) {
         return Err(e.into());
     }
-    let index = IndexSegment {
-        snapshot: req.snapshot,
+    let head = IndexSegment {
+        snapshot,
         committed: now,
         retain_until: until,
-        stats: req.stats,
+        stats,
         keys: Some(needed_keys.into_iter().collect()),
         scope: Some(*scope),
-        chunks: entries,
+        chunks: Vec::new(),
     };
+    let encoded = Bytes::from(entries.into_segment(&head));
+    let referenced = IndexView::decode(&encoded).map_err(|e| ApiError::Conflict(e.to_string()))?;
     // A crash between these two writes leaves an index without a root: no
     // snapshot. A retried commit of the same id finds the index and goes on.
-    let index_key = layout::index(repo, &req.snapshot);
-    if app.store.put_new(&index_key, index.encode().into(), until).await? == PutOutcome::Exists {
+    let index_key = layout::index(repo, &snapshot);
+    if app.store.put_new(&index_key, encoded.clone(), until).await? == PutOutcome::Exists {
         // Left by an attempt that stopped before its root: it must describe
         // these very chunks, or the root would be paired with another
         // snapshot's locks and keys.
         let stored = app.store.get(&index_key).await?.ok_or_else(|| StoreError::NotFound(index_key.clone()))?;
-        let stored =
-            IndexSegment::decode(&stored).map_err(|e| ApiError::Conflict(format!("index of {}: {e}", req.snapshot)))?;
-        let ids = |s: &IndexSegment| (s.scope, s.chunks.iter().map(|e| (e.id, e.copy)).collect::<Vec<_>>());
-        if ids(&stored) != ids(&index) {
+        let stored = IndexView::decode(&stored).map_err(|e| ApiError::Conflict(format!("index of {snapshot}: {e}")))?;
+        if !same_chunks(&stored, &referenced) {
             return Err(ApiError::Conflict(format!(
-                "snapshot {} has an index segment for other chunks; choose another id",
-                req.snapshot
+                "snapshot {snapshot} has an index segment for other chunks; choose another id"
             )));
         }
     }
-    match app.store.put_new(&root_key, Bytes::copy_from_slice(&req.root), until).await? {
+    match app.store.put_new(&root_key, root, until).await? {
         PutOutcome::Created => {}
-        PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {} already exists", req.snapshot))),
+        PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {snapshot} already exists"))),
     }
-    catalog.lock().await.record_index(&index, app.scopes_since());
+    catalog.lock().await.record_index(&referenced, app.scopes_since());
+    let referenced = referenced.len() as u64;
+    drop(encoded);
     app.catalogs.trim();
-    let info = SnapshotInfo { id: req.snapshot, committed: now, retain_until: until, stats: req.stats };
-    app.snapshot_infos.lock().expect("not poisoned").insert((repo.clone(), req.snapshot), info.clone());
+    let info = SnapshotInfo { id: snapshot, committed: now, retain_until: until, stats };
+    app.snapshot_infos.lock().expect("not poisoned").insert((repo.clone(), snapshot), info.clone());
     let m = &app.metrics;
     let label = |kind: &str| crate::monitor::metrics::KindLabel { kind: kind.to_string() };
-    m.chunks.get_or_create(&label("new")).inc_by(req.stats.chunks_new);
+    m.chunks.get_or_create(&label("new")).inc_by(stats.chunks_new);
     // Distinct chunks the snapshot references that it did not upload.
-    m.chunks.get_or_create(&label("dedup")).inc_by(referenced.saturating_sub(req.stats.chunks_new));
+    m.chunks.get_or_create(&label("dedup")).inc_by(referenced.saturating_sub(stats.chunks_new));
     m.lock_extensions.inc_by(extended);
     let repo_label = crate::monitor::metrics::RepoLabel { repo: repo.to_string() };
     m.last_snapshot.get_or_create(&repo_label).set(now as f64);
     m.snapshots.get_or_create(&repo_label).inc();
-    match repo_history(app, repo, req.snapshot).await {
-        Ok(history) => app.watch.committed(repo, &history, &req.stats, now).await,
+    match repo_history(app, repo, snapshot).await {
+        Ok(history) => app.watch.committed(repo, &history, &stats, now).await,
         // The snapshot is committed; but the detector cannot judge it, and
         // a detector switched off without a word is what an attacker wants.
         Err(e) => {
-            let msg = format!(
-                "snapshot {} was committed unjudged: its repository's history cannot be read: {e}",
-                req.snapshot
-            );
+            let msg =
+                format!("snapshot {snapshot} was committed unjudged: its repository's history cannot be read: {e}");
             tracing::error!(%repo, "{msg}");
             let dedup = Some((format!("history:{repo}"), crate::monitor::detect::QUIET_SECS));
             app.watch
@@ -284,6 +290,17 @@ pub async fn commit(
         }
     }
     Ok(Reply::json(StatusCode::CREATED, &info))
+}
+
+/// Whether two segments record the same chunks of the same scope, in any
+/// order (a segment from before entries were sorted is in the commit's).
+fn same_chunks(a: &IndexView<'_>, b: &IndexView<'_>) -> bool {
+    let sorted = |v: &IndexView<'_>| {
+        let mut ids: Vec<(ChunkId, bool)> = v.entries().map(|e| (e.id, e.copy)).collect();
+        ids.sort_unstable();
+        ids
+    };
+    a.scope == b.scope && a.len() == b.len() && sorted(a) == sorted(b)
 }
 
 /// The data key that sealed the chunk stored at `key`: recorded beside it
@@ -304,7 +321,7 @@ async fn sealing_key(app: &App, key: String, meta: &ObjectMeta) -> Result<KeyId,
 
 #[cfg(test)]
 mod tests {
-    use coffer_proto::snapshot::SnapshotStats;
+    use coffer_proto::snapshot::{CommitRequest, SnapshotStats};
 
     use super::*;
     use crate::api::history::list_snapshots;
@@ -315,19 +332,23 @@ mod tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        let reply = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
+        let reply =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap();
         assert_eq!(reply.status, StatusCode::CREATED);
         let info: SnapshotInfo = serde_json::from_slice(&reply.body).unwrap();
         let index = t.app.store.get(&layout::index(&repo, &req.snapshot)).await.unwrap().unwrap();
         let index = IndexSegment::decode(&index).unwrap();
-        assert_eq!(index.chunks.iter().map(|e| e.id).collect::<Vec<_>>(), req.chunks);
+        let mut sorted = req.chunks.clone();
+        sorted.sort_unstable();
+        assert_eq!(index.chunks.iter().map(|e| e.id).collect::<Vec<_>>(), sorted, "every chunk, in id order");
         assert_eq!(index.keys.as_ref().map(Vec::len), Some(1), "the one data key that sealed them");
         for id in &req.chunks {
             let meta = t.app.store.head(&layout::chunk(&repo, id)).await.unwrap().unwrap();
             assert!(meta.retain_until.unwrap() >= info.retain_until - 1, "each chunk locked as long as the snapshot");
         }
         // The same commit again (a retry) is answered, not doubled.
-        let again = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
+        let again =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap();
         assert_eq!(again.status, StatusCode::OK);
         let listed = list_snapshots(&t.app, &repo).await.unwrap();
         let listed: Vec<SnapshotInfo> = serde_json::from_slice(&listed.body).unwrap();
@@ -336,7 +357,8 @@ mod tests {
         let mut other = req;
         let last = other.root.len() - 1;
         other.root[last] ^= 1;
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &other.encode()).await.unwrap_err();
+        let err =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), other.encode().into()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(_)), "{err}");
     }
 
@@ -346,19 +368,22 @@ mod tests {
         let repo: RepoName = "dev/unit".parse().unwrap();
         let mut req = staged(&t, &repo, 2).await;
         req.chunks.push(ChunkId::from_bytes([7; 32]));
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap_err();
+        let err =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
         req.chunks.pop();
         let twice = CommitRequest { chunks: vec![req.chunks[0], req.chunks[0]], ..req.clone() };
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &twice.encode()).await.unwrap_err();
+        let err =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), twice.encode().into()).await.unwrap_err();
         assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("twice")), "{err}");
         let lying = CommitRequest { stats: SnapshotStats { chunks_new: 50, ..req.stats }, ..req.clone() };
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &lying.encode()).await.unwrap_err();
+        let err =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), lying.encode().into()).await.unwrap_err();
         assert!(matches!(err, ApiError::Invalid(ref m) if m.contains("contradict")), "{err}");
         assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Snapshots)).await.unwrap().is_empty());
         assert!(t.app.store.list(&layout::prefix(&repo, layout::Kind::Index)).await.unwrap().is_empty());
         // And the honest commit of the same chunks still goes through.
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap();
     }
 }
 
@@ -374,7 +399,7 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 40).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap();
 
         // The dedup query and the commit of the same chunks again.
         let heads = store_ops(&t.app, "head");
@@ -382,7 +407,7 @@ mod catalog_tests {
             crate::api::chunks::missing(&t.app, &repo, &testkit::uploader(), &encode_ids(&req.chunks)).await.unwrap();
         assert!(decode_ids(&answer.body).unwrap().is_empty());
         let second = again(&t, &repo, &req).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &second.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), second.encode().into()).await.unwrap();
         let per_commit = store_ops(&t.app, "head") - heads;
         assert!(per_commit < 10, "{per_commit} HEADs for 40 known chunks: the key records and config only");
 
@@ -394,7 +419,7 @@ mod catalog_tests {
         let answer = crate::api::chunks::missing(&fresh, &repo, &testkit::uploader(), &encode_ids(&ids)).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![unknown]);
         let third = again(&t, &repo, &req).await;
-        commit(&fresh, &mut draft("commit"), &repo, &testkit::uploader(), &third.encode()).await.unwrap();
+        commit(&fresh, &mut draft("commit"), &repo, &testkit::uploader(), third.encode().into()).await.unwrap();
     }
 
     #[tokio::test]
@@ -423,7 +448,8 @@ mod catalog_tests {
             .put_new(&layout::index(&repo, &req.snapshot), other.encode().into(), crate::unix_now() + 86_400)
             .await
             .unwrap();
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap_err();
+        let err =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("other chunks")), "{err}");
         assert!(t.app.store.head(&layout::snapshot(&repo, &req.snapshot)).await.unwrap().is_none(), "no root");
     }
@@ -433,7 +459,7 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap();
         // A longer retention now, so every object's lock must grow; the
         // config's extension fails.
         let store = std::sync::Arc::new(testkit::Faulty::new(t.app.store.clone()));
@@ -441,7 +467,8 @@ mod catalog_tests {
         let mut app = testkit::app_with_store(&t, store);
         app.retention.0 += 86_400 * 30;
         let second = again(&t, &repo, &req).await;
-        let err = commit(&app, &mut draft("commit"), &repo, &testkit::uploader(), &second.encode()).await.unwrap_err();
+        let err =
+            commit(&app, &mut draft("commit"), &repo, &testkit::uploader(), second.encode().into()).await.unwrap_err();
         assert!(matches!(err, ApiError::Store(_)), "{err}");
         let event = testkit::wait_for_audit(&t, "\"extend-locks\"").await;
         assert!(event.contains("objects locked until"), "{event}");
@@ -453,11 +480,12 @@ mod catalog_tests {
         let t = testkit::app().await;
         let repo: RepoName = "dev/unit".parse().unwrap();
         let req = staged(&t, &repo, 3).await;
-        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &req.encode()).await.unwrap();
+        commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap();
         // A commit naming a chunk nobody uploaded is refused, catalog or not.
         let mut lying = again(&t, &repo, &req).await;
         lying.chunks.push(ChunkId::from_bytes([0xab; 32]));
-        let err = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), &lying.encode()).await.unwrap_err();
+        let err =
+            commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), lying.encode().into()).await.unwrap_err();
         assert!(matches!(err, ApiError::Conflict(ref m) if m.contains("not stored")), "{err}");
     }
 }

@@ -1,4 +1,4 @@
-use coffer_proto::snapshot::{IndexEntry, SnapshotStats};
+use coffer_proto::snapshot::{IndexEntry, IndexSegment, SnapshotStats};
 
 use super::*;
 
@@ -6,6 +6,12 @@ const NOW: u64 = 1_000_000_000;
 
 fn id(n: u8) -> ChunkId {
     ChunkId::from_bytes([n; 32])
+}
+
+/// Records a segment as a proxy reads it: encoded, then viewed in place.
+fn record(c: &mut RepoCatalog, index: &IndexSegment, scopes_since: u64) {
+    let bytes = index.encode();
+    c.record_index(&IndexView::decode(&bytes).unwrap(), scopes_since);
 }
 
 fn scope(n: u8) -> Scope {
@@ -77,8 +83,8 @@ fn an_index_segment_gives_each_chunk_its_snapshots_keys_and_scope_once() {
         scope: Some(scope(1)),
         chunks: vec![entry(1, false), entry(2, true)],
     };
-    c.record_index(&index, u64::MAX);
-    c.record_index(&index, u64::MAX);
+    record(&mut c, &index, u64::MAX);
+    record(&mut c, &index, u64::MAX);
     let known = c.present(&id(1), &who(1), NOW).unwrap();
     assert_eq!(c.keys_of(&known), Some(keys));
     assert_eq!(c.key_sets.len(), 1, "a segment is merged once");
@@ -89,13 +95,13 @@ fn an_index_segment_gives_each_chunk_its_snapshots_keys_and_scope_once() {
     // A segment from before scopes: its uploads answer for everyone.
     let old =
         IndexSegment { snapshot: SnapshotId::from_bytes([8; 16]), scope: None, chunks: vec![entry(3, false)], ..index };
-    c.record_index(&old, NOW + 1);
+    record(&mut c, &old, NOW + 1);
     assert!(c.present(&id(3), &who(2), NOW).is_some());
     // ... except for an identity whose uploads were quarantined.
     assert!(c.present(&id(3), &Uploader { scope: scope(2), legacy: false }, NOW).is_none());
     // One an old proxy wrote after scopes began counts for no one.
     let late = IndexSegment { snapshot: SnapshotId::from_bytes([9; 16]), chunks: vec![entry(4, false)], ..old };
-    c.record_index(&late, NOW);
+    record(&mut c, &late, NOW);
     assert!(c.present(&id(4), &who(2), NOW).is_none());
     assert!(c.present(&id(4), &Uploader { scope: Scope::UNSCOPED, legacy: true }, NOW).is_some(), "recorded");
 }
