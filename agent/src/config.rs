@@ -24,6 +24,10 @@ pub struct AgentConfig {
     pub daemon: DaemonConfig,
     /// Scheduled backups that `coffer daemon` runs (and `coffer run` runs once).
     pub jobs: Vec<JobConfig>,
+    /// Where the agent keeps what it remembers of each repository's
+    /// snapshots (`coffer_agent::memory`): `state_dir`, else the default
+    /// (`memory::default_dir`); none when neither is known.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The file as written. The connection keys are read (and their types
@@ -52,6 +56,8 @@ struct AgentFile {
     daemon: DaemonConfig,
     #[serde(default)]
     jobs: Vec<JobConfig>,
+    #[serde(default)]
+    state_dir: Option<PathBuf>,
 }
 
 /// Default seconds a stopping daemon waits for running backups.
@@ -271,8 +277,15 @@ impl AgentConfig {
     pub fn parse(text: &str, base: &Path) -> Result<Self, ParseError> {
         let file: AgentFile = toml::from_str(text).map_err(|e| ParseError::Toml(e.to_string()))?;
         let client = ClientConfig::parse(text, base)?;
-        let mut cfg =
-            AgentConfig { client, keys: file.keys, backup: file.backup, daemon: file.daemon, jobs: file.jobs };
+        let state_dir = file.state_dir.map(|d| base.join(d)).or_else(crate::memory::default_dir);
+        let mut cfg = AgentConfig {
+            client,
+            keys: file.keys,
+            backup: file.backup,
+            daemon: file.daemon,
+            jobs: file.jobs,
+            state_dir,
+        };
         if let KeysConfig::Local { master_key } = &mut cfg.keys {
             *master_key = base.join(&*master_key);
         }

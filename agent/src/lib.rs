@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod fuzz;
 pub mod keys;
 pub mod limit;
+pub mod memory;
 pub mod progress;
 pub mod repo;
 pub mod restore;

@@ -280,7 +280,10 @@ impl Ctx {
         let b = &self.config.backup;
         let legacy_ok = b.legacy_repos.contains(&name);
         let limits = coffer_agent::limit::Limits::new(b.limit_upload_kib, b.limit_download_kib);
-        let repo = OpenRepo::open(self.client, self.provider, name, legacy_ok).await?.with_limits(limits);
+        let repo = OpenRepo::open(self.client, self.provider, name, legacy_ok)
+            .await?
+            .with_limits(limits)
+            .with_memory(self.config.state_dir.as_deref(), &self.config.client.proxy);
         Ok((self.config, Arc::new(repo)))
     }
 }
@@ -383,7 +386,7 @@ async fn run_repo(
                 return Ok(());
             }
             let (_, repo) = ctx.open(repo).await?;
-            let (list, unreadable) = cli::listing::list_snapshots(&repo).await?;
+            let cli::listing::Listing { listed: list, unreadable, lost } = cli::listing::list_snapshots(&repo).await?;
             if json {
                 print_json(&list)?;
             } else {
@@ -393,16 +396,22 @@ async fn run_repo(
                     println!("{}  {when}  {:>14} bytes  {}  ({})", s.id, s.bytes, s.name, s.source);
                 }
             }
+            for e in &unreadable {
+                eprintln!("coffer: {e}");
+            }
+            let mut failed = Vec::new();
             if !unreadable.is_empty() {
-                for e in &unreadable {
-                    eprintln!("coffer: {e}");
-                }
-                return Err(anyhow::anyhow!(
+                failed.push(format!(
                     "{} of {} snapshots could not be read (listed: the others); run `coffer verify`",
                     unreadable.len(),
                     unreadable.len() + list.len()
-                )
-                .into());
+                ));
+            }
+            if !lost.is_empty() {
+                failed.push(cli::listing::went_backwards(&lost).to_string());
+            }
+            if !failed.is_empty() {
+                return Err(anyhow::anyhow!("{}", failed.join("; ")).into());
             }
         }
         RepoCmd::Verify { repo, snapshot, since, json, read_data_subset } => {

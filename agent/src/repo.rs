@@ -47,6 +47,9 @@ pub struct OpenRepo {
     data_keys: Mutex<HashMap<KeyId, Arc<tokio::sync::OnceCell<Arc<DataKey>>>>>,
     /// Bandwidth limits this run observes (none by default).
     pub limits: crate::limit::Limits,
+    /// What this host remembers of the repository's snapshots (none: the
+    /// agent has no state folder).
+    pub memory: Option<crate::memory::Memory>,
 }
 
 /// Starts a new chunk-id key epoch (`coffer key rotate`): later backups
@@ -145,6 +148,7 @@ impl OpenRepo {
             id_keys,
             data_keys: Mutex::new(HashMap::new()),
             limits: Default::default(),
+            memory: None,
         })
     }
 
@@ -152,6 +156,24 @@ impl OpenRepo {
     pub fn with_limits(mut self, limits: crate::limit::Limits) -> Self {
         self.limits = limits;
         self
+    }
+
+    /// The same, remembering its snapshots under `state_dir` (none: no
+    /// memory).
+    pub fn with_memory(mut self, state_dir: Option<&std::path::Path>, proxy: &str) -> Self {
+        self.memory = state_dir.map(|dir| crate::memory::Memory::at(dir, proxy, &self.name));
+        self
+    }
+
+    /// Checks a listing against what this host remembers (see
+    /// [`crate::memory`]): the problems it finds. A memory that cannot be
+    /// read or written is a warning, not a failed listing.
+    pub fn check_listing(&self, listing: &[coffer_proto::api::SnapshotInfo]) -> Vec<String> {
+        let Some(memory) = &self.memory else { return Vec::new() };
+        memory.check(listing, crate::unix_now()).unwrap_or_else(|e| {
+            tracing::warn!(repo = %self.name, "the snapshot memory is not kept: {e}");
+            Vec::new()
+        })
     }
 
     /// The chunk-id key a snapshot was made with (None: the config's).

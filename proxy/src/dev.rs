@@ -227,6 +227,9 @@ proxy = "https://{addr}"
 ca = "ca.pem"
 cert = "{who}.pem"
 key = "{who}.key"
+# What this host remembers of each repository's snapshots (a listing that
+# loses one is an error): kept beside the dev store.
+state_dir = "state"
 
 [keys]
 provider = "local"

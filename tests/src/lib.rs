@@ -87,6 +87,10 @@ pub fn coffer_with_env(config: &Path, args: &[&str], stdin: Option<&[u8]>, env: 
         .env("COFFER_RETRY_DEADLINE_SECS", "2")
         // Retries are logged at warn: the check below depends on seeing them.
         .env("COFFER_LOG", "warn")
+        // What the agent remembers of snapshots stays with the test's
+        // configs, never in the home folder shared by every test and run.
+        .env_remove("STATE_DIRECTORY")
+        .env("XDG_STATE_HOME", config.parent().unwrap_or(Path::new(".")).join("xdg-state"))
         .envs(env.iter().copied())
         .env("COFFER_CONFIG", config)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })

@@ -290,6 +290,58 @@ fn one_damaged_snapshot_does_not_hide_the_others() {
     assert!(alert["reason"].as_str().unwrap().contains(&no_index), "{alert}");
 }
 
+/// Someone with raw store access deletes the newest snapshot's root, then
+/// puts back an older copy of the whole repository: the proxy's listing
+/// looks whole both times, but the host that made and listed the snapshots
+/// names each one it lacks, `snapshots` and `verify` fail, and deleting
+/// the host's memory (a repository deliberately made anew) clears it.
+#[test]
+fn a_listing_that_goes_backwards_is_noticed_by_the_host_that_remembers() {
+    let p = DevProxy::start();
+    let first = backup(&p, "dev/back", b"first");
+    let objects = p.objects().join("dev/back");
+    let copy = p.dir.join("older-copy");
+    assert!(std::process::Command::new("cp").arg("-a").arg(&objects).arg(&copy).status().unwrap().success());
+    let second = coffer(&p.writer(), &["backup", "--repo", "dev/back", "-"], Some(b"second")).last_line();
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/back"], None);
+    assert_eq!(listed.code(), 0, "{}", listed.stderr);
+
+    // The newest root deleted behind the proxy's back.
+    let root = objects.join(format!("snapshots/{second}"));
+    let saved = std::fs::read(&root).unwrap();
+    std::fs::remove_file(&root).unwrap();
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/back"], None);
+    assert_eq!(listed.code(), 1, "{}", listed.stderr);
+    let out = String::from_utf8_lossy(&listed.stdout);
+    assert!(out.contains(&first), "the rest is still listed: {out}");
+    assert!(
+        listed.stderr.contains(&format!("snapshot {second} of dev/back, which this host committed")),
+        "{}",
+        listed.stderr
+    );
+    assert!(listed.stderr.contains("went backwards"), "{}", listed.stderr);
+    let verified = coffer(&p.reader(), &["verify", "--repo", "dev/back"], None);
+    assert_eq!(verified.code(), 1, "{}", verified.stderr);
+    let out = String::from_utf8_lossy(&verified.stdout);
+    assert!(out.contains(&format!("{first}: ok")), "what is there is still checked: {out}");
+    assert!(verified.stderr.contains(&second) && verified.stderr.contains("went backwards"), "{}", verified.stderr);
+    std::fs::write(&root, saved).unwrap();
+    assert_eq!(coffer(&p.reader(), &["snapshots", "--repo", "dev/back"], None).code(), 0, "the root is back");
+
+    // The whole repository put back as it was before the second backup.
+    std::fs::remove_dir_all(&objects).unwrap();
+    assert!(std::process::Command::new("cp").arg("-a").arg(&copy).arg(&objects).status().unwrap().success());
+    let listed = coffer(&p.reader(), &["snapshots", "--repo", "dev/back", "--json"], None);
+    assert_eq!(listed.code(), 1, "{}", listed.stderr);
+    assert!(listed.stderr.contains(&second), "{}", listed.stderr);
+
+    // A repository made anew on purpose: its memory removed, the listing is fine.
+    let state = p.dir.join("state");
+    assert!(state.is_dir(), "the dev configs keep the memory beside them");
+    std::fs::remove_dir_all(&state).unwrap();
+    assert_eq!(coffer(&p.reader(), &["snapshots", "--repo", "dev/back"], None).code(), 0);
+}
+
 /// Someone who can write in the restore's target folder plants symlinks
 /// at the temporary name the agent used to use and at the target: the
 /// restore writes neither the files they point to, and the file it makes

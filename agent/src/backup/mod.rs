@@ -211,7 +211,13 @@ pub async fn run(
     );
     let stats = up.stats;
     let commit = CommitRequest { snapshot: id, root, stats, chunks: refs.order };
-    repo.client.commit(&repo.name, commit.encode()).await?;
+    let info = repo.client.commit(&repo.name, commit.encode()).await?;
+    if let Some(memory) = &repo.memory {
+        // The snapshot is committed whatever the memory says.
+        if let Err(e) = memory.committed(&info) {
+            tracing::warn!(repo = %repo.name, "the snapshot memory is not kept: {e}");
+        }
+    }
     Ok(BackupReport {
         id,
         bytes_in: stats.bytes_in,

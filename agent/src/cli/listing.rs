@@ -30,14 +30,31 @@ pub(crate) struct Listed {
     pub(crate) stats: coffer_proto::snapshot::SnapshotStats,
 }
 
-/// The repository's snapshots with what their roots say. A root that is
-/// missing or fails its checks does not hide the others: it is left out of
-/// the list and named in the second half of the answer.
-pub(crate) async fn list_snapshots(repo: &OpenRepo) -> Result<(Vec<Listed>, Vec<String>), Failure> {
+/// The listing's failure when it lacks snapshots this host remembers
+/// (`OpenRepo::check_listing`), each named on stderr.
+pub(crate) fn went_backwards(lost: &[String]) -> anyhow::Error {
+    for problem in lost {
+        eprintln!("coffer: {problem}");
+    }
+    anyhow::anyhow!("the listing lacks {} snapshots this host remembers, still locked: it went backwards", lost.len())
+}
+
+/// A listing: the snapshots whose roots could be read; the problems with
+/// the others (a root that is missing or fails its checks does not hide
+/// the rest); and the snapshots this host remembers that it lacks.
+pub(crate) struct Listing {
+    pub(crate) listed: Vec<Listed>,
+    pub(crate) unreadable: Vec<String>,
+    pub(crate) lost: Vec<String>,
+}
+
+/// The repository's snapshots with what their roots say.
+pub(crate) async fn list_snapshots(repo: &OpenRepo) -> Result<Listing, Failure> {
     use futures_util::StreamExt as _;
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
     let infos = repo.client.list_snapshots(&repo.name).await.map_err(denied_hint)?;
+    let lost = repo.check_listing(&infos);
     // Roots are fetched (and their keys unwrapped) several at a time, in order.
     let mut roots = futures_util::stream::iter(infos.into_iter().map(|info| async move {
         let root = restore::load_root(repo, info.id).await;
@@ -67,5 +84,5 @@ pub(crate) async fn list_snapshots(repo: &OpenRepo) -> Result<(Vec<Listed>, Vec<
             stats: info.stats,
         });
     }
-    Ok((out, unreadable))
+    Ok(Listing { listed: out, unreadable, lost })
 }

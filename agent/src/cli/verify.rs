@@ -25,14 +25,18 @@ pub(crate) async fn run(
     json: bool,
     progress: &mut Progress,
 ) -> Result<(), Failure> {
+    // A listing that lost a snapshot this host remembers fails the check.
+    let mut lost = Vec::new();
     let ids = match which.snapshot {
         Some(id) => vec![id],
         None => {
             let after = which.since.map_or(0, |d| coffer_agent::unix_now().saturating_sub(d.as_secs()));
             let listed = repo.client.list_snapshots(&repo.name).await?;
+            lost = repo.check_listing(&listed);
             listed.into_iter().filter(|s| s.committed >= after).map(|s| s.id).collect()
         }
     };
+
     if ids.is_empty() {
         let lately = if which.since.is_some() { " committed in that time" } else { "" };
         eprintln!("coffer: repository {} has no snapshots{lately} to verify", repo.name);
@@ -74,6 +78,9 @@ pub(crate) async fn run(
     if !damaged.is_empty() {
         let names: Vec<String> = damaged.iter().map(ToString::to_string).collect();
         return Err(anyhow::anyhow!("{} of {total} snapshots are damaged: {}", damaged.len(), names.join(", ")).into());
+    }
+    if !lost.is_empty() {
+        return Err(crate::cli::listing::went_backwards(&lost).into());
     }
     Ok(())
 }

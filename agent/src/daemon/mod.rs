@@ -142,7 +142,8 @@ impl Daemon {
             return Err(DaemonError::NeedsMfa);
         }
         let legacy_ok = self.config.backup.legacy_repos.contains(repo);
-        Ok(Arc::new(OpenRepo::open(client, self.provider.clone(), repo.clone(), legacy_ok).await?.with_limits(limits)))
+        let repo = OpenRepo::open(client, self.provider.clone(), repo.clone(), legacy_ok).await?;
+        Ok(Arc::new(repo.with_limits(limits).with_memory(self.config.state_dir.as_deref(), &self.config.client.proxy)))
     }
 
     /// Runs one job now (a scheduled start, or `coffer run NAME`).

@@ -185,7 +185,7 @@ repos = ["dev/**"]
         std::thread::spawn(move || std::io::copy(&mut lines, &mut std::io::sink()));
         for who in ["writer", "reader"] {
             let agent = format!(
-                "proxy = \"https://{addr}\"\nca = \"ca.pem\"\ncert = \"{who}.pem\"\nkey = \"{who}.key\"\n\
+                "proxy = \"https://{addr}\"\nca = \"ca.pem\"\ncert = \"{who}.pem\"\nkey = \"{who}.key\"\nstate_dir = \"state\"\n\
                  [keys]\nprovider = \"local\"\nmaster_key = \"master.key\"\n"
             );
             std::fs::write(dir.join(format!("s3-{who}.toml")), agent).map_err(|e| e.to_string())?;
