@@ -315,8 +315,8 @@ mod tests {
             // More keys than the room kept before the entries: the segment
             // is still whole, only moved.
             keys: Some(
-                (0..=HEAD_ROOM as u16)
-                    .map(|k| KeyId::from_bytes([k.to_be_bytes(); 8].concat().try_into().unwrap()))
+                (0..=(HEAD_ROOM * INDEX_ENTRY_LEN / KeyId::LEN) as u32)
+                    .map(|k| KeyId::from_bytes([k.to_be_bytes(); 4].concat().try_into().unwrap()))
                     .collect(),
             ),
             scope: Some(Scope::from_bytes([2; 8])),

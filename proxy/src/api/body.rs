@@ -58,11 +58,12 @@ where
             return Err(ApiError::MediaType(format!("a {} body is {expected}, not {given}", action.name())));
         }
     }
-    let declared = req
+    let length = req
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .map_or(limit, |n| n.min(limit));
+        .map(|n| n.min(limit));
+    let declared = length.unwrap_or(limit);
     // Small bodies (configs, key records, admin calls) are not counted, so a
     // budget filled by others never refuses an admin's lockdown or revoke.
     let held = match req.extensions().get::<Budget>() {
@@ -71,8 +72,9 @@ where
     };
     // Read into one buffer of the declared length (counted above), not
     // frames gathered and then copied: a 64 MiB commit would be held twice.
+    // A body of no declared length starts small and grows.
     let mut body = std::pin::pin!(Limited::new(req.into_body(), limit));
-    let mut bytes = BytesMut::with_capacity(declared.min(limit));
+    let mut bytes = BytesMut::with_capacity(length.unwrap_or(limit.min(SMALL_BODY_MAX)));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| match e.downcast_ref::<http_body_util::LengthLimitError>() {
             Some(_) => ApiError::TooLarge(limit),

@@ -295,12 +295,19 @@ pub async fn commit(
 /// Whether two segments record the same chunks of the same scope, in any
 /// order (a segment from before entries were sorted is in the commit's).
 fn same_chunks(a: &IndexView<'_>, b: &IndexView<'_>) -> bool {
+    if a.scope != b.scope || a.len() != b.len() {
+        return false;
+    }
+    let in_order = |v: &IndexView<'_>| v.entries().is_sorted_by_key(|e| e.id);
+    if in_order(a) && in_order(b) {
+        return a.entries().zip(b.entries()).all(|(x, y)| (x.id, x.copy) == (y.id, y.copy));
+    }
     let sorted = |v: &IndexView<'_>| {
         let mut ids: Vec<(ChunkId, bool)> = v.entries().map(|e| (e.id, e.copy)).collect();
         ids.sort_unstable();
         ids
     };
-    a.scope == b.scope && a.len() == b.len() && sorted(a) == sorted(b)
+    sorted(a) == sorted(b)
 }
 
 /// The data key that sealed the chunk stored at `key`: recorded beside it
