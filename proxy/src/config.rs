@@ -10,6 +10,9 @@ use serde::Deserialize;
 
 use crate::access::policy::{GrantConfig, Policy, PolicyError, RuleConfig};
 pub use crate::access::trust::TrustDomainConfig;
+pub use admin::{AdminConfig, DedupConfig};
+
+mod admin;
 
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_SLACK_DAYS: u32 = 7;
@@ -40,6 +43,8 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
+    #[serde(default)]
+    pub dedup: DedupConfig,
     #[serde(default)]
     pub aws: AwsConfig,
     #[serde(default)]
@@ -192,6 +197,14 @@ pub struct AuditConfig {
     /// segments are shipped to the store.
     #[serde(default = "default_ship_secs")]
     pub ship_secs: u64,
+    /// A signed checkpoint of the newest event goes to the store at most
+    /// this often (when there are new events); 0: none.
+    #[serde(default = "default_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+}
+
+fn default_checkpoint_secs() -> u64 {
+    crate::audit::DEFAULT_CHECKPOINT_SECS
 }
 
 fn default_ship_secs() -> u64 {
@@ -222,6 +235,7 @@ impl AuditConfig {
             path: self.path.clone(),
             segment_events: self.segment_events.max(1),
             segment_secs: self.segment_secs.max(1),
+            checkpoint_secs: self.checkpoint_secs,
             signing_key: self.signing_key.clone().unwrap_or_else(|| dir.join("signing.key")),
         }
     }
@@ -305,23 +319,6 @@ impl Default for LimitsConfig {
             identity_buffer_bytes: 2 * DEFAULT_COMMIT_MAX_BYTES,
             buffer_bytes: 1 << 30,
         }
-    }
-}
-
-#[derive(Debug, Deserialize, Clone)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
-    /// TOTP secrets of enrolled identities (mode 0600), written by
-    /// `coffer-proxy admin enroll`.
-    pub totp_file: PathBuf,
-    /// How often the admin state in the store (revocations, lockdown) is
-    /// read again, so a call made on another proxy takes effect here too.
-    pub poll_secs: u64,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self { totp_file: "totp.toml".into(), poll_secs: 5 }
     }
 }
 

@@ -102,7 +102,28 @@ pub async fn stored_audit(cfg: &ProxyConfig) -> Result<Vec<(String, String)>, Se
         )));
     }
     let mut out = Vec::new();
+    let checkpoints = format!("{prefix}{}", crate::audit::checkpoint::FOLDER);
     for key in store.list(&prefix).await? {
+        if key.starts_with(&checkpoints) {
+            continue;
+        }
+        let body = store.get(&key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
+        out.push((key, String::from_utf8_lossy(&body).into_owned()));
+    }
+    Ok(out)
+}
+
+/// The audit checkpoints this proxy shipped of events after `after` (the
+/// shipped segments' end: those before are vouched for by the segments),
+/// and any stored under a name that is not a seq: (key, text) each.
+pub async fn stored_checkpoints(cfg: &ProxyConfig, after: u64) -> Result<Vec<(String, String)>, SetupError> {
+    let store = open_store_to_read(cfg).await?;
+    let prefix = format!("{}{}", crate::audit::ship::store_prefix(&cfg.proxy_id), crate::audit::checkpoint::FOLDER);
+    let mut out = Vec::new();
+    for key in store.list(&prefix).await? {
+        if crate::audit::checkpoint::seq_of_key(&key).is_some_and(|seq| seq <= after) {
+            continue;
+        }
         let body = store.get(&key).await?.ok_or_else(|| StoreError::NotFound(key.clone()))?;
         out.push((key, String::from_utf8_lossy(&body).into_owned()));
     }

@@ -17,6 +17,15 @@ fn audit(p: &DevProxy, args: &[&str]) -> (bool, String) {
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
+/// The files (segments, not the checkpoints' folder) in a folder, in order.
+fn segments_in(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.is_file()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
 /// A proxy that has served a real workload, then stopped.
 fn busy_proxy(extra: &str) -> DevProxy {
     let p = DevProxy::start().restarted(|text| text.replace("[audit]\n", &format!("[audit]\n{extra}\n")));
@@ -65,7 +74,7 @@ fn sealed_segments_are_signed_shipped_and_verified_in_the_store() {
     // Wait for the shipper.
     let shipped = p.dir.join("store/objects/audit/dev");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_dir(&shipped).map(|d| d.count()).unwrap_or(0) < 2 {
+    while segments_in(&shipped).len() < 2 {
         assert!(std::time::Instant::now() < deadline, "no audit segments shipped");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -75,8 +84,7 @@ fn sealed_segments_are_signed_shipped_and_verified_in_the_store() {
     assert!(ok, "{out}");
 
     // Tamper with a shipped segment (raw access to the store's files).
-    let mut segs: Vec<_> = std::fs::read_dir(&shipped).unwrap().flatten().map(|e| e.path()).collect();
-    segs.sort();
+    let segs = segments_in(&shipped);
     let text = std::fs::read_to_string(&segs[1]).unwrap();
     std::fs::write(&segs[1], text.replacen("\"outcome\":\"ok\"", "\"outcome\":\"denied\"", 1)).unwrap();
     let (ok, out) = audit(&p, &["verify", "--store"]);
@@ -95,7 +103,7 @@ fn a_local_trail_shorter_than_what_was_shipped_is_truncation() {
     let mut p = busy_proxy("segment_events = 5\nship_secs = 1");
     let shipped = p.dir.join("store/objects/audit/dev");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while std::fs::read_dir(&shipped).map(|d| d.count()).unwrap_or(0) < 2 {
+    while segments_in(&shipped).len() < 2 {
         assert!(std::time::Instant::now() < deadline, "no audit segments shipped");
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
@@ -112,6 +120,48 @@ fn a_local_trail_shorter_than_what_was_shipped_is_truncation() {
     let (ok, out) = audit(&p, &["verify"]);
     assert!(!ok, "an emptied trail passed: {out}");
     assert!(out.contains("audit trail truncated") && out.contains("were shipped to the store"), "{out}");
+}
+
+/// Root on the proxy host cuts the newest events off the live log before
+/// any segment was sealed (one an hour): no shipped segment shows it, but
+/// the signed checkpoint shipped within a minute does; so does deleting the
+/// whole live log.
+#[test]
+fn a_live_log_cut_below_the_stores_newest_checkpoint_is_truncation() {
+    let mut p = busy_proxy("ship_secs = 1\ncheckpoint_secs = 1");
+    let checkpoints = p.dir.join("store/objects/audit/dev/checkpoints");
+    let log = p.dir.join("audit/audit.jsonl");
+    let events = || std::fs::read_to_string(&log).unwrap().lines().count() as u64;
+    // Wait until a checkpoint covers every event written so far.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let newest = loop {
+        let newest: u64 =
+            segments_in(&checkpoints).iter().filter_map(|p| p.file_name()?.to_str()?.parse().ok()).max().unwrap_or(0);
+        if newest > 0 && newest >= events() {
+            break newest;
+        }
+        assert!(std::time::Instant::now() < deadline, "no checkpoint shipped");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    p.kill();
+    assert!(segments_in(&p.dir.join("store/objects/audit/dev")).is_empty(), "nothing sealed yet");
+    let (ok, out) = audit(&p, &["verify"]);
+    assert!(ok, "{out}");
+
+    let good = std::fs::read_to_string(&log).unwrap();
+    let kept: Vec<&str> = good.lines().take(newest as usize - 3).collect();
+    std::fs::write(&log, kept.join("\n") + "\n").unwrap();
+    let (ok, out) = audit(&p, &["verify"]);
+    assert!(!ok, "a cut trail passed: {out}");
+    assert!(out.contains("audit trail truncated") && out.contains(&format!("checkpoint of event {newest}")), "{out}");
+    std::fs::write(&log, b"").unwrap();
+    let (ok, out) = audit(&p, &["verify"]);
+    assert!(!ok && out.contains("audit trail truncated"), "an emptied trail passed: {out}");
+    std::fs::write(&log, &good).unwrap();
+    let (ok, out) = audit(&p, &["verify"]);
+    assert!(ok, "{out}");
+    let (ok, out) = audit(&p, &["verify", "--store"]);
+    assert!(ok && out.contains("checkpoints vouch for events past the sealed segments"), "{out}");
 }
 
 /// Each shipped segment's BLAKE3 also goes to the alert webhook, a place

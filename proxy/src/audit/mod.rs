@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod checkpoint;
 pub mod segment;
 pub mod ship;
 pub mod verify;
@@ -39,6 +40,9 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 pub const DEFAULT_SEGMENT_EVENTS: u64 = 10_000;
 /// Seconds before a non-empty live file is sealed, unless configured.
 pub const DEFAULT_SEGMENT_SECS: u64 = 3600;
+/// Default `audit.checkpoint_secs`: how much of the newest trail root on
+/// the proxy host can cut off unnoticed, besides the shipping interval.
+pub const DEFAULT_CHECKPOINT_SECS: u64 = 60;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -118,6 +122,8 @@ pub struct SpoolConfig {
     pub path: PathBuf,
     pub segment_events: u64,
     pub segment_secs: u64,
+    /// A checkpoint of the newest event at most this often (0: none).
+    pub checkpoint_secs: u64,
     /// The Ed25519 key (PKCS#8, 0600) that signs seals; made on first use.
     pub signing_key: PathBuf,
 }
@@ -212,6 +218,8 @@ struct Spool {
     /// First event of the live file: (seq, time, prev), if any.
     live_first: Option<(u64, u64, String)>,
     live_count: u64,
+    /// The newest checkpoint written: (seq, unix ms).
+    checkpointed: (u64, u64),
 }
 
 /// Reads an audit signing key, or makes one (0600) on first use.
@@ -277,7 +285,18 @@ impl Spool {
             file.write_all(keep.as_bytes())?;
             file.sync_all()?;
         }
-        Ok(Self { cfg: cfg.clone(), proxy: proxy.to_string(), file, key, seq, prev, live_first, live_count })
+        let checkpointed = (0, 0);
+        Ok(Self {
+            cfg: cfg.clone(),
+            proxy: proxy.to_string(),
+            file,
+            key,
+            seq,
+            prev,
+            live_first,
+            live_count,
+            checkpointed,
+        })
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
@@ -301,8 +320,15 @@ impl Spool {
             if let Err(e) = self.maybe_seal() {
                 tracing::error!("sealing the audit log failed (will retry): {e}");
             }
+            if let Err(e) = self.maybe_checkpoint(false) {
+                tracing::error!("writing an audit checkpoint failed (will retry): {e}");
+            }
         }
         let _ = self.file.sync_all();
+        // The last events too, for the shipping at shutdown.
+        if let Err(e) = self.maybe_checkpoint(true) {
+            tracing::error!("writing the last audit checkpoint failed: {e}");
+        }
     }
 
     /// Writes a batch; one fsync if any event in it must be durable.
@@ -350,6 +376,35 @@ impl Spool {
             (self.seq, self.prev, self.live_first, self.live_count) = (seq0, prev0, first0, count0);
         }
         result
+    }
+
+    /// Writes a checkpoint of the newest event if there are events since
+    /// the last one and `checkpoint_secs` have passed, or `now` (shipped
+    /// with the segments).
+    fn maybe_checkpoint(&mut self, now_anyway: bool) -> std::io::Result<()> {
+        let now = crate::unix_now_ms();
+        // A clock stepped back does not hold checkpoints back.
+        let due = now_anyway
+            || now < self.checkpointed.1
+            || now - self.checkpointed.1 >= self.cfg.checkpoint_secs.saturating_mul(1000);
+        if self.cfg.checkpoint_secs == 0 || self.seq <= self.checkpointed.0 || !due {
+            return Ok(());
+        }
+        // It vouches for events on disk only.
+        self.file.sync_data()?;
+        let c = checkpoint::Checkpoint {
+            proxy: self.proxy.clone(),
+            seq: self.seq,
+            hash: self.prev.clone(),
+            time_ms: now,
+            public_key: {
+                use aws_lc_rs::signature::KeyPair as _;
+                hex::encode(self.key.public_key().as_ref())
+            },
+        };
+        checkpoint::write(&self.cfg.sealed_dir(), &c, &self.key)?;
+        self.checkpointed = (self.seq, now);
+        Ok(())
     }
 
     fn maybe_seal(&mut self) -> std::io::Result<()> {

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 
+use super::checkpoint;
 use crate::store::ObjectStore;
 
 /// Where a proxy's segments live in the store.
@@ -50,11 +51,17 @@ pub enum ShipError {
     Local { path: std::path::PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(
+        "audit checkpoint {0} is already in the store with other contents: does a second proxy use this \
+         proxy_id, or was the audit spool put back from an older copy?"
+    )]
+    Clash(String),
 }
 
 /// Uploads every local segment not shipped yet, oldest first, and marks
-/// each shipped (`.seg` → `.seg.shipped`) once the store holds it. Returns
-/// what was shipped; stops at the first failure (retried next time).
+/// each shipped (`.seg` → `.seg.shipped`) once the store holds it; and
+/// every checkpoint, deleted once the store holds it. Returns the segments
+/// shipped; stops at the first failure (retried next time).
 pub async fn ship_pending(
     dir: &Path,
     store: &dyn ObjectStore,
@@ -68,13 +75,30 @@ pub async fn ship_pending(
         .map_err(at(dir))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".seg"))
+        .filter(|n| n.ends_with(".seg") || n.ends_with(checkpoint::SUFFIX))
         .collect();
     pending.sort();
     let mut shipped = Vec::new();
+    // Checkpoints first: a segment that cannot be shipped must not hold
+    // back the minute-by-minute anchor.
+    pending.sort_by_key(|n| !n.ends_with(checkpoint::SUFFIX));
     for name in pending {
         let path = dir.join(&name);
         let body = std::fs::read(&path).map_err(at(&path))?;
+        if let Some(seq) = name.strip_suffix(checkpoint::SUFFIX) {
+            // A checkpoint is not kept once the store holds it. One already
+            // there must be this very one: another is a second proxy with
+            // this proxy_id, or a spool put back from an older copy.
+            let key = format!("{}{}{seq}", store_prefix(proxy_id), checkpoint::FOLDER);
+            let body = Bytes::from(body);
+            if store.put_new(&key, body.clone(), retain_until).await? == crate::store::PutOutcome::Exists
+                && store.get(&key).await?.is_some_and(|stored| stored != body)
+            {
+                return Err(ShipError::Clash(key));
+            }
+            std::fs::remove_file(&path).map_err(at(&path))?;
+            continue;
+        }
         let key = format!("{}{}", store_prefix(proxy_id), name.trim_end_matches(".seg"));
         let blake3 = blake3::hash(&body).to_hex().to_string();
         store.put_new(&key, Bytes::from(body), retain_until).await?;
@@ -84,9 +108,16 @@ pub async fn ship_pending(
     Ok(shipped)
 }
 
-/// Local segments not in the store yet.
+/// Local segments and checkpoints not in the store yet.
 pub fn unshipped(dir: &Path) -> usize {
     std::fs::read_dir(dir)
-        .map(|it| it.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".seg")).count())
+        .map(|it| {
+            it.flatten()
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.ends_with(".seg") || name.ends_with(checkpoint::SUFFIX)
+                })
+                .count()
+        })
         .unwrap_or(0)
 }

@@ -9,6 +9,7 @@ fn spool(dir: &Path, segment_events: u64) -> SpoolConfig {
         path: dir.join("audit.jsonl"),
         segment_events,
         segment_secs: 3600,
+        checkpoint_secs: 0,
         signing_key: dir.join("signing.key"),
     }
 }
@@ -171,4 +172,73 @@ proptest::proptest! {
             proptest::prop_assert!(verdict.is_err(), "byte {i} flipped with {x:#04x} went unnoticed");
         }
     }
+}
+
+/// A checkpoint names the newest event on disk; the trail must reach every
+/// checkpoint with that very event, and only the audit key's signature, on
+/// a checkpoint stored under its own seq, counts.
+#[test]
+fn checkpoints_vouch_for_the_newest_event_and_catch_a_cut_or_rewritten_trail() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SpoolConfig { checkpoint_secs: 1, ..spool(dir.path(), 1000) };
+    record_all(&cfg, &["a", "b", "c"]);
+    record_all(&cfg, &["d"]);
+    let mut names: Vec<String> = std::fs::read_dir(cfg.sealed_dir())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(checkpoint::SUFFIX))
+        .collect();
+    names.sort();
+    // The first event is checkpointed at once, and the newest at the end
+    // (a reopened spool checkpoints at once too); more if a second passed.
+    assert_eq!(names.first(), Some(&format!("{}.ckpt", segment::name(1))));
+    assert_eq!(names.last(), Some(&format!("{}.ckpt", segment::name(4))));
+    let stored: Vec<(String, String)> = names
+        .iter()
+        .map(|n| {
+            let key = format!("audit/p1/checkpoints/{}", n.trim_end_matches(".ckpt"));
+            (key, std::fs::read_to_string(cfg.sealed_dir().join(n)).unwrap())
+        })
+        .collect();
+    let key = hex::decode(std::fs::read_to_string(cfg.signing_key.with_extension("pub")).unwrap().trim()).unwrap();
+    let all = checkpoint::open_all(&stored, &key).unwrap();
+    let live = std::fs::read_to_string(&cfg.path).unwrap();
+    let hash_at = |seq| verify::hash_at(&[], Some(&live), seq);
+    assert_eq!((all[0].seq, Some(all[0].hash.clone())), (4, hash_at(4)), "newest first");
+    assert_eq!(checkpoint::check(&all, 4, hash_at), None, "the whole trail");
+    let cut = checkpoint::check(&all, 3, hash_at).unwrap();
+    assert!(cut.contains("truncated") && cut.contains("event 4"), "{cut}");
+    let rewritten =
+        checkpoint::check(&all, 4, |seq| if seq == 1 { Some("0".repeat(64)) } else { hash_at(seq) }).unwrap();
+    assert!(
+        rewritten.contains("rewritten") && rewritten.contains("event 1 "),
+        "an older checkpoint counts too: {rewritten}"
+    );
+
+    // Root on the proxy host holds the key: it cuts the trail to event 3
+    // and adds a checkpoint of event 3 under a name that sorts last. The
+    // real checkpoint of event 4 is still read.
+    let signing = signing_key(&cfg.signing_key).unwrap();
+    let forged_dir = tempfile::tempdir().unwrap();
+    let three = checkpoint::Checkpoint { seq: 3, hash: hash_at(3).unwrap(), ..all[0].clone() };
+    checkpoint::write(forged_dir.path(), &three, &signing).unwrap();
+    let forged_text = std::fs::read_to_string(forged_dir.path().join(format!("{}.ckpt", segment::name(3)))).unwrap();
+    let mut with_forged = stored.clone();
+    with_forged.push(("audit/p1/checkpoints/99999999999999999999".into(), forged_text.clone()));
+    let e = checkpoint::open_all(&with_forged, &key).unwrap_err();
+    assert!(matches!(e, checkpoint::CheckpointError::Misnamed { seq: 3, .. }), "{e}");
+    with_forged.pop();
+    with_forged.push((format!("audit/p1/checkpoints/{}", segment::name(3)), forged_text));
+    let all = checkpoint::open_all(&with_forged, &key).unwrap();
+    assert!(checkpoint::check(&all, 3, hash_at).unwrap().contains("truncated"), "the real newest one still counts");
+
+    // Signed by another key, or spelt otherwise: not a checkpoint.
+    let other = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
+    let other = aws_lc_rs::signature::Ed25519KeyPair::from_pkcs8(other.as_ref()).unwrap();
+    checkpoint::write(forged_dir.path(), &checkpoint::Checkpoint { seq: 9, ..three }, &other).unwrap();
+    let foreign = std::fs::read_to_string(forged_dir.path().join(format!("{}.ckpt", segment::name(9)))).unwrap();
+    assert!(matches!(checkpoint::open("f", &foreign, &key), Err(checkpoint::CheckpointError::Signature(_))));
+    let respelt = stored[0].1.replacen("{\"checkpoint\":{", "{\"checkpoint\": {", 1);
+    assert!(matches!(checkpoint::open("r", &respelt, &key), Err(checkpoint::CheckpointError::Unreadable(_))));
 }

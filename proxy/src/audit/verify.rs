@@ -93,6 +93,17 @@ impl Walk {
     }
 }
 
+/// The hash of event `seq` in a trail (segments, then the live file).
+pub fn hash_at(segments: &[(String, String)], live: Option<&str>, seq: u64) -> Option<String> {
+    segments
+        .iter()
+        .flat_map(|(_, text)| text.lines())
+        .chain(live.into_iter().flat_map(str::lines))
+        .filter_map(|line| serde_json::from_str::<Event>(line).ok())
+        .find(|e| e.seq == seq)
+        .map(|e| e.hash)
+}
+
 /// Verifies `segments` (name, contents; in order) and then `live`, from
 /// event 1. `public_key` pins the audit key; without it each seal's own key
 /// is used (which proves integrity, not origin).

@@ -62,17 +62,37 @@ pub(crate) fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitC
                 Ok(k) => k,
                 Err(e) => return fail(USAGE, &e),
             };
-            let trail = if store {
-                match block_on(coffer_proxy::parts::stored_audit(&cfg)) {
-                    Ok(segments) => Ok((segments, None)),
-                    Err(code) => return code,
-                }
-            } else {
-                audit::local_trail(&spool).map(|(s, live)| (s, Some(live))).map_err(|e| e.to_string())
+            // What the store holds is read first: the running proxy ships
+            // segments and checkpoints past a local trail read before them.
+            let shipped = match block_on(coffer_proxy::parts::stored_audit(&cfg)) {
+                Ok(segments) => segments,
+                Err(code) => return code,
             };
-            let (segments, live) = match trail {
-                Ok(t) => t,
-                Err(e) => return fail(FAILURE, &e),
+            let shipped_end = match audit::verify(&shipped, None, Some(&key)) {
+                Ok(s) => s.last_seq,
+                Err(brk) => {
+                    println!("{}{brk}", if store { "" } else { "the shipped audit trail: " });
+                    return ExitCode::from(FAILURE);
+                }
+            };
+            let checkpoints = match block_on(coffer_proxy::parts::stored_checkpoints(&cfg, shipped_end)) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            let checkpoints = match audit::checkpoint::open_all(&checkpoints, &key) {
+                Ok(c) => c,
+                Err(problem) => {
+                    println!("{problem}");
+                    return ExitCode::from(FAILURE);
+                }
+            };
+            let (segments, live) = if store {
+                (shipped, None)
+            } else {
+                match audit::local_trail(&spool) {
+                    Ok((s, live)) => (s, Some(live)),
+                    Err(e) => return fail(FAILURE, e.to_string()),
+                }
             };
             if let Some(path) = seals {
                 let text = match std::fs::read_to_string(&path) {
@@ -99,42 +119,39 @@ pub(crate) fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitC
                 }
                 println!("{} segments match the hashes the webhook received", expected.len());
             }
-            match audit::verify(&segments, live.as_deref(), Some(&key)) {
-                Ok(r) => {
-                    // The local trail must hold at least what was shipped:
-                    // lines cut from its end, or the whole spool deleted,
-                    // leave a chain that verifies on its own.
-                    if !store {
-                        match block_on(coffer_proxy::parts::stored_audit(&cfg)) {
-                            Ok(shipped) => match audit::verify(&shipped, None, Some(&key)) {
-                                Ok(s) if s.last_seq > r.last_seq => {
-                                    println!(
-                                        "audit trail truncated: the local trail ends at event {}, but segments up to \
-                                         event {} were shipped to the store",
-                                        r.last_seq, s.last_seq
-                                    );
-                                    return ExitCode::from(FAILURE);
-                                }
-                                Ok(_) => {}
-                                Err(brk) => {
-                                    println!("the shipped audit trail: {brk}");
-                                    return ExitCode::from(FAILURE);
-                                }
-                            },
-                            Err(code) => return code,
-                        }
-                    }
-                    println!(
-                        "audit trail ok: {} events (1 to {}) in {} sealed segments",
-                        r.events, r.last_seq, r.segments
-                    );
-                    ExitCode::SUCCESS
-                }
+            let r = match audit::verify(&segments, live.as_deref(), Some(&key)) {
+                Ok(r) => r,
                 Err(brk) => {
                     println!("{brk}");
-                    ExitCode::from(FAILURE)
+                    return ExitCode::from(FAILURE);
+                }
+            };
+            if store {
+                // Checkpoints past the shipped segments (signed and well
+                // named, checked above) vouch for events not sealed yet.
+                if !checkpoints.is_empty() {
+                    println!("{} checkpoints vouch for events past the sealed segments", checkpoints.len());
+                }
+            } else {
+                // The local trail must hold at least what was shipped:
+                // lines cut from its end, or the whole spool deleted, leave
+                // a chain that verifies on its own.
+                if shipped_end > r.last_seq {
+                    println!(
+                        "audit trail truncated: the local trail ends at event {}, but segments up to event {} \
+                         were shipped to the store",
+                        r.last_seq, shipped_end
+                    );
+                    return ExitCode::from(FAILURE);
+                }
+                let hash_at = |seq| audit::verify::hash_at(&segments, live.as_deref(), seq);
+                if let Some(problem) = audit::checkpoint::check(&checkpoints, r.last_seq, hash_at) {
+                    println!("{problem}");
+                    return ExitCode::from(FAILURE);
                 }
             }
+            println!("audit trail ok: {} events (1 to {}) in {} sealed segments", r.events, r.last_seq, r.segments);
+            ExitCode::SUCCESS
         }
         AuditCmd::Query { identity, repo, action, since } => {
             let (segments, live) = match audit::local_trail(&spool) {

@@ -107,7 +107,11 @@ impl Default for Metrics {
             m.refusals.clone(),
         );
         r.register("audit_backlog", "Audit events queued, not yet written", m.audit_backlog.clone());
-        r.register("audit_unshipped", "Sealed audit segments not yet in the store", m.audit_unshipped.clone());
+        r.register(
+            "audit_unshipped",
+            "Sealed audit segments and checkpoints not yet in the store",
+            m.audit_unshipped.clone(),
+        );
         r.register("last_snapshot_timestamp_seconds", "When each repository last committed", m.last_snapshot.clone());
         r.register("snapshots_committed", "Snapshots committed, by repository", m.snapshots.clone());
         r.register("lock_extensions", "Objects whose lock a commit extended", m.lock_extensions.clone());

@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         path: work.join("audit.jsonl"),
         segment_events: 3,
         segment_secs: 3600,
+        checkpoint_secs: 0,
         signing_key: work.join("signing.key"),
     };
     let rt = tokio::runtime::Builder::new_current_thread().build()?;
