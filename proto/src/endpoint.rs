@@ -8,7 +8,7 @@ use crate::{ChunkId, RepoName};
 /// Largest JSON or key-record body (config, key records, epochs, admin calls).
 pub const SMALL_BODY_MAX: usize = 64 * 1024;
 /// Most ids in one dedup query (`POST …/chunks/missing`).
-pub const MISSING_IDS_MAX: usize = 65_536;
+pub const MISSING_IDS_MAX: usize = 4096;
 /// Largest dedup query body.
 pub const MISSING_BODY_MAX: usize = MISSING_IDS_MAX * ChunkId::LEN;
 

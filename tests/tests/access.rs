@@ -353,7 +353,9 @@ async fn in_flight_cap_answers_503() {
     let p = with_limits(DevProxy::start(), "identity_in_flight = 1");
     coffer(&p.writer(), &["init", "--repo", "dev/busy"], None).ok();
     let writer = coffer_tests::raw_client(&p.writer()).await;
-    let ids: Vec<u8> = (0..20_000u32).flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes().to_vec()).collect();
+    // As many ids as one query may ask about: each request takes a while.
+    let n = coffer_proto::endpoint::MISSING_IDS_MAX as u32;
+    let ids: Vec<u8> = (0..n).flat_map(|i| blake3::hash(&i.to_le_bytes()).as_bytes().to_vec()).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let (w, body) = (writer.clone(), ids.clone());

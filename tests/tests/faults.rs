@@ -276,6 +276,10 @@ async fn hostile_input_gets_a_clear_answer_and_the_proxy_keeps_serving() {
     let big = vec![0u8; coffer_proto::ENVELOPE_MAX + 1];
     let err = client.raw(http::Method::PUT, &format!("/v1/repos/dev/h/chunks/{id}"), big, None).await.unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(413), "{err}");
+    // A dedup query of more ids than one request may make the store look up.
+    let ids = vec![0u8; (coffer_proto::endpoint::MISSING_IDS_MAX + 1) * 32];
+    let err = client.raw(http::Method::POST, "/v1/repos/dev/h/chunks/missing", ids, None).await.unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(413), "{err}");
     // A body of the wrong type, or with an empty one.
     let sealed = vec![0u8; 1024];
     for content_type in ["text/plain", "application/json", ""] {
