@@ -111,8 +111,6 @@ pub struct App {
     /// store wrote it before then (later ones are an old proxy's, during an
     /// upgrade that should not have overlapped).
     scopes_since: std::sync::atomic::AtomicU64,
-    /// `dedup.count_uploads_before_scopes`.
-    before_scopes_count: std::sync::atomic::AtomicBool,
     /// Repository policies, swapped whole on reload.
     repo_policies: RwLock<Arc<RepoPolicies>>,
     /// Lockdown: only reads, and the admin calls that tighten.
@@ -160,7 +158,6 @@ impl App {
             revocations_read: Mutex::default(),
             generations: RwLock::default(),
             scopes_since: std::sync::atomic::AtomicU64::new(0),
-            before_scopes_count: std::sync::atomic::AtomicBool::new(true),
             lockdown: Default::default(),
             repo_policies: RwLock::new(Arc::new(RepoPolicies::new(&[], None, None).expect("empty"))),
             reload,
@@ -301,20 +298,10 @@ impl App {
     /// Whose uploads `identity` may count on (SPEC §9 "Dedup scopes"): its
     /// scope in its current generation (raised by each revocation and
     /// quarantine of it), and uploads from before scopes while it has never
-    /// been revoked or quarantined (and `dedup.count_uploads_before_scopes`
-    /// is on).
+    /// been revoked or quarantined.
     pub fn uploader(&self, identity: &Identity) -> Uploader {
         let generation = self.generation(identity);
-        let before_scopes = self.before_scopes_count.load(std::sync::atomic::Ordering::Acquire);
-        Uploader {
-            scope: Scope::of(identity.domain(), identity.name(), generation),
-            legacy: generation == 0 && before_scopes,
-        }
-    }
-
-    /// Sets `dedup.count_uploads_before_scopes`.
-    pub fn set_count_uploads_before_scopes(&self, on: bool) {
-        self.before_scopes_count.store(on, std::sync::atomic::Ordering::Release);
+        Uploader { scope: Scope::of(identity.domain(), identity.name(), generation), legacy: generation == 0 }
     }
 
     /// Records (once per store, the first proxy with scopes wins) and reads

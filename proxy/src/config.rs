@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::access::policy::{GrantConfig, Policy, PolicyError, RuleConfig};
 pub use crate::access::trust::TrustDomainConfig;
-pub use admin::{AdminConfig, DedupConfig};
+pub use admin::AdminConfig;
 
 mod admin;
 
@@ -43,8 +43,6 @@ pub struct ProxyConfig {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub admin: AdminConfig,
-    #[serde(default)]
-    pub dedup: DedupConfig,
     #[serde(default)]
     pub aws: AwsConfig,
     #[serde(default)]

@@ -340,12 +340,5 @@ mod tests {
         let quarantined = Uploader { legacy: false, ..who };
         let answer = missing(&t.app, &repo, &quarantined, &encode_ids(&[early])).await.unwrap();
         assert_eq!(decode_ids(&answer.body).unwrap(), vec![early], "but not after a quarantine");
-        // Nor for anyone once `dedup.count_uploads_before_scopes` is off.
-        let identity = crate::access::identity::Identity::new(crate::dev::DOMAIN, "spiffe://coffer.dev/writer");
-        assert!(t.app.uploader(&identity).legacy, "on by default");
-        t.app.set_count_uploads_before_scopes(false);
-        let writer = t.app.uploader(&identity);
-        let answer = missing(&t.app, &repo, &writer, &encode_ids(&[early])).await.unwrap();
-        assert_eq!(decode_ids(&answer.body).unwrap(), vec![early], "switched off for every identity");
     }
 }

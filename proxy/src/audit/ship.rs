@@ -79,33 +79,51 @@ pub async fn ship_pending(
         .collect();
     pending.sort();
     let mut shipped = Vec::new();
-    // Checkpoints first: a segment that cannot be shipped must not hold
-    // back the minute-by-minute anchor.
+    // Checkpoints first, and each tried whatever the others do: neither a
+    // segment nor a checkpoint that cannot be shipped holds back the rest.
     pending.sort_by_key(|n| !n.ends_with(checkpoint::SUFFIX));
+    let mut failed = None;
     for name in pending {
         let path = dir.join(&name);
-        let body = std::fs::read(&path).map_err(at(&path))?;
         if let Some(seq) = name.strip_suffix(checkpoint::SUFFIX) {
-            // A checkpoint is not kept once the store holds it. One already
-            // there must be this very one: another is a second proxy with
-            // this proxy_id, or a spool put back from an older copy.
             let key = format!("{}{}{seq}", store_prefix(proxy_id), checkpoint::FOLDER);
-            let body = Bytes::from(body);
-            if store.put_new(&key, body.clone(), retain_until).await? == crate::store::PutOutcome::Exists
-                && store.get(&key).await?.is_some_and(|stored| stored != body)
-            {
-                return Err(ShipError::Clash(key));
+            if let Err(e) = ship_checkpoint(store, &path, &key, retain_until).await {
+                failed.get_or_insert(e);
             }
-            std::fs::remove_file(&path).map_err(at(&path))?;
             continue;
         }
+        let body = std::fs::read(&path).map_err(at(&path))?;
         let key = format!("{}{}", store_prefix(proxy_id), name.trim_end_matches(".seg"));
         let blake3 = blake3::hash(&body).to_hex().to_string();
         store.put_new(&key, Bytes::from(body), retain_until).await?;
         std::fs::rename(&path, dir.join(format!("{name}.shipped"))).map_err(at(&path))?;
         shipped.push(Shipped { key, blake3 });
     }
-    Ok(shipped)
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(shipped),
+    }
+}
+
+/// Puts one checkpoint file in the store and deletes it. One already
+/// stored under that seq must vouch for the same event (a restarted proxy
+/// checkpoints its newest event again, at another time): another event is
+/// a second proxy with this proxy_id, or a spool put back from an older
+/// copy.
+async fn ship_checkpoint(store: &dyn ObjectStore, path: &Path, key: &str, retain_until: u64) -> Result<(), ShipError> {
+    let io = |source| ShipError::Local { path: path.to_path_buf(), source };
+    let body = Bytes::from(std::fs::read(path).map_err(io)?);
+    if store.put_new(key, body.clone(), retain_until).await? == crate::store::PutOutcome::Exists {
+        let vouched = |b: &[u8]| {
+            let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+            Some((v["checkpoint"]["seq"].as_u64()?, v["checkpoint"]["hash"].as_str()?.to_string()))
+        };
+        let stored = store.get(key).await?.unwrap_or_default();
+        if vouched(&stored).is_none() || vouched(&stored) != vouched(&body) {
+            return Err(ShipError::Clash(key.to_string()));
+        }
+    }
+    std::fs::remove_file(path).map_err(io)
 }
 
 /// Local segments and checkpoints not in the store yet.

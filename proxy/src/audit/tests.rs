@@ -1,4 +1,5 @@
 use super::*;
+use crate::store::ObjectStore as _;
 
 fn draft(action: &'static str) -> Draft {
     Draft { identity: Some("w".into()), peer: "127.0.0.1:1".into(), action, ..Default::default() }
@@ -241,4 +242,44 @@ fn checkpoints_vouch_for_the_newest_event_and_catch_a_cut_or_rewritten_trail() {
     assert!(matches!(checkpoint::open("f", &foreign, &key), Err(checkpoint::CheckpointError::Signature(_))));
     let respelt = stored[0].1.replacen("{\"checkpoint\":{", "{\"checkpoint\": {", 1);
     assert!(matches!(checkpoint::open("r", &respelt, &key), Err(checkpoint::CheckpointError::Unreadable(_))));
+}
+
+/// A restarted proxy checkpoints its newest event again, at another time:
+/// that ships. A checkpoint of another event under a stored seq (a second
+/// proxy with this proxy_id) is an error, and holds back neither the other
+/// checkpoints nor the segments.
+#[test]
+fn a_checkpoint_again_after_a_restart_ships_and_a_clash_holds_nothing_back() {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = tempfile::tempdir().unwrap();
+    let store = crate::store::FsStore::open(store_dir.path()).unwrap();
+    let cfg = SpoolConfig { checkpoint_secs: 1, ..spool(dir.path(), 2) };
+    let ship = || rt.block_on(ship::ship_pending(&cfg.sealed_dir(), &store, "p1", crate::unix_now() + 3600));
+    record_all(&cfg, &["a"]);
+    ship().unwrap();
+    let stored = |seq: u64| rt.block_on(store.get(&format!("audit/p1/checkpoints/{}", segment::name(seq)))).unwrap();
+    let first = stored(1).expect("checkpoint of event 1 shipped");
+    // Reopened with no new event: checkpoint 1 is written again, and ships.
+    record_all(&cfg, &[]);
+    ship().unwrap();
+    assert_eq!(stored(1), Some(first.clone()), "the stored one stays");
+    assert_eq!(ship::unshipped(&cfg.sealed_dir()), 0, "nothing left behind");
+
+    // Another event under seq 1; then events 2 and 3, which seal events 1
+    // and 2 into a segment and are checkpointed.
+    let other = String::from_utf8(first.to_vec()).unwrap();
+    let hash =
+        serde_json::from_str::<serde_json::Value>(&other).unwrap()["checkpoint"]["hash"].as_str().unwrap().to_string();
+    let clash = other.replace(&hash, &"0".repeat(64));
+    std::fs::write(cfg.sealed_dir().join(format!("{}.ckpt", segment::name(1))), clash).unwrap();
+    record_all(&cfg, &["b", "c"]);
+    let e = ship().unwrap_err();
+    assert!(matches!(e, ship::ShipError::Clash(_)), "{e}");
+    assert!(
+        rt.block_on(store.get(&format!("audit/p1/{}", segment::name(1)))).unwrap().is_some(),
+        "the segment shipped"
+    );
+    assert!(stored(3).is_some(), "the later checkpoint shipped");
+    assert_eq!(ship::unshipped(&cfg.sealed_dir()), 1, "the clashing one stays, for the alert");
 }

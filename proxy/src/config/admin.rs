@@ -1,25 +1,8 @@
-//! The admin API's settings and the dedup answer's trust in old uploads.
+//! The admin API's settings.
 
 use std::path::PathBuf;
 
 use serde::Deserialize;
-
-/// Which uploads a dedup answer may count on (SPEC §9 "Dedup scopes").
-#[derive(Debug, Deserialize, Clone)]
-#[serde(default, deny_unknown_fields)]
-pub struct DedupConfig {
-    /// Whether uploads from before scopes count for identities never
-    /// revoked or quarantined. `false` ends that trust for everyone at
-    /// once: each identity's next backup stores its own copy of such data.
-    /// Read at start.
-    pub count_uploads_before_scopes: bool,
-}
-
-impl Default for DedupConfig {
-    fn default() -> Self {
-        Self { count_uploads_before_scopes: true }
-    }
-}
 
 #[derive(Debug, Deserialize, Clone)]
 #[serde(default, deny_unknown_fields)]

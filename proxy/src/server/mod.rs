@@ -160,7 +160,6 @@ pub(crate) async fn build_app(
         client_certs: crate::access::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
     });
     app.set_repo_policies(cfg.repo_policies()?);
-    app.set_count_uploads_before_scopes(cfg.dedup.count_uploads_before_scopes);
     app.load_scopes_since().await?;
     Ok((app, writer, reload_rx))
 }
