@@ -16,6 +16,7 @@ use coffer_agent::backup::{self, Source};
 use coffer_agent::config::{AgentConfig, KeysConfig};
 use coffer_agent::daemon::{describe, Daemon, SendHeader};
 use coffer_agent::keys::{KeyProvider, KmsProvider, LocalProvider};
+use coffer_agent::memory::Memory;
 use coffer_agent::progress::{Action, Progress, ProgressMode};
 use coffer_agent::repo::{self, OpenRepo};
 use coffer_client::exit::{FAILURE, INTERRUPTED, USAGE};
@@ -373,6 +374,9 @@ async fn run_repo(
             let whoami = ctx.client.whoami().await?;
             if !whoami.roles.iter().any(|r| r == "reader") {
                 let list = ctx.client.list_snapshots(&repo).await.map_err(cli::listing::denied_hint)?;
+                // An auditor remembers what it saw, as a reader does.
+                let memory = ctx.config.state_dir.as_deref().map(|d| Memory::at(d, &ctx.config.client.proxy, &repo));
+                let lost = coffer_agent::memory::check_listing(memory.as_ref(), &list);
                 if json {
                     print_json(&list)?;
                 } else {
@@ -383,6 +387,9 @@ async fn run_repo(
                     }
                 }
                 eprintln!("coffer: metadata only: {} may list snapshots but not read their roots", whoami.identity);
+                if !lost.is_empty() {
+                    return Err(cli::listing::went_backwards(&lost).into());
+                }
                 return Ok(());
             }
             let (_, repo) = ctx.open(repo).await?;

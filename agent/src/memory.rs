@@ -32,6 +32,17 @@ pub fn default_dir() -> Option<PathBuf> {
     var("XDG_STATE_HOME").map(|d| d.join("coffer")).or_else(|| var("HOME").map(|h| h.join(".local/state/coffer")))
 }
 
+/// Checks a listing against `memory` (none: nothing is remembered) at
+/// the current time: the problems found. A memory that cannot be read or
+/// written is a warning, not a failed listing.
+pub fn check_listing(memory: Option<&Memory>, listing: &[SnapshotInfo]) -> Vec<String> {
+    let Some(memory) = memory else { return Vec::new() };
+    memory.check(listing, crate::unix_now()).unwrap_or_else(|e| {
+        tracing::warn!(repo = %memory.repo, "the snapshot memory is not kept: {e}");
+        Vec::new()
+    })
+}
+
 /// A snapshot as remembered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Seen {

@@ -169,11 +169,7 @@ impl OpenRepo {
     /// [`crate::memory`]): the problems it finds. A memory that cannot be
     /// read or written is a warning, not a failed listing.
     pub fn check_listing(&self, listing: &[coffer_proto::api::SnapshotInfo]) -> Vec<String> {
-        let Some(memory) = &self.memory else { return Vec::new() };
-        memory.check(listing, crate::unix_now()).unwrap_or_else(|e| {
-            tracing::warn!(repo = %self.name, "the snapshot memory is not kept: {e}");
-            Vec::new()
-        })
+        crate::memory::check_listing(self.memory.as_ref(), listing)
     }
 
     /// The chunk-id key a snapshot was made with (None: the config's).

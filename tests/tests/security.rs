@@ -320,6 +320,9 @@ fn a_listing_that_goes_backwards_is_noticed_by_the_host_that_remembers() {
         listed.stderr
     );
     assert!(listed.stderr.contains("went backwards"), "{}", listed.stderr);
+    let audited = coffer(&p.dir.join("auditor.toml"), &["snapshots", "--repo", "dev/back"], None);
+    assert_eq!(audited.code(), 1, "an auditor sharing the state folder sees it too: {}", audited.stderr);
+    assert!(audited.stderr.contains(&second), "{}", audited.stderr);
     let verified = coffer(&p.reader(), &["verify", "--repo", "dev/back"], None);
     assert_eq!(verified.code(), 1, "{}", verified.stderr);
     let out = String::from_utf8_lossy(&verified.stdout);
