@@ -93,15 +93,27 @@ impl Walk {
     }
 }
 
-/// The hash of event `seq` in a trail (segments, then the live file).
-pub fn hash_at(segments: &[(String, String)], live: Option<&str>, seq: u64) -> Option<String> {
+/// The hashes of events `seqs` in a trail (segments, then the live
+/// file), in one pass over it.
+pub fn hashes_at(
+    segments: &[(String, String)],
+    live: Option<&str>,
+    seqs: &std::collections::BTreeSet<u64>,
+) -> std::collections::HashMap<u64, String> {
+    let (Some(first), Some(last)) = (seqs.first(), seqs.last()) else { return Default::default() };
+    // Only the lines of segments that may hold one are parsed.
+    let wanted = |(_, text): &&(String, String)| {
+        segment::parse(text).is_none_or(|p| p.header.last_seq >= *first && p.header.first_seq <= *last)
+    };
     segments
         .iter()
+        .filter(wanted)
         .flat_map(|(_, text)| text.lines())
         .chain(live.into_iter().flat_map(str::lines))
         .filter_map(|line| serde_json::from_str::<Event>(line).ok())
-        .find(|e| e.seq == seq)
-        .map(|e| e.hash)
+        .filter(|e| seqs.contains(&e.seq))
+        .map(|e| (e.seq, e.hash))
+        .collect()
 }
 
 /// Verifies `segments` (name, contents; in order) and then `live`, from

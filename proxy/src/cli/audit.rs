@@ -144,8 +144,11 @@ pub(crate) fn audit_command(config: Option<PathBuf>, command: AuditCmd) -> ExitC
                     );
                     return ExitCode::from(FAILURE);
                 }
-                let hash_at = |seq| audit::verify::hash_at(&segments, live.as_deref(), seq);
-                if let Some(problem) = audit::checkpoint::check(&checkpoints, r.last_seq, hash_at) {
+                let seqs = checkpoints.iter().map(|c| c.seq).collect();
+                let hashes = audit::verify::hashes_at(&segments, live.as_deref(), &seqs);
+                if let Some(problem) =
+                    audit::checkpoint::check(&checkpoints, r.last_seq, |seq| hashes.get(&seq).cloned())
+                {
                     println!("{problem}");
                     return ExitCode::from(FAILURE);
                 }
