@@ -118,8 +118,8 @@ async fn ship_checkpoint(store: &dyn ObjectStore, path: &Path, key: &str, retain
             let v: serde_json::Value = serde_json::from_slice(b).ok()?;
             Some((v["checkpoint"]["seq"].as_u64()?, v["checkpoint"]["hash"].as_str()?.to_string()))
         };
-        let stored = store.get(key).await?.unwrap_or_default();
-        if vouched(&stored).is_none() || vouched(&stored) != vouched(&body) {
+        let stored = vouched(&store.get(key).await?.unwrap_or_default());
+        if stored.is_none() || stored != vouched(&body) {
             return Err(ShipError::Clash(key.to_string()));
         }
     }

@@ -235,6 +235,9 @@ fn checkpoints_vouch_for_the_newest_event_and_catch_a_cut_or_rewritten_trail() {
     with_forged.push((format!("audit/p1/checkpoints/{}", segment::name(3)), forged_text));
     let all = checkpoint::open_all(&with_forged, &key).unwrap();
     assert!(checkpoint::check(&all, 3, hash_at).unwrap().contains("truncated"), "the real newest one still counts");
+    // Its own checkpoint dated past year 9999 is reported, not a panic.
+    let far = checkpoint::Checkpoint { time_ms: u64::MAX, ..all[0].clone() };
+    assert!(checkpoint::check(&[far], 3, hash_at).unwrap().contains("9999-12-31"));
 
     // Signed by another key, or spelt otherwise: not a checkpoint.
     let other = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&aws_lc_rs::rand::SystemRandom::new()).unwrap();
