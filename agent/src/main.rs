@@ -381,8 +381,7 @@ async fn run_repo(
                     print_json(&list)?;
                 } else {
                     for s in &list {
-                        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.committed);
-                        let when = humantime::format_rfc3339_seconds(when);
+                        let when = coffer_agent::memory::rfc3339(s.committed);
                         println!("{}  {when}  {:>14} bytes", s.id, s.stats.bytes_in);
                     }
                 }
@@ -398,8 +397,7 @@ async fn run_repo(
                 print_json(&list)?;
             } else {
                 for s in &list {
-                    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(s.committed);
-                    let when = humantime::format_rfc3339_seconds(when);
+                    let when = coffer_agent::memory::rfc3339(s.committed);
                     println!("{}  {when}  {:>14} bytes  {}  ({})", s.id, s.bytes, s.name, s.source);
                 }
             }

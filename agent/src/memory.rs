@@ -222,7 +222,10 @@ fn keep_newest(kept: &mut Vec<Seen>, new: impl IntoIterator<Item = Seen>, latest
     kept.truncate(KEPT);
 }
 
-fn rfc3339(secs: u64) -> String {
+/// Unix seconds as RFC 3339, for people. A time from the proxy (a listing)
+/// past year 9999 shows as its last second: humantime refuses to format
+/// it, and `format!` would panic.
+pub fn rfc3339(secs: u64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.min(253_402_300_799));
     humantime::format_rfc3339_seconds(t).to_string()
 }
@@ -282,6 +285,12 @@ mod tests {
         let all: Vec<SnapshotInfo> = many.iter().cloned().chain([a, b]).collect();
         assert!(m.check(&all, NOW + 100).unwrap().is_empty());
         assert_eq!(m.check(&many[..2], NOW + 100).unwrap().len(), KEPT - 2);
+    }
+
+    #[test]
+    fn a_date_no_calendar_holds_is_shown_not_a_panic() {
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
     }
 
     #[test]
