@@ -606,8 +606,11 @@ fn a_cut_or_stalled_connection_is_reestablished_and_the_backup_completes() {
         let relay = coffer_tests::TcpRelay::start(&p.addr);
         // Pings every second, so a frozen connection is given up in ~7 s.
         let config = via_relay(&p, &relay, "keepalive_secs = 1");
-        // The second half waits for a go file made after the cut, so the
-        // backup is still running when its connection goes.
+        // The second half waits for a go file made just after the cut, so
+        // the backup is still running when its connection goes. The first
+        // half may all be sent by then, leaving nothing in flight: an idle
+        // agent connects again only for its next request, so the go file
+        // comes at once rather than after the reconnection.
         let (data, script) = halves(&p, 0, what);
         let go = p.dir.join(format!("go-{what}"));
         let script = script.replace("sleep 0;", &format!("while [ ! -e {} ]; do sleep 0.05; done;", go.display()));
@@ -621,6 +624,7 @@ fn a_cut_or_stalled_connection_is_reestablished_and_the_backup_completes() {
         } else {
             relay.freeze();
         }
+        std::fs::write(&go, b"").unwrap();
         // The agent notices and connects again: within a couple of seconds
         // of a cut, and after its keepalive pings go unanswered (about 7 s
         // at one a second) for a freeze.
@@ -630,7 +634,6 @@ fn a_cut_or_stalled_connection_is_reestablished_and_the_backup_completes() {
             std::thread::sleep(Duration::from_millis(20));
         }
         eprintln!("{what}: reconnected after {:?}", at.elapsed());
-        std::fs::write(&go, b"").unwrap();
         let out = backup.wait_with_output().unwrap();
         assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
 
