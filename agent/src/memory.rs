@@ -239,7 +239,13 @@ mod tests {
     const NOW: u64 = 1_800_000_000;
 
     fn info(n: u8, committed: u64, retain_until: u64) -> SnapshotInfo {
-        SnapshotInfo { id: SnapshotId::from_bytes([n; 16]), committed, retain_until, stats: SnapshotStats::default() }
+        SnapshotInfo {
+            id: SnapshotId::from_bytes([n; 16]),
+            committed,
+            retain_until,
+            stats: SnapshotStats::default(),
+            root: None,
+        }
     }
 
     #[test]

@@ -181,9 +181,19 @@ impl OpenRepo {
     /// the same key wait for one fetch (one KMS call), callers asking for
     /// different keys do not wait for each other.
     pub async fn data_key(&self, key_id: KeyId) -> Result<Arc<DataKey>, RepoError> {
+        self.data_key_with(key_id, None).await
+    }
+
+    /// As [`Self::data_key`], from `record` when the caller has the key's
+    /// record already (a listing's copy): it is checked and unwrapped the
+    /// same way as a fetched one.
+    pub async fn data_key_with(&self, key_id: KeyId, record: Option<&[u8]>) -> Result<Arc<DataKey>, RepoError> {
         let cell = self.data_keys.lock().await.entry(key_id).or_default().clone();
         cell.get_or_try_init(|| async {
-            let bytes = self.client.get_key(&self.name, key_id).await?;
+            let bytes = match record {
+                Some(bytes) => bytes::Bytes::copy_from_slice(bytes),
+                None => self.client.get_key(&self.name, key_id).await?,
+            };
             let record = KeyRecord::decode(&bytes)
                 .map_err(|e| RepoError::BadObject { repo: self.name.clone(), message: format!("key {key_id}: {e}") })?;
             Ok(Arc::new(open_record(&*self.provider, &record, &self.name, Purpose::Data, key_id).await?))

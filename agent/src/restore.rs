@@ -43,11 +43,24 @@ pub struct Verified {
 
 /// Fetches and opens the root of `snapshot`.
 pub async fn load_root(repo: &OpenRepo, snapshot: SnapshotId) -> Result<SnapshotRoot, RestoreError> {
-    let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
     let sealed = repo.client.get_snapshot(&repo.name, snapshot).await?;
-    let header = envelope::parse_header(&sealed).map_err(|e| bad(&format!("root: {e}")))?;
-    let key = repo.data_key(header.key_id).await?;
-    let (_, plain) = envelope::open(&sealed, Kind::SnapshotRoot, &key, &repo.name, snapshot.as_bytes())
+    open_root(repo, snapshot, &sealed, None).await
+}
+
+/// Opens a snapshot's root envelope, with the record of its data key when
+/// the caller has it (a listing's copy from a listing pack, SPEC §7): the
+/// same checks either way, since the key unwraps only under this
+/// repository's context and the root only under its own id.
+pub async fn open_root(
+    repo: &OpenRepo,
+    snapshot: SnapshotId,
+    sealed: &[u8],
+    key_record: Option<&[u8]>,
+) -> Result<SnapshotRoot, RestoreError> {
+    let bad = |what: &str| RestoreError::Snapshot { snapshot, what: what.to_string() };
+    let header = envelope::parse_header(sealed).map_err(|e| bad(&format!("root: {e}")))?;
+    let key = repo.data_key_with(header.key_id, key_record).await?;
+    let (_, plain) = envelope::open(sealed, Kind::SnapshotRoot, &key, &repo.name, snapshot.as_bytes())
         .map_err(|_| bad("the snapshot root failed authentication"))?;
     let root = SnapshotRoot::decode(&plain).map_err(|e| bad(&format!("root: {e}")))?;
     if root.id != snapshot {

@@ -37,6 +37,27 @@ pub struct SnapshotInfo {
     pub committed: u64,
     pub retain_until: u64,
     pub stats: SnapshotStats,
+    /// The snapshot's root and its data key record, copied from a listing
+    /// pack (SPEC §7 "Listing packs"), for a caller that may read both:
+    /// it need not fetch them one by one. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<RootCopy>,
+}
+
+/// A root envelope and its data key record, as stored (base64 in JSON).
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RootCopy {
+    #[serde(with = "crate::keys::b64")]
+    pub envelope: Vec<u8>,
+    #[serde(with = "crate::keys::b64")]
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for RootCopy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RootCopy({} + {} bytes)", self.envelope.len(), self.key.len())
+    }
 }
 
 /// The body of every error response.

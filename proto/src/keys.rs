@@ -247,7 +247,7 @@ impl KeyRecord {
     }
 }
 
-mod b64 {
+pub(crate) mod b64 {
     use base64::Engine as _;
     use serde::{Deserialize, Deserializer, Serializer};
 

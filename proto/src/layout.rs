@@ -89,6 +89,24 @@ pub fn epoch(repo: &RepoName, id: &KeyId) -> String {
     format!("{repo}/epochs/{id}")
 }
 
+/// `<repo>/index/packs/`: the listing packs (SPEC §7 "Listing packs"),
+/// listed with the index segments beside them.
+pub fn packs(repo: &RepoName) -> String {
+    format!("{repo}/index/packs/")
+}
+
+/// A listing pack's key; `id` is the pack's 64-digit BLAKE3.
+pub fn pack(repo: &RepoName, id: &str) -> String {
+    format!("{repo}/index/packs/{id}")
+}
+
+/// Whether a store key is a listing pack's: under some repository's
+/// `index/packs/`, named by 64 lowercase hex digits.
+pub fn is_pack(key: &str) -> bool {
+    key.rsplit_once("/index/packs/")
+        .is_some_and(|(_, id)| id.len() == 64 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
+}
+
 /// The id at the end of a key listed under `prefix(repo, kind)`, if the
 /// key is one of that kind's objects.
 pub fn id_of<T: std::str::FromStr>(key: &str) -> Option<T> {
@@ -123,6 +141,11 @@ mod tests {
         assert!(index(&repo, &s).starts_with(&prefix(&repo, Kind::Index)));
         assert_eq!(id_of::<SnapshotId>(&index(&repo, &s)), Some(s));
         assert_eq!(id_of::<SnapshotId>("prod/db/index/not-an-id"), None);
+        let p = pack(&repo, &"ab".repeat(32));
+        assert!(p.starts_with(&prefix(&repo, Kind::Index)) && p.starts_with(&packs(&repo)));
+        assert!(is_pack(&p) && !is_pack(&index(&repo, &s)));
+        assert_eq!(id_of::<SnapshotId>(&p), None, "a pack is never read as a snapshot's index");
+        assert!(!is_pack(&pack(&repo, &"AB".repeat(32))) && !is_pack(&pack(&repo, "ab")));
         let scope = Scope::of("prod", "spiffe://prod/host/a", 0);
         let copy = chunk_copy(&repo, &c, &scope);
         assert!(copy.starts_with(&prefix(&repo, Kind::Chunks)));

@@ -19,6 +19,7 @@ use crate::wire::Reader;
 use crate::{ChunkId, FormatError, SnapshotId, ENVELOPE_MAX};
 
 mod index;
+pub mod pack;
 pub use index::{IndexEntry, IndexHeader, IndexRecords, IndexSegment, IndexView};
 
 /// Current snapshot root format version.

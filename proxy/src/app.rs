@@ -89,6 +89,8 @@ pub struct App {
     /// ones (an entry whose root is gone is dropped when a listing finds
     /// it gone). Bounded: emptied when it reaches `INFO_CACHE_MAX`.
     pub(crate) snapshot_infos: Mutex<HashMap<(RepoName, SnapshotId), SnapshotInfo>>,
+    /// Listing packs read, and the repositories being packed now.
+    pub(crate) packs: crate::api::packs::Packs,
     /// Store requests in flight over all API calls at once
     /// (`limits.store_requests`): fan-out per call times calls in flight
     /// must not open thousands of connections to the store.
@@ -150,6 +152,7 @@ impl App {
             commit_max_bytes,
             fan_out,
             snapshot_infos: Mutex::default(),
+            packs: Default::default(),
             catalogs: crate::catalog::Catalogs::new(catalog_chunks),
             store_permits: Arc::new(tokio::sync::Semaphore::new(store_requests)),
             known_keys: Mutex::default(),

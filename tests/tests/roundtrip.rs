@@ -456,3 +456,32 @@ fn bandwidth_limits_hold_backup_and_restore_to_their_rate() {
     coffer(&p.writer(), &["backup", "--repo", "dev/slow", "-"], Some(&random_bytes("unlimited", 12 << 20))).ok();
     assert!(t0.elapsed().as_secs_f64() < 0.8 * least, "an unlimited backup took {:?}", t0.elapsed());
 }
+
+/// Past `PACK_MIN` snapshots, the first listing leaves a listing pack
+/// behind, and the next lists the very same from it without fetching any
+/// root or key record one by one.
+#[test]
+fn a_listing_of_many_snapshots_reads_their_roots_from_a_pack() {
+    let p = DevProxy::start();
+    init(&p, "dev/many");
+    let n = coffer_proxy::api::packs::PACK_MIN + 1;
+    for i in 0..n {
+        coffer(&p.writer(), &["backup", "--repo", "dev/many", "--json", "-"], Some(format!("stream {i}").as_bytes()))
+            .ok();
+    }
+    let list = || coffer(&p.reader(), &["snapshots", "--repo", "dev/many", "--json"], None).json();
+    let first = list();
+    assert_eq!(first.as_array().unwrap().len(), n, "{first}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while p.stored("dev/many/index/packs").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no listing pack was written");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let fetched =
+        || p.audit_events().iter().filter(|e| e["action"] == "get-snapshot" || e["action"] == "get-key").count();
+    let before = fetched();
+    assert!(before >= 2 * n, "the first listing fetched each root and key: {before}");
+    let second = list();
+    assert_eq!(second, first, "the pack lists the same snapshots, names and sizes");
+    assert_eq!(fetched(), before, "no root or key was fetched one by one");
+}

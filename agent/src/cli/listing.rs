@@ -56,8 +56,23 @@ pub(crate) async fn list_snapshots(repo: &OpenRepo) -> Result<Listing, Failure> 
     let infos = repo.client.list_snapshots(&repo.name).await.map_err(denied_hint)?;
     let lost = repo.check_listing(&infos);
     // Roots are fetched (and their keys unwrapped) several at a time, in order.
-    let mut roots = futures_util::stream::iter(infos.into_iter().map(|info| async move {
-        let root = restore::load_root(repo, info.id).await;
+    // A root the listing carried (a listing pack's copy) is opened as it
+    // is; one that fails its checks there is fetched on its own.
+    let mut roots = futures_util::stream::iter(infos.into_iter().map(|mut info| async move {
+        let copy = info.root.take();
+        let root = match copy {
+            Some(c) => match restore::open_root(repo, info.id, &c.envelope, Some(&c.key)).await {
+                Ok(root) => Ok(root),
+                Err(e) => {
+                    tracing::warn!(
+                        "snapshot {}: the listing's copy of its root was refused ({e}); fetching it",
+                        info.id
+                    );
+                    restore::load_root(repo, info.id).await
+                }
+            },
+            None => restore::load_root(repo, info.id).await,
+        };
         (info, root)
     }))
     .buffered(ROOTS_IN_FLIGHT);

@@ -43,6 +43,10 @@ pub(crate) struct S3Report {
     /// `snapshots` on a repository holding this many, at the latency, by a
     /// proxy that has not read its index segments before.
     pub(crate) listing_snapshots: usize,
+    /// The first listing, at the latency: nothing packed yet, so three
+    /// objects per snapshot; the proxy packs them behind it.
+    pub(crate) first_listing_secs: f64,
+    pub(crate) first_listing_requests: BTreeMap<String, u64>,
     /// The same listing at 0 ms, through another fresh proxy.
     pub(crate) listing_secs_at_0ms: f64,
     pub(crate) listing_secs: f64,
@@ -290,9 +294,25 @@ pub(crate) fn s3(bench: &Bench, input: Input, opts: S3Options) -> Result<S3Repor
         timed(coffer("writer").args(["backup", "--repo", repo, "-"]), Some(&tiny), None)?;
     }
     // A fresh proxy lists it, so the index segments its commits read do
-    // not flatter the figure: what a restarted or second proxy pays. Once
-    // at 0 ms and once at the latency, each through a proxy of its own.
+    // not flatter the figure: what a restarted or second proxy pays. First
+    // with nothing packed; then, once the listing packs the proxy writes
+    // behind it are stored (no request for two seconds), once at 0 ms and
+    // once at the latency, each through a proxy of its own.
     drop(proxy);
+    let (first_listing_secs, first_listing_requests) = {
+        let (_proxy, _) = S3Proxy::start(bench, &relay, opts.fan_out)?;
+        relay.set_latency_ms(opts.latency_ms);
+        relay.take_counts();
+        let listed = timed(coffer("reader").args(["snapshots", "--repo", repo, "--json"]), None, None)?;
+        let requests = relay.take_counts();
+        let mut quiet = 0;
+        while quiet < 4 {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+            quiet = if relay.take_counts().is_empty() { quiet + 1 } else { 0 };
+        }
+        relay.set_latency_ms(0);
+        (listed.secs, requests)
+    };
     let mut listings = Vec::new();
     for latency in [0, opts.latency_ms] {
         let (_proxy, _) = S3Proxy::start(bench, &relay, opts.fan_out)?;
@@ -316,6 +336,8 @@ pub(crate) fn s3(bench: &Bench, input: Input, opts: S3Options) -> Result<S3Repor
         latency_ms: opts.latency_ms,
         phases,
         listing_snapshots: count,
+        first_listing_secs,
+        first_listing_requests,
         listing_secs_at_0ms,
         listing_secs,
         listing_requests,
@@ -343,6 +365,13 @@ pub(crate) fn print_s3(r: &S3Report) {
         let kinds: Vec<String> = p.requests_by_kind.iter().map(|(k, n)| format!("{k} {n}")).collect();
         println!("{:<22} {}", "", kinds.join(", "));
     }
+    let kinds: Vec<String> = r.first_listing_requests.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    println!(
+        "snapshots of {} listed first (nothing packed) in {:.2} s: {}",
+        r.listing_snapshots,
+        r.first_listing_secs,
+        kinds.join(", ")
+    );
     let kinds: Vec<String> = r.listing_requests.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!(
         "snapshots of {} listed in {:.2} s ({:.2} s at 0 ms): {}",

@@ -2,6 +2,7 @@
 //! chunk catalog's filling, all from index segments read once per proxy.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use coffer_proto::api::SnapshotInfo;
 use coffer_proto::layout;
@@ -9,6 +10,7 @@ use coffer_proto::snapshot::{IndexHeader, IndexView, SnapshotStats};
 use coffer_proto::{RepoName, SnapshotId};
 use http::StatusCode;
 
+use super::packs;
 use super::reply::{ApiError, Reply};
 use crate::app::App;
 use crate::catalog::{RepoCatalog, LOAD_SEGMENTS, REFRESH_SECS};
@@ -21,7 +23,7 @@ const SEGMENTS_IN_FLIGHT: usize = 4;
 /// The stats of a repository's committed snapshots, oldest first, except
 /// `skip` (the one being judged).
 pub async fn repo_history(app: &App, repo: &RepoName, skip: SnapshotId) -> Result<Vec<SnapshotStats>, ApiError> {
-    let (infos, _) = committed(app, repo, true).await?;
+    let infos = committed(app, repo, true).await?.infos;
     Ok(infos.into_iter().filter(|i| i.id != skip).map(|i| i.stats).collect())
 }
 
@@ -37,38 +39,60 @@ pub async fn snapshot_info(app: &App, repo: &RepoName, id: SnapshotId) -> Result
     if h.snapshot != id {
         return Err(ApiError::Conflict(format!("index of {id}: it names snapshot {}", h.snapshot)));
     }
-    Ok(SnapshotInfo { id, committed: h.committed, retain_until: h.retain_until, stats: h.stats })
+    Ok(SnapshotInfo { id, committed: h.committed, retain_until: h.retain_until, stats: h.stats, root: None })
+}
+
+/// A repository's committed snapshots as a listing finds them.
+pub(crate) struct Committed {
+    /// Oldest first.
+    pub infos: Vec<SnapshotInfo>,
+    /// Why any was left out.
+    pub damaged: Vec<String>,
+    /// What listing packs hold, by snapshot.
+    pub packed: packs::Packed,
 }
 
 /// Every committed snapshot of `repo` (a root in the store), oldest first,
-/// and why any was left out. One LIST, then only the index segments not
-/// read before, concurrently: they are written once, so what was read is
-/// kept (and forgotten once its root is gone).
+/// and why any was left out. Two LISTs, the listing packs not read before,
+/// then only the index segments neither read before nor packed,
+/// concurrently: they are written once, so what was read is kept (and
+/// forgotten once its root is gone).
 /// With `lenient`, a snapshot whose segment the store fails to give is
 /// left out rather than failing the whole answer (the detector's history
 /// is better with one snapshot missing than empty).
-async fn committed(app: &App, repo: &RepoName, lenient: bool) -> Result<(Vec<SnapshotInfo>, Vec<String>), ApiError> {
+async fn committed(app: &App, repo: &RepoName, lenient: bool) -> Result<Committed, ApiError> {
     // Only direct children with a well-formed id are snapshots. The index
     // segments are listed too, so one deleted behind the proxy's back is
-    // noticed at once, remembered or not.
+    // noticed at once, remembered or not; the packs are listed with them.
     let listed = |kind| async move {
         let prefix = layout::prefix(repo, kind);
         let keys = app.store.list(&prefix).await?;
-        Ok::<HashSet<SnapshotId>, StoreError>(keys.iter().filter_map(|key| key[prefix.len()..].parse().ok()).collect())
+        let ids = keys.iter().filter_map(|key| key[prefix.len()..].parse().ok()).collect();
+        let packs: Vec<String> = keys.into_iter().filter(|k| layout::is_pack(k)).collect();
+        Ok::<(HashSet<SnapshotId>, Vec<String>), StoreError>((ids, packs))
     };
-    let (roots, indexes) = tokio::try_join!(listed(layout::Kind::Snapshots), listed(layout::Kind::Index))?;
+    let ((roots, _), (indexes, pack_keys)) =
+        tokio::try_join!(listed(layout::Kind::Snapshots), listed(layout::Kind::Index))?;
+    let packed = packs::read(app, repo, &pack_keys).await;
     let mut ids: Vec<SnapshotId> = roots.iter().copied().collect();
     ids.sort();
     let (mut out, unread) = {
-        let cache = app.snapshot_infos.lock().expect("not poisoned");
+        let mut cache = app.snapshot_infos.lock().expect("not poisoned");
         let mut known = Vec::new();
         let mut unread = Vec::new();
-        for id in &ids {
-            match cache.get(&(repo.clone(), *id)) {
-                Some(info) if indexes.contains(id) => known.push(info.clone()),
-                _ => unread.push(*id),
+        for id in ids.iter().filter(|id| indexes.contains(id)) {
+            match (cache.get(&(repo.clone(), *id)), packed.get(id)) {
+                (Some(info), _) => known.push(info.clone()),
+                (None, Some((entries, i))) => {
+                    let info = packs::info(&entries[*i]);
+                    cache.insert((repo.clone(), *id), info.clone());
+                    known.push(info);
+                }
+                (None, None) => unread.push(*id),
             }
         }
+        // A root without an index segment is read, to be reported.
+        unread.extend(ids.iter().filter(|id| !indexes.contains(id)));
         (known, unread)
     };
     let read = app
@@ -99,7 +123,7 @@ async fn committed(app: &App, repo: &RepoName, lenient: bool) -> Result<(Vec<Sna
         }
     }
     out.sort_by_key(|s| (s.committed, s.id));
-    Ok((out, damaged))
+    Ok(Committed { infos: out, damaged, packed })
 }
 
 /// Fills `cat` from the newest committed snapshots' index segments: once,
@@ -122,7 +146,7 @@ pub(crate) async fn fill_catalog(app: &App, repo: &RepoName, cat: &mut RepoCatal
 }
 
 async fn read_newest_segments(app: &App, repo: &RepoName, cat: &mut RepoCatalog) -> Result<(), ApiError> {
-    let (infos, _) = committed(app, repo, true).await?;
+    let infos = committed(app, repo, true).await?.infos;
     let newest: Vec<SnapshotId> =
         infos.iter().rev().filter(|i| !cat.merged(&i.id)).take(LOAD_SEGMENTS).map(|i| i.id).collect();
     let store = &app.store;
@@ -141,9 +165,12 @@ async fn read_newest_segments(app: &App, repo: &RepoName, cat: &mut RepoCatalog)
 
 /// Every committed snapshot's id and stats, oldest first. One whose index
 /// segment is missing or unreadable (damage in the store) is left out, not
-/// allowed to hide the rest, and raises an alert.
-pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiError> {
-    let (out, damaged) = committed(app, repo, false).await?;
+/// allowed to hide the rest, and raises an alert. A caller that may read
+/// roots and key records (`with_roots`) gets the copies listing packs hold;
+/// when many snapshots are in no pack, this proxy packs them after
+/// answering.
+pub async fn list_snapshots(app: &Arc<App>, repo: &RepoName, with_roots: bool) -> Result<Reply, ApiError> {
+    let Committed { mut infos, damaged, packed } = committed(app, repo, false).await?;
     if !damaged.is_empty() {
         let msg = format!(
             "{} snapshots of {repo} have a root but no readable index segment, and are left out of listings: {}",
@@ -157,7 +184,11 @@ pub async fn list_snapshots(app: &App, repo: &RepoName) -> Result<Reply, ApiErro
             .raise("damaged-snapshot", crate::monitor::alerts::Severity::High, Some(repo.to_string()), None, msg, dedup)
             .await;
     }
-    Ok(Reply::json(StatusCode::OK, &out))
+    packs::pack_behind(app, repo, &infos, &packed);
+    if with_roots {
+        packs::attach_roots(&mut infos, &packed);
+    }
+    Ok(Reply::json(StatusCode::OK, &infos))
 }
 
 #[cfg(test)]

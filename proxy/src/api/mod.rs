@@ -15,6 +15,7 @@ pub mod body;
 pub mod chunks;
 mod gate;
 pub mod history;
+pub mod packs;
 pub mod reply;
 pub mod repo;
 pub mod snapshots;
@@ -32,7 +33,7 @@ use http_body_util::Full;
 pub use reply::{error_response, ApiError, Reply};
 
 use crate::access::identity::Identity;
-use crate::access::policy::Action;
+use crate::access::policy::{AccessRequest, Action};
 use crate::app::App;
 use crate::audit::{Draft, Outcome};
 
@@ -131,7 +132,7 @@ where
 
 /// Admits the request, reads its body and runs its handler.
 async fn serve<B>(
-    app: &App,
+    app: &Arc<App>,
     caller: &Caller,
     route: Route,
     req: Request<B>,
@@ -173,7 +174,17 @@ where
         }
         (Action::ListCopies, Some(repo)) => chunks::list_copies(app, &repo, obj.parse().map_err(reply::invalid)?).await,
         (Action::Commit, Some(repo)) => snapshots::commit(app, draft, &repo, &app.uploader(identity), body).await,
-        (Action::ListSnapshots, Some(repo)) => history::list_snapshots(app, &repo).await,
+        (Action::ListSnapshots, Some(repo)) => {
+            // Root copies go only to a caller that may fetch roots and keys.
+            let may = |action| {
+                let request = AccessRequest { identity, action, repo: Some(&repo), source };
+                admitted
+                    .policy
+                    .decide(&request)
+                    .is_ok_and(|a| !a.mfa || caller.mfa_verified.load(std::sync::atomic::Ordering::Acquire))
+            };
+            history::list_snapshots(app, &repo, may(Action::GetSnapshot) && may(Action::GetKey)).await
+        }
         (Action::PutEpoch, Some(repo)) => {
             repo::put_epoch(app, allowed, &repo, obj.parse().map_err(reply::invalid)?, body).await
         }

@@ -257,7 +257,7 @@ pub async fn commit(
     let referenced = referenced.len() as u64;
     drop(encoded);
     app.catalogs.trim();
-    let info = SnapshotInfo { id: snapshot, committed: now, retain_until: until, stats };
+    let info = SnapshotInfo { id: snapshot, committed: now, retain_until: until, stats, root: None };
     app.snapshot_infos.lock().expect("not poisoned").insert((repo.clone(), snapshot), info.clone());
     let m = &app.metrics;
     let label = |kind: &str| crate::monitor::metrics::KindLabel { kind: kind.to_string() };

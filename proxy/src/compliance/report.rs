@@ -233,7 +233,7 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         let (mut bytes_in, mut bytes_new, mut stored_new) = (0u64, 0u64, 0u64);
         let mut holds = Vec::new();
         let mut history = Vec::new();
-        for key in all.iter().filter(|k| k.starts_with(&prefix)) {
+        for key in all.iter().filter(|k| k.starts_with(&prefix) && !coffer_proto::layout::is_pack(k)) {
             let Some(bytes) = store.get(key).await? else { continue };
             let Ok(index) = coffer_proto::snapshot::IndexSegment::decode(&bytes) else { continue };
             // Only committed snapshots (with a root) count.

@@ -22,7 +22,7 @@ pub struct Doomed {
 }
 
 /// What expiry would delete in `repo` at `now`, in the order to delete it:
-/// roots and indexes of snapshots whose root's lock ended (a schedule may
+/// listing packs whose lock has ended, roots and indexes of snapshots whose root's lock ended (a schedule may
 /// have extended it past the commit's date) and that are neither held nor
 /// in `spare` (a schedule's keepers), index segments left by commits that
 /// never completed, then chunks
@@ -45,7 +45,31 @@ pub async fn expiry_plan(
     let mut keep_all_keys: Option<String> = None;
     let roots: BTreeSet<String> =
         store.list(&layout::prefix(repo, layout::Kind::Snapshots)).await?.into_iter().collect();
-    for index_key in store.list(&layout::prefix(repo, layout::Kind::Index)).await? {
+    let (pack_keys, index_keys): (Vec<String>, Vec<String>) =
+        store.list(&layout::prefix(repo, layout::Kind::Index)).await?.into_iter().partition(|k| layout::is_pack(k));
+    // Listing packs first: each is locked only until its first snapshot's
+    // lock ends, so one that is unlocked goes before anything else; one
+    // still locked keeps the key records it copies (SPEC §7 "Listing packs").
+    for key in pack_keys {
+        let Some(meta) = store.head(&key).await? else { continue };
+        if meta.deletable(&key, now).is_ok() {
+            doomed.push(Doomed { key, reason: "a listing pack whose lock has ended".into() });
+            continue;
+        }
+        match store.get(&key).await?.map(|b| coffer_proto::snapshot::pack::decode(&b)) {
+            None => {}
+            Some(Ok(entries)) => {
+                for e in entries {
+                    match coffer_proto::envelope::parse_header(&e.root) {
+                        Ok(h) => live_keys.insert(h.key_id),
+                        Err(_) => continue,
+                    };
+                }
+            }
+            Some(Err(e)) => keep_all_keys = Some(format!("listing pack {key} is unreadable ({e})")),
+        }
+    }
+    for index_key in index_keys {
         let Some(id) = index_key.rsplit('/').next().and_then(|s| s.parse::<SnapshotId>().ok()) else { continue };
         let Some(bytes) = store.get(&index_key).await? else { continue };
         let Ok(index) = IndexSegment::decode(&bytes) else {

@@ -55,7 +55,7 @@ async fn segments(store: &dyn ObjectStore) -> Result<Vec<(RepoName, String)>, St
         .await?
         .into_iter()
         .filter_map(|k| {
-            let (repo, _) = k.split_once("/index/")?;
+            let (repo, _) = k.split_once("/index/").filter(|_| !keys::is_pack(&k))?;
             Some((repo.parse().ok()?, k))
         })
         .collect())
@@ -64,7 +64,7 @@ async fn segments(store: &dyn ObjectStore) -> Result<Vec<(RepoName, String)>, St
 /// Every snapshot of `repo` whose index lists `id`.
 async fn referencing(store: &dyn ObjectStore, repo: &RepoName, id: &ChunkId) -> Result<Vec<SnapshotId>, StoreError> {
     let mut out = Vec::new();
-    for key in store.list(&format!("{repo}/index/")).await? {
+    for key in store.list(&format!("{repo}/index/")).await?.into_iter().filter(|k| !keys::is_pack(k)) {
         if let Some(seg) = store.get(&key).await?.and_then(|b| IndexSegment::decode(&b).ok()) {
             if seg.chunks.iter().any(|e| e.id == *id) {
                 out.push(seg.snapshot);

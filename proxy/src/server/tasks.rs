@@ -30,7 +30,7 @@ pub(super) async fn watch_overdue(app: Arc<App>) {
     }
     match app.store.list("").await {
         Ok(keys) => {
-            for key in keys.iter().filter(|k| k.contains("/index/")) {
+            for key in keys.iter().filter(|k| k.contains("/index/") && !coffer_proto::layout::is_pack(k)) {
                 let Some((repo, id)) = key.split_once("/index/") else { continue };
                 let (Ok(repo), Ok(bytes)) = (repo.parse::<coffer_proto::RepoName>(), app.store.get(key).await) else {
                     continue;
