@@ -75,7 +75,9 @@ pub const EXPECT_RETRIES: (&str, &str) = ("COFFER_TEST_EXPECT_RETRIES", "1");
 
 /// Like [`coffer`], for a test that expects retries (see [`EXPECT_RETRIES`]).
 pub fn coffer_retrying(config: &Path, args: &[&str], stdin: Option<&[u8]>) -> Run {
-    coffer_with_env(config, args, stdin, &[EXPECT_RETRIES])
+    // Retries are expected to end in success: give them time to, on a
+    // loaded machine.
+    coffer_with_env(config, args, stdin, &[EXPECT_RETRIES, ("COFFER_RETRY_DEADLINE_SECS", "60")])
 }
 
 /// Like [`coffer`], with extra environment variables.

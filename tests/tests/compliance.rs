@@ -708,7 +708,8 @@ fn revocation_and_lockdown_reach_every_proxy_on_the_store() {
 
     let secret2 = second_admin(&p);
     let revoke = ["revoke", "--trust-domain", "dev", "--identity", "spiffe://coffer.dev/writer"];
-    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t).unwrap(), &revoke);
+    // A code of now: the waits above may have taken `t` out of its window.
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, now()).unwrap(), &revoke);
     assert!(ok, "{out}");
     within_seconds("the revocation", &|| {
         coffer(&via_q, &["whoami"], None).stderr.contains("revoked by an administrator")
@@ -731,11 +732,12 @@ fn admin_rights_stop_at_the_trust_domain_and_a_revocation_can_be_lifted() {
 
     let secret2 = second_admin(&p);
     let revoke = ["revoke", "--trust-domain", "dev", "--identity", "spiffe://coffer.dev/writer"];
-    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t).unwrap(), &revoke);
+    let t2 = now();
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t2).unwrap(), &revoke);
     assert!(ok, "{out}");
     assert!(coffer(&p.writer(), &["whoami"], None).stderr.contains("revoked by an administrator"));
     let lift = [&revoke[..], &["--lift"]].concat();
-    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t + 30).unwrap(), &lift);
+    let (ok, out) = admin(&p, "admin2", &code_at(&secret2, t2 + 30).unwrap(), &lift);
     assert!(ok, "{out}");
     coffer(&p.writer(), &["whoami"], None).ok();
     // Both records stay (write-once); the newest decides, also after a restart.
