@@ -105,6 +105,13 @@ impl ProxyClient {
         Self::json(&self.on(Action::ListSnapshots, Some(repo), None, Bytes::new(), None, LISTING_MAX).await?)
     }
 
+    /// The listing with the root copies listing packs hold (SPEC §7), for a
+    /// caller about to open every root.
+    pub async fn list_snapshots_with_roots(&self, repo: &RepoName) -> Result<Vec<SnapshotInfo>, ClientError> {
+        let ask = Some((coffer_proto::api::ROOT_COPIES_HEADER, "1".to_string()));
+        Self::json(&self.on(Action::ListSnapshots, Some(repo), None, Bytes::new(), ask, LISTING_MAX).await?)
+    }
+
     pub async fn get_snapshot(&self, repo: &RepoName, id: SnapshotId) -> Result<Bytes, ClientError> {
         self.on(Action::GetSnapshot, Some(repo), Some(id.to_string()), Bytes::new(), None, ROOT_ENVELOPE_MAX).await
     }

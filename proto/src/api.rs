@@ -10,6 +10,10 @@ use crate::SnapshotId;
 /// refuses a body that does not match (a transit check independent of TLS).
 pub const DIGEST_HEADER: &str = "x-coffer-blake3";
 
+/// Header asking `GET /v1/repos/{repo}/snapshots` for the root copies
+/// listing packs hold (value `1`; SPEC §7 "Listing packs").
+pub const ROOT_COPIES_HEADER: &str = "x-coffer-root-copies";
+
 /// Header carrying a TOTP code: checked once per connection for a rule
 /// that asks for MFA, and on every admin call.
 pub const TOTP_HEADER: &str = "x-coffer-totp";

@@ -70,6 +70,8 @@ pub struct AppParts {
     pub metrics: Arc<Metrics>,
     pub watch: Arc<Watch>,
     pub client_certs: ClientCerts,
+    /// `lifecycle.listing_packs`.
+    pub packs_enabled: bool,
 }
 
 /// Everything a request handler needs; shared by all connections.
@@ -90,7 +92,9 @@ pub struct App {
     /// it gone). Bounded: emptied when it reaches `INFO_CACHE_MAX`.
     pub(crate) snapshot_infos: Mutex<HashMap<(RepoName, SnapshotId), SnapshotInfo>>,
     /// Listing packs read, and the repositories being packed now.
-    pub(crate) packs: crate::api::packs::Packs,
+    pub(crate) packs: crate::packcache::Packs,
+    /// Whether this proxy writes listing packs (`lifecycle.listing_packs`).
+    pub packs_enabled: bool,
     /// Store requests in flight over all API calls at once
     /// (`limits.store_requests`): fan-out per call times calls in flight
     /// must not open thousands of connections to the store.
@@ -142,6 +146,7 @@ impl App {
             metrics,
             watch,
             client_certs,
+            packs_enabled,
         } = parts;
         Self {
             policy: RwLock::new(Arc::new(policy)),
@@ -153,6 +158,7 @@ impl App {
             fan_out,
             snapshot_infos: Mutex::default(),
             packs: Default::default(),
+            packs_enabled,
             catalogs: crate::catalog::Catalogs::new(catalog_chunks),
             store_permits: Arc::new(tokio::sync::Semaphore::new(store_requests)),
             known_keys: Mutex::default(),

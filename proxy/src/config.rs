@@ -73,11 +73,16 @@ pub struct LifecycleConfig {
     /// Up to this many seconds of random delay before each pass, so the
     /// proxies of a fleet do not all ask the store at the same moment.
     pub jitter_secs: u64,
+    /// Whether this proxy writes listing packs (SPEC §7): off by default,
+    /// since a pack copies data key records and proxies from before packs
+    /// do not delete packs at expiry. Turn it on once every proxy of the
+    /// store knows packs.
+    pub listing_packs: bool,
 }
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
-        Self { interval_secs: 3600, jitter_secs: 300 }
+        Self { interval_secs: 3600, jitter_secs: 300, listing_packs: false }
     }
 }
 

@@ -216,6 +216,10 @@ path = "audit/audit.jsonl"
 [retention]
 days = 30
 slack_days = 7
+
+# Listings of many snapshots read packs of them (one proxy knows them all).
+[lifecycle]
+listing_packs = true
 {rules}"#
     )
 }

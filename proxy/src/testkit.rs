@@ -251,6 +251,7 @@ pub(crate) fn app_with_store(t: &TestApp, store: Arc<dyn crate::store::ObjectSto
         metrics: t.app.metrics.clone(),
         watch: t.app.watch.clone(),
         client_certs: crate::access::clientcerts::ClientCerts::open(t.dir.path().join("certs.json")),
+        packs_enabled: t.app.packs_enabled,
     })
 }
 

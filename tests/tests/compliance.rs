@@ -918,7 +918,9 @@ fn lifecycle_plan_shows_what_the_schedule_keeps() {
 #[test]
 fn the_lifecycle_pass_runs_by_itself_and_locks_keepers_to_their_periods_end() {
     let p = DevProxy::start().restarted(|text| {
-        text + "\n[lifecycle]\ninterval_secs = 1\njitter_secs = 0\n\n[[repo_policies]]\nrepos = \"dev/**\"\n\
+        // The dev config has a [lifecycle] section of its own.
+        text.replace("[lifecycle]\n", "[lifecycle]\ninterval_secs = 1\njitter_secs = 0\n")
+            + "\n[[repo_policies]]\nrepos = \"dev/**\"\n\
                 classification = \"internal\"\nkeep = { daily = 7, monthly = 12 }\n"
     });
     coffer(&p.writer(), &["init", "--repo", "dev/life"], None).ok();

@@ -486,4 +486,26 @@ fn a_listing_of_many_snapshots_reads_their_roots_from_a_pack() {
     let second = list();
     assert_eq!(second, first, "the pack lists the same snapshots, names and sizes");
     assert_eq!(fetched(), before, "no root or key was fetched one by one");
+    // The listing's audit event says what left with it.
+    let said = format!("{n} roots and their key records copied from listing packs");
+    p.wait_for_event("the listing's copies", |e| e["action"] == "list-snapshots" && e["reason"] == said.as_str());
+
+    // Copies go only to who asks and may read roots and keys: never to an
+    // auditor, who sees the same listing without them.
+    let repo: coffer_proto::RepoName = "dev/many".parse().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let listed = |who: &str, ask: bool| {
+        rt.block_on(async {
+            let client = coffer_tests::raw_client(&p.config(who)).await;
+            match ask {
+                true => client.list_snapshots_with_roots(&repo).await.unwrap(),
+                false => client.list_snapshots(&repo).await.unwrap(),
+            }
+        })
+    };
+    let copies = |v: &[coffer_proto::api::SnapshotInfo]| v.iter().filter(|i| i.root.is_some()).count();
+    assert_eq!(copies(&listed("reader", true)), n);
+    assert_eq!(copies(&listed("reader", false)), 0, "not asked for");
+    let audited = listed("auditor", true);
+    assert_eq!((audited.len(), copies(&audited)), (n, 0), "an auditor gets metadata only");
 }

@@ -53,7 +53,7 @@ pub(crate) async fn list_snapshots(repo: &OpenRepo) -> Result<Listing, Failure> 
     use futures_util::StreamExt as _;
     let mut out = Vec::new();
     let mut unreadable = Vec::new();
-    let infos = repo.client.list_snapshots(&repo.name).await.map_err(denied_hint)?;
+    let infos = repo.client.list_snapshots_with_roots(&repo.name).await.map_err(denied_hint)?;
     let lost = repo.check_listing(&infos);
     // Roots are fetched (and their keys unwrapped) several at a time, in order.
     // A root the listing carried (a listing pack's copy) is opened as it

@@ -144,6 +144,8 @@ provider = "local"
 master_key = "master.key"
 [audit]
 path = "audit-s3/audit.jsonl"
+[lifecycle]
+listing_packs = true
 {fan_out}[[rules]]
 name = "writer"
 trust_domain = "dev"

@@ -48,8 +48,8 @@ pub(crate) struct Committed {
     pub infos: Vec<SnapshotInfo>,
     /// Why any was left out.
     pub damaged: Vec<String>,
-    /// What listing packs hold, by snapshot.
-    pub packed: packs::Packed,
+    /// What listing packs hold.
+    pub packs: packs::PackRead,
 }
 
 /// Every committed snapshot of `repo` (a root in the store), oldest first,
@@ -73,21 +73,18 @@ async fn committed(app: &App, repo: &RepoName, lenient: bool) -> Result<Committe
     };
     let ((roots, _), (indexes, pack_keys)) =
         tokio::try_join!(listed(layout::Kind::Snapshots), listed(layout::Kind::Index))?;
-    let packed = packs::read(app, repo, &pack_keys).await;
+    let packs = packs::read(app, repo, &pack_keys).await;
     let mut ids: Vec<SnapshotId> = roots.iter().copied().collect();
     ids.sort();
     let (mut out, unread) = {
-        let mut cache = app.snapshot_infos.lock().expect("not poisoned");
+        let cache = app.snapshot_infos.lock().expect("not poisoned");
         let mut known = Vec::new();
         let mut unread = Vec::new();
         for id in ids.iter().filter(|id| indexes.contains(id)) {
-            match (cache.get(&(repo.clone(), *id)), packed.get(id)) {
+            // A pack's word is not cached: it must not outlive the pack.
+            match (cache.get(&(repo.clone(), *id)), packs.packed.get(id)) {
                 (Some(info), _) => known.push(info.clone()),
-                (None, Some((entries, i))) => {
-                    let info = packs::info(&entries[*i]);
-                    cache.insert((repo.clone(), *id), info.clone());
-                    known.push(info);
-                }
+                (None, Some((entries, i))) => known.push(packs::info(&entries[*i])),
                 (None, None) => unread.push(*id),
             }
         }
@@ -123,7 +120,7 @@ async fn committed(app: &App, repo: &RepoName, lenient: bool) -> Result<Committe
         }
     }
     out.sort_by_key(|s| (s.committed, s.id));
-    Ok(Committed { infos: out, damaged, packed })
+    Ok(Committed { infos: out, damaged, packs })
 }
 
 /// Fills `cat` from the newest committed snapshots' index segments: once,
@@ -165,12 +162,17 @@ async fn read_newest_segments(app: &App, repo: &RepoName, cat: &mut RepoCatalog)
 
 /// Every committed snapshot's id and stats, oldest first. One whose index
 /// segment is missing or unreadable (damage in the store) is left out, not
-/// allowed to hide the rest, and raises an alert. A caller that may read
-/// roots and key records (`with_roots`) gets the copies listing packs hold;
-/// when many snapshots are in no pack, this proxy packs them after
-/// answering.
-pub async fn list_snapshots(app: &Arc<App>, repo: &RepoName, with_roots: bool) -> Result<Reply, ApiError> {
-    let Committed { mut infos, damaged, packed } = committed(app, repo, false).await?;
+/// allowed to hide the rest, and raises an alert. A caller that asks for
+/// root copies and may read roots and key records (`with_roots`) gets the
+/// copies listing packs hold, and the audit event says how many; when many
+/// snapshots are in no pack, this proxy packs them after answering.
+pub async fn list_snapshots(
+    app: &Arc<App>,
+    draft: &mut crate::audit::Draft,
+    repo: &RepoName,
+    with_roots: bool,
+) -> Result<Reply, ApiError> {
+    let Committed { mut infos, damaged, packs } = committed(app, repo, false).await?;
     if !damaged.is_empty() {
         let msg = format!(
             "{} snapshots of {repo} have a root but no readable index segment, and are left out of listings: {}",
@@ -184,9 +186,12 @@ pub async fn list_snapshots(app: &Arc<App>, repo: &RepoName, with_roots: bool) -
             .raise("damaged-snapshot", crate::monitor::alerts::Severity::High, Some(repo.to_string()), None, msg, dedup)
             .await;
     }
-    packs::pack_behind(app, repo, &infos, &packed);
+    packs::pack_behind(app, repo, &infos, &packs);
     if with_roots {
-        packs::attach_roots(&mut infos, &packed);
+        let copied = packs::attach_roots(&mut infos, &packs.packed);
+        if copied > 0 {
+            draft.reason = Some(format!("{copied} roots and their key records copied from listing packs"));
+        }
     }
     Ok(Reply::json(StatusCode::OK, &infos))
 }

@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use coffer_proto::api::{Whoami, DIGEST_HEADER};
+use coffer_proto::api::{Whoami, DIGEST_HEADER, ROOT_COPIES_HEADER};
 use coffer_proto::endpoint::Route;
 use coffer_proto::layout;
 use http::{Request, Response, StatusCode};
@@ -145,6 +145,7 @@ where
     let admitted = gate::admit(app, caller, &route, req.headers()).await?;
     let (identity, allowed) = (admitted.identity, &admitted.allowed);
     let digest = req.headers().get(DIGEST_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let wants_roots = req.headers().get(ROOT_COPIES_HEADER).is_some_and(|v| v.as_bytes() == b"1");
     // The body is read whole before it is handled: its bytes count against
     // the identity's buffer (and everyone's) until the handler is done.
     let (body, _held) = body::read(app, route.action, req).await?.into_parts();
@@ -183,7 +184,8 @@ where
                     .decide(&request)
                     .is_ok_and(|a| !a.mfa || caller.mfa_verified.load(std::sync::atomic::Ordering::Acquire))
             };
-            history::list_snapshots(app, &repo, may(Action::GetSnapshot) && may(Action::GetKey)).await
+            let with_roots = wants_roots && may(Action::GetSnapshot) && may(Action::GetKey);
+            history::list_snapshots(app, draft, &repo, with_roots).await
         }
         (Action::PutEpoch, Some(repo)) => {
             repo::put_epoch(app, allowed, &repo, obj.parse().map_err(reply::invalid)?, body).await

@@ -3,5 +3,6 @@
 
 pub mod assess;
 pub mod keypolicy;
+pub(crate) mod packed;
 pub mod report;
 pub mod report_html;

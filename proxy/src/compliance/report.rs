@@ -228,18 +228,33 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
     for config_key in all.iter().filter(|k| k.ends_with("/config")) {
         let Ok(repo) = config_key.trim_end_matches("/config").parse::<coffer_proto::RepoName>() else { continue };
         let policy = policies.for_repo(&repo).ok().flatten();
-        let prefix = format!("{repo}/index/");
         let (mut snaps, mut last) = (0usize, None::<u64>);
         let (mut bytes_in, mut bytes_new, mut stored_new) = (0u64, 0u64, 0u64);
         let mut holds = Vec::new();
         let mut history = Vec::new();
-        for key in all.iter().filter(|k| k.starts_with(&prefix) && !coffer_proto::layout::is_pack(k)) {
-            let Some(bytes) = store.get(key).await? else { continue };
-            let Ok(index) = coffer_proto::snapshot::IndexSegment::decode(&bytes) else { continue };
-            // Only committed snapshots (with a root) count.
-            if store.head(&coffer_proto::layout::snapshot(&repo, &index.snapshot)).await?.is_none() {
-                continue;
-            }
+        let roots: std::collections::HashSet<&String> =
+            all.iter().filter(|k| k.starts_with(&format!("{repo}/snapshots/"))).collect();
+        // Only committed snapshots (with a root) count, read from listing
+        // packs where they can be: a report of a large repository reads a
+        // few objects, not one or more per snapshot.
+        let ids: Vec<coffer_proto::SnapshotId> = all
+            .iter()
+            .filter(|k| k.starts_with(&format!("{repo}/index/")) && !coffer_proto::layout::is_pack(k))
+            .filter_map(|k| coffer_proto::layout::id_of(k))
+            .filter(|id| roots.contains(&coffer_proto::layout::snapshot(&repo, id)))
+            .collect();
+        let pack_keys: Vec<&String> = all
+            .iter()
+            .filter(|k| k.starts_with(&format!("{repo}/index/")) && coffer_proto::layout::is_pack(k))
+            .collect();
+        let headers = super::packed::headers(&*store, &repo, &pack_keys, &ids).await?;
+        // The snapshots with a hold switch, from the bucket's listing.
+        let switched: std::collections::HashSet<&str> = all
+            .iter()
+            .filter_map(|k| k.strip_prefix(&format!("{}{repo}/", crate::access::switches::HOLDS)))
+            .filter_map(|rest| rest.split_once('/').map(|(id, _)| id))
+            .collect();
+        for index in headers {
             snaps += 1;
             last = last.max(Some(index.committed));
             // Saturating: segments written before the proxy checked the
@@ -253,6 +268,9 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
                 bytes_in: index.stats.bytes_in,
                 bytes_new: index.stats.bytes_new,
             });
+            if !switched.contains(index.snapshot.to_string().as_str()) {
+                continue;
+            }
             let held = crate::access::switches::read_switch(
                 &*store,
                 &crate::access::switches::hold_prefix(&repo, &index.snapshot),
@@ -292,8 +310,6 @@ pub async fn compliance_report(cfg: &ProxyConfig, since: u64) -> Result<Complian
         let rpo = rpo_rules.iter().find(|(p, _)| p.matches(&repo)).map(|(_, s)| *s);
         let retention_days = policy.and_then(|p| p.retention_days).map_or(u64::from(cfg.retention.days), u64::from);
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        let roots: std::collections::HashSet<&String> =
-            all.iter().filter(|k| k.starts_with(&format!("{repo}/snapshots/"))).collect();
         let mut missing_snapshots: Vec<String> = committed
             .remove(repo.as_str())
             .unwrap_or_default()

@@ -56,7 +56,8 @@ pub async fn expiry_plan(
             doomed.push(Doomed { key, reason: "a listing pack whose lock has ended".into() });
             continue;
         }
-        match store.get(&key).await?.map(|b| coffer_proto::snapshot::pack::decode(&b)) {
+        let bound = coffer_proto::snapshot::pack::PACK_BYTES_MAX + 1;
+        match store.get_head(&key, bound).await?.map(|b| coffer_proto::snapshot::pack::decode(&b)) {
             None => {}
             Some(Ok(entries)) => {
                 for e in entries {
@@ -185,6 +186,10 @@ pub async fn delete_doomed(app: &App, repo: &RepoName, doomed: Vec<Doomed>, now:
     // failed): their index segment stays with it, and no chunk is deleted
     // in this run, since the plan counted them as going.
     let mut kept_roots: Vec<SnapshotId> = Vec::new();
+    // The keys the packs stored now copy, read before the first key record
+    // goes: a pack written since the plan was made keeps its keys too.
+    let mut copied: Option<PackCopies> = None;
+    let mut kept_for_packs = 0;
     for d in doomed {
         let root = d.key.strip_prefix(&root_prefix).and_then(|n| n.parse::<SnapshotId>().ok());
         let index = layout::id_of::<SnapshotId>(&d.key).filter(|_| d.key.contains("/index/"));
@@ -193,12 +198,25 @@ pub async fn delete_doomed(app: &App, repo: &RepoName, doomed: Vec<Doomed>, now:
             Some("kept: its snapshot's root stays".to_string())
         } else if (d.key.starts_with(&chunk_prefix) || key_id.is_some()) && !kept_roots.is_empty() {
             Some("kept: a snapshot could not be deleted; run expire again".to_string())
-        } else if key_id.is_some() && !out.failed.is_empty() {
+        } else if key_id.is_some() && out.failed.len() > kept_for_packs {
             // A chunk that stays may have been sealed with this key: keep
             // it, so the chunk stays readable, until a run deletes both.
             Some("kept: other objects could not be deleted; run expire again".to_string())
         } else if let Some(id) = root {
             held_since(app, repo, &id, &d.key).await
+        } else if let Some(id) = key_id {
+            if copied.is_none() {
+                copied = Some(keys_packs_copy(&*app.store, repo).await);
+            }
+            match copied.as_ref().expect("just read") {
+                PackCopies::Keys(ids) if ids.contains(&id) => {
+                    // Not a failure: the other keys may still go.
+                    kept_for_packs += 1;
+                    Some("kept: a listing pack copies it".to_string())
+                }
+                PackCopies::Keys(_) => None,
+                PackCopies::Unknown(why) => Some(format!("kept: {why}")),
+            }
         } else {
             None
         };
@@ -229,6 +247,36 @@ pub async fn delete_doomed(app: &App, repo: &RepoName, doomed: Vec<Doomed>, now:
         }
     }
     out
+}
+
+/// What the listing packs stored now copy of a repository's key records.
+enum PackCopies {
+    /// The keys of their roots.
+    Keys(BTreeSet<KeyId>),
+    /// Why that is unknown (every key record then stays).
+    Unknown(String),
+}
+
+async fn keys_packs_copy(store: &dyn ObjectStore, repo: &RepoName) -> PackCopies {
+    let mut out = BTreeSet::new();
+    let packs = match store.list(&layout::packs(repo)).await {
+        Ok(packs) => packs,
+        Err(e) => return PackCopies::Unknown(format!("the listing packs could not be listed: {e}")),
+    };
+    for key in packs.iter().filter(|k| layout::is_pack(k)) {
+        let bytes = match store.get_head(key, coffer_proto::snapshot::pack::PACK_BYTES_MAX + 1).await {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => continue,
+            Err(e) => return PackCopies::Unknown(format!("listing pack {key} could not be read: {e}")),
+        };
+        match coffer_proto::snapshot::pack::decode(&bytes) {
+            Ok(entries) => out.extend(
+                entries.iter().filter_map(|e| coffer_proto::envelope::parse_header(&e.root).ok()).map(|h| h.key_id),
+            ),
+            Err(e) => return PackCopies::Unknown(format!("listing pack {key} is unreadable: {e}")),
+        }
+    }
+    PackCopies::Keys(out)
 }
 
 /// Why a root must stay after all: a legal hold put on its snapshot since

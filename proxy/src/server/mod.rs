@@ -158,6 +158,7 @@ pub(crate) async fn build_app(
         metrics: metrics.clone(),
         watch,
         client_certs: crate::access::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
+        packs_enabled: cfg.lifecycle.listing_packs,
     });
     app.set_repo_policies(cfg.repo_policies()?);
     app.load_scopes_since().await?;

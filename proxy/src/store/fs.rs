@@ -187,7 +187,9 @@ impl ObjectStore for FsStore {
         let (s, key) = (self.clone(), key.to_string());
         blocking(move || match std::fs::File::open(s.object(&key)) {
             Ok(f) => {
-                let mut out = Vec::with_capacity(len);
+                // What the file holds, not the bound: a bound is often large.
+                let size = f.metadata().map_or(0, |m| m.len());
+                let mut out = Vec::with_capacity(len.min(usize::try_from(size).unwrap_or(len)));
                 f.take(len as u64).read_to_end(&mut out).map_err(io(&key))?;
                 Ok(Some(Bytes::from(out)))
             }

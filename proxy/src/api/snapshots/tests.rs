@@ -28,7 +28,7 @@ async fn a_commit_locks_what_it_needs_and_is_listed_once() {
     // The same commit again (a retry) is answered, not doubled.
     let again = commit(&t.app, &mut draft("commit"), &repo, &testkit::uploader(), req.encode().into()).await.unwrap();
     assert_eq!(again.status, StatusCode::OK);
-    let listed = list_snapshots(&t.app, &repo, true).await.unwrap();
+    let listed = list_snapshots(&t.app, &mut draft("list-snapshots"), &repo, true).await.unwrap();
     let listed: Vec<SnapshotInfo> = serde_json::from_slice(&listed.body).unwrap();
     assert_eq!(listed.iter().map(|s| s.id).collect::<Vec<_>>(), vec![req.snapshot]);
     // Another root under the same id is refused.
