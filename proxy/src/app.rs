@@ -72,6 +72,8 @@ pub struct AppParts {
     pub client_certs: ClientCerts,
     /// `lifecycle.listing_packs`.
     pub packs_enabled: bool,
+    /// `limits.identity_upload_bytes_per_day` (0: none).
+    pub upload_quota: u64,
 }
 
 /// Everything a request handler needs; shared by all connections.
@@ -95,6 +97,8 @@ pub struct App {
     pub(crate) packs: crate::packcache::Packs,
     /// Whether this proxy writes listing packs (`lifecycle.listing_packs`).
     pub packs_enabled: bool,
+    /// What each identity stored today (`limits.identity_upload_bytes_per_day`).
+    pub upload_quota: crate::quota::UploadQuota,
     /// Store requests in flight over all API calls at once
     /// (`limits.store_requests`): fan-out per call times calls in flight
     /// must not open thousands of connections to the store.
@@ -147,6 +151,7 @@ impl App {
             watch,
             client_certs,
             packs_enabled,
+            upload_quota,
         } = parts;
         Self {
             policy: RwLock::new(Arc::new(policy)),
@@ -159,6 +164,7 @@ impl App {
             snapshot_infos: Mutex::default(),
             packs: Default::default(),
             packs_enabled,
+            upload_quota: crate::quota::UploadQuota::new(upload_quota),
             catalogs: crate::catalog::Catalogs::new(catalog_chunks),
             store_permits: Arc::new(tokio::sync::Semaphore::new(store_requests)),
             known_keys: Mutex::default(),

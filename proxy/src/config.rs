@@ -298,6 +298,11 @@ pub struct LimitsConfig {
     pub catalog_chunks: usize,
     /// Store requests in flight over all API calls at once.
     pub store_requests: usize,
+    /// Bytes of new objects one identity may store through this proxy per
+    /// UTC day (beyond: 403 `quota`, and an alert); 0: no quota. Everything
+    /// uploaded is locked for retention + slack, so this bounds what a
+    /// stolen certificate can make the bucket keep.
+    pub identity_upload_bytes_per_day: u64,
 }
 
 impl Default for LimitsConfig {
@@ -317,6 +322,7 @@ impl Default for LimitsConfig {
             store_fan_out: DEFAULT_STORE_FAN_OUT,
             catalog_chunks: crate::catalog::DEFAULT_MAX_CHUNKS,
             store_requests: 256,
+            identity_upload_bytes_per_day: 0,
             connections_per_source: 256,
             connections_per_identity: 64,
             identity_buffer_bytes: 2 * DEFAULT_COMMIT_MAX_BYTES,

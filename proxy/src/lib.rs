@@ -28,6 +28,7 @@ pub mod lifecycle;
 pub mod monitor;
 pub mod packcache;
 pub mod parts;
+pub mod quota;
 pub mod server;
 pub mod store;
 // Handler tests' state, and coffer-bench's (where most of it is unused).

@@ -252,6 +252,7 @@ pub(crate) fn app_with_store(t: &TestApp, store: Arc<dyn crate::store::ObjectSto
         watch: t.app.watch.clone(),
         client_certs: crate::access::clientcerts::ClientCerts::open(t.dir.path().join("certs.json")),
         packs_enabled: t.app.packs_enabled,
+        upload_quota: t.app.upload_quota.per_day(),
     })
 }
 

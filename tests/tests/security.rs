@@ -569,3 +569,23 @@ async fn quarantining_an_identitys_uploads_cures_its_own_poisoned_chunks() {
     assert!(healed.stderr.contains("its copy opened"), "{}", healed.stderr);
     coffer(&p.reader(), &["verify", "--repo", "dev/q"], None).ok();
 }
+
+/// A stolen writer certificate cannot make the bucket keep more than the
+/// identity's daily upload quota: past it, the backup fails at once with
+/// the reason, nothing is committed, and an alert is raised.
+#[test]
+fn an_identity_past_its_upload_quota_is_refused_and_alerted() {
+    let p = DevProxy::start().restarted(|text| format!("{text}\n[limits]\nidentity_upload_bytes_per_day = 3000000\n"));
+    let small = backup(&p, "dev/quota", &random_bytes("within the quota", 1 << 20));
+    assert_eq!(small.len(), 32, "{small}");
+    let started = std::time::Instant::now();
+    let run = coffer(&p.writer(), &["backup", "--repo", "dev/quota", "-"], Some(&random_bytes("past it", 8 << 20)));
+    assert_ne!(run.code(), 0);
+    assert!(run.stderr.contains("identity_upload_bytes_per_day"), "{}", run.stderr);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "refused, not retried");
+    assert_eq!(p.stored("dev/quota/snapshots").len(), 1, "nothing more committed");
+    assert!(p.stored("dev/quota/chunks").iter().map(|c| std::fs::metadata(c).unwrap().len()).sum::<u64>() <= 3_000_000);
+    p.wait_for_event("the quota alert", |e| {
+        e["action"] == "alert" && e["object"].as_str().unwrap_or("").starts_with("upload-quota")
+    });
+}

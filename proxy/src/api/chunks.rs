@@ -127,13 +127,34 @@ pub async fn put_chunk(
     if !app.key_exists(repo, header.key_id).await? {
         return Err(ApiError::Conflict(format!("key {} is not stored in {repo}: PUT it first", header.key_id)));
     }
+    let scope = &who.scope;
+    let (size, now) = (body.len() as u64, crate::unix_now());
+    if let Err(used) = app.upload_quota.take(scope, size, now) {
+        return Err(over_quota(app, repo, scope, used).await);
+    }
+    let stored = store_upload(app, repo, who, (id, body, *hash.as_bytes()), &header, now).await;
+    if !matches!(stored, Ok(PutOutcome::Created)) {
+        app.upload_quota.give_back(scope, size, now);
+    }
+    Ok(Reply::stored(stored?))
+}
+
+/// Stores an upload whose checks and quota passed (see [`put_chunk`]).
+async fn store_upload(
+    app: &App,
+    repo: &RepoName,
+    who: &Uploader,
+    (id, body, digest): (ChunkId, Bytes, [u8; 32]),
+    header: &envelope::Header,
+    now: u64,
+) -> Result<PutOutcome, ApiError> {
     let until = app.retention_for(repo).1;
     let scope = &who.scope;
-    let recorded = Recorded { digest: *hash.as_bytes(), sealed_by: Some(header.key_id), scope: Some(*scope) };
     let size = body.len() as u64;
+    let recorded = Recorded { digest, sealed_by: Some(header.key_id), scope: Some(*scope) };
     let catalog = app.catalogs.of(repo);
     // The first upload is tried first unless the catalog knows whose it is.
-    let first_owner = catalog.lock().await.first_owner(&id, crate::unix_now());
+    let first_owner = catalog.lock().await.first_owner(&id, now);
     let mut copy = first_owner.is_some_and(|owner| !who.counts(owner));
     let mut outcome = PutOutcome::Exists;
     if !copy {
@@ -150,7 +171,21 @@ pub async fn put_chunk(
         let sealed_by = SealedBy::Key(header.key_id);
         catalog.lock().await.observe(id, Known { size, retain_until: until, sealed_by, owner: Some(*scope), copy });
     }
-    Ok(Reply::stored(outcome))
+    Ok(outcome)
+}
+
+/// The refusal of an upload past the identity's daily quota, with an
+/// alert (once a day per identity and repository).
+async fn over_quota(app: &App, repo: &RepoName, scope: &Scope, used: u64) -> ApiError {
+    let per_day = app.upload_quota.per_day();
+    let msg = format!(
+        "upload scope {scope} has stored {used} bytes through this proxy today (UTC), and \
+         limits.identity_upload_bytes_per_day is {per_day}: new uploads are refused until 00:00 UTC"
+    );
+    let dedup = Some((format!("quota:{repo}:{scope}"), 86_400));
+    let severity = crate::monitor::alerts::Severity::High;
+    app.watch.alerts.raise("upload-quota", severity, Some(repo.to_string()), None, msg.clone(), dedup).await;
+    ApiError::Quota(msg)
 }
 
 #[cfg(test)]
@@ -162,6 +197,37 @@ mod tests {
 
     fn digest(body: &[u8]) -> Option<String> {
         Some(blake3::hash(body).to_hex().to_string())
+    }
+
+    #[tokio::test]
+    async fn an_identity_past_its_daily_quota_stores_nothing_more_and_an_alert_says_so() {
+        let t = testkit::app().await;
+        let repo: RepoName = "dev/unit".parse().unwrap();
+        t.init(&repo).await;
+        let (key_id, key, record) = t.data_key(&repo);
+        crate::api::repo::put_key(&t.app, &writer_grant(), &repo, key_id, record).await.unwrap();
+        let chunks: Vec<(ChunkId, Bytes)> = (0..4u8).map(|i| t.chunk(&repo, key_id, &key, &[i; 100])).collect();
+        let size = chunks[0].1.len() as u64;
+        let mut app = testkit::app_with_store(&t, t.app.store.clone());
+        app.upload_quota = crate::quota::UploadQuota::new(2 * size + size / 2);
+        let put = |who: crate::catalog::Uploader, (id, body): (ChunkId, Bytes)| {
+            let app = &app;
+            let repo = repo.clone();
+            async move { put_chunk(app, &repo, &who, id, body.clone(), digest(&body)).await }
+        };
+        put(testkit::uploader(), chunks[0].clone()).await.unwrap();
+        put(testkit::uploader(), chunks[1].clone()).await.unwrap();
+        let err = put(testkit::uploader(), chunks[2].clone()).await.unwrap_err();
+        assert!(matches!(&err, ApiError::Quota(m) if m.contains("identity_upload_bytes_per_day")), "{err}");
+        assert_eq!(err.status().0, StatusCode::FORBIDDEN, "not worth retrying before the day ends");
+        assert!(app.store.head(&layout::chunk(&repo, &chunks[2].0)).await.unwrap().is_none(), "nothing stored");
+        testkit::wait_for_audit(&t, "upload-quota").await;
+        // Another identity has a quota of its own.
+        let other = crate::catalog::Uploader {
+            scope: Scope::of(crate::dev::DOMAIN, "spiffe://coffer.dev/other-writer", 0),
+            legacy: true,
+        };
+        put(other, chunks[3].clone()).await.unwrap();
     }
 
     #[tokio::test]

@@ -41,6 +41,10 @@ pub enum ApiError {
     Mfa(#[from] MfaError),
     #[error("too many bytes of this client's waiting in the proxy; try again")]
     Buffered,
+    /// The identity's daily upload quota is spent (not worth retrying
+    /// before the next UTC day).
+    #[error("{0}")]
+    Quota(String),
 }
 
 impl ApiError {
@@ -64,6 +68,8 @@ impl ApiError {
             Mfa(MfaError::Store(_)) => (StatusCode::INTERNAL_SERVER_ERROR, "store", Outcome::Error),
             Mfa(_) => (StatusCode::UNAUTHORIZED, "mfa-failed", Outcome::Denied),
             Buffered => (StatusCode::SERVICE_UNAVAILABLE, "limit", Outcome::Denied),
+            // Not 429: retrying before the day ends only spends requests.
+            Quota(_) => (StatusCode::FORBIDDEN, "quota", Outcome::Denied),
         }
     }
 }

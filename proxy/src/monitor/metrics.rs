@@ -142,7 +142,7 @@ impl Default for Metrics {
 
 /// Every kind of alert the proxy raises (docs/configuration.md, "Alert
 /// kinds"; tests/packaging.rs checks the list against the code).
-pub const ALERT_KINDS: [&str; 18] = [
+pub const ALERT_KINDS: [&str; 19] = [
     "ransomware",
     "anomalous-snapshot",
     "overdue",
@@ -161,6 +161,7 @@ pub const ALERT_KINDS: [&str; 18] = [
     "lockdown",
     "quarantine",
     "assess",
+    "upload-quota",
 ];
 
 /// The exposition with one series in every family (an empty family prints

@@ -159,6 +159,7 @@ pub(crate) async fn build_app(
         watch,
         client_certs: crate::access::clientcerts::ClientCerts::open(cfg.audit.client_certs()),
         packs_enabled: cfg.lifecycle.listing_packs,
+        upload_quota: cfg.limits.identity_upload_bytes_per_day,
     });
     app.set_repo_policies(cfg.repo_policies()?);
     app.load_scopes_since().await?;
