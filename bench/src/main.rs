@@ -79,6 +79,9 @@ enum Cmd {
         /// The proxy's `limits.store_fan_out` (default: its own default).
         #[arg(long)]
         fan_out: Option<usize>,
+        /// The proxy's `retention.upload_lock_hours` (default: none).
+        #[arg(long)]
+        upload_lock_hours: Option<u32>,
         #[command(flatten)]
         common: Common,
     },
@@ -107,8 +110,11 @@ fn main() {
         Cmd::Limit { input, common } => Bench::new(&common)
             .and_then(|b| limit::limit(&b, input))
             .map(|r| cmd::emit(&r, common.json, limit::print_limit)),
-        Cmd::S3 { input, latency_ms, moto, snapshots, fan_out, common } => Bench::new(&common)
-            .and_then(|b| s3::s3(&b, input, s3::S3Options { latency_ms, moto, snapshots, fan_out }))
+        Cmd::S3 { input, latency_ms, moto, snapshots, fan_out, upload_lock_hours, common } => Bench::new(&common)
+            .and_then(|b| {
+                let opts = s3::S3Options { latency_ms, moto, snapshots, fan_out, upload_lock_hours };
+                s3::s3(&b, input, opts)
+            })
             .map(|r| cmd::emit(&r, common.json, s3::print_s3)),
         Cmd::Catalog { chunks, json, commit: false } => {
             catalog::catalog(chunks).map(|r| cmd::emit(&r, json, catalog::print_catalog))

@@ -16,6 +16,13 @@ const SMALL_MAX: usize = 64 * 1024;
 /// How long one attempt of an admin call may take (holds and expiry walk a
 /// whole repository).
 const ADMIN_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// A commit attempt's allowance beyond the request timeout: a second per
+/// this many bytes of its body (256 chunk ids). The proxy's work grows with
+/// the chunks a commit names: with a cold catalog a HEAD of each, and with
+/// an upload lock a lock extension of each new one (SPEC §10), 32 at a time
+/// (`limits.store_fan_out`), so about 1.3 ms per chunk at 20 ms per store
+/// request; this allows 4 ms.
+const COMMIT_BYTES_PER_SEC: usize = 8 * 1024;
 /// Largest snapshot root answer.
 const ROOT_ENVELOPE_MAX: usize = coffer_proto::snapshot::ROOT_MAX + coffer_proto::envelope::OVERHEAD;
 
@@ -98,7 +105,13 @@ impl ProxyClient {
     }
 
     pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
-        Self::json(&self.on(Action::Commit, Some(repo), None, body.into(), None, SMALL_MAX).await?)
+        let action = Action::Commit;
+        let deadline = commit_deadline(self.shared.attempt, body.len());
+        let method = Method::from_bytes(action.method().as_bytes()).expect("the endpoint table's methods are valid");
+        let path = action.path(Some(repo), None);
+        let out =
+            Outgoing { method, path, media: action.body_type(), body: body.into(), extra: None, limit: SMALL_MAX };
+        Self::json(&self.call_within(out, deadline).await?)
     }
 
     pub async fn list_snapshots(&self, repo: &RepoName) -> Result<Vec<SnapshotInfo>, ClientError> {
@@ -154,5 +167,27 @@ impl ProxyClient {
         let out =
             Outgoing { method, path: path.to_string(), media, body: body.into(), extra: header, limit: LISTING_MAX };
         self.call(out).await
+    }
+}
+
+/// How long one attempt of a commit of `len` bytes may take.
+fn commit_deadline(attempt: std::time::Duration, len: usize) -> std::time::Duration {
+    attempt + std::time::Duration::from_secs((len / COMMIT_BYTES_PER_SEC) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A first backup of a million new chunks (a TB) with an upload lock:
+    /// its commit makes a million lock extensions, each a HEAD and a PUT,
+    /// 32 at a time; at 20 ms per store request that is about 21 minutes,
+    /// which one attempt must be allowed (a retry starts over only with
+    /// what the first did not finish, and only within the retry deadline).
+    #[test]
+    fn a_commit_attempt_allows_for_the_work_its_chunks_make() {
+        let chunks = 1_000_000u64;
+        let body = 32 * chunks as usize + 1024;
+        let needed = std::time::Duration::from_millis(chunks * 2 * 20 / 32);
+        let allowed = super::commit_deadline(std::time::Duration::from_secs(120), body);
+        assert!(allowed > needed + std::time::Duration::from_secs(120), "{allowed:?} for {needed:?} of work");
     }
 }

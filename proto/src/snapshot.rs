@@ -137,6 +137,12 @@ pub struct SnapshotStats {
     pub chunks_new: u64,
 }
 
+/// Bytes per new chunk by which [`SnapshotStats::at_least_seen`] takes an
+/// envelope's plaintext to be smaller than its sealed body: more than zstd
+/// adds to 8 MiB it cannot compress, and than a manifest chunk lists per
+/// data chunk.
+pub const SEEN_SLACK: u64 = 1024;
+
 /// A commit's stats that cannot be true of what it references.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the commit's stats contradict what it references: {0}")]
@@ -177,6 +183,32 @@ impl SnapshotStats {
             return fail(format!("{} bytes read in {} chunks", self.bytes_in, self.chunks));
         }
         Ok(())
+    }
+
+    /// These stats raised, where they claim less, to what the proxy saw
+    /// stored in the run: `seen_chunks` new objects of `seen_bytes` envelope
+    /// bytes (each capped by what the commit references). New stream bytes
+    /// are at least those envelopes less their overhead and
+    /// [`SEEN_SLACK`] each (what zstd adds to data it cannot compress, and
+    /// the manifest's own chunks, which are not stream bytes), so an honest
+    /// agent's claims are never raised by its own run; `bytes_in`, and
+    /// `chunks` as far as `bytes_in` needs, rise with them. Stats that pass
+    /// [`check`] still pass it raised, for the same references.
+    ///
+    /// [`check`]: SnapshotStats::check
+    pub fn at_least_seen(self, seen_chunks: u64, seen_bytes: u64, referenced: u64, referenced_bytes: u64) -> Self {
+        let per_chunk = crate::envelope::OVERHEAD as u64 + SEEN_SLACK;
+        let (seen_chunks, seen_bytes) = (seen_chunks.min(referenced), seen_bytes.min(referenced_bytes));
+        let seen_plain = seen_bytes.saturating_sub(seen_chunks.saturating_mul(per_chunk));
+        let bytes_new = self.bytes_new.max(seen_plain);
+        let bytes_in = self.bytes_in.max(bytes_new);
+        Self {
+            bytes_in,
+            bytes_new,
+            stored_new: self.stored_new.max(seen_bytes),
+            chunks: self.chunks.max(bytes_in.div_ceil(u64::from(crate::CHUNK_MAX))),
+            chunks_new: self.chunks_new.max(seen_chunks),
+        }
     }
 
     pub(crate) fn encode_into(&self, out: &mut Vec<u8>) {
@@ -315,6 +347,56 @@ mod tests {
         for (what, s) in lies {
             let e = s.check(3, 1_600).unwrap_err();
             assert!(e.to_string().contains("contradict"), "{what}: {e}");
+        }
+    }
+
+    /// A host that says its new data was old: the proxy's own count of what
+    /// it stored in the run raises the stats, and what passed the checks
+    /// still does, whatever was claimed and seen.
+    #[test]
+    fn stats_rise_to_what_the_proxy_saw_and_still_pass_the_checks() {
+        let understated = stats(3_000, 100, 90, 3, 1);
+        let raised = understated.at_least_seen(3, 1_500, 3, 1_600);
+        assert_eq!(raised.chunks_new, 3);
+        assert_eq!(raised.stored_new, 1_500);
+        assert_eq!(raised.bytes_new, 100, "1 500 bytes in 3 small envelopes may hold no more than claimed");
+        let big = stats(3 << 20, 100, 90, 3, 1).at_least_seen(3, 3 << 20, 3, 3 << 20);
+        assert_eq!(big.bytes_new, (3 << 20) - 3 * (crate::envelope::OVERHEAD as u64 + SEEN_SLACK));
+        big.check(3, 3 << 20).unwrap();
+        assert_eq!(raised.bytes_in, 3_000, "what was read already covers it");
+        raised.check(3, 1_600).unwrap();
+        // Honest claims are left as they are.
+        let honest = stats(3_000, 2_100, 1_500, 3, 3);
+        assert_eq!(honest.at_least_seen(3, 1_500, 3, 1_600), honest);
+        // Seen beyond what the commit references (another run's uploads
+        // on the same proxy): capped by the references.
+        stats(0, 0, 60, 0, 1).at_least_seen(50, 1 << 30, 3, 1_600).check(3, 1_600).unwrap();
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn raised_stats_pass_whenever_the_claims_did(
+            r in proptest::array::uniform5(proptest::num::u64::ANY),
+            seen_sizes in proptest::collection::vec(crate::envelope::OVERHEAD as u64..=ENVELOPE_MAX as u64, 0..8),
+            seen_chunks in 0usize..8,
+            referenced_sizes in proptest::collection::vec(crate::envelope::OVERHEAD as u64..=ENVELOPE_MAX as u64, 1..8),
+        ) {
+            let (referenced, referenced_bytes) = (referenced_sizes.len() as u64, referenced_sizes.iter().sum::<u64>());
+            let (overhead, chunk_max) = (crate::envelope::OVERHEAD as u64, u64::from(crate::CHUNK_MAX));
+            // Any claim the checks let through, built from random parts.
+            let chunks_new = r[0] % (referenced + 1);
+            let (lo, hi) = (chunks_new * overhead, (chunks_new * ENVELOPE_MAX as u64).min(referenced_bytes));
+            proptest::prop_assume!(lo <= hi);
+            let stored_new = lo + r[1] % (hi - lo + 1);
+            let bytes_new = r[2] % (chunks_new * chunk_max + 1);
+            let chunks = r[3] % (referenced * (chunk_max / ChunkId::LEN as u64) + 1);
+            let bytes_in = r[4] % (chunks * chunk_max + 1);
+            let s = stats(bytes_in, bytes_new, stored_new, chunks, chunks_new);
+            s.check(referenced, referenced_bytes).unwrap();
+            // What a proxy can see: whole envelopes, each of a legal size.
+            let seen: Vec<u64> = seen_sizes.into_iter().take(seen_chunks).collect();
+            let raised = s.at_least_seen(seen.len() as u64, seen.iter().sum(), referenced, referenced_bytes);
+            proptest::prop_assert!(raised.check(referenced, referenced_bytes).is_ok(), "{s:?} raised to {raised:?}");
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct AppParts {
     pub checker: Arc<dyn KeyChecker>,
     /// (retention, slack) in seconds.
     pub retention: (u64, u64),
+    /// `retention.upload_lock_hours` in seconds (0: none).
+    pub upload_lock: u64,
     pub commit_max_bytes: usize,
     /// Store requests one API call keeps in flight (`limits.store_fan_out`).
     pub fan_out: usize,
@@ -85,6 +87,9 @@ pub struct App {
     pub checker: Arc<dyn KeyChecker>,
     /// (retention, slack) in seconds.
     pub retention: (u64, u64),
+    /// How long an upload is locked until a commit references it, in
+    /// seconds (0: for retention and slack at once).
+    pub upload_lock: u64,
     pub commit_max_bytes: usize,
     /// Store requests one API call keeps in flight.
     pub fan_out: usize,
@@ -99,6 +104,8 @@ pub struct App {
     pub packs_enabled: bool,
     /// What each identity stored today (`limits.identity_upload_bytes_per_day`).
     pub upload_quota: crate::quota::UploadQuota,
+    /// What each identity stored in each repository since its last commit.
+    pub observed: crate::observed::Observed,
     /// Store requests in flight over all API calls at once
     /// (`limits.store_requests`): fan-out per call times calls in flight
     /// must not open thousands of connections to the store.
@@ -141,6 +148,7 @@ impl App {
             audit,
             checker,
             retention,
+            upload_lock,
             commit_max_bytes,
             fan_out,
             catalog_chunks,
@@ -159,12 +167,14 @@ impl App {
             audit,
             checker,
             retention,
+            upload_lock,
             commit_max_bytes,
             fan_out,
             snapshot_infos: Mutex::default(),
             packs: Default::default(),
             packs_enabled,
             upload_quota: crate::quota::UploadQuota::new(upload_quota),
+            observed: Default::default(),
             catalogs: crate::catalog::Catalogs::new(catalog_chunks),
             store_permits: Arc::new(tokio::sync::Semaphore::new(store_requests)),
             known_keys: Mutex::default(),
@@ -300,6 +310,26 @@ impl App {
         let retention = self.repo_policies().retention_days(repo).map_or(self.retention.0, |d| u64::from(d) * 86_400);
         let required = crate::unix_now() + retention;
         (required, required + self.retention.1)
+    }
+
+    /// Until when an upload to `repo` is locked now: the upload lock
+    /// (`retention.upload_lock_hours`) when one is set, never past what a
+    /// commit would give it (SPEC §10 "The upload lock").
+    pub fn upload_until(&self, repo: &RepoName) -> u64 {
+        let until = self.retention_for(repo).1;
+        match self.upload_lock {
+            0 => until,
+            lock => until.min(crate::unix_now() + lock),
+        }
+    }
+
+    /// How long a stored chunk's lock must still run for a dedup answer to
+    /// count on it: half the upload lock (as `repo`'s retention caps it),
+    /// so that a backup that counts on an upload another left uncommitted
+    /// has at least that long to commit before expiry may take it.
+    pub fn dedup_lock_left(&self, repo: &RepoName) -> u64 {
+        let longest = self.retention_for(repo).1.saturating_sub(crate::unix_now());
+        self.upload_lock.min(longest) / 2
     }
 
     /// Replaces the policy atomically: requests already authorized finish

@@ -351,6 +351,22 @@ impl RepoCatalog {
             }
         }
     }
+
+    /// Records that the lock of the first upload of `id`, or (`copy`) of
+    /// that scope's copy, was extended to `until`, if the object is known.
+    pub fn raise(&mut self, id: &ChunkId, copy: Option<Scope>, until: u64) {
+        let p = prefix(id);
+        let entry = match copy {
+            Some(scope) => match self.owner_lookup(&Some(scope)) {
+                Some(owner) => self.copies.get_mut(&(p, owner)),
+                None => None,
+            },
+            None => self.chunks.get_mut(&p),
+        };
+        if let Some(e) = entry {
+            e.until = e.until.max(until.min(u64::from(u32::MAX)) as u32);
+        }
+    }
 }
 
 /// Every repository's catalog this proxy holds, least recently used first

@@ -5,14 +5,15 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use coffer_proto::keys::LocalKek;
 use serde::Deserialize;
 
 use crate::access::policy::{GrantConfig, Policy, PolicyError, RuleConfig};
 pub use crate::access::trust::TrustDomainConfig;
 pub use admin::AdminConfig;
+pub use masterkey::{read_master_key, MasterKeyError};
 
 mod admin;
+mod masterkey;
 
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 pub const DEFAULT_SLACK_DAYS: u32 = 7;
@@ -252,11 +253,15 @@ pub struct RetentionConfig {
     /// Extra lock time given on each write or extension, so a live chunk
     /// needs at most one extension per slack period.
     pub slack_days: u32,
+    /// How long an upload is locked until a commit first references it
+    /// (which extends its lock to the snapshot's); 0: locked for retention
+    /// and slack at once (SPEC §10 "The upload lock").
+    pub upload_lock_hours: u32,
 }
 
 impl Default for RetentionConfig {
     fn default() -> Self {
-        Self { days: DEFAULT_RETENTION_DAYS, slack_days: DEFAULT_SLACK_DAYS }
+        Self { days: DEFAULT_RETENTION_DAYS, slack_days: DEFAULT_SLACK_DAYS, upload_lock_hours: 0 }
     }
 }
 
@@ -300,8 +305,8 @@ pub struct LimitsConfig {
     pub store_requests: usize,
     /// Bytes of new objects one identity may store through this proxy per
     /// UTC day (beyond: 403 `quota`, and an alert); 0: no quota. Everything
-    /// uploaded is locked for retention + slack, so this bounds what a
-    /// stolen certificate can make the bucket keep.
+    /// uploaded is locked (for retention + slack, or the upload lock), so
+    /// this bounds what a stolen certificate can make the bucket keep.
     pub identity_upload_bytes_per_day: u64,
 }
 
@@ -401,6 +406,13 @@ impl ProxyConfig {
         if self.retention.days == 0 {
             return invalid("retention.days must be at least 1".into());
         }
+        let hours = self.retention.upload_lock_hours;
+        if hours == 1 || u64::from(hours) > 24 * u64::from(self.retention.days) {
+            return invalid(format!(
+                "retention.upload_lock_hours is {hours}: it must be 0 (uploads locked for retention at once) or from \
+                 2 (the catalog trusts a lock only while it has an hour to go) to 24 × retention.days"
+            ));
+        }
         let l = &self.limits;
         let positive_rate = l.identity_rate.is_finite() && l.identity_rate > 0.0;
         if l.identity_in_flight == 0 || !positive_rate || l.identity_burst < 1.0 {
@@ -466,29 +478,12 @@ impl ProxyConfig {
     pub fn retention_secs(&self) -> (u64, u64) {
         (u64::from(self.retention.days) * 86_400, u64::from(self.retention.slack_days) * 86_400)
     }
-}
 
-/// Why the local master key cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum MasterKeyError {
-    #[error("master key {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("master key {} must not be readable by group or others (chmod 600)", path.display())]
-    Exposed { path: PathBuf },
-    #[error("master key {}: {source}", path.display())]
-    Invalid { path: PathBuf, source: coffer_proto::FormatError },
-}
-
-/// Reads a local master-key file, refusing one readable by group or others.
-pub fn read_master_key(path: &Path) -> Result<LocalKek, MasterKeyError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let read = |source| MasterKeyError::Read { path: path.into(), source };
-    let meta = std::fs::metadata(path).map_err(read)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(MasterKeyError::Exposed { path: path.into() });
+    /// Seconds an upload stays locked until a commit references it (0: the
+    /// whole retention at once).
+    pub fn upload_lock_secs(&self) -> u64 {
+        u64::from(self.retention.upload_lock_hours) * 3600
     }
-    let text = zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(read)?);
-    LocalKek::from_file_contents(&text).map_err(|source| MasterKeyError::Invalid { path: path.into(), source })
 }
 
 #[cfg(test)]

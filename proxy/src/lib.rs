@@ -26,6 +26,7 @@ pub mod keep;
 pub mod keycheck;
 pub mod lifecycle;
 pub mod monitor;
+pub mod observed;
 pub mod packcache;
 pub mod parts;
 pub mod quota;

@@ -1,5 +1,6 @@
 //! Per-identity daily upload quotas (`limits.identity_upload_bytes_per_day`,
-//! SPEC §12): every new object is locked for retention + slack at once, so
+//! SPEC §12): every new object is locked for retention + slack at once (or
+//! for the upload lock, which a commit or an upload sent again extends), so
 //! what a stolen writer certificate uploads, referenced or not, the bucket
 //! must keep. The count is per proxy and per UTC day, by upload scope (an
 //! identity in its current generation).

@@ -119,15 +119,20 @@ pub(crate) fn draft(action: &'static str) -> Draft {
 /// A repository holding one data key and `n` chunks, and an honest
 /// commit of them.
 pub(crate) async fn staged(t: &TestApp, repo: &RepoName, n: u8) -> CommitRequest {
+    staged_on(t, &t.app, repo, n).await
+}
+
+/// [`staged`] through `app`, another proxy on `t`'s store.
+pub(crate) async fn staged_on(t: &TestApp, app: &App, repo: &RepoName, n: u8) -> CommitRequest {
     t.init(repo).await;
     let (key_id, key, record) = t.data_key(repo);
-    crate::api::repo::put_key(&t.app, &writer_grant(), repo, key_id, record).await.unwrap();
+    crate::api::repo::put_key(app, &writer_grant(), repo, key_id, record).await.unwrap();
     let (mut chunks, mut stored) = (Vec::new(), 0);
     for i in 0..n {
         let (id, envelope) = t.chunk(repo, key_id, &key, &[i; 100]);
         stored += envelope.len() as u64;
         let digest = Some(blake3::hash(&envelope).to_hex().to_string());
-        crate::api::chunks::put_chunk(&t.app, repo, &uploader(), id, envelope, digest).await.unwrap();
+        crate::api::chunks::put_chunk(app, repo, &uploader(), id, envelope, digest).await.unwrap();
         chunks.push(id);
     }
     let snapshot = SnapshotId::random();
@@ -242,6 +247,7 @@ pub(crate) fn app_with_store(t: &TestApp, store: Arc<dyn crate::store::ObjectSto
         audit: t.app.audit.clone(),
         checker: t.app.checker.clone(),
         retention: t.app.retention,
+        upload_lock: t.app.upload_lock,
         commit_max_bytes: t.app.commit_max_bytes,
         fan_out: t.app.fan_out,
         catalog_chunks: crate::catalog::DEFAULT_MAX_CHUNKS,

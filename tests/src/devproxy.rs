@@ -247,6 +247,22 @@ impl DevProxy {
         }
     }
 
+    /// Stops the proxy as an operator does (SIGTERM: it finishes requests,
+    /// seals and ships its audit log), and asserts it exited cleanly.
+    pub fn stop(&mut self) {
+        let pid = self.child.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "coffer-proxy stopped with {status}: {}", self.stderr());
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "coffer-proxy did not stop: {}", self.stderr());
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
     /// Kills the proxy (SIGKILL: nothing gets to clean up).
     pub fn kill(&mut self) {
         let _ = self.child.kill();

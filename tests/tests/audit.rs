@@ -164,6 +164,49 @@ fn a_live_log_cut_below_the_stores_newest_checkpoint_is_truncation() {
     assert!(ok && out.contains("checkpoints vouch for events past the sealed segments"), "{out}");
 }
 
+/// Segments a proxy ships as it stops (sealed, and not yet shipped) are
+/// announced too: their alerts wait in the spool and go to the webhook
+/// when the proxy starts again, so `--seals` covers the trail up to the
+/// stop.
+#[test]
+fn segments_shipped_at_shutdown_are_announced_at_the_next_start() {
+    let hook = Webhook::start(0);
+    let mut p = DevProxy::start().restarted(|text| {
+        text.replace("[audit]\n", "[audit]\nsegment_events = 5\nship_secs = 3600\n")
+            + &format!("\n[alerts]\nwebhook = {{ url = \"http://127.0.0.1:{}/\" }}\n", hook.port)
+    });
+    coffer(&p.writer(), &["init", "--repo", "dev/a"], None).ok();
+    coffer(&p.writer(), &["backup", "--repo", "dev/a", "-"], Some(b"sealed, shipped at the stop")).ok();
+    let seals = || -> Vec<String> {
+        hook.received.lock().unwrap().iter().filter(|a| a["kind"] == "audit-seal").map(|a| a.to_string()).collect()
+    };
+    let segments = |p: &DevProxy| {
+        let segment = |f: &std::path::PathBuf| {
+            let name = f.file_name().unwrap().to_string_lossy().into_owned();
+            name.len() == 20
+                && name.bytes().all(|b| b.is_ascii_digit())
+                && !f.to_string_lossy().contains("/checkpoints/")
+        };
+        p.stored("audit/").into_iter().filter(segment).count()
+    };
+    // (Shipping runs at start and then hourly: what is sealed now ships at
+    // the stop.)
+    let before = segments(&p);
+    p.stop();
+    let shipped = segments(&p);
+    assert!(shipped > before, "the stop shipped the sealed segments ({before} before, {shipped} after)");
+    let p = p.restarted(|text| text);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while seals().len() < shipped {
+        assert!(std::time::Instant::now() < deadline, "{} audit-seal alerts for {shipped} segments", seals().len());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let file = p.dir.join("seals.jsonl");
+    std::fs::write(&file, seals().join("\n")).unwrap();
+    let (ok, out) = audit(&p, &["verify", "--store", "--seals", file.to_str().unwrap()]);
+    assert!(ok && out.contains("match the hashes the webhook received"), "{out}");
+}
+
 /// Each shipped segment's BLAKE3 also goes to the alert webhook, a place
 /// root on the proxy host cannot rewrite. A stored trail cut short (its
 /// newest segment deleted: what is left verifies on its own) is caught by

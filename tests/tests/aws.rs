@@ -291,6 +291,44 @@ async fn dedup_commit_extends_old_locks_and_never_shortens() {
     assert_eq!(after, first, "a lock must never be shortened");
 }
 
+/// `retention.upload_lock_hours`: what a backup uploads is locked for
+/// hours until a commit references it. A backup that fails after uploading
+/// (or a stolen writer certificate's junk) leaves objects that expiry may
+/// take within hours, not after retention; the backup that commits the
+/// same data locks them for retention and slack.
+#[tokio::test(flavor = "multi_thread")]
+async fn uploads_are_locked_for_hours_until_a_commit_references_them() {
+    let aws = Aws::start().await;
+    aws.bucket(BUCKET, true).await;
+    let kek = aws.key(true).await;
+    let certs = certificates();
+    let config = proxy_config(certs.path(), &aws, "", (30, 7));
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("slack_days = 7\n", "slack_days = 7\nupload_lock_hours = 2\n")).unwrap();
+    let p = start_proxy(certs.path(), &config, &aws);
+    let writer = agent_config(&p, &aws, "writer", &kek);
+    run(&aws, &writer, &["init", "--repo", "dev/short"], None).ok();
+    let data = random_bytes("short", 4 << 20);
+    let file = certs.path().join("data");
+    std::fs::write(&file, &data).unwrap();
+    let source = format!("cat {}; sleep 3; exit 3", file.display());
+    let failed = run(&aws, &writer, &["backup", "--repo", "dev/short", "--", "sh", "-c", &source], None);
+    assert_ne!(failed.code(), 0, "the source failed");
+    let chunks = aws.keys("dev/short/chunks/").await;
+    assert!(!chunks.is_empty(), "the failed backup uploaded before its source failed");
+    assert!(aws.keys("dev/short/snapshots/").await.is_empty(), "and committed nothing");
+    for key in &chunks {
+        let until = aws.head(key).await.object_lock_retain_until_date().unwrap().secs() as u64;
+        assert!(until <= now() + 2 * 3600 + 60, "{key} uploaded but not committed, locked until {until}");
+    }
+    let id = run(&aws, &writer, &["backup", "--repo", "dev/short", "-"], Some(&data)).last_line();
+    assert_eq!(aws.keys("dev/short/snapshots/").await.len(), 1, "{id} committed");
+    for key in aws.keys("dev/short/chunks/").await {
+        let until = aws.head(&key).await.object_lock_retain_until_date().unwrap().secs() as u64;
+        assert!(until + 120 >= now() + 37 * DAY, "{key} is referenced by {id}, locked only until {until}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn kms_key_checks_refuse_bad_keys_with_a_clear_message() {
     let aws = Aws::start().await;

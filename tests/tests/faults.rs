@@ -265,6 +265,48 @@ async fn a_commit_whose_stats_contradict_its_chunks_is_refused() {
     assert_eq!(p.stored("dev/s/index").len(), 2, "no lying commit left an index segment");
 }
 
+/// A writer that uploads new data (say, what ransomware encrypted) and
+/// commits it claiming nothing is new: the proxy records what it saw the
+/// writer store since its last commit, not the claim, so the report and
+/// the detector see the upload.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_commit_that_calls_its_uploads_old_is_recorded_with_what_was_uploaded() {
+    use coffer_proto::snapshot::{CommitRequest, IndexSegment, SnapshotStats};
+    let p = DevProxy::start();
+    coffer(&p.writer(), &["init", "--repo", "dev/u"], None).ok();
+    let id = coffer(&p.writer(), &["backup", "--repo", "dev/u", "-"], Some(b"a first snapshot")).last_line();
+    let root = std::fs::read(p.dir.join(format!("store/objects/dev/u/snapshots/{id}"))).unwrap();
+    let first =
+        IndexSegment::decode(&std::fs::read(p.dir.join(format!("store/objects/dev/u/index/{id}"))).unwrap()).unwrap();
+    // A run that uploads random data and stops before its commit (the
+    // chunk still open when its source fails is not uploaded).
+    let file = p.dir.join("encrypted");
+    std::fs::write(&file, random_bytes("ransomed", 6 << 20)).unwrap();
+    let source = format!("cat {}; sleep 3; exit 3", file.display());
+    let failed = coffer(&p.writer(), &["backup", "--repo", "dev/u", "--", "sh", "-c", &source], None);
+    assert_ne!(failed.code(), 0);
+    let known: Vec<String> = first.chunks.iter().map(|e| e.id.to_string()).collect();
+    let (uploaded, sizes): (Vec<coffer_proto::ChunkId>, Vec<u64>) = p
+        .stored("dev/u/chunks")
+        .iter()
+        .filter_map(|f| Some((f.file_name()?.to_str()?.parse().ok()?, std::fs::metadata(f).ok()?.len())))
+        .filter(|(id, _): &(coffer_proto::ChunkId, u64)| !known.contains(&id.to_string()))
+        .unzip();
+    assert!(!uploaded.is_empty(), "the failed run uploaded nothing");
+    let claimed =
+        SnapshotStats { bytes_in: 4 << 20, bytes_new: 0, stored_new: 0, chunks: uploaded.len() as u64, chunks_new: 0 };
+    let commit =
+        CommitRequest { snapshot: coffer_proto::SnapshotId::random(), root, stats: claimed, chunks: uploaded.clone() };
+    let client = raw_client(&p.writer()).await;
+    let info = client.commit(&"dev/u".parse().unwrap(), commit.encode()).await.unwrap();
+    assert_eq!(info.stats.chunks_new, uploaded.len() as u64, "{:?}", info.stats);
+    assert_eq!(info.stats.stored_new, sizes.iter().sum::<u64>(), "the envelopes it stored: {:?}", info.stats);
+    // (Its copied root does not open under the new id, so no agent lists
+    // it; the index segment is what the report and the detector read.)
+    let index = std::fs::read(p.dir.join(format!("store/objects/dev/u/index/{}", info.id))).unwrap();
+    assert_eq!(IndexSegment::decode(&index).unwrap().stats, info.stats);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn hostile_input_gets_a_clear_answer_and_the_proxy_keeps_serving() {
     let p = DevProxy::start();

@@ -120,9 +120,9 @@ fn moto_exe(given: Option<PathBuf>) -> Result<PathBuf, String> {
 struct S3Proxy(Child);
 
 impl S3Proxy {
-    fn start(bench: &Bench, relay: &LatencyRelay, fan_out: Option<usize>) -> Result<(Self, String), String> {
+    /// `extra`: configuration sections from the options ([`S3Options::sections`]).
+    fn start(bench: &Bench, relay: &LatencyRelay, extra: &str) -> Result<(Self, String), String> {
         let dir = bench.proxy_dir();
-        let fan_out = fan_out.map_or(String::new(), |n| format!("[limits]\nstore_fan_out = {n}\n"));
         let config = format!(
             r#"proxy_id = "s3bench"
 listen = "127.0.0.1:0"
@@ -146,7 +146,7 @@ master_key = "master.key"
 path = "audit-s3/audit.jsonl"
 [lifecycle]
 listing_packs = true
-{fan_out}[[rules]]
+{extra}[[rules]]
 name = "writer"
 trust_domain = "dev"
 identity = "spiffe://coffer.dev/writer"
@@ -212,6 +212,21 @@ pub(crate) struct S3Options {
     pub(crate) moto: Option<PathBuf>,
     pub(crate) snapshots: usize,
     pub(crate) fan_out: Option<usize>,
+    pub(crate) upload_lock_hours: Option<u32>,
+}
+
+impl S3Options {
+    /// The proxy's configuration sections these options set.
+    fn sections(&self) -> String {
+        let mut out = String::new();
+        if let Some(n) = self.fan_out {
+            out.push_str(&format!("[limits]\nstore_fan_out = {n}\n"));
+        }
+        if let Some(h) = self.upload_lock_hours {
+            out.push_str(&format!("[retention]\nupload_lock_hours = {h}\n"));
+        }
+        out
+    }
 }
 
 pub(crate) fn s3(bench: &Bench, input: Input, opts: S3Options) -> Result<S3Report, String> {
@@ -221,10 +236,11 @@ pub(crate) fn s3(bench: &Bench, input: Input, opts: S3Options) -> Result<S3Repor
     let edited = work.join("edited");
     edit_one_percent(&source, &edited)?;
     let expected = hash_file(&source)?;
+    let extra = opts.sections();
     let moto = Moto::start(&moto_exe(opts.moto)?)?;
     moto.bucket()?;
     let relay = LatencyRelay::start(&format!("127.0.0.1:{}", moto.1)).map_err(|e| e.to_string())?;
-    let (proxy, _) = S3Proxy::start(bench, &relay, opts.fan_out)?;
+    let (proxy, _) = S3Proxy::start(bench, &relay, &extra)?;
     let coffer = |who: &str| {
         let mut cmd = Command::new(bench.bins.join("coffer"));
         cmd.arg("--config").arg(bench.proxy_dir().join(format!("s3-{who}.toml")));
@@ -302,7 +318,7 @@ pub(crate) fn s3(bench: &Bench, input: Input, opts: S3Options) -> Result<S3Repor
     // once at the latency, each through a proxy of its own.
     drop(proxy);
     let (first_listing_secs, first_listing_requests) = {
-        let (_proxy, _) = S3Proxy::start(bench, &relay, opts.fan_out)?;
+        let (_proxy, _) = S3Proxy::start(bench, &relay, &extra)?;
         relay.set_latency_ms(opts.latency_ms);
         relay.take_counts();
         let listed = timed(coffer("reader").args(["snapshots", "--repo", repo, "--json"]), None, None)?;
@@ -317,7 +333,7 @@ pub(crate) fn s3(bench: &Bench, input: Input, opts: S3Options) -> Result<S3Repor
     };
     let mut listings = Vec::new();
     for latency in [0, opts.latency_ms] {
-        let (_proxy, _) = S3Proxy::start(bench, &relay, opts.fan_out)?;
+        let (_proxy, _) = S3Proxy::start(bench, &relay, &extra)?;
         relay.set_latency_ms(latency);
         relay.take_counts();
         let listed = timed(coffer("reader").args(["snapshots", "--repo", repo, "--json"]), None, None)?;

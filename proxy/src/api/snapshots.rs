@@ -145,6 +145,10 @@ pub async fn commit(
         }
     }
     stats.check(entries.len() as u64, referenced_bytes).map_err(invalid)?;
+    // Never less than what this proxy saw the committer store since its
+    // last commit here (SPEC §8 "Commit stats").
+    let seen = app.observed.seen(repo, scope).credited(entries.len() as u64, referenced_bytes);
+    let stats = stats.at_least_seen(seen.chunks, seen.bytes, entries.len() as u64, referenced_bytes);
     let entries_ref = &entries;
 
     // The data keys that sealed the chunks (known to the catalog, recorded
@@ -194,18 +198,33 @@ pub async fn commit(
         }
     }
     // Every extension is tried, and those made are audited even if one
-    // failed: a lock that grew is never left unrecorded.
-    let (chunks_to_extend, others_to_extend) = (&chunks_to_extend, &others_to_extend);
+    // failed: a lock that grew is never left unrecorded. A commit cut short
+    // (its caller stopped waiting) records none, and its retry skips those
+    // made: so the intent is audited first.
+    let to_extend = chunks_to_extend.len() + others_to_extend.len();
+    if to_extend > 0 {
+        let event = Draft {
+            action: "extend-locks",
+            bytes: to_extend as u64,
+            reason: Some(format!("{to_extend} objects to be locked until {until} for this snapshot")),
+            ..draft.clone()
+        };
+        app.audit.record(event, true).await.map_err(|_| ApiError::Audit)?;
+    }
+    let (chunks_to_extend, others_to_extend, cat) = (&chunks_to_extend, &others_to_extend, &catalog);
     let tried = app
-        .fan_out(fan, 0..chunks_to_extend.len() + others_to_extend.len(), |i| async move {
-            let key = match chunks_to_extend.get(i) {
-                Some(e) => {
-                    let e = entries_ref.get(*e);
-                    layout::chunk_at(repo, &e.id, e.copy.then_some(scope))
-                }
-                None => others_to_extend[i - chunks_to_extend.len()].clone(),
+        .fan_out(fan, 0..to_extend, |i| async move {
+            let Some(e) = chunks_to_extend.get(i).map(|e| entries_ref.get(*e)) else {
+                let key = &others_to_extend[i - chunks_to_extend.len()];
+                return Ok::<_, std::convert::Infallible>(store.extend_retention(key, until).await);
             };
-            Ok::<_, std::convert::Infallible>(store.extend_retention(&key, until).await)
+            let done = store.extend_retention(&layout::chunk_at(repo, &e.id, e.copy.then_some(scope)), until).await;
+            if done.is_ok() {
+                // Known at once: a commit cut short (its caller gave up
+                // waiting) and tried again does not extend it again.
+                cat.lock().await.raise(&e.id, e.copy.then_some(*scope), until);
+            }
+            Ok(done)
         })
         .await
         .unwrap_or_else(|never| match never {});
@@ -253,6 +272,7 @@ pub async fn commit(
         PutOutcome::Created => {}
         PutOutcome::Exists => return Err(ApiError::Conflict(format!("snapshot {snapshot} already exists"))),
     }
+    app.observed.committed(repo, scope, seen);
     catalog.lock().await.record_index(&referenced, app.scopes_since());
     let referenced = referenced.len() as u64;
     drop(encoded);

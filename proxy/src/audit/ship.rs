@@ -58,19 +58,36 @@ pub enum ShipError {
     Clash(String),
 }
 
+/// What one shipping pass did: the segments it shipped (each to be
+/// announced, even when the pass then failed), and why it stopped short.
+#[derive(Debug)]
+pub struct Shipping {
+    pub shipped: Vec<Shipped>,
+    pub failed: Option<ShipError>,
+}
+
+fn at(path: &Path) -> impl Fn(std::io::Error) -> ShipError + '_ {
+    move |source| ShipError::Local { path: path.to_path_buf(), source }
+}
+
 /// Uploads every local segment not shipped yet, oldest first, and marks
 /// each shipped (`.seg` → `.seg.shipped`) once the store holds it; and
-/// every checkpoint, deleted once the store holds it. Returns the segments
-/// shipped; stops at the first failure (retried next time).
-pub async fn ship_pending(
+/// every checkpoint, deleted once the store holds it. Stops at the first
+/// segment that fails (retried next time); a checkpoint that fails holds
+/// nothing back.
+pub async fn ship_pending(dir: &Path, store: &dyn ObjectStore, proxy_id: &str, retain_until: u64) -> Shipping {
+    let mut shipped = Vec::new();
+    let failed = ship_into(&mut shipped, dir, store, proxy_id, retain_until).await.err();
+    Shipping { shipped, failed }
+}
+
+async fn ship_into(
+    shipped: &mut Vec<Shipped>,
     dir: &Path,
     store: &dyn ObjectStore,
     proxy_id: &str,
     retain_until: u64,
-) -> Result<Vec<Shipped>, ShipError> {
-    fn at(path: &Path) -> impl Fn(std::io::Error) -> ShipError + '_ {
-        move |source| ShipError::Local { path: path.to_path_buf(), source }
-    }
+) -> Result<(), ShipError> {
     let mut pending: Vec<String> = std::fs::read_dir(dir)
         .map_err(at(dir))?
         .flatten()
@@ -78,7 +95,6 @@ pub async fn ship_pending(
         .filter(|n| n.ends_with(".seg") || n.ends_with(checkpoint::SUFFIX))
         .collect();
     pending.sort();
-    let mut shipped = Vec::new();
     // Checkpoints first, and each tried whatever the others do: neither a
     // segment nor a checkpoint that cannot be shipped holds back the rest.
     pending.sort_by_key(|n| !n.ends_with(checkpoint::SUFFIX));
@@ -101,7 +117,7 @@ pub async fn ship_pending(
     }
     match failed {
         Some(e) => Err(e),
-        None => Ok(shipped),
+        None => Ok(()),
     }
 }
 

@@ -58,3 +58,22 @@ fn a_local_master_key_is_refused_beyond_loopback_unless_single_host() {
     assert!(parse("10.0.0.5:7443", "").is_err());
     assert!(parse("0.0.0.0:7443", "single_host = true").is_ok());
 }
+
+/// An upload lock shorter than the catalog's trust margin would make every
+/// upload look unlocked to it; one past the retention is no short lock, and
+/// would make dedup count nothing (it asks for half the lock to be left).
+#[test]
+fn the_upload_lock_is_off_or_two_hours_to_the_retention() {
+    let parse = |hours: u32| {
+        let text = DEV.replace("[retention]\n", &format!("[retention]\nupload_lock_hours = {hours}\n"));
+        assert_ne!(text, DEV, "the dev config has a [retention] section");
+        ProxyConfig::parse(&text, std::path::Path::new("/x")).map(|c| c.upload_lock_secs())
+    };
+    assert_eq!(parse(0).unwrap(), 0);
+    assert_eq!(parse(48).unwrap(), 48 * 3600);
+    assert!(parse(30 * 24).is_ok(), "up to the retention (30 days in the dev config)");
+    for refused in [1, 30 * 24 + 1] {
+        let err = parse(refused).unwrap_err().to_string();
+        assert!(err.contains("upload_lock_hours"), "{err}");
+    }
+}

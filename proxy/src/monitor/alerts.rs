@@ -144,6 +144,37 @@ impl Alerts {
     }
 }
 
+/// Where alerts wait for delivery, and the proxy they name: what
+/// [`spool_seal`] needs once the proxy's audit log is closed.
+#[derive(Clone, Debug)]
+pub struct SpoolTarget {
+    spool: PathBuf,
+    proxy: String,
+}
+
+impl Alerts {
+    pub fn spool_target(&self) -> SpoolTarget {
+        SpoolTarget { spool: self.spool.clone(), proxy: self.proxy.clone() }
+    }
+}
+
+/// Spools an `audit-seal` alert without an [`Alerts`] (whose audit handle
+/// would keep the log open): for the segments shipped at shutdown, after
+/// the log's last seal. It is delivered when the proxy next starts.
+pub fn spool_seal(to: &SpoolTarget, subject: String, message: String) -> std::io::Result<()> {
+    let alert = Alert {
+        id: random_id(),
+        kind: "audit-seal".into(),
+        severity: Severity::Info,
+        time: crate::unix_now(),
+        proxy: to.proxy.clone(),
+        repo: None,
+        subject: Some(subject),
+        message,
+    };
+    spool_write(&to.spool, &alert)
+}
+
 fn spool_write(dir: &Path, alert: &Alert) -> std::io::Result<()> {
     use std::io::Write as _;
     let name = format!("{:020}-{}.json", alert.time, alert.id);

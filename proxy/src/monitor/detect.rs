@@ -63,6 +63,16 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
     Some(v[v.len() / 2])
 }
 
+/// A snapshot storing this many times the median new bytes of its
+/// repository's recent ones (and at least [`STORED_SURGE_MIN`]) is judged
+/// anomalous whatever its claimed sizes say: `stored_new` is the one stat a
+/// host cannot understate (the proxy raises it to what it saw uploaded,
+/// SPEC §8), so a host that hides encrypted data behind an inflated
+/// `bytes_in` or `bytes_new` still shows here.
+pub const STORED_SURGE_FACTOR: f64 = 10.0;
+/// Below this many new stored bytes a surge is not worth an alert.
+pub const STORED_SURGE_MIN: u64 = 64 << 20;
+
 /// Judges a new snapshot against the repository's history (oldest first).
 /// The ransomware signature: nearly everything new and incompressible where
 /// history says little changes and data compresses.
@@ -90,6 +100,20 @@ pub fn anomaly(history: &[SnapshotStats], current: &SnapshotStats) -> Option<(&'
                 ),
             ));
         }
+    }
+    let base_stored = median(recent.iter().map(|s| s.stored_new as f64).collect())?;
+    if current.stored_new >= STORED_SURGE_MIN && current.stored_new as f64 > STORED_SURGE_FACTOR * base_stored {
+        return Some((
+            "anomalous-snapshot",
+            Severity::High,
+            format!(
+                "{} new bytes stored, against a median of {:.0} over the last {} snapshots: a change this large, \
+                 whatever the snapshot's claimed sizes, can be data encrypted in place",
+                current.stored_new,
+                base_stored,
+                recent.len()
+            ),
+        ));
     }
     let size = current.bytes_in as f64;
     if base_size > 0.0 && (size > 3.0 * base_size || size < base_size / 3.0) {
@@ -210,5 +234,25 @@ mod tests {
         let media = vec![s(100, 100, 101), s(100, 100, 101), s(100, 100, 101)];
         assert!(anomaly(&media, &s(100, 100, 101)).is_none());
         assert_eq!(anomaly(&history, &s(1000, 10, 5)).unwrap().0, "anomalous-snapshot");
+    }
+
+    /// A host that inflates what it read and calls its new data
+    /// compressible hides from the ratios, not from what it stored (which
+    /// the proxy raises to what it saw uploaded).
+    #[test]
+    fn a_surge_of_stored_bytes_shows_whatever_the_claimed_sizes() {
+        const G: u64 = 1 << 30;
+        let nightly = |stored| s(100 * G, 2 * G, stored);
+        let history = vec![nightly(G / 2), nightly(G / 2), nightly(G / 3), nightly(G / 2)];
+        assert!(anomaly(&history, &nightly(G)).is_none(), "twice a usual night");
+        // 90 GiB encrypted: claimed as 110 GiB read with 200 GiB new (it
+        // would compress, it says), so the ratios stay under the signature.
+        let hidden = s(110 * G, 200 * G, 90 * G);
+        let (kind, sev, msg) = anomaly(&history, &hidden).unwrap();
+        assert_eq!((kind, sev), ("anomalous-snapshot", Severity::High), "{msg}");
+        assert!(msg.contains("new bytes stored"), "{msg}");
+        // A small repository's surge below the floor is not worth one.
+        let small = vec![s(1000, 10, 5); 4];
+        assert!(anomaly(&small, &s(1000, 100, 90)).is_none());
     }
 }

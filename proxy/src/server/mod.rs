@@ -149,6 +149,7 @@ pub(crate) async fn build_app(
         audit,
         checker,
         retention: cfg.retention_secs(),
+        upload_lock: cfg.upload_lock_secs(),
         commit_max_bytes: cfg.limits.commit_max_bytes,
         fan_out: cfg.limits.store_fan_out,
         catalog_chunks: cfg.limits.catalog_chunks,
@@ -313,10 +314,19 @@ impl Proxy {
         let (app, writer) = (self.app, self.writer);
         let store = app.store.clone();
         let (retain, sealed, proxy_id) = (app.new_retain_until(), self.spool.sealed_dir(), self.proxy_id);
+        let alerts = app.watch.alerts.spool_target();
         drop(app);
         tokio::task::spawn_blocking(move || writer.join()).await.ok();
-        // What was sealed last goes to the store too, if it can.
-        if let Err(e) = crate::audit::ship::ship_pending(&sealed, &*store, &proxy_id, retain).await {
+        // What was sealed last goes to the store too, if it can, and its
+        // hash to the webhook (spooled: sent when the proxy next starts).
+        let pass = crate::audit::ship::ship_pending(&sealed, &*store, &proxy_id, retain).await;
+        for s in &pass.shipped {
+            let msg = crate::audit::ship::seal_message(s);
+            if let Err(e) = crate::monitor::alerts::spool_seal(&alerts, s.key.clone(), msg) {
+                tracing::error!("could not spool the audit-seal alert of {}: {e}", s.key);
+            }
+        }
+        if let Some(e) = pass.failed {
             tracing::warn!("audit segments left unshipped at shutdown: {e}");
         }
         Ok(())

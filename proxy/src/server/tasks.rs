@@ -189,19 +189,19 @@ pub(super) async fn ship_audit(app: Arc<App>, sealed: PathBuf, proxy_id: String,
     loop {
         tick.tick().await;
         app.audit.tick();
-        match crate::audit::ship::ship_pending(&sealed, &*app.store, &proxy_id, app.new_retain_until()).await {
-            Ok(shipped) => {
-                if !shipped.is_empty() {
-                    tracing::info!("shipped {} audit segments", shipped.len());
-                }
-                // Each segment's hash goes to the webhook too: a copy of
-                // the trail's anchor that root on this host cannot rewrite.
-                for s in &shipped {
-                    let msg = crate::audit::ship::seal_message(s);
-                    app.watch.alerts.raise("audit-seal", Severity::Info, None, Some(s.key.clone()), msg, None).await;
-                }
-            }
-            Err(e) => tracing::warn!("shipping audit segments failed (will retry): {e}"),
+        let pass = crate::audit::ship::ship_pending(&sealed, &*app.store, &proxy_id, app.new_retain_until()).await;
+        if !pass.shipped.is_empty() {
+            tracing::info!("shipped {} audit segments", pass.shipped.len());
+        }
+        // Each segment's hash goes to the webhook too (those shipped before
+        // a failure included): a copy of the trail's anchor that root on
+        // this host cannot rewrite.
+        for s in &pass.shipped {
+            let msg = crate::audit::ship::seal_message(s);
+            app.watch.alerts.raise("audit-seal", Severity::Info, None, Some(s.key.clone()), msg, None).await;
+        }
+        if let Some(e) = pass.failed {
+            tracing::warn!("shipping audit segments failed (will retry): {e}");
         }
     }
 }
