@@ -16,13 +16,6 @@ const SMALL_MAX: usize = 64 * 1024;
 /// How long one attempt of an admin call may take (holds and expiry walk a
 /// whole repository).
 const ADMIN_CALL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3600);
-/// A commit attempt's allowance beyond the request timeout: a second per
-/// this many bytes of its body (256 chunk ids). The proxy's work grows with
-/// the chunks a commit names: with a cold catalog a HEAD of each, and with
-/// an upload lock a lock extension of each new one (SPEC §10), 32 at a time
-/// (`limits.store_fan_out`), so about 1.3 ms per chunk at 20 ms per store
-/// request; this allows 4 ms.
-const COMMIT_BYTES_PER_SEC: usize = 8 * 1024;
 /// Largest snapshot root answer.
 const ROOT_ENVELOPE_MAX: usize = coffer_proto::snapshot::ROOT_MAX + coffer_proto::envelope::OVERHEAD;
 
@@ -172,7 +165,7 @@ impl ProxyClient {
 
 /// How long one attempt of a commit of `len` bytes may take.
 fn commit_deadline(attempt: std::time::Duration, len: usize) -> std::time::Duration {
-    attempt + std::time::Duration::from_secs((len / COMMIT_BYTES_PER_SEC) as u64)
+    attempt + std::time::Duration::from_secs((len / coffer_proto::endpoint::COMMIT_BYTES_PER_SEC) as u64)
 }
 
 #[cfg(test)]

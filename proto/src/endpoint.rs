@@ -7,6 +7,13 @@ use crate::{ChunkId, RepoName};
 
 /// Largest JSON or key-record body (config, key records, epochs, admin calls).
 pub const SMALL_BODY_MAX: usize = 64 * 1024;
+/// A commit's allowance beyond the request timeout, on both sides: a
+/// second per this many bytes of its body (256 chunk ids). The proxy's work
+/// grows with the chunks a commit names (with a cold catalog a HEAD of
+/// each; with an upload lock a lock extension of each new one, SPEC §10),
+/// `limits.store_fan_out` at a time: about 1.3 ms per chunk at 20 ms per
+/// store request; this allows 4 ms.
+pub const COMMIT_BYTES_PER_SEC: usize = 8 * 1024;
 /// Most ids in one dedup query (`POST …/chunks/missing`).
 pub const MISSING_IDS_MAX: usize = 4096;
 /// Largest dedup query body.

@@ -898,3 +898,46 @@ async fn a_client_that_never_reads_cannot_pin_the_proxys_memory() {
     let retried: Vec<&str> = restored.stderr.lines().filter(|l| l.contains("retrying in")).collect();
     assert!(retried.iter().all(|l| l.contains("503 Service Unavailable limit")), "{retried:#?}");
 }
+
+/// A request past its deadline is answered 503 `timeout` and audited; a
+/// commit gets a second more per 8 KiB of its declared body (its work in
+/// the proxy grows with the chunks it names), never less. Both are
+/// uploads whose bodies never end.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_past_its_deadline_is_answered_and_a_commit_gets_longer() {
+    let p = DevProxy::start().restarted(|text| format!("{text}\n[limits]\nrequest_timeout_secs = 1\n"));
+    coffer(&p.writer(), &["init", "--repo", "dev/slow"], None).ok();
+    let cfg = coffer_client::ClientConfig::load(&p.writer()).unwrap();
+    let tls = coffer_client::tls_stream(&cfg).await.unwrap();
+    let (h2, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let addr = p.addr.clone();
+    let hang = |path: String, len: usize, media: &str| {
+        let mut h2 = h2.clone();
+        let (addr, media) = (addr.clone(), media.to_string());
+        async move {
+            h2 = h2.ready().await.unwrap();
+            let req = http::Request::builder()
+                .method(if path.ends_with("/snapshots") { "POST" } else { "PUT" })
+                .uri(format!("https://{addr}{path}"))
+                .header("content-type", media)
+                .header("content-length", len)
+                .header(coffer_proto::api::DIGEST_HEADER, "00".repeat(32))
+                .body(())
+                .unwrap();
+            let t = Instant::now();
+            let (answer, mut body) = h2.send_request(req, false).unwrap();
+            body.send_data(bytes::Bytes::from_static(b"not all of it"), false).unwrap();
+            let answer = answer.await.unwrap();
+            drop(body);
+            (answer.status().as_u16(), t.elapsed())
+        }
+    };
+    let chunk = format!("/v1/repos/dev/slow/chunks/{}", "ab".repeat(32));
+    let (status, _) = hang(chunk, 1000, "application/octet-stream").await;
+    assert_eq!(status, 503, "an upload whose body never ends is cut at the deadline");
+    p.wait_for_event("the timeout event", |e| e["action"] == "timeout");
+    let (status, took) = hang("/v1/repos/dev/slow/snapshots".into(), 64 * 1024, "application/octet-stream").await;
+    assert_eq!(status, 503);
+    assert!(took >= Duration::from_secs(8), "a 64 KiB commit gets 1 + 8 s, cut after {took:?}");
+}

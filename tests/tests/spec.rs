@@ -28,6 +28,7 @@ fn code_values() -> BTreeMap<&'static str, u64> {
         ("LEGACY_CHUNK_AVG_FLOOR", u64::from(p::repo::LEGACY_CHUNK_AVG_FLOOR)),
         ("MISSING_IDS_MAX", p::endpoint::MISSING_IDS_MAX as u64),
         ("SMALL_BODY_MAX", p::endpoint::SMALL_BODY_MAX as u64),
+        ("COMMIT_BYTES_PER_SEC", p::endpoint::COMMIT_BYTES_PER_SEC as u64),
         ("SEEN_SLACK", p::snapshot::SEEN_SLACK),
         ("STORED_SURGE_FACTOR", x::monitor::detect::STORED_SURGE_FACTOR as u64),
         ("STORED_SURGE_MIN", x::monitor::detect::STORED_SURGE_MIN),

@@ -14,7 +14,7 @@ use crate::access::identity::Identity;
 use crate::api::{self, Caller};
 use crate::app::App;
 use crate::audit::{Draft, Outcome};
-use crate::server::limit::{timeout_to_response, Activity, LimitLayer};
+use crate::server::limit::{request_deadline, timed_out, Activity, LimitLayer};
 
 use super::{ConnLimits, Live, LINGER_AFTER_REFUSAL, MAX_STREAMS_PER_CONNECTION};
 
@@ -112,11 +112,16 @@ pub(super) async fn serve_connection(
             app.metrics.clone(),
             activity.clone(),
         ))
-        .map_result(timeout_to_response(caller, audit))
-        .timeout(limits.request_timeout)
-        .service_fn(move |req| {
-            let (app, caller) = (app.clone(), handler_caller.clone());
-            async move { Ok::<_, std::convert::Infallible>(api::handle(app, caller, req).await) }
+        .service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let deadline = request_deadline(limits.request_timeout, &req, app.commit_max_bytes as u64);
+            let (app, caller, audit) = (app.clone(), handler_caller.clone(), audit.clone());
+            async move {
+                let answer = match tokio::time::timeout(deadline, api::handle(app, caller.clone(), req)).await {
+                    Ok(answer) => answer,
+                    Err(_) => timed_out(&caller, &audit),
+                };
+                Ok::<_, std::convert::Infallible>(answer)
+            }
         });
     let service = TowerToHyperService::new(service);
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())

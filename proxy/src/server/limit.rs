@@ -285,29 +285,37 @@ where
     }
 }
 
-/// What the API stack answers once a deadline may have cut in.
-pub type Answer = Result<Response<Full<Bytes>>, tower::BoxError>;
-
-/// Turns a request that ran past its deadline into a 503, with an audit
-/// event; other errors pass through.
-pub fn timeout_to_response(caller: Arc<Caller>, audit: AuditLog) -> impl Fn(Answer) -> Answer + Clone {
-    move |result| match result {
-        Err(e) if e.is::<tower::timeout::error::Elapsed>() => {
-            let draft = Draft {
-                identity: caller.identity.as_ref().map(|i| i.name().to_string()),
-                trust_domain: caller.identity.as_ref().map(|i| i.domain().to_string()),
-                peer: caller.peer.to_string(),
-                action: "timeout",
-                outcome: Some(Outcome::Error),
-                reason: Some("request deadline exceeded".into()),
-                ..Default::default()
-            };
-            let audit = audit.clone();
-            tokio::spawn(async move { audit.record(draft, false).await });
-            Ok(error_response(StatusCode::SERVICE_UNAVAILABLE, "timeout", "request deadline exceeded"))
-        }
-        other => other,
+/// How long a request may take: `base`, and for a commit a second more per
+/// `COMMIT_BYTES_PER_SEC` of its body (as the agent allows it), since its
+/// work grows with the chunks it names. A declared length counts up to
+/// `body_max`, the most a commit may send.
+pub fn request_deadline<B>(base: Duration, req: &Request<B>, body_max: u64) -> Duration {
+    let commit = req.method() == http::Method::POST && req.uri().path().ends_with("/snapshots");
+    let declared = || {
+        let len = req.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
+        Some(len.min(body_max) / coffer_proto::endpoint::COMMIT_BYTES_PER_SEC as u64)
+    };
+    match commit.then(declared).flatten() {
+        Some(secs) => base + Duration::from_secs(secs),
+        None => base,
     }
+}
+
+/// The answer to a request that ran past its deadline: a 503, with an
+/// audit event.
+pub fn timed_out(caller: &Caller, audit: &AuditLog) -> Response<Full<Bytes>> {
+    let draft = Draft {
+        identity: caller.identity.as_ref().map(|i| i.name().to_string()),
+        trust_domain: caller.identity.as_ref().map(|i| i.domain().to_string()),
+        peer: caller.peer.to_string(),
+        action: "timeout",
+        outcome: Some(Outcome::Error),
+        reason: Some("request deadline exceeded".into()),
+        ..Default::default()
+    };
+    let audit = audit.clone();
+    tokio::spawn(async move { audit.record(draft, false).await });
+    error_response(StatusCode::SERVICE_UNAVAILABLE, "timeout", "request deadline exceeded")
 }
 
 #[cfg(test)]
@@ -316,6 +324,35 @@ mod tests {
 
     fn limits(in_flight: usize, rate: f64, burst: f64) -> LimitsConfig {
         LimitsConfig { identity_in_flight: in_flight, identity_rate: rate, identity_burst: burst, ..Default::default() }
+    }
+
+    /// A commit of a million chunks may take its proxy minutes (a HEAD or a
+    /// lock extension of each): its deadline grows with its body, as the
+    /// agent's does, up to the largest body a commit may send; nothing else
+    /// gets more time.
+    #[test]
+    fn a_commit_gets_time_for_the_chunks_it_names() {
+        let base = Duration::from_secs(300);
+        let req = |method: http::Method, path: &str, len: Option<u64>| {
+            let mut b = Request::builder().method(method).uri(path);
+            if let Some(len) = len {
+                b = b.header(http::header::CONTENT_LENGTH, len);
+            }
+            b.body(()).unwrap()
+        };
+        let max = 64 << 20;
+        let million = 32_000_000;
+        let commit = request_deadline(base, &req(http::Method::POST, "/v1/repos/dev/a/snapshots", Some(million)), max);
+        assert_eq!(commit, base + Duration::from_secs(million / 8192));
+        assert!(commit > Duration::from_secs(1_000_000 * 2 * 20 / 32 / 1000) + base, "21 minutes of work at 20 ms");
+        let lying = request_deadline(base, &req(http::Method::POST, "/v1/repos/dev/a/snapshots", Some(u64::MAX)), max);
+        assert_eq!(lying, base + Duration::from_secs(max / 8192), "a declared length counts up to the largest commit");
+        for (method, path) in
+            [(http::Method::GET, "/v1/repos/dev/a/snapshots"), (http::Method::PUT, "/v1/repos/dev/a/chunks/x")]
+        {
+            assert_eq!(request_deadline(base, &req(method, path, Some(million)), max), base);
+        }
+        assert_eq!(request_deadline(base, &req(http::Method::POST, "/v1/repos/dev/a/snapshots", None), max), base);
     }
 
     #[test]
