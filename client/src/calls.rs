@@ -35,9 +35,7 @@ impl ProxyClient {
         header: Option<(&'static str, String)>,
         limit: usize,
     ) -> Result<Bytes, ClientError> {
-        let method = Method::from_bytes(action.method().as_bytes()).expect("the endpoint table's methods are valid");
-        let path = action.path(repo, id.as_deref());
-        self.call(Outgoing { method, path, media: action.body_type(), body, extra: header, limit }).await
+        self.call(outgoing(action, repo, id, body, header, limit)).await
     }
 
     pub async fn whoami(&self) -> Result<Whoami, ClientError> {
@@ -98,12 +96,8 @@ impl ProxyClient {
     }
 
     pub async fn commit(&self, repo: &RepoName, body: Vec<u8>) -> Result<SnapshotInfo, ClientError> {
-        let action = Action::Commit;
         let deadline = commit_deadline(self.shared.attempt, body.len());
-        let method = Method::from_bytes(action.method().as_bytes()).expect("the endpoint table's methods are valid");
-        let path = action.path(Some(repo), None);
-        let out =
-            Outgoing { method, path, media: action.body_type(), body: body.into(), extra: None, limit: SMALL_MAX };
+        let out = outgoing(Action::Commit, Some(repo), None, body.into(), None, SMALL_MAX);
         Self::json(&self.call_within(out, deadline).await?)
     }
 
@@ -161,6 +155,21 @@ impl ProxyClient {
             Outgoing { method, path: path.to_string(), media, body: body.into(), extra: header, limit: LISTING_MAX };
         self.call(out).await
     }
+}
+
+/// The request for `action` on `repo` (and object `id`), reading at most
+/// `limit` bytes of the answer.
+fn outgoing(
+    action: Action,
+    repo: Option<&RepoName>,
+    id: Option<String>,
+    body: Bytes,
+    header: Option<(&'static str, String)>,
+    limit: usize,
+) -> Outgoing {
+    let method = Method::from_bytes(action.method().as_bytes()).expect("the endpoint table's methods are valid");
+    let path = action.path(repo, id.as_deref());
+    Outgoing { method, path, media: action.body_type(), body, extra: header, limit }
 }
 
 /// How long one attempt of a commit of `len` bytes may take.

@@ -323,13 +323,14 @@ impl App {
         }
     }
 
-    /// How long a stored chunk's lock must still run for a dedup answer to
-    /// count on it: half the upload lock (as `repo`'s retention caps it),
-    /// so that a backup that counts on an upload another left uncommitted
-    /// has at least that long to commit before expiry may take it.
-    pub fn dedup_lock_left(&self, repo: &RepoName) -> u64 {
-        let longest = self.retention_for(repo).1.saturating_sub(crate::unix_now());
-        self.upload_lock.min(longest) / 2
+    /// With an upload lock, until when a stored chunk's lock must still run
+    /// for a dedup answer to count on it: half the upload lock from now (as
+    /// `repo`'s retention caps it), so that a backup that counts on an
+    /// upload another left uncommitted has at least that long to commit
+    /// before expiry may take it. `None`: no upload lock, no such rule.
+    pub fn dedup_lock_until(&self, repo: &RepoName, now: u64) -> Option<u64> {
+        let longest = self.retention_for(repo).1.saturating_sub(now);
+        (self.upload_lock > 0).then(|| now.saturating_add(self.upload_lock.min(longest) / 2))
     }
 
     /// Replaces the policy atomically: requests already authorized finish

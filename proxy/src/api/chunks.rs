@@ -31,7 +31,8 @@ pub async fn missing(app: &App, repo: &RepoName, who: &Uploader, body: &[u8]) ->
     // A chunk counts only while its lock has long enough to run for this
     // backup to commit: an upload left uncommitted may be near the end of
     // its short lock (SPEC §10 "The upload lock"); sent again, it is kept.
-    let lasts = now.saturating_add(app.dedup_lock_left(repo));
+    let lasts = app.dedup_lock_until(repo, now);
+    let ends_too_soon = |lock: u64| lasts.is_some_and(|l| lock < l);
     let mut absent = Vec::new();
     let unknown: Vec<ChunkId> = {
         let mut cat = catalog.lock().await;
@@ -40,7 +41,7 @@ pub async fn missing(app: &App, repo: &RepoName, who: &Uploader, body: &[u8]) ->
         for id in &ids {
             match cat.present(id, who, now) {
                 None => unknown.push(*id),
-                Some(k) if app.upload_lock > 0 && k.retain_until < lasts => absent.push(*id),
+                Some(k) if ends_too_soon(k.retain_until) => absent.push(*id),
                 Some(_) => {}
             }
         }
@@ -53,7 +54,7 @@ pub async fn missing(app: &App, repo: &RepoName, who: &Uploader, body: &[u8]) ->
             match found {
                 Some(f) => {
                     cat.record_head(*id, &f.meta, f.copy, f.owner);
-                    if app.upload_lock > 0 && f.meta.retain_until.is_some_and(|t| t < lasts) {
+                    if f.meta.retain_until.is_some_and(ends_too_soon) {
                         absent.push(*id);
                     }
                 }
@@ -238,7 +239,7 @@ async fn relock(
         None => app.store.head(&key).await?.map(|m| (m.retain_until.unwrap_or(u64::MAX), m.size)),
     };
     let Some((lock, stored_size)) = stored else { return Ok(false) };
-    if lock >= now.saturating_add(app.dedup_lock_left(repo)) || stored_size != size {
+    if app.dedup_lock_until(repo, now).is_none_or(|l| lock >= l) || stored_size != size {
         return Ok(false);
     }
     app.store.extend_retention(&key, until).await?;

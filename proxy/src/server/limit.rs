@@ -290,7 +290,12 @@ where
 /// work grows with the chunks it names. A declared length counts up to
 /// `body_max`, the most a commit may send.
 pub fn request_deadline<B>(base: Duration, req: &Request<B>, body_max: u64) -> Duration {
-    let commit = req.method() == http::Method::POST && req.uri().path().ends_with("/snapshots");
+    // The endpoint table's commit (`POST /v1/repos/{repo}/snapshots`),
+    // without routing every request twice.
+    let path = req.uri().path();
+    let commit = req.method().as_str() == coffer_proto::endpoint::Action::Commit.method()
+        && path.starts_with("/v1/repos/")
+        && path.ends_with("/snapshots");
     let declared = || {
         let len = req.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse::<u64>().ok()?;
         Some(len.min(body_max) / coffer_proto::endpoint::COMMIT_BYTES_PER_SEC as u64)
